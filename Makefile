@@ -1,0 +1,39 @@
+# The two commands a newcomer needs:
+#   make run   - create the environment if needed, start the gateway on dialplans/example.yaml
+#   make test  - install what the tests need (apt packages included), run every test tier
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DIALPLAN ?= dialplans/example.yaml
+
+.PHONY: run test venv deps unit lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(VENV)/bin/gateway run --dialplan $(DIALPLAN)
+
+deps:
+	bash scripts/install-test-deps.sh
+
+test: deps venv
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/mypy
+
+bench: venv deps
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,430 @@
+"""Dialplan schema, format version 1, and outbound routing.
+
+Theory of operation
+-------------------
+A dialplan file (YAML, see ``dialplans/example.yaml``) is validated into a tree of frozen
+pydantic models rooted at :class:`Dialplan`. Every check that can be made without the
+network happens here, so a file that loads is a file the gateway can run:
+
+* field shapes and ranges (ports 1..65535, failover codes 300..699, positive timers,
+  ``t1_ms <= t2_ms``), unknown fields refused (``extra="forbid"``);
+* hosts are IPv4/IPv6 literals or RFC 1123 hostnames;
+* every ``outbound[i].match`` compiles as a Python regex and every ``rewrite`` template
+  only refers to groups that regex has;
+* every ``outbound[i].trunk`` names a trunk under ``trunks``.
+
+Cross-field errors are raised as a :class:`pydantic.ValidationError` whose ``loc`` points at
+the offending field (``("outbound", 1, "trunk")``), so the loader can turn each one into a
+``file:line: field: message`` line.
+
+Routing (:meth:`Dialplan.route`) is on the hot path of every outbound call: the regexes are
+compiled once, when the model is built, and ``route`` is a loop over precompiled patterns.
+Emergency detection (SPEC E-1) runs *before* these rules and is not part of this module.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+__all__ = [
+    "DIALPLAN_FORMAT_VERSION",
+    "Dialplan",
+    "GatewayAddress",
+    "ListenAddress",
+    "NodeConfig",
+    "OutboundRule",
+    "RouteDecision",
+    "SipSettings",
+    "Transport",
+    "Trunk",
+]
+
+DIALPLAN_FORMAT_VERSION = 1
+"""The dialplan file format this module reads (the file's top-level ``version``)."""
+
+Transport = Literal["udp", "tcp", "tls"]
+"""A SIP transport, RFC 3261 section 18."""
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveMs = Annotated[int, Field(gt=0)]
+
+# RFC 1123 section 2.1 label: letters, digits, hyphens; no leading/trailing hyphen; <= 63.
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# Names used as keys in logs and metrics (trunks, rules, the node).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class _Frozen(BaseModel):
+    """Base for every dialplan model: immutable, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _problem(kind: str, message: str) -> PydanticCustomError:
+    # No ctx: the message is already formatted and may contain braces (regexes do).
+    return PydanticCustomError(kind, message)
+
+
+def _check_host(value: str) -> str:
+    """Accept an IPv4/IPv6 literal (brackets allowed, removed) or an RFC 1123 hostname."""
+    host = value.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _problem("host", f"{value!r} is not an IPv6 literal") from None
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return host
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if (
+        not name
+        or len(name) > 253
+        or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
+        # An all-digit last label is a mistyped IPv4 address, never a hostname.
+        or labels[-1].isdigit()
+    ):
+        raise _problem("host", f"{value!r} is neither an IP address nor a valid hostname")
+    return host
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise _problem(
+            "name",
+            f"{what} {value!r} must be 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+        )
+    return value
+
+
+class NodeConfig(_Frozen):
+    """This gateway node; ``name`` appears in logs, metrics and MQTT topics."""
+
+    name: str = "gw1"
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value, "node name")
+
+
+class ListenAddress(_Frozen):
+    """A local socket the gateway listens on for SIP."""
+
+    transport: Transport
+    host: str
+    port: Port = 5060
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, value: str) -> str:
+        return _check_host(value)
+
+
+class SipSettings(_Frozen):
+    """SIP protocol constants, named as in RFC 3261 section 17 / Kamailio tm.
+
+    ``timer_b_ms`` (INVITE client transaction timeout) and ``timer_f_ms`` (non-INVITE client
+    transaction timeout) default to ``64 * t1_ms`` (RFC 3261 sections 17.1.1.2, 17.1.2.2).
+    """
+
+    t1_ms: PositiveMs = 500
+    t2_ms: PositiveMs = 4000
+    t4_ms: PositiveMs = 5000
+    timer_b_ms: PositiveMs = 64 * 500
+    timer_f_ms: PositiveMs = 64 * 500
+    max_message_bytes: Annotated[int, Field(gt=0)] = 65535
+    user_agent: Annotated[str, Field(min_length=1)] = "gateway/0.1"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timers_follow_t1(cls, data: Any) -> Any:
+        # Timer B and F are 64*T1 unless given; only derive them from a usable T1 (a bad
+        # T1 is reported by its own field check).
+        if isinstance(data, Mapping):
+            t1 = data.get("t1_ms")
+            if isinstance(t1, int) and not isinstance(t1, bool) and t1 > 0:
+                derived = dict(data)
+                derived.setdefault("timer_b_ms", 64 * t1)
+                derived.setdefault("timer_f_ms", 64 * t1)
+                return derived
+        return data
+
+    @model_validator(mode="after")
+    def _t1_not_above_t2(self) -> Self:
+        if self.t1_ms > self.t2_ms:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=_problem(
+                            "timer_order",
+                            f"t1_ms ({self.t1_ms}) must not be greater than "
+                            f"t2_ms ({self.t2_ms})",
+                        ),
+                        loc=("t1_ms",),
+                        input=self.t1_ms,
+                    )
+                ],
+            )
+        return self
+
+
+class GatewayAddress(_Frozen):
+    """One SIP peer of a trunk (a carrier SBC or an emergency-service entry point)."""
+
+    host: str
+    port: Port = 5060
+    transport: Transport = "udp"
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, value: str) -> str:
+        return _check_host(value)
+
+
+class Trunk(_Frozen):
+    """A named group of gateways tried in order (SPEC E-2, R-2).
+
+    A call moves to the next gateway when the current one answers with one of
+    ``failover_codes``, fails at the transport level, or sends no provisional response
+    within ``provisional_timeout_s``.
+    """
+
+    gateways: Annotated[tuple[GatewayAddress, ...], Field(min_length=1)]
+    failover_codes: tuple[Annotated[int, Field(ge=300, le=699)], ...] = (408, 503, 504)
+    provisional_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    trusted: bool = False
+
+
+class OutboundRule(_Frozen):
+    """An outbound routing rule: ``match`` (full match on the Request-URI user part)
+    selects the rule, ``rewrite`` (a ``re.sub`` template, default: keep the user) builds
+    the user sent to ``trunk``."""
+
+    name: str
+    match: str
+    rewrite: str | None = None
+    trunk: str
+
+    _pattern: re.Pattern[str] = PrivateAttr()
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value, "rule name")
+
+    @field_validator("match")
+    @classmethod
+    def _regex_compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise _problem("regex", f"invalid regular expression {value!r}: {error}") from None
+        return value
+
+    @field_validator("rewrite")
+    @classmethod
+    def _template_fits_regex(cls, value: str | None, info: ValidationInfo) -> str | None:
+        match = info.data.get("match")
+        if value is None or match is None:  # no template, or the regex itself is bad
+            return value
+        # Expanding against an empty match of a regex with the same groups checks the
+        # escapes and every group reference, using only public API. The "\n|" alternative
+        # always matches "" and also closes a trailing (?x) comment.
+        probe = re.compile(match + "\n|").match("")
+        assert probe is not None
+        try:
+            probe.expand(value)
+        except (re.error, IndexError) as error:
+            raise _problem(
+                "rewrite",
+                f"rewrite template {value!r} does not fit regex {match!r}: {error}",
+            ) from None
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Compile the regex once; routing reuses it."""
+        self._pattern = re.compile(self.match)
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """The compiled ``match`` regex."""
+        return self._pattern
+
+    def apply(self, user: str) -> str | None:
+        """Return the rewritten user if this rule matches ``user``, else ``None``."""
+        matched = self._pattern.fullmatch(user)
+        if matched is None:
+            return None
+        return user if self.rewrite is None else matched.expand(self.rewrite)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """The outcome of :meth:`Dialplan.route`: which rule matched, the user to send, and
+    the trunk (with its ordered gateway list) to send it to."""
+
+    rule: str
+    user: str
+    trunk_name: str
+    trunk: Trunk
+
+    @property
+    def gateways(self) -> tuple[GatewayAddress, ...]:
+        """The trunk's gateways, in failover order."""
+        return self.trunk.gateways
+
+
+class Dialplan(_Frozen):
+    """A validated dialplan (format version 1). Build it with
+    :func:`gateway.config.load_dialplan` to get file:line error messages."""
+
+    version: Literal[1]
+    node: NodeConfig = NodeConfig()
+    listen: Annotated[tuple[ListenAddress, ...], Field(min_length=1)]
+    sip: SipSettings = SipSettings()
+    trunks: dict[str, Trunk] = Field(default_factory=dict)
+    outbound: tuple[OutboundRule, ...] = ()
+
+    _routes: tuple[tuple[re.Pattern[str], OutboundRule, Trunk], ...] = PrivateAttr()
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _known_version(cls, value: Any) -> Any:
+        if value != DIALPLAN_FORMAT_VERSION or isinstance(value, bool):
+            raise _problem(
+                "version",
+                f"unsupported dialplan format version {value!r} "
+                f"(this gateway reads version {DIALPLAN_FORMAT_VERSION})",
+            )
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _no_duplicate_listeners(
+        cls, value: tuple[ListenAddress, ...]
+    ) -> tuple[ListenAddress, ...]:
+        seen: dict[tuple[str, str, int], int] = {}
+        errors: list[InitErrorDetails] = []
+        for index, address in enumerate(value):
+            key = (address.transport, address.host, address.port)
+            if key in seen:
+                errors.append(
+                    InitErrorDetails(
+                        type=_problem(
+                            "duplicate",
+                            f"duplicate listener {address.transport} "
+                            f"{address.host} port {address.port} (same as listen[{seen[key]}])",
+                        ),
+                        loc=(index,),
+                        input=address.model_dump(),
+                    )
+                )
+            else:
+                seen[key] = index
+        if errors:
+            raise ValidationError.from_exception_data("listen", errors)
+        return value
+
+    @field_validator("trunks")
+    @classmethod
+    def _valid_trunk_names(cls, value: dict[str, Trunk]) -> dict[str, Trunk]:
+        errors = [
+            InitErrorDetails(
+                type=_problem("name", f"trunk name {name!r} must be 1-64 letters, digits, "
+                              "'_', '.' or '-', starting with a letter or digit"),
+                loc=(name,),
+                input=name,
+            )
+            for name in value
+            if not _NAME.fullmatch(name)
+        ]
+        if errors:
+            raise ValidationError.from_exception_data("trunks", errors)
+        return value
+
+    @field_validator("outbound")
+    @classmethod
+    def _rules_are_consistent(
+        cls, value: tuple[OutboundRule, ...], info: ValidationInfo
+    ) -> tuple[OutboundRule, ...]:
+        errors: list[InitErrorDetails] = []
+        first_index: dict[str, int] = {}
+        for index, rule in enumerate(value):
+            if rule.name in first_index:
+                errors.append(
+                    InitErrorDetails(
+                        type=_problem(
+                            "duplicate",
+                            f"duplicate rule name {rule.name!r} "
+                            f"(also outbound[{first_index[rule.name]}])",
+                        ),
+                        loc=(index, "name"),
+                        input=rule.name,
+                    )
+                )
+            else:
+                first_index[rule.name] = index
+        # Fields validate in declaration order, so "trunks" is in info.data unless it was
+        # itself invalid (then its own errors are reported and this check is skipped).
+        trunks = info.data.get("trunks")
+        if trunks is not None:
+            known = ", ".join(sorted(trunks)) or "none defined"
+            errors.extend(
+                InitErrorDetails(
+                    type=_problem(
+                        "unknown_trunk", f"unknown trunk {rule.trunk!r} (known: {known})"
+                    ),
+                    loc=(index, "trunk"),
+                    input=rule.trunk,
+                )
+                for index, rule in enumerate(value)
+                if rule.trunk not in trunks
+            )
+        if errors:
+            raise ValidationError.from_exception_data("outbound", errors)
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Precompute the routing table: (compiled regex, rule, trunk) in rule order."""
+        self._routes = tuple(
+            (rule.pattern, rule, self.trunks[rule.trunk]) for rule in self.outbound
+        )
+
+    def route(self, user: str) -> RouteDecision | None:
+        """Route a non-emergency call by its Request-URI user part (SPEC R-2).
+
+        The first rule whose ``match`` fully matches ``user`` wins; its ``rewrite``
+        template (if any) gives the user part sent to the trunk. Returns ``None`` when no
+        rule matches.
+        """
+        for pattern, rule, trunk in self._routes:
+            matched = pattern.fullmatch(user)
+            if matched is not None:
+                rewritten = user if rule.rewrite is None else matched.expand(rule.rewrite)
+                return RouteDecision(rule.name, rewritten, rule.trunk, trunk)
+        return None

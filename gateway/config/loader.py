@@ -1,0 +1,251 @@
+"""Load dialplan YAML files with errors that name the file, line and field (SPEC O-1).
+
+Theory of operation
+-------------------
+The YAML text is *composed* into a node tree first (PyYAML keeps a start mark, i.e. line
+and column, on every node), and the tree is walked once to record where each mapping key
+and sequence item starts, keyed by its path (``("outbound", 1, "trunk")``). Only then is
+the tree *constructed* into plain Python data and validated by :class:`Dialplan`. Each
+pydantic error carries a ``loc`` tuple of the same shape, so its line is the recorded mark
+of the longest prefix of ``loc`` (for a missing field: the mapping that lacks it).
+
+All problems found are raised together as one :class:`DialplanError`, one per line::
+
+    dialplans/x.yaml:14: outbound[1].trunk: unknown trunk 'carier' (known: carrier)
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from gateway.config.dialplan import Dialplan
+
+__all__ = ["DialplanError", "Problem", "load_dialplan", "load_dialplan_text"]
+
+FieldPath = tuple[str | int, ...]
+
+# Error types raised by gateway.config.dialplan whose messages already quote the input.
+_SELF_DESCRIBING = frozenset(
+    {"duplicate", "host", "name", "regex", "rewrite", "timer_order", "unknown_trunk", "version"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a dialplan file.
+
+    ``line`` and ``column`` are 1-based and ``None`` when unknown (e.g. unreadable file);
+    ``field`` is a dotted path such as ``outbound[1].trunk`` ("" for the whole file).
+    """
+
+    file: str
+    line: int | None
+    column: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class DialplanError(Exception):
+    """A dialplan file could not be loaded; ``problems`` lists every reason found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: list[Problem] = list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)
+
+
+def load_dialplan(path: str | os.PathLike[str]) -> Dialplan:
+    """Read and validate a dialplan file; raise :class:`DialplanError` on any problem."""
+    filename = os.fspath(path)
+    try:
+        text = Path(filename).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DialplanError([Problem(filename, None, None, "", f"cannot read: {error}")]) from None
+    return load_dialplan_text(text, filename)
+
+
+def load_dialplan_text(text: str, filename: str = "<string>") -> Dialplan:
+    """Validate dialplan YAML ``text``; ``filename`` is only used in error messages."""
+    data, marks, problems = _parse_yaml(text, filename)
+    try:
+        dialplan = Dialplan.model_validate(data)
+    except ValidationError as error:
+        problems.extend(_problem_from_error(detail, filename, marks) for detail in error.errors())
+    if problems:
+        problems.sort(key=lambda problem: (problem.line or 0, problem.column or 0))
+        raise DialplanError(problems)
+    return dialplan
+
+
+# --- YAML with positions ---------------------------------------------------------------
+
+_Mark = tuple[int, int]  # 1-based (line, column)
+
+
+def _mark_of(node: yaml.Node) -> _Mark:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _parse_yaml(
+    text: str, filename: str
+) -> tuple[dict[Any, Any], dict[FieldPath, _Mark], list[Problem]]:
+    """Return the document as plain data, the position of every key and item, and the
+    duplicate keys found (problems that do not stop validation)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise DialplanError([Problem(filename, 1, 1, "", "the file is empty")])
+        marks: dict[FieldPath, _Mark] = {(): _mark_of(root)}
+        duplicates: list[Problem] = []
+        _record_marks(loader, root, (), marks, duplicates, filename)
+        data = loader.construct_document(root)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        detail = " ".join(part for part in (error.context, error.problem) if part)
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise DialplanError(
+            [Problem(filename, line, column, "", f"YAML syntax error: {detail}")]
+        ) from None
+    except yaml.YAMLError as error:
+        raise DialplanError([Problem(filename, None, None, "", f"YAML error: {error}")]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise DialplanError(
+            [Problem(filename, 1, 1, "", "the top level must be a mapping (version: 1, ...)")]
+        )
+    return data, marks, duplicates
+
+
+def _record_marks(
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+    path: FieldPath,
+    marks: dict[FieldPath, _Mark],
+    duplicates: list[Problem],
+    filename: str,
+) -> None:
+    """Walk a composed node, recording where each key and sequence item starts."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" merge key
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int):
+                continue
+            line, column = _mark_of(key_node)
+            if key in seen:
+                # PyYAML silently keeps the last value; a dialplan must not. Marks below
+                # are overwritten with this occurrence, the one the data holds.
+                duplicates.append(
+                    Problem(
+                        filename, line, column, _dotted((*path, key)),
+                        f"duplicate key (first defined on line {seen[key]}; "
+                        "YAML would silently keep only this one)",
+                    )
+                )
+            seen.setdefault(key, line)
+            marks[(*path, key)] = (line, column)
+            _record_marks(loader, value_node, (*path, key), marks, duplicates, filename)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            marks[(*path, index)] = _mark_of(item)
+            _record_marks(loader, item, (*path, index), marks, duplicates, filename)
+
+
+# --- pydantic errors to problems --------------------------------------------------------
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> FieldPath:
+    # pydantic adds a "[key]" marker after a dict key whose *key* failed validation.
+    return tuple(part for part in loc if part != "[key]")
+
+
+def _dotted(path: FieldPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _problem_from_error(
+    detail: ErrorDetails, filename: str, marks: dict[FieldPath, _Mark]
+) -> Problem:
+    path = _clean_loc(detail["loc"])
+    prefix = path
+    while prefix not in marks:
+        prefix = prefix[:-1]
+    line, column = marks[prefix]
+    return Problem(filename, line, column, _dotted(path), _message(detail, path))
+
+
+def _message(detail: ErrorDetails, path: FieldPath) -> str:
+    kind = detail["type"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return _unknown_field_message(path)
+    message = detail["msg"]
+    value = detail.get("input")
+    if kind not in _SELF_DESCRIBING and isinstance(value, str | int | float | bool):
+        message = f"{message}, got {value!r}"
+    return message
+
+
+def _unknown_field_message(path: FieldPath) -> str:
+    name = str(path[-1]) if path else ""
+    model = _model_at(path[:-1])
+    if model is None:
+        return f"unknown field {name!r}"
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+    return f"unknown field {name!r} ({hint})"
+
+
+def _model_at(path: FieldPath) -> type[BaseModel] | None:
+    """The model class that validates the mapping at ``path`` in a dialplan, if any."""
+    current: Any = Dialplan
+    for part in path:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None
+            current = _unwrap_optional(field.annotation)
+        else:
+            origin, args = typing.get_origin(current), typing.get_args(current)
+            if origin in (tuple, list) and args:
+                current = _unwrap_optional(args[0])
+            elif origin is dict and len(args) == 2:
+                current = _unwrap_optional(args[1])
+            else:
+                return None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return current
+    return None
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        models = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return models[0] if len(models) == 1 else annotation
+    return annotation

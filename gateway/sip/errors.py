@@ -1,0 +1,41 @@
+"""Errors of the SIP core. Each carries the response status it calls for (h11 style)."""
+
+from __future__ import annotations
+
+__all__ = ["SipError", "SipParseError", "UnsupportedVersion", "MessageTooLarge"]
+
+
+class SipError(Exception):
+    """A SIP-level error that already knows the response it deserves."""
+
+    status: int = 500
+    reason: str = "Server Internal Error"
+
+    def __init__(self, detail: str, *, status: int | None = None, reason: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if reason is not None:
+            self.reason = reason
+
+
+class SipParseError(SipError):
+    """The bytes are not a well-formed SIP message (RFC 3261 section 21.4.1: 400)."""
+
+    status = 400
+    reason = "Bad Request"
+
+
+class UnsupportedVersion(SipParseError):
+    """The request names a SIP version other than 2.0 (section 21.5.7: 505)."""
+
+    status = 505
+    reason = "Version Not Supported"
+
+
+class MessageTooLarge(SipParseError):
+    """The message exceeds the configured size (section 21.4.13: 513)."""
+
+    status = 513
+    reason = "Message Too Large"
