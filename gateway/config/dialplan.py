@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -120,6 +121,30 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
+_Item = TypeVar("_Item")
+
+
+def _check_not_empty(value: tuple[_Item, ...]) -> tuple[_Item, ...]:
+    # An after-validator rather than min_length: min_length counts only the items that
+    # validated, so one bad item would also report a misleading "too short".
+    if not value:
+        raise _problem("empty", "needs at least 1 entry")
+    return value
+
+
+def _check_trunk_name(value: str) -> str:
+    return _check_name(value, "trunk name")
+
+
+TrunkName = Annotated[str, AfterValidator(_check_trunk_name)]
+
+
+def unknown_trunk_message(trunk: str, known: Iterable[str]) -> str:
+    """The error for a rule naming a trunk that is not defined (shared with the loader)."""
+    names = ", ".join(sorted(known)) or "none defined"
+    return f"unknown trunk {trunk!r} (known: {names})"
+
+
 class NodeConfig(_Frozen):
     """This gateway node; ``name`` appears in logs, metrics and MQTT topics."""
 
@@ -173,24 +198,13 @@ class SipSettings(_Frozen):
                 return derived
         return data
 
-    @model_validator(mode="after")
-    def _t1_not_above_t2(self) -> Self:
-        if self.t1_ms > self.t2_ms:
-            raise ValidationError.from_exception_data(
-                type(self).__name__,
-                [
-                    InitErrorDetails(
-                        type=_problem(
-                            "timer_order",
-                            f"t1_ms ({self.t1_ms}) must not be greater than "
-                            f"t2_ms ({self.t2_ms})",
-                        ),
-                        loc=("t1_ms",),
-                        input=self.t1_ms,
-                    )
-                ],
-            )
-        return self
+    @field_validator("t2_ms")
+    @classmethod
+    def _t2_not_below_t1(cls, value: int, info: ValidationInfo) -> int:
+        t1 = info.data.get("t1_ms")  # absent when t1_ms itself was invalid
+        if t1 is not None and t1 > value:
+            raise _problem("timer_order", f"t2_ms ({value}) must not be less than t1_ms ({t1})")
+        return value
 
 
 class GatewayAddress(_Frozen):
@@ -214,7 +228,7 @@ class Trunk(_Frozen):
     within ``provisional_timeout_s``.
     """
 
-    gateways: Annotated[tuple[GatewayAddress, ...], Field(min_length=1)]
+    gateways: Annotated[tuple[GatewayAddress, ...], AfterValidator(_check_not_empty)]
     failover_codes: tuple[Annotated[int, Field(ge=300, le=699)], ...] = (408, 503, 504)
     provisional_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     trusted: bool = False
@@ -243,7 +257,7 @@ class OutboundRule(_Frozen):
         try:
             re.compile(value)
         except re.error as error:
-            raise _problem("regex", f"invalid regular expression {value!r}: {error}") from None
+            raise _problem("regex", f"invalid regular expression '{value}': {error}") from None
         return value
 
     @field_validator("rewrite")
@@ -262,7 +276,7 @@ class OutboundRule(_Frozen):
         except (re.error, IndexError) as error:
             raise _problem(
                 "rewrite",
-                f"rewrite template {value!r} does not fit regex {match!r}: {error}",
+                f"rewrite template '{value}' does not fit regex '{match}': {error}",
             ) from None
         return value
 
@@ -305,9 +319,9 @@ class Dialplan(_Frozen):
 
     version: Literal[1]
     node: NodeConfig = NodeConfig()
-    listen: Annotated[tuple[ListenAddress, ...], Field(min_length=1)]
+    listen: Annotated[tuple[ListenAddress, ...], AfterValidator(_check_not_empty)]
     sip: SipSettings = SipSettings()
-    trunks: dict[str, Trunk] = Field(default_factory=dict)
+    trunks: dict[TrunkName, Trunk] = Field(default_factory=dict)
     outbound: tuple[OutboundRule, ...] = ()
 
     _routes: tuple[tuple[re.Pattern[str], OutboundRule, Trunk], ...] = PrivateAttr()
@@ -325,9 +339,7 @@ class Dialplan(_Frozen):
 
     @field_validator("listen")
     @classmethod
-    def _no_duplicate_listeners(
-        cls, value: tuple[ListenAddress, ...]
-    ) -> tuple[ListenAddress, ...]:
+    def _no_duplicate_listeners(cls, value: tuple[ListenAddress, ...]) -> tuple[ListenAddress, ...]:
         seen: dict[tuple[str, str, int], int] = {}
         errors: list[InitErrorDetails] = []
         for index, address in enumerate(value):
@@ -348,23 +360,6 @@ class Dialplan(_Frozen):
                 seen[key] = index
         if errors:
             raise ValidationError.from_exception_data("listen", errors)
-        return value
-
-    @field_validator("trunks")
-    @classmethod
-    def _valid_trunk_names(cls, value: dict[str, Trunk]) -> dict[str, Trunk]:
-        errors = [
-            InitErrorDetails(
-                type=_problem("name", f"trunk name {name!r} must be 1-64 letters, digits, "
-                              "'_', '.' or '-', starting with a letter or digit"),
-                loc=(name,),
-                input=name,
-            )
-            for name in value
-            if not _NAME.fullmatch(name)
-        ]
-        if errors:
-            raise ValidationError.from_exception_data("trunks", errors)
         return value
 
     @field_validator("outbound")
@@ -393,12 +388,9 @@ class Dialplan(_Frozen):
         # itself invalid (then its own errors are reported and this check is skipped).
         trunks = info.data.get("trunks")
         if trunks is not None:
-            known = ", ".join(sorted(trunks)) or "none defined"
             errors.extend(
                 InitErrorDetails(
-                    type=_problem(
-                        "unknown_trunk", f"unknown trunk {rule.trunk!r} (known: {known})"
-                    ),
+                    type=_problem("unknown_trunk", unknown_trunk_message(rule.trunk, trunks)),
                     loc=(index, "trunk"),
                     input=rule.trunk,
                 )

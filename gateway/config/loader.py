@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from gateway.config.dialplan import Dialplan
+from gateway.config.dialplan import Dialplan, unknown_trunk_message
 
 __all__ = ["DialplanError", "Problem", "load_dialplan", "load_dialplan_text"]
 
@@ -37,7 +37,17 @@ FieldPath = tuple[str | int, ...]
 
 # Error types raised by gateway.config.dialplan whose messages already quote the input.
 _SELF_DESCRIBING = frozenset(
-    {"duplicate", "host", "name", "regex", "rewrite", "timer_order", "unknown_trunk", "version"}
+    {
+        "duplicate",
+        "empty",
+        "host",
+        "name",
+        "regex",
+        "rewrite",
+        "timer_order",
+        "unknown_trunk",
+        "version",
+    }
 )
 
 
@@ -57,7 +67,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
 
 
 class DialplanError(Exception):
@@ -87,7 +99,16 @@ def load_dialplan_text(text: str, filename: str = "<string>") -> Dialplan:
     try:
         dialplan = Dialplan.model_validate(data)
     except ValidationError as error:
-        problems.extend(_problem_from_error(detail, filename, marks) for detail in error.errors())
+        found = [_problem_from_error(detail, filename, marks) for detail in error.errors()]
+        # pydantic skips the cross-reference check when a rule or trunk is itself invalid;
+        # repeat it on the raw data so that one run reports every unknown trunk.
+        reported = {problem.field for problem in found}
+        found.extend(
+            problem
+            for problem in _unknown_trunk_problems(data, filename, marks)
+            if problem.field not in reported
+        )
+        problems.extend(found)
     if problems:
         problems.sort(key=lambda problem: (problem.line or 0, problem.column or 0))
         raise DialplanError(problems)
@@ -119,7 +140,13 @@ def _parse_yaml(
         data = loader.construct_document(root)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
-        detail = " ".join(part for part in (error.context, error.problem) if part)
+        detail = error.problem or error.context or "invalid YAML"
+        if error.context and error.problem:
+            # e.g. "expected ',' or '}', but got '<stream end>' (while parsing a flow
+            # mapping that starts on line 3)"
+            started = error.context_mark
+            where = f" that starts on line {started.line + 1}" if started else ""
+            detail = f"{error.problem} ({error.context}{where})"
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
         raise DialplanError(
             [Problem(filename, line, column, "", f"YAML syntax error: {detail}")]
@@ -158,7 +185,10 @@ def _record_marks(
                 # are overwritten with this occurrence, the one the data holds.
                 duplicates.append(
                     Problem(
-                        filename, line, column, _dotted((*path, key)),
+                        filename,
+                        line,
+                        column,
+                        _dotted((*path, key)),
                         f"duplicate key (first defined on line {seen[key]}; "
                         "YAML would silently keep only this one)",
                     )
@@ -170,6 +200,23 @@ def _record_marks(
         for index, item in enumerate(node.value):
             marks[(*path, index)] = _mark_of(item)
             _record_marks(loader, item, (*path, index), marks, duplicates, filename)
+
+
+def _unknown_trunk_problems(
+    data: dict[Any, Any], filename: str, marks: dict[FieldPath, _Mark]
+) -> list[Problem]:
+    trunks, rules = data.get("trunks"), data.get("outbound")
+    if not isinstance(trunks, dict) or not isinstance(rules, list):
+        return []
+    problems = []
+    for index, rule in enumerate(rules):
+        trunk = rule.get("trunk") if isinstance(rule, dict) else None
+        if isinstance(trunk, str) and trunk not in trunks:
+            path: FieldPath = ("outbound", index, "trunk")
+            line, column = marks.get(path, marks[()])
+            message = unknown_trunk_message(trunk, map(str, trunks))
+            problems.append(Problem(filename, line, column, _dotted(path), message))
+    return problems
 
 
 # --- pydantic errors to problems --------------------------------------------------------

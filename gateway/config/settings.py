@@ -35,13 +35,15 @@ class Settings(BaseSettings):
     use_uvloop: bool = True
     """Run the asyncio loop on uvloop when it is installed."""
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", mode="before")
     @classmethod
-    def _normalise_case(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, str):
-            value = value.strip()
-            return value.upper() if info.field_name == "log_level" else value.lower()
-        return value
+    def _level_upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 def load_settings(**overrides: Any) -> Settings:

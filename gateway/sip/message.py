@@ -225,8 +225,16 @@ class Message:
         self._cache["top-via"] = via
 
     def push_via(self, via: Via) -> None:
-        """Add a Via on top (a request leaving this element)."""
-        self.add("via", via, first=True)
+        """Add a Via on top (a request leaving this element).
+
+        A request built locally has no Via yet: the new one then goes before every other
+        header, where proxies look for it (RFC 3261 section 7.3.1), not at the end.
+        """
+        if self.has("via"):
+            self.add("via", via, first=True)
+        else:
+            self._invalidate("via")
+            self.headers.insert(0, ("via", "Via", str(via)))
         self._cache["top-via"] = via
 
     def pop_via(self) -> Via:

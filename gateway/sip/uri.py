@@ -221,9 +221,10 @@ def parse_uri(text: str) -> Uri:
         q = rest.find("?")
         if q >= 0:
             rest, headers = rest[:q], rest[q + 1 :]
-        # userinfo ends at the last '@' before the host; '@' may not appear in params.
-        semi = rest.find(";")
-        at = rest.rfind("@", 0, semi if semi >= 0 else len(rest))
+        # userinfo ends at the last '@': it may not appear unescaped in params or the host,
+        # but the user part may hold ';' (``sip:911;phone-context=+1@esrp;user=phone``,
+        # RFC 3261 section 25.1 user-unreserved, RFC 3966 section 5.1.5).
+        at = rest.rfind("@")
         user: str | None = None
         password: str | None = None
         if at >= 0:

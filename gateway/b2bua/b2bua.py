@@ -1,0 +1,692 @@
+"""The B2BUA transaction user: turns transaction events into calls with two legs.
+
+Theory of operation
+-------------------
+:class:`B2BUA` receives every event of the transaction layer (through the transport
+adapter's ``pump``) and acts on it with the layer's methods; it never touches a socket.
+Out-of-dialog INVITEs create a :class:`Call`; in-dialog requests are found by
+``(Call-ID, our tag)`` and relayed to the other leg's dialog; responses find their call
+through the client transaction's ``owner``.
+
+What each request gets when it is not part of a call (RFC 3261 sections 8.2, 12.2.2):
+
+============================  ======================================
+request                       answer
+============================  ======================================
+OPTIONS (no To tag)           200 with Allow/Accept/Supported
+INVITE, Max-Forwards 0        483
+INVITE, no route              404 (or the router's refusal)
+in-dialog, unknown dialog     481
+CANCEL matching nothing       481
+REGISTER/SUBSCRIBE/...        405 with Allow
+unknown method                501
+============================  ======================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from gateway.b2bua.call import Call, CallState, Leg, NextHop, RelayedRequest
+from gateway.sip.dialog import Dialog, DialogError
+from gateway.sip.errors import SipParseError
+from gateway.sip.headers import NameAddr
+from gateway.sip.message import Request, Response, make_response
+from gateway.sip.routing import resolve_next_hop
+from gateway.sip.transaction import (
+    AckReceived,
+    AckTimeout,
+    Address,
+    ClientTransaction,
+    IdGenerator,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    TransactionLayer,
+    TransactionTimeout,
+    TransportFailure,
+)
+from gateway.sip.uri import SipUri, TelUri
+
+__all__ = ["B2BUA", "RouteRefusal", "Router", "CallObserver"]
+
+log = structlog.get_logger("gateway.b2bua")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+KNOWN_METHODS = frozenset(
+    {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "REGISTER", "PRACK",
+     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"}
+)
+RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRefusal:
+    """The router's answer when no next hop exists."""
+
+    status: int
+    reason: str
+    warning: str | None = None
+
+
+class Router(Protocol):
+    """Chooses where the B-leg of a call goes."""
+
+    def route(self, request: Request, dialled: str, source: Address) -> list[NextHop] | RouteRefusal:
+        ...
+
+
+class CallObserver(Protocol):
+    """Told about call milestones (CDRs, metrics, events). Must not block."""
+
+    def call_ended(self, call: Call) -> None: ...
+
+
+def dialled_number(request: Request) -> str:
+    """The user part of the Request-URI (escapes decoded), or the whole URI when none."""
+    uri = request.uri
+    if isinstance(uri, (SipUri, TelUri)):
+        user = uri.user_unescaped
+        if user:
+            return user
+    return str(uri)
+
+
+class B2BUA:
+    """Back-to-back user agent over one :class:`TransactionLayer`."""
+
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        router: Router,
+        ids: IdGenerator,
+        *,
+        via_for: Callable[[Address, str], Any],
+        contact_for: Callable[[Address], str],
+        clock: Callable[[], float],
+        call_later: Callable[[float, Callable[[], None]], asyncio.TimerHandle],
+        user_agent: str = "gateway/0.1",
+        observers: list[CallObserver] | None = None,
+    ):
+        self.layer = layer
+        self.router = router
+        self.ids = ids
+        self.via_for = via_for
+        self.contact_for = contact_for
+        self.clock = clock
+        self.call_later = call_later
+        self.user_agent = user_agent
+        self.observers = observers or []
+        self.legs: dict[tuple[str, str], Leg] = {}
+        self.calls: dict[str, Call] = {}
+        self.completed = 0
+        self.failed = 0
+        #: set by the adapter: sends what the layer queued after a step we took on our own
+        self.pump: Callable[[], None] = lambda: None
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def handle(self, event: object) -> None:
+        """Entry point for every transaction-layer event."""
+        if isinstance(event, ResponseReceived):
+            self._on_response(event)
+        elif isinstance(event, RequestReceived):
+            self._on_request(event)
+        elif isinstance(event, AckReceived):
+            self._on_ack(event.transaction, event.request)
+        elif isinstance(event, TransactionTimeout):
+            self._on_tx_failure(event.transaction, 408, "Request Timeout")
+        elif isinstance(event, TransportFailure):
+            self._on_tx_failure(event.transaction, 503, "Service Unavailable")
+        elif isinstance(event, AckTimeout):
+            self._on_ack_timeout(event.transaction)
+        # StrayResponse / StrayAck: nothing to do for a UA
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _on_request(self, ev: RequestReceived) -> None:
+        request = ev.request
+        tx = ev.transaction
+        method = request.method
+        if method == "CANCEL":
+            self._on_cancel(tx, request, ev.cancelled)
+            return
+        to_tag = request.to_tag
+        if to_tag is not None:
+            leg = self.legs.get((request.call_id, to_tag))
+            if leg is None:
+                self._respond(tx, 481)
+                return
+            self._on_in_dialog(leg, tx, request)
+            return
+        if method == "INVITE":
+            self._on_new_invite(tx, request, ev.source)
+        elif method == "OPTIONS":
+            self._respond(
+                tx, 200, extra=(("Allow", ALLOW), ("Accept", "application/sdp"),
+                                ("Supported", ""), ("Server", self.user_agent)),
+            )
+        elif method == "ACK":
+            pass
+        elif method in ("BYE", "UPDATE", "INFO", "PRACK"):
+            self._respond(tx, 481)
+        elif method in KNOWN_METHODS:
+            self._respond(tx, 405, extra=(("Allow", ALLOW),))
+        else:
+            self._respond(tx, 501, extra=(("Allow", ALLOW),))
+
+    def _respond(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> Response:
+        response = make_response(
+            tx.request, status, reason, to_tag=to_tag or (self.ids.tag() if status > 100 else None),
+            extra=extra,
+        )
+        self.layer.send_response(tx, response, self.clock())
+        return response
+
+    def _on_new_invite(self, tx: ServerTransaction, request: Request, source: Address) -> None:
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            self._respond(tx, 483)
+            return
+        now = self.clock()
+        a = Leg("a", request.call_id, self.ids.tag(), source, invite=request, server_tx=tx)
+        dialled = dialled_number(request)
+        call = Call(id=self.ids.token(6), a=a, dialled=dialled, started_at=now)
+        tx.owner = call
+        structlog.contextvars.bind_contextvars(call_id=call.id)
+        try:
+            decision = self.router.route(request, dialled, source)
+            if isinstance(decision, RouteRefusal):
+                log.info("call_refused", dialled=dialled, status=decision.status, reason=decision.reason)
+                extra = (("Warning", f'399 gateway "{decision.warning}"'),) if decision.warning else ()
+                self._respond(tx, decision.status, decision.reason, to_tag=a.local_tag, extra=extra)
+                call.state = CallState.ENDED
+                call.result = f"{decision.status}"
+                self.failed += 1
+                return
+            call.hops = decision
+            self.calls[call.id] = call
+            self.legs[(a.call_id, a.local_tag)] = a
+            log.info("call_start", dialled=dialled, a_call_id=a.call_id, hops=len(decision))
+            self._try_next_hop(call)
+        finally:
+            structlog.contextvars.unbind_contextvars("call_id")
+
+    # -- B-leg placement and failover ------------------------------------------------------
+
+    def _try_next_hop(self, call: Call, last_status: int = 503, last_reason: str = "Service Unavailable") -> None:
+        if call.b is not None:
+            self.legs.pop((call.b.call_id, call.b.local_tag), None)
+            call.b = None
+        call.hop_index += 1
+        hop = call.current_hop
+        if hop is None or call.cancelled:
+            if not call.cancelled:
+                self._fail_a(call, last_status, last_reason)
+            return
+        a_invite = call.a.invite
+        assert a_invite is not None
+        dest = hop.address
+        b = Leg("b", self.ids.call_id(self._host_for(dest)), self.ids.tag(), dest)
+        invite = self._build_b_invite(call, a_invite, b, hop)
+        b.invite = invite
+        call.b = b
+        call.state = CallState.TRYING
+        call.attempts.append(f"{hop.trunk}:{dest.host}:{dest.port}")
+        self.legs[(b.call_id, b.local_tag)] = b
+        log.info("b_leg_try", trunk=hop.trunk, gateway=f"{dest.transport}:{dest.host}:{dest.port}",
+                 attempt=call.hop_index + 1)
+        ctx = self.layer.send_request(invite, dest, self.clock())
+        ctx.owner = call
+        b.client_tx = ctx
+        if call.provisional_timer is not None:
+            call.provisional_timer.cancel()
+        call.provisional_timer = self.call_later(
+            hop.provisional_timeout, lambda: self._on_provisional_timeout(call, ctx)
+        )
+
+    def _host_for(self, dest: Address) -> str:
+        via = self.via_for(dest, "x")
+        return str(via.host)
+
+    def _build_b_invite(self, call: Call, a_invite: Request, b: Leg, hop: NextHop) -> Request:
+        dest = hop.address
+        host = f"[{dest.host}]" if ":" in dest.host else dest.host
+        target = f"{host}:{dest.port}"
+        transport = "" if dest.transport == "udp" else f";transport={dest.transport}"
+        user = hop.user
+        ruri = f"sip:{user}@{target}{transport}"
+        a_from = a_invite.from_
+        from_user = _user_of(a_from)
+        our_host = self._host_for(dest)
+        display = f"{a_from.display} " if a_from.display else ""
+        max_forwards = a_invite.max_forwards
+        mf = 70 if max_forwards is None else max(max_forwards - 1, 0)
+        headers: list[tuple[str, str, str]] = [
+            ("via", "Via", str(self.via_for(dest, self.ids.branch()))),
+            ("max-forwards", "Max-Forwards", str(mf)),
+            ("from", "From", f"{display}<sip:{from_user}@{our_host}>;tag={b.local_tag}"),
+            ("to", "To", f"<sip:{user}@{target}>"),
+            ("call-id", "Call-ID", b.call_id),
+            ("cseq", "CSeq", "1 INVITE"),
+            ("contact", "Contact", self.contact_for(dest)),
+            ("allow", "Allow", ALLOW),
+            ("user-agent", "User-Agent", self.user_agent),
+        ]
+        invite = Request("INVITE", ruri, headers)
+        if a_invite.body:
+            invite.set_body(a_invite.body, a_invite.content_type)
+        call.ack_waits_for_a = not a_invite.body
+        return invite
+
+    def _on_provisional_timeout(self, call: Call, tx: ClientTransaction) -> None:
+        call.provisional_timer = None
+        if call.ended or call.b is None or call.b.client_tx is not tx or call.b.got_provisional:
+            return
+        log.info("b_leg_no_provisional", attempt=call.hop_index + 1, call_id=call.id)
+        # RFC 3261 section 9.1: no CANCEL before a provisional; abandon the attempt and
+        # clean up if it answers late (see _on_abandoned_response).
+        tx.owner = _Abandoned(call)
+        self._try_next_hop(call, 408, "Request Timeout")
+        self._flush()
+
+    def _flush(self) -> None:
+        """Outside an event dispatch (timers of our own), the adapter must pump."""
+        self.pump()
+
+    # -- responses ---------------------------------------------------------------------------
+
+    def _on_response(self, ev: ResponseReceived) -> None:
+        tx = ev.transaction
+        owner = tx.owner
+        response = ev.response
+        if isinstance(owner, Call):
+            structlog.contextvars.bind_contextvars(call_id=owner.id)
+            try:
+                self._on_b_invite_response(owner, tx, response)
+            finally:
+                structlog.contextvars.unbind_contextvars("call_id")
+        elif isinstance(owner, RelayedRequest):
+            self._on_relayed_response(owner, tx, response)
+        elif isinstance(owner, _Abandoned):
+            self._on_abandoned_response(owner, tx, response)
+
+    def _on_b_invite_response(self, call: Call, tx: ClientTransaction, response: Response) -> None:
+        b = call.b
+        if b is None or b.client_tx is not tx:
+            return
+        status = response.status
+        if status < 200:
+            if not b.got_provisional:
+                b.got_provisional = True
+                if call.provisional_timer is not None:
+                    call.provisional_timer.cancel()
+                    call.provisional_timer = None
+            if call.cancelled:
+                self._send_cancel(call)
+                return
+            if status == 100:
+                return
+            if response.to_tag is not None and b.dialog is None:
+                b.dialog = Dialog.as_uac(b.invite, response)  # type: ignore[arg-type]
+            self._relay_response_to_a(call, response)
+            if call.state is CallState.TRYING:
+                call.state = CallState.EARLY
+            return
+        if status < 300:
+            if b.got_final:
+                return  # a 2xx from another fork: ACKed by the layer when registered
+            b.got_final = True
+            if call.provisional_timer is not None:
+                call.provisional_timer.cancel()
+                call.provisional_timer = None
+            b.dialog = Dialog.as_uac(b.invite, response)  # type: ignore[arg-type]
+            b.dialog.local_contact = self.contact_for(b.flow)
+            if call.cancelled or call.ended:
+                self._ack_b(call, response, b"", None)
+                self._send_bye(call, b)
+                self._end(call, "cancelled")
+                return
+            if not call.ack_waits_for_a:
+                self._ack_b(call, response, b"", None)
+            else:
+                call.pending_b_2xx = response
+            self._relay_response_to_a(call, response)
+            call.state = CallState.CONFIRMED
+            call.answered_at = self.clock()
+            log.info("call_answered", status=status, setup_ms=round((call.answered_at - call.started_at) * 1000, 1))
+            return
+        # final error
+        b.got_final = True
+        if call.provisional_timer is not None:
+            call.provisional_timer.cancel()
+            call.provisional_timer = None
+        if call.cancelled:
+            self._end(call, "cancelled")
+            return
+        hop = call.current_hop
+        if hop is not None and status in hop.failover_codes and call.hop_index + 1 < len(call.hops):
+            log.info("b_leg_failover", status=status, attempt=call.hop_index + 1)
+            self._try_next_hop(call, status, response.reason)
+            return
+        self._fail_a(call, status, response.reason, response)
+
+    def _relay_response_to_a(self, call: Call, response: Response) -> None:
+        a = call.a
+        tx = a.server_tx
+        invite = a.invite
+        if tx is None or invite is None or tx.state not in ("trying", "proceeding"):
+            return
+        out = make_response(invite, response.status, response.reason, to_tag=a.local_tag)
+        out.add("Contact", self.contact_for(a.flow))
+        if response.status >= 200:
+            out.add("Allow", ALLOW)
+        out.add("Server", self.user_agent)
+        if response.body:
+            out.set_body(response.body, response.content_type)
+        if a.dialog is None:
+            a.dialog = Dialog.as_uas(invite, a.local_tag, self.contact_for(a.flow))
+        if response.status >= 200:
+            a.dialog.state = "confirmed"
+        self.layer.send_response(tx, out, self.clock())
+
+    def _fail_a(self, call: Call, status: int, reason: str, response: Response | None = None) -> None:
+        a = call.a
+        tx = a.server_tx
+        if tx is not None and a.invite is not None and tx.state in ("trying", "proceeding"):
+            out = make_response(a.invite, status, reason, to_tag=a.local_tag)
+            if response is not None:
+                for name in ("Warning", "Retry-After", "Reason"):
+                    for value in response.get_all(name):
+                        out.add(name, value)
+            self.layer.send_response(tx, out, self.clock())
+        self._end(call, f"failed {status}")
+
+    def _ack_b(self, call: Call, response: Response, body: bytes, content_type: str | None) -> None:
+        b = call.b
+        assert b is not None and b.dialog is not None and b.invite is not None and b.client_tx is not None
+        ack = b.dialog.create_ack(b.invite, response, self.ids)
+        dest = self._next_hop(b)
+        ack.push_via(self.via_for(dest, self.ids.branch()))
+        if body:
+            ack.set_body(body, content_type)
+        self.layer.send_ack(b.client_tx, ack, dest, self.clock())
+
+    def _on_abandoned_response(self, owner: _Abandoned, tx: ClientTransaction, response: Response) -> None:
+        if response.status < 200:
+            if not owner.cancel_sent:
+                owner.cancel_sent = True
+                cancel = self.layer.cancel_request(tx)
+                self.layer.send_request(cancel, tx.destination, self.clock()).owner = None
+        elif response.status < 300 and response.to_tag is not None:
+            dialog = Dialog.as_uac(tx.request, response)
+            ack = dialog.create_ack(tx.request, response, self.ids)
+            ack.push_via(self.via_for(tx.destination, self.ids.branch()))
+            self.layer.send_ack(tx, ack, tx.destination, self.clock())
+            bye = dialog.create_request("BYE", self.ids)
+            bye.push_via(self.via_for(tx.destination, self.ids.branch()))
+            self.layer.send_request(bye, tx.destination, self.clock()).owner = None
+
+    # -- CANCEL, ACK, BYE and other in-dialog requests --------------------------------------------
+
+    def _on_cancel(self, tx: ServerTransaction, request: Request, cancelled: ServerTransaction | None) -> None:
+        if cancelled is None or not isinstance(cancelled.owner, Call):
+            self._respond(tx, 481)
+            return
+        self._respond(tx, 200)
+        call = cancelled.owner
+        if call.ended or call.cancelled:
+            return
+        call.cancelled = True
+        a = call.a
+        if a.server_tx is not None and a.invite is not None and a.server_tx.state in ("trying", "proceeding"):
+            out = make_response(a.invite, 487, to_tag=a.local_tag)
+            self.layer.send_response(a.server_tx, out, self.clock())
+        log.info("call_cancelled_by_caller", call_id=call.id)
+        b = call.b
+        if b is None or b.got_final:
+            self._end(call, "cancelled")
+            return
+        if b.got_provisional:
+            self._send_cancel(call)
+        # else: CANCEL goes out when the first provisional arrives (RFC 3261 section 9.1)
+
+    def _send_cancel(self, call: Call) -> None:
+        b = call.b
+        if call.cancel_sent or b is None or b.client_tx is None:
+            return
+        call.cancel_sent = True
+        cancel = self.layer.cancel_request(b.client_tx)
+        self.layer.send_request(cancel, b.client_tx.destination, self.clock()).owner = None
+
+    def _on_ack(self, tx: ServerTransaction, ack: Request) -> None:
+        owner = tx.owner
+        if isinstance(owner, Call):
+            call = owner
+            pending = call.pending_b_2xx
+            if pending is not None and call.b is not None and call.b.dialog is not None:
+                call.pending_b_2xx = None
+                self._ack_b(call, pending, ack.body, ack.content_type)
+        elif isinstance(owner, RelayedRequest):
+            relay = owner
+            pending = relay.pending_2xx
+            if pending is not None:
+                self._ack_relayed(relay, pending, ack.body, ack.content_type)
+
+    def _on_in_dialog(self, leg: Leg, tx: ServerTransaction, request: Request) -> None:
+        call = self._call_of(leg)
+        if call is None or leg.dialog is None:
+            self._respond(tx, 481)
+            return
+        method = request.method
+        if method == "ACK":
+            return
+        try:
+            leg.dialog.check_request(request)
+        except DialogError as exc:
+            self._respond(tx, exc.status, exc.reason, to_tag=leg.local_tag)
+            return
+        other = call.other(leg)
+        if method == "BYE":
+            self._respond(tx, 200, to_tag=leg.local_tag)
+            log.info("call_hangup", by="caller" if leg.side == "a" else "callee", call_id=call.id)
+            if other is not None:
+                if other.side == "b" and not other.got_final:
+                    call.cancelled = True
+                    if other.got_provisional:
+                        self._send_cancel(call)
+                else:
+                    self._send_bye(call, other)
+            self._end(call, "completed" if call.answered_at else "cancelled")
+            return
+        if other is None or other.dialog is None or method not in RELAYED_IN_DIALOG:
+            if method in ("INFO", "OPTIONS", "NOTIFY", "MESSAGE") and (other is None or other.dialog is None):
+                self._respond(tx, 200, to_tag=leg.local_tag)
+            else:
+                self._respond(tx, 501 if method not in KNOWN_METHODS else 405, to_tag=leg.local_tag,
+                              extra=(("Allow", ALLOW),))
+            return
+        if method in ("INVITE", "UPDATE"):
+            leg.dialog.update_target(request)
+        out = other.dialog.create_request(
+            method, self.ids, body=request.body, content_type=request.content_type
+        )
+        for name in ("Event", "Subscription-State", "Info-Package", "Content-Disposition"):
+            value = request.get(name)
+            if value is not None:
+                out.set(name, value)
+        dest = self._next_hop(other)
+        out.push_via(self.via_for(dest, self.ids.branch()))
+        relay = RelayedRequest(call, tx, other, leg, out)
+        tx.owner = relay
+        ctx = self.layer.send_request(out, dest, self.clock())
+        ctx.owner = relay
+        relay.client_tx = ctx
+
+    def _on_relayed_response(self, relay: RelayedRequest, tx: ClientTransaction, response: Response) -> None:
+        server_tx = relay.server_tx
+        status = response.status
+        if status == 100 or server_tx is None:
+            return
+        if relay.request.method in ("INVITE", "UPDATE") and 200 <= status < 300:
+            if relay.to_leg.dialog is not None:
+                relay.to_leg.dialog.update_target(response)
+        if relay.request.method == "INVITE" and 200 <= status < 300:
+            if relay.acked:
+                return
+            if relay.request.body:
+                self._ack_relayed(relay, response, b"", None)
+            else:
+                relay.pending_2xx = response
+        if server_tx.state not in ("trying", "proceeding"):
+            return
+        out = make_response(server_tx.request, status, response.reason, to_tag=relay.from_leg.local_tag)
+        if relay.request.method in ("INVITE", "UPDATE") and status < 300:
+            out.add("Contact", self.contact_for(relay.from_leg.flow))
+        if response.body:
+            out.set_body(response.body, response.content_type)
+        for name in ("Warning", "Retry-After"):
+            for value in response.get_all(name):
+                out.add(name, value)
+        self.layer.send_response(server_tx, out, self.clock())
+
+    def _ack_relayed(self, relay: RelayedRequest, response: Response, body: bytes, content_type: str | None) -> None:
+        leg = relay.to_leg
+        if leg.dialog is None:
+            return
+        relay.acked = True
+        relay.pending_2xx = None
+        ack = leg.dialog.create_ack(relay.request, response, self.ids)
+        dest = self._next_hop(leg)
+        ack.push_via(self.via_for(dest, self.ids.branch()))
+        if body:
+            ack.set_body(body, content_type)
+        client_tx = relay.client_tx
+        if client_tx is not None:
+            self.layer.send_ack(client_tx, ack, dest, self.clock())
+        else:
+            self.layer.send_stateless(ack, dest)
+
+    def _send_bye(self, call: Call, leg: Leg) -> None:
+        if leg.dialog is None:
+            return
+        bye = leg.dialog.create_request("BYE", self.ids)
+        dest = self._next_hop(leg)
+        bye.push_via(self.via_for(dest, self.ids.branch()))
+        self.layer.send_request(bye, dest, self.clock()).owner = None
+
+    def _next_hop(self, leg: Leg) -> Address:
+        """Where in-dialog requests to ``leg`` go: its route set's first hop, else its flow."""
+        dialog = leg.dialog
+        if dialog is not None and dialog.route_set:
+            first = dialog.route_set[0]
+            try:
+                return resolve_next_hop(first.uri, default_transport=leg.flow.transport)
+            except (SipParseError, ValueError):
+                return leg.flow
+        return leg.flow
+
+    def _call_of(self, leg: Leg) -> Call | None:
+        if leg.side == "a":
+            owner = leg.server_tx.owner if leg.server_tx is not None else None
+        else:
+            owner = leg.client_tx.owner if leg.client_tx is not None else None
+        if isinstance(owner, Call):
+            return owner
+        for call in self.calls.values():
+            if call.a is leg or call.b is leg:
+                return call
+        return None
+
+    # -- failures ----------------------------------------------------------------------------
+
+    def _on_tx_failure(self, tx: ClientTransaction | ServerTransaction, status: int, reason: str) -> None:
+        owner = tx.owner
+        if isinstance(owner, Call) and isinstance(tx, ClientTransaction):
+            call = owner
+            b = call.b
+            if b is None or b.client_tx is not tx or b.got_final or call.ended:
+                return
+            b.got_final = True
+            if call.provisional_timer is not None:
+                call.provisional_timer.cancel()
+                call.provisional_timer = None
+            if call.cancelled:
+                self._end(call, "cancelled")
+                return
+            log.info("b_leg_failed", status=status, attempt=call.hop_index + 1, call_id=call.id)
+            self._try_next_hop(call, status, reason)
+        elif isinstance(owner, RelayedRequest) and isinstance(tx, ClientTransaction):
+            relay = owner
+            if relay.server_tx is not None and relay.server_tx.state in ("trying", "proceeding"):
+                out = make_response(relay.server_tx.request, status, reason, to_tag=relay.from_leg.local_tag)
+                self.layer.send_response(relay.server_tx, out, self.clock())
+
+    def _on_ack_timeout(self, tx: ServerTransaction) -> None:
+        owner = tx.owner
+        if isinstance(owner, Call) and not owner.ended:
+            call = owner
+            log.info("no_ack_from_caller", call_id=call.id)
+            self._send_bye(call, call.a)
+            if call.b is not None:
+                self._send_bye(call, call.b)
+            self._end(call, "no ACK")
+
+    def _end(self, call: Call, result: str) -> None:
+        if call.ended:
+            return
+        call.state = CallState.ENDED
+        call.result = result
+        call.ended_at = self.clock()
+        if call.provisional_timer is not None:
+            call.provisional_timer.cancel()
+            call.provisional_timer = None
+        self.calls.pop(call.id, None)
+        self.legs.pop((call.a.call_id, call.a.local_tag), None)
+        if call.b is not None:
+            self.legs.pop((call.b.call_id, call.b.local_tag), None)
+        if result.startswith("failed"):
+            self.failed += 1
+        else:
+            self.completed += 1
+        log.info("call_end", call_id=call.id, result=result,
+                 duration_s=round(call.ended_at - call.answered_at, 3) if call.answered_at else 0.0,
+                 attempts=call.attempts)
+        for observer in self.observers:
+            try:
+                observer.call_ended(call)
+            except Exception:
+                log.exception("observer_failed")
+
+
+class _Abandoned:
+    """Owner of a B-leg INVITE given up for lack of a provisional response."""
+
+    __slots__ = ("call", "cancel_sent")
+
+    def __init__(self, call: Call):
+        self.call = call
+        self.cancel_sent = False
+
+
+def _user_of(name_addr: NameAddr) -> str:
+    try:
+        uri = name_addr.uri
+    except SipParseError:
+        return "anonymous"
+    if isinstance(uri, (SipUri, TelUri)) and uri.user:
+        return uri.user
+    return "anonymous"

@@ -1,0 +1,108 @@
+"""Structured logging (SPEC O-3): structlog for our code, stdlib loggers routed through it.
+
+Theory of operation
+-------------------
+Every event, whether it comes from ``structlog.get_logger()`` or from a library's
+``logging.getLogger()``, ends up as a stdlib ``LogRecord`` handled by one root handler whose
+:class:`structlog.stdlib.ProcessorFormatter` renders it as JSON (production) or as coloured
+console text (development). Both paths share the same processors, with
+``merge_contextvars`` first, so a ``call_id`` bound with :func:`bind_call` appears on every
+line logged while the call is handled, including lines from the stdlib loggers.
+
+structlog loggers are built with :func:`structlog.make_filtering_bound_logger`: a call at a
+disabled level is a no-op method, so ``log.debug(...)`` on the SIP hot path costs one method
+call when DEBUG is off.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import AbstractContextManager
+from typing import Any, TextIO, cast
+
+import structlog
+from structlog.typing import FilteringBoundLogger, Processor
+
+__all__ = ["bind_call", "configure_logging", "get_logger"]
+
+_HANDLER_NAME = "gateway"
+
+
+def configure_logging(
+    fmt: str = "json",
+    level: str = "INFO",
+    *,
+    stream: TextIO | None = None,
+    cache_loggers: bool = True,
+) -> None:
+    """Configure structlog and stdlib logging for the whole process.
+
+    ``fmt`` is ``"json"`` or ``"console"``; ``level`` a stdlib level name (any case).
+    Output goes to ``stream`` (default: ``sys.stderr`` at call time). Calling it again
+    replaces the previous configuration. With ``cache_loggers`` (the default, for speed)
+    a structlog logger keeps the configuration it first logged with; tests that call this
+    function more than once should pass ``cache_loggers=False``.
+    """
+    if fmt not in ("json", "console"):
+        raise ValueError(f"log format must be 'json' or 'console', not {fmt!r}")
+    level_number = logging.getLevelNamesMapping().get(level.strip().upper())
+    if level_number is None:
+        raise ValueError(f"unknown log level {level!r}")
+    output = sys.stderr if stream is None else stream
+
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    renderer: list[Processor]
+    if fmt == "json":
+        renderer = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+    else:
+        renderer = [structlog.dev.ConsoleRenderer(colors=_is_tty(output))]
+
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(level_number),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        context_class=dict,
+        cache_logger_on_first_use=cache_loggers,
+    )
+
+    handler = logging.StreamHandler(output)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level_number)
+
+
+def get_logger(name: str | None = None, **initial_values: Any) -> FilteringBoundLogger:
+    """Return a structlog logger (named after the calling module unless ``name`` is given)."""
+    args = () if name is None else (name,)
+    return cast(FilteringBoundLogger, structlog.get_logger(*args, **initial_values))
+
+
+def bind_call(call_id: str, **fields: Any) -> AbstractContextManager[None]:
+    """Bind ``call_id`` (and any ``fields``) to every log line in this context.
+
+    Use as ``with bind_call(call_id): ...``; the previous values are restored on exit.
+    Bindings live in :mod:`contextvars`, so each asyncio task sees its own.
+    """
+    return structlog.contextvars.bound_contextvars(call_id=call_id, **fields)
+
+
+def _is_tty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())

@@ -1,0 +1,397 @@
+"""The asyncio adapter around the sans-I/O SIP core: UDP and TCP on IPv4 and IPv6.
+
+Theory of operation
+-------------------
+The adapter only moves bytes and time (aioquic style). Bytes from a socket are parsed and
+fed to the :class:`TransactionLayer`; after every input (a datagram, a stream chunk, a timer,
+a call from the transaction user) ``pump()`` drains what the layer wants sent, hands its
+events to the transaction user, and re-arms a single ``loop.call_at`` for the layer's
+earliest timer. Nothing here interprets SIP beyond what it takes to answer a malformed
+request with 400 (RFC 3261 section 21.4.1) and to keep the framing of stream transports
+(section 18.3).
+
+Responses to UDP requests leave from the socket of the request's address family; TCP
+responses and in-dialog requests to a peer that connected to us reuse that connection
+(keyed by the peer's address, so a reply reaches a client behind NAT, RFC 3581 in spirit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from gateway.sip.errors import SipParseError
+from gateway.sip.headers import Via
+from gateway.sip.message import Request, Response, StreamFramer, make_response, parse_message
+from gateway.sip.transaction import Address, TransactionLayer
+
+__all__ = ["ListenSpec", "SipEndpoint"]
+
+log = structlog.get_logger("gateway.transport")
+
+EventHandler = Callable[[Any], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSpec:
+    """One listening socket: transport ("udp" or "tcp"), host literal, port."""
+
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @property
+    def sent_by(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _family_of(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: SipEndpoint, spec: ListenSpec):
+        self.endpoint = endpoint
+        self.spec = spec
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.endpoint.on_bytes(data, Address("udp", addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: the peer is gone. On Linux the error is not
+        # tied to a destination here, so transactions fall back on their timers.
+        log.debug("udp_error", error=str(exc))
+
+
+class _TcpConnection(asyncio.Protocol):
+    def __init__(self, endpoint: SipEndpoint, transport_name: str = "tcp"):
+        self.endpoint = endpoint
+        self.transport_name = transport_name
+        self.framer = StreamFramer(endpoint.max_message_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.peer: Address | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = Address(self.transport_name, peer[0], peer[1])
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.endpoint.connection_opened(self.peer, self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError as exc:
+            log.warning("stream_framing_error", peer=str(self.peer), error=exc.detail)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for message in messages:
+            self.endpoint.on_bytes(message, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.endpoint.connection_closed(self.peer, self)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class SipEndpoint:
+    """Sockets + one timer around a :class:`TransactionLayer`.
+
+    ``on_event`` is the transaction user: it receives every event of the layer and may call
+    the layer (send_request, send_response, ...) from inside the callback; ``pump()`` runs
+    until nothing is left to send or dispatch.
+    """
+
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        listeners: list[ListenSpec],
+        *,
+        max_message_bytes: int = 65535,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ):
+        self.layer = layer
+        self.listeners = listeners
+        self.max_message_bytes = max_message_bytes
+        self.loop = loop or asyncio.get_event_loop()
+        self.on_event: EventHandler = lambda event: None
+        self._udp: dict[int, _UdpProtocol] = {}
+        self._tcp_servers: list[asyncio.AbstractServer] = []
+        self._connections: dict[Address, _TcpConnection] = {}
+        self._connecting: dict[Address, list[bytes]] = {}
+        self._resolved: dict[str, str] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pumping = False
+        self.parse_errors = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open every listening socket; raises OSError when an address is unusable."""
+        for spec in self.listeners:
+            if spec.transport == "udp":
+                transport, protocol = await self.loop.create_datagram_endpoint(
+                    lambda spec=spec: _UdpProtocol(self, spec),  # type: ignore[misc]
+                    local_addr=(spec.host, spec.port),
+                    family=spec.family,
+                )
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                        try:
+                            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+                        except OSError:
+                            pass
+                self._udp.setdefault(spec.family, protocol)
+            elif spec.transport == "tcp":
+                server = await self.loop.create_server(
+                    lambda: _TcpConnection(self, "tcp"),
+                    host=spec.host,
+                    port=spec.port,
+                    family=spec.family,
+                    reuse_address=True,
+                )
+                self._tcp_servers.append(server)
+            else:
+                raise ValueError(f"transport {spec.transport!r} is not supported yet")
+            log.info("listening", transport=spec.transport, host=spec.host, port=spec.port)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for server in self._tcp_servers:
+            server.close()
+        for conn in list(self._connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        for proto in self._udp.values():
+            if proto.transport is not None:
+                proto.transport.close()
+        for server in self._tcp_servers:
+            await server.wait_closed()
+
+    # -- addresses for Via and Contact -------------------------------------------------
+
+    def listener_for(self, destination: Address) -> ListenSpec:
+        """The listener whose address we present to ``destination`` (same transport/family)."""
+        family = _family_of(destination.host) if _is_ip_literal(destination.host) else None
+        fallback: ListenSpec | None = None
+        for spec in self.listeners:
+            if spec.transport != destination.transport:
+                continue
+            if family is None or spec.family == family:
+                return spec
+            fallback = fallback or spec
+        if fallback is not None:
+            return fallback
+        for spec in self.listeners:
+            if family is None or spec.family == family:
+                return spec
+        return self.listeners[0]
+
+    def via_for(self, destination: Address, branch: str) -> Via:
+        """A Via naming the listener used towards ``destination`` (rport asked, RFC 3581)."""
+        spec = self.listener_for(destination)
+        host = f"[{spec.host}]" if ":" in spec.host else spec.host
+        return Via(destination.transport.upper(), host, spec.port, {"branch": branch, "rport": None})
+
+    def contact_for(self, destination: Address, user: str = "gw") -> str:
+        """A Contact value for dialogs with ``destination``."""
+        spec = self.listener_for(destination)
+        transport = "" if spec.transport == "udp" else f";transport={spec.transport}"
+        return f"<sip:{user}@{spec.sent_by}{transport}>"
+
+    # -- input -------------------------------------------------------------------------
+
+    def on_bytes(self, data: bytes, source: Address) -> None:
+        """One datagram or one framed stream message from ``source``."""
+        if len(data) <= 4 and not data.strip():
+            return  # keep-alive (RFC 5626 CRLF ping on UDP)
+        try:
+            message = parse_message(data, max_size=self.max_message_bytes)
+        except SipParseError as exc:
+            self._reject_malformed(exc, source)
+            return
+        try:
+            self.layer.receive(message, source, self.loop.time())
+        except SipParseError as exc:
+            self._reject_malformed(exc, source)
+        except Exception:  # never let a bug escape into the transport callback
+            log.exception("receive_failed", source=str(source))
+        self.pump()
+
+    def _reject_malformed(self, exc: SipParseError, source: Address) -> None:
+        self.parse_errors += 1
+        partial = getattr(exc, "partial", None)
+        log.info(
+            "malformed_message",
+            source=f"{source.transport}:{source.host}:{source.port}",
+            status=exc.status,
+            error=exc.detail,
+        )
+        if not isinstance(partial, Request) or partial.method == "ACK":
+            return
+        try:
+            response = make_response(partial, exc.status, exc.reason)
+            response.add("Warning", f'399 gateway "{_quote_safe(exc.detail)}"')
+            destination = source
+            data = response.to_bytes()
+        except Exception:
+            return  # the headers needed to answer were unusable: drop (RFC 3261 section 16.3)
+        self._send(data, destination)
+
+    # -- pumping -----------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Send what the layer queued, dispatch its events, re-arm the timer."""
+        if self._pumping:
+            return
+        self._pumping = True
+        layer = self.layer
+        try:
+            while True:
+                out = layer.next_outgoing()
+                if out is not None:
+                    self._send(out.data, out.destination)
+                    continue
+                event = layer.next_event()
+                if event is None:
+                    break
+                try:
+                    self.on_event(event)
+                except Exception:
+                    log.exception("event_handler_failed", event=type(event).__name__)
+        finally:
+            self._pumping = False
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.layer.get_timer()
+        if deadline is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+                self._timer_at = None
+            return
+        if self._timer is not None and self._timer_at == deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.layer.handle_timer(self.loop.time())
+        except Exception:
+            log.exception("timer_failed")
+        self.pump()
+
+    # -- output ------------------------------------------------------------------------
+
+    def _send(self, data: bytes, destination: Address) -> None:
+        host = destination.host
+        if not _is_ip_literal(host):
+            resolved = self._resolved.get(host)
+            if resolved is None:
+                self.loop.create_task(self._resolve_and_send(data, destination))
+                return
+            destination = Address(destination.transport, resolved, destination.port)
+        if destination.transport == "udp":
+            proto = self._udp.get(_family_of(destination.host))
+            if proto is None or proto.transport is None:
+                self._fail(destination, "no UDP socket for this address family")
+                return
+            try:
+                proto.transport.sendto(data, (destination.host, destination.port))
+            except OSError as exc:
+                self._fail(destination, str(exc))
+            return
+        conn = self._connections.get(destination)
+        if conn is not None:
+            conn.write(data)
+            return
+        pending = self._connecting.get(destination)
+        if pending is not None:
+            pending.append(data)
+            return
+        self._connecting[destination] = [data]
+        self.loop.create_task(self._connect(destination))
+
+    async def _resolve_and_send(self, data: bytes, destination: Address) -> None:
+        try:
+            infos = await self.loop.getaddrinfo(destination.host, destination.port)
+        except OSError as exc:
+            self._fail(destination, f"cannot resolve {destination.host}: {exc}")
+            self.pump()
+            return
+        self._resolved[destination.host] = str(infos[0][4][0])
+        self._send(data, destination)
+
+    async def _connect(self, destination: Address) -> None:
+        try:
+            await self.loop.create_connection(
+                lambda: _TcpConnection(self, destination.transport),
+                destination.host,
+                destination.port,
+            )
+        except OSError as exc:
+            self._connecting.pop(destination, None)
+            self._fail(destination, str(exc))
+            self.pump()
+
+    def connection_opened(self, peer: Address, conn: _TcpConnection) -> None:
+        self._connections[peer] = conn
+        for data in self._connecting.pop(peer, []):
+            conn.write(data)
+
+    def connection_closed(self, peer: Address, conn: _TcpConnection) -> None:
+        if self._connections.get(peer) is conn:
+            del self._connections[peer]
+
+    def _fail(self, destination: Address, why: str) -> None:
+        log.info("transport_error", destination=str(destination), error=why)
+        self.layer.transport_error(destination, self.loop.time())
+        # pump() is called by whoever triggered the send
+
+
+def _quote_safe(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', "'")[:200]
