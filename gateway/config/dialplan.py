@@ -28,6 +28,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -35,7 +36,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -244,8 +244,6 @@ class OutboundRule(_Frozen):
     rewrite: str | None = None
     trunk: str
 
-    _pattern: re.Pattern[str] = PrivateAttr()
-
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
@@ -281,17 +279,19 @@ class OutboundRule(_Frozen):
         return value
 
     def model_post_init(self, context: Any, /) -> None:
-        """Compile the regex once; routing reuses it."""
-        self._pattern = re.compile(self.match)
+        """Compile the regex now, at load time, rather than on the first call."""
+        _ = self.pattern
 
-    @property
+    # cached_property rather than a pydantic PrivateAttr: private attributes are read
+    # through __getattr__ (about 1.5 us), a cached property from the instance __dict__.
+    @cached_property
     def pattern(self) -> re.Pattern[str]:
         """The compiled ``match`` regex."""
-        return self._pattern
+        return re.compile(self.match)
 
     def apply(self, user: str) -> str | None:
         """Return the rewritten user if this rule matches ``user``, else ``None``."""
-        matched = self._pattern.fullmatch(user)
+        matched = self.pattern.fullmatch(user)
         if matched is None:
             return None
         return user if self.rewrite is None else matched.expand(self.rewrite)
@@ -315,7 +315,11 @@ class RouteDecision:
 
 class Dialplan(_Frozen):
     """A validated dialplan (format version 1). Build it with
-    :func:`gateway.config.load_dialplan` to get file:line error messages."""
+    :func:`gateway.config.load_dialplan` to get file:line error messages.
+
+    To change a dialplan, build a new one: ``model_copy(update=...)`` would keep the
+    routing table of the original.
+    """
 
     version: Literal[1]
     node: NodeConfig = NodeConfig()
@@ -323,8 +327,6 @@ class Dialplan(_Frozen):
     sip: SipSettings = SipSettings()
     trunks: dict[TrunkName, Trunk] = Field(default_factory=dict)
     outbound: tuple[OutboundRule, ...] = ()
-
-    _routes: tuple[tuple[re.Pattern[str], OutboundRule, Trunk], ...] = PrivateAttr()
 
     @field_validator("version", mode="before")
     @classmethod
@@ -402,10 +404,13 @@ class Dialplan(_Frozen):
         return value
 
     def model_post_init(self, context: Any, /) -> None:
-        """Precompute the routing table: (compiled regex, rule, trunk) in rule order."""
-        self._routes = tuple(
-            (rule.pattern, rule, self.trunks[rule.trunk]) for rule in self.outbound
-        )
+        """Build the routing table now, at load time."""
+        _ = self._routes
+
+    @cached_property
+    def _routes(self) -> tuple[tuple[re.Pattern[str], OutboundRule, Trunk], ...]:
+        # (compiled regex, rule, trunk) in rule order: all that route() needs, no lookups.
+        return tuple((rule.pattern, rule, self.trunks[rule.trunk]) for rule in self.outbound)
 
     def route(self, user: str) -> RouteDecision | None:
         """Route a non-emergency call by its Request-URI user part (SPEC R-2).

@@ -68,24 +68,51 @@ REASON_PHRASES: dict[int, str] = {
     604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }
 
-_HEADER_LINE = re.compile(r"([!%'*+\-.0-9A-Z_`a-z~]+)[ \t]*:[ \t]*(.*?)[ \t]*\Z", re.S)
+_HEADER_NAME = re.compile(r"[!%'*+\-.0-9A-Z_`a-z~]+\Z")
 _METHOD = re.compile(r"[!%'*+\-.0-9A-Z_`a-z~]+\Z")
 
 
 class Message:
     """Common part of requests and responses: ordered headers and a bytes body."""
 
-    __slots__ = ("headers", "body", "_cache")
+    __slots__ = ("_headers", "body", "_cache", "_first")
 
     def __init__(self, headers: list[tuple[str, str, str]] | None = None, body: bytes = b""):
-        #: (lower-case full name, name as written, value) in wire order
-        self.headers: list[tuple[str, str, str]] = headers if headers is not None else []
+        self._headers: list[tuple[str, str, str]] = headers if headers is not None else []
         self.body: bytes = body
         self._cache: dict[str, Any] = {}
+        self._first: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> list[tuple[str, str, str]]:
+        """(lower-case full name, name as written, value) in wire order.
+
+        Mutate through :meth:`set`, :meth:`add`, :meth:`remove` or assign a new list; an
+        in-place change of this list must be followed by :meth:`headers_changed`.
+        """
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: list[tuple[str, str, str]]) -> None:
+        self._headers = value
+        self._first = None
+        self._cache.clear()
+
+    def headers_changed(self) -> None:
+        """Forget cached header lookups after an in-place change of :attr:`headers`."""
+        self._first = None
+        self._cache.clear()
+
+    def _index(self) -> dict[str, str]:
+        first = self._first
+        if first is None:
+            first = self._first = {hl: v for hl, _, v in reversed(self._headers)}
+        return first
 
     # -- generic header access -------------------------------------------------------------
 
     def _invalidate(self, lname: str) -> None:
+        self._first = None
         cache = self._cache
         if cache:
             cache.pop(lname, None)
@@ -94,12 +121,14 @@ class Message:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of a header (whole line value, not list-split)."""
+        first = self._first
+        if first is None:
+            first = self._index()
+        v = first.get(name)
+        if v is not None:
+            return v
         lname = name.lower()
-        lname = COMPACT_FORMS.get(lname, lname)
-        for hl, _, v in self.headers:
-            if hl == lname:
-                return v
-        return default
+        return first.get(COMPACT_FORMS.get(lname, lname), default)
 
     def get_all(self, name: str) -> list[str]:
         """Every value of a header; comma-separated list headers are split into items."""
@@ -117,9 +146,7 @@ class Message:
         return out
 
     def has(self, name: str) -> bool:
-        lname = name.lower()
-        lname = COMPACT_FORMS.get(lname, lname)
-        return any(hl == lname for hl, _, _ in self.headers)
+        return self.get(name) is not None
 
     def set(self, name: str, value: str | object) -> None:
         """Replace every occurrence of a header by one value (added at the end if absent)."""
@@ -127,12 +154,12 @@ class Message:
         lname = COMPACT_FORMS.get(lname, lname)
         text = str(value)
         self._invalidate(lname)
-        for i, (hl, hn, _) in enumerate(self.headers):
+        for i, (hl, hn, _) in enumerate(self._headers):
             if hl == lname:
-                self.headers[i] = (hl, hn, text)
-                self.headers[i + 1 :] = [h for h in self.headers[i + 1 :] if h[0] != lname]
+                self._headers[i] = (hl, hn, text)
+                self._headers[i + 1 :] = [h for h in self._headers[i + 1 :] if h[0] != lname]
                 return
-        self.headers.append((lname, canonical_name(lname), text))
+        self._headers.append((lname, canonical_name(lname), text))
 
     def add(self, name: str, value: str | object, *, first: bool = False) -> None:
         """Add a header line; ``first=True`` puts it before other lines of the same name."""
@@ -141,18 +168,18 @@ class Message:
         self._invalidate(lname)
         entry = (lname, canonical_name(lname), str(value))
         if first:
-            for i, (hl, _, _) in enumerate(self.headers):
+            for i, (hl, _, _) in enumerate(self._headers):
                 if hl == lname:
-                    self.headers.insert(i, entry)
+                    self._headers.insert(i, entry)
                     return
-        self.headers.append(entry)
+        self._headers.append(entry)
 
     def remove(self, name: str) -> None:
         """Remove every line of a header."""
         lname = name.lower()
         lname = COMPACT_FORMS.get(lname, lname)
         self._invalidate(lname)
-        self.headers = [h for h in self.headers if h[0] != lname]
+        self._headers = [h for h in self._headers if h[0] != lname]
 
     def set_list(self, name: str, values: Iterable[object]) -> None:
         """Replace a list header by one line per value (or remove it when empty)."""
@@ -160,7 +187,7 @@ class Message:
         lname = COMPACT_FORMS.get(lname, lname)
         self.remove(lname)
         cname = canonical_name(lname)
-        self.headers.extend((lname, cname, str(v)) for v in values)
+        self._headers.extend((lname, cname, str(v)) for v in values)
 
     # -- typed hot-path accessors ----------------------------------------------------------
 
@@ -213,11 +240,11 @@ class Message:
 
     def set_top_via(self, via: Via) -> None:
         """Rewrite the topmost Via value (e.g. after adding ``received``/``rport``)."""
-        for i, (hl, hn, v) in enumerate(self.headers):
+        for i, (hl, hn, v) in enumerate(self._headers):
             if hl == "via":
                 items = split_list(v) if "," in v else [v]
                 items[0] = str(via)
-                self.headers[i] = (hl, hn, ", ".join(items))
+                self._headers[i] = (hl, hn, ", ".join(items))
                 break
         else:
             raise SipParseError("missing Via")
@@ -234,19 +261,19 @@ class Message:
             self.add("via", via, first=True)
         else:
             self._invalidate("via")
-            self.headers.insert(0, ("via", "Via", str(via)))
+            self._headers.insert(0, ("via", "Via", str(via)))
         self._cache["top-via"] = via
 
     def pop_via(self) -> Via:
         """Remove the topmost Via and return it (a response passing back)."""
         top = self.top_via
-        for i, (hl, hn, v) in enumerate(self.headers):
+        for i, (hl, hn, v) in enumerate(self._headers):
             if hl == "via":
                 items = split_list(v) if "," in v else [v]
                 if len(items) > 1:
-                    self.headers[i] = (hl, hn, ", ".join(items[1:]))
+                    self._headers[i] = (hl, hn, ", ".join(items[1:]))
                 else:
-                    del self.headers[i]
+                    del self._headers[i]
                 break
         self._invalidate("via")
         return top
@@ -414,6 +441,22 @@ class Response(Message):
 # -- parsing -------------------------------------------------------------------------------
 
 _REQUIRED_REQUEST_HEADERS = ("via", "from", "to", "call-id", "cseq")
+_SINGLE_HEADERS = frozenset(("call-id", "cseq", "from", "to"))
+
+#: lower-case header names that need no validation, mapped to their full lower-case name
+_KNOWN_NAMES: dict[str, str] = {
+    **{name: name for name in (
+        "via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length",
+        "content-type", "route", "record-route", "allow", "supported", "require", "user-agent",
+        "server", "expires", "subject", "authorization", "www-authenticate",
+        "proxy-authorization", "proxy-authenticate", "p-asserted-identity", "accept",
+        "content-disposition", "session-expires", "min-se", "privacy", "priority",
+        "resource-priority", "geolocation", "geolocation-routing", "event", "refer-to",
+        "referred-by", "warning", "reason", "date", "organization", "retry-after", "rseq",
+        "rack", "allow-events", "unsupported", "proxy-require", "mime-version",
+    )},
+    **COMPACT_FORMS,
+}
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
@@ -430,7 +473,7 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
 def _parse_headers(lines: list[str]) -> list[tuple[str, str, str]]:
     headers: list[tuple[str, str, str]] = []
     compact = COMPACT_FORMS
-    match_line = _HEADER_LINE.match
+    known = _KNOWN_NAMES
     for line in lines:
         if not line:
             continue
@@ -442,13 +485,19 @@ def _parse_headers(lines: list[str]) -> list[tuple[str, str, str]]:
             hl, hn, v = headers[-1]
             headers[-1] = (hl, hn, f"{v} {line.strip()}")
             continue
-        m = match_line(line)
-        if m is None:
+        name, sep, value = line.partition(":")
+        if not sep:
             raise SipParseError(f"malformed header line {line[:60]!r}")
-        name, value = m.groups()
         lname = name.lower()
-        lname = compact.get(lname, lname)
-        headers.append((lname, name, value))
+        if lname not in known:
+            name = name.rstrip(" \t")
+            lname = name.lower()
+            if not _HEADER_NAME.match(name):
+                raise SipParseError(f"bad header name {name[:40]!r}")
+            lname = compact.get(lname, lname)
+        else:
+            lname = known[lname]
+        headers.append((lname, name, value.strip(" \t")))
     return headers
 
 
@@ -525,17 +574,22 @@ def _frame_body(msg: Request | Response, body: bytes) -> None:
 
 def _validate(msg: Request | Response) -> None:
     """Check the headers every message needs and that they parse (hot-path ones only)."""
-    present = {hl for hl, _, _ in msg.headers}
+    present = msg._index()
     for needed in _REQUIRED_REQUEST_HEADERS:
         if needed not in present:
             _fail(msg, f"missing {canonical_name(needed)} header")
+    if len(msg._headers) > 12:
+        counts = 0
+        for hl, _, _ in msg._headers:
+            if hl in _SINGLE_HEADERS:
+                counts += 1
+        if counts > 4:
+            _fail(msg, "duplicated Call-ID, CSeq, From or To header")
     try:
         cseq = msg.cseq
         msg.top_via  # noqa: B018 - parse and cache the Via list
         msg.from_  # noqa: B018
         msg.to  # noqa: B018
-        if sum(1 for hl, _, _ in msg.headers if hl in ("call-id", "cseq", "from", "to")) > 4:
-            raise SipParseError("duplicated Call-ID, CSeq, From or To header")
         if isinstance(msg, Request):
             msg.max_forwards  # noqa: B018
             if cseq.method != msg.method:

@@ -1,30 +1,82 @@
 """RFC 3261 section 17 transactions, sans-I/O (with RFC 6026 Accepted states).
 
-API CONTRACT (stub: implementation in progress). Everything here takes ``now`` (seconds, a
-float from the injected clock) and never touches a socket or the system clock.
+>> API CONTRACT. Everything here takes ``now`` (seconds, a float from the injected clock)
+and never touches a socket or the system clock.
 
 Usage by the adapter (transport) and the transaction user (TU, the B2BUA):
 
     layer = TransactionLayer(TimerConfig(), ids=IdGenerator(random.Random()))
     layer.receive(message, source, now)            # every parsed message from the wire
     tx = layer.send_request(request, destination, now)   # new client transaction
+    cancel = layer.cancel_request(tx)              # build the CANCEL for a client INVITE
+    layer.send_request(cancel, tx.destination, now)      # ...and send it (section 9.1)
     layer.send_response(server_tx, response, now)  # answer a server transaction
     layer.send_ack(client_tx, ack, destination, now)     # ACK for a 2xx (end to end)
     layer.send_stateless(message, destination)     # e.g. stray responses, 2xx ACK w/o tx
     layer.transport_error(destination, now)        # a send to destination failed
+    layer.find_server(request)                     # the server transaction a request matches
+    layer.client_count, layer.server_count         # live transactions (0 when idle)
     while (out := layer.next_outgoing()) is not None: send out.data to out.destination
     while (ev := layer.next_event()) is not None: handle ev (events below)
     deadline = layer.get_timer()   # earliest deadline or None; arm ONE loop.call_at
     layer.handle_timer(now)        # fire every expired timer
+
+Events (frozen dataclasses, pulled with ``next_event``): RequestReceived, ResponseReceived,
+TransactionTimeout, TransportFailure, AckReceived, AckTimeout, StrayResponse, StrayAck.
+
+Contract details the TU relies on:
+
+* ``receive`` never raises. A request that cannot be handled is dropped and, unless it is an
+  ACK, answered statelessly with the status its :class:`SipError` carries (400, 505, ...).
+* ``send_request`` adds a fresh ``z9hG4bK`` branch to the top Via when it has none (the TU
+  pushes the Via, since only it knows the local address). It raises ``ValueError`` for an
+  ACK (use ``send_ack``/``send_stateless``) or a branch already in use.
+* ``send_response`` ignores a response the transaction can no longer send (the transaction
+  terminated, or a final response was already sent; RFC 6026 allows further 2xx only).
+* The layer retransmits a 2xx to an INVITE itself (section 13.3.1.4, T1 doubling to T2,
+  UDP only) until the ACK arrives (``AckReceived``) or Timer L fires (``AckTimeout``).
+* Timer B only runs in the Calling state (section 17.1.1.2): after a 1xx the TU owns the
+  ringing timeout. Sending a CANCEL for an INVITE re-arms Timer B for 64*T1 (section 9.1:
+  with no final response by then the INVITE is considered cancelled: TransactionTimeout).
+* ``transport_error`` terminates every transaction sending to that address, whatever its
+  state, with ``TransportFailure``; the TU ignores it for transactions it considers done.
+
+Theory of operation
+-------------------
+Each transaction is a small state machine; its transitions are the tables below
+(``CLIENT_INVITE``, ``CLIENT_NON_INVITE``, ``SERVER_INVITE``, ``SERVER_NON_INVITE``): state ->
+input -> next state, h11 style. An input missing from a state's row is absorbed (it changes
+nothing and emits nothing). The code that applies an input looks the transition up, then does
+the actions the RFC attaches to it (send, arm/cancel timers, emit an event).
+
+The layer owns three things besides the transactions:
+
+* the maps: client transactions by (branch, CSeq method) (section 17.1.3), server
+  transactions by (branch, sent-by, method with ACK -> INVITE) (section 17.2.3), or by the
+  RFC 2543 tuple when the branch lacks the magic cookie; 2xx-ACK matching by (Call-ID, CSeq
+  number, From tag, To tag of the 2xx) (section 13.3.1.4); RFC 2543 ACK aliases (the tuple
+  with the To tag of the non-2xx final response);
+* one heap of timers ``(deadline, seq, transaction, timer name)`` with lazy deletion: a
+  transaction keeps ``timers[name] = seq`` of its live entry, so cancelling or re-arming a
+  timer just forgets the seq and the stale heap entry is skipped when popped;
+* two FIFO queues: bytes to send (``Outgoing``) and events for the TU.
+
+A message is serialised once per send; retransmissions resend the same bytes. A terminated
+transaction leaves every map at once, so counts return to 0 when traffic stops.
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from heapq import heapify, heappop, heappush
+from typing import NamedTuple, TypeAlias
 
-from gateway.sip.message import Request, Response
+from gateway.sip.errors import SipError
+from gateway.sip.headers import Via
+from gateway.sip.message import Request, Response, make_response
 
 __all__ = [
     "Address",
@@ -34,6 +86,7 @@ __all__ = [
     "ClientTransaction",
     "ServerTransaction",
     "TransactionLayer",
+    "Event",
     "RequestReceived",
     "ResponseReceived",
     "TransactionTimeout",
@@ -41,7 +94,12 @@ __all__ = [
     "AckReceived",
     "AckTimeout",
     "StrayResponse",
+    "StrayAck",
     "BRANCH_COOKIE",
+    "CLIENT_INVITE",
+    "CLIENT_NON_INVITE",
+    "SERVER_INVITE",
+    "SERVER_NON_INVITE",
 ]
 
 BRANCH_COOKIE = "z9hG4bK"
@@ -69,6 +127,14 @@ class TimerConfig:
     timer_b: float | None = None  # default 64*T1
     timer_f: float | None = None  # default 64*T1
     send_trying_immediately: bool = True
+    timer_d: float = 32.0  # client INVITE Completed over UDP ("at least 32 s", 17.1.1.2)
+
+    def __post_init__(self) -> None:
+        if not self.t1 > 0 or self.t2 < self.t1 or self.t4 < 0 or self.timer_d < 0:
+            raise ValueError(f"bad SIP timers {self!r}: need T1 > 0, T2 >= T1, T4 >= 0")
+        for value in (self.timer_b, self.timer_f):
+            if value is not None and not value > 0:
+                raise ValueError(f"bad SIP timers {self!r}: Timer B/F must be > 0")
 
 
 class IdGenerator:
@@ -97,14 +163,145 @@ class Outgoing(NamedTuple):
     destination: Address
 
 
+# -- states, inputs and the transition tables ----------------------------------------------
+
+CALLING = "calling"
+TRYING = "trying"
+PROCEEDING = "proceeding"
+ACCEPTED = "accepted"
+COMPLETED = "completed"
+CONFIRMED = "confirmed"
+TERMINATED = "terminated"
+
+# inputs: responses (client) or responses sent by the TU (server), by class
+PROVISIONAL = "1xx"
+SUCCESS = "2xx"
+FAILURE = "300-699"
+FINAL = "200-699"  # non-INVITE: every final response is alike
+REQUEST = "request retransmission"
+ACK = "ACK"
+TRANSPORT_ERROR = "transport error"
+
+# timer names (RFC 3261 section 17 / RFC 6026); RETRANSMIT_2XX is section 13.3.1.4's
+TIMER_A, TIMER_B, TIMER_D, TIMER_M = "A", "B", "D", "M"
+TIMER_E, TIMER_F, TIMER_K = "E", "F", "K"
+TIMER_G, TIMER_H, TIMER_I, TIMER_L = "G", "H", "I", "L"
+TIMER_J = "J"
+RETRANSMIT_2XX = "2xx"
+
+Table: TypeAlias = dict[str, dict[str, str]]
+
+#: Client INVITE, RFC 3261 figure 5 as amended by RFC 6026 figure 5.
+CLIENT_INVITE: Table = {
+    CALLING: {
+        PROVISIONAL: PROCEEDING,  # stop A (and B), pass up
+        SUCCESS: ACCEPTED,  # stop A, B; start M; pass up
+        FAILURE: COMPLETED,  # stop A, B; send ACK; start D; pass up
+        TIMER_A: CALLING,  # retransmit INVITE, double A (UDP only)
+        TIMER_B: TERMINATED,  # TransactionTimeout
+        TRANSPORT_ERROR: TERMINATED,  # TransportFailure
+    },
+    PROCEEDING: {
+        PROVISIONAL: PROCEEDING,  # pass up
+        SUCCESS: ACCEPTED,
+        FAILURE: COMPLETED,
+        TIMER_B: TERMINATED,  # only armed again by a CANCEL (section 9.1)
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    ACCEPTED: {
+        SUCCESS: ACCEPTED,  # pass up, or resend the TU's ACK for that To tag
+        TIMER_M: TERMINATED,
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    COMPLETED: {
+        FAILURE: COMPLETED,  # resend our ACK
+        TIMER_D: TERMINATED,
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    TERMINATED: {},
+}
+
+#: Client non-INVITE, RFC 3261 figure 6.
+CLIENT_NON_INVITE: Table = {
+    TRYING: {
+        PROVISIONAL: PROCEEDING,  # pass up
+        FINAL: COMPLETED,  # stop E, F; start K; pass up
+        TIMER_E: TRYING,  # retransmit, E = min(2E, T2) (UDP only)
+        TIMER_F: TERMINATED,  # TransactionTimeout
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    PROCEEDING: {
+        PROVISIONAL: PROCEEDING,
+        FINAL: COMPLETED,
+        TIMER_E: PROCEEDING,  # retransmit, E = T2
+        TIMER_F: TERMINATED,
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    COMPLETED: {TIMER_K: TERMINATED, TRANSPORT_ERROR: TERMINATED},
+    TERMINATED: {},
+}
+
+#: Server INVITE, RFC 3261 figure 7 as amended by RFC 6026 figure 7. Inputs PROVISIONAL,
+#: SUCCESS and FAILURE are responses the TU sends.
+SERVER_INVITE: Table = {
+    PROCEEDING: {
+        REQUEST: PROCEEDING,  # resend the last provisional response
+        PROVISIONAL: PROCEEDING,  # send
+        SUCCESS: ACCEPTED,  # send; start 2xx retransmission (UDP) and L
+        FAILURE: COMPLETED,  # send; start G (UDP) and H
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    ACCEPTED: {
+        REQUEST: ACCEPTED,  # resend the 2xx
+        SUCCESS: ACCEPTED,  # send (RFC 6026 lets the TU send more 2xx)
+        ACK: ACCEPTED,  # first ACK: stop retransmitting, AckReceived; later ones absorbed
+        RETRANSMIT_2XX: ACCEPTED,  # resend the 2xx, double up to T2
+        TIMER_L: TERMINATED,  # AckTimeout when no ACK came
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    COMPLETED: {
+        REQUEST: COMPLETED,  # resend the final response
+        ACK: CONFIRMED,  # stop G, H; start I
+        TIMER_G: COMPLETED,  # resend the final response, G = min(2G, T2)
+        TIMER_H: TERMINATED,  # TransactionTimeout (no ACK)
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    CONFIRMED: {TIMER_I: TERMINATED, TRANSPORT_ERROR: TERMINATED},
+    TERMINATED: {},
+}
+
+#: Server non-INVITE, RFC 3261 figure 8.
+SERVER_NON_INVITE: Table = {
+    TRYING: {
+        PROVISIONAL: PROCEEDING,  # send (a retransmitted request is absorbed here)
+        FINAL: COMPLETED,  # send; start J
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    PROCEEDING: {
+        REQUEST: PROCEEDING,  # resend the last provisional response
+        PROVISIONAL: PROCEEDING,
+        FINAL: COMPLETED,
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    COMPLETED: {
+        REQUEST: COMPLETED,  # resend the final response
+        TIMER_J: TERMINATED,
+        TRANSPORT_ERROR: TERMINATED,
+    },
+    TERMINATED: {},
+}
+
+
 # -- events for the transaction user (frozen facts) ----------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
-    """A new request created a server transaction (or an ACK/CANCEL arrived, see fields).
+    """A new request created a server transaction.
 
-    For CANCEL, ``cancelled`` is the INVITE server transaction it matches (or None).
+    For CANCEL, ``cancelled`` is the INVITE server transaction it matches (section 9.2: same
+    key with method INVITE) while that one has sent no final response yet, else None. The
+    TU answers the CANCEL (200 or 481) and the INVITE (487). ACKs never come as this event.
     """
 
     transaction: ServerTransaction
@@ -160,8 +357,51 @@ class StrayResponse:
     source: Address
 
 
+@dataclass(frozen=True, slots=True)
+class StrayAck:
+    """An ACK matching no server transaction and no 2xx this layer is waiting an ACK for.
+
+    Typically an ACK for a 2xx whose server transaction already ended (after Timer L), or
+    one the TU sent statelessly; a B2BUA may still match it to a dialog, or drop it.
+    """
+
+    request: Request
+    source: Address
+
+
+Event: TypeAlias = (
+    RequestReceived
+    | ResponseReceived
+    | TransactionTimeout
+    | TransportFailure
+    | AckReceived
+    | AckTimeout
+    | StrayResponse
+    | StrayAck
+)
+
+
+# -- transactions ---------------------------------------------------------------------------
+
+
 class ClientTransaction:
     """One client transaction. ``state`` is one of calling/trying/proceeding/accepted/completed/terminated."""
+
+    __slots__ = (
+        "request",
+        "destination",
+        "state",
+        "key",
+        "last_response",
+        "owner",
+        "is_invite",
+        "timers",
+        "cancel_sent",
+        "_data",
+        "_interval",
+        "_ack",
+        "_acks",
+    )
 
     request: Request
     destination: Address
@@ -170,10 +410,60 @@ class ClientTransaction:
     last_response: Response | None
     #: free slot for the TU (e.g. the call leg that owns it)
     owner: object
+    is_invite: bool
+    #: live timers: name -> seq of its heap entry
+    timers: dict[str, int]
+    #: a CANCEL for this INVITE was sent (Timer B guards it, section 9.1)
+    cancel_sent: bool
+
+    def __init__(
+        self, request: Request, destination: Address, key: tuple[str, str], data: bytes
+    ):
+        self.request = request
+        self.destination = destination
+        self.key = key
+        self.is_invite = key[1] == "INVITE"
+        self.state = CALLING if self.is_invite else TRYING
+        self.last_response = None
+        self.owner = None
+        self.timers = {}
+        self.cancel_sent = False
+        self._data = data  # the request as sent, for retransmissions
+        self._interval = 0.0  # current Timer A/E interval
+        self._ack: Outgoing | None = None  # our ACK for a non-2xx final response
+        self._acks: dict[str, Outgoing] = {}  # To tag -> the TU's ACK for a 2xx
+
+    @property
+    def method(self) -> str:
+        return self.key[1]
+
+    @property
+    def branch(self) -> str:
+        return self.key[0]
+
+    def __repr__(self) -> str:
+        return f"<ClientTransaction {self.key[1]} {self.key[0]} {self.state}>"
 
 
 class ServerTransaction:
     """One server transaction. ``state`` is one of trying/proceeding/accepted/completed/confirmed/terminated."""
+
+    __slots__ = (
+        "request",
+        "source",
+        "state",
+        "key",
+        "last_response",
+        "owner",
+        "is_invite",
+        "reply_to",
+        "timers",
+        "ack_received",
+        "_data",
+        "_interval",
+        "_aliases",
+        "_ack_keys",
+    )
 
     request: Request
     source: Address
@@ -181,9 +471,650 @@ class ServerTransaction:
     key: tuple[str, ...]
     last_response: Response | None
     owner: object
+    is_invite: bool
+    #: where responses go (RFC 3261 section 18.2.2, RFC 3581), fixed at creation
+    reply_to: Address
+    timers: dict[str, int]
+    #: an ACK for our 2xx arrived (Accepted state)
+    ack_received: bool
+
+    def __init__(self, request: Request, source: Address, key: tuple[str, ...], reply_to: Address):
+        self.request = request
+        self.source = source
+        self.key = key
+        self.is_invite = request.method == "INVITE"
+        self.state = PROCEEDING if self.is_invite else TRYING
+        self.last_response = None
+        self.owner = None
+        self.reply_to = reply_to
+        self.timers = {}
+        self.ack_received = False
+        self._data = b""  # last response as sent, for retransmissions
+        self._interval = 0.0  # current Timer G / 2xx retransmission interval
+        self._aliases: list[tuple[str, ...]] = []  # RFC 2543 ACK keys
+        self._ack_keys: list[tuple[str, int, str, str]] = []  # 2xx ACK keys
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    def __repr__(self) -> str:
+        return f"<ServerTransaction {self.request.method} {self.key[0]} {self.state}>"
+
+
+Transaction: TypeAlias = ClientTransaction | ServerTransaction
+_TimerEntry: TypeAlias = tuple[float, int, Transaction, str]
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+_DEFAULT_PORTS = {"TLS": 5061, "WSS": 443, "WS": 80}
+
+
+def _response_class(status: int) -> str:
+    """The INVITE input for a response status."""
+    if status < 200:
+        return PROVISIONAL
+    if status < 300:
+        return SUCCESS
+    return FAILURE
+
+
+def _unbracket(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _server_key(request: Request, via: Via, method: str) -> tuple[str, ...]:
+    """Section 17.2.3: the key a request matches on (``method`` with ACK already -> INVITE)."""
+    branch = via.params.get("branch")
+    if branch and branch.startswith(BRANCH_COOKIE):
+        port = via.port or _DEFAULT_PORTS.get(via.transport, 5060)
+        return (branch, f"{via.host.lower()}:{port}", method)
+    # RFC 2543 fallback (last paragraph of 17.2.3)
+    return (
+        "rfc2543",
+        request.uri_text,
+        request.to_tag or "",
+        request.from_tag or "",
+        request.call_id,
+        str(request.cseq.number),
+        str(via),
+        method,
+    )
+
+
+def _reply_address(via: Via, source: Address) -> Address:
+    """Section 18.2.2 with RFC 3581: where responses to a request with this top Via go."""
+    if source.reliable:
+        return source
+    params = via.params
+    rport = params.get("rport")
+    if rport and rport.isdigit() and 0 < int(rport) < 65536:
+        return Address(source.transport, params.get("received") or source.host, int(rport))
+    maddr = params.get("maddr")
+    port = via.port or 5060
+    if maddr:
+        return Address(source.transport, _unbracket(maddr), port)
+    return Address(source.transport, params.get("received") or via.host_unbracketed, port)
+
+
+def _build_non2xx_ack(invite: Request, response: Response) -> Request:
+    """Section 17.1.1.3: the ACK the client INVITE transaction sends for a 300-699."""
+    headers: list[tuple[str, str, str]] = [("via", "Via", str(invite.top_via))]
+    headers.extend(h for h in invite.headers if h[0] == "route")
+    headers.append(("max-forwards", "Max-Forwards", "70"))
+    for h in invite.headers:
+        if h[0] in ("from", "call-id"):
+            headers.append(h)
+    to = response.get("to")
+    if to is None:
+        to = invite.get("to") or ""
+    headers.append(("to", "To", to))
+    headers.append(("cseq", "CSeq", f"{invite.cseq.number} ACK"))
+    return Request("ACK", invite.uri_text, headers)
+
+
+# -- the layer -----------------------------------------------------------------------------
 
 
 class TransactionLayer:
     """All transactions of one SIP element, keyed per RFC 3261 section 17.1.3 / 17.2.3."""
 
-    def __init__(self, timers: TimerConfig, ids: IdGenerator): ...
+    def __init__(self, timers: TimerConfig, ids: IdGenerator):
+        self.config = timers
+        self.ids = ids
+        t1 = timers.t1
+        self._t1 = t1
+        self._t2 = timers.t2
+        self._t4 = timers.t4
+        self._timer_b = timers.timer_b if timers.timer_b is not None else 64 * t1
+        self._timer_f = timers.timer_f if timers.timer_f is not None else 64 * t1
+        self._64t1 = 64 * t1
+        self._clients: dict[tuple[str, str], ClientTransaction] = {}
+        self._servers: dict[tuple[str, ...], ServerTransaction] = {}
+        self._server_aliases: dict[tuple[str, ...], ServerTransaction] = {}
+        self._ack_waiters: dict[tuple[str, int, str, str], ServerTransaction] = {}
+        self._outgoing: deque[Outgoing] = deque()
+        self._events: deque[Event] = deque()
+        self._heap: list[_TimerEntry] = []
+        self._seq = 0
+        self._live_timers = 0
+        self._client_timers: dict[str, Callable[[ClientTransaction, float], None]] = {
+            TIMER_A: self._timer_a,
+            TIMER_B: self._client_timeout,
+            TIMER_D: self._client_end,
+            TIMER_M: self._client_end,
+            TIMER_E: self._timer_e,
+            TIMER_F: self._client_timeout,
+            TIMER_K: self._client_end,
+        }
+        self._server_timers: dict[str, Callable[[ServerTransaction, float], None]] = {
+            TIMER_G: self._server_retransmit,
+            RETRANSMIT_2XX: self._server_retransmit,
+            TIMER_H: self._timer_h,
+            TIMER_I: self._server_end,
+            TIMER_J: self._server_end,
+            TIMER_L: self._timer_l,
+        }
+
+    # -- pulled output ----------------------------------------------------------------------
+
+    def next_outgoing(self) -> Outgoing | None:
+        """The next datagram/stream message to send, or None."""
+        out = self._outgoing
+        return out.popleft() if out else None
+
+    def next_event(self) -> Event | None:
+        """The next event for the TU, or None."""
+        events = self._events
+        return events.popleft() if events else None
+
+    @property
+    def client_count(self) -> int:
+        """Live client transactions."""
+        return len(self._clients)
+
+    @property
+    def server_count(self) -> int:
+        """Live server transactions."""
+        return len(self._servers)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """The earliest live timer deadline, or None when no timer runs."""
+        heap = self._heap
+        while heap:
+            _, seq, tx, name = heap[0]
+            if tx.timers.get(name) == seq:
+                return heap[0][0]
+            heappop(heap)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every timer whose deadline is ``now`` or earlier."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, seq, tx, name = heappop(heap)
+            timers = tx.timers
+            if timers.get(name) != seq:
+                continue  # cancelled or re-armed: lazy deletion
+            del timers[name]
+            self._live_timers -= 1
+            if isinstance(tx, ClientTransaction):
+                self._client_timers[name](tx, now)
+            else:
+                self._server_timers[name](tx, now)
+
+    def _arm(self, tx: Transaction, name: str, delay: float, now: float) -> None:
+        self._seq = seq = self._seq + 1
+        if name not in tx.timers:
+            self._live_timers += 1
+        tx.timers[name] = seq
+        heap = self._heap
+        heappush(heap, (now + delay, seq, tx, name))
+        if len(heap) > 4 * self._live_timers + 1024:
+            # many cancelled entries: drop them so finished transactions can be freed
+            heap[:] = [e for e in heap if e[2].timers.get(e[3]) == e[1]]
+            heapify(heap)
+
+    def _cancel(self, tx: Transaction, name: str) -> None:
+        if tx.timers.pop(name, None) is not None:
+            self._live_timers -= 1
+
+    # -- sending requests (client transactions) ---------------------------------------------
+
+    def send_request(self, request: Request, destination: Address, now: float) -> ClientTransaction:
+        """Start a client transaction for ``request`` and send it to ``destination``.
+
+        The TU has pushed its Via; a missing or pre-RFC 3261 branch is replaced by a new one.
+        Raises ``ValueError`` for ACK or for a branch already in use, and ``SipError`` when
+        the request has no Via or CSeq.
+        """
+        method = request.method
+        if method == "ACK":
+            raise ValueError("ACK is not a transaction: use send_ack() or send_stateless()")
+        via = request.top_via
+        branch = via.params.get("branch")
+        if not branch or not branch.startswith(BRANCH_COOKIE):
+            branch = self.ids.branch()
+            params = dict(via.params)
+            params["branch"] = branch
+            request.set_top_via(Via(via.transport, via.host, via.port, params))
+        key = (branch, request.cseq.method)
+        if key in self._clients:
+            raise ValueError(f"a client transaction {key!r} already exists")
+        data = request.to_bytes()
+        tx = ClientTransaction(request, destination, key, data)
+        self._clients[key] = tx
+        self._outgoing.append(Outgoing(data, destination))
+        unreliable = not destination.reliable
+        if tx.is_invite:
+            if unreliable:
+                tx._interval = self._t1
+                self._arm(tx, TIMER_A, self._t1, now)
+            self._arm(tx, TIMER_B, self._timer_b, now)
+        else:
+            if unreliable:
+                tx._interval = self._t1
+                self._arm(tx, TIMER_E, self._t1, now)
+            self._arm(tx, TIMER_F, self._timer_f, now)
+            if method == "CANCEL":
+                invite = self._clients.get((branch, "INVITE"))
+                if invite is not None and invite.state in (CALLING, PROCEEDING):
+                    # section 9.1: no final response 64*T1 after the CANCEL -> give up
+                    invite.cancel_sent = True
+                    if TIMER_B not in invite.timers:
+                        self._arm(invite, TIMER_B, self._64t1, now)
+        return tx
+
+    def cancel_request(self, tx: ClientTransaction) -> Request:
+        """Build the CANCEL for a client INVITE (section 9.1); send it with ``send_request``.
+
+        Same Request-URI, Call-ID, From, To and CSeq number (method CANCEL), the single top
+        Via of the INVITE (same branch), its Route headers, Max-Forwards 70. Section 9.1 says
+        to send it only once a provisional response arrived (``tx.state == "proceeding"``).
+        """
+        if not tx.is_invite:
+            raise ValueError("only an INVITE client transaction can be cancelled")
+        invite = tx.request
+        headers: list[tuple[str, str, str]] = [("via", "Via", str(invite.top_via))]
+        headers.extend(h for h in invite.headers if h[0] == "route")
+        headers.append(("max-forwards", "Max-Forwards", "70"))
+        headers.extend(h for h in invite.headers if h[0] in ("from", "to", "call-id"))
+        headers.append(("cseq", "CSeq", f"{invite.cseq.number} CANCEL"))
+        return Request("CANCEL", invite.uri_text, headers)
+
+    def send_ack(self, tx: ClientTransaction, ack: Request, destination: Address, now: float) -> None:
+        """Send the TU's ACK for a 2xx and remember it (section 13.2.2.4, RFC 6026).
+
+        While ``tx`` is Accepted, a 2xx retransmission with the ACK's To tag is answered by
+        resending these bytes, without an event.
+        """
+        if not tx.is_invite:
+            raise ValueError("ACK belongs to an INVITE client transaction")
+        out = Outgoing(ack.to_bytes(), destination)
+        self._outgoing.append(out)
+        if tx.state == ACCEPTED:
+            tx._acks[ack.to_tag or ""] = out
+
+    def send_stateless(self, message: Request | Response, destination: Address) -> None:
+        """Send a message outside any transaction."""
+        self._outgoing.append(Outgoing(message.to_bytes(), destination))
+
+    # -- sending responses (server transactions) --------------------------------------------
+
+    def send_response(self, tx: ServerTransaction, response: Response, now: float) -> None:
+        """Send a response on a server transaction (to ``tx.reply_to``).
+
+        A response the transaction cannot send any more (see the tables) is ignored.
+        """
+        status = response.status
+        kind = _response_class(status)
+        if tx.is_invite:
+            old = tx.state
+            new = SERVER_INVITE[old].get(kind)
+            if new is None:
+                return
+            data = response.to_bytes()
+            tx.state = new
+            tx.last_response = response
+            tx._data = data
+            self._outgoing.append(Outgoing(data, tx.reply_to))
+            if kind == SUCCESS:
+                self._expect_ack(tx, response)
+                if old == PROCEEDING:
+                    if not tx.reply_to.reliable:
+                        tx._interval = self._t1
+                        self._arm(tx, RETRANSMIT_2XX, self._t1, now)
+                    self._arm(tx, TIMER_L, self._64t1, now)
+            elif kind == FAILURE:
+                if not tx.reply_to.reliable:
+                    tx._interval = self._t1
+                    self._arm(tx, TIMER_G, self._t1, now)
+                self._arm(tx, TIMER_H, self._64t1, now)
+                if tx.key[0] == "rfc2543":
+                    self._add_2543_alias(tx, response)
+        else:
+            kind = PROVISIONAL if status < 200 else FINAL
+            new = SERVER_NON_INVITE[tx.state].get(kind)
+            if new is None:
+                return
+            data = response.to_bytes()
+            tx.state = new
+            tx.last_response = response
+            tx._data = data
+            self._outgoing.append(Outgoing(data, tx.reply_to))
+            if new == COMPLETED:
+                if tx.reply_to.reliable:
+                    self._terminate(tx)
+                else:
+                    self._arm(tx, TIMER_J, self._64t1, now)
+
+    def _expect_ack(self, tx: ServerTransaction, response: Response) -> None:
+        """Register the (Call-ID, CSeq, From tag, To tag) an ACK for this 2xx carries."""
+        try:
+            key = (response.call_id, response.cseq.number, response.from_tag or "",
+                   response.to_tag or "")
+        except SipError:
+            return  # a 2xx the TU built without these cannot be ACKed by dialog match
+        if key not in self._ack_waiters:
+            self._ack_waiters[key] = tx
+            tx._ack_keys.append(key)
+
+    def _add_2543_alias(self, tx: ServerTransaction, response: Response) -> None:
+        """RFC 2543 ACKs carry the To tag of our final response: match that key too."""
+        try:
+            tag = response.to_tag or ""
+        except SipError:
+            return
+        key = tx.key
+        if tag != key[2]:
+            alias = (*key[:2], tag, *key[3:])
+            self._server_aliases[alias] = tx
+            tx._aliases.append(alias)
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def receive(self, message: Request | Response, source: Address, now: float) -> None:
+        """Feed one message from the wire. Never raises (see the contract above)."""
+        if isinstance(message, Response):
+            try:
+                self._receive_response(message, source)
+            except SipError:
+                pass  # a response we cannot match is dropped (section 18.1.2)
+            return
+        try:
+            self._receive_request(message, source, now)
+        except SipError as exc:
+            if message.method != "ACK":
+                self._reject(message, source, exc)
+
+    def _reject(self, request: Request, source: Address, exc: SipError) -> None:
+        """Answer a request we could not handle, statelessly (400 or what ``exc`` says)."""
+        try:
+            destination = source
+            if not source.reliable:
+                try:
+                    destination = _reply_address(request.top_via, source)
+                except SipError:
+                    pass
+            try:
+                response = make_response(request, exc.status, exc.reason, to_tag=self.ids.tag())
+            except SipError:
+                response = make_response(request, exc.status, exc.reason)
+            self._outgoing.append(Outgoing(response.to_bytes(), destination))
+        except SipError:
+            pass
+
+    def _receive_request(self, request: Request, source: Address, now: float) -> None:
+        via = request.top_via
+        method = request.method
+        key = _server_key(request, via, "INVITE" if method == "ACK" else method)
+        via = self._fix_via(request, via, source)
+        if method == "ACK":
+            self._receive_ack(request, key, source, now)
+            return
+        tx = self._servers.get(key)
+        if tx is not None:
+            # a retransmission: resend the last response where the table says so
+            table = SERVER_INVITE if tx.is_invite else SERVER_NON_INVITE
+            if REQUEST in table[tx.state] and tx._data:
+                self._outgoing.append(Outgoing(tx._data, tx.reply_to))
+            return
+        if not request.has("from") or not request.has("to") or not request.has("call-id"):
+            raise SipError("missing From, To or Call-ID", status=400, reason="Bad Request")
+        tx = ServerTransaction(request, source, key, _reply_address(via, source))
+        self._servers[key] = tx
+        cancelled: ServerTransaction | None = None
+        if method == "CANCEL":
+            invite = self._servers.get((*key[:-1], "INVITE"))
+            if invite is not None and invite.state in (TRYING, PROCEEDING):
+                cancelled = invite
+        self._events.append(RequestReceived(tx, request, source, cancelled))
+        if tx.is_invite and self.config.send_trying_immediately:
+            trying = make_response(request, 100)
+            tx.last_response = trying
+            tx._data = data = trying.to_bytes()
+            self._outgoing.append(Outgoing(data, tx.reply_to))
+
+    @staticmethod
+    def _fix_via(request: Request, via: Via, source: Address) -> Via:
+        """Section 18.2.1 and RFC 3581: add ``received`` and fill an empty ``rport``."""
+        params = via.params
+        empty_rport = "rport" in params and params["rport"] is None
+        source_host = _unbracket(source.host)
+        if not empty_rport and via.host_unbracketed == source_host:
+            return via
+        params = dict(params)
+        # RFC 3581 section 4: with rport, received is added even when the host matches
+        params["received"] = source_host
+        if empty_rport:
+            params["rport"] = str(source.port)
+        fixed = Via(via.transport, via.host, via.port, params)
+        request.set_top_via(fixed)
+        return fixed
+
+    def _receive_ack(
+        self, ack: Request, key: tuple[str, ...], source: Address, now: float
+    ) -> None:
+        tx = self._servers.get(key) or self._server_aliases.get(key)
+        if tx is None or tx.state == ACCEPTED:
+            # an ACK for a 2xx: a new branch, matched by dialog (section 13.3.1.4);
+            # an ACK reusing the INVITE branch for a 2xx lands here too
+            match_key = (ack.call_id, ack.cseq.number, ack.from_tag or "", ack.to_tag or "")
+            waiter = self._ack_waiters.get(match_key)
+            if waiter is None:
+                if tx is None:
+                    self._events.append(StrayAck(ack, source))
+                return
+            tx = waiter
+        new = SERVER_INVITE[tx.state].get(ACK)
+        if new is None:
+            return  # e.g. an ACK before any final response, or a retransmitted one
+        if tx.state == ACCEPTED:
+            if not tx.ack_received:
+                tx.ack_received = True
+                self._cancel(tx, RETRANSMIT_2XX)
+                self._events.append(AckReceived(tx, ack, source))
+            return
+        # Completed -> Confirmed: the ACK for our 300-699
+        tx.state = new
+        self._cancel(tx, TIMER_G)
+        self._cancel(tx, TIMER_H)
+        if tx.reply_to.reliable:
+            self._terminate(tx)
+        else:
+            self._arm(tx, TIMER_I, self._t4, now)
+
+    def _receive_response(self, response: Response, source: Address) -> None:
+        branch = response.top_via.params.get("branch") or ""
+        tx = self._clients.get((branch, response.cseq.method))
+        if tx is None:
+            self._events.append(StrayResponse(response, source))
+            return
+        status = response.status
+        if not tx.is_invite:
+            kind = PROVISIONAL if status < 200 else FINAL
+            new = CLIENT_NON_INVITE[tx.state].get(kind)
+            if new is None:
+                return  # absorbed (Completed)
+            tx.state = new
+            tx.last_response = response
+            self._events.append(ResponseReceived(tx, response, source))
+            if new == COMPLETED:
+                self._cancel(tx, TIMER_E)
+                self._cancel(tx, TIMER_F)
+                if tx.destination.reliable or self._t4 == 0:
+                    self._terminate(tx)
+                else:
+                    self._arm(tx, TIMER_K, self._t4, _now_of(tx, self))
+            return
+        kind = _response_class(status)
+        old = tx.state
+        new = CLIENT_INVITE[old].get(kind)
+        if new is None:
+            return  # e.g. a 1xx after a final response
+        if kind == PROVISIONAL:
+            tx.state = new
+            tx.last_response = response
+            if old == CALLING:
+                self._cancel(tx, TIMER_A)
+                if not tx.cancel_sent:
+                    self._cancel(tx, TIMER_B)
+            self._events.append(ResponseReceived(tx, response, source))
+        elif kind == SUCCESS:
+            if old == ACCEPTED:
+                ack = tx._acks.get(response.to_tag or "")
+                if ack is not None:
+                    self._outgoing.append(ack)  # the same ACK bytes (section 13.2.2.4)
+                    return
+            else:
+                tx.state = new
+                self._cancel(tx, TIMER_A)
+                self._cancel(tx, TIMER_B)
+                self._arm(tx, TIMER_M, self._64t1, _now_of(tx, self))
+            tx.last_response = response
+            self._events.append(ResponseReceived(tx, response, source))
+        elif old == COMPLETED:
+            if tx._ack is not None:
+                self._outgoing.append(tx._ack)  # absorb the retransmission, resend our ACK
+        else:
+            ack = Outgoing(_build_non2xx_ack(tx.request, response).to_bytes(), tx.destination)
+            tx.state = new
+            tx.last_response = response
+            tx._ack = ack
+            self._outgoing.append(ack)
+            self._cancel(tx, TIMER_A)
+            self._cancel(tx, TIMER_B)
+            self._events.append(ResponseReceived(tx, response, source))
+            if tx.destination.reliable or self.config.timer_d == 0:
+                self._terminate(tx)
+            else:
+                self._arm(tx, TIMER_D, self.config.timer_d, _now_of(tx, self))
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def find_server(self, request: Request) -> ServerTransaction | None:
+        """The server transaction ``request`` matches (for an ACK: its INVITE), or None."""
+        try:
+            method = request.method
+            key = _server_key(request, request.top_via, "INVITE" if method == "ACK" else method)
+            tx = self._servers.get(key)
+            if tx is None and method == "ACK":
+                tx = self._server_aliases.get(key) or self._ack_waiters.get(
+                    (request.call_id, request.cseq.number, request.from_tag or "",
+                     request.to_tag or "")
+                )
+            return tx
+        except SipError:
+            return None
+
+    # -- transport failures -----------------------------------------------------------------
+
+    def transport_error(self, destination: Address, now: float) -> None:
+        """A send to ``destination`` failed: every transaction sending there fails.
+
+        Client transactions whose ``destination`` and server transactions whose
+        ``reply_to`` is that address terminate with ``TransportFailure`` (section 17.1.4,
+        17.2.4).
+        """
+        events = self._events
+        for ctx in [t for t in self._clients.values() if t.destination == destination]:
+            self._terminate(ctx)
+            events.append(TransportFailure(ctx))
+        for stx in [t for t in self._servers.values() if t.reply_to == destination]:
+            self._terminate(stx)
+            events.append(TransportFailure(stx))
+
+    # -- timer actions ----------------------------------------------------------------------
+
+    def _timer_a(self, tx: ClientTransaction, now: float) -> None:
+        # Calling: retransmit the INVITE, double the interval (17.1.1.2)
+        if TIMER_A in CLIENT_INVITE[tx.state]:
+            self._outgoing.append(Outgoing(tx._data, tx.destination))
+            tx._interval *= 2
+            self._arm(tx, TIMER_A, tx._interval, now)
+
+    def _timer_e(self, tx: ClientTransaction, now: float) -> None:
+        # Trying: E = min(2E, T2); Proceeding: E = T2 (17.1.2.2)
+        state = tx.state
+        if TIMER_E in CLIENT_NON_INVITE[state]:
+            self._outgoing.append(Outgoing(tx._data, tx.destination))
+            t2 = self._t2
+            tx._interval = t2 if state == PROCEEDING else min(2 * tx._interval, t2)
+            self._arm(tx, TIMER_E, tx._interval, now)
+
+    def _client_timeout(self, tx: ClientTransaction, now: float) -> None:
+        # Timer B or F: the request was never answered
+        self._terminate(tx)
+        self._events.append(TransactionTimeout(tx))
+
+    def _client_end(self, tx: ClientTransaction, now: float) -> None:
+        # Timer D, K or M: the absorption window ended
+        self._terminate(tx)
+
+    def _server_retransmit(self, tx: ServerTransaction, now: float) -> None:
+        # Timer G (Completed) or the 2xx retransmission (Accepted): min(2*interval, T2)
+        name = TIMER_G if tx.state == COMPLETED else RETRANSMIT_2XX
+        if name in SERVER_INVITE[tx.state]:
+            self._outgoing.append(Outgoing(tx._data, tx.reply_to))
+            tx._interval = min(2 * tx._interval, self._t2)
+            self._arm(tx, name, tx._interval, now)
+
+    def _timer_h(self, tx: ServerTransaction, now: float) -> None:
+        # Completed and no ACK within 64*T1 (17.2.1)
+        self._terminate(tx)
+        self._events.append(TransactionTimeout(tx))
+
+    def _timer_l(self, tx: ServerTransaction, now: float) -> None:
+        # Accepted for 64*T1 (RFC 6026): AckTimeout unless the ACK came
+        self._terminate(tx)
+        if not tx.ack_received:
+            self._events.append(AckTimeout(tx))
+
+    def _server_end(self, tx: ServerTransaction, now: float) -> None:
+        # Timer I or J: the absorption window ended
+        self._terminate(tx)
+
+    # -- termination ------------------------------------------------------------------------
+
+    def _terminate(self, tx: Transaction) -> None:
+        """Enter Terminated: forget every timer and leave every map."""
+        tx.state = TERMINATED
+        if tx.timers:
+            self._live_timers -= len(tx.timers)
+            tx.timers.clear()
+        if isinstance(tx, ClientTransaction):
+            if self._clients.get(tx.key) is tx:
+                del self._clients[tx.key]
+            tx._acks.clear()
+            return
+        if self._servers.get(tx.key) is tx:
+            del self._servers[tx.key]
+        for alias in tx._aliases:
+            if self._server_aliases.get(alias) is tx:
+                del self._server_aliases[alias]
+        for ack_key in tx._ack_keys:
+            if self._ack_waiters.get(ack_key) is tx:
+                del self._ack_waiters[ack_key]

@@ -736,7 +736,7 @@ l: 154
 Contact: <sip:caller@host36.example.net>
 Max-Forwards: 5
 
-""" + sdp("192.0.2.25", "192.0.2.25") + "\n"
+""" + sdp("192.0.2.25", "192.0.2.25") + "\n"  # fmt: skip
 
 MCL01 = """OPTIONS sip:user@example.com SIP/2.0
 Via: SIP/2.0/UDP host5.example.net;branch=z9hG4bK293423
@@ -933,6 +933,7 @@ UNREASON_PHRASE = "= 2**3 * 5**2 " + bytes.fromhex(
 ).decode("utf-8")
 
 # (section, rfc name, title, kind, message text, expect)
+# fmt: off
 MESSAGES: list[tuple[str, str, str, str, str, dict[str, Any]]] = [
     ("3.1.1.1", "wsinv", "A Short Tortuous INVITE", "valid", WSINV,
      req("INVITE", "sip:vivekg@chair-dnrc.example.com;unknownparam",
@@ -1092,6 +1093,7 @@ MESSAGES: list[tuple[str, str, str, str, str, dict[str, Any]]] = [
                "Content-Length (body is the rest of the datagram); accept and process it "
                "normally for backward compatibility.", accept=True)),
 ]
+# fmt: on
 
 
 # ---------------------------------------------------------------------------
