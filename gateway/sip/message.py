@@ -206,14 +206,14 @@ class Message:
             if v is None:
                 raise SipParseError("missing CSeq")
             c = self._cache["cseq"] = CSeq.parse(v)
-        return c  # type: ignore[no-any-return]
+        return c
 
     @property
     def vias(self) -> list[Via]:
         c = self._cache.get("via")
         if c is None:
             c = self._cache["via"] = [Via.parse(v) for v in self.get_all("via")]
-        return c  # type: ignore[no-any-return]
+        return c
 
     @property
     def top_via(self) -> Via:
@@ -231,7 +231,7 @@ class Message:
             if not items:
                 raise SipParseError("empty Via")
             top = self._cache["top-via"] = Via.parse(items[0])
-        return top  # type: ignore[no-any-return]
+        return top
 
     def set_vias(self, vias: list[Via]) -> None:
         """Replace the Via headers (one line per Via)."""
@@ -285,7 +285,7 @@ class Message:
             if v is None:
                 raise SipParseError(f"missing {canonical_name(lname)}")
             c = self._cache[lname] = NameAddr.parse(v)
-        return c  # type: ignore[no-any-return]
+        return c
 
     @property
     def from_(self) -> NameAddr:
@@ -310,7 +310,7 @@ class Message:
             c = self._cache["contact"] = [
                 NameAddr.parse(v) for v in self.get_all("contact") if v.strip() != "*"
             ]
-        return c  # type: ignore[no-any-return]
+        return c
 
     @property
     def record_routes(self) -> list[NameAddr]:

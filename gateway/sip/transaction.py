@@ -57,7 +57,7 @@ The layer owns three things besides the transactions:
   number, From tag, To tag of the 2xx) (section 13.3.1.4); RFC 2543 ACK aliases (the tuple
   with the To tag of the non-2xx final response);
 * one heap of timers ``(deadline, seq, transaction, timer name)`` with lazy deletion: a
-  transaction keeps ``timers[name] = seq`` of its live entry, so cancelling or re-arming a
+  transaction keeps ``_timers[name] = seq`` of its live entry, so cancelling or re-arming a
   timer just forgets the seq and the stale heap entry is skipped when popped;
 * two FIFO queues: bytes to send (``Outgoing``) and events for the TU.
 
@@ -70,36 +70,37 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 from typing import NamedTuple, TypeAlias
 
-from gateway.sip.errors import SipError
+from gateway.sip.errors import SipError, SipParseError
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, Response, make_response
 
 __all__ = [
-    "Address",
-    "TimerConfig",
-    "IdGenerator",
-    "Outgoing",
-    "ClientTransaction",
-    "ServerTransaction",
-    "TransactionLayer",
-    "Event",
-    "RequestReceived",
-    "ResponseReceived",
-    "TransactionTimeout",
-    "TransportFailure",
-    "AckReceived",
-    "AckTimeout",
-    "StrayResponse",
-    "StrayAck",
     "BRANCH_COOKIE",
     "CLIENT_INVITE",
     "CLIENT_NON_INVITE",
     "SERVER_INVITE",
     "SERVER_NON_INVITE",
+    "AckReceived",
+    "AckTimeout",
+    "Address",
+    "ClientTransaction",
+    "Event",
+    "IdGenerator",
+    "Outgoing",
+    "RequestReceived",
+    "ResponseReceived",
+    "ServerTransaction",
+    "StrayAck",
+    "StrayResponse",
+    "TimerConfig",
+    "TransactionLayer",
+    "TransactionTimeout",
+    "TransportFailure",
 ]
 
 BRANCH_COOKIE = "z9hG4bK"
@@ -385,22 +386,25 @@ Event: TypeAlias = (
 
 
 class ClientTransaction:
-    """One client transaction. ``state`` is one of calling/trying/proceeding/accepted/completed/terminated."""
+    """One client transaction (created by :meth:`TransactionLayer.send_request`).
+
+    ``state`` is one of calling/trying/proceeding/accepted/completed/terminated.
+    """
 
     __slots__ = (
-        "request",
+        "_ack",
+        "_acks",
+        "_data",
+        "_interval",
+        "_timers",
+        "cancel_sent",
         "destination",
-        "state",
+        "is_invite",
         "key",
         "last_response",
         "owner",
-        "is_invite",
-        "timers",
-        "cancel_sent",
-        "_data",
-        "_interval",
-        "_ack",
-        "_acks",
+        "request",
+        "state",
     )
 
     request: Request
@@ -412,13 +416,11 @@ class ClientTransaction:
     owner: object
     is_invite: bool
     #: live timers: name -> seq of its heap entry
-    timers: dict[str, int]
+    _timers: dict[str, int]
     #: a CANCEL for this INVITE was sent (Timer B guards it, section 9.1)
     cancel_sent: bool
 
-    def __init__(
-        self, request: Request, destination: Address, key: tuple[str, str], data: bytes
-    ):
+    def __init__(self, request: Request, destination: Address, key: tuple[str, str], data: bytes):
         self.request = request
         self.destination = destination
         self.key = key
@@ -426,7 +428,7 @@ class ClientTransaction:
         self.state = CALLING if self.is_invite else TRYING
         self.last_response = None
         self.owner = None
-        self.timers = {}
+        self._timers = {}
         self.cancel_sent = False
         self._data = data  # the request as sent, for retransmissions
         self._interval = 0.0  # current Timer A/E interval
@@ -446,23 +448,27 @@ class ClientTransaction:
 
 
 class ServerTransaction:
-    """One server transaction. ``state`` is one of trying/proceeding/accepted/completed/confirmed/terminated."""
+    """One server transaction (created by :meth:`TransactionLayer.receive`).
+
+    ``state`` is one of trying/proceeding/accepted/completed/confirmed/terminated (an
+    INVITE starts in proceeding, a non-INVITE in trying).
+    """
 
     __slots__ = (
-        "request",
-        "source",
-        "state",
+        "_ack_keys",
+        "_aliases",
+        "_data",
+        "_interval",
+        "_timers",
+        "ack_received",
+        "is_invite",
         "key",
         "last_response",
         "owner",
-        "is_invite",
         "reply_to",
-        "timers",
-        "ack_received",
-        "_data",
-        "_interval",
-        "_aliases",
-        "_ack_keys",
+        "request",
+        "source",
+        "state",
     )
 
     request: Request
@@ -474,7 +480,7 @@ class ServerTransaction:
     is_invite: bool
     #: where responses go (RFC 3261 section 18.2.2, RFC 3581), fixed at creation
     reply_to: Address
-    timers: dict[str, int]
+    _timers: dict[str, int]
     #: an ACK for our 2xx arrived (Accepted state)
     ack_received: bool
 
@@ -487,7 +493,7 @@ class ServerTransaction:
         self.last_response = None
         self.owner = None
         self.reply_to = reply_to
-        self.timers = {}
+        self._timers = {}
         self.ack_received = False
         self._data = b""  # last response as sent, for retransmissions
         self._interval = 0.0  # current Timer G / 2xx retransmission interval
@@ -646,7 +652,7 @@ class TransactionLayer:
         heap = self._heap
         while heap:
             _, seq, tx, name = heap[0]
-            if tx.timers.get(name) == seq:
+            if tx._timers.get(name) == seq:
                 return heap[0][0]
             heappop(heap)
         return None
@@ -656,7 +662,7 @@ class TransactionLayer:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, seq, tx, name = heappop(heap)
-            timers = tx.timers
+            timers = tx._timers
             if timers.get(name) != seq:
                 continue  # cancelled or re-armed: lazy deletion
             del timers[name]
@@ -668,18 +674,25 @@ class TransactionLayer:
 
     def _arm(self, tx: Transaction, name: str, delay: float, now: float) -> None:
         self._seq = seq = self._seq + 1
-        if name not in tx.timers:
+        if name not in tx._timers:
             self._live_timers += 1
-        tx.timers[name] = seq
+        tx._timers[name] = seq
         heap = self._heap
         heappush(heap, (now + delay, seq, tx, name))
         if len(heap) > 4 * self._live_timers + 1024:
             # many cancelled entries: drop them so finished transactions can be freed
-            heap[:] = [e for e in heap if e[2].timers.get(e[3]) == e[1]]
+            heap[:] = [e for e in heap if e[2]._timers.get(e[3]) == e[1]]
             heapify(heap)
 
+    def _arm_or_end(self, tx: Transaction, name: str, delay: float, now: float) -> None:
+        """Arm a wait-then-terminate timer; a zero wait (reliable transport) ends at once."""
+        if delay > 0:
+            self._arm(tx, name, delay, now)
+        else:
+            self._terminate(tx)
+
     def _cancel(self, tx: Transaction, name: str) -> None:
-        if tx.timers.pop(name, None) is not None:
+        if tx._timers.pop(name, None) is not None:
             self._live_timers -= 1
 
     # -- sending requests (client transactions) ---------------------------------------------
@@ -724,7 +737,7 @@ class TransactionLayer:
                 if invite is not None and invite.state in (CALLING, PROCEEDING):
                     # section 9.1: no final response 64*T1 after the CANCEL -> give up
                     invite.cancel_sent = True
-                    if TIMER_B not in invite.timers:
+                    if TIMER_B not in invite._timers:
                         self._arm(invite, TIMER_B, self._64t1, now)
         return tx
 
@@ -745,7 +758,9 @@ class TransactionLayer:
         headers.append(("cseq", "CSeq", f"{invite.cseq.number} CANCEL"))
         return Request("CANCEL", invite.uri_text, headers)
 
-    def send_ack(self, tx: ClientTransaction, ack: Request, destination: Address, now: float) -> None:
+    def send_ack(
+        self, tx: ClientTransaction, ack: Request, destination: Address, now: float
+    ) -> None:
         """Send the TU's ACK for a 2xx and remember it (section 13.2.2.4, RFC 6026).
 
         While ``tx`` is Accepted, a 2xx retransmission with the ACK's To tag is answered by
@@ -806,16 +821,17 @@ class TransactionLayer:
             tx._data = data
             self._outgoing.append(Outgoing(data, tx.reply_to))
             if new == COMPLETED:
-                if tx.reply_to.reliable:
-                    self._terminate(tx)
-                else:
-                    self._arm(tx, TIMER_J, self._64t1, now)
+                self._arm_or_end(tx, TIMER_J, 0.0 if tx.reply_to.reliable else self._64t1, now)
 
     def _expect_ack(self, tx: ServerTransaction, response: Response) -> None:
         """Register the (Call-ID, CSeq, From tag, To tag) an ACK for this 2xx carries."""
         try:
-            key = (response.call_id, response.cseq.number, response.from_tag or "",
-                   response.to_tag or "")
+            key = (
+                response.call_id,
+                response.cseq.number,
+                response.from_tag or "",
+                response.to_tag or "",
+            )
         except SipError:
             return  # a 2xx the TU built without these cannot be ACKed by dialog match
         if key not in self._ack_waiters:
@@ -839,10 +855,9 @@ class TransactionLayer:
     def receive(self, message: Request | Response, source: Address, now: float) -> None:
         """Feed one message from the wire. Never raises (see the contract above)."""
         if isinstance(message, Response):
-            try:
-                self._receive_response(message, source)
-            except SipError:
-                pass  # a response we cannot match is dropped (section 18.1.2)
+            # a response we cannot match is dropped (section 18.1.2)
+            with suppress(SipError):
+                self._receive_response(message, source, now)
             return
         try:
             self._receive_request(message, source, now)
@@ -855,10 +870,8 @@ class TransactionLayer:
         try:
             destination = source
             if not source.reliable:
-                try:
+                with suppress(SipError):
                     destination = _reply_address(request.top_via, source)
-                except SipError:
-                    pass
             try:
                 response = make_response(request, exc.status, exc.reason, to_tag=self.ids.tag())
             except SipError:
@@ -879,11 +892,13 @@ class TransactionLayer:
         if tx is not None:
             # a retransmission: resend the last response where the table says so
             table = SERVER_INVITE if tx.is_invite else SERVER_NON_INVITE
-            if REQUEST in table[tx.state] and tx._data:
+            if REQUEST in table[tx.state] and tx._data and not tx.ack_received:
                 self._outgoing.append(Outgoing(tx._data, tx.reply_to))
             return
-        if not request.has("from") or not request.has("to") or not request.has("call-id"):
-            raise SipError("missing From, To or Call-ID", status=400, reason="Bad Request")
+        # what the TU and our responses rely on (parse_message checked it for wire input)
+        request.call_id, request.from_, request.to  # noqa: B018
+        if request.cseq.method != method:
+            raise SipParseError("CSeq method does not match the request method")
         tx = ServerTransaction(request, source, key, _reply_address(via, source))
         self._servers[key] = tx
         cancelled: ServerTransaction | None = None
@@ -915,18 +930,15 @@ class TransactionLayer:
         request.set_top_via(fixed)
         return fixed
 
-    def _receive_ack(
-        self, ack: Request, key: tuple[str, ...], source: Address, now: float
-    ) -> None:
+    def _receive_ack(self, ack: Request, key: tuple[str, ...], source: Address, now: float) -> None:
         tx = self._servers.get(key) or self._server_aliases.get(key)
         if tx is None or tx.state == ACCEPTED:
             # an ACK for a 2xx: a new branch, matched by dialog (section 13.3.1.4);
             # an ACK reusing the INVITE branch for a 2xx lands here too
             match_key = (ack.call_id, ack.cseq.number, ack.from_tag or "", ack.to_tag or "")
-            waiter = self._ack_waiters.get(match_key)
+            waiter = self._ack_waiters.get(match_key) or tx
             if waiter is None:
-                if tx is None:
-                    self._events.append(StrayAck(ack, source))
+                self._events.append(StrayAck(ack, source))
                 return
             tx = waiter
         new = SERVER_INVITE[tx.state].get(ACK)
@@ -942,12 +954,9 @@ class TransactionLayer:
         tx.state = new
         self._cancel(tx, TIMER_G)
         self._cancel(tx, TIMER_H)
-        if tx.reply_to.reliable:
-            self._terminate(tx)
-        else:
-            self._arm(tx, TIMER_I, self._t4, now)
+        self._arm_or_end(tx, TIMER_I, 0.0 if tx.reply_to.reliable else self._t4, now)
 
-    def _receive_response(self, response: Response, source: Address) -> None:
+    def _receive_response(self, response: Response, source: Address, now: float) -> None:
         branch = response.top_via.params.get("branch") or ""
         tx = self._clients.get((branch, response.cseq.method))
         if tx is None:
@@ -965,10 +974,7 @@ class TransactionLayer:
             if new == COMPLETED:
                 self._cancel(tx, TIMER_E)
                 self._cancel(tx, TIMER_F)
-                if tx.destination.reliable or self._t4 == 0:
-                    self._terminate(tx)
-                else:
-                    self._arm(tx, TIMER_K, self._t4, _now_of(tx, self))
+                self._arm_or_end(tx, TIMER_K, 0.0 if tx.destination.reliable else self._t4, now)
             return
         kind = _response_class(status)
         old = tx.state
@@ -993,7 +999,7 @@ class TransactionLayer:
                 tx.state = new
                 self._cancel(tx, TIMER_A)
                 self._cancel(tx, TIMER_B)
-                self._arm(tx, TIMER_M, self._64t1, _now_of(tx, self))
+                self._arm(tx, TIMER_M, self._64t1, now)
             tx.last_response = response
             self._events.append(ResponseReceived(tx, response, source))
         elif old == COMPLETED:
@@ -1008,10 +1014,8 @@ class TransactionLayer:
             self._cancel(tx, TIMER_A)
             self._cancel(tx, TIMER_B)
             self._events.append(ResponseReceived(tx, response, source))
-            if tx.destination.reliable or self.config.timer_d == 0:
-                self._terminate(tx)
-            else:
-                self._arm(tx, TIMER_D, self.config.timer_d, _now_of(tx, self))
+            delay = 0.0 if tx.destination.reliable else self.config.timer_d
+            self._arm_or_end(tx, TIMER_D, delay, now)
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -1023,8 +1027,12 @@ class TransactionLayer:
             tx = self._servers.get(key)
             if tx is None and method == "ACK":
                 tx = self._server_aliases.get(key) or self._ack_waiters.get(
-                    (request.call_id, request.cseq.number, request.from_tag or "",
-                     request.to_tag or "")
+                    (
+                        request.call_id,
+                        request.cseq.number,
+                        request.from_tag or "",
+                        request.to_tag or "",
+                    )
                 )
             return tx
         except SipError:
@@ -1102,9 +1110,9 @@ class TransactionLayer:
     def _terminate(self, tx: Transaction) -> None:
         """Enter Terminated: forget every timer and leave every map."""
         tx.state = TERMINATED
-        if tx.timers:
-            self._live_timers -= len(tx.timers)
-            tx.timers.clear()
+        if tx._timers:
+            self._live_timers -= len(tx._timers)
+            tx._timers.clear()
         if isinstance(tx, ClientTransaction):
             if self._clients.get(tx.key) is tx:
                 del self._clients[tx.key]

@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import pytest
 
@@ -867,3 +867,17 @@ def start_gateway(
         f"command: {' '.join(command)}\n--- last 50 log lines ---\n" + gateway.log_tail(50),
         pytrace=False,
     )
+
+
+class GatewayFactory(Protocol):
+    """Signature of the ``gateway_factory`` fixture."""
+
+    def __call__(
+        self,
+        dialplan_text: str,
+        *,
+        listen_port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        ready_timeout: float = 10.0,
+    ) -> GatewayProcess: ...
