@@ -40,6 +40,14 @@ Contract details the TU relies on:
   with no final response by then the INVITE is considered cancelled: TransactionTimeout).
 * ``transport_error`` terminates every transaction sending to that address, whatever its
   state, with ``TransportFailure``; the TU ignores it for transactions it considers done.
+* ``send_ack`` always sends; it remembers the ACK (by the To tag of the ACK) only while the
+  client INVITE is Accepted. Without a remembered ACK every 2xx goes to the TU.
+* ACKs never come as ``RequestReceived``: an ACK for a 300-699 stays in its transaction,
+  the first ACK for a 2xx is ``AckReceived`` (later copies are absorbed), and an ACK that
+  matches nothing is ``StrayAck``.
+* Fields beyond the first contract: ``ClientTransaction.is_invite/method/branch/
+  cancel_sent``, ``ServerTransaction.is_invite/method/reply_to/ack_received``,
+  ``TimerConfig.timer_d`` (32 s), the ``Event`` union and the ``StrayAck`` event.
 
 Theory of operation
 -------------------
@@ -115,6 +123,7 @@ class Address(NamedTuple):
 
     @property
     def reliable(self) -> bool:
+        """True for stream transports (no retransmissions, zero wait timers)."""
         return self.transport != "udp"
 
 
@@ -437,10 +446,12 @@ class ClientTransaction:
 
     @property
     def method(self) -> str:
+        """The CSeq method of the request (INVITE, BYE, CANCEL, ...)."""
         return self.key[1]
 
     @property
     def branch(self) -> str:
+        """The branch of our top Via: this transaction's id (section 17.1.3)."""
         return self.key[0]
 
     def __repr__(self) -> str:
@@ -502,6 +513,7 @@ class ServerTransaction:
 
     @property
     def method(self) -> str:
+        """The method of the request that created the transaction."""
         return self.request.method
 
     def __repr__(self) -> str:
