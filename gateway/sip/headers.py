@@ -2,13 +2,20 @@
 
 Header values are stored as text in :class:`gateway.sip.message.Message`; these classes parse
 a value when it is asked for and serialise back. Parsing follows RFC 3261 section 25.1
-(name-addr / addr-spec, generic-param, quoted strings) and is tolerant of extra whitespace.
+(name-addr / addr-spec, generic-param, quoted strings) and is tolerant of extra whitespace
+(LWS around ``/``, ``;``, ``=`` and ``:`` as the grammar allows).
+
+Each parser has a fast path, one precompiled regular expression for the shape nearly every
+message has (``SIP/2.0/UDP host:port;branch=...``, ``"Name" <sip:...>;tag=...``), and a
+careful path for everything else that checks the grammar piece by piece. Malformed values
+raise :class:`SipParseError` (400), never another exception.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 from gateway.sip.errors import SipParseError
 from gateway.sip.uri import Uri, parse_uri
@@ -60,6 +67,11 @@ _CANONICAL: dict[str, str] = {
         "Timestamp", "Organization", "Reason", "RSeq", "RAck", "Path", "Min-Expires",
         "Identity", "Accept-Contact", "Reject-Contact", "Request-Disposition", "MIME-Version",
         "Alert-Info", "Call-Info", "Error-Info", "In-Reply-To", "Reply-To", "Service-Route",
+        "Content-Language", "Authentication-Info", "Subscription-State", "Replaces",
+        "Join", "Target-Dialog", "History-Info", "Diversion", "P-Charging-Vector",
+        "P-Access-Network-Info", "P-Called-Party-ID", "P-Associated-URI", "Security-Client",
+        "Security-Server", "Security-Verify", "SIP-ETag", "SIP-If-Match",
+        "Content-Transfer-Encoding",
     )
 }
 
@@ -75,9 +87,36 @@ LIST_HEADERS: frozenset[str] = frozenset(
     }
 )
 
+# -- grammar pieces (RFC 3261 section 25.1) ---------------------------------------------------
 
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+#: gen-value = token / host / quoted-string; the unquoted forms as one character class
+_GEN_VALUE = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_HOST = r"[A-Za-z0-9][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\]"
+#: parameters with no whitespace and no quoted value: a plain split on ';' and '=' is exact
+_PLAIN_PARAMS = rf"(?:;{_TOKEN}(?:={_GEN_VALUE})?)*"
+
+_TOKEN_RE = re.compile(rf"{_TOKEN}\Z")
 _VIA_FAST = re.compile(
-    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?((?:;[^;\s\"]+)*)\Z"
+    rf"SIP/2\.0/([A-Za-z0-9\-.!%*_+`'~]+) ({_HOST})(?::([0-9]{{1,5}}))?({_PLAIN_PARAMS})\Z"
+)
+_VIA_CAREFUL = re.compile(
+    rf"[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
+    rf"({_HOST})(?:[ \t]*:[ \t]*([0-9]{{1,5}}))?[ \t]*"
+)
+_NAME_ADDR_FAST = re.compile(
+    rf"(?:({_QUOTED}|{_TOKEN}(?:[ \t]+{_TOKEN})*)[ \t]*)?<([^<>\"\s]+)>({_PLAIN_PARAMS})\Z",
+    re.S,
+)
+_ADDR_SPEC_FAST = re.compile(rf"([A-Za-z][A-Za-z0-9+\-.]*:[^;,?<>\"\s]+)({_PLAIN_PARAMS})\Z")
+_QUOTED_RE = re.compile(_QUOTED, re.S)
+_DISPLAY_TOKENS = re.compile(rf"{_TOKEN}(?:[ \t]+{_TOKEN})*\Z")
+_URI_IN_BRACKETS = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^<>\"\s]*\Z")
+_ADDR_SPEC = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^;,?<>\"\s]+\Z")
+#: one generic-param with the LWS the grammar allows around ';' and '='
+_GENERIC_PARAM = re.compile(
+    rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_GEN_VALUE}|{_QUOTED}))?[ \t]*", re.S
 )
 
 
@@ -94,6 +133,8 @@ def split_list(value: str) -> list[str]:
     if "," not in value:
         v = value.strip()
         return [v] if v else []
+    if '"' not in value and "<" not in value:
+        return [v for v in (p.strip() for p in value.split(",")) if v]
     items: list[str] = []
     depth_angle = False
     in_quote = False
@@ -125,56 +166,33 @@ def split_list(value: str) -> list[str]:
     return items
 
 
-def _parse_params(text: str, where: str) -> dict[str, str | None]:
-    """Parse ``;name=value;flag`` (quoted values allowed) into an ordered dict."""
+def _plain_params(text: str) -> dict[str, str | None]:
+    """Parameters already matched by ``_PLAIN_PARAMS``: split on ';' and '=' is exact."""
     params: dict[str, str | None] = {}
-    if not text:
-        return params
-    if '"' not in text and text[0] == ";" and " " not in text and "\t" not in text:
-        # fast path: no quoting, no whitespace
-        for part in text[1:].split(";"):
-            name, sep, value = part.partition("=")
-            if not name:
-                raise SipParseError(f"empty parameter name in {where}")
-            params[name.lower()] = value if sep else None
-        return params
-    i = 0
+    for part in text[1:].split(";"):
+        name, sep, value = part.partition("=")
+        params[name.lower()] = value if sep else None
+    return params
+
+
+def _parse_params(text: str, where: str) -> dict[str, str | None]:
+    """Parse ``;name=value;flag`` (LWS and quoted values allowed) into an ordered dict.
+
+    Names are lower-cased; values are kept as written (quoted ones with their quotes).
+    """
+    params: dict[str, str | None] = {}
+    pos = 0
     n = len(text)
-    while i < n:
-        c = text[i]
-        if c in " \t":
-            i += 1
-            continue
-        if c != ";":
-            raise SipParseError(f"unexpected {c!r} in {where} parameters")
-        i += 1
-        j = i
-        while j < n and text[j] not in ";=":
-            j += 1
-        name = text[i:j].strip().lower()
-        if not name:
-            raise SipParseError(f"empty parameter name in {where}")
-        if j < n and text[j] == "=":
-            j += 1
-            while j < n and text[j] in " \t":
-                j += 1
-            if j < n and text[j] == '"':
-                k = j + 1
-                while k < n and text[k] != '"':
-                    k += 2 if text[k] == "\\" else 1
-                if k >= n:
-                    raise SipParseError(f"unterminated quoted parameter in {where}")
-                params[name] = text[j : k + 1]
-                i = k + 1
-            else:
-                k = j
-                while k < n and text[k] != ";":
-                    k += 1
-                params[name] = text[j:k].strip()
-                i = k
-        else:
-            params[name] = None
-            i = j
+    match = _GENERIC_PARAM.match
+    while pos < n:
+        m = match(text, pos)
+        if m is None:
+            if not text[pos:].strip(" \t"):
+                break
+            raise SipParseError(f"bad {where} parameter near {text[pos : pos + 40]!r}")
+        name, value = m.groups()
+        params[name.lower()] = value
+        pos = m.end()
     return params
 
 
@@ -197,59 +215,30 @@ class Via:
         m = _VIA_FAST.match(value)
         if m is not None:
             transport, host, port_text, ptext = m.groups()
-            port = int(port_text) if port_text else None
-            if port is not None and port > 65535:
-                raise SipParseError(f"bad Via port in {value!r}")
-            return cls(transport.upper(), host, port, _parse_params(ptext, "Via"))
-        return cls._parse_slow(value)
+            port = None
+            if port_text is not None:
+                port = int(port_text)
+                if port > 65535:
+                    raise SipParseError(f"bad Via port in {value!r}")
+            return cls(transport.upper(), host, port, _plain_params(ptext) if ptext else {})
+        return cls._parse_careful(value)
 
     @classmethod
-    def _parse_slow(cls, value: str) -> Via:
-        proto, sep, rest = value.partition("/")
-        if not sep or proto.strip().upper() != "SIP":
-            raise SipParseError(f"bad Via protocol in {value!r}")
-        version, sep, rest = rest.partition("/")
-        if not sep or version.strip() != "2.0":
-            raise SipParseError(f"bad Via version in {value!r}")
-        rest = rest.lstrip()
-        # transport token, then LWS, then sent-by
-        k = 0
-        n = len(rest)
-        while k < n and rest[k] not in " \t":
-            k += 1
-        transport = rest[:k].strip().upper()
-        if not transport:
-            raise SipParseError(f"missing Via transport in {value!r}")
-        sent_by_and_params = rest[k:].strip()
-        semi = sent_by_and_params.find(";")
-        if semi >= 0:
-            sent_by = sent_by_and_params[:semi].strip()
-            ptext = sent_by_and_params[semi:]
-        else:
-            sent_by = sent_by_and_params
-            ptext = ""
-        if not sent_by:
-            raise SipParseError(f"missing Via sent-by in {value!r}")
-        # collapse whitespace around ':' (e.g. "host : 5060")
-        sent_by = sent_by.replace(" ", "").replace("\t", "")
-        if sent_by.startswith("["):
-            end = sent_by.find("]")
-            if end < 0:
-                raise SipParseError(f"bad IPv6 sent-by in {value!r}")
-            host = sent_by[: end + 1]
-            port_text = sent_by[end + 2 :] if sent_by[end + 1 : end + 2] == ":" else ""
-            if sent_by[end + 1 :] and not port_text:
-                raise SipParseError(f"bad Via sent-by in {value!r}")
-        else:
-            host, _, port_text = sent_by.partition(":")
+    def _parse_careful(cls, value: str) -> Via:
+        # sent-protocol LWS sent-by *( SEMI via-params ), SLASH/COLON with SWS (25.1)
+        m = _VIA_CAREFUL.match(value)
+        if m is None:
+            raise SipParseError(f"bad Via {value[:80]!r}")
+        proto, version, transport, host, port_text = m.groups()
+        if proto.upper() != "SIP" or version != "2.0":
+            raise SipParseError(f"bad Via protocol in {value[:80]!r}")
         port: int | None = None
-        if port_text:
-            if not port_text.isdigit() or int(port_text) > 65535:
-                raise SipParseError(f"bad Via port in {value!r}")
+        if port_text is not None:
             port = int(port_text)
-        if not host:
-            raise SipParseError(f"missing Via host in {value!r}")
-        return cls(transport, host, port, _parse_params(ptext, "Via"))
+            if port > 65535:
+                raise SipParseError(f"bad Via port in {value[:80]!r}")
+        params = _parse_params(value[m.end() :], "Via")
+        return cls(transport.upper(), host, port, params)
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
@@ -270,7 +259,8 @@ class Via:
 class NameAddr:
     """A From/To/Contact/Route value: optional display name, URI, header parameters.
 
-    ``uri_text`` is kept exactly as received; ``uri`` parses it on first use.
+    ``uri_text`` is kept exactly as received; ``uri`` parses it on first use. ``display``
+    is the display name as written (a quoted string keeps its quotes and escapes).
     """
 
     uri_text: str
@@ -281,39 +271,64 @@ class NameAddr:
 
     @classmethod
     def parse(cls, value: str) -> NameAddr:
-        """Parse a name-addr or addr-spec with header parameters."""
-        v = value.strip()
-        lt = v.find("<")
-        if lt >= 0:
-            display: str | None = v[:lt].strip() or None
-            if display and display.startswith('"') and not display.endswith('"'):
-                raise SipParseError(f"unterminated display name in {value!r}")
-            gt = v.find(">", lt)
-            if gt < 0:
-                raise SipParseError(f"missing '>' in {value!r}")
-            uri_text = v[lt + 1 : gt].strip()
-            ptext = v[gt + 1 :]
-            if not uri_text:
-                raise SipParseError(f"empty URI in {value!r}")
-            return cls(uri_text, display, _parse_params(ptext, "name-addr"), True)
+        """Parse a name-addr or addr-spec with header parameters (RFC 3261 section 20.10).
+
+        In the addr-spec form (no ``<>``) everything after the first ``;`` is a header
+        parameter, and the URI may not contain ``,``, ``?`` or ``;``.
+        """
+        m = _NAME_ADDR_FAST.match(value)
+        if m is not None:
+            display, uri_text, ptext = m.groups()
+            return cls(uri_text, display, _plain_params(ptext) if ptext else {}, True)
+        m = _ADDR_SPEC_FAST.match(value)
+        if m is not None:
+            uri_text, ptext = m.groups()
+            return cls(uri_text, None, _plain_params(ptext) if ptext else {}, False)
+        return cls._parse_careful(value)
+
+    @classmethod
+    def _parse_careful(cls, value: str) -> NameAddr:
+        v = value.strip(" \t")
+        display: str | None = None
         if v.startswith('"'):
-            raise SipParseError(f"display name without <URI> in {value!r}")
-        # addr-spec form: parameters after ';' are header params (RFC 3261 section 20.10)
-        semi = v.find(";")
-        if semi >= 0:
-            uri_text, ptext = v[:semi].strip(), v[semi:]
+            q = _QUOTED_RE.match(v)
+            if q is None:
+                raise SipParseError(f"unterminated display name in {value[:80]!r}")
+            display = q.group()
+            rest = v[q.end() :].lstrip(" \t")
+            if not rest.startswith("<"):
+                raise SipParseError(f"display name without <URI> in {value[:80]!r}")
+        elif "<" in v:
+            lt = v.index("<")
+            display = v[:lt].rstrip(" \t") or None
+            if display is not None and not _DISPLAY_TOKENS.match(display):
+                raise SipParseError(f"display name must be tokens or quoted in {value[:80]!r}")
+            rest = v[lt:]
         else:
-            uri_text, ptext = v, ""
-        if not uri_text or " " in uri_text or ":" not in uri_text:
-            raise SipParseError(f"bad addr-spec {value!r}")
-        return cls(uri_text, None, _parse_params(ptext, "addr-spec"), False)
+            # addr-spec: header parameters follow the first ';' (20.10)
+            uri_text, semi, ptext = v.partition(";")
+            uri_text = uri_text.rstrip(" \t")
+            if not _ADDR_SPEC.match(uri_text):
+                raise SipParseError(f"bad addr-spec in {value[:80]!r}")
+            params = _parse_params(semi + ptext, "addr-spec")
+            return cls(uri_text, None, params, False)
+        gt = rest.find(">")
+        if gt < 0:
+            raise SipParseError(f"missing '>' in {value[:80]!r}")
+        uri_text = rest[1:gt]
+        # LAQUOT and RAQUOT allow no whitespace inside the brackets (RFC 4475 3.1.2.14)
+        if not _URI_IN_BRACKETS.match(uri_text):
+            raise SipParseError(f"bad URI in <> in {value[:80]!r}")
+        params = _parse_params(rest[gt + 1 :], "name-addr")
+        return cls(uri_text, display, params, True)
 
     @property
     def uri(self) -> Uri:
         """The parsed URI (cached)."""
-        if self._uri is None:
-            self._uri = parse_uri(self.uri_text)
-        return self._uri
+        uri = self._uri
+        if uri is None:
+            uri = self._uri = parse_uri(self.uri_text)
+        return uri
 
     @property
     def tag(self) -> str | None:
@@ -344,13 +359,40 @@ class CSeq:
 
     @classmethod
     def parse(cls, value: str) -> CSeq:
-        parts = value.split()
-        if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
-            raise SipParseError(f"bad CSeq {value!r}")
-        number = int(parts[0])
-        if number >= 2**31:
-            raise SipParseError(f"CSeq number out of range in {value!r}")
-        return cls(number, parts[1])
+        """Parse ``1*DIGIT LWS Method``; the number must fit 32 bits (RFC 3261 section 8.1.1.5)."""
+        number_text, sep, method = value.partition(" ")
+        if not sep or " " in method or "\t" in method:
+            parts = value.split()
+            if len(parts) != 2:
+                raise SipParseError(f"bad CSeq {value[:80]!r}")
+            number_text, method = parts
+        if not (number_text.isascii() and number_text.isdigit()) or len(number_text) > 20:
+            raise SipParseError(f"bad CSeq number in {value[:80]!r}")
+        number = int(number_text)
+        if number > 0xFFFFFFFF:
+            raise SipParseError(f"CSeq number out of range in {value[:80]!r}")
+        if not _TOKEN_RE.match(method):
+            raise SipParseError(f"bad CSeq method in {value[:80]!r}")
+        return _new_cseq(number, method)
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
+
+
+class _CSeqTwin:
+    """Same slots as :class:`CSeq`; see ``gateway.sip.uri`` for why parsing builds these."""
+
+    __slots__ = ("number", "method")
+
+    def __init__(self, number: int, method: str):
+        self.number = number
+        self.method = method
+
+
+assert _CSeqTwin.__slots__ == CSeq.__slots__  # type: ignore[attr-defined]
+
+
+def _new_cseq(number: int, method: str) -> CSeq:
+    obj = _CSeqTwin(number, method)
+    obj.__class__ = CSeq  # type: ignore[assignment]
+    return cast(CSeq, obj)
