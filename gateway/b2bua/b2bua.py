@@ -112,6 +112,7 @@ class B2BUA:
         call_later: Callable[[float, Callable[[], None]], asyncio.TimerHandle],
         user_agent: str = "gateway/0.1",
         observers: list[CallObserver] | None = None,
+        ring_timeout: float = 180.0,
     ):
         self.layer = layer
         self.router = router
@@ -122,6 +123,8 @@ class B2BUA:
         self.call_later = call_later
         self.user_agent = user_agent
         self.observers = observers or []
+        #: Timer C (RFC 3261 section 16.6 step 11): longest a B-leg may ring after a 1xx
+        self.ring_timeout = ring_timeout
         self.legs: dict[tuple[str, str], Leg] = {}
         self.calls: dict[str, Call] = {}
         self.completed = 0
@@ -132,7 +135,41 @@ class B2BUA:
     # -- dispatch ------------------------------------------------------------------------
 
     def handle(self, event: object) -> None:
-        """Entry point for every transaction-layer event."""
+        """Entry point for every transaction-layer event; nothing escapes from here."""
+        try:
+            self._dispatch(event)
+        except SipParseError as exc:
+            log.info("unusable_message", event=type(event).__name__, error=exc.detail)
+            self._answer_unusable(event, exc)
+        except Exception:
+            log.exception("event_failed", event=type(event).__name__)
+            self._answer_unusable(event, None)
+
+    def _answer_unusable(self, event: object, exc: SipParseError | None) -> None:
+        """Answer a request we could not act on, and fail a call a bad response broke."""
+        try:
+            if isinstance(event, RequestReceived) and event.request.method != "ACK":
+                tx = event.transaction
+                if tx.state in ("trying", "proceeding"):
+                    if exc is not None:
+                        self._respond(tx, exc.status, exc.reason,
+                                      extra=(("Warning", f'399 gateway "{_safe(exc.detail)}"'),))
+                    else:
+                        self._respond(tx, 500)
+                owner = tx.owner
+                if isinstance(owner, Call) and not owner.ended:
+                    self._end(owner, "failed 500")
+            elif isinstance(event, ResponseReceived) and isinstance(event.transaction.owner, Call):
+                call = event.transaction.owner
+                b = call.b
+                if not call.ended and b is not None and b.client_tx is event.transaction and not b.got_final:
+                    b.got_final = True
+                    self._stop_timer(call)
+                    self._try_next_hop(call, 502, "Bad Gateway")
+        except Exception:
+            log.exception("answer_unusable_failed")
+
+    def _dispatch(self, event: object) -> None:
         if isinstance(event, ResponseReceived):
             self._on_response(event)
         elif isinstance(event, RequestReceived):
@@ -201,6 +238,11 @@ class B2BUA:
         if max_forwards is not None and max_forwards <= 0:
             self._respond(tx, 483)
             return
+        if not request.contacts:
+            # RFC 3261 section 8.1.1.8: an INVITE must carry a Contact to reach the caller
+            self._respond(tx, 400, "Missing Contact",
+                          extra=(("Warning", '399 gateway "INVITE without Contact"'),))
+            return
         now = self.clock()
         a = Leg("a", request.call_id, self.ids.tag(), source, invite=request, server_tx=tx)
         dialled = dialled_number(request)
@@ -252,11 +294,26 @@ class B2BUA:
         ctx = self.layer.send_request(invite, dest, self.clock())
         ctx.owner = call
         b.client_tx = ctx
-        if call.provisional_timer is not None:
-            call.provisional_timer.cancel()
+        self._stop_timer(call)
         call.provisional_timer = self.call_later(
             hop.provisional_timeout, lambda: self._on_provisional_timeout(call, ctx)
         )
+
+    def _stop_timer(self, call: Call) -> None:
+        if call.provisional_timer is not None:
+            call.provisional_timer.cancel()
+            call.provisional_timer = None
+
+    def _on_ring_timeout(self, call: Call, tx: ClientTransaction) -> None:
+        call.provisional_timer = None
+        b = call.b
+        if call.ended or call.cancelled or b is None or b.client_tx is not tx or b.got_final:
+            return
+        log.info("b_leg_ring_timeout", call_id=call.id, seconds=self.ring_timeout)
+        call.cancelled = True
+        self._send_cancel(call)
+        self._fail_a(call, 408, "Request Timeout")
+        self._flush()
 
     def _host_for(self, dest: Address) -> str:
         via = self.via_for(dest, "x")
@@ -332,9 +389,10 @@ class B2BUA:
         if status < 200:
             if not b.got_provisional:
                 b.got_provisional = True
-                if call.provisional_timer is not None:
-                    call.provisional_timer.cancel()
-                    call.provisional_timer = None
+                self._stop_timer(call)
+                call.provisional_timer = self.call_later(
+                    self.ring_timeout, lambda: self._on_ring_timeout(call, tx)
+                )
             if call.cancelled:
                 self._send_cancel(call)
                 return
@@ -350,9 +408,7 @@ class B2BUA:
             if b.got_final:
                 return  # a 2xx from another fork: ACKed by the layer when registered
             b.got_final = True
-            if call.provisional_timer is not None:
-                call.provisional_timer.cancel()
-                call.provisional_timer = None
+            self._stop_timer(call)
             b.dialog = Dialog.as_uac(b.invite, response)  # type: ignore[arg-type]
             b.dialog.local_contact = self.contact_for(b.flow)
             if call.cancelled or call.ended:
@@ -371,9 +427,7 @@ class B2BUA:
             return
         # final error
         b.got_final = True
-        if call.provisional_timer is not None:
-            call.provisional_timer.cancel()
-            call.provisional_timer = None
+        self._stop_timer(call)
         if call.cancelled:
             self._end(call, "cancelled")
             return
@@ -621,9 +675,7 @@ class B2BUA:
             if b is None or b.client_tx is not tx or b.got_final or call.ended:
                 return
             b.got_final = True
-            if call.provisional_timer is not None:
-                call.provisional_timer.cancel()
-                call.provisional_timer = None
+            self._stop_timer(call)
             if call.cancelled:
                 self._end(call, "cancelled")
                 return
@@ -651,9 +703,7 @@ class B2BUA:
         call.state = CallState.ENDED
         call.result = result
         call.ended_at = self.clock()
-        if call.provisional_timer is not None:
-            call.provisional_timer.cancel()
-            call.provisional_timer = None
+        self._stop_timer(call)
         self.calls.pop(call.id, None)
         self.legs.pop((call.a.call_id, call.a.local_tag), None)
         if call.b is not None:
@@ -680,6 +730,10 @@ class _Abandoned:
     def __init__(self, call: Call):
         self.call = call
         self.cancel_sent = False
+
+
+def _safe(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', "'")[:200]
 
 
 def _user_of(name_addr: NameAddr) -> str:

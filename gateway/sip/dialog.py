@@ -24,8 +24,8 @@ and then:
     d.terminate()
 
 ``ids`` is the :class:`~gateway.sip.transaction.IdGenerator` of the element. Requests are
-built **without a Via**: the transaction layer pushes the Via (with a fresh branch) when it
-sends them, and the transport resolves ``d.next_hop`` with
+built **without a Via**: the transaction user pushes its Via (with a fresh branch, see
+``SipEndpoint.via_for``) before handing them to the transaction layer, and resolves ``d.next_hop`` with
 :func:`gateway.sip.routing.resolve_next_hop`.
 
 States (``state``) follow this table; anything else is a programming error:
@@ -302,7 +302,7 @@ class Dialog:
         ``body`` goes with ``content_type`` (section 20.15 wants one for any body; a relayed
         body that came without is passed on without).
 
-        The request has **no Via**: the transaction layer adds the Via with a new branch when
+        The request has **no Via**: the transaction user adds its Via with a new branch when
         it sends it (section 8.1.1.7), to :attr:`next_hop`. ``ids`` is accepted for that
         layer's sake and not used here. ACK (use :meth:`create_ack`) and CANCEL (built from
         the request it cancels, section 9.1) are refused.

@@ -327,33 +327,37 @@ class SipEndpoint:
     # -- output ------------------------------------------------------------------------
 
     def _send(self, data: bytes, destination: Address) -> None:
-        host = destination.host
-        if not _is_ip_literal(host):
-            resolved = self._resolved.get(host)
-            if resolved is None:
-                self.loop.create_task(self._resolve_and_send(data, destination))
-                return
-            destination = Address(destination.transport, resolved, destination.port)
-        if destination.transport == "udp":
-            proto = self._udp.get(_family_of(destination.host))
+        """Send to ``destination``; failures are reported against it as given."""
+        if _is_ip_literal(destination.host):
+            self._send_to(data, destination, destination)
+            return
+        resolved = self._resolved.get(destination.host)
+        if resolved is None:
+            self.loop.create_task(self._resolve_and_send(data, destination))
+            return
+        self._send_to(data, Address(destination.transport, resolved, destination.port), destination)
+
+    def _send_to(self, data: bytes, target: Address, reported_as: Address) -> None:
+        if target.transport == "udp":
+            proto = self._udp.get(_family_of(target.host))
             if proto is None or proto.transport is None:
-                self._fail(destination, "no UDP socket for this address family")
+                self._fail(reported_as, "no UDP socket for this address family")
                 return
             try:
-                proto.transport.sendto(data, (destination.host, destination.port))
+                proto.transport.sendto(data, (target.host, target.port))
             except OSError as exc:
-                self._fail(destination, str(exc))
+                self._fail(reported_as, str(exc))
             return
-        conn = self._connections.get(destination)
+        conn = self._connections.get(target)
         if conn is not None:
             conn.write(data)
             return
-        pending = self._connecting.get(destination)
+        pending = self._connecting.get(target)
         if pending is not None:
             pending.append(data)
             return
-        self._connecting[destination] = [data]
-        self.loop.create_task(self._connect(destination))
+        self._connecting[target] = [data]
+        self.loop.create_task(self._connect(target, reported_as))
 
     async def _resolve_and_send(self, data: bytes, destination: Address) -> None:
         try:
@@ -362,19 +366,21 @@ class SipEndpoint:
             self._fail(destination, f"cannot resolve {destination.host}: {exc}")
             self.pump()
             return
-        self._resolved[destination.host] = str(infos[0][4][0])
-        self._send(data, destination)
+        resolved = str(infos[0][4][0])
+        self._resolved[destination.host] = resolved
+        self._send_to(data, Address(destination.transport, resolved, destination.port), destination)
+        self.pump()
 
-    async def _connect(self, destination: Address) -> None:
+    async def _connect(self, target: Address, reported_as: Address) -> None:
         try:
             await self.loop.create_connection(
-                lambda: _TcpConnection(self, destination.transport),
-                destination.host,
-                destination.port,
+                lambda: _TcpConnection(self, target.transport),
+                target.host,
+                target.port,
             )
         except OSError as exc:
-            self._connecting.pop(destination, None)
-            self._fail(destination, str(exc))
+            self._connecting.pop(target, None)
+            self._fail(reported_as, str(exc))
             self.pump()
 
     def connection_opened(self, peer: Address, conn: _TcpConnection) -> None:
