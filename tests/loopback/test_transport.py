@@ -155,7 +155,9 @@ async def test_invite_with_max_forwards_zero_gets_483(gateway: tuple[Gateway, st
     _, host, port = gateway
     transport, peer, local = await _udp_peer(host)
     try:
-        transport.sendto(_request("INVITE", host, local, branch="z9hG4bKmf0", max_forwards=0),
+        h = f"[{host}]" if ":" in host else host
+        transport.sendto(_request("INVITE", host, local, branch="z9hG4bKmf0", max_forwards=0,
+                                  extra=f"Contact: <sip:tester@{h}:{local}>\r\n"),
                          (host, port))
         # 100 Trying may come first
         response = await _recv_response(peer)
@@ -254,6 +256,20 @@ async def test_tcp_without_content_length_closes_the_connection(gateway: tuple[G
         writer.close()
 
 
+async def test_invite_without_contact_gets_400(gateway: tuple[Gateway, str, int]) -> None:
+    _, host, port = gateway
+    transport, peer, local = await _udp_peer(host)
+    try:
+        transport.sendto(_request("INVITE", host, local, branch="z9hG4bKnocontact"), (host, port))
+        response = await _recv_response(peer)
+        while response.status == 100:
+            response = await _recv_response(peer)
+        assert response.status == 400
+        assert "Contact" in (response.get("Warning") or "")
+    finally:
+        transport.close()
+
+
 async def test_unroutable_invite_gets_404_with_warning() -> None:
     host = "127.0.0.1"
     port = _free_port(host)
@@ -265,7 +281,8 @@ async def test_unroutable_invite_gets_404_with_warning() -> None:
         sdp = b"v=0\r\n"
         transport.sendto(
             _request("INVITE", host, local, branch="z9hG4bKnoroute", uri_user="5551234",
-                     extra="Content-Type: application/sdp\r\n", body=sdp),
+                     extra=f"Contact: <sip:tester@{host}:{local}>\r\nContent-Type: application/sdp\r\n",
+                     body=sdp),
             (host, port),
         )
         response = await _recv_response(peer)
