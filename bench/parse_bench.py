@@ -130,7 +130,10 @@ def main() -> None:
     for _ in range(args.rounds):
         best_o = max(best_o, measure(o, args.seconds))
         best_t = max(best_t, measure(t, args.seconds))
-    print(f"INVITE parse + field access, {len(INVITE)} bytes, best of {args.rounds} x {args.seconds}s")
+    print(
+        f"INVITE parse + field access, {len(INVITE)} bytes,"
+        f" best of {args.rounds} x {args.seconds}s"
+    )
     print(f"  gateway.sip : {best_o:10.0f} msg/s")
     print(f"  sipmessage  : {best_t:10.0f} msg/s")
     print(f"  ratio       : {best_o / best_t:10.1f} x")

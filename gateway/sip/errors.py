@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["SipError", "SipParseError", "UnsupportedVersion", "MessageTooLarge"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.sip.message import Request
+
+__all__ = ["MessageTooLarge", "SipError", "SipParseError", "UnsupportedVersion"]
 
 
 class SipError(Exception):
@@ -21,10 +26,15 @@ class SipError(Exception):
 
 
 class SipParseError(SipError):
-    """The bytes are not a well-formed SIP message (RFC 3261 section 21.4.1: 400)."""
+    """The bytes are not a well-formed SIP message (RFC 3261 section 21.4.1: 400).
+
+    ``partial`` is the request as far as it could be read when its headers allow an answer
+    (``make_response(exc.partial, exc.status, exc.reason)``), else None.
+    """
 
     status = 400
     reason = "Bad Request"
+    partial: Request | None = None
 
 
 class UnsupportedVersion(SipParseError):

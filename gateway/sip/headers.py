@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from gateway.sip.errors import SipParseError
-from gateway.sip.uri import Uri, parse_uri
+from gateway.sip.uri import (
+    SIP_URI_FAST,
+    SIP_URI_FAST_NO_PARAMS,
+    Uri,
+    parse_uri,
+    sip_uri_from_fast_match,
+)
 
 __all__ = [
     "COMPACT_FORMS",
@@ -98,18 +104,38 @@ _HOST = r"[A-Za-z0-9][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\]"
 _PLAIN_PARAMS = rf"(?:;{_TOKEN}(?:={_GEN_VALUE})?)*"
 
 _TOKEN_RE = re.compile(rf"{_TOKEN}\Z")
+#: the usual Via: branch first (captured on its own), other plain parameters after it
 _VIA_FAST = re.compile(
-    rf"SIP/2\.0/([A-Za-z0-9\-.!%*_+`'~]+) ({_HOST})(?::([0-9]{{1,5}}))?({_PLAIN_PARAMS})\Z"
+    rf"SIP/2\.0/({_TOKEN}) ({_HOST})(?::([0-9]{{1,5}}))?"
+    rf"(?:;branch=({_TOKEN}))?({_PLAIN_PARAMS})\Z"
 )
 _VIA_CAREFUL = re.compile(
     rf"[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
     rf"({_HOST})(?:[ \t]*:[ \t]*([0-9]{{1,5}}))?[ \t]*"
 )
+_DISPLAY = rf"(?:({_QUOTED}|{_TOKEN}(?:[ \t]+{_TOKEN})*)[ \t]*)?"
+#: name-addr with a sip/sips URI of the usual shape and plain parameters, the tag first.
+#: Groups: display, URI, the six URI groups of SIP_URI_FAST, tag, other parameters.
+_NAME_ADDR_SIP = re.compile(
+    rf"{_DISPLAY}<({SIP_URI_FAST})>(?:;tag=({_TOKEN}))?({_PLAIN_PARAMS})\Z", re.S
+)
+#: addr-spec with a sip/sips URI; every ';' after it starts a header parameter (20.10).
+#: Groups: URI, the five URI groups of SIP_URI_FAST_NO_PARAMS, tag, other parameters.
+_ADDR_SPEC_SIP = re.compile(
+    rf"({SIP_URI_FAST_NO_PARAMS})(?:;tag=({_TOKEN}))?({_PLAIN_PARAMS})\Z"
+)
+#: any other scheme, plain parameters
 _NAME_ADDR_FAST = re.compile(
-    rf"(?:({_QUOTED}|{_TOKEN}(?:[ \t]+{_TOKEN})*)[ \t]*)?<([^<>\"\s]+)>({_PLAIN_PARAMS})\Z",
-    re.S,
+    rf"{_DISPLAY}<([A-Za-z][A-Za-z0-9+\-.]*:[^<>\"\s]*)>({_PLAIN_PARAMS})\Z", re.S
 )
 _ADDR_SPEC_FAST = re.compile(rf"([A-Za-z][A-Za-z0-9+\-.]*:[^;,?<>\"\s]+)({_PLAIN_PARAMS})\Z")
+_via_fast_match = _VIA_FAST.match
+_name_addr_sip_match = _NAME_ADDR_SIP.match
+_addr_spec_sip_match = _ADDR_SPEC_SIP.match
+_KNOWN_METHODS = frozenset(
+    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
+     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
+)
 _QUOTED_RE = re.compile(_QUOTED, re.S)
 _DISPLAY_TOKENS = re.compile(rf"{_TOKEN}(?:[ \t]+{_TOKEN})*\Z")
 _URI_IN_BRACKETS = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^<>\"\s]*\Z")
@@ -212,15 +238,23 @@ class Via:
     @classmethod
     def parse(cls, value: str) -> Via:
         """Parse one Via value (not a comma list)."""
-        m = _VIA_FAST.match(value)
+        m = _via_fast_match(value)
         if m is not None:
-            transport, host, port_text, ptext = m.groups()
+            transport, host, port_text, branch, ptext = m.groups()
             port = None
             if port_text is not None:
                 port = int(port_text)
                 if port > 65535:
                     raise SipParseError(f"bad Via port in {value!r}")
-            return cls(transport.upper(), host, port, _plain_params(ptext) if ptext else {})
+            if ptext:
+                params = _plain_params(ptext)
+                if branch is not None:
+                    params = {"branch": branch, **params}
+            elif branch is not None:
+                params = {"branch": branch}
+            else:
+                params = {}
+            return cls(transport.upper(), host, port, params)
         return cls._parse_careful(value)
 
     @classmethod
@@ -268,6 +302,8 @@ class NameAddr:
     params: dict[str, str | None] = field(default_factory=dict)
     bracketed: bool = True
     _uri: Uri | None = None
+    #: the fast-path match holding the URI's parts, so that ``uri`` needs no second parse
+    _uri_match: re.Match[str] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, value: str) -> NameAddr:
@@ -276,6 +312,31 @@ class NameAddr:
         In the addr-spec form (no ``<>``) everything after the first ``;`` is a header
         parameter, and the URI may not contain ``,``, ``?`` or ``;``.
         """
+        m = _name_addr_sip_match(value)
+        if m is not None:
+            tag, ptext = m.group(9, 10)
+            bracketed = True
+            display = m.group(1)
+            uri_text = m.group(2)
+        else:
+            m = _addr_spec_sip_match(value)
+            if m is None:
+                return cls._parse_other(value)
+            uri_text, tag, ptext = m.group(1, 7, 8)
+            bracketed = False
+            display = None
+        if ptext:
+            params = _plain_params(ptext)
+            if tag is not None:
+                params = {"tag": tag, **params}
+        elif tag is not None:
+            params = {"tag": tag}
+        else:
+            params = {}
+        return cls(uri_text, display, params, bracketed, None, m)
+
+    @classmethod
+    def _parse_other(cls, value: str) -> NameAddr:
         m = _NAME_ADDR_FAST.match(value)
         if m is not None:
             display, uri_text, ptext = m.groups()
@@ -327,7 +388,21 @@ class NameAddr:
         """The parsed URI (cached)."""
         uri = self._uri
         if uri is None:
-            uri = self._uri = parse_uri(self.uri_text)
+            m = self._uri_match
+            text = self.uri_text
+            if m is None:
+                uri = parse_uri(text)
+            elif m.re is _NAME_ADDR_SIP:
+                raw, scheme, user, password, host, port_text, ptext = m.group(2, 3, 4, 5, 6, 7, 8)
+                if raw != text:  # uri_text was changed since parsing
+                    return parse_uri(text)
+                uri = sip_uri_from_fast_match(scheme, user, password, host, port_text, ptext, raw)
+            else:
+                raw, scheme, user, password, host, port_text = m.group(1, 2, 3, 4, 5, 6)
+                if raw != text:
+                    return parse_uri(text)
+                uri = sip_uri_from_fast_match(scheme, user, password, host, port_text, None, raw)
+            self._uri = uri
         return uri
 
     @property
@@ -360,18 +435,16 @@ class CSeq:
     @classmethod
     def parse(cls, value: str) -> CSeq:
         """Parse ``1*DIGIT LWS Method``; the number must fit 32 bits (RFC 3261 section 8.1.1.5)."""
-        number_text, sep, method = value.partition(" ")
-        if not sep or " " in method or "\t" in method:
-            parts = value.split()
-            if len(parts) != 2:
-                raise SipParseError(f"bad CSeq {value[:80]!r}")
-            number_text, method = parts
+        parts = value.split()
+        if len(parts) != 2:
+            raise SipParseError(f"bad CSeq {value[:80]!r}")
+        number_text, method = parts
         if not (number_text.isascii() and number_text.isdigit()) or len(number_text) > 20:
             raise SipParseError(f"bad CSeq number in {value[:80]!r}")
         number = int(number_text)
         if number > 0xFFFFFFFF:
             raise SipParseError(f"CSeq number out of range in {value[:80]!r}")
-        if not _TOKEN_RE.match(method):
+        if method not in _KNOWN_METHODS and not _TOKEN_RE.match(method):
             raise SipParseError(f"bad CSeq method in {value[:80]!r}")
         return _new_cseq(number, method)
 
@@ -382,14 +455,14 @@ class CSeq:
 class _CSeqTwin:
     """Same slots as :class:`CSeq`; see ``gateway.sip.uri`` for why parsing builds these."""
 
-    __slots__ = ("number", "method")
+    __slots__ = ("number", "method")  # noqa: RUF023 - the field order of CSeq
 
     def __init__(self, number: int, method: str):
         self.number = number
         self.method = method
 
 
-assert _CSeqTwin.__slots__ == CSeq.__slots__  # type: ignore[attr-defined]
+assert _CSeqTwin.__slots__ == CSeq.__slots__
 
 
 def _new_cseq(number: int, method: str) -> CSeq:

@@ -3,33 +3,52 @@
 Theory of operation
 -------------------
 ``parse_message(data)`` turns one datagram (or one framed stream message) into a
-:class:`Request` or :class:`Response`. It does the minimum eagerly: split the start line,
-unfold continuation lines, expand compact header names, and store each header as a
-``(lower_name, name, value)`` triple in arrival order. The body stays bytes.
+:class:`Request` or :class:`Response`. Each header is stored as a
+``(lower_name, name, value)`` triple in arrival order, with a dict of the first value of
+each header beside it; the body stays bytes.
 
-Everything else is lazy: ``message.vias``, ``message.from_``, ``message.cseq`` and friends
-parse their header on first access and cache the result; setting a header drops its cache.
-The hot path (Via branch, From/To tags, Call-ID, CSeq, Max-Forwards) therefore costs one
-split of the header block plus a few small parses.
+Parsing has a fast path and a careful path. The fast path handles the shape almost every
+message has: CRLF line ends, an empty line ending the head, no folded lines, no whitespace
+before a colon. It costs one ``split("\\r\\n")`` of the head and one ``partition(":")`` plus
+a dict lookup per line (header names are looked up by their spelling, compact forms
+included). Anything unusual (folding, odd spacing, bare LF, a missing empty line, leading
+CRLFs, bad header names) sends the whole message down the careful path, which unfolds
+lines, checks every name and keeps going past a bad line so that the error can carry a
+``partial`` request to answer with 400. Both paths produce the same header triples.
+
+Validation is split by need (RFC 3261 sections 8.1.1, 8.2.2, 18.3):
+
+* eager, on every message: the Request-Line or Status-Line, Content-Length framing, and
+  the headers every response and every transaction needs: the top Via, From, To, Call-ID,
+  CSeq (and its method matching the request's), Max-Forwards, the Request-URI, and that none
+  of the single-valued ones appears twice. Their typed values are cached, so reading them
+  afterwards is free, and a parsed request never surprises the transaction layer;
+* lazy, on first access: every other header (other Vias, Contact, Route, Record-Route, ...).
+  A malformed one raises :class:`SipParseError` (400) from its accessor.
+
+Typed values (``vias``, ``from_``, ``cseq``, ...) are cached; changing a header through
+:meth:`Message.set` and friends drops its cache.
 
 Serialisation (``to_bytes``) writes the start line, the headers in order with the names as
-they came (new headers get the canonical spelling), and always a correct
-``Content-Length`` computed from the body, so that framing on stream transports is never
-wrong whatever the received value said.
+they came (new headers get the canonical spelling), and always a correct ``Content-Length``
+computed from the body, so that framing on stream transports is never wrong whatever the
+received value said.
 
-Errors are :class:`SipParseError` (400) or :class:`UnsupportedVersion` (505). When the
-headers needed to answer were readable, the error carries ``partial`` (the request as far as
-it was parsed), so the caller can send the 400 instead of dropping the message.
+Errors are :class:`SipParseError` (400), :class:`UnsupportedVersion` (505) or
+:class:`MessageTooLarge` (513). For a request the error carries ``partial``: the request as
+far as it was read (the headers that parsed), enough for :func:`make_response` to build the
+answer.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from gateway.sip.errors import MessageTooLarge, SipParseError, UnsupportedVersion
 from gateway.sip.headers import (
+    _CANONICAL,
     COMPACT_FORMS,
     LIST_HEADERS,
     CSeq,
@@ -38,16 +57,16 @@ from gateway.sip.headers import (
     canonical_name,
     split_list,
 )
-from gateway.sip.uri import Uri, parse_uri
+from gateway.sip.uri import SipUri, Uri, parse_uri
 
 __all__ = [
+    "REASON_PHRASES",
     "Message",
     "Request",
     "Response",
     "StreamFramer",
     "make_response",
     "parse_message",
-    "REASON_PHRASES",
 ]
 
 REASON_PHRASES: dict[int, str] = {
@@ -68,20 +87,49 @@ REASON_PHRASES: dict[int, str] = {
     604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }
 
-_HEADER_NAME = re.compile(r"[!%'*+\-.0-9A-Z_`a-z~]+\Z")
-_METHOD = re.compile(r"[!%'*+\-.0-9A-Z_`a-z~]+\Z")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_KNOWN_METHODS = frozenset(
+    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
+     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
+)
+
+#: header names that may appear only once (RFC 3261 section 7.3.1: not comma lists)
+_SINGLE_VALUED = frozenset(("call-id", "cseq", "from", "to", "max-forwards"))
+
+#: header-name spelling -> full lower-case name. Prefilled with the usual spellings of the
+#: known headers and the compact forms; valid names seen on the wire are added (bounded),
+#: as header names repeat from message to message while values do not.
+_NAMES: dict[str, str] = {}
+for _lname, _cname in _CANONICAL.items():
+    for _spelling in (_cname, _lname, _cname.upper()):
+        _NAMES[_spelling] = _lname
+for _short, _lname in COMPACT_FORMS.items():
+    _NAMES[_short] = _NAMES[_short.upper()] = _lname
+_NAMES_LIMIT = len(_NAMES) + 2048
+
+
+def _name_of(spelling: str) -> str | None:
+    """The full lower-case name of a header name as written, None if it is not a token."""
+    if not _TOKEN_RE.match(spelling):
+        return None
+    lname = spelling.lower()
+    lname = COMPACT_FORMS.get(lname, lname)
+    if len(_NAMES) < _NAMES_LIMIT:
+        _NAMES[spelling] = lname
+    return lname
 
 
 class Message:
     """Common part of requests and responses: ordered headers and a bytes body."""
 
-    __slots__ = ("_headers", "body", "_cache", "_first")
+    __slots__ = ("_cache", "_dups", "_first", "_headers", "body")
 
     def __init__(self, headers: list[tuple[str, str, str]] | None = None, body: bytes = b""):
         self._headers: list[tuple[str, str, str]] = headers if headers is not None else []
         self.body: bytes = body
         self._cache: dict[str, Any] = {}
         self._first: dict[str, str] | None = None
+        self._dups: frozenset[str] | set[str] = frozenset()
 
     @property
     def headers(self) -> list[tuple[str, str, str]]:
@@ -104,9 +152,16 @@ class Message:
         self._cache.clear()
 
     def _index(self) -> dict[str, str]:
-        first = self._first
-        if first is None:
-            first = self._first = {hl: v for hl, _, v in reversed(self._headers)}
+        """Rebuild the first-value index (and the set of repeated names)."""
+        first: dict[str, str] = {}
+        dups: set[str] = set()
+        for hl, _, v in self._headers:
+            if hl in first:
+                dups.add(hl)
+            else:
+                first[hl] = v
+        self._first = first
+        self._dups = dups
         return first
 
     # -- generic header access -------------------------------------------------------------
@@ -136,11 +191,11 @@ class Message:
         lname = COMPACT_FORMS.get(lname, lname)
         out: list[str] = []
         if lname in LIST_HEADERS:
-            for hl, _, v in self.headers:
+            for hl, _, v in self._headers:
                 if hl == lname:
                     out.extend(split_list(v))
         else:
-            for hl, _, v in self.headers:
+            for hl, _, v in self._headers:
                 if hl == lname:
                     out.append(v)
         return out
@@ -210,27 +265,41 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        c = self._cache.get("via")
+        """Every Via, topmost first (a comma list counts as several)."""
+        cache = self._cache
+        c = cache.get("via")
         if c is None:
-            c = self._cache["via"] = [Via.parse(v) for v in self.get_all("via")]
+            first = self._first
+            if first is None:
+                first = self._index()
+            top = first.get("via")
+            if top is None:
+                c = []
+            elif "via" not in self._dups and "," not in top:
+                c = [self.top_via]
+            else:
+                c = [Via.parse(v) for v in self.get_all("via")]
+            cache["via"] = c
         return c
 
     @property
     def top_via(self) -> Via:
-        c = self._cache.get("via")
+        cache = self._cache
+        top = cache.get("top-via")
+        if top is not None:
+            return top  # type: ignore[no-any-return]
+        c = cache.get("via")
         if c is not None:
             if not c:
                 raise SipParseError("missing Via")
             return c[0]  # type: ignore[no-any-return]
-        top = self._cache.get("top-via")
-        if top is None:
-            first = self.get("via")
-            if first is None:
-                raise SipParseError("missing Via")
-            items = split_list(first) if "," in first else [first]
-            if not items:
-                raise SipParseError("empty Via")
-            top = self._cache["top-via"] = Via.parse(items[0])
+        first = self.get("via")
+        if first is None:
+            raise SipParseError("missing Via")
+        items = split_list(first) if "," in first else [first]
+        if not items:
+            raise SipParseError("empty Via")
+        top = cache["top-via"] = Via.parse(items[0])
         return top
 
     def set_vias(self, vias: list[Via]) -> None:
@@ -289,27 +358,39 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        return self._name_addr("from")
+        c = self._cache.get("from")
+        return c if c is not None else self._name_addr("from")
 
     @property
     def to(self) -> NameAddr:
-        return self._name_addr("to")
+        c = self._cache.get("to")
+        return c if c is not None else self._name_addr("to")
 
     @property
     def from_tag(self) -> str | None:
-        return self.from_.tag
+        return self.from_.params.get("tag")
 
     @property
     def to_tag(self) -> str | None:
-        return self.to.tag
+        return self.to.params.get("tag")
 
     @property
     def contacts(self) -> list[NameAddr]:
-        c = self._cache.get("contact")
+        """The Contact values (``*`` of a REGISTER gives an empty list)."""
+        cache = self._cache
+        c = cache.get("contact")
         if c is None:
-            c = self._cache["contact"] = [
-                NameAddr.parse(v) for v in self.get_all("contact") if v.strip() != "*"
-            ]
+            first = self._first
+            if first is None:
+                first = self._index()
+            value = first.get("contact")
+            if value is None:
+                c = []
+            elif "contact" not in self._dups and "," not in value:
+                c = [] if value == "*" else [NameAddr.parse(value)]
+            else:
+                c = [NameAddr.parse(v) for v in self.get_all("contact") if v != "*"]
+            cache["contact"] = c
         return c
 
     @property
@@ -322,13 +403,13 @@ class Message:
 
     @property
     def max_forwards(self) -> int | None:
+        """Max-Forwards (0-255), or None when absent (RFC 2543 peers, section 20.22)."""
+        cache = self._cache
+        if "max-forwards" in cache:
+            return cache["max-forwards"]  # type: ignore[no-any-return]
         v = self.get("max-forwards")
-        if v is None:
-            return None
-        v = v.strip()
-        if not v.isdigit() or len(v) > 3:
-            raise SipParseError(f"bad Max-Forwards {v!r}")
-        return int(v)
+        mf = cache["max-forwards"] = None if v is None else _max_forwards(v)
+        return mf
 
     @property
     def content_type(self) -> str | None:
@@ -350,23 +431,21 @@ class Message:
     def to_bytes(self) -> bytes:
         """Serialise; Content-Length is always written and always matches the body."""
         lines = [self.start_line()]
-        lines.extend(f"{hn}: {v}" for hl, hn, v in self.headers if hl != "content-length")
-        lines.append(f"Content-Length: {len(self.body)}")
-        lines.append("")
-        lines.append("")
+        lines += [f"{hn}: {v}" for hl, hn, v in self._headers if hl != "content-length"]
+        lines.append(f"Content-Length: {len(self.body)}\r\n\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
 
     def copy_headers(self) -> list[tuple[str, str, str]]:
-        return list(self.headers)
+        return list(self._headers)
 
 
 class Request(Message):
     """A SIP request."""
 
-    __slots__ = ("method", "uri_text", "version", "_uri")
+    __slots__ = ("_uri", "method", "uri_text", "version")
 
     def __init__(
         self,
@@ -389,9 +468,10 @@ class Request(Message):
     @property
     def uri(self) -> Uri:
         """The parsed Request-URI (cached)."""
-        if self._uri is None:
-            self._uri = parse_uri(self.uri_text)
-        return self._uri
+        uri = self._uri
+        if uri is None:
+            uri = self._uri = parse_uri(self.uri_text)
+        return uri
 
     @uri.setter
     def uri(self, value: Uri | str) -> None:
@@ -412,7 +492,7 @@ class Request(Message):
 class Response(Message):
     """A SIP response."""
 
-    __slots__ = ("status", "reason", "version")
+    __slots__ = ("reason", "status", "version")
 
     def __init__(
         self,
@@ -440,162 +520,261 @@ class Response(Message):
 
 # -- parsing -------------------------------------------------------------------------------
 
-_REQUIRED_REQUEST_HEADERS = ("via", "from", "to", "call-id", "cseq")
-_SINGLE_HEADERS = frozenset(("call-id", "cseq", "from", "to"))
 
-#: lower-case header names that need no validation, mapped to their full lower-case name
-_KNOWN_NAMES: dict[str, str] = {
-    **{name: name for name in (
-        "via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length",
-        "content-type", "route", "record-route", "allow", "supported", "require", "user-agent",
-        "server", "expires", "subject", "authorization", "www-authenticate",
-        "proxy-authorization", "proxy-authenticate", "p-asserted-identity", "accept",
-        "content-disposition", "session-expires", "min-se", "privacy", "priority",
-        "resource-priority", "geolocation", "geolocation-routing", "event", "refer-to",
-        "referred-by", "warning", "reason", "date", "organization", "retry-after", "rseq",
-        "rack", "allow-events", "unsupported", "proxy-require", "mime-version",
-    )},
-    **COMPACT_FORMS,
-}
-
-
-def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    end = data.find(b"\r\n\r\n")
-    if end >= 0:
-        return data[:end], data[end + 4 :]
-    end = data.find(b"\n\n")
-    if end >= 0:
-        return data[:end], data[end + 2 :]
-    # no blank line: a message with headers only that was cut at the end
-    return data.rstrip(b"\r\n"), b""
-
-
-def _parse_headers(lines: list[str]) -> list[tuple[str, str, str]]:
-    headers: list[tuple[str, str, str]] = []
-    compact = COMPACT_FORMS
-    known = _KNOWN_NAMES
-    for line in lines:
-        if not line:
-            continue
-        c0 = line[0]
-        if c0 == " " or c0 == "\t":
-            # folded continuation (RFC 3261 section 7.3.1): joins the previous value
-            if not headers:
-                raise SipParseError("continuation line before any header")
-            hl, hn, v = headers[-1]
-            headers[-1] = (hl, hn, f"{v} {line.strip()}")
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise SipParseError(f"malformed header line {line[:60]!r}")
-        lname = name.lower()
-        if lname not in known:
-            name = name.rstrip(" \t")
-            lname = name.lower()
-            if not _HEADER_NAME.match(name):
-                raise SipParseError(f"bad header name {name[:40]!r}")
-            lname = compact.get(lname, lname)
-        else:
-            lname = known[lname]
-        headers.append((lname, name, value.strip(" \t")))
-    return headers
+def _max_forwards(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 10:
+        raise SipParseError(f"bad Max-Forwards {value[:20]!r}")
+    mf = int(value)
+    if mf > 255:  # RFC 4475 section 3.1.2.4: outside its legal range
+        raise SipParseError(f"Max-Forwards {mf} out of range")
+    return mf
 
 
 def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
     """Parse one SIP message from a datagram or a framed stream message.
 
     Raises :class:`SipParseError` (with ``status`` 400, 505 or 513); ``error.partial`` holds
-    the request as far as it could be read when its headers allow an answer.
+    the request as far as it could be read, so that the caller can answer it.
     """
     if len(data) > max_size:
         raise MessageTooLarge(f"message of {len(data)} bytes exceeds {max_size}")
-    # RFC 3261 section 7.5: ignore CRLFs before the start line
-    if data[:1] in (b"\r", b"\n"):
-        data = data.lstrip(b"\r\n")
-    head, body = _split_head(data)
-    text = head.decode("utf-8", "surrogateescape")
-    lines = text.replace("\r\n", "\n").split("\n")
-    start = lines[0]
-    headers = _parse_headers(lines[1:])
+    end = data.find(b"\r\n\r\n")
+    if end <= 0 or data[0] == 13 or data[0] == 10:
+        return _parse_careful(data)
+    text = data[:end].decode("utf-8", "surrogateescape")
+    lines = text.split("\r\n")
+    nlines = len(lines)
+    if text.count("\n") != nlines - 1 or text.count("\r") != nlines - 1:
+        return _parse_careful(data)  # a bare CR or LF somewhere
+
+    # one partition per line; any unusual line sends the message down the careful path
+    headers: list[tuple[str, str, str]] = []
+    append = headers.append
+    first: dict[str, str] = {}
+    dups: set[str] | None = None
+    names = _NAMES
+    for i in range(1, nlines):
+        name, sep, value = lines[i].partition(":")
+        lname = names.get(name)
+        if lname is None or not sep:
+            lname = _name_of(name) if sep else None
+            if lname is None:
+                return _parse_careful(data)
+        value = value.strip(" \t")
+        append((lname, name, value))
+        if lname in first:
+            if dups is None:
+                dups = set()
+            dups.add(lname)
+        else:
+            first[lname] = value
 
     msg: Request | Response
+    start = lines[0]
     if start.startswith("SIP/"):
-        parts = start.split(" ", 2)
-        if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
-            raise SipParseError(f"bad status line {start[:80]!r}")
-        if parts[0] != "SIP/2.0":
-            raise SipParseError(f"unsupported version in status line {start[:80]!r}")
-        status = int(parts[1])
-        if status < 100 or status > 699:
-            raise SipParseError(f"status code out of range: {status}")
-        msg = Response(status, parts[2] if len(parts) > 2 else "", headers)
+        msg = _response(start, headers)
     else:
-        parts = start.split(" ")
-        if len(parts) != 3:
-            raise SipParseError(f"bad request line {start[:80]!r}")
-        method, uri_text, version = parts
-        if not _METHOD.match(method):
-            raise SipParseError(f"bad method {method[:40]!r}")
-        msg = Request(method, uri_text, headers)
-        if version != "SIP/2.0":
-            err: SipParseError = UnsupportedVersion(f"unsupported SIP version {version[:20]!r}")
-            err.partial = msg  # type: ignore[attr-defined]
-            raise err
-        if ":" not in uri_text:
-            _fail(msg, f"bad Request-URI {uri_text[:80]!r}")
-
-    _frame_body(msg, body)
-    _validate(msg)
+        method, _, rest = start.partition(" ")
+        uri_text, _, version = rest.partition(" ")
+        if (
+            version != "SIP/2.0"
+            or not uri_text
+            or (method not in _KNOWN_METHODS and not _TOKEN_RE.match(method))
+        ):
+            return _parse_careful(data)  # to tell 400 from 505 and keep a partial
+        msg = Request.__new__(Request)
+        msg._headers = headers
+        msg._cache = {}
+        msg.method = method
+        msg.uri_text = uri_text
+        msg.version = version
+        msg._uri = None
+    seen_twice = dups or _NO_DUPS
+    msg._first = first
+    msg._dups = seen_twice
+    msg.body = body = data[end + 4 :]
+    length = first.get("content-length")
+    if length is not None:
+        if length == "0" and dups is None:
+            msg.body = b""
+        else:
+            _frame_body(msg, body, length, seen_twice)
+    _validate(msg, first, seen_twice)
     return msg
 
 
-def _fail(msg: Request | Response, detail: str) -> None:
+_NO_DUPS: frozenset[str] = frozenset()
+
+
+def _parse_careful(data: bytes) -> Request | Response:
+    """The slow, thorough path: any framing, folding, spacing; errors carry ``partial``."""
+    # RFC 3261 section 7.5: ignore CRLFs before the start line
+    data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        head, body = data[:end], data[end + 4 :]
+    else:
+        end = data.find(b"\n\n")
+        if end >= 0:
+            head, body = data[:end], data[end + 2 :]
+        else:
+            # no empty line: a message with headers only whose end was cut; no body
+            head, body = data.rstrip(b"\r\n"), b""
+    if not head:
+        raise SipParseError("empty message")
+    text = head.decode("utf-8", "surrogateescape")
+    # CRLF ends lines; a bare LF is tolerated as a line end, a bare CR is not
+    lines = text.replace("\r\n", "\n").split("\n")
+    headers, error = _careful_headers(lines[1:])
+    start = lines[0]
+    msg = _response(start, headers) if start.startswith("SIP/") else _request(start, headers)
+    first = msg._index()
+    if error is not None:
+        _fail(msg, error)
+    msg.body = body
+    length = first.get("content-length")
+    if length is not None:
+        _frame_body(msg, body, length, msg._dups)
+    _validate(msg, first, msg._dups)
+    return msg
+
+
+def _careful_headers(lines: list[str]) -> tuple[list[tuple[str, str, str]], str | None]:
+    """Unfold and split header lines; bad lines are skipped and the first error returned."""
+    headers: list[tuple[str, str, str]] = []
+    error: str | None = None
+    for line in lines:
+        if "\r" in line:
+            error = error or f"bare CR in header line {line[:60]!r}"
+            continue
+        if not line:
+            continue
+        if line[0] == " " or line[0] == "\t":
+            # folded continuation (RFC 3261 section 7.3.1): joins the previous value with SP
+            more = line.strip(" \t")
+            if not headers:
+                error = error or "continuation line before any header"
+            elif more:
+                hl, hn, v = headers[-1]
+                headers[-1] = (hl, hn, f"{v} {more}" if v else more)
+            continue
+        name, sep, value = line.partition(":")
+        name = name.rstrip(" \t")
+        lname = _name_of(name) if sep else None
+        if lname is None:
+            error = error or f"malformed header line {line[:60]!r}"
+            continue
+        headers.append((lname, name, value.strip(" \t")))
+    return headers, error
+
+
+def _response(start: str, headers: list[tuple[str, str, str]]) -> Response:
+    version, _, rest = start.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if version.upper() != "SIP/2.0":
+        raise SipParseError(f"unsupported version in status line {start[:80]!r}")
+    if len(code) != 3 or not (code.isascii() and code.isdigit()) or not "1" <= code[0] <= "6":
+        raise SipParseError(f"bad status code in {start[:80]!r}")
+    resp = Response.__new__(Response)
+    resp._headers = headers
+    resp._cache = {}
+    resp._first = None
+    resp._dups = _NO_DUPS
+    resp.status = int(code)
+    resp.reason = reason
+    resp.version = "SIP/2.0"
+    return resp
+
+
+def _request(start: str, headers: list[tuple[str, str, str]]) -> Request:
+    parts = start.split(" ")
+    method = parts[0]
+    if not _TOKEN_RE.match(method):
+        raise SipParseError(f"bad request line {start[:80]!r}")
+    # Request-Line = Method SP Request-URI SP SIP-Version (RFC 3261 section 25.1): one SP
+    # exactly, none at the end (RFC 4475 sections 3.1.2.8 to 3.1.2.10)
+    if len(parts) != 3 or not parts[1]:
+        inner = " ".join(p for p in parts[1:-1] if p) or "sip:invalid"
+        _fail(Request(method, inner, headers), f"bad request line {start[:80]!r}")
+    msg = Request(method, parts[1], headers)
+    version = parts[2]
+    if version.upper() != "SIP/2.0":
+        if version[:4].upper() == "SIP/":
+            err = UnsupportedVersion(f"unsupported SIP version {version[:20]!r}")
+            if msg.get("via") is not None:
+                err.partial = msg
+            raise err
+        _fail(msg, f"bad SIP version {version[:20]!r}")
+    return msg
+
+
+def _fail(msg: Request | Response, detail: str) -> NoReturn:
+    """Raise a 400; a request that has a Via to answer to rides along as ``partial``."""
     err = SipParseError(detail)
-    err.partial = msg if isinstance(msg, Request) else None  # type: ignore[attr-defined]
+    if isinstance(msg, Request) and msg.get("via") is not None:
+        err.partial = msg
     raise err
 
 
-def _frame_body(msg: Request | Response, body: bytes) -> None:
-    """Apply Content-Length to a datagram body (RFC 3261 section 18.3)."""
-    cl_values = [v for hl, _, v in msg.headers if hl == "content-length"]
-    if not cl_values:
-        msg.body = body
-        return
-    if len(cl_values) > 1 and len(set(v.strip() for v in cl_values)) > 1:
-        _fail(msg, "conflicting Content-Length headers")
-    cl_text = cl_values[0].strip()
-    if not cl_text.isdigit() or len(cl_text) > 9:
-        _fail(msg, f"bad Content-Length {cl_text[:20]!r}")
-    length = int(cl_text)
+def _frame_body(
+    msg: Request | Response, body: bytes, length_text: str, dups: frozenset[str] | set[str]
+) -> None:
+    """Apply Content-Length to a datagram body (RFC 3261 section 18.3).
+
+    Without Content-Length the body runs to the end of the datagram (the caller leaves it
+    so); a longer datagram is cut to the length, a shorter one is an error.
+    """
+    if "content-length" in dups:
+        values = {v for hl, _, v in msg._headers if hl == "content-length"}
+        if len(values) > 1:  # RFC 4475 section 3.3.9: framing unknowable
+            _fail(msg, "conflicting Content-Length headers")
+    if not (length_text.isascii() and length_text.isdigit()) or len(length_text) > 9:
+        _fail(msg, f"bad Content-Length {length_text[:20]!r}")
+    length = int(length_text)
     if length > len(body):
         _fail(msg, f"Content-Length {length} larger than the {len(body)}-byte body")
-    msg.body = body[:length]
+    msg.body = body[:length] if length < len(body) else body
 
 
-def _validate(msg: Request | Response) -> None:
-    """Check the headers every message needs and that they parse (hot-path ones only)."""
-    present = msg._index()
-    for needed in _REQUIRED_REQUEST_HEADERS:
-        if needed not in present:
-            _fail(msg, f"missing {canonical_name(needed)} header")
-    if len(msg._headers) > 12:
-        counts = 0
-        for hl, _, _ in msg._headers:
-            if hl in _SINGLE_HEADERS:
-                counts += 1
-        if counts > 4:
-            _fail(msg, "duplicated Call-ID, CSeq, From or To header")
+def _validate(
+    msg: Request | Response, first: dict[str, str], dups: frozenset[str] | set[str]
+) -> None:
+    """Check and cache what every response and every transaction relies on."""
     try:
-        cseq = msg.cseq
-        msg.top_via  # noqa: B018 - parse and cache the Via list
-        msg.from_  # noqa: B018
-        msg.to  # noqa: B018
+        via = first.get("via")
+        from_text = first.get("from")
+        to_text = first.get("to")
+        call_id = first.get("call-id")
+        cseq_text = first.get("cseq")
+        if via is None or from_text is None or to_text is None or cseq_text is None:
+            missing = [n for n in ("Via", "From", "To", "CSeq") if n.lower() not in first]
+            raise SipParseError(f"missing {', '.join(missing)} header")
+        if not call_id or " " in call_id or "\t" in call_id:
+            raise SipParseError("missing or malformed Call-ID")
+        if dups:
+            repeated = _SINGLE_VALUED & dups
+            if repeated:
+                names = ", ".join(sorted(canonical_name(n) for n in repeated))
+                raise SipParseError(f"more than one {names} header")
+        cache = msg._cache
+        cseq = cache["cseq"] = CSeq.parse(cseq_text)
+        cache["from"] = NameAddr.parse(from_text)
+        cache["to"] = NameAddr.parse(to_text)
+        if "," in via:
+            items = split_list(via)
+            via = items[0] if items else ""
+        cache["top-via"] = Via.parse(via)
         if isinstance(msg, Request):
-            msg.max_forwards  # noqa: B018
+            mf = first.get("max-forwards")
+            cache["max-forwards"] = None if mf is None else _max_forwards(mf)
             if cseq.method != msg.method:
                 raise SipParseError(
                     f"CSeq method {cseq.method!r} does not match request method {msg.method!r}"
                 )
+            uri = msg._uri = parse_uri(msg.uri_text)
+            # RFC 3261 section 19.1.1: no escaped headers in a Request-URI (RFC 4475 3.1.2.11)
+            if isinstance(uri, SipUri) and uri.headers:
+                raise SipParseError("headers are not allowed in a Request-URI")
     except SipParseError as exc:
         _fail(msg, exc.detail)
 
@@ -619,22 +798,21 @@ class StreamFramer:
         buf = self._buffer
         buf += data
         out: list[bytes] = []
-        while True:
+        while buf:
             # drop keep-alive CRLFs before a start line
-            skip = 0
-            while skip < len(buf) and buf[skip] in (13, 10):
-                skip += 1
-            if skip:
+            if buf[0] == 13 or buf[0] == 10:
+                skip = 0
+                n = len(buf)
+                while skip < n and buf[skip] in (13, 10):
+                    skip += 1
                 del buf[:skip]
-            if not buf:
-                break
+                continue
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > self.max_size:
                     raise MessageTooLarge("message head exceeds the size limit")
                 break
-            head = bytes(buf[:end])
-            length = _content_length_of_head(head)
+            length = _content_length_of_head(bytes(buf[:end]))
             total = end + 4 + length
             if total > self.max_size:
                 raise MessageTooLarge(f"message of {total} bytes exceeds {self.max_size}")
@@ -650,17 +828,23 @@ class StreamFramer:
 
 
 def _content_length_of_head(head: bytes) -> int:
+    """Content-Length of a message head; mandatory on streams (RFC 3261 section 20.14)."""
+    found: int | None = None
     for line in head.split(b"\r\n")[1:]:
         colon = line.find(b":")
         if colon <= 0:
             continue
-        name = line[:colon].strip().lower()
-        if name in (b"content-length", b"l"):
-            value = line[colon + 1 :].strip()
-            if not value.isdigit():
+        name = line[:colon].rstrip(b" \t").lower()
+        if name == b"content-length" or name == b"l":
+            value = line[colon + 1 :].strip(b" \t")
+            if not value.isdigit() or len(value) > 9:
                 raise SipParseError("bad Content-Length on stream transport")
-            return int(value)
-    raise SipParseError("missing Content-Length on stream transport")
+            if found is not None and found != int(value):
+                raise SipParseError("conflicting Content-Length on stream transport")
+            found = int(value)
+    if found is None:
+        raise SipParseError("missing Content-Length on stream transport")
+    return found
 
 
 # -- building messages ---------------------------------------------------------------------
@@ -680,25 +864,41 @@ def make_response(
 
     Via, From, Call-ID and CSeq are copied; To is copied and gets ``to_tag`` when it has
     none (never for 100 Trying). Record-Route is copied for 1xx/2xx (section 12.1.1).
+    Works on the ``partial`` request of a parse error too (it copies what is there).
     """
     headers: list[tuple[str, str, str]] = []
-    for h in request.headers:
+    for h in request._headers:
         hl = h[0]
-        if hl in ("via", "from", "call-id", "cseq"):
+        if hl == "via" or hl == "from" or hl == "call-id" or hl == "cseq":
             headers.append(h)
         elif hl == "to":
-            if to_tag and status > 100 and request.to_tag is None:
+            if to_tag and status > 100 and not _has_tag(request, h[2]):
                 headers.append((hl, h[1], f"{h[2]};tag={to_tag}"))
             else:
                 headers.append(h)
         elif hl == "record-route" and 100 < status < 300:
             headers.append(h)
-    resp = Response(status, reason, headers)
+    resp = Response.__new__(Response)
+    resp._headers = headers
+    resp.body = b""
+    resp._cache = {}
+    resp._first = None
+    resp._dups = frozenset()
+    resp.status = status
+    resp.reason = reason if reason is not None else REASON_PHRASES.get(status, "Unknown")
+    resp.version = "SIP/2.0"
     for name, value in extra:
         resp.add(name, value)
     if body:
         resp.set_body(body, content_type)
     return resp
+
+
+def _has_tag(request: Request, to_value: str) -> bool:
+    try:
+        return request.to_tag is not None
+    except SipParseError:
+        return ";tag=" in to_value.replace(" ", "")
 
 
 def iter_header_lines(msg: Message) -> Iterator[str]:

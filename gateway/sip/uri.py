@@ -108,7 +108,9 @@ class SipUri:
         """A copy with parameters added or replaced."""
         merged = dict(self.params)
         merged.update(params)
-        return SipUri(self.scheme, self.user, self.host, self.port, self.password, merged, self.headers)
+        return SipUri(
+            self.scheme, self.user, self.host, self.port, self.password, merged, self.headers
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +182,8 @@ Uri = SipUri | TelUri | AbsoluteUri
 
 
 class _SipUriTwin:
-    __slots__ = ("scheme", "user", "host", "port", "password", "params", "headers", "raw")
+    # the field order of SipUri, not sorted: the layouts must be identical
+    __slots__ = ("scheme", "user", "host", "port", "password", "params", "headers", "raw")  # noqa: RUF023
 
     def __init__(
         self,
@@ -214,7 +217,7 @@ class _TelUriTwin:
 
 
 class _AbsoluteUriTwin:
-    __slots__ = ("scheme", "rest", "raw")
+    __slots__ = ("scheme", "rest", "raw")  # noqa: RUF023
 
     def __init__(self, scheme: str, rest: str, raw: str):
         self.scheme = scheme
@@ -223,7 +226,7 @@ class _AbsoluteUriTwin:
 
 
 for _twin, _real in ((_SipUriTwin, SipUri), (_TelUriTwin, TelUri), (_AbsoluteUriTwin, AbsoluteUri)):
-    assert _twin.__slots__ == _real.__slots__, f"{_twin.__name__} out of step with {_real}"  # type: ignore[attr-defined]
+    assert _twin.__slots__ == _real.__slots__, f"{_twin.__name__} out of step with {_real}"
 
 
 def _new_sip_uri(
@@ -262,12 +265,20 @@ _PARAM_CHARS = _UNRESERVED + r"\[\]/:&+$"
 _HEADER_CHARS = _UNRESERVED + r"\[\]/?:+$"
 _HOST = r"[A-Za-z0-9][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\]"
 
-#: the common shape: no ';' '?' '/' in the user part, no escaped headers
-_SIP_FAST = re.compile(
+#: the common shape of a sip/sips URI: no ';' '?' '/' in the user part, no escaped headers.
+#: Groups: scheme, user, password, host, port, parameters. Shared with the name-addr fast
+#: path of ``gateway.sip.headers`` so that a From/To/Contact URI is matched only once.
+SIP_URI_FAST = (
     rf"(sips?):(?:([{_UNRESERVED}&=+$,]+)(?::([{_PASSWORD_CHARS}]*))?@)?"
     rf"({_HOST})(?::([0-9]{{1,5}}))?"
-    rf"((?:;[{_PARAM_CHARS}]+(?:=[{_PARAM_CHARS}]+)?)*)\Z"
+    rf"((?:;[{_PARAM_CHARS}]+(?:=[{_PARAM_CHARS}]+)?)*)"
 )
+#: the same without parameters (an addr-spec, whose ';' starts header parameters)
+SIP_URI_FAST_NO_PARAMS = (
+    rf"(sips?):(?:([{_UNRESERVED}&=+$,]+)(?::([{_PASSWORD_CHARS}]*))?@)?"
+    rf"({_HOST})(?::([0-9]{{1,5}}))?"
+)
+_SIP_FAST = re.compile(SIP_URI_FAST + r"\Z")
 _TEL_FAST = re.compile(
     rf"tel:([0-9A-Fa-f*#+\-.()]+)((?:;[{_PARAM_CHARS}]+(?:=[{_PARAM_CHARS}]+)?)*)\Z"
 )
@@ -276,7 +287,8 @@ _USER = re.compile(rf"[{_USER_CHARS}]+\Z")
 _PASSWORD = re.compile(rf"[{_PASSWORD_CHARS}]*\Z")
 _HOST_RE = re.compile(rf"(?:{_HOST})\Z")
 _PARAM_TOKEN = re.compile(rf"[{_PARAM_CHARS}]+\Z")
-_URI_HEADERS = re.compile(rf"[{_HEADER_CHARS}]+=[{_HEADER_CHARS}]*(?:&[{_HEADER_CHARS}]+=[{_HEADER_CHARS}]*)*\Z")
+_URI_HEADER = rf"[{_HEADER_CHARS}]+=[{_HEADER_CHARS}]*"
+_URI_HEADERS = re.compile(rf"{_URI_HEADER}(?:&{_URI_HEADER})*\Z")
 _TEL_NUMBER = re.compile(r"[0-9A-Fa-f*#+\-.()%]+\Z")
 #: characters that are never part of any URI (RFC 3986 section 2, RFC 3261 section 19.1)
 _NEVER_IN_URI = re.compile(r"[\x00-\x20\x7f<>\"{}|\\^`]")
@@ -312,18 +324,34 @@ def _port(text: str, raw: str) -> int:
     return port
 
 
+def sip_uri_from_fast_match(
+    scheme: str,
+    user: str | None,
+    password: str | None,
+    host: str,
+    port_text: str | None,
+    ptext: str | None,
+    raw: str,
+) -> SipUri:
+    """Build a SipUri from the groups of a :data:`SIP_URI_FAST` match."""
+    port = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            raise SipParseError(f"port out of range in URI {raw!r}")
+    params = _split_params(ptext, raw) if ptext else {}
+    return _new_sip_uri(scheme, user, host, port, password, params, "", raw)
+
+
+_sip_fast_match = _SIP_FAST.match
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raises :class:`SipParseError` (400) when it is not well formed."""
-    m = _SIP_FAST.match(text)
+    m = _sip_fast_match(text)
     if m is not None:
         scheme, user, password, host, port_text, ptext = m.groups()
-        port = None
-        if port_text is not None:
-            port = int(port_text)
-            if port > 65535:
-                raise SipParseError(f"port out of range in URI {text!r}")
-        params = _split_params(ptext, text) if ptext else {}
-        return _new_sip_uri(scheme, user, host, port, password, params, "", text)
+        return sip_uri_from_fast_match(scheme, user, password, host, port_text, ptext, text)
     return _parse_uri_careful(text)
 
 
