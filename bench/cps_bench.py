@@ -652,7 +652,7 @@ def summary(gw: dict[str, Any], ss: dict[str, Any], args: argparse.Namespace) ->
     def cap(result: dict[str, Any]) -> str:
         if result["limit_reached"]:
             return ""
-        return f" (max rate tried {args.max_rate}; its limit was not reached)"
+        return f" (highest rate tried: {args.top_rate}; limit not reached)"
 
     gw_p99 = _ms(gw["sustained_p99_ms"])
     lines = [
@@ -699,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = [r for r in rates if r <= args.max_rate]
     else:
         rates = default_rates(args.max_rate)
+    args.top_rate = rates[-1]
     setups = [s.strip() for s in args.setups.split(",") if s.strip()]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cps_bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ class Gateway:
         )
         ids = IdGenerator()
         layer = TransactionLayer(timers, ids)
-        listeners = [ListenSpec(l.transport, l.host, l.port) for l in dialplan.listen]
+        listeners = [ListenSpec(a.transport, a.host, a.port) for a in dialplan.listen]
         endpoint = SipEndpoint(layer, listeners, max_message_bytes=sip.max_message_bytes, loop=loop)
         b2bua = B2BUA(
             layer,
@@ -68,8 +68,11 @@ async def run_gateway(dialplan: Dialplan) -> None:
     loop = asyncio.get_running_loop()
     gw = Gateway.build(dialplan, loop)
     await gw.start()
-    log.info("gateway_started", node=dialplan.node.name,
-             listen=[f"{l.transport}:{l.host}:{l.port}" for l in dialplan.listen])
+    log.info(
+        "gateway_started",
+        node=dialplan.node.name,
+        listen=[f"{a.transport}:{a.host}:{a.port}" for a in dialplan.listen],
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

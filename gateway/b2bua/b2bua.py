@@ -53,14 +53,28 @@ from gateway.sip.transaction import (
 )
 from gateway.sip.uri import SipUri, TelUri
 
-__all__ = ["B2BUA", "RouteRefusal", "Router", "CallObserver"]
+__all__ = ["B2BUA", "CallObserver", "RouteRefusal", "Router"]
 
 log = structlog.get_logger("gateway.b2bua")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
 KNOWN_METHODS = frozenset(
-    {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "REGISTER", "PRACK",
-     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"}
+    {
+        "INVITE",
+        "ACK",
+        "CANCEL",
+        "BYE",
+        "OPTIONS",
+        "UPDATE",
+        "INFO",
+        "REGISTER",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "REFER",
+        "MESSAGE",
+        "PUBLISH",
+    }
 )
 RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
 
@@ -77,8 +91,9 @@ class RouteRefusal:
 class Router(Protocol):
     """Chooses where the B-leg of a call goes."""
 
-    def route(self, request: Request, dialled: str, source: Address) -> list[NextHop] | RouteRefusal:
-        ...
+    def route(
+        self, request: Request, dialled: str, source: Address
+    ) -> list[NextHop] | RouteRefusal: ...
 
 
 class CallObserver(Protocol):
@@ -152,8 +167,12 @@ class B2BUA:
                 tx = event.transaction
                 if tx.state in ("trying", "proceeding"):
                     if exc is not None:
-                        self._respond(tx, exc.status, exc.reason,
-                                      extra=(("Warning", f'399 gateway "{_safe(exc.detail)}"'),))
+                        self._respond(
+                            tx,
+                            exc.status,
+                            exc.reason,
+                            extra=(("Warning", f'399 gateway "{_safe(exc.detail)}"'),),
+                        )
                     else:
                         self._respond(tx, 500)
                 owner = tx.owner
@@ -162,7 +181,12 @@ class B2BUA:
             elif isinstance(event, ResponseReceived) and isinstance(event.transaction.owner, Call):
                 call = event.transaction.owner
                 b = call.b
-                if not call.ended and b is not None and b.client_tx is event.transaction and not b.got_final:
+                if (
+                    not call.ended
+                    and b is not None
+                    and b.client_tx is event.transaction
+                    and not b.got_final
+                ):
                     b.got_final = True
                     self._stop_timer(call)
                     self._try_next_hop(call, 502, "Bad Gateway")
@@ -205,8 +229,14 @@ class B2BUA:
             self._on_new_invite(tx, request, ev.source)
         elif method == "OPTIONS":
             self._respond(
-                tx, 200, extra=(("Allow", ALLOW), ("Accept", "application/sdp"),
-                                ("Supported", ""), ("Server", self.user_agent)),
+                tx,
+                200,
+                extra=(
+                    ("Allow", ALLOW),
+                    ("Accept", "application/sdp"),
+                    ("Supported", ""),
+                    ("Server", self.user_agent),
+                ),
             )
         elif method == "ACK":
             pass
@@ -227,7 +257,10 @@ class B2BUA:
         extra: tuple[tuple[str, str], ...] = (),
     ) -> Response:
         response = make_response(
-            tx.request, status, reason, to_tag=to_tag or (self.ids.tag() if status > 100 else None),
+            tx.request,
+            status,
+            reason,
+            to_tag=to_tag or (self.ids.tag() if status > 100 else None),
             extra=extra,
         )
         self.layer.send_response(tx, response, self.clock())
@@ -240,8 +273,12 @@ class B2BUA:
             return
         if not request.contacts:
             # RFC 3261 section 8.1.1.8: an INVITE must carry a Contact to reach the caller
-            self._respond(tx, 400, "Missing Contact",
-                          extra=(("Warning", '399 gateway "INVITE without Contact"'),))
+            self._respond(
+                tx,
+                400,
+                "Missing Contact",
+                extra=(("Warning", '399 gateway "INVITE without Contact"'),),
+            )
             return
         now = self.clock()
         a = Leg("a", request.call_id, self.ids.tag(), source, invite=request, server_tx=tx)
@@ -252,8 +289,12 @@ class B2BUA:
         try:
             decision = self.router.route(request, dialled, source)
             if isinstance(decision, RouteRefusal):
-                log.info("call_refused", dialled=dialled, status=decision.status, reason=decision.reason)
-                extra = (("Warning", f'399 gateway "{decision.warning}"'),) if decision.warning else ()
+                log.info(
+                    "call_refused", dialled=dialled, status=decision.status, reason=decision.reason
+                )
+                extra = (
+                    (("Warning", f'399 gateway "{decision.warning}"'),) if decision.warning else ()
+                )
                 self._respond(tx, decision.status, decision.reason, to_tag=a.local_tag, extra=extra)
                 call.state = CallState.ENDED
                 call.result = f"{decision.status}"
@@ -269,7 +310,9 @@ class B2BUA:
 
     # -- B-leg placement and failover ------------------------------------------------------
 
-    def _try_next_hop(self, call: Call, last_status: int = 503, last_reason: str = "Service Unavailable") -> None:
+    def _try_next_hop(
+        self, call: Call, last_status: int = 503, last_reason: str = "Service Unavailable"
+    ) -> None:
         if call.b is not None:
             self.legs.pop((call.b.call_id, call.b.local_tag), None)
             call.b = None
@@ -289,8 +332,12 @@ class B2BUA:
         call.state = CallState.TRYING
         call.attempts.append(f"{hop.trunk}:{dest.host}:{dest.port}")
         self.legs[(b.call_id, b.local_tag)] = b
-        log.info("b_leg_try", trunk=hop.trunk, gateway=f"{dest.transport}:{dest.host}:{dest.port}",
-                 attempt=call.hop_index + 1)
+        log.info(
+            "b_leg_try",
+            trunk=hop.trunk,
+            gateway=f"{dest.transport}:{dest.host}:{dest.port}",
+            attempt=call.hop_index + 1,
+        )
         ctx = self.layer.send_request(invite, dest, self.clock())
         ctx.owner = call
         b.client_tx = ctx
@@ -423,7 +470,11 @@ class B2BUA:
             self._relay_response_to_a(call, response)
             call.state = CallState.CONFIRMED
             call.answered_at = self.clock()
-            log.info("call_answered", status=status, setup_ms=round((call.answered_at - call.started_at) * 1000, 1))
+            log.info(
+                "call_answered",
+                status=status,
+                setup_ms=round((call.answered_at - call.started_at) * 1000, 1),
+            )
             return
         # final error
         b.got_final = True
@@ -457,7 +508,9 @@ class B2BUA:
             a.dialog.state = "confirmed"
         self.layer.send_response(tx, out, self.clock())
 
-    def _fail_a(self, call: Call, status: int, reason: str, response: Response | None = None) -> None:
+    def _fail_a(
+        self, call: Call, status: int, reason: str, response: Response | None = None
+    ) -> None:
         a = call.a
         tx = a.server_tx
         if tx is not None and a.invite is not None and tx.state in ("trying", "proceeding"):
@@ -471,7 +524,12 @@ class B2BUA:
 
     def _ack_b(self, call: Call, response: Response, body: bytes, content_type: str | None) -> None:
         b = call.b
-        assert b is not None and b.dialog is not None and b.invite is not None and b.client_tx is not None
+        assert (
+            b is not None
+            and b.dialog is not None
+            and b.invite is not None
+            and b.client_tx is not None
+        )
         ack = b.dialog.create_ack(b.invite, response, self.ids)
         dest = self._next_hop(b)
         ack.push_via(self.via_for(dest, self.ids.branch()))
@@ -479,7 +537,9 @@ class B2BUA:
             ack.set_body(body, content_type)
         self.layer.send_ack(b.client_tx, ack, dest, self.clock())
 
-    def _on_abandoned_response(self, owner: _Abandoned, tx: ClientTransaction, response: Response) -> None:
+    def _on_abandoned_response(
+        self, owner: _Abandoned, tx: ClientTransaction, response: Response
+    ) -> None:
         if response.status < 200:
             if not owner.cancel_sent:
                 owner.cancel_sent = True
@@ -496,7 +556,9 @@ class B2BUA:
 
     # -- CANCEL, ACK, BYE and other in-dialog requests --------------------------------------------
 
-    def _on_cancel(self, tx: ServerTransaction, request: Request, cancelled: ServerTransaction | None) -> None:
+    def _on_cancel(
+        self, tx: ServerTransaction, request: Request, cancelled: ServerTransaction | None
+    ) -> None:
         if cancelled is None or not isinstance(cancelled.owner, Call):
             self._respond(tx, 481)
             return
@@ -506,7 +568,11 @@ class B2BUA:
             return
         call.cancelled = True
         a = call.a
-        if a.server_tx is not None and a.invite is not None and a.server_tx.state in ("trying", "proceeding"):
+        if (
+            a.server_tx is not None
+            and a.invite is not None
+            and a.server_tx.state in ("trying", "proceeding")
+        ):
             out = make_response(a.invite, 487, to_tag=a.local_tag)
             self.layer.send_response(a.server_tx, out, self.clock())
         log.info("call_cancelled_by_caller", call_id=call.id)
@@ -567,11 +633,17 @@ class B2BUA:
             self._end(call, "completed" if call.answered_at else "cancelled")
             return
         if other is None or other.dialog is None or method not in RELAYED_IN_DIALOG:
-            if method in ("INFO", "OPTIONS", "NOTIFY", "MESSAGE") and (other is None or other.dialog is None):
+            if method in ("INFO", "OPTIONS", "NOTIFY", "MESSAGE") and (
+                other is None or other.dialog is None
+            ):
                 self._respond(tx, 200, to_tag=leg.local_tag)
             else:
-                self._respond(tx, 501 if method not in KNOWN_METHODS else 405, to_tag=leg.local_tag,
-                              extra=(("Allow", ALLOW),))
+                self._respond(
+                    tx,
+                    501 if method not in KNOWN_METHODS else 405,
+                    to_tag=leg.local_tag,
+                    extra=(("Allow", ALLOW),),
+                )
             return
         if method in ("INVITE", "UPDATE"):
             leg.dialog.update_target(request)
@@ -590,14 +662,19 @@ class B2BUA:
         ctx.owner = relay
         relay.client_tx = ctx
 
-    def _on_relayed_response(self, relay: RelayedRequest, tx: ClientTransaction, response: Response) -> None:
+    def _on_relayed_response(
+        self, relay: RelayedRequest, tx: ClientTransaction, response: Response
+    ) -> None:
         server_tx = relay.server_tx
         status = response.status
         if status == 100 or server_tx is None:
             return
-        if relay.request.method in ("INVITE", "UPDATE") and 200 <= status < 300:
-            if relay.to_leg.dialog is not None:
-                relay.to_leg.dialog.update_target(response)
+        if (
+            relay.request.method in ("INVITE", "UPDATE")
+            and 200 <= status < 300
+            and relay.to_leg.dialog is not None
+        ):
+            relay.to_leg.dialog.update_target(response)
         if relay.request.method == "INVITE" and 200 <= status < 300:
             if relay.acked:
                 return
@@ -607,7 +684,9 @@ class B2BUA:
                 relay.pending_2xx = response
         if server_tx.state not in ("trying", "proceeding"):
             return
-        out = make_response(server_tx.request, status, response.reason, to_tag=relay.from_leg.local_tag)
+        out = make_response(
+            server_tx.request, status, response.reason, to_tag=relay.from_leg.local_tag
+        )
         if relay.request.method in ("INVITE", "UPDATE") and status < 300:
             out.add("Contact", self.contact_for(relay.from_leg.flow))
         if response.body:
@@ -617,7 +696,9 @@ class B2BUA:
                 out.add(name, value)
         self.layer.send_response(server_tx, out, self.clock())
 
-    def _ack_relayed(self, relay: RelayedRequest, response: Response, body: bytes, content_type: str | None) -> None:
+    def _ack_relayed(
+        self, relay: RelayedRequest, response: Response, body: bytes, content_type: str | None
+    ) -> None:
         leg = relay.to_leg
         if leg.dialog is None:
             return
@@ -667,7 +748,9 @@ class B2BUA:
 
     # -- failures ----------------------------------------------------------------------------
 
-    def _on_tx_failure(self, tx: ClientTransaction | ServerTransaction, status: int, reason: str) -> None:
+    def _on_tx_failure(
+        self, tx: ClientTransaction | ServerTransaction, status: int, reason: str
+    ) -> None:
         owner = tx.owner
         if isinstance(owner, Call) and isinstance(tx, ClientTransaction):
             call = owner
@@ -684,7 +767,9 @@ class B2BUA:
         elif isinstance(owner, RelayedRequest) and isinstance(tx, ClientTransaction):
             relay = owner
             if relay.server_tx is not None and relay.server_tx.state in ("trying", "proceeding"):
-                out = make_response(relay.server_tx.request, status, reason, to_tag=relay.from_leg.local_tag)
+                out = make_response(
+                    relay.server_tx.request, status, reason, to_tag=relay.from_leg.local_tag
+                )
                 self.layer.send_response(relay.server_tx, out, self.clock())
 
     def _on_ack_timeout(self, tx: ServerTransaction) -> None:
@@ -712,9 +797,13 @@ class B2BUA:
             self.failed += 1
         else:
             self.completed += 1
-        log.info("call_end", call_id=call.id, result=result,
-                 duration_s=round(call.ended_at - call.answered_at, 3) if call.answered_at else 0.0,
-                 attempts=call.attempts)
+        log.info(
+            "call_end",
+            call_id=call.id,
+            result=result,
+            duration_s=round(call.ended_at - call.answered_at, 3) if call.answered_at else 0.0,
+            attempts=call.attempts,
+        )
         for observer in self.observers:
             try:
                 observer.call_ended(call)

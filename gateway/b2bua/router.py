@@ -17,7 +17,9 @@ class DialplanRouter:
     def __init__(self, dialplan: Dialplan):
         self.dialplan = dialplan
 
-    def route(self, request: Request, dialled: str, source: Address) -> list[NextHop] | RouteRefusal:
+    def route(
+        self, request: Request, dialled: str, source: Address
+    ) -> list[NextHop] | RouteRefusal:
         decision = self.dialplan.route(dialled)
         if decision is None:
             return RouteRefusal(404, "Not Found", f"no outbound rule matches {dialled[:64]}")

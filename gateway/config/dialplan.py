@@ -45,11 +45,17 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
     "DIALPLAN_FORMAT_VERSION",
+    "Agent",
     "Dialplan",
     "GatewayAddress",
+    "InboundRule",
     "ListenAddress",
+    "Location",
     "NodeConfig",
     "OutboundRule",
+    "Overflow",
+    "Queue",
+    "RegistrarSettings",
     "RouteDecision",
     "SipSettings",
     "Transport",
@@ -297,6 +303,187 @@ class OutboundRule(_Frozen):
         return user if self.rewrite is None else matched.expand(self.rewrite)
 
 
+# --- contact centre: agents, queues, inbound routing (SPEC R-1, R-3, R-4) ------------------
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+def _check_e164(value: str | None) -> str | None:
+    if value is not None and not _E164.fullmatch(value):
+        raise _problem("e164", f"{value!r} is not an E.164 number (+ and 2 to 15 digits)")
+    return value
+
+
+def _check_agent_name(value: str) -> str:
+    return _check_name(value, "agent id")
+
+
+def _check_queue_name(value: str) -> str:
+    return _check_name(value, "queue name")
+
+
+AgentName = Annotated[str, AfterValidator(_check_agent_name)]
+QueueName = Annotated[str, AfterValidator(_check_queue_name)]
+
+
+class Location(_Frozen):
+    """A dispatchable civic address (RFC 5139 / RAY BAUM'S Act): where the agent sits."""
+
+    street: str | None = None
+    house_number: str | None = None
+    city: str | None = None
+    state: str | None = None
+    postcode: str | None = None
+    country: str
+    building: str | None = None
+    floor: str | None = None
+    room: str | None = None
+
+    @field_validator("country")
+    @classmethod
+    def _iso_country(cls, value: str) -> str:
+        if not _COUNTRY.fullmatch(value):
+            raise _problem("country", f"{value!r} is not an ISO 3166 alpha-2 code such as US or GB")
+        return value
+
+
+class Agent(_Frozen):
+    """A contact-centre agent: a SIP account with presence, capacity and queues.
+
+    Give ``password`` or one or both digest hashes (``ha1_md5``: MD5(user:realm:password),
+    ``ha1_sha256``: SHA-256 of the same), so that passwords need not sit in the file.
+    """
+
+    username: str | None = None
+    password: str | None = None
+    ha1_md5: str | None = None
+    ha1_sha256: str | None = None
+    display_name: str | None = None
+    identity: str | None = None
+    capacity: Annotated[int, Field(ge=1, le=100)] = 1
+    queues: tuple[QueueName, ...] = ()
+    location: Location | None = None
+    emergency_contacts: str = ""
+    callback_fallback: str | None = None
+
+    @field_validator("identity")
+    @classmethod
+    def _identity_is_e164(cls, value: str | None) -> str | None:
+        return _check_e164(value)
+
+    @field_validator("ha1_md5")
+    @classmethod
+    def _md5_hex(cls, value: str | None) -> str | None:
+        if value is not None and not _HEX32.fullmatch(value):
+            raise _problem("ha1", "ha1_md5 must be 32 hexadecimal digits")
+        return value
+
+    @field_validator("ha1_sha256")
+    @classmethod
+    def _sha256_hex(cls, value: str | None) -> str | None:
+        if value is not None and not _HEX64.fullmatch(value):
+            raise _problem("ha1", "ha1_sha256 must be 64 hexadecimal digits")
+        return value
+
+    @model_validator(mode="after")
+    def _has_a_secret(self) -> Agent:
+        if self.password is None and self.ha1_md5 is None and self.ha1_sha256 is None:
+            raise _problem("secret", "an agent needs password, ha1_md5 or ha1_sha256")
+        return self
+
+    @property
+    def contact_list(self) -> list[str]:
+        """The emergency contacts, split on ';' (empty entries dropped)."""
+        return [item.strip() for item in self.emergency_contacts.split(";") if item.strip()]
+
+
+class Overflow(_Frozen):
+    """Where a call goes when it has waited ``max_wait_s``: exactly one of the three."""
+
+    queue: QueueName | None = None
+    destination: str | None = None
+    status: Annotated[int, Field(ge=400, le=699)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Overflow:
+        given = [
+            name for name in ("queue", "destination", "status") if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise _problem("overflow", "overflow needs exactly one of queue, destination, status")
+        return self
+
+
+class Queue(_Frozen):
+    """A queue of inbound calls offered to its agents, longest idle first (SPEC R-3)."""
+
+    ring_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    max_wait_s: Annotated[float, Field(gt=0)] = 120.0
+    overflow: Overflow = Overflow(status=480)
+
+
+class InboundRule(_Frozen):
+    """An inbound rule: a call from a trunk whose Request-URI user (the DID) fully matches
+    ``match`` waits in ``queue``; ``priority`` orders it there (higher first)."""
+
+    name: str
+    match: str
+    queue: QueueName
+    priority: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value, "rule name")
+
+    @field_validator("match")
+    @classmethod
+    def _regex_compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise _problem("regex", f"invalid regular expression '{value}': {error}") from None
+        return value
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(self.match)
+
+
+class RegistrarSettings(_Frozen):
+    """Registrar (SPEC R-1): digest realm, nonce lifetime, allowed Expires range."""
+
+    realm: Annotated[str, Field(min_length=1)] = "gateway"
+    nonce_ttl_s: Annotated[int, Field(gt=0)] = 300
+    min_expires_s: Annotated[int, Field(ge=1)] = 60
+    max_expires_s: Annotated[int, Field(ge=1)] = 3600
+    default_expires_s: Annotated[int, Field(ge=1)] = 3600
+    #: networks (CIDR) whose unauthenticated INVITEs may use the outbound rules, e.g. a
+    #: lab's loopback; empty in production: every INVITE not from a trunk is authenticated
+    unauthenticated_outbound_from: tuple[str, ...] = ()
+
+    @field_validator("unauthenticated_outbound_from")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise _problem(
+                    "network", f"{net!r} is not an IP network (e.g. 127.0.0.0/8)"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _expires_order(self) -> RegistrarSettings:
+        if not self.min_expires_s <= self.default_expires_s <= self.max_expires_s:
+            raise _problem("expires", "need min_expires_s <= default_expires_s <= max_expires_s")
+        return self
+
+
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     """The outcome of :meth:`Dialplan.route`: which rule matched, the user to send, and
@@ -327,6 +514,10 @@ class Dialplan(_Frozen):
     sip: SipSettings = SipSettings()
     trunks: dict[TrunkName, Trunk] = Field(default_factory=dict)
     outbound: tuple[OutboundRule, ...] = ()
+    registrar: RegistrarSettings = RegistrarSettings()
+    agents: dict[AgentName, Agent] = Field(default_factory=dict)
+    queues: dict[QueueName, Queue] = Field(default_factory=dict)
+    inbound: tuple[InboundRule, ...] = ()
 
     @field_validator("version", mode="before")
     @classmethod
@@ -402,6 +593,64 @@ class Dialplan(_Frozen):
         if errors:
             raise ValidationError.from_exception_data("outbound", errors)
         return value
+
+    @model_validator(mode="after")
+    def _contact_centre_references(self) -> Dialplan:
+        errors: list[InitErrorDetails] = []
+        queues = self.queues
+
+        def unknown_queue(name: str, loc: tuple[str | int, ...]) -> None:
+            known = ", ".join(sorted(queues)) or "none defined"
+            errors.append(
+                InitErrorDetails(
+                    type=_problem("unknown_queue", f"unknown queue {name!r} (known: {known})"),
+                    loc=loc,
+                    input=name,
+                )
+            )
+
+        usernames: dict[str, str] = {}
+        for agent_id, agent in self.agents.items():
+            for index, queue_name in enumerate(agent.queues):
+                if queue_name not in queues:
+                    unknown_queue(queue_name, ("agents", agent_id, "queues", index))
+            username = agent.username or agent_id
+            if username in usernames:
+                errors.append(
+                    InitErrorDetails(
+                        type=_problem(
+                            "duplicate",
+                            f"SIP username {username!r} is also used by agent "
+                            f"{usernames[username]!r}",
+                        ),
+                        loc=("agents", agent_id, "username"),
+                        input=username,
+                    )
+                )
+            usernames.setdefault(username, agent_id)
+        for name, queue_config in queues.items():
+            target = queue_config.overflow.queue
+            if target is not None and target not in queues:
+                unknown_queue(target, ("queues", name, "overflow", "queue"))
+        names: dict[str, int] = {}
+        for index, rule in enumerate(self.inbound):
+            if rule.queue not in queues:
+                unknown_queue(rule.queue, ("inbound", index, "queue"))
+            if rule.name in names:
+                errors.append(
+                    InitErrorDetails(
+                        type=_problem(
+                            "duplicate",
+                            f"duplicate rule name {rule.name!r} (also inbound[{names[rule.name]}])",
+                        ),
+                        loc=("inbound", index, "name"),
+                        input=rule.name,
+                    )
+                )
+            names.setdefault(rule.name, index)
+        if errors:
+            raise ValidationError.from_exception_data("Dialplan", errors)
+        return self
 
     def model_post_init(self, context: Any, /) -> None:
         """Build the routing table now, at load time."""

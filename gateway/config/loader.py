@@ -253,7 +253,11 @@ def _message(detail: ErrorDetails, path: FieldPath) -> str:
         return _unknown_field_message(path)
     message = detail["msg"]
     value = detail.get("input")
-    if kind not in _SELF_DESCRIBING and isinstance(value, str | int | float | bool):
+    if (
+        kind not in _SELF_DESCRIBING
+        and isinstance(value, str | int | float | bool)
+        and not (isinstance(value, str) and repr(value) in message)
+    ):
         message = f"{message}, got {value!r}"
     return message
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any
 
 from gateway.sip.errors import SipParseError
 from gateway.sip.uri import (
@@ -102,33 +102,43 @@ _QUOTED = r'"(?:[^"\\]|\\.)*"'
 _HOST = r"[A-Za-z0-9][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\]"
 #: parameters with no whitespace and no quoted value: a plain split on ';' and '=' is exact
 _PLAIN_PARAMS = rf"(?:;{_TOKEN}(?:={_GEN_VALUE})?)*"
+# The fast patterns use possessive quantifiers (no backtracking into a run that cannot give
+# anything back): the character classes are chosen so that a run never swallows the
+# delimiter that follows it, and matching is then 2x faster on user-less URIs.
+_TOKEN_P = r"[A-Za-z0-9\-.!%*_+`'~]++"
+_GEN_VALUE_P = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]++"
+_QUOTED_P = r'"(?:[^"\\]++|\\.)*+"'
+_HOST_P = r"[A-Za-z0-9][A-Za-z0-9\-_.]*+|\[[0-9A-Fa-f:.]++\]"
+_PLAIN_PARAMS_P = rf"(?:;{_TOKEN_P}(?:={_GEN_VALUE_P})?+)*+"
 
 _TOKEN_RE = re.compile(rf"{_TOKEN}\Z")
 #: the usual Via: branch first (captured on its own), other plain parameters after it
 _VIA_FAST = re.compile(
-    rf"SIP/2\.0/({_TOKEN}) ({_HOST})(?::([0-9]{{1,5}}))?"
-    rf"(?:;branch=({_TOKEN}))?({_PLAIN_PARAMS})\Z"
+    rf"SIP/2\.0/({_TOKEN_P}) ({_HOST_P})(?::([0-9]{{1,5}}+))?+"
+    rf"(?:;branch=({_TOKEN_P}))?+({_PLAIN_PARAMS_P})\Z"
 )
 _VIA_CAREFUL = re.compile(
     rf"[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
     rf"({_HOST})(?:[ \t]*:[ \t]*([0-9]{{1,5}}))?[ \t]*"
 )
-_DISPLAY = rf"(?:({_QUOTED}|{_TOKEN}(?:[ \t]+{_TOKEN})*)[ \t]*)?"
+_DISPLAY = rf"(?:({_QUOTED_P}|{_TOKEN_P}(?:[ \t]++{_TOKEN_P})*+)[ \t]*+)?+"
 #: name-addr with a sip/sips URI of the usual shape and plain parameters, the tag first.
 #: Groups: display, URI, the six URI groups of SIP_URI_FAST, tag, other parameters.
 _NAME_ADDR_SIP = re.compile(
-    rf"{_DISPLAY}<({SIP_URI_FAST})>(?:;tag=({_TOKEN}))?({_PLAIN_PARAMS})\Z", re.S
+    rf"{_DISPLAY}<({SIP_URI_FAST})>(?:;tag=({_TOKEN_P}))?+({_PLAIN_PARAMS_P})\Z", re.S
 )
 #: addr-spec with a sip/sips URI; every ';' after it starts a header parameter (20.10).
 #: Groups: URI, the five URI groups of SIP_URI_FAST_NO_PARAMS, tag, other parameters.
 _ADDR_SPEC_SIP = re.compile(
-    rf"({SIP_URI_FAST_NO_PARAMS})(?:;tag=({_TOKEN}))?({_PLAIN_PARAMS})\Z"
+    rf"({SIP_URI_FAST_NO_PARAMS})(?:;tag=({_TOKEN_P}))?+({_PLAIN_PARAMS_P})\Z"
 )
 #: any other scheme, plain parameters
 _NAME_ADDR_FAST = re.compile(
-    rf"{_DISPLAY}<([A-Za-z][A-Za-z0-9+\-.]*:[^<>\"\s]*)>({_PLAIN_PARAMS})\Z", re.S
+    rf"{_DISPLAY}<([A-Za-z][A-Za-z0-9+\-.]*+:[^<>\"\s]*+)>({_PLAIN_PARAMS_P})\Z", re.S
 )
-_ADDR_SPEC_FAST = re.compile(rf"([A-Za-z][A-Za-z0-9+\-.]*:[^;,?<>\"\s]+)({_PLAIN_PARAMS})\Z")
+_ADDR_SPEC_FAST = re.compile(
+    rf"([A-Za-z][A-Za-z0-9+\-.]*+:[^;,?<>\"\s]++)({_PLAIN_PARAMS_P})\Z"
+)
 _via_fast_match = _VIA_FAST.match
 _name_addr_sip_match = _NAME_ADDR_SIP.match
 _addr_spec_sip_match = _ADDR_SPEC_SIP.match
@@ -312,12 +322,12 @@ class NameAddr:
         In the addr-spec form (no ``<>``) everything after the first ``;`` is a header
         parameter, and the URI may not contain ``,``, ``?`` or ``;``.
         """
-        m = _name_addr_sip_match(value)
-        if m is not None:
-            tag, ptext = m.group(9, 10)
+        if "<" in value:
+            m = _name_addr_sip_match(value)
+            if m is None:
+                return cls._parse_other(value)
+            display, uri_text, tag, ptext = m.group(1, 2, 9, 10)
             bracketed = True
-            display = m.group(1)
-            uri_text = m.group(2)
         else:
             m = _addr_spec_sip_match(value)
             if m is None:
@@ -446,7 +456,9 @@ class CSeq:
             raise SipParseError(f"CSeq number out of range in {value[:80]!r}")
         if method not in _KNOWN_METHODS and not _TOKEN_RE.match(method):
             raise SipParseError(f"bad CSeq method in {value[:80]!r}")
-        return _new_cseq(number, method)
+        obj: Any = _CSeqTwin(number, method)
+        obj.__class__ = CSeq
+        return obj  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -463,9 +475,3 @@ class _CSeqTwin:
 
 
 assert _CSeqTwin.__slots__ == CSeq.__slots__
-
-
-def _new_cseq(number: int, method: str) -> CSeq:
-    obj = _CSeqTwin(number, method)
-    obj.__class__ = CSeq  # type: ignore[assignment]
-    return cast(CSeq, obj)

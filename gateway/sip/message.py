@@ -594,11 +594,13 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
     msg._dups = seen_twice
     msg.body = body = data[end + 4 :]
     length = first.get("content-length")
-    if length is not None:
-        if length == "0" and dups is None:
-            msg.body = b""
-        else:
-            _frame_body(msg, body, length, seen_twice)
+    if length is not None and (
+        dups is not None
+        or not length.isdecimal()
+        or len(length) > 9
+        or int(length) != len(body)
+    ):
+        _frame_body(msg, body, length, seen_twice)
     _validate(msg, first, seen_twice)
     return msg
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any
 from urllib.parse import unquote
 
 from gateway.sip.errors import SipParseError
@@ -239,21 +239,21 @@ def _new_sip_uri(
     headers: str,
     raw: str,
 ) -> SipUri:
-    obj = _SipUriTwin(scheme, user, host, port, password, params, headers, raw)
-    obj.__class__ = SipUri  # type: ignore[assignment]
-    return cast(SipUri, obj)
+    obj: Any = _SipUriTwin(scheme, user, host, port, password, params, headers, raw)
+    obj.__class__ = SipUri
+    return obj  # type: ignore[no-any-return]
 
 
 def _new_tel_uri(number: str, params: dict[str, str | None], raw: str) -> TelUri:
-    obj = _TelUriTwin(number, params, raw)
-    obj.__class__ = TelUri  # type: ignore[assignment]
-    return cast(TelUri, obj)
+    obj: Any = _TelUriTwin(number, params, raw)
+    obj.__class__ = TelUri
+    return obj  # type: ignore[no-any-return]
 
 
 def _new_absolute_uri(scheme: str, rest: str, raw: str) -> AbsoluteUri:
-    obj = _AbsoluteUriTwin(scheme, rest, raw)
-    obj.__class__ = AbsoluteUri  # type: ignore[assignment]
-    return cast(AbsoluteUri, obj)
+    obj: Any = _AbsoluteUriTwin(scheme, rest, raw)
+    obj.__class__ = AbsoluteUri
+    return obj  # type: ignore[no-any-return]
 
 
 # -- grammar (RFC 3261 section 25.1, RFC 3966 section 3) ---------------------------------------
@@ -268,15 +268,17 @@ _HOST = r"[A-Za-z0-9][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\]"
 #: the common shape of a sip/sips URI: no ';' '?' '/' in the user part, no escaped headers.
 #: Groups: scheme, user, password, host, port, parameters. Shared with the name-addr fast
 #: path of ``gateway.sip.headers`` so that a From/To/Contact URI is matched only once.
-SIP_URI_FAST = (
-    rf"(sips?):(?:([{_UNRESERVED}&=+$,]+)(?::([{_PASSWORD_CHARS}]*))?@)?"
-    rf"({_HOST})(?::([0-9]{{1,5}}))?"
-    rf"((?:;[{_PARAM_CHARS}]+(?:=[{_PARAM_CHARS}]+)?)*)"
-)
-#: the same without parameters (an addr-spec, whose ';' starts header parameters)
+#: Possessive quantifiers: no class swallows the delimiter after it, so nothing is lost by
+#: not backtracking, and a URI without user part is matched twice as fast.
+#: SIP_URI_FAST_NO_PARAMS is the same without parameters (for an addr-spec, whose ';'
+#: starts header parameters).
+_HOST_P = r"[A-Za-z0-9][A-Za-z0-9\-_.]*+|\[[0-9A-Fa-f:.]++\]"
 SIP_URI_FAST_NO_PARAMS = (
-    rf"(sips?):(?:([{_UNRESERVED}&=+$,]+)(?::([{_PASSWORD_CHARS}]*))?@)?"
-    rf"({_HOST})(?::([0-9]{{1,5}}))?"
+    rf"(sips?):(?:([{_UNRESERVED}&=+$,]++)(?::([{_PASSWORD_CHARS}]*+))?+@)?+"
+    rf"({_HOST_P})(?::([0-9]{{1,5}}+))?+"
+)
+SIP_URI_FAST = (
+    SIP_URI_FAST_NO_PARAMS + rf"((?:;[{_PARAM_CHARS}]++(?:=[{_PARAM_CHARS}]++)?+)*+)"
 )
 _SIP_FAST = re.compile(SIP_URI_FAST + r"\Z")
 _TEL_FAST = re.compile(
@@ -339,8 +341,11 @@ def sip_uri_from_fast_match(
         port = int(port_text)
         if port > 65535:
             raise SipParseError(f"port out of range in URI {raw!r}")
-    params = _split_params(ptext, raw) if ptext else {}
-    return _new_sip_uri(scheme, user, host, port, password, params, "", raw)
+    obj: Any = _SipUriTwin(
+        scheme, user, host, port, password, _split_params(ptext, raw) if ptext else {}, "", raw
+    )
+    obj.__class__ = SipUri
+    return obj  # type: ignore[no-any-return]
 
 
 _sip_fast_match = _SIP_FAST.match

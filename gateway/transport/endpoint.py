@@ -18,6 +18,7 @@ responses and in-dialog requests to a peer that connected to us reuse that conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import structlog
 
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import Via
-from gateway.sip.message import Request, Response, StreamFramer, make_response, parse_message
+from gateway.sip.message import Request, StreamFramer, make_response, parse_message
 from gateway.sip.transaction import Address, TransactionLayer
 
 __all__ = ["ListenSpec", "SipEndpoint"]
@@ -101,10 +102,8 @@ class _TcpConnection(asyncio.Protocol):
         self.peer = Address(self.transport_name, peer[0], peer[1])
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         self.endpoint.connection_opened(self.peer, self)
 
     def data_received(self, data: bytes) -> None:
@@ -173,10 +172,8 @@ class SipEndpoint:
                 sock = transport.get_extra_info("socket")
                 if sock is not None:
                     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                        try:
+                        with contextlib.suppress(OSError):
                             sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
-                        except OSError:
-                            pass
                 self._udp.setdefault(spec.family, protocol)
             elif spec.transport == "tcp":
                 server = await self.loop.create_server(
@@ -228,7 +225,9 @@ class SipEndpoint:
         """A Via naming the listener used towards ``destination`` (rport asked, RFC 3581)."""
         spec = self.listener_for(destination)
         host = f"[{spec.host}]" if ":" in spec.host else spec.host
-        return Via(destination.transport.upper(), host, spec.port, {"branch": branch, "rport": None})
+        return Via(
+            destination.transport.upper(), host, spec.port, {"branch": branch, "rport": None}
+        )
 
     def contact_for(self, destination: Address, user: str = "gw") -> str:
         """A Contact value for dialogs with ``destination``."""

@@ -66,9 +66,18 @@ async def gateway(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Gateway
         await gw.close()
 
 
-def _request(method: str, host: str, local_port: int, *, transport: str = "UDP",
-             branch: str = "z9hG4bKtest1", extra: str = "", body: bytes = b"",
-             max_forwards: int = 70, uri_user: str = "gw") -> bytes:
+def _request(
+    method: str,
+    host: str,
+    local_port: int,
+    *,
+    transport: str = "UDP",
+    branch: str = "z9hG4bKtest1",
+    extra: str = "",
+    body: bytes = b"",
+    max_forwards: int = 70,
+    uri_user: str = "gw",
+) -> bytes:
     h = f"[{host}]" if ":" in host else host
     head = (
         f"{method} sip:{uri_user}@{h} SIP/2.0\r\n"
@@ -106,7 +115,9 @@ async def _recv_response(peer: UdpPeer, timeout: float = 2.0) -> Response:
     return msg
 
 
-async def test_udp_options_gets_200_with_rport_and_received(gateway: tuple[Gateway, str, int]) -> None:
+async def test_udp_options_gets_200_with_rport_and_received(
+    gateway: tuple[Gateway, str, int],
+) -> None:
     _, host, port = gateway
     transport, peer, local = await _udp_peer(host)
     try:
@@ -122,7 +133,9 @@ async def test_udp_options_gets_200_with_rport_and_received(gateway: tuple[Gatew
         transport.close()
 
 
-async def test_udp_retransmitted_request_gets_the_same_response(gateway: tuple[Gateway, str, int]) -> None:
+async def test_udp_retransmitted_request_gets_the_same_response(
+    gateway: tuple[Gateway, str, int],
+) -> None:
     _, host, port = gateway
     transport, peer, local = await _udp_peer(host)
     try:
@@ -140,7 +153,9 @@ async def test_udp_retransmitted_request_gets_the_same_response(gateway: tuple[G
     ("method", "status"),
     [("FOO", 501), ("REGISTER", 405), ("BYE", 481), ("INFO", 481)],
 )
-async def test_udp_out_of_dialog_answers(gateway: tuple[Gateway, str, int], method: str, status: int) -> None:
+async def test_udp_out_of_dialog_answers(
+    gateway: tuple[Gateway, str, int], method: str, status: int
+) -> None:
     _, host, port = gateway
     transport, peer, local = await _udp_peer(host)
     try:
@@ -156,9 +171,17 @@ async def test_invite_with_max_forwards_zero_gets_483(gateway: tuple[Gateway, st
     transport, peer, local = await _udp_peer(host)
     try:
         h = f"[{host}]" if ":" in host else host
-        transport.sendto(_request("INVITE", host, local, branch="z9hG4bKmf0", max_forwards=0,
-                                  extra=f"Contact: <sip:tester@{h}:{local}>\r\n"),
-                         (host, port))
+        transport.sendto(
+            _request(
+                "INVITE",
+                host,
+                local,
+                branch="z9hG4bKmf0",
+                max_forwards=0,
+                extra=f"Contact: <sip:tester@{h}:{local}>\r\n",
+            ),
+            (host, port),
+        )
         # 100 Trying may come first
         response = await _recv_response(peer)
         while response.status == 100:
@@ -183,7 +206,9 @@ async def test_malformed_request_gets_400_with_warning(gateway: tuple[Gateway, s
         transport.close()
 
 
-async def test_garbage_is_dropped_and_the_gateway_keeps_answering(gateway: tuple[Gateway, str, int]) -> None:
+async def test_garbage_is_dropped_and_the_gateway_keeps_answering(
+    gateway: tuple[Gateway, str, int],
+) -> None:
     gw, host, port = gateway
     transport, peer, local = await _udp_peer(host)
     try:
@@ -202,8 +227,14 @@ async def test_oversize_datagram_is_refused(gateway: tuple[Gateway, str, int]) -
     _, host, port = gateway
     transport, peer, local = await _udp_peer(host)
     try:
-        big = _request("OPTIONS", host, local, branch="z9hG4bKbig", body=b"x" * 5000,
-                       extra="Content-Type: text/plain\r\n")
+        big = _request(
+            "OPTIONS",
+            host,
+            local,
+            branch="z9hG4bKbig",
+            body=b"x" * 5000,
+            extra="Content-Type: text/plain\r\n",
+        )
         transport.sendto(big, (host, port))
         with pytest.raises(asyncio.TimeoutError):
             await _recv_response(peer, timeout=0.5)
@@ -243,12 +274,16 @@ async def test_tcp_framing_split_and_pipelined(gateway: tuple[Gateway, str, int]
         writer.close()
 
 
-async def test_tcp_without_content_length_closes_the_connection(gateway: tuple[Gateway, str, int]) -> None:
+async def test_tcp_without_content_length_closes_the_connection(
+    gateway: tuple[Gateway, str, int],
+) -> None:
     _, host, port = gateway
     reader, writer = await asyncio.open_connection(host, port)
     try:
         local = int(writer.get_extra_info("sockname")[1])
-        data = _request("OPTIONS", host, local, transport="TCP").replace(b"Content-Length: 0\r\n", b"")
+        data = _request("OPTIONS", host, local, transport="TCP").replace(
+            b"Content-Length: 0\r\n", b""
+        )
         writer.write(data)
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), 2.0) == b""  # closed: cannot resynchronise
@@ -273,16 +308,24 @@ async def test_invite_without_contact_gets_400(gateway: tuple[Gateway, str, int]
 async def test_unroutable_invite_gets_404_with_warning() -> None:
     host = "127.0.0.1"
     port = _free_port(host)
-    dialplan = load_dialplan_text(_dialplan(host, port, _free_port(host), catch_all=False), "t.yaml")
+    dialplan = load_dialplan_text(
+        _dialplan(host, port, _free_port(host), catch_all=False), "t.yaml"
+    )
     gw = Gateway.build(dialplan, asyncio.get_running_loop())
     await gw.start()
     transport, peer, local = await _udp_peer(host)
     try:
         sdp = b"v=0\r\n"
         transport.sendto(
-            _request("INVITE", host, local, branch="z9hG4bKnoroute", uri_user="5551234",
-                     extra=f"Contact: <sip:tester@{host}:{local}>\r\nContent-Type: application/sdp\r\n",
-                     body=sdp),
+            _request(
+                "INVITE",
+                host,
+                local,
+                branch="z9hG4bKnoroute",
+                uri_user="5551234",
+                extra=f"Contact: <sip:tester@{host}:{local}>\r\nContent-Type: application/sdp\r\n",
+                body=sdp,
+            ),
             (host, port),
         )
         response = await _recv_response(peer)

@@ -535,6 +535,8 @@ class Sipp:
         call_length: float | None,
         trace_messages: bool,
     ) -> list[str]:
+        # -timeout alone is a soft quit that waits for running calls (a call stuck at a
+        # <recv> keeps SIPp alive for ever); with -timeout_error SIPp exits, code 255.
         args = [
             "-i", self.host, "-bind_local", "-p", str(local_port), "-t", transport,
             "-m", str(calls),

@@ -11,9 +11,16 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from harness import LOOPBACK, SCENARIO_DIR, GatewayFactory, GatewayProcess, Sipp, SippProcess, free_port
+from harness import (
+    LOOPBACK,
+    SCENARIO_DIR,
+    GatewayFactory,
+    GatewayProcess,
+    Sipp,
+    SippProcess,
+    free_port,
+)
 from kamailio import KamailioFactory
-
 
 SERVICE = "5551234"
 
@@ -108,8 +115,15 @@ def test_scenario_through_gateway(
     gw_transport = "tcp" if transport == "t1" else "udp"
     gw = gateway_factory(dialplan(uas.address, transport=gw_transport))
     uac = sipp.uac(
-        uac_xml, gw.address, calls, 20, service=SERVICE, timeout=30, recv_timeout=10,
-        call_length=uac_length, transport=transport,  # type: ignore[arg-type]
+        uac_xml,
+        gw.address,
+        calls,
+        20,
+        service=SERVICE,
+        timeout=30,
+        recv_timeout=10,
+        call_length=uac_length,
+        transport=transport,  # type: ignore[arg-type]
     )
     uac.assert_calls(calls)
     uas.wait(timeout=20).assert_calls(calls)
@@ -149,7 +163,9 @@ def _reject_uas(sipp: Sipp, calls: int, status: int) -> SippProcess:
     template = (SCENARIO_DIR / "uas_reject.xml").read_text()
     path = sipp.workdir / f"uas_reject_{status}.xml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(template.replace("SIP/2.0 503 Service Unavailable", f"SIP/2.0 {status} Refused"))
+    path.write_text(
+        template.replace("SIP/2.0 503 Service Unavailable", f"SIP/2.0 {status} Refused")
+    )
     return sipp.uas(path, calls=calls, timeout=40)
 
 
@@ -240,7 +256,13 @@ def test_through_kamailio(
     gw = gateway_factory(dialplan(uas.address))
     relay = kamailio_factory(gw.address)
     uac = sipp.uac(
-        uac_xml, relay.address, calls, 20, service=SERVICE, timeout=30, recv_timeout=10,
+        uac_xml,
+        relay.address,
+        calls,
+        20,
+        service=SERVICE,
+        timeout=30,
+        recv_timeout=10,
         call_length=uac_length,
     )
     uac.assert_calls(calls)

@@ -1,0 +1,137 @@
+"""Agent presence as an explicit state machine (SPEC R-4, and E-5 for emergency DND).
+
+Theory of operation
+-------------------
+An agent's presence is derived, never stored as a free-form value. Four facts go in:
+
+* ``chosen``: what the agent (or its desktop, over MQTT) asked for: Available, Away or
+  DoNotDisturb;
+* ``registered``: whether the agent has at least one live registration;
+* ``active_calls`` against ``capacity``: the calls the agent is on;
+* ``emergency``: the agent is on an emergency call (SPEC E-5: DND whatever it chose).
+
+and one status comes out, by the first row that applies:
+
+==========================  ==============
+condition                   effective
+==========================  ==============
+emergency call up           DoNotDisturb
+not registered              Offline
+chosen DoNotDisturb         DoNotDisturb
+active_calls >= capacity    Busy
+otherwise                   chosen
+==========================  ==============
+
+Every input is a method that returns a :class:`PresenceChanged` fact when the effective
+status moved (or ``None``), with the previous status and the reason; the caller persists
+and publishes it. Because ``chosen`` is kept apart from the emergency override, the status
+an agent chooses during an emergency call is the one that holds after it (E-5), and a
+restart cannot leave an agent in DND: the emergency flag is not persisted as a status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["CHOOSABLE", "AgentPresence", "PresenceChanged", "Status"]
+
+
+class Status(StrEnum):
+    """The five presence statuses of SPEC R-4 (MQTT payload values)."""
+
+    AVAILABLE = "Available"
+    BUSY = "Busy"
+    AWAY = "Away"
+    DND = "DoNotDisturb"
+    OFFLINE = "Offline"
+
+
+#: statuses an agent may choose; Busy and Offline are derived
+CHOOSABLE: frozenset[Status] = frozenset({Status.AVAILABLE, Status.AWAY, Status.DND})
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    """The effective status of an agent moved."""
+
+    agent_id: str
+    status: Status
+    previous: Status
+    reason: str
+    at: float
+
+
+@dataclass(slots=True)
+class AgentPresence:
+    """The presence inputs of one agent and the status they give."""
+
+    agent_id: str
+    capacity: int = 1
+    chosen: Status = Status.AVAILABLE
+    registered: bool = False
+    active_calls: int = 0
+    emergency_calls: int = 0
+    effective: Status = Status.OFFLINE
+    #: unix time of the end of the agent's last call (longest idle first, SPEC R-3)
+    idle_since: float = 0.0
+
+    def derive(self) -> Status:
+        """The effective status the inputs give (see the table above)."""
+        if self.emergency_calls > 0:
+            return Status.DND
+        if not self.registered:
+            return Status.OFFLINE
+        if self.chosen is Status.DND:
+            return Status.DND
+        if self.active_calls >= self.capacity:
+            return Status.BUSY
+        return self.chosen
+
+    def _update(self, reason: str, now: float) -> PresenceChanged | None:
+        new = self.derive()
+        if new is self.effective:
+            return None
+        previous = self.effective
+        self.effective = new
+        return PresenceChanged(self.agent_id, new, previous, reason, now)
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def choose(self, status: Status, now: float, reason: str = "agent") -> PresenceChanged | None:
+        """The agent asks for ``status`` (Available, Away or DoNotDisturb)."""
+        if status not in CHOOSABLE:
+            raise ValueError(f"{status} cannot be chosen; it is derived")
+        self.chosen = status
+        return self._update(reason, now)
+
+    def set_registered(self, registered: bool, now: float) -> PresenceChanged | None:
+        self.registered = registered
+        return self._update("registered" if registered else "registration expired", now)
+
+    def call_started(self, now: float) -> PresenceChanged | None:
+        self.active_calls += 1
+        return self._update("call started", now)
+
+    def call_ended(self, now: float) -> PresenceChanged | None:
+        self.active_calls = max(0, self.active_calls - 1)
+        if self.active_calls == 0:
+            self.idle_since = now
+        return self._update("call ended", now)
+
+    def emergency_started(self, now: float) -> PresenceChanged | None:
+        """An emergency call (or callback) of this agent is up: DND (E-5)."""
+        self.emergency_calls += 1
+        return self._update("emergency call", now)
+
+    def emergency_ended(self, now: float) -> PresenceChanged | None:
+        """The emergency call ended: back to what the inputs say (E-5)."""
+        self.emergency_calls = max(0, self.emergency_calls - 1)
+        return self._update("emergency call ended", now)
+
+    # -- queue eligibility -------------------------------------------------------------
+
+    @property
+    def can_take_queue_call(self) -> bool:
+        """Available and under capacity (SPEC R-3)."""
+        return self.derive() is Status.AVAILABLE and self.active_calls < self.capacity

@@ -1,0 +1,270 @@
+"""Store ports (SPEC O-2): the records the gateway keeps and the async interfaces that keep them.
+
+Theory of operation
+-------------------
+The call layer and the policy code (registrar, presence, emergency) depend only on these
+:class:`typing.Protocol` ports; an adapter is chosen once at start-up by
+:func:`gateway.stores.open_stores`. Two adapters are planned:
+
+* **SQLite** (:mod:`gateway.stores.sqlite`) -- the embedded default, one file under the
+  data directory, so a single node needs no other server.
+* **Redis** -- the cluster adapter, so registrations, presence and callback reservations are
+  shared by every node.
+
+Every port method is one self-contained operation. No method needs a transaction that spans
+several calls, so each can be a single SQL transaction in SQLite or a single ``MULTI``/Lua
+script in Redis. Where a decision must be atomic (picking a callback DID, purging expired
+bindings) the decision is *inside* the method, never split between a read and a later write.
+
+Time is never read by a store: every method that depends on it takes ``now`` (unix seconds,
+``float``) so callers and tests control the clock. A record with ``expires_at <= now`` is
+expired; expired records are invisible to every read.
+
+Records are frozen dataclasses named after the fact they hold; use
+:func:`dataclasses.replace` to derive a changed copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal, Protocol
+
+__all__ = [
+    "Binding",
+    "Cdr",
+    "CdrStore",
+    "CallDirection",
+    "EmptyPoolError",
+    "PresenceRecord",
+    "PresenceStore",
+    "RegistrationStore",
+    "Reservation",
+    "ReservationStore",
+    "StoreClosedError",
+    "StoreError",
+    "Stores",
+]
+
+CallDirection = Literal["inbound", "outbound"]
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: few and public.
+
+
+class StoreError(Exception):
+    """Base class of the errors raised by a store adapter."""
+
+
+class StoreClosedError(StoreError):
+    """A store was used after :meth:`Stores.close`."""
+
+
+class EmptyPoolError(StoreError, ValueError):
+    """:meth:`ReservationStore.reserve` was given an empty DID pool."""
+
+
+# --------------------------------------------------------------------------------------------
+# Records.
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A registered contact of an agent (RFC 3261 section 10), keyed by (agent, contact).
+
+    ``source`` is where the REGISTER came from, as ``"transport:host:port"`` (for example
+    ``"udp:192.0.2.7:5060"``), so requests can be sent back over the same flow.
+    ``instance`` is the ``+sip.instance`` value (RFC 5626), if the UA sent one.
+    """
+
+    agent_id: str
+    contact_uri: str
+    expires_at: float
+    call_id: str
+    cseq: int
+    source: str
+    user_agent: str
+    q: float = 1.0
+    instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRecord:
+    """The persisted presence of one agent (SPEC R-4, E-5).
+
+    ``chosen`` is what the agent (or its desktop) asked for; ``effective`` is what the gateway
+    shows after deriving Offline, Busy or emergency DND from it. ``saved_before_emergency``
+    holds the status to restore when an emergency call ends, so a crash during the call
+    cannot leave the agent stuck in DND.
+    """
+
+    agent_id: str
+    chosen: str
+    effective: str
+    previous: str | None
+    reason: str
+    updated_at: float
+    saved_before_emergency: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cdr:
+    """The call detail record of one ordinary call (SPEC R-5); emergency calls have none."""
+
+    call_id: str
+    direction: CallDirection
+    caller: str
+    callee: str
+    queue: str | None
+    agent: str | None
+    route: str | None
+    started_at: float
+    answered_at: float | None
+    ended_at: float
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A callback DID held by an agent after an emergency call (SPEC E-4)."""
+
+    did: str
+    agent_id: str
+    reserved_at: float
+    expires_at: float
+    call_id: str
+    test: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Ports.
+
+
+class RegistrationStore(Protocol):
+    """Registered contacts of agents (SPEC R-1), with expiry."""
+
+    async def put(self, binding: Binding) -> None:
+        """Insert ``binding``, or replace the one with the same (agent_id, contact_uri)."""
+        ...
+
+    async def remove(self, agent_id: str, contact_uri: str) -> None:
+        """Remove one binding; removing a binding that does not exist is not an error."""
+        ...
+
+    async def remove_all(self, agent_id: str) -> None:
+        """Remove every binding of ``agent_id`` (``Contact: *``, RFC 3261 section 10.2.2)."""
+        ...
+
+    async def bindings(self, agent_id: str, now: float) -> list[Binding]:
+        """The unexpired bindings of ``agent_id``, highest ``q`` first."""
+        ...
+
+    async def all_bindings(self, now: float) -> list[Binding]:
+        """Every unexpired binding, ordered by agent then highest ``q`` first."""
+        ...
+
+    async def purge_expired(self, now: float) -> list[Binding]:
+        """Atomically delete the expired bindings and return them (presence goes Offline)."""
+        ...
+
+
+class PresenceStore(Protocol):
+    """Persisted agent presence (SPEC R-4, E-5)."""
+
+    async def get(self, agent_id: str) -> PresenceRecord | None:
+        """The record of ``agent_id``, or ``None`` if it has never been stored."""
+        ...
+
+    async def put(self, record: PresenceRecord) -> None:
+        """Insert or replace the record of ``record.agent_id``."""
+        ...
+
+    async def all(self) -> list[PresenceRecord]:
+        """Every stored record, ordered by agent id."""
+        ...
+
+
+class CdrStore(Protocol):
+    """Call history of ordinary calls (SPEC R-5)."""
+
+    async def add(self, cdr: Cdr) -> None:
+        """Append one record; records are never updated."""
+        ...
+
+    async def recent(self, limit: int) -> list[Cdr]:
+        """Up to ``limit`` records, most recently added first."""
+        ...
+
+
+class ReservationStore(Protocol):
+    """Callback DID reservations (SPEC E-4), shared by every node of a cluster."""
+
+    async def reserve(
+        self,
+        agent_id: str,
+        pool: Sequence[str],
+        now: float,
+        ttl: float,
+        call_id: str,
+        test: bool,
+    ) -> tuple[Reservation, bool]:
+        """Atomically give ``agent_id`` a callback DID from ``pool`` for ``ttl`` seconds.
+
+        In order of preference:
+
+        1. the DID the agent already holds unexpired (if still in ``pool``) is renewed:
+           ``reserved_at=now``, ``expires_at=now+ttl``, and the new call id and test flag;
+        2. a free DID of ``pool`` (never reserved, or its reservation expired): the one the
+           agent held last if it is free, else the least recently reserved, never-reserved
+           DIDs first in pool order -- so a number stays with its last holder as long as
+           possible, in case the emergency service calls it back late;
+        3. with every DID held, the least recently reserved one is taken over.
+
+        Returns the reservation and ``True`` only in case 3 (the event must say so).
+        Raises :class:`EmptyPoolError` if ``pool`` is empty.
+        """
+        ...
+
+    async def lookup(self, did: str, now: float) -> Reservation | None:
+        """The unexpired reservation of ``did``, or ``None`` (routes a callback, SPEC C-1)."""
+        ...
+
+    async def live(self, now: float) -> list[Reservation]:
+        """Every unexpired reservation, ordered by DID."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# The bundle handed to the application.
+
+
+@dataclass(slots=True)
+class Stores:
+    """The four stores of one backend, closed together.
+
+    Use as an async context manager (``async with await open_stores(...) as stores:``) or
+    call :meth:`close` explicitly; closing twice is harmless.
+    """
+
+    registrations: RegistrationStore
+    presence: PresenceStore
+    cdrs: CdrStore
+    reservations: ReservationStore
+    closer: Callable[[], Awaitable[None]] = field(repr=False)
+
+    async def close(self) -> None:
+        """Release the backend (flush and close the database, stop its thread)."""
+        await self.closer()
+
+    async def __aenter__(self) -> Stores:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
