@@ -7,7 +7,8 @@ Two set-ups, each driven through rising call rates:
 
 Each step places ``rate * --step-seconds`` calls at ``rate`` calls/s with
 ``bench/scenarios/uac_rtd.xml`` (INVITE with SDP, [100] [180] 200, ACK, BYE, 200; no pause)
-against ``bench/scenarios/uas_rtd.xml`` (SIPp's built-in uas, ACK required, 1 s timewait).
+against ``bench/scenarios/uas_rtd.xml`` (SIPp's built-in uas, ACK required, 1 s timewait;
+``uas_rtd_tcp.xml``, without timewait, over TCP).
 Response time 1 runs from sending the INVITE to receiving its 200: the call set-up time
 seen by the caller; ``-trace_rtt -rtt_freq 1`` writes every call's value to a CSV.
 
@@ -21,7 +22,7 @@ Everything runs on 127.0.0.1; every SIPp run has -timeout (and is killed shortly
 it) and the uac has -recv_timeout, so each step is bounded. The files of every run
 (SIPp statistics, errors, screens, rtt CSVs, gateway logs) stay under --workdir.
 
-    .venv/bin/python bench/cps_bench.py [--max-rate 2000] [--step-seconds 6]
+    .venv/bin/python bench/cps_bench.py [--max-rate 10000] [--step-seconds 6]
         [--transport udp|tcp] [--rates 100,200,...] [--json out.json]
 """
 
@@ -49,6 +50,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 UAC_SCENARIO = SCENARIOS / "uac_rtd.xml"
 UAS_SCENARIO = SCENARIOS / "uas_rtd.xml"
+UAS_SCENARIO_TCP = SCENARIOS / "uas_rtd_tcp.xml"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -441,7 +443,7 @@ def run_step(setup: str, rate: int, args: argparse.Namespace, directory: Path, t
     sipp = args.sipp
 
     uas = Child(
-        [sipp, "-sf", str(UAS_SCENARIO),
+        [sipp, "-sf", str(UAS_SCENARIO_TCP if args.transport == "tcp" else UAS_SCENARIO),
          *sipp_common(directory, "uas", uas_port, args.transport, calls, uac_timeout + 10.0)],
         directory, directory / "uas_output.log",
     )  # fmt: skip
@@ -544,20 +546,46 @@ def run_step(setup: str, rate: int, args: argparse.Namespace, directory: Path, t
 
 
 def default_rates(max_rate: int) -> list[int]:
-    """100..1000 by 100, then by 200 to 2000, then by 500: up to ``max_rate``."""
-    rates = list(range(100, 1001, 100)) + list(range(1200, 2001, 200))
-    rate = 2500
+    """100..1000 by 100, then 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000, ...: up to
+    ``max_rate`` (which is always the last step when it is not on the ladder)."""
+    rates = list(range(100, 1001, 100)) + [1500, 2000, 3000, 4000, 5000, 6000, 8000]
+    rate = 10000
     while rate <= max_rate:
         rates.append(rate)
-        rate += 500
-    return [r for r in rates if r <= max_rate] or [max_rate]
+        rate += 5000
+    chosen = [r for r in rates if r <= max_rate]
+    if not chosen or chosen[-1] != max_rate:
+        chosen.append(max_rate)
+    return chosen
 
 
-def diagnose(step: Step, gateway: Gateway | None, log_before: int) -> str:
+def slow_bursts(directory: Path, threshold_ms: float, gap_ms: float = 100.0) -> list[str]:
+    """Slow set-ups grouped in time: many slow calls in one short window point at a stall
+    of the system under test, slow calls spread out at queueing (too little CPU)."""
+    bursts: list[list[tuple[float, float]]] = []
+    for date, value in read_rtt(directory):
+        if value < threshold_ms:
+            continue
+        if bursts and date - bursts[-1][-1][0] <= gap_ms:
+            bursts[-1].append((date, value))
+        else:
+            bursts.append([(date, value)])
+    return [
+        f"t={burst[0][0] / 1000.0:6.2f} s: {len(burst):4d} calls, worst {max(v for _, v in burst):g} ms"
+        for burst in bursts
+    ]
+
+
+def diagnose(step: Step, gateway: Gateway | None, threshold_ms: float) -> str:
     """Evidence for a step that did not pass: SIPp screens, error logs, gateway log."""
     directory = Path(step.directory)
     parts = [f"--- {step.setup} @ {step.rate} cps did not pass: {'; '.join(step.reasons)}",
              f"    files: {directory}"]  # fmt: skip
+    bursts = slow_bursts(directory, threshold_ms / 2)
+    if bursts:
+        parts.append(f"--- set-ups >= {threshold_ms / 2:g} ms, grouped in time (t = uac clock): "
+                     f"{len(bursts)} groups")  # fmt: skip
+        parts += ["    " + line for line in bursts[:20]]
     for role in ("uac", "uas"):
         parts.append(f"--- {role} scenario screen")
         parts.append(scenario_screen(directory / f"{role}_screen.log"))
@@ -566,7 +594,7 @@ def diagnose(step: Step, gateway: Gateway | None, log_before: int) -> str:
             parts.append(f"--- {role}_errors.log (first lines)")
             parts += errors
     if gateway is not None:
-        lines = gateway.log_lines()[log_before:]
+        lines = gateway.log_lines()
         parts.append(f"--- gateway log during this set-up: {len(lines)} lines (last 15)")
         parts += lines[-15:]
     return "\n".join(parts)
@@ -590,7 +618,7 @@ def run_setup(setup: str, rates: list[int], args: argparse.Namespace, workdir: P
             steps.append(step)
             print(format_progress(step), flush=True)
             if not step.passed:
-                diagnosis = diagnose(step, gateway, 0)
+                diagnosis = diagnose(step, gateway, args.p99_limit_ms)
                 break
             time.sleep(SETTLE_S)
     finally:
@@ -672,10 +700,24 @@ def summary(gw: dict[str, Any], ss: dict[str, Any], args: argparse.Namespace) ->
 # --------------------------------------------------------------------------- main
 
 
+def code_revision() -> str:
+    """``git describe``-like tag of the code measured: commit, plus "+dirty" if gateway/
+    has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway"],
+                               cwd=PROJECT_ROOT, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-rate", type=int, default=2000,
-                        help="highest rate tried, calls/s (default 2000)")  # fmt: skip
+    parser.add_argument("--max-rate", type=int, default=10000,
+                        help="highest rate tried, calls/s (default 10000)")  # fmt: skip
     parser.add_argument("--step-seconds", type=float, default=6.0,
                         help="length of each step: rate * this many calls (default 6)")  # fmt: skip
     parser.add_argument("--rates", default="",
@@ -705,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
-    print(f"cps bench: transport {args.transport}, {args.step_seconds:g} s per step, rates "
+    revision = code_revision()
+    print(f"cps bench: gateway code {revision}; transport {args.transport}, {args.step_seconds:g} s per step, rates "
           f"{rates[0]}..{rates[-1]} calls/s, pass = 0 failed and set-up p99 < "
           f"{args.p99_limit_ms:g} ms; {os.cpu_count()} CPUs; files in {workdir}", flush=True)  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
@@ -743,6 +786,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json is not None:
         payload = {
+            "code": revision,
             "transport": args.transport,
             "step_seconds": args.step_seconds,
             "p99_limit_ms": args.p99_limit_ms,

@@ -36,7 +36,7 @@ from gateway.b2bua.call import Call, CallState, Leg, NextHop, RelayedRequest
 from gateway.sip.dialog import Dialog, DialogError
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr
-from gateway.sip.message import Request, Response, make_response
+from gateway.sip.message import REASON_PHRASES, Request, Response, make_response
 from gateway.sip.routing import resolve_next_hop
 from gateway.sip.transaction import (
     AckReceived,
@@ -81,11 +81,32 @@ RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE",
 
 @dataclass(frozen=True, slots=True)
 class RouteRefusal:
-    """The router's answer when no next hop exists."""
+    """The router's answer when the call cannot go anywhere (or must authenticate first)."""
 
     status: int
     reason: str
     warning: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """Place the B-leg at these hops, in order; ``agent`` is the calling agent, if any."""
+
+    hops: list[NextHop]
+    agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The call waits in ``queue`` (SPEC R-3)."""
+
+    queue: str
+    priority: int
+    trunk: str | None = None
+
+
+Decision = Outbound | Queued | RouteRefusal
 
 
 class Router(Protocol):
@@ -93,13 +114,25 @@ class Router(Protocol):
 
     def route(
         self, request: Request, dialled: str, source: Address
-    ) -> list[NextHop] | RouteRefusal: ...
+    ) -> list[NextHop] | Decision: ...
 
 
 class CallObserver(Protocol):
-    """Told about call milestones (CDRs, metrics, events). Must not block."""
+    """Told about call milestones (CDRs, metrics, queues). Must not block."""
+
+    def call_started(self, call: Call) -> None: ...
 
     def call_ended(self, call: Call) -> None: ...
+
+
+class QueuePort(Protocol):
+    """The queue dispatcher as the B2BUA sees it."""
+
+    def enqueue(self, call: Call, queue: str, priority: int) -> None: ...
+
+    def answered(self, call: Call) -> None: ...
+
+    def offer_failed(self, call: Call, status: int) -> None: ...
 
 
 def dialled_number(request: Request) -> str:
@@ -146,6 +179,8 @@ class B2BUA:
         self.failed = 0
         #: set by the adapter: sends what the layer queued after a step we took on our own
         self.pump: Callable[[], None] = lambda: None
+        #: the inbound queue dispatcher, when the dialplan has queues
+        self.queues: QueuePort | None = None
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -288,40 +323,77 @@ class B2BUA:
         structlog.contextvars.bind_contextvars(call_id=call.id)
         try:
             decision = self.router.route(request, dialled, source)
+            if isinstance(decision, list):
+                decision = Outbound(decision)
             if isinstance(decision, RouteRefusal):
                 log.info(
                     "call_refused", dialled=dialled, status=decision.status, reason=decision.reason
                 )
-                extra = (
-                    (("Warning", f'399 gateway "{decision.warning}"'),) if decision.warning else ()
-                )
+                extra = decision.headers
+                if decision.warning:
+                    extra = (*extra, ("Warning", f'399 gateway "{_safe(decision.warning)}"'))
                 self._respond(tx, decision.status, decision.reason, to_tag=a.local_tag, extra=extra)
                 call.state = CallState.ENDED
                 call.result = f"{decision.status}"
-                self.failed += 1
                 return
-            call.hops = decision
             self.calls[call.id] = call
             self.legs[(a.call_id, a.local_tag)] = a
-            log.info("call_start", dialled=dialled, a_call_id=a.call_id, hops=len(decision))
+            a.dialog = Dialog.as_uas(request, a.local_tag, self.contact_for(a.flow))
+            if isinstance(decision, Queued):
+                call.direction = "inbound"
+                call.source_trunk = decision.trunk
+                log.info("call_start", direction="inbound", dialled=dialled, a_call_id=a.call_id,
+                         queue=decision.queue)
+                self._notify_started(call)
+                if self.queues is None:
+                    self._fail_a(call, 480, "Temporarily Unavailable")
+                    return
+                # the caller waits in early dialog (RFC 3261 section 21.1.4: 182 Queued)
+                queued = make_response(request, 182, to_tag=a.local_tag)
+                queued.add("Contact", self.contact_for(a.flow))
+                self.layer.send_response(tx, queued, self.clock())
+                self.queues.enqueue(call, decision.queue, decision.priority)
+                return
+            call.hops = decision.hops
+            call.agent = decision.agent
+            log.info("call_start", direction="outbound", dialled=dialled, a_call_id=a.call_id,
+                     hops=len(decision.hops), agent=decision.agent)
+            self._notify_started(call)
             self._try_next_hop(call)
         finally:
             structlog.contextvars.unbind_contextvars("call_id")
+
+    def _notify_started(self, call: Call) -> None:
+        for observer in self.observers:
+            try:
+                observer.call_started(call)
+            except Exception:
+                log.exception("observer_failed")
 
     # -- B-leg placement and failover ------------------------------------------------------
 
     def _try_next_hop(
         self, call: Call, last_status: int = 503, last_reason: str = "Service Unavailable"
     ) -> None:
-        if call.b is not None:
-            self.legs.pop((call.b.call_id, call.b.local_tag), None)
-            call.b = None
+        self._drop_b_leg(call)
+        if call.queue is not None and self.queues is not None and not call.cancelled:
+            # a queue offer failed: the dispatcher picks the next agent
+            self.queues.offer_failed(call, last_status)
+            return
         call.hop_index += 1
         hop = call.current_hop
         if hop is None or call.cancelled:
             if not call.cancelled:
                 self._fail_a(call, last_status, last_reason)
             return
+        self._place_b_leg(call, hop)
+
+    def _drop_b_leg(self, call: Call) -> None:
+        if call.b is not None:
+            self.legs.pop((call.b.call_id, call.b.local_tag), None)
+            call.b = None
+
+    def _place_b_leg(self, call: Call, hop: NextHop) -> None:
         a_invite = call.a.invite
         assert a_invite is not None
         dest = hop.address
@@ -336,15 +408,59 @@ class B2BUA:
             "b_leg_try",
             trunk=hop.trunk,
             gateway=f"{dest.transport}:{dest.host}:{dest.port}",
-            attempt=call.hop_index + 1,
+            attempt=len(call.attempts),
+            call_id=call.id,
         )
         ctx = self.layer.send_request(invite, dest, self.clock())
         ctx.owner = call
         b.client_tx = ctx
+        b.hop = hop
         self._stop_timer(call)
         call.provisional_timer = self.call_later(
             hop.provisional_timeout, lambda: self._on_provisional_timeout(call, ctx)
         )
+
+    # -- the queue dispatcher's port (CallPlacer) -------------------------------------------
+
+    def offer(self, call: Call, hop: NextHop) -> None:
+        """Ring one agent for a queued call."""
+        if call.ended or call.cancelled:
+            return
+        self._drop_b_leg(call)
+        self._place_b_leg(call, hop)
+        self._flush()
+
+    def abandon_offer(self, call: Call) -> None:
+        """Stop ringing the agent of a queued call (CANCEL once it has rung)."""
+        b = call.b
+        if b is None or b.client_tx is None:
+            return
+        self._stop_timer(call)
+        abandoned = _Abandoned(call)
+        if not b.got_final:
+            if b.got_provisional:
+                abandoned.cancel_sent = True
+                cancel = self.layer.cancel_request(b.client_tx)
+                self.layer.send_request(cancel, b.client_tx.destination, self.clock()).owner = None
+            b.client_tx.owner = abandoned
+        self._drop_b_leg(call)
+        self._flush()
+
+    def overflow_to(self, call: Call, hops: list[NextHop]) -> None:
+        """Send a call that waited too long to fixed hops."""
+        call.queue = None
+        call.hops = hops
+        call.hop_index = -1
+        self._try_next_hop(call)
+        self._flush()
+
+    def fail_caller(self, call: Call, status: int, reason: str | None) -> None:
+        """Give up on a call: final ``status`` to the caller."""
+        call.queue = None
+        if call.b is not None and not call.b.got_final:
+            self.abandon_offer(call)
+        self._fail_a(call, status, reason or REASON_PHRASES.get(status, "Unavailable"))
+        self._flush()
 
     def _stop_timer(self, call: Call) -> None:
         if call.provisional_timer is not None:
@@ -356,7 +472,12 @@ class B2BUA:
         b = call.b
         if call.ended or call.cancelled or b is None or b.client_tx is not tx or b.got_final:
             return
-        log.info("b_leg_ring_timeout", call_id=call.id, seconds=self.ring_timeout)
+        log.info("b_leg_ring_timeout", call_id=call.id)
+        if call.queue is not None and self.queues is not None:
+            self.abandon_offer(call)
+            self.queues.offer_failed(call, 408)
+            self._flush()
+            return
         call.cancelled = True
         self._send_cancel(call)
         self._fail_a(call, 408, "Request Timeout")
@@ -372,7 +493,7 @@ class B2BUA:
         target = f"{host}:{dest.port}"
         transport = "" if dest.transport == "udp" else f";transport={dest.transport}"
         user = hop.user
-        ruri = f"sip:{user}@{target}{transport}"
+        ruri = hop.request_uri or f"sip:{user}@{target}{transport}"
         a_from = a_invite.from_
         from_user = _user_of(a_from)
         our_host = self._host_for(dest)
@@ -383,7 +504,7 @@ class B2BUA:
             ("via", "Via", str(self.via_for(dest, self.ids.branch()))),
             ("max-forwards", "Max-Forwards", str(mf)),
             ("from", "From", f"{display}<sip:{from_user}@{our_host}>;tag={b.local_tag}"),
-            ("to", "To", f"<sip:{user}@{target}>"),
+            ("to", "To", f"<{hop.request_uri}>" if hop.request_uri else f"<sip:{user}@{target}>"),
             ("call-id", "Call-ID", b.call_id),
             ("cseq", "CSeq", "1 INVITE"),
             ("contact", "Contact", self.contact_for(dest)),
@@ -437,8 +558,10 @@ class B2BUA:
             if not b.got_provisional:
                 b.got_provisional = True
                 self._stop_timer(call)
+                hop = b.hop
+                ring = hop.ring_timeout if hop is not None and hop.ring_timeout else self.ring_timeout
                 call.provisional_timer = self.call_later(
-                    self.ring_timeout, lambda: self._on_ring_timeout(call, tx)
+                    ring, lambda: self._on_ring_timeout(call, tx)
                 )
             if call.cancelled:
                 self._send_cancel(call)
@@ -470,6 +593,9 @@ class B2BUA:
             self._relay_response_to_a(call, response)
             call.state = CallState.CONFIRMED
             call.answered_at = self.clock()
+            if call.queue is not None and self.queues is not None:
+                self.queues.answered(call)
+                call.queue = None
             log.info(
                 "call_answered",
                 status=status,

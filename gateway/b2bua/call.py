@@ -57,6 +57,12 @@ class NextHop:
     user: str
     failover_codes: frozenset[int]
     provisional_timeout: float
+    #: Request-URI to use instead of ``sip:<user>@<address>`` (a registered Contact)
+    request_uri: str | None = None
+    #: Timer C for this hop (longest ringing after a 1xx); None: the B2BUA's default
+    ring_timeout: float | None = None
+    #: the agent this hop rings (queue offers)
+    agent: str | None = None
 
 
 @dataclass(slots=True)
@@ -78,6 +84,7 @@ class Leg:
     client_tx: ClientTransaction | None = None  # B-leg INVITE
     got_provisional: bool = False
     got_final: bool = False
+    hop: NextHop | None = None
 
 
 @dataclass(slots=True)
@@ -115,6 +122,14 @@ class Call:
     provisional_timer: asyncio.TimerHandle | None = None
     attempts: list[str] = field(default_factory=list)
     pending_b_2xx: Response | None = None
+    #: "outbound" (from an agent or a lab source) or "inbound" (from a trunk)
+    direction: str = "outbound"
+    #: the queue the call waits in (inbound), None once it has left it
+    queue: str | None = None
+    #: the agent on this call: the caller (outbound) or the one who answered (inbound)
+    agent: str | None = None
+    #: the trunk an inbound call came from
+    source_trunk: str | None = None
 
     @property
     def current_hop(self) -> NextHop | None:

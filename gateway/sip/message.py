@@ -93,6 +93,8 @@ _KNOWN_METHODS = frozenset(
      "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
 )
 
+#: headers every request and response needs (RFC 3261 section 8.1.1)
+_NEEDED = ("Via", "From", "To", "Call-ID", "CSeq")
 #: header names that may appear only once (RFC 3261 section 7.3.1: not comma lists)
 _SINGLE_VALUED = frozenset(("call-id", "cseq", "from", "to", "max-forwards"))
 
@@ -551,10 +553,12 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
     headers: list[tuple[str, str, str]] = []
     append = headers.append
     first: dict[str, str] = {}
-    dups: set[str] | None = None
+    keep_first = first.setdefault
     names = _NAMES
-    for i in range(1, nlines):
-        name, sep, value = lines[i].partition(":")
+    it = iter(lines)
+    next(it)
+    for line in it:
+        name, sep, value = line.partition(":")
         lname = names.get(name)
         if lname is None or not sep:
             lname = _name_of(name) if sep else None
@@ -562,12 +566,8 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
                 return _parse_careful(data)
         value = value.strip(" \t")
         append((lname, name, value))
-        if lname in first:
-            if dups is None:
-                dups = set()
-            dups.add(lname)
-        else:
-            first[lname] = value
+        keep_first(lname, value)
+    dups = _repeated(headers) if len(first) != len(headers) else None
 
     msg: Request | Response
     start = lines[0]
@@ -606,6 +606,16 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
 
 
 _NO_DUPS: frozenset[str] = frozenset()
+
+
+def _repeated(headers: list[tuple[str, str, str]]) -> set[str]:
+    seen: set[str] = set()
+    dups: set[str] = set()
+    for hl, _, _ in headers:
+        if hl in seen:
+            dups.add(hl)
+        seen.add(hl)
+    return dups
 
 
 def _parse_careful(data: bytes) -> Request | Response:
@@ -748,11 +758,11 @@ def _validate(
         to_text = first.get("to")
         call_id = first.get("call-id")
         cseq_text = first.get("cseq")
-        if via is None or from_text is None or to_text is None or cseq_text is None:
-            missing = [n for n in ("Via", "From", "To", "CSeq") if n.lower() not in first]
+        if via is None or from_text is None or to_text is None or cseq_text is None or not call_id:
+            missing = [n for n in _NEEDED if not first.get(n.lower())]
             raise SipParseError(f"missing {', '.join(missing)} header")
-        if not call_id or " " in call_id or "\t" in call_id:
-            raise SipParseError("missing or malformed Call-ID")
+        if " " in call_id or "\t" in call_id:
+            raise SipParseError(f"malformed Call-ID {call_id[:80]!r}")
         if dups:
             repeated = _SINGLE_VALUED & dups
             if repeated:

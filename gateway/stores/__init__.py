@@ -1,1 +1,88 @@
+"""Stores (SPEC O-2): typed ports, the embedded SQLite default, and :func:`open_stores`.
 
+Store URLs:
+
+* ``"sqlite"`` (the default) -- ``<data_dir>/gateway.sqlite3``;
+* ``"sqlite:///abs/path.sqlite3"`` -- that file; ``"sqlite://rel/path.sqlite3"`` -- a path
+  relative to ``data_dir``; ``"sqlite://:memory:"`` -- a private in-memory database (tests);
+* ``"redis://..."`` / ``"rediss://..."`` -- the cluster adapter, not implemented yet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.stores.ports import (
+    Binding,
+    CallDirection,
+    Cdr,
+    CdrStore,
+    EmptyPoolError,
+    PresenceRecord,
+    PresenceStore,
+    RegistrationStore,
+    Reservation,
+    ReservationStore,
+    StoreClosedError,
+    StoreError,
+    Stores,
+)
+
+__all__ = [
+    "DEFAULT_SQLITE_FILE",
+    "Binding",
+    "CallDirection",
+    "Cdr",
+    "CdrStore",
+    "EmptyPoolError",
+    "PresenceRecord",
+    "PresenceStore",
+    "RegistrationStore",
+    "Reservation",
+    "ReservationStore",
+    "StoreClosedError",
+    "StoreError",
+    "Stores",
+    "open_stores",
+    "sqlite_path",
+]
+
+DEFAULT_SQLITE_FILE = "gateway.sqlite3"
+"""File name of the embedded database inside the data directory."""
+
+
+def sqlite_path(url: str, data_dir: Path) -> Path | str:
+    """The database path a ``sqlite`` store URL names (see the module docstring).
+
+    Raises :class:`ValueError` if ``url`` is not a sqlite URL.
+    """
+    if url == "sqlite":
+        return data_dir / DEFAULT_SQLITE_FILE
+    prefix = "sqlite://"
+    if not url.startswith(prefix) or url == prefix:
+        raise ValueError(f"not a sqlite store url: {url!r} (expected 'sqlite' or 'sqlite://PATH')")
+    rest = url[len(prefix) :]
+    if rest == ":memory:":
+        return rest
+    path = Path(rest)
+    return path if path.is_absolute() else data_dir / path
+
+
+async def open_stores(url: str, data_dir: Path) -> Stores:
+    """Open the stores named by ``url``; the SQLite file lives under ``data_dir`` by default.
+
+    The returned :class:`Stores` must be closed (``await stores.close()`` or
+    ``async with``). Raises :class:`NotImplementedError` for Redis, :class:`ValueError` for
+    an unknown URL, and :class:`StoreError` for a database this gateway cannot use.
+    """
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("redis", "rediss"):
+        raise NotImplementedError(
+            f"the Redis store ({url.split('@')[-1]!r}) is not implemented yet; "
+            "use the embedded store (store url 'sqlite') on a single node"
+        )
+    if scheme != "sqlite":
+        raise ValueError(f"unknown store url {url!r}: expected 'sqlite', 'sqlite://PATH' or redis")
+    from gateway.stores.sqlite import open_sqlite_stores
+
+    return await open_sqlite_stores(sqlite_path(url, data_dir))

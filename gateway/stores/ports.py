@@ -33,9 +33,9 @@ from typing import Literal, Protocol
 
 __all__ = [
     "Binding",
+    "CallDirection",
     "Cdr",
     "CdrStore",
-    "CallDirection",
     "EmptyPoolError",
     "PresenceRecord",
     "PresenceStore",

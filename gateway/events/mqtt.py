@@ -1,0 +1,486 @@
+"""MQTT adapter of the :class:`~gateway.events.ports.Publisher` port (SPEC M-1, E-7, R-4).
+
+Theory of operation
+-------------------
+``publish()`` serialises the payload, appends it to a bounded in-memory
+:class:`~gateway.events.buffer.EventBuffer` and sets an :class:`asyncio.Event`; it never
+awaits and never raises, so SIP handling is never held up by the broker (E-7).
+
+Everything else runs in an :class:`asyncio.TaskGroup` owned by the ``async with`` block:
+
+``mqtt-connection``
+    connects (client id ``gateway-<node>``, keepalive 30 s, last will = retained
+    ``offline`` node status), publishes the retained ``online`` node status (with
+    ``dropped_events`` once anything was dropped), subscribes to
+    ``<prefix>/agents/+/presence/set``, then runs the two tasks below until the connection
+    fails, and reconnects after a jittered exponential delay (0.5 s doubling to 30 s).
+``mqtt-publish``
+    drains the buffer with QoS 1 in small pipelined batches; a batch leaves the buffer only
+    once every PUBACK is in, so events raised during an outage are delivered, in order,
+    after the broker comes back (at least once).
+``mqtt-commands``
+    decodes presence commands, checks them (agents may only set Available, Away or
+    DoNotDisturb) and calls ``on_command(agent, status, payload)``; bad ones are logged and
+    ignored. Its ``async for`` also notices a lost connection while nothing is published.
+
+Leaving the ``async with`` block drains what is buffered (while connected), publishes the
+retained ``offline`` status and disconnects cleanly, all within ``shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, NamedTuple, Self
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from gateway.events.buffer import Backoff, EventBuffer
+from gateway.events.ports import Topics
+from gateway.events.schema import AGENT_SETTABLE_STATUSES, node_status_payload
+from gateway.logs import get_logger
+
+__all__ = [
+    "BrokerAddress",
+    "CommandCallback",
+    "MqttPublisher",
+    "MqttSettings",
+    "PublisherStats",
+    "parse_broker_url",
+]
+
+CommandCallback = Callable[[str, str, dict[str, Any]], None]
+"""``on_command(agent_id, status, payload)``: a checked presence command from an agent."""
+
+QOS: Final = 1
+MAX_COMMAND_BYTES: Final = 4096
+_TOPIC_FORBIDDEN: Final = frozenset("+#\x00")
+
+log = get_logger(__name__)
+
+
+class BrokerAddress(NamedTuple):
+    """Where the broker is, parsed from ``mqtt://`` / ``mqtts://`` URLs."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse ``mqtt://[user:pass@]host[:port]`` or ``mqtts://...`` (default ports 1883/8883).
+
+    User and password may be percent-encoded. Raises :class:`ValueError` when the URL is
+    not usable.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"MQTT broker URL must start with mqtt:// or mqtts://, not {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"MQTT broker URL takes no path, query or fragment: {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"MQTT broker URL has no host: {url!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"MQTT broker URL has a bad port: {url!r}") from exc
+    tls = scheme == "mqtts"
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port if port is not None else (8883 if tls else 1883),
+        username=unquote(parts.username) if parts.username is not None else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        tls=tls,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """How to reach the broker and how hard to try. Validated on construction."""
+
+    url: str
+    """``mqtt://[user:pass@]host:port`` or ``mqtts://...`` (TLS)."""
+    ca_file: Path | None = None
+    """CA bundle for ``mqtts``; the system trust store when ``None``."""
+    keepalive: int = 30
+    """MQTT keepalive in seconds; the broker fires the last will after 1.5 times this."""
+    buffer_size: int = 10_000
+    """Events kept while the broker is unreachable; beyond that the oldest are dropped."""
+    reconnect_base: float = 0.5
+    """First reconnect delay ceiling in seconds (doubles per failed attempt)."""
+    reconnect_max: float = 30.0
+    """Largest reconnect delay ceiling in seconds."""
+    operation_timeout: float = 10.0
+    """Seconds to wait for a CONNACK, SUBACK or PUBACK before treating the link as dead."""
+    shutdown_timeout: float = 5.0
+    """Seconds allowed on exit to drain the buffer and publish ``offline``."""
+    in_flight: int = 16
+    """Events published concurrently (pipelined) before waiting for their PUBACKs."""
+    broker: BrokerAddress = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "broker", parse_broker_url(self.url))
+        if self.buffer_size < 1:
+            raise ValueError("buffer_size must be at least 1")
+        if not 1 <= self.in_flight <= 20:  # paho keeps at most 20 QoS 1 messages in flight
+            raise ValueError("in_flight must be between 1 and 20")
+        if self.keepalive < 1:
+            raise ValueError("keepalive must be at least 1 second")
+        if self.ca_file is not None and not self.broker.tls:
+            raise ValueError("ca_file is only used with an mqtts:// URL")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A verifying client TLS context for ``mqtts``, else ``None``."""
+        if not self.broker.tls:
+            return None
+        cafile = str(self.ca_file) if self.ca_file is not None else None
+        return ssl.create_default_context(cafile=cafile)
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStats:
+    """A snapshot for metrics (O-3 "MQTT backlog")."""
+
+    queued: int
+    """Events waiting for a PUBACK (queued plus in flight)."""
+    published: int
+    """Events acknowledged by the broker since start."""
+    dropped: int
+    """Events dropped from the full buffer since start."""
+    connected: bool
+    """Whether a broker connection is up."""
+
+
+class _Outgoing(NamedTuple):
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+class MqttPublisher:
+    """Publishes gateway events to MQTT and hands presence commands to ``on_command``.
+
+    Use as ``async with MqttPublisher(settings, topics, on_command=cb) as publisher:``;
+    :meth:`publish` may be called before, during and after the block (events wait in the
+    buffer). ``rand`` (uniform in [0, 1)) jitters reconnect delays and ``clock`` stamps
+    node-status payloads; both are injectable for tests. Call from the event-loop thread.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        topics: Topics,
+        *,
+        on_command: CommandCallback | None = None,
+        rand: Callable[[], float] = random.random,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._on_command = on_command
+        self._clock = clock
+        self._backoff = Backoff(base=settings.reconnect_base, cap=settings.reconnect_max, rand=rand)
+        self._buffer: EventBuffer[_Outgoing] = EventBuffer(settings.buffer_size)
+        self._wakeup = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._reported_dropped = 0
+        self._overflowing = False
+        self._task_group: asyncio.TaskGroup | None = None
+        self._connection_task: asyncio.Task[None] | None = None
+        self._log = log.bind(node=topics.node)
+
+    # -- the Publisher port ------------------------------------------------------------------
+
+    def publish(self, topic_suffix: str, payload: dict[str, Any], *, retain: bool) -> None:
+        """Queue ``payload`` for ``<prefix>/<topic_suffix>`` (QoS 1); never blocks or raises.
+
+        The payload is serialised now (later changes to the dict do not matter). A bad
+        topic or a payload that is not JSON is logged and dropped. When the buffer is full
+        the oldest queued event is dropped and counted.
+        """
+        try:
+            if (
+                not topic_suffix
+                or topic_suffix.startswith("/")
+                or any(ch in _TOPIC_FORBIDDEN for ch in topic_suffix)
+            ):
+                raise ValueError(f"invalid topic suffix {topic_suffix!r}")
+            item = _Outgoing(self._topics.full(topic_suffix), _encode(payload), retain)
+        except Exception as exc:
+            self._log.error("mqtt_event_rejected", topic_suffix=topic_suffix, error=str(exc))
+            return
+        if self._buffer.append(item) and not self._overflowing:
+            self._overflowing = True
+            self._log.warning(
+                "mqtt_buffer_full_dropping_oldest",
+                capacity=self._buffer.capacity,
+                dropped=self._buffer.dropped,
+            )
+        self._wakeup.set()
+
+    # -- observability -----------------------------------------------------------------------
+
+    @property
+    def stats(self) -> PublisherStats:
+        """Counters for metrics: queued, published, dropped, connected."""
+        return PublisherStats(
+            queued=len(self._buffer),
+            published=self._buffer.published,
+            dropped=self._buffer.dropped,
+            connected=self._connected.is_set(),
+        )
+
+    @property
+    def topics(self) -> Topics:
+        """The topic layout this publisher uses."""
+        return self._topics
+
+    async def wait_connected(self) -> None:
+        """Return once a broker connection is up (for start-up checks and tests)."""
+        await self._connected.wait()
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Start the background tasks; does not wait for the broker."""
+        if self._task_group is not None:
+            raise RuntimeError("MqttPublisher is not reentrant")
+        self._closing.clear()
+        task_group = asyncio.TaskGroup()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        self._connection_task = task_group.create_task(
+            self._connection_loop(), name=f"mqtt-connection[{self._topics.node}]"
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Drain, publish ``offline``, disconnect (bounded by ``shutdown_timeout``)."""
+        task_group, task = self._task_group, self._connection_task
+        if task_group is None or task is None:
+            return None
+        self._task_group = None
+        self._connection_task = None
+        self._closing.set()
+        self._wakeup.set()
+        try:
+            _done, pending = await asyncio.wait({task}, timeout=self._settings.shutdown_timeout)
+        except asyncio.CancelledError as cancelled:
+            # Cancelled while shutting down: stop at once, but still reap the tasks.
+            task.cancel()
+            await task_group.__aexit__(type(cancelled), cancelled, cancelled.__traceback__)
+            raise
+        if pending:
+            self._log.warning("mqtt_shutdown_timeout", undelivered=len(self._buffer))
+            task.cancel()
+        await task_group.__aexit__(exc_type, exc, tb)
+        return None
+
+    # -- background tasks --------------------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        """Connect, serve, and reconnect with backoff until closing. Never raises."""
+        while not self._closing.is_set():
+            try:
+                await self._serve_one_connection()
+            except Exception as exc:  # every failure means "try again later"
+                self._log.warning("mqtt_connection_failed", error=_describe(exc))
+            finally:
+                self._connected.clear()
+            if self._closing.is_set():
+                break
+            delay = self._backoff.next_delay()
+            self._log.info(
+                "mqtt_reconnect_scheduled",
+                delay_s=round(delay, 3),
+                attempt=self._backoff.attempt,
+                queued=len(self._buffer),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), timeout=delay)
+
+    def _client(self) -> aiomqtt.Client:
+        broker = self._settings.broker
+        will = aiomqtt.Will(
+            topic=self._topics.node_status_topic,
+            payload=_encode(
+                node_status_payload(
+                    node=self._topics.node,
+                    status="offline",
+                    timestamp=self._clock(),
+                    reason="connection_lost",
+                )
+            ),
+            qos=QOS,
+            retain=True,
+        )
+        return aiomqtt.Client(
+            broker.host,
+            broker.port,
+            username=broker.username,
+            password=broker.password,
+            identifier=f"gateway-{self._topics.node}",
+            will=will,
+            clean_session=True,
+            keepalive=self._settings.keepalive,
+            timeout=self._settings.operation_timeout,
+            tls_context=self._settings.tls_context(),
+        )
+
+    async def _serve_one_connection(self) -> None:
+        async with self._client() as client:
+            self._backoff.reset()
+            self._connected.set()
+            self._log.info(
+                "mqtt_connected",
+                host=self._settings.broker.host,
+                port=self._settings.broker.port,
+                queued=len(self._buffer),
+                dropped=self._buffer.dropped,
+            )
+            await self._publish_status(client, "online")
+            if self._on_command is not None:
+                await client.subscribe(self._topics.presence_set_filter, qos=QOS)
+            async with asyncio.TaskGroup() as connection_tasks:
+                receiver = connection_tasks.create_task(
+                    self._receive_commands(client), name="mqtt-commands"
+                )
+                sender = connection_tasks.create_task(
+                    self._send_buffered(client), name="mqtt-publish"
+                )
+                sender.add_done_callback(lambda _: receiver.cancel())
+            # Only reached when closing with the buffer drained: say goodbye ourselves, as
+            # a clean DISCONNECT discards the last will.
+            await self._publish_status(client, "offline", reason="shutdown")
+            self._log.info("mqtt_disconnecting", published=self._buffer.published)
+
+    async def _publish_status(
+        self, client: aiomqtt.Client, status: str, *, reason: str | None = None
+    ) -> None:
+        dropped = self._buffer.dropped
+        payload = node_status_payload(
+            node=self._topics.node,
+            status=status,
+            timestamp=self._clock(),
+            dropped_events=dropped if dropped else None,
+            reason=reason,
+        )
+        await client.publish(self._topics.node_status_topic, _encode(payload), qos=QOS, retain=True)
+        self._reported_dropped = dropped
+
+    async def _send_buffered(self, client: aiomqtt.Client) -> None:
+        """Drain the buffer in pipelined QoS 1 batches; return when closing and empty."""
+        while True:
+            batch = self._buffer.take(self._settings.in_flight)
+            if not batch:
+                if self._buffer.dropped != self._reported_dropped:
+                    await self._publish_status(client, "online")
+                if self._closing.is_set():
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                if len(batch) == 1:
+                    await _publish_one(client, batch[0])
+                else:
+                    # Tasks start in creation order and each hands its PUBLISH to paho
+                    # before its first await, so the wire order is the buffer order.
+                    async with asyncio.TaskGroup() as batch_tasks:
+                        for item in batch:
+                            batch_tasks.create_task(_publish_one(client, item))
+            except BaseException:
+                self._buffer.requeue()
+                raise
+            self._buffer.ack()
+            self._overflowing = False
+
+    async def _receive_commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self._handle_command(str(message.topic), message.payload, retained=message.retain)
+
+    def _handle_command(self, topic: str, raw: object, *, retained: bool) -> None:
+        """Check one presence command and pass it on; log and ignore anything wrong."""
+        agent = self._topics.agent_from_set_topic(topic)
+        if agent is None:
+            self._log.warning("mqtt_unexpected_topic", topic=topic)
+            return
+        if retained:
+            # A retained command would be replayed on every reconnect: never act on one.
+            self._log.warning("presence_command_ignored", agent=agent, error="retained")
+            return
+        payload = _decode_command(raw)
+        if isinstance(payload, str):
+            self._log.warning("presence_command_ignored", agent=agent, error=payload)
+            return
+        status = payload["status"]
+        if self._on_command is None:
+            return
+        try:
+            self._on_command(agent, status, payload)
+        except Exception:
+            self._log.exception("presence_command_handler_failed", agent=agent, status=status)
+
+
+async def _publish_one(client: aiomqtt.Client, item: _Outgoing) -> None:
+    await client.publish(item.topic, item.payload, qos=QOS, retain=item.retain)
+
+
+def _decode_command(raw: object) -> dict[str, Any] | str:
+    """The checked command (see ``presence-set.v1.json``), or why it was refused."""
+    if not isinstance(raw, bytes | bytearray):
+        return "payload is not bytes"
+    if len(raw) > MAX_COMMAND_BYTES:
+        return f"payload larger than {MAX_COMMAND_BYTES} bytes"
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        return f"payload is not JSON: {exc}"
+    if not isinstance(payload, dict):
+        return "payload is not a JSON object"
+    version = payload.get("version", 1)
+    if version != 1 or isinstance(version, bool):
+        return f"unsupported version {version!r}"
+    status = payload.get("status")
+    if status not in AGENT_SETTABLE_STATUSES:
+        return (
+            f"status {status!r} cannot be set by an agent "
+            f"(allowed: {', '.join(AGENT_SETTABLE_STATUSES)})"
+        )
+    reason = payload.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        return "reason is not a string"
+    return payload
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the log, flattening exception groups from the task groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,195 @@
+"""The presence service: the state machines of every agent, persisted and published.
+
+Sits at the edge: the decisions are :class:`~gateway.presence.state.AgentPresence`'s; this
+class feeds it, writes each change to the store (in order, without blocking the caller)
+and publishes it on the agent's retained MQTT topic (SPEC R-4, M-1). Listeners (the queue
+dispatcher) are told synchronously after each change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from gateway.events.ports import Publisher, Topics
+from gateway.presence.state import CHOOSABLE, AgentPresence, PresenceChanged, Status
+from gateway.stores.ports import PresenceRecord, PresenceStore
+
+__all__ = ["PresenceService", "presence_payload"]
+
+log = structlog.get_logger("gateway.presence")
+
+Listener = Callable[[PresenceChanged], None]
+
+
+def presence_payload(change: PresenceChanged, node: str) -> dict[str, Any]:
+    """The retained ``.../agents/<id>/presence`` payload, schema presence.v1."""
+    return {
+        "version": 1,
+        "agent": change.agent_id,
+        "status": str(change.status),
+        "previous": str(change.previous),
+        "reason": change.reason,
+        "timestamp": datetime.fromtimestamp(change.at, UTC).isoformat().replace("+00:00", "Z"),
+        "node": node,
+    }
+
+
+class PresenceService:
+    """Presence of every configured agent."""
+
+    def __init__(
+        self,
+        capacities: dict[str, int],
+        store: PresenceStore,
+        publisher: Publisher,
+        topics: Topics,
+        node: str,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self.agents: dict[str, AgentPresence] = {
+            agent_id: AgentPresence(agent_id, capacity=capacity)
+            for agent_id, capacity in capacities.items()
+        }
+        self.store = store
+        self.publisher = publisher
+        self.topics = topics
+        self.node = node
+        self.wall_clock = wall_clock
+        self.listeners: list[Listener] = []
+        self._writes: asyncio.Queue[PresenceRecord] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the chosen statuses from the store and start the ordered writer."""
+        for record in await self.store.all():
+            agent = self.agents.get(record.agent_id)
+            if agent is None:
+                continue
+            try:
+                chosen = Status(record.chosen)
+            except ValueError:
+                continue
+            if chosen in CHOOSABLE:
+                agent.chosen = chosen
+            # the emergency flag is never restored: a crash cannot leave DND behind (E-5)
+        self._writer = asyncio.create_task(self._write_loop(), name="presence-writer")
+        now = self.wall_clock()
+        for agent in self.agents.values():
+            self._publish_state(agent, "gateway started", now)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writes.join()
+            self._writer.cancel()
+
+    async def _write_loop(self) -> None:
+        while True:
+            record = await self._writes.get()
+            try:
+                await self.store.put(record)
+            except Exception:
+                log.exception("presence_store_failed", agent=record.agent_id)
+            finally:
+                self._writes.task_done()
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def choose(self, agent_id: str, status: Status, reason: str = "agent") -> bool:
+        """An agent's desktop asks for ``status``; False when the agent or status is unknown."""
+        agent = self.agents.get(agent_id)
+        if agent is None or status not in CHOOSABLE:
+            return False
+        change = agent.choose(status, self.wall_clock(), reason)
+        self._after(agent, change, persist=True)
+        return True
+
+    def set_registered(self, agent_id: str, registered: bool) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is not None and agent.registered != registered:
+            self._after(agent, agent.set_registered(registered, self.wall_clock()))
+
+    def call_started(self, agent_id: str) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            self._after(agent, agent.call_started(self.wall_clock()))
+
+    def call_ended(self, agent_id: str) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            self._after(agent, agent.call_ended(self.wall_clock()), notify_always=True)
+
+    def emergency_started(self, agent_id: str) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            self._after(agent, agent.emergency_started(self.wall_clock()), persist=True)
+
+    def emergency_ended(self, agent_id: str) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            self._after(agent, agent.emergency_ended(self.wall_clock()), persist=True)
+
+    def status(self, agent_id: str) -> Status | None:
+        agent = self.agents.get(agent_id)
+        return None if agent is None else agent.effective
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def _after(
+        self,
+        agent: AgentPresence,
+        change: PresenceChanged | None,
+        *,
+        persist: bool = False,
+        notify_always: bool = False,
+    ) -> None:
+        if change is not None:
+            log.info(
+                "presence_changed",
+                agent=agent.agent_id,
+                status=str(change.status),
+                previous=str(change.previous),
+                reason=change.reason,
+            )
+            self.publisher.publish(
+                self.topics.presence_suffix(agent.agent_id),
+                presence_payload(change, self.node),
+                retain=True,
+            )
+        if change is not None or persist:
+            self._writes.put_nowait(self._record(agent, change))
+        if change is not None or notify_always:
+            event = change or PresenceChanged(
+                agent.agent_id, agent.effective, agent.effective, "idle", self.wall_clock()
+            )
+            for listener in self.listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("presence_listener_failed")
+
+    def _publish_state(self, agent: AgentPresence, reason: str, now: float) -> None:
+        agent.effective = agent.derive()
+        change = PresenceChanged(agent.agent_id, agent.effective, agent.effective, reason, now)
+        self.publisher.publish(
+            self.topics.presence_suffix(agent.agent_id),
+            presence_payload(change, self.node),
+            retain=True,
+        )
+
+    def _record(self, agent: AgentPresence, change: PresenceChanged | None) -> PresenceRecord:
+        return PresenceRecord(
+            agent_id=agent.agent_id,
+            chosen=str(agent.chosen),
+            effective=str(agent.effective),
+            previous=str(change.previous) if change is not None else None,
+            reason=change.reason if change is not None else "",
+            updated_at=self.wall_clock(),
+            saved_before_emergency=str(agent.chosen) if agent.emergency_calls else None,
+        )

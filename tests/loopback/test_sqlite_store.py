@@ -1,0 +1,224 @@
+"""The SQLite store on real files: restart, abrupt process end, migrations, two connections.
+
+Two :class:`SqliteDatabase` objects on one file have two threads and two connections, which
+is what two processes sharing the file would have; the atomic ``reserve`` must hold there
+too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.stores import (
+    Binding,
+    Cdr,
+    PresenceRecord,
+    StoreError,
+    open_stores,
+)
+from gateway.stores.sqlite import (
+    MIGRATIONS,
+    Migration,
+    SqliteCdrStore,
+    SqliteDatabase,
+    _split_statements,
+)
+
+pytestmark = pytest.mark.loopback
+
+NOW = 1_700_000_000.0
+TTL = 3600.0
+POOL = ["+15550000001", "+15550000002"]
+
+BINDING = Binding(
+    agent_id="alice",
+    contact_uri="sip:alice@192.0.2.10:5060;transport=tcp",
+    expires_at=NOW + 300,
+    call_id="reg-1",
+    cseq=3,
+    source="tcp:192.0.2.10:40001",
+    user_agent="Softphone/1.0",
+    q=0.7,
+    instance='"<urn:uuid:00000000-0000-0000-0000-000000000001>"',
+)
+PRESENCE = PresenceRecord(
+    agent_id="alice",
+    chosen="Available",
+    effective="DoNotDisturb",
+    previous="Available",
+    reason="emergency",
+    updated_at=NOW,
+    saved_before_emergency="Available",
+)
+CDR = Cdr(
+    call_id="c-1",
+    direction="outbound",
+    caller="alice",
+    callee="+15550009999",
+    queue=None,
+    agent="alice",
+    route="trunk-a",
+    started_at=NOW,
+    answered_at=None,
+    ended_at=NOW + 30,
+    result="busy",
+)
+
+
+async def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
+    async with await open_stores("sqlite", tmp_path) as stores:
+        await stores.registrations.put(BINDING)
+        await stores.presence.put(PRESENCE)
+        await stores.cdrs.add(CDR)
+        reservation, _ = await stores.reservations.reserve(
+            "alice", POOL, NOW, TTL, "e-1", test=True
+        )
+    async with await open_stores("sqlite", tmp_path) as stores:
+        assert await stores.registrations.bindings("alice", NOW) == [BINDING]
+        assert await stores.presence.get("alice") == PRESENCE
+        assert await stores.cdrs.recent(5) == [CDR]
+        assert await stores.reservations.lookup(POOL[0], NOW) == reservation
+        renewed, reused = await stores.reservations.reserve(
+            "alice", POOL, NOW + 60, TTL, "e-2", test=False
+        )
+        assert (renewed.did, reused) == (POOL[0], False)
+
+
+CRASHING_WRITER = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from pathlib import Path
+    from gateway.stores import Binding, PresenceRecord, open_stores
+
+    async def main() -> None:
+        stores = await open_stores("sqlite", Path(sys.argv[1]))
+        await stores.presence.put(PresenceRecord(
+            "alice", "Away", "DoNotDisturb", "Away", "emergency", 1.0, "Away"))
+        await stores.reservations.reserve("alice", ["+15550000001"], 1.0, 3600.0, "e-1", False)
+        for n in range(50):
+            await stores.registrations.put(Binding(
+                f"agent-{n}", f"sip:agent-{n}@192.0.2.1", 100.0, "r", 1, "udp:192.0.2.1:5060",
+                "ua", 1.0, None))
+        print("written", flush=True)
+        os._exit(0)  # no close, no checkpoint, no atexit: like kill -9 after the writes
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_committed_writes_survive_an_abrupt_process_end(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING_WRITER,
+        str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert stdout == b"written\n"
+    # The writes are still in the WAL: the writer never checkpointed.
+    assert (tmp_path / "gateway.sqlite3-wal").stat().st_size > 0
+    async with await open_stores("sqlite", tmp_path) as stores:
+        saved = await stores.presence.get("alice")
+        assert saved is not None and saved.saved_before_emergency == "Away"
+        reservation = await stores.reservations.lookup("+15550000001", 2.0)
+        assert reservation is not None and reservation.agent_id == "alice"
+        assert len(await stores.registrations.all_bindings(0.0)) == 50
+
+
+def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return list(conn.execute(sql).fetchall())
+
+
+async def test_schema_version_table_describes_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "gw.sqlite3"
+    for _ in range(2):  # reopening applies nothing twice
+        database = await SqliteDatabase.open(path)
+        await database.close()
+    rows = _rows(path, "SELECT version, description, applied_at FROM schema_version")
+    assert [(v, d) for v, d, _ in rows] == [(1, MIGRATIONS[0].description)]
+    applied_at = rows[0][2]
+    assert isinstance(applied_at, float) and applied_at > NOW
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gw.sqlite3"
+    await (await SqliteDatabase.open(path)).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99, 'from the future', 0)")
+    with pytest.raises(StoreError, match="newer"):
+        await SqliteDatabase.open(path)
+
+
+async def test_a_failing_migration_leaves_the_schema_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "gw.sqlite3"
+    await (await SqliteDatabase.open(path)).close()
+    broken = (*MIGRATIONS, Migration("broken", "CREATE TABLE half (a); SELECT * FROM missing;"))
+    with pytest.raises(sqlite3.OperationalError):
+        await SqliteDatabase.open(path, migrations=broken)
+    assert _rows(path, "SELECT max(version) FROM schema_version") == [(1,)]
+    assert _rows(path, "SELECT name FROM sqlite_master WHERE name = 'half'") == []
+
+
+async def test_a_later_migration_is_applied_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "gw.sqlite3"
+    await (await SqliteDatabase.open(path)).close()
+    trigger = Migration(
+        "cdr audit trigger",
+        """
+        CREATE TABLE cdr_audit (call_id TEXT);
+        CREATE TRIGGER cdr_audit_insert AFTER INSERT ON cdrs BEGIN
+            INSERT INTO cdr_audit (call_id) VALUES (new.call_id);
+        END;
+        """,
+    )
+    database = await SqliteDatabase.open(path, migrations=(*MIGRATIONS, trigger))
+    try:
+        assert database.schema_version == 2
+        await SqliteCdrStore(database).add(CDR)
+    finally:
+        await database.close()
+    assert _rows(path, "SELECT call_id FROM cdr_audit") == [("c-1",)]
+    # A gateway that only knows version 1 must refuse the version 2 file.
+    with pytest.raises(StoreError, match="newer"):
+        await open_stores(f"sqlite://{path}", tmp_path)
+
+
+def test_split_statements_keeps_trigger_bodies_whole() -> None:
+    script = "CREATE TABLE a (x); CREATE TRIGGER t AFTER INSERT ON a BEGIN SELECT 1; END; ;"
+    assert list(_split_statements(script)) == [
+        "CREATE TABLE a (x);",
+        " CREATE TRIGGER t AFTER INSERT ON a BEGIN SELECT 1; END;",
+    ]
+    with pytest.raises(StoreError, match="incomplete"):
+        list(_split_statements("CREATE TRIGGER u AFTER INSERT ON a BEGIN SELECT 1;"))
+
+
+async def test_two_connections_never_hand_out_the_same_did(tmp_path: Path) -> None:
+    first = await open_stores("sqlite", tmp_path)
+    second = await open_stores("sqlite", tmp_path)
+    try:
+        pool = [f"+1555300{n:04d}" for n in range(80)]
+        calls = [
+            (first if n % 2 else second).reservations.reserve(
+                f"agent-{n}", pool, NOW, TTL, f"call-{n}", False
+            )
+            for n in range(80)
+        ]
+        results = await asyncio.gather(*calls)
+        assert len({r.did for r, _ in results}) == 80
+        assert not any(reused for _, reused in results)
+    finally:
+        await first.close()
+        await second.close()
