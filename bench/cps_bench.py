@@ -148,8 +148,16 @@ def rss_mb(pid: int) -> float | None:
 class Child:
     """A child process reaped with wait4, so that its CPU time (rusage) is known."""
 
-    def __init__(self, command: list[str], cwd: Path, output: Path, env: dict[str, str] | None = None,
-                 stderr: Path | None = None) -> None:  # fmt: skip
+    started_children: list[Child] = []
+
+    def __init__(
+        self,
+        command: list[str],
+        cwd: Path,
+        output: Path,
+        env: dict[str, str] | None = None,
+        stderr: Path | None = None,
+    ) -> None:
         self.command = command
         out = output.open("wb")
         err = stderr.open("wb") if stderr is not None else None
@@ -167,6 +175,7 @@ class Child:
             if err is not None:
                 err.close()
         self.pid = self.popen.pid
+        Child.started_children.append(self)
         self.started = time.monotonic()
         self.ended: float | None = None
         self.returncode: int | None = None
@@ -368,8 +377,9 @@ class Gateway:
                 return
             time.sleep(0.1)
         self.child.stop(soft=signal.SIGTERM)
-        raise RuntimeError(f"gateway did not answer OPTIONS with 200 (last: {answer})\n"
-                           + self.log_tail(30))  # fmt: skip
+        raise RuntimeError(
+            f"gateway did not answer OPTIONS with 200 (last: {answer})\n" + self.log_tail(30)
+        )
 
     def log_lines(self) -> list[str]:
         lines: list[str] = []
@@ -420,8 +430,10 @@ class Step:
     directory: str = ""
 
 
-def sipp_common(directory: Path, role: str, port: int, transport: str, calls: int,
-                timeout_s: float) -> list[str]:  # fmt: skip
+def sipp_common(
+    directory: Path, role: str, port: int, transport: str, calls: int, timeout_s: float
+) -> list[str]:
+    # fmt: off
     return [
         "-i", HOST, "-p", str(port), "-t", "t1" if transport == "tcp" else "u1",
         "-m", str(calls),
@@ -431,41 +443,52 @@ def sipp_common(directory: Path, role: str, port: int, transport: str, calls: in
         "-trace_stat", "-stf", str(directory / f"{role}_stat.csv"), "-fd", "1",
         "-trace_err", "-error_file", str(directory / f"{role}_errors.log"),
         "-trace_screen", "-screen_file", str(directory / f"{role}_screen.log"),
-    ]  # fmt: skip
+    ]
+    # fmt: on
 
 
-def run_step(setup: str, rate: int, args: argparse.Namespace, directory: Path, target_port: int,
-             uas_port: int, gateway: Gateway | None) -> Step:  # fmt: skip
+def run_step(
+    setup: str,
+    rate: int,
+    args: argparse.Namespace,
+    directory: Path,
+    target_port: int,
+    uas_port: int,
+    gateway: Gateway | None,
+) -> Step:
     directory.mkdir(parents=True, exist_ok=True)
     calls = max(1, round(rate * args.step_seconds))
     step = Step(setup=setup, rate=rate, calls=calls, directory=str(directory))
     uac_timeout = args.step_seconds + 20.0
     sipp = args.sipp
 
-    uas = Child(
-        [sipp, "-sf", str(UAS_SCENARIO_TCP if args.transport == "tcp" else UAS_SCENARIO),
-         *sipp_common(directory, "uas", uas_port, args.transport, calls, uac_timeout + 10.0)],
-        directory, directory / "uas_output.log",
-    )  # fmt: skip
+    uas_scenario = UAS_SCENARIO_TCP if args.transport == "tcp" else UAS_SCENARIO
+    uas_command = [
+        sipp, "-sf", str(uas_scenario),
+        *sipp_common(directory, "uas", uas_port, args.transport, calls, uac_timeout + 10.0),
+    ]  # fmt: skip
+    uas = Child(uas_command, directory, directory / "uas_output.log")
     deadline = time.monotonic() + 5.0
     while not port_bound_by(uas.pid, uas_port, args.transport):
         if not uas.running or time.monotonic() > deadline:
             uas.stop()
-            raise RuntimeError(f"SIPp uas did not bind {args.transport} {HOST}:{uas_port}; "
-                               f"see {directory / 'uas_output.log'}")  # fmt: skip
+            raise RuntimeError(
+                f"SIPp uas did not bind {args.transport} {HOST}:{uas_port}; "
+                f"see {directory / 'uas_output.log'}"
+            )
         time.sleep(0.02)
 
     gw_pid = gateway.child.pid if gateway is not None else None
     log_before = len(gateway.log_lines()) if gateway is not None else 0
-    uac = Child(
-        [sipp, f"{HOST}:{target_port}", "-sf", str(UAC_SCENARIO),
-         *sipp_common(directory, "uac", free_port(), args.transport, calls, uac_timeout),
-         "-r", str(rate), "-rp", "1000",
-         "-recv_timeout", "5000",
-         "-trace_rtt", "-rtt_freq", "1"],
-        directory, directory / "uac_output.log",
-    )  # fmt: skip
+    uac_command = [
+        sipp, f"{HOST}:{target_port}", "-sf", str(UAC_SCENARIO),
+        *sipp_common(directory, "uac", free_port(), args.transport, calls, uac_timeout),
+        "-r", str(rate), "-rp", "1000",
+        "-recv_timeout", "5000",
+        "-trace_rtt", "-rtt_freq", "1",
+    ]  # fmt: skip
     ticks_before = cpu_ticks(gw_pid) if gw_pid is not None else None
+    uac = Child(uac_command, directory, directory / "uac_output.log")
     if uac.wait(uac_timeout + HARD_MARGIN_S) is None:
         uac.stop(grace=2.0)
     ticks_after = cpu_ticks(gw_pid) if gw_pid is not None else None
@@ -518,10 +541,7 @@ def run_step(setup: str, rate: int, args: argparse.Namespace, directory: Path, t
     # achieved rate: successful calls over the span in which they were set up (first to
     # last 200 OK, SIPp's clock) plus one call period, so a schedule kept exactly gives
     # the requested rate; falls back to the uac's wall time
-    if len(samples) >= 2:
-        span = (samples[-1][0] - samples[0][0]) / 1000.0 + 1.0 / rate
-    else:
-        span = wall
+    span = (samples[-1][0] - samples[0][0]) / 1000.0 + 1.0 / rate if len(samples) >= 2 else wall
     step.achieved_cps = round(step.successful / span, 1) if span > 0 else 0.0
 
     if not uac_stats:
@@ -548,7 +568,7 @@ def run_step(setup: str, rate: int, args: argparse.Namespace, directory: Path, t
 def default_rates(max_rate: int) -> list[int]:
     """100..1000 by 100, then 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000, ...: up to
     ``max_rate`` (which is always the last step when it is not on the ladder)."""
-    rates = list(range(100, 1001, 100)) + [1500, 2000, 3000, 4000, 5000, 6000, 8000]
+    rates = [*range(100, 1001, 100), 1500, 2000, 3000, 4000, 5000, 6000, 8000]
     rate = 10000
     while rate <= max_rate:
         rates.append(rate)
@@ -570,21 +590,26 @@ def slow_bursts(directory: Path, threshold_ms: float, gap_ms: float = 100.0) -> 
             bursts[-1].append((date, value))
         else:
             bursts.append([(date, value)])
-    return [
-        f"t={burst[0][0] / 1000.0:6.2f} s: {len(burst):4d} calls, worst {max(v for _, v in burst):g} ms"
-        for burst in bursts
-    ]
+    lines = []
+    for burst in bursts:
+        worst = max(value for _, value in burst)
+        lines.append(f"t={burst[0][0] / 1000.0:6.2f} s: {len(burst):4d} calls, worst {worst:g} ms")
+    return lines
 
 
 def diagnose(step: Step, gateway: Gateway | None, threshold_ms: float) -> str:
     """Evidence for a step that did not pass: SIPp screens, error logs, gateway log."""
     directory = Path(step.directory)
-    parts = [f"--- {step.setup} @ {step.rate} cps did not pass: {'; '.join(step.reasons)}",
-             f"    files: {directory}"]  # fmt: skip
+    parts = [
+        f"--- {step.setup} @ {step.rate} cps did not pass: {'; '.join(step.reasons)}",
+        f"    files: {directory}",
+    ]
     bursts = slow_bursts(directory, threshold_ms / 2)
     if bursts:
-        parts.append(f"--- set-ups >= {threshold_ms / 2:g} ms, grouped in time (t = uac clock): "
-                     f"{len(bursts)} groups")  # fmt: skip
+        parts.append(
+            f"--- set-ups >= {threshold_ms / 2:g} ms, grouped in time (t = uac clock): "
+            f"{len(bursts)} groups"
+        )
         parts += ["    " + line for line in bursts[:20]]
     for role in ("uac", "uas"):
         parts.append(f"--- {role} scenario screen")
@@ -600,7 +625,9 @@ def diagnose(step: Step, gateway: Gateway | None, threshold_ms: float) -> str:
     return "\n".join(parts)
 
 
-def run_setup(setup: str, rates: list[int], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run_setup(
+    setup: str, rates: list[int], args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
     uas_port = free_port()
     gateway: Gateway | None = None
     directory = workdir / ("gateway" if setup == "gateway" else "sipp-sipp")
@@ -608,13 +635,18 @@ def run_setup(setup: str, rates: list[int], args: argparse.Namespace, workdir: P
     diagnosis = ""
     try:
         if setup == "gateway":
-            gateway = Gateway(directory, free_port(), uas_port, args.transport)
-            target = gateway.port
+            try:
+                gateway = Gateway(directory, free_port(), uas_port, args.transport)
+            except RuntimeError as exc:
+                print(f"  [gateway] did not start: {exc}", flush=True)
+                rates, diagnosis = [], f"--- gateway did not start: {exc}"
+            target = gateway.port if gateway is not None else 0
         else:
             target = uas_port
         for rate in rates:
-            step = run_step(setup, rate, args, directory / f"{rate:05d}cps", target, uas_port,
-                            gateway)  # fmt: skip
+            step = run_step(
+                setup, rate, args, directory / f"{rate:05d}cps", target, uas_port, gateway
+            )
             steps.append(step)
             print(format_progress(step), flush=True)
             if not step.passed:
@@ -631,7 +663,7 @@ def run_setup(setup: str, rates: list[int], args: argparse.Namespace, workdir: P
         "sustained_cps": best.rate if best else 0,
         "sustained_achieved_cps": best.achieved_cps if best else 0.0,
         "sustained_p99_ms": best.p99_ms if best else None,
-        "limit_reached": bool(steps) and not steps[-1].passed,
+        "limit_reached": bool(diagnosis) or (bool(steps) and not steps[-1].passed),
         "gateway_exit": exit_code,
         "diagnosis": diagnosis,
         "directory": str(directory),
@@ -652,24 +684,49 @@ def _pct(value: float | None) -> str:
 def format_progress(step: Step) -> str:
     verdict = "ok" if step.passed else "FAIL: " + "; ".join(step.reasons)
     gw = f" gw CPU {_pct(step.gateway_cpu_pct)}%" if step.gateway_cpu_pct is not None else ""
-    return (f"  [{step.setup}] {step.rate} cps: {step.successful}/{step.calls} ok, "
-            f"p50/p99 {_ms(step.p50_ms)}/{_ms(step.p99_ms)} ms,{gw} {verdict}")  # fmt: skip
+    return (
+        f"  [{step.setup}] {step.rate} cps: {step.successful}/{step.calls} ok, "
+        f"p50/p99 {_ms(step.p50_ms)}/{_ms(step.p99_ms)} ms,{gw} {verdict}"
+    )
 
 
-HEADER = ("rate", "achieved", "ok", "failed", "uas-fail", "retrans", "p50", "p99", "max",
-          "gw CPU%", "uac CPU%", "uas CPU%", "verdict")  # fmt: skip
+HEADER = (
+    "rate",
+    "achieved",
+    "ok",
+    "failed",
+    "uas-fail",
+    "retrans",
+    "p50",
+    "p99",
+    "max",
+    "gw CPU%",
+    "uac CPU%",
+    "uas CPU%",
+    "verdict",
+)
 
 
 def table(result: dict[str, Any]) -> str:
     rows = [HEADER]
     for s in result["steps"]:
-        rows.append((
-            str(s["rate"]), f"{s['achieved_cps']:.1f}", str(s["successful"]), str(s["failed"]),
-            str(s["uas_failed"]), str(s["retransmissions"]), _ms(s["p50_ms"]),
-            _ms(s["p99_ms"]), _ms(s["max_ms"]), _pct(s["gateway_cpu_pct"]),
-            _pct(s["uac_cpu_pct"]), _pct(s["uas_cpu_pct"]),
-            "ok" if s["passed"] else "FAIL",
-        ))  # fmt: skip
+        rows.append(
+            (
+                str(s["rate"]),
+                f"{s['achieved_cps']:.1f}",
+                str(s["successful"]),
+                str(s["failed"]),
+                str(s["uas_failed"]),
+                str(s["retransmissions"]),
+                _ms(s["p50_ms"]),
+                _ms(s["p99_ms"]),
+                _ms(s["max_ms"]),
+                _pct(s["gateway_cpu_pct"]),
+                _pct(s["uac_cpu_pct"]),
+                _pct(s["uas_cpu_pct"]),
+                "ok" if s["passed"] else "FAIL",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -704,11 +761,20 @@ def code_revision() -> str:
     """``git describe``-like tag of the code measured: commit, plus "+dirty" if gateway/
     has uncommitted changes."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT,
-                              capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway"],
-                               cwd=PROJECT_ROOT, capture_output=True, text=True,
-                               timeout=5).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gateway"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head or "unknown") + ("+dirty" if dirty else "")
@@ -716,20 +782,32 @@ def code_revision() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-rate", type=int, default=10000,
-                        help="highest rate tried, calls/s (default 10000)")  # fmt: skip
-    parser.add_argument("--step-seconds", type=float, default=6.0,
-                        help="length of each step: rate * this many calls (default 6)")  # fmt: skip
-    parser.add_argument("--rates", default="",
-                        help="comma-separated rates instead of the default ladder")  # fmt: skip
+    parser.add_argument(
+        "--max-rate", type=int, default=10000, help="highest rate tried, calls/s (default 10000)"
+    )
+    parser.add_argument(
+        "--step-seconds",
+        type=float,
+        default=6.0,
+        help="length of each step: rate * this many calls (default 6)",
+    )
+    parser.add_argument(
+        "--rates", default="", help="comma-separated rates instead of the default ladder"
+    )
     parser.add_argument("--transport", choices=("udp", "tcp"), default="udp")
-    parser.add_argument("--p99-limit-ms", type=float, default=50.0,
-                        help="a step passes only with set-up p99 below this (default 50)")  # fmt: skip
-    parser.add_argument("--setups", default="gateway,sipp",
-                        help="which set-ups to run: gateway,sipp (default both)")  # fmt: skip
+    parser.add_argument(
+        "--p99-limit-ms",
+        type=float,
+        default=50.0,
+        help="a step passes only with set-up p99 below this, ms (default 50)",
+    )
+    parser.add_argument(
+        "--setups", default="gateway,sipp", help="which set-ups to run: gateway,sipp (default both)"
+    )
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
-    parser.add_argument("--workdir", type=Path,
-                        help="where run files go (default: a new directory in /tmp)")  # fmt: skip
+    parser.add_argument(
+        "--workdir", type=Path, help="where run files go (default: a new directory in /tmp)"
+    )
     args = parser.parse_args(argv)
 
     sipp = shutil.which("sipp") or ("/usr/bin/sipp" if Path("/usr/bin/sipp").exists() else None)
@@ -748,29 +826,46 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     revision = code_revision()
-    print(f"cps bench: gateway code {revision}; transport {args.transport}, {args.step_seconds:g} s per step, rates "
-          f"{rates[0]}..{rates[-1]} calls/s, pass = 0 failed and set-up p99 < "
-          f"{args.p99_limit_ms:g} ms; {os.cpu_count()} CPUs; files in {workdir}", flush=True)  # fmt: skip
+    print(
+        f"cps bench: gateway code {revision}; transport {args.transport}, "
+        f"{args.step_seconds:g} s per step, rates {rates[0]}..{rates[-1]} calls/s, pass = 0 "
+        f"failed and set-up p99 < {args.p99_limit_ms:g} ms; {os.cpu_count()} CPUs; "
+        f"files in {workdir}",
+        flush=True,
+    )
     results: dict[str, dict[str, Any]] = {}
-    empty: dict[str, Any] = {"steps": [], "sustained_cps": 0, "sustained_p99_ms": None,
-                             "sustained_achieved_cps": 0.0, "limit_reached": False,
-                             "diagnosis": ""}  # fmt: skip
-    for setup in ("gateway", "sipp"):
-        if setup in setups:
-            name = "gateway" if setup == "gateway" else "sipp->sipp"
-            print(f"{name}:", flush=True)
-            results[setup] = run_setup(setup, rates, args, workdir)
-            results[setup]["setup"] = name
-        else:
-            results[setup] = {**empty, "setup": setup}
+    empty: dict[str, Any] = {
+        "steps": [],
+        "sustained_cps": 0,
+        "sustained_p99_ms": None,
+        "sustained_achieved_cps": 0.0,
+        "limit_reached": False,
+        "diagnosis": "",
+    }
+    try:
+        for setup in ("gateway", "sipp"):
+            if setup in setups:
+                name = "gateway" if setup == "gateway" else "sipp->sipp"
+                print(f"{name}:", flush=True)
+                results[setup] = run_setup(setup, rates, args, workdir)
+                results[setup]["setup"] = name
+            else:
+                results[setup] = {**empty, "setup": setup}
+    finally:
+        for child in Child.started_children:  # only on an error or Ctrl-C
+            if child.running:
+                child.stop(soft=signal.SIGTERM, grace=2.0)
 
     print()
     for setup in ("gateway", "sipp"):
         result = results[setup]
         if setup not in setups:
             continue
-        label = ("gateway (sipp uac -> gateway -> sipp uas)" if setup == "gateway"
-                 else "sipp->sipp (sipp uac -> sipp uas)")  # fmt: skip
+        label = (
+            "gateway (sipp uac -> gateway -> sipp uas)"
+            if setup == "gateway"
+            else "sipp->sipp (sipp uac -> sipp uas)"
+        )
         print(f"{label}, {args.transport}; set-up times in ms (SIPp response time 1)")
         print(table(result))
         print()

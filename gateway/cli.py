@@ -38,7 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     try:
-        asyncio.run(run_gateway(dialplan))
+        asyncio.run(run_gateway(dialplan, settings))
     except OSError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1

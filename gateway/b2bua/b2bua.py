@@ -181,6 +181,8 @@ class B2BUA:
         self.pump: Callable[[], None] = lambda: None
         #: the inbound queue dispatcher, when the dialplan has queues
         self.queues: QueuePort | None = None
+        #: out-of-dialog methods handled elsewhere (REGISTER: the registrar)
+        self.request_handlers: dict[str, Callable[[RequestReceived], None]] = {}
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -260,7 +262,10 @@ class B2BUA:
                 return
             self._on_in_dialog(leg, tx, request)
             return
-        if method == "INVITE":
+        handler = self.request_handlers.get(method)
+        if handler is not None:
+            handler(ev)
+        elif method == "INVITE":
             self._on_new_invite(tx, request, ev.source)
         elif method == "OPTIONS":
             self._respond(

@@ -130,6 +130,10 @@ class Call:
     agent: str | None = None
     #: the trunk an inbound call came from
     source_trunk: str | None = None
+    #: the first queue an inbound call waited in (kept for the call history)
+    history_queue: str | None = None
+    #: emergency calls and callbacks: no call history, no recording (SPEC E-9)
+    private: bool = False
 
     @property
     def current_hop(self) -> NextHop | None:

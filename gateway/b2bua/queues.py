@@ -112,6 +112,7 @@ class QueueManager:
         queued = QueuedCall(call, queue, priority, next(self._seq))
         self.waiting[call.id] = queued
         call.queue = queue
+        call.history_queue = call.history_queue or queue
         self._arm_wait_timer(queued)
         log.info("call_queued", call_id=call.id, queue=queue, priority=priority,
                  waiting=len(self.waiting))
@@ -157,6 +158,11 @@ class QueueManager:
 
     def _on_presence(self, change: PresenceChanged) -> None:
         self.dispatch()
+
+    def call_started(self, call: Call) -> None:
+        """An outbound call of an agent counts against its capacity (SPEC R-3, R-4)."""
+        if call.direction == "outbound" and call.agent is not None:
+            self.presence.call_started(call.agent)
 
     # -- dispatching -----------------------------------------------------------------------
 

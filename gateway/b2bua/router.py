@@ -1,31 +1,106 @@
-"""Routing of ordinary calls: the dialplan's ordered outbound rules to a trunk's gateways."""
+"""Where a new call goes: inbound from a trunk to a queue, outbound from an agent to a trunk.
+
+Theory of operation
+-------------------
+The source of an INVITE decides its direction (SPEC R-1, R-2, R-3):
+
+=====================================  =========================================
+source                                 decision
+=====================================  =========================================
+a trunk gateway's host:port, or a      inbound: the first ``inbound`` rule whose
+network in the trunk's inbound_from    ``match`` fits the DID -> that queue; else 404
+a network in registrar                 outbound without authentication (a lab)
+.unauthenticated_outbound_from
+anyone else                            must authenticate as an agent (407), then
+                                       outbound by the ``outbound`` rules
+=====================================  =========================================
+
+Outbound routing is the first matching outbound rule; its trunk's gateways become the hop
+list, tried in order by the B2BUA.
+"""
 
 from __future__ import annotations
 
-from gateway.b2bua.b2bua import RouteRefusal
+import ipaddress
+from collections.abc import Callable
+
+from gateway.b2bua.b2bua import Decision, Outbound, Queued, RouteRefusal
 from gateway.b2bua.call import NextHop
 from gateway.config.dialplan import Dialplan
 from gateway.sip.message import Request
 from gateway.sip.transaction import Address
 
-__all__ = ["DialplanRouter"]
+__all__ = ["Authenticator", "ContactCentreRouter", "DialplanRouter"]
+
+#: checks an agent's credentials on a request: the agent id, or the refusal to send (407)
+Authenticator = Callable[[Request], "str | RouteRefusal"]
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class DialplanRouter:
-    """First matching outbound rule wins; its trunk's gateways become the hop list (R-2)."""
+def _networks(items: tuple[str, ...]) -> list[_Network]:
+    return [ipaddress.ip_network(item, strict=False) for item in items]
 
-    def __init__(self, dialplan: Dialplan):
+
+def _in(host: str, networks: list[_Network]) -> bool:
+    if not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+class ContactCentreRouter:
+    """Inbound calls to queues, outbound calls by the outbound rules (see the table)."""
+
+    def __init__(self, dialplan: Dialplan, authenticate: Authenticator | None = None):
         self.dialplan = dialplan
+        self.authenticate = authenticate
+        self._trunk_by_address: dict[tuple[str, int], str] = {}
+        self._trunk_networks: list[tuple[str, list[_Network]]] = []
+        for name, trunk in dialplan.trunks.items():
+            for gw in trunk.gateways:
+                self._trunk_by_address.setdefault((gw.host, gw.port), name)
+            if trunk.inbound_from:
+                self._trunk_networks.append((name, _networks(trunk.inbound_from)))
+        self._open = _networks(dialplan.registrar.unauthenticated_outbound_from)
 
-    def route(
-        self, request: Request, dialled: str, source: Address
-    ) -> list[NextHop] | RouteRefusal:
+    def trunk_of(self, source: Address) -> str | None:
+        """The trunk a request from ``source`` belongs to, if any."""
+        name = self._trunk_by_address.get((source.host, source.port))
+        if name is not None:
+            return name
+        for trunk, networks in self._trunk_networks:
+            if _in(source.host, networks):
+                return trunk
+        return None
+
+    def route(self, request: Request, dialled: str, source: Address) -> Decision:
+        trunk = self.trunk_of(source)
+        if trunk is not None:
+            for rule in self.dialplan.inbound:
+                if rule.pattern.fullmatch(dialled):
+                    return Queued(rule.queue, rule.priority, trunk)
+            return RouteRefusal(404, "Not Found", f"no inbound rule matches {dialled[:64]}")
+        agent: str | None = None
+        if not _in(source.host, self._open):
+            if self.authenticate is None:
+                return RouteRefusal(403, "Forbidden", "unknown source and no agents to authenticate")
+            outcome = self.authenticate(request)
+            if isinstance(outcome, RouteRefusal):
+                return outcome
+            agent = outcome
+        return self.outbound(dialled, agent)
+
+    def outbound(self, dialled: str, agent: str | None) -> Decision:
         decision = self.dialplan.route(dialled)
         if decision is None:
             return RouteRefusal(404, "Not Found", f"no outbound rule matches {dialled[:64]}")
         trunk = decision.trunk
         codes = frozenset(trunk.failover_codes)
-        return [
+        hops = [
             NextHop(
                 trunk=decision.trunk_name,
                 address=Address(gw.transport, gw.host, gw.port),
@@ -35,3 +110,11 @@ class DialplanRouter:
             )
             for gw in trunk.gateways
         ]
+        return Outbound(hops, agent)
+
+
+class DialplanRouter(ContactCentreRouter):
+    """Outbound rules only, every source allowed: the relay of the SIP core's own tests."""
+
+    def route(self, request: Request, dialled: str, source: Address) -> Decision:
+        return self.outbound(dialled, None)

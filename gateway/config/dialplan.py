@@ -238,6 +238,19 @@ class Trunk(_Frozen):
     failover_codes: tuple[Annotated[int, Field(ge=300, le=699)], ...] = (408, 503, 504)
     provisional_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     trusted: bool = False
+    #: where this trunk's calls come from besides its gateways' own host:port: hosts or
+    #: networks (CIDR); a request from there is an inbound call, routed by ``inbound``
+    inbound_from: tuple[str, ...] = ()
+
+    @field_validator("inbound_from")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise _problem("network", f"{net!r} is not an IP address or network") from None
+        return value
 
 
 class OutboundRule(_Frozen):

@@ -34,6 +34,20 @@ class Settings(BaseSettings):
     """Lowest level written; accepts any case (``debug``)."""
     use_uvloop: bool = True
     """Run the asyncio loop on uvloop when it is installed."""
+    store: str = "sqlite"
+    """``sqlite`` (file in ``data_dir``), ``sqlite:///path``, or ``redis://host:port/db``."""
+    mqtt_url: str = ""
+    """Broker ``mqtt://[user:pass@]host:port`` or ``mqtts://...``; empty: start an embedded
+    broker on 127.0.0.1 (``mqtt_embedded_port``); ``off``: publish nothing."""
+    mqtt_ca_file: Path | None = None
+    """CA bundle for ``mqtts://`` (the system store when unset)."""
+    mqtt_prefix: str = "gateway"
+    """Topic prefix: ``<prefix>/agents/<agent>/presence`` and so on."""
+    mqtt_embedded_port: int = 1884
+    """Port of the embedded broker (the next free one when taken); 1884 so that a system
+    Mosquitto on 1883 is left alone."""
+    mqtt_buffer: int = 10_000
+    """Events kept while the broker is unreachable (the oldest dropped beyond)."""
 
     @field_validator("log_level", mode="before")
     @classmethod

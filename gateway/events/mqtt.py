@@ -30,7 +30,6 @@ retained ``offline`` status and disconnects cleanly, all within ``shutdown_timeo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import ssl
@@ -204,6 +203,7 @@ class MqttPublisher:
         self._wakeup = asyncio.Event()
         self._closing = asyncio.Event()
         self._connected = asyncio.Event()
+        self._retry_now = asyncio.Event()
         self._reported_dropped = 0
         self._overflowing = False
         self._task_group: asyncio.TaskGroup | None = None
@@ -257,8 +257,12 @@ class MqttPublisher:
         return self._topics
 
     async def wait_connected(self) -> None:
-        """Return once a broker connection is up (for start-up checks and tests)."""
+        """Return once connected, ``online`` published and commands subscribed."""
         await self._connected.wait()
+
+    def reconnect_now(self) -> None:
+        """Cut the current reconnect delay short and try at once (e.g. broker known back)."""
+        self._retry_now.set()
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -322,8 +326,20 @@ class MqttPublisher:
                 attempt=self._backoff.attempt,
                 queued=len(self._buffer),
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), timeout=delay)
+            await self._sleep_unless_woken(delay)
+
+    async def _sleep_unless_woken(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if closing or :meth:`reconnect_now` is called."""
+        waiters = {
+            asyncio.ensure_future(self._closing.wait()),
+            asyncio.ensure_future(self._retry_now.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            self._retry_now.clear()
 
     def _client(self) -> aiomqtt.Client:
         broker = self._settings.broker
@@ -340,7 +356,7 @@ class MqttPublisher:
             qos=QOS,
             retain=True,
         )
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             broker.host,
             broker.port,
             username=broker.username,
@@ -352,10 +368,16 @@ class MqttPublisher:
             timeout=self._settings.operation_timeout,
             tls_context=self._settings.tls_context(),
         )
+        # aiomqtt warns above this many unacknowledged calls; our batches are bounded.
+        client.pending_calls_threshold = self._settings.in_flight + 2
+        return client
 
     async def _serve_one_connection(self) -> None:
         async with self._client() as client:
             self._backoff.reset()
+            await self._publish_status(client, "online")
+            if self._on_command is not None:
+                await client.subscribe(self._topics.presence_set_filter, qos=QOS)
             self._connected.set()
             self._log.info(
                 "mqtt_connected",
@@ -364,9 +386,6 @@ class MqttPublisher:
                 queued=len(self._buffer),
                 dropped=self._buffer.dropped,
             )
-            await self._publish_status(client, "online")
-            if self._on_command is not None:
-                await client.subscribe(self._topics.presence_set_filter, qos=QOS)
             async with asyncio.TaskGroup() as connection_tasks:
                 receiver = connection_tasks.create_task(
                     self._receive_commands(client), name="mqtt-commands"

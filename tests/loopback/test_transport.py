@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from gateway.app import Gateway
 from gateway.config.loader import load_dialplan_text
+from gateway.config.settings import Settings, load_settings
 from gateway.sip.message import Response, parse_message
 
 pytestmark = pytest.mark.loopback
@@ -46,6 +48,7 @@ def _dialplan(host: str, port: int, trunk_port: int, *, catch_all: bool = True) 
         f"  - {{ transport: udp, host: {quoted}, port: {port} }}\n"
         f"  - {{ transport: tcp, host: {quoted}, port: {port} }}\n"
         "sip: { max_message_bytes: 4096 }\n"
+        "registrar: { unauthenticated_outbound_from: ['127.0.0.0/8', '::1/128'] }\n"
         "trunks:\n"
         "  carrier:\n"
         f"    gateways: [ {{ host: {quoted}, port: {trunk_port} }} ]\n"
@@ -53,17 +56,19 @@ def _dialplan(host: str, port: int, trunk_port: int, *, catch_all: bool = True) 
     )
 
 
+def _settings(tmp_path: Path) -> Settings:
+    return load_settings(store="sqlite://:memory:", mqtt_url="off", data_dir=tmp_path)
+
+
 @pytest.fixture(params=["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
-async def gateway(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Gateway, str, int]]:
+async def gateway(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Gateway, str, int]]:
     host = str(request.param)
     port = _free_port(host)
     dialplan = load_dialplan_text(_dialplan(host, port, _free_port(host)), "test.yaml")
-    gw = Gateway.build(dialplan, asyncio.get_running_loop())
-    await gw.start()
-    try:
+    async with Gateway.running(dialplan, _settings(tmp_path)) as gw:
         yield gw, host, port
-    finally:
-        await gw.close()
 
 
 def _request(
@@ -151,7 +156,7 @@ async def test_udp_retransmitted_request_gets_the_same_response(
 
 @pytest.mark.parametrize(
     ("method", "status"),
-    [("FOO", 501), ("REGISTER", 405), ("BYE", 481), ("INFO", 481)],
+    [("FOO", 501), ("SUBSCRIBE", 405), ("REGISTER", 401), ("BYE", 481), ("INFO", 481)],
 )
 async def test_udp_out_of_dialog_answers(
     gateway: tuple[Gateway, str, int], method: str, status: int
@@ -305,14 +310,17 @@ async def test_invite_without_contact_gets_400(gateway: tuple[Gateway, str, int]
         transport.close()
 
 
-async def test_unroutable_invite_gets_404_with_warning() -> None:
+async def test_unroutable_invite_gets_404_with_warning(tmp_path: Path) -> None:
     host = "127.0.0.1"
     port = _free_port(host)
     dialplan = load_dialplan_text(
         _dialplan(host, port, _free_port(host), catch_all=False), "t.yaml"
     )
-    gw = Gateway.build(dialplan, asyncio.get_running_loop())
-    await gw.start()
+    async with Gateway.running(dialplan, _settings(tmp_path)):
+        await _unroutable(host, port)
+
+
+async def _unroutable(host: str, port: int) -> None:
     transport, peer, local = await _udp_peer(host)
     try:
         sdp = b"v=0\r\n"
@@ -335,4 +343,3 @@ async def test_unroutable_invite_gets_404_with_warning() -> None:
         assert "5551234" in (response.get("Warning") or "")
     finally:
         transport.close()
-        await gw.close()

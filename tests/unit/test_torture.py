@@ -38,7 +38,9 @@ def load(name: str) -> bytes:
 
 
 def entries(kind: str) -> list[Any]:
-    return [pytest.param(e, id=e["file"].removesuffix(".sip")) for e in MANIFEST if e["kind"] == kind]
+    return [
+        pytest.param(e, id=e["file"].removesuffix(".sip")) for e in MANIFEST if e["kind"] == kind
+    ]
 
 
 def test_manifest_covers_the_rfc() -> None:

@@ -822,6 +822,8 @@ def start_gateway(
         **os.environ,
         "GATEWAY_DATA_DIR": str(data_dir),
         "GATEWAY_LOG_FORMAT": "json",
+        # no MQTT unless the test names a broker (its own Mosquitto)
+        "GATEWAY_MQTT_URL": "off",
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }

@@ -43,6 +43,7 @@ def dialplan(*gateways: str, provisional_timeout: float = 10.0, transport: str =
         "  carrier:\n"
         "    gateways:\n" + "\n".join(lines) + "\n"
         f"    provisional_timeout_s: {provisional_timeout}\n"
+        "registrar: { unauthenticated_outbound_from: ['127.0.0.0/8'] }\n"
         "outbound:\n"
         "  - { name: all, match: '.*', trunk: carrier }\n"
     )

@@ -1,0 +1,44 @@
+"""Run every benchmark with its defaults and print everything: what ``make bench`` does.
+
+    1. bench/parse_bench.py  - SIP parse + serialise throughput, ours against sipmessage
+    2. bench/cps_bench.py    - calls/s and call set-up latency: gateway against sipp->sipp
+
+Each runs as its own process (``sys.executable``, the project root as working directory),
+one after the other, so that they do not compete for the CPU. Extra arguments go to
+cps_bench.py, e.g. ``bench/run_all.py --transport tcp --json cps.json``. The exit code is
+the first non-zero exit code of a benchmark (a benchmark that ran and reported a low
+figure still exits 0).
+
+    .venv/bin/python bench/run_all.py [cps_bench.py options]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+PROJECT_ROOT = BENCH.parent
+
+
+def run(title: str, command: list[str]) -> int:
+    print(f"==== {title}: {' '.join(command)}", flush=True)
+    started = time.monotonic()
+    code = subprocess.run(command, cwd=PROJECT_ROOT, check=False).returncode
+    print(f"==== {title}: exit {code}, {time.monotonic() - started:.0f} s\n", flush=True)
+    return code
+
+
+def main() -> int:
+    python = sys.executable
+    codes = [
+        run("parse_bench", [python, str(BENCH / "parse_bench.py")]),
+        run("cps_bench", [python, str(BENCH / "cps_bench.py"), *sys.argv[1:]]),
+    ]
+    return next((code for code in codes if code != 0), 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""An in-process MQTT broker for ``make run`` when no broker URL is configured.
+
+Theory of operation
+-------------------
+:class:`EmbeddedBroker` starts amqtt's ``Broker`` on ``127.0.0.1`` (loopback only,
+anonymous clients allowed, nothing persisted) on port 1884 so it does not collide with a
+system Mosquitto on 1883; if that port is taken it picks a free one. ``broker.url`` is what
+:class:`~gateway.events.mqtt.MqttSettings` takes. If amqtt cannot start on this Python, it
+logs why and falls back to running ``mosquitto`` as a child process with the same
+settings, when the binary can be found. It is meant for a single developer machine; a
+production deployment points ``MqttSettings.url`` at a real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+from gateway.logs import get_logger
+
+__all__ = ["DEFAULT_EMBEDDED_PORT", "EmbeddedBroker", "find_mosquitto", "pick_port"]
+
+DEFAULT_EMBEDDED_PORT: Final = 1884
+_MOSQUITTO_PLACES: Final = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+_START_TIMEOUT: Final = 5.0
+_CHATTY_LOGGERS: Final = ("amqtt", "transitions")
+
+Backend = Literal["auto", "amqtt", "mosquitto"]
+
+log = get_logger(__name__)
+
+
+def pick_port(host: str, preferred: int | None) -> int:
+    """``preferred`` if a TCP listener can bind it on ``host``, else a free port."""
+    if preferred:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, preferred))
+            except OSError:
+                pass
+            else:
+                return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def find_mosquitto() -> str | None:
+    """Path of the ``mosquitto`` binary (``PATH``, then the usual sbin places)."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for place in _MOSQUITTO_PLACES:
+        if Path(place).is_file():
+            return place
+    return None
+
+
+class EmbeddedBroker:
+    """``async with EmbeddedBroker() as broker: ... broker.url ...``.
+
+    ``port`` is the preferred port (``None`` or ``0``: any free one). ``backend`` forces
+    ``"amqtt"`` or ``"mosquitto"``; ``"auto"`` tries amqtt first.
+    """
+
+    def __init__(
+        self,
+        port: int | None = DEFAULT_EMBEDDED_PORT,
+        *,
+        host: str = "127.0.0.1",
+        backend: Backend = "auto",
+    ) -> None:
+        self._preferred_port = port
+        self.host = host
+        self.port = 0
+        self._backend_choice: Backend = backend
+        self.backend: Literal["amqtt", "mosquitto"] | None = None
+        """The broker actually running (set on entry)."""
+        self._amqtt: Any = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port`` of the running broker."""
+        if self.backend is None:
+            raise RuntimeError("the embedded broker is not running")
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        """Start the broker and wait until it accepts connections."""
+        self.port = pick_port(self.host, self._preferred_port)
+        if self.port != self._preferred_port and self._preferred_port:
+            log.info("embedded_mqtt_port_taken", wanted=self._preferred_port, using=self.port)
+        if self._backend_choice in ("auto", "amqtt"):
+            try:
+                await self._start_amqtt()
+            except Exception as exc:
+                if self._backend_choice == "amqtt":
+                    raise
+                log.warning(
+                    "embedded_mqtt_amqtt_failed_trying_mosquitto",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                await self._stop_amqtt()
+            else:
+                self.backend = "amqtt"
+        if self.backend is None:
+            await self._start_mosquitto()
+            self.backend = "mosquitto"
+        log.info("embedded_mqtt_broker_started", backend=self.backend, url=self.url)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the broker."""
+        await self._stop_amqtt()
+        await self._stop_mosquitto()
+        log.info("embedded_mqtt_broker_stopped", backend=self.backend)
+        self.backend = None
+
+    # -- amqtt -------------------------------------------------------------------------------
+
+    async def _start_amqtt(self) -> None:
+        from amqtt.broker import Broker  # type: ignore[import-untyped]  # amqtt ships no types
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            },
+        }
+        _quiet(*_CHATTY_LOGGERS)
+        self._amqtt = Broker(config)
+        await self._amqtt.start()  # returns once the listener is bound
+
+    async def _stop_amqtt(self) -> None:
+        broker, self._amqtt = self._amqtt, None
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                await broker.shutdown()
+
+    # -- mosquitto fallback ------------------------------------------------------------------
+
+    async def _start_mosquitto(self) -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise RuntimeError(
+                "no embedded MQTT broker: amqtt failed and the 'mosquitto' binary was not "
+                "found (install the mosquitto package or set a broker URL)"
+            )
+        self._workdir = tempfile.TemporaryDirectory(prefix="gateway-mqtt-")
+        conf = Path(self._workdir.name) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n",
+            encoding="utf-8",
+        )
+        log.warning("embedded_mqtt_using_mosquitto", binary=binary, port=self.port)
+        self._process = await asyncio.create_subprocess_exec(
+            binary,
+            "-c",
+            str(conf),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await _wait_listening(self.host, self.port)
+        except BaseException:
+            await self._stop_mosquitto()
+            raise
+
+    async def _stop_mosquitto(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout=_START_TIMEOUT)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        workdir, self._workdir = self._workdir, None
+        if workdir is not None:
+            workdir.cleanup()
+
+
+def _quiet(*names: str) -> None:
+    """Raise amqtt's INFO-per-connection chatter to WARNING unless a level was chosen."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
+async def _wait_listening(host: str, port: int) -> None:
+    """Return once ``host:port`` accepts a TCP connection (within a few seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _START_TIMEOUT
+    while True:
+        try:
+            _reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if loop.time() > deadline:
+                raise TimeoutError(f"MQTT broker did not listen on {host}:{port}") from None
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return

@@ -1,0 +1,205 @@
+"""The registrar at the edge: REGISTER handling with bindings cached, persisted and expired.
+
+The sans-I/O :class:`~gateway.registrar.registrar.Registrar` decides; this service keeps
+every agent's bindings in memory (the queue dispatcher reads them on every offer), writes
+each change to the registration store through one ordered writer task (so the event loop
+never waits on disk), loads them back at start (registrations survive a restart, SPEC
+O-2), expires them on time, and tells presence when an agent goes Offline or comes back
+(SPEC R-4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from gateway.b2bua.b2bua import RouteRefusal
+from gateway.config.dialplan import Dialplan
+from gateway.presence.service import PresenceService
+from gateway.registrar.digest import Credentials, NonceManager
+from gateway.registrar.registrar import BindingView, Registrar
+from gateway.sip.message import Request, Response
+from gateway.sip.transaction import RequestReceived, TransactionLayer
+from gateway.stores.ports import Binding, RegistrationStore
+
+__all__ = ["RegistrarService", "credentials_from_dialplan"]
+
+log = structlog.get_logger("gateway.registrar")
+
+
+def credentials_from_dialplan(
+    dialplan: Dialplan,
+) -> Callable[[str, str], tuple[Credentials, str] | None]:
+    """(username, realm) -> (credentials, agent id) for every agent of the dialplan."""
+    realm = dialplan.registrar.realm
+    table: dict[str, tuple[Credentials, str]] = {}
+    for agent_id, agent in dialplan.agents.items():
+        username = agent.username or agent_id
+        if agent.password is not None:
+            creds = Credentials.from_password(username, realm, agent.password)
+        else:
+            creds = Credentials(username, realm, agent.ha1_md5, agent.ha1_sha256)
+        table[username] = (creds, agent_id)
+
+    def lookup(username: str, asked_realm: str) -> tuple[Credentials, str] | None:
+        if asked_realm != realm:
+            return None
+        return table.get(username)
+
+    return lookup
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    put: Binding | None = None
+    remove: tuple[str, str] | None = None
+
+
+class RegistrarService:
+    """REGISTER requests in, bindings out (cache + store), presence told."""
+
+    def __init__(
+        self,
+        dialplan: Dialplan,
+        layer: TransactionLayer,
+        store: RegistrationStore,
+        presence: PresenceService,
+        *,
+        loop_clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
+        secret: bytes | None = None,
+    ):
+        settings = dialplan.registrar
+        self.layer = layer
+        self.store = store
+        self.presence = presence
+        self.loop_clock = loop_clock
+        self.wall_clock = wall_clock
+        self.registrar = Registrar(
+            settings.realm,
+            credentials_from_dialplan(dialplan),
+            NonceManager(secret or secrets.token_bytes(32), settings.nonce_ttl_s),
+            min_expires=settings.min_expires_s,
+            max_expires=settings.max_expires_s,
+            default_expires=settings.default_expires_s,
+        )
+        self.agent_of_username = {
+            (agent.username or agent_id): agent_id for agent_id, agent in dialplan.agents.items()
+        }
+        self.bindings: dict[str, dict[str, Binding]] = {agent: {} for agent in dialplan.agents}
+        self._writes: asyncio.Queue[_Write] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Load live bindings from the store and start the writer and the expiry clock."""
+        now = self.wall_clock()
+        for binding in await self.store.all_bindings(now):
+            agent = self.bindings.get(binding.agent_id)
+            if agent is not None:
+                agent[binding.contact_uri] = binding
+        for agent_id, contacts in self.bindings.items():
+            if contacts:
+                self.presence.set_registered(agent_id, True)
+        log.info("registrations_loaded", bindings=sum(len(b) for b in self.bindings.values()))
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="registrar-writer"),
+            asyncio.create_task(self._expiry_loop(), name="registrar-expiry"),
+        ]
+
+    async def close(self) -> None:
+        await self._writes.join()
+        for task in self._tasks:
+            task.cancel()
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def contacts(self, agent_id: str) -> list[Binding]:
+        """The agent's live bindings."""
+        now = self.wall_clock()
+        return [b for b in self.bindings.get(agent_id, {}).values() if b.expires_at > now]
+
+    def authenticate(self, request: Request) -> str | RouteRefusal:
+        """The agent id of an authenticated request, or the 407 challenge to send."""
+        result = self.registrar.authenticate_request(request, self.wall_clock())
+        if isinstance(result, Response):
+            if result.status == 407:
+                headers = tuple(("Proxy-Authenticate", v) for v in result.get_all("Proxy-Authenticate"))
+                return RouteRefusal(407, result.reason, None, headers)
+            return RouteRefusal(result.status, result.reason)
+        if result.agent_id is None:
+            return RouteRefusal(403, "Forbidden", "not an agent")
+        return result.agent_id
+
+    # -- REGISTER ------------------------------------------------------------------------------
+
+    def handle(self, event: RequestReceived) -> None:
+        request = event.request
+        source = event.source
+        source_text = f"{source.transport}:{source.host}:{source.port}"
+        username = ""
+        try:
+            uri = request.to.uri
+            username = getattr(uri, "user_unescaped", None) or ""
+        except Exception:
+            username = ""
+        agent_id = self.agent_of_username.get(username)
+        current = self.bindings.get(agent_id, {}) if agent_id is not None else {}
+        views = [BindingView(b.contact_uri, b.expires_at, b.call_id, b.cseq) for b in current.values()]
+        outcome = self.registrar.handle_register(request, source_text, self.wall_clock(), views)
+        self.layer.send_response(event.transaction, outcome.response, self.loop_clock())
+        if outcome.response.status != 200 or outcome.agent_id is None:
+            if outcome.response.status not in (401, 407):
+                log.info("register_refused", username=username, status=outcome.response.status,
+                         reason=outcome.reason)
+            return
+        agent = outcome.agent_id
+        contacts = self.bindings.setdefault(agent, {})
+        for removed in outcome.removed:
+            if contacts.pop(removed.contact_uri, None) is not None:
+                self._writes.put_nowait(_Write(remove=(agent, removed.contact_uri)))
+        for added in outcome.added:
+            contacts[added.contact_uri] = added
+            self._writes.put_nowait(_Write(put=added))
+        log.info("registered", agent=agent, contacts=len(contacts), source=source_text)
+        self.presence.set_registered(agent, bool(self.contacts(agent)))
+
+    # -- background ----------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            write = await self._writes.get()
+            try:
+                if write.put is not None:
+                    await self.store.put(write.put)
+                elif write.remove is not None:
+                    await self.store.remove(*write.remove)
+            except Exception:
+                log.exception("registration_store_failed")
+            finally:
+                self._writes.task_done()
+
+    async def _expiry_loop(self) -> None:
+        purge_every = 30.0
+        last_purge = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.wall_clock()
+            for agent_id, contacts in self.bindings.items():
+                expired = [uri for uri, b in contacts.items() if b.expires_at <= now]
+                for uri in expired:
+                    del contacts[uri]
+                if expired:
+                    log.info("registration_expired", agent=agent_id, contacts=len(contacts))
+                    if not contacts:
+                        self.presence.set_registered(agent_id, False)
+            if now - last_purge >= purge_every:
+                last_purge = now
+                try:
+                    await self.store.purge_expired(now)
+                except Exception:
+                    log.exception("registration_purge_failed")
