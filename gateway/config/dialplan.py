@@ -477,6 +477,16 @@ class RegistrarSettings(_Frozen):
     #: networks (CIDR) whose unauthenticated INVITEs may use the outbound rules, e.g. a
     #: lab's loopback; empty in production: every INVITE not from a trunk is authenticated
     unauthenticated_outbound_from: tuple[str, ...] = ()
+    #: digest algorithms offered, most preferred first (RFC 8760 section 2.4). Phones that
+    #: answer the first challenge and cannot do SHA-256 (SIPp 3.6 among them) need [MD5]
+    algorithms: tuple[Literal["SHA-256", "MD5"], ...] = ("SHA-256", "MD5")
+
+    @field_validator("algorithms")
+    @classmethod
+    def _some_algorithm(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise _problem("empty", "needs at least 1 algorithm")
+        return value
 
     @field_validator("unauthenticated_outbound_from")
     @classmethod

@@ -87,6 +87,7 @@ class RegistrarService:
             min_expires=settings.min_expires_s,
             max_expires=settings.max_expires_s,
             default_expires=settings.default_expires_s,
+            algorithms=settings.algorithms,
         )
         self.agent_of_username = {
             (agent.username or agent_id): agent_id for agent_id, agent in dialplan.agents.items()
@@ -128,7 +129,9 @@ class RegistrarService:
         result = self.registrar.authenticate_request(request, self.wall_clock())
         if isinstance(result, Response):
             if result.status == 407:
-                headers = tuple(("Proxy-Authenticate", v) for v in result.get_all("Proxy-Authenticate"))
+                headers = tuple(
+                    ("Proxy-Authenticate", v) for v in result.get_all("Proxy-Authenticate")
+                )
                 return RouteRefusal(407, result.reason, None, headers)
             return RouteRefusal(result.status, result.reason)
         if result.agent_id is None:
@@ -149,13 +152,19 @@ class RegistrarService:
             username = ""
         agent_id = self.agent_of_username.get(username)
         current = self.bindings.get(agent_id, {}) if agent_id is not None else {}
-        views = [BindingView(b.contact_uri, b.expires_at, b.call_id, b.cseq) for b in current.values()]
+        views = [
+            BindingView(b.contact_uri, b.expires_at, b.call_id, b.cseq) for b in current.values()
+        ]
         outcome = self.registrar.handle_register(request, source_text, self.wall_clock(), views)
         self.layer.send_response(event.transaction, outcome.response, self.loop_clock())
         if outcome.response.status != 200 or outcome.agent_id is None:
             if outcome.response.status not in (401, 407):
-                log.info("register_refused", username=username, status=outcome.response.status,
-                         reason=outcome.reason)
+                log.info(
+                    "register_refused",
+                    username=username,
+                    status=outcome.response.status,
+                    reason=outcome.reason,
+                )
             return
         agent = outcome.agent_id
         contacts = self.bindings.setdefault(agent, {})

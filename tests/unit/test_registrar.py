@@ -5,6 +5,7 @@ A fake clock (``Clock``) and seeded nonce/tag randomness; a dict stands in for t
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 
@@ -51,9 +52,19 @@ class Clock:
         return self.now
 
 
-def make_registrar(**kwargs: int) -> Registrar:
+def make_registrar(*, max_contacts: int = 10, min_expires: int = 60) -> Registrar:
     nm = NonceManager(b"k" * 32, 300, random_bytes=random.Random(1).randbytes)
-    return Registrar(REALM, lookup, nm, ids=IdGenerator(random.Random(2)), **kwargs)
+    return Registrar(
+        REALM,
+        lookup,
+        nm,
+        ids=IdGenerator(random.Random(2)),
+        max_contacts=max_contacts,
+        min_expires=min_expires,
+    )
+
+
+BRANCHES = itertools.count(1)
 
 
 def register(
@@ -67,7 +78,7 @@ def register(
 ) -> Request:
     lines = [
         "REGISTER sip:gateway.test SIP/2.0",
-        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK" + f"{random.getrandbits(40):x}",
+        f"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKreg{next(BRANCHES)}",
         "Max-Forwards: 70",
         f"From: <sip:{to_user}@gateway.test>;tag=f1",
         f"To: <sip:{to_user}@gateway.test>",
@@ -106,9 +117,10 @@ class Phone:
         outcome = self._send(contacts, to_user, None, kwargs)
         if outcome.response.status == 401:
             offered = [
-                v for v in outcome.response.get_all("www-authenticate")
+                v
+                for v in outcome.response.get_all("www-authenticate")
                 if parse_challenge(v)["algorithm"] == self.algorithm
-            ]  # fmt: skip
+            ]
             if not offered:
                 return outcome
             self.challenge_value = offered[0]
@@ -272,8 +284,9 @@ def test_md5_only_user_is_offered_md5_after_a_sha256_try(clock: Clock) -> None:
     phone = Phone(make_registrar(), clock, user="carol")
     outcome = phone.send("<sip:carol@192.0.2.30>", to_user="carol")
     assert outcome.response.status == 401
-    assert [parse_challenge(v)["algorithm"] for v in outcome.response.get_all(
-        "www-authenticate")] == ["MD5"]  # fmt: skip
+    assert [
+        parse_challenge(v)["algorithm"] for v in outcome.response.get_all("www-authenticate")
+    ] == ["MD5"]
     phone.algorithm = "MD5"
     assert phone.send("<sip:carol@192.0.2.30>", to_user="carol").response.status == 200
 
@@ -359,7 +372,9 @@ def test_refresh_replaces_binding_and_equivalent_uri_spelling(phone: Phone, cloc
     outcome = phone.send("<sip:alice@host.example:5060;transport=udp;ob>")
     assert outcome.response.status == 200
     assert [b.contact_uri for b in outcome.removed] == ["sip:alice@Host.Example:5060;transport=UDP"]
-    assert [b.contact_uri for b in outcome.added] == ["sip:alice@host.example:5060;transport=udp;ob"]
+    assert [b.contact_uri for b in outcome.added] == [
+        "sip:alice@host.example:5060;transport=udp;ob"
+    ]
     assert len(phone.bindings()) == 1
     # a different port is a different contact (RFC 3261 section 19.1.4)
     phone.send("<sip:alice@host.example;transport=udp>")
@@ -368,9 +383,11 @@ def test_refresh_replaces_binding_and_equivalent_uri_spelling(phone: Phone, cloc
 
 def test_expires_precedence_and_clamp(phone: Phone) -> None:
     outcome = phone.send(
-        ALICE + ";expires=120", "<sip:alice@198.51.100.1>", "<sip:alice@198.51.100.2>;expires=99999",
+        ALICE + ";expires=120",
+        "<sip:alice@198.51.100.1>",
+        "<sip:alice@198.51.100.2>;expires=99999",
         expires="300",
-    )  # fmt: skip
+    )
     assert contacts_of(outcome.response) == {
         ALICE_URI: 120,
         "sip:alice@198.51.100.1": 300,
@@ -415,7 +432,9 @@ def test_bad_contact_or_expires_is_400(phone: Phone, contact: str, expires: str 
 
 
 def test_q_and_instance_are_kept(phone: Phone) -> None:
-    outcome = phone.send(ALICE + ';q=0.5;+sip.instance="<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"')
+    outcome = phone.send(
+        ALICE + ';q=0.5;+sip.instance="<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"'
+    )
     [binding] = outcome.added
     assert binding.q == 0.5
     assert binding.instance == "<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"
@@ -481,7 +500,10 @@ def test_max_contacts_drops_the_binding_closest_to_expiry(clock: Clock) -> None:
     outcome = phone.send("<sip:alice@198.51.100.3>")
     assert outcome.response.status == 200
     assert [b.contact_uri for b in outcome.removed] == ["sip:alice@198.51.100.1"]
-    assert set(contacts_of(outcome.response)) == {"sip:alice@198.51.100.2", "sip:alice@198.51.100.3"}
+    assert set(contacts_of(outcome.response)) == {
+        "sip:alice@198.51.100.2",
+        "sip:alice@198.51.100.3",
+    }
     too_many = phone.send(*(f"<sip:alice@198.51.100.{i}>" for i in (4, 5, 6)))
     assert too_many.response.status == 403
 
@@ -556,13 +578,18 @@ def invite(proxy_authorization: str | None = None, method: str = "INVITE") -> Re
 
 def answer(response: Response, algorithm: str = "SHA-256", password: str = "alice-pw") -> str:
     [offered] = [
-        v for v in response.get_all("proxy-authenticate")
+        v
+        for v in response.get_all("proxy-authenticate")
         if parse_challenge(v)["algorithm"] == algorithm
-    ]  # fmt: skip
+    ]
     return authorization_for_challenge(
-        offered, method="INVITE", uri="sip:911@gateway.test", username="alice",
-        password=password, cnonce="inv",
-    )  # fmt: skip
+        offered,
+        method="INVITE",
+        uri="sip:911@gateway.test",
+        username="alice",
+        password=password,
+        cnonce="inv",
+    )
 
 
 @pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
