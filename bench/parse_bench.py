@@ -44,7 +44,7 @@ def ours() -> Callable[[bytes], object]:
             cseq.method,
             m.max_forwards,
             m.uri.user,
-            [c.uri.host for c in m.contacts],
+            [c.uri.host for c in m.contacts],  # type: ignore[union-attr]
             m.content_type,
             m.body,
         )

@@ -63,6 +63,49 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cdr(args: argparse.Namespace) -> int:
+    """Print the most recent call detail records from the store."""
+    from datetime import UTC, datetime
+
+    from gateway.stores import open_stores
+
+    settings = load_settings()
+
+    def when(ts: float | None) -> str:
+        if ts is None:
+            return "-"
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    async def read() -> int:
+        stores = await open_stores(settings.store, settings.data_dir)
+        try:
+            rows = await stores.cdrs.recent(args.limit)
+        finally:
+            await stores.close()
+        if args.json:
+            import dataclasses
+            import json
+
+            for row in rows:
+                print(json.dumps(dataclasses.asdict(row)))
+            return 0
+        header = ("started (UTC)", "dir", "caller", "callee", "queue", "agent", "answered",
+                  "ended", "result", "route")
+        table = [header] + [
+            (when(r.started_at), r.direction, r.caller, r.callee, r.queue or "-", r.agent or "-",
+             when(r.answered_at), when(r.ended_at), r.result, r.route or "-")
+            for r in rows
+        ]
+        widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
+        for line in table:
+            print("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+        if not rows:
+            print(f"(no call history in {settings.data_dir})")
+        return 0
+
+    return asyncio.run(read())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a dialplan without starting")
     check.add_argument("file")
     check.set_defaults(func=_cmd_check)
+    cdr = sub.add_parser("cdr", help="print recent call history (GATEWAY_DATA_DIR)")
+    cdr.add_argument("--limit", type=int, default=20)
+    cdr.add_argument("--json", action="store_true", help="one JSON object per line")
+    cdr.set_defaults(func=_cmd_cdr)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -4,11 +4,11 @@ Theory of operation
 -------------------
 :class:`EmbeddedBroker` starts amqtt's ``Broker`` on ``127.0.0.1`` (loopback only,
 anonymous clients allowed, nothing persisted) on port 1884 so it does not collide with a
-system Mosquitto on 1883; if that port is taken it picks a free one. ``broker.url`` is what
-:class:`~gateway.events.mqtt.MqttSettings` takes. If amqtt cannot start on this Python, it
-logs why and falls back to running ``mosquitto`` as a child process with the same
-settings, when the binary can be found. It is meant for a single developer machine; a
-production deployment points ``MqttSettings.url`` at a real broker.
+system Mosquitto on 1883; if that port is taken it takes the next free one.
+``broker.url`` is what :class:`~gateway.events.mqtt.MqttSettings` takes. If amqtt cannot
+start on this Python, it logs why and falls back to running ``mosquitto`` as a child
+process with the same settings, when the binary can be found. It is meant for a single
+developer machine; a production deployment points ``MqttSettings.url`` at a real broker.
 """
 
 from __future__ import annotations
@@ -37,17 +37,18 @@ Backend = Literal["auto", "amqtt", "mosquitto"]
 log = get_logger(__name__)
 
 
-def pick_port(host: str, preferred: int | None) -> int:
-    """``preferred`` if a TCP listener can bind it on ``host``, else a free port."""
+def pick_port(host: str, preferred: int | None, *, tries: int = 10) -> int:
+    """The first of ``preferred``, ``preferred + 1``, ... (``tries`` ports) that a TCP
+    listener can bind on ``host``; failing that (or with no preference) a free port."""
     if preferred:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, preferred))
-            except OSError:
-                pass
-            else:
-                return preferred
+        for port in range(preferred, min(preferred + tries, 65536)):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
@@ -134,7 +135,7 @@ class EmbeddedBroker:
     # -- amqtt -------------------------------------------------------------------------------
 
     async def _start_amqtt(self) -> None:
-        from amqtt.broker import Broker  # type: ignore[import-untyped]  # amqtt ships no types
+        from amqtt.broker import Broker  # type: ignore[import-untyped,unused-ignore]  # amqtt ships no types
 
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},

@@ -301,9 +301,11 @@ class MqttPublisher:
             await task_group.__aexit__(type(cancelled), cancelled, cancelled.__traceback__)
             raise
         if pending:
-            self._log.warning("mqtt_shutdown_timeout", undelivered=len(self._buffer))
+            self._log.warning("mqtt_shutdown_timeout")
             task.cancel()
         await task_group.__aexit__(exc_type, exc, tb)
+        if self._buffer:
+            self._log.warning("mqtt_closed_with_undelivered_events", undelivered=len(self._buffer))
         return None
 
     # -- background tasks --------------------------------------------------------------------

@@ -147,7 +147,11 @@ _KNOWN_METHODS = frozenset(
      "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
 )
 _QUOTED_RE = re.compile(_QUOTED, re.S)
-_DISPLAY_TOKENS = re.compile(rf"{_TOKEN}(?:[ \t]+{_TOKEN})*\Z")
+#: an unquoted display name: tokens separated by LWS (RFC 3261 section 25.1). Non-ASCII
+#: letters are tolerated too (phones send ``Jürgen <sip:...>``; nothing is ambiguous about
+#: them), while a comma, '@', ':' or '"' still needs quotes (RFC 4475 section 3.1.2.15).
+_DISPLAY_CHAR = r"A-Za-z0-9\-.!%*_+`'~\u0080-\U0010ffff"
+_DISPLAY_TOKENS = re.compile(rf"[{_DISPLAY_CHAR}]+(?:[ \t]+[{_DISPLAY_CHAR}]+)*\Z")
 _URI_IN_BRACKETS = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^<>\"\s]*\Z")
 _ADDR_SPEC = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^;,?<>\"\s]+\Z")
 #: one generic-param with the LWS the grammar allows around ';' and '='

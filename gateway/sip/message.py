@@ -11,10 +11,11 @@ Parsing has a fast path and a careful path. The fast path handles the shape almo
 message has: CRLF line ends, an empty line ending the head, no folded lines, no whitespace
 before a colon. It costs one ``split("\\r\\n")`` of the head and one ``partition(":")`` plus
 a dict lookup per line (header names are looked up by their spelling, compact forms
-included). Anything unusual (folding, odd spacing, bare LF, a missing empty line, leading
-CRLFs, bad header names) sends the whole message down the careful path, which unfolds
-lines, checks every name and keeps going past a bad line so that the error can carry a
-``partial`` request to answer with 400. Both paths produce the same header triples.
+included; a new, valid name is learnt once). Anything unusual (folding, odd spacing,
+bare LF, a missing empty line, leading CRLFs, bad header names) sends the whole message
+down the careful path, which unfolds lines, checks every name and keeps going past a bad
+line so that the error can carry a ``partial`` request to answer with 400. Both paths
+produce the same header triples.
 
 Validation is split by need (RFC 3261 sections 8.1.1, 8.2.2, 18.3):
 
@@ -22,7 +23,9 @@ Validation is split by need (RFC 3261 sections 8.1.1, 8.2.2, 18.3):
   the headers every response and every transaction needs: the top Via, From, To, Call-ID,
   CSeq (and its method matching the request's), Max-Forwards, the Request-URI, and that none
   of the single-valued ones appears twice. Their typed values are cached, so reading them
-  afterwards is free, and a parsed request never surprises the transaction layer;
+  afterwards is free, and a parsed request never surprises the transaction layer. (The
+  URI inside From and To is checked for shape only; its parts are split out on first
+  use of ``.uri``, from the same regular-expression match.);
 * lazy, on first access: every other header (other Vias, Contact, Route, Record-Route, ...).
   A malformed one raises :class:`SipParseError` (400) from its accessor.
 
@@ -35,9 +38,9 @@ computed from the body, so that framing on stream transports is never wrong what
 received value said.
 
 Errors are :class:`SipParseError` (400), :class:`UnsupportedVersion` (505) or
-:class:`MessageTooLarge` (513). For a request the error carries ``partial``: the request as
-far as it was read (the headers that parsed), enough for :func:`make_response` to build the
-answer.
+:class:`MessageTooLarge` (513). For a request with a Via the error carries ``partial``: the
+request as far as it was read (the headers that parsed), enough for :func:`make_response`
+to build the answer. Responses, and requests without a Via, cannot be answered: dropped.
 """
 
 from __future__ import annotations
@@ -250,7 +253,10 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        v = self.get("call-id")
+        first = self._first
+        if first is None:
+            first = self._index()
+        v = first.get("call-id")
         if v is None:
             raise SipParseError("missing Call-ID")
         return v
@@ -415,7 +421,10 @@ class Message:
 
     @property
     def content_type(self) -> str | None:
-        return self.get("content-type")
+        first = self._first
+        if first is None:
+            first = self._index()
+        return first.get("content-type")
 
     def set_body(self, body: bytes, content_type: str | None) -> None:
         """Set the body and its Content-Type (Content-Length is written on serialisation)."""
@@ -596,7 +605,7 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
     length = first.get("content-length")
     if length is not None and (
         dups is not None
-        or not length.isdecimal()
+        or not (length.isascii() and length.isdigit())
         or len(length) > 9
         or int(length) != len(body)
     ):
@@ -606,6 +615,8 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
 
 
 _NO_DUPS: frozenset[str] = frozenset()
+#: the empty line ending the head, CRLF or (tolerated) bare LF line ends
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
 def _repeated(headers: list[tuple[str, str, str]]) -> set[str]:
@@ -622,16 +633,12 @@ def _parse_careful(data: bytes) -> Request | Response:
     """The slow, thorough path: any framing, folding, spacing; errors carry ``partial``."""
     # RFC 3261 section 7.5: ignore CRLFs before the start line
     data = data.lstrip(b"\r\n")
-    end = data.find(b"\r\n\r\n")
-    if end >= 0:
-        head, body = data[:end], data[end + 4 :]
+    blank = _BLANK_LINE.search(data)
+    if blank is not None:
+        head, body = data[: blank.start()], data[blank.end() :]
     else:
-        end = data.find(b"\n\n")
-        if end >= 0:
-            head, body = data[:end], data[end + 2 :]
-        else:
-            # no empty line: a message with headers only whose end was cut; no body
-            head, body = data.rstrip(b"\r\n"), b""
+        # no empty line: a message with headers only whose end was cut; no body
+        head, body = data.rstrip(b"\r\n"), b""
     if not head:
         raise SipParseError("empty message")
     text = head.decode("utf-8", "surrogateescape")

@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Topics
 from gateway.events.schema import presence_payload
+from gateway.logs import configure_logging
 
 
 async def main(url: str, prefix: str, node: str) -> None:
+    configure_logging("json", "WARNING")  # logs to stderr; stdout carries "connected"
     topics = Topics(prefix, node)
     async with MqttPublisher(MqttSettings(url), topics) as publisher:
         await publisher.wait_connected()

@@ -398,3 +398,15 @@ async def test_embedded_broker_carries_events_and_commands(backend: str) -> None
     _schema("presence.v1.json").validate(payload)
     assert (payload["agent"], payload["status"]) == ("dave", "Available")
     assert commands == [("dave", "Away")]
+
+
+async def test_exit_is_prompt_without_a_broker(topics: Topics) -> None:
+    settings = MqttSettings(f"mqtt://{HOST}:{_free_port()}", reconnect_base=5.0)
+    started = time.monotonic()
+    async with MqttPublisher(settings, topics) as publisher:
+        publisher.publish(
+            topics.presence_suffix("erin"), presence("erin", "Away", None), retain=True
+        )
+        await asyncio.sleep(0.2)  # first attempt refused, now waiting out the backoff
+        assert not publisher.stats.connected and publisher.stats.queued == 1
+    assert time.monotonic() - started < 2.0

@@ -110,6 +110,12 @@ def test_bare_lf_line_ends_are_tolerated() -> None:
     assert msg.call_id == "c1@192.0.2.1"
 
 
+def test_bare_lf_message_body_may_hold_crlfs() -> None:
+    head = message(length=len(SDP)).replace(b"\r\n", b"\n")
+    msg = parse_message(head + SDP)
+    assert msg.body == SDP
+
+
 def test_bare_cr_inside_a_header_is_refused() -> None:
     with pytest.raises(SipParseError):
         parse_message(message("Subject: a\rVia: SIP/2.0/UDP evil;branch=z9hG4bKx"))
@@ -207,6 +213,7 @@ def test_name_addr_params_inside_brackets_belong_to_the_uri() -> None:
         "Alice Smith<sip:a@example.com>",
         '"Smith, Alice" <sip:a@example.com>',
         '"quote \\" inside" <sip:a@example.com>',
+        "Jürgen Müller <sip:j@example.com>",
         "  <sip:a@example.com>  ;  tag = x ",
         "sip:a@example.com",
         "<tel:+15551234567>",
@@ -226,6 +233,7 @@ def test_name_addr_forms_parse(value: str) -> None:
     "value",
     [
         "Smith, Alice <sip:a@example.com>",  # unquoted comma in display name
+        "alice@home <sip:a@example.com>",
         '"unterminated <sip:a@example.com>',
         "< sip:a@example.com >",  # whitespace inside <>
         "<sip:a@example.com",  # no >

@@ -33,7 +33,8 @@ def load(name: str) -> bytes:
     """The wire bytes of a torture message by its RFC name (``wsinv``) or file name."""
     for entry in MANIFEST:
         if entry["file"] == name or entry["file"].split("_", 1)[1] == f"{name}.sip":
-            return (TORTURE / entry["file"]).read_bytes()
+            path: Path = TORTURE / entry["file"]
+            return path.read_bytes()
     raise KeyError(name)
 
 
