@@ -775,12 +775,13 @@ def summary(gw: dict[str, Any], ss: dict[str, Any], args: argparse.Namespace) ->
             text += f" (highest rate tried: {args.top_rate}; limit not reached)"
         return text
 
-    lines = [line("gateway", gw), line("sipp->sipp", ss)]
-    if ss["sustained_cps"]:
+    ran_gw, ran_ss = "gateway" in args.setup_list, "sipp" in args.setup_list
+    lines = ([line("gateway", gw)] if ran_gw else []) + ([line("sipp->sipp", ss)] if ran_ss else [])
+    if ran_gw and ran_ss and ss["sustained_cps"]:
         ratio = gw["sustained_cps"] / ss["sustained_cps"]
         bound = "" if ss["limit_reached"] else " (at most: sipp->sipp did not reach its limit)"
         lines.append(f"ratio gateway / sipp->sipp: {ratio:.3f}{bound}")
-    else:
+    elif ran_gw and ran_ss:
         lines.append("ratio gateway / sipp->sipp: n/a (sipp->sipp sustained no step)")
     return lines
 
@@ -863,6 +864,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error("--gateway-env takes KEY=VALUE")
     setups = [s.strip() for s in args.setups.split(",") if s.strip()]
+    if not setups or set(setups) - {"gateway", "sipp"}:
+        parser.error("--setups takes gateway, sipp or gateway,sipp")
+    args.setup_list = setups
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cps_bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
 

@@ -130,6 +130,7 @@ class Gateway:
             )
             await registrar.start()
             stack.push_async_callback(registrar.close)
+            presence.announce()
 
             router = ContactCentreRouter(
                 dialplan, registrar.authenticate if dialplan.agents else None

@@ -191,10 +191,10 @@ class B2BUA:
         try:
             self._dispatch(event)
         except SipParseError as exc:
-            log.info("unusable_message", event=type(event).__name__, error=exc.detail)
+            log.info("unusable_message", event_type=type(event).__name__, error=exc.detail)
             self._answer_unusable(event, exc)
         except Exception:
-            log.exception("event_failed", event=type(event).__name__)
+            log.exception("event_failed", event_type=type(event).__name__)
             self._answer_unusable(event, None)
 
     def _answer_unusable(self, event: object, exc: SipParseError | None) -> None:

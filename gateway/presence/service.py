@@ -80,6 +80,15 @@ class PresenceService:
                 agent.chosen = chosen
             # the emergency flag is never restored: a crash cannot leave DND behind (E-5)
         self._writer = asyncio.create_task(self._write_loop(), name="presence-writer")
+
+    def restore_registered(self, agent_id: str) -> None:
+        """At start-up: the agent has live registrations from before (no event)."""
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            agent.registered = True
+
+    def announce(self) -> None:
+        """Publish every agent's status once the restored state is complete."""
         now = self.wall_clock()
         for agent in self.agents.values():
             self._publish_state(agent, "gateway started", now)

@@ -105,7 +105,7 @@ class RegistrarService:
                 agent[binding.contact_uri] = binding
         for agent_id, contacts in self.bindings.items():
             if contacts:
-                self.presence.set_registered(agent_id, True)
+                self.presence.restore_registered(agent_id)
         log.info("registrations_loaded", bindings=sum(len(b) for b in self.bindings.values()))
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="registrar-writer"),

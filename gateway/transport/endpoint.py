@@ -294,7 +294,7 @@ class SipEndpoint:
                 try:
                     self.on_event(event)
                 except Exception:
-                    log.exception("event_handler_failed", event=type(event).__name__)
+                    log.exception("event_handler_failed", event_type=type(event).__name__)
         finally:
             self._pumping = False
         self._arm_timer()

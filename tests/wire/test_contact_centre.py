@@ -304,14 +304,15 @@ def test_calls_complete_while_the_broker_is_down_and_events_arrive_after(
     recorder = Recorder(mosquitto.port, topic)
     try:
         recorder.wait_for(
-            lambda: [p["status"] for p in recorder.on(topic)][-1:] == ["Available"]
-            and len(recorder.on(topic)) >= 4,
-            "the buffered presence events",
-            timeout=40,
+            lambda: len(recorder.on(topic)) >= 3, "the buffered presence events", timeout=40
         )
-        statuses = [p["status"] for p in recorder.on(topic)]
-        # Offline (start), Available (registered), Busy (call), Available (call ended)
-        assert statuses[-4:] == ["Offline", "Available", "Busy", "Available"], statuses
+        time.sleep(0.5)
+        statuses = [(p["status"], p["reason"]) for p in recorder.on(topic)]
+        # raised while the broker was down (a broker without persistence forgot the retained
+        # start-up status): registered, the call, its end - in order, each once
+        assert statuses == [
+            ("Available", "registered"), ("Busy", "call started"), ("Available", "call ended")
+        ], statuses
     finally:
         recorder.close()
 
