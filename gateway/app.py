@@ -26,6 +26,7 @@ from gateway.config.settings import Settings
 from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Publisher, Topics
+from gateway.gcpolicy import GcPacer
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
 from gateway.registrar.service import RegistrarService
@@ -161,6 +162,10 @@ class Gateway:
             b2bua.pump = endpoint.pump
             await endpoint.start()
             stack.push_async_callback(endpoint.close)
+            if settings.gc_pacing:
+                pacer = GcPacer(full_interval=settings.gc_full_interval_s)
+                pacer.start()
+                stack.push_async_callback(pacer.stop)
             yield cls(
                 dialplan, settings, stores, publisher, presence, registrar, queues, history,
                 layer, endpoint, b2bua, mqtt_url,

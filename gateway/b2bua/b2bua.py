@@ -826,6 +826,17 @@ class B2BUA:
             for value in response.get_all(name):
                 out.add(name, value)
         self.layer.send_response(server_tx, out, self.clock())
+        if status >= 200 and (relay.request.method != "INVITE" or relay.acked or status >= 300):
+            self._release_relay(relay, tx)
+
+    @staticmethod
+    def _release_relay(relay: RelayedRequest, tx: ClientTransaction | None) -> None:
+        """Break the relay <-> transaction cycle once the relay has nothing left to do."""
+        if tx is not None and tx.owner is relay:
+            tx.owner = None
+        if relay.server_tx is not None and relay.server_tx.owner is relay:
+            relay.server_tx.owner = None
+        relay.client_tx = None
 
     def _ack_relayed(
         self, relay: RelayedRequest, response: Response, body: bytes, content_type: str | None
@@ -845,6 +856,8 @@ class B2BUA:
             self.layer.send_ack(client_tx, ack, dest, self.clock())
         else:
             self.layer.send_stateless(ack, dest)
+        if relay.server_tx is None or relay.server_tx.state not in ("trying", "proceeding"):
+            self._release_relay(relay, client_tx)
 
     def _send_bye(self, call: Call, leg: Leg) -> None:
         if leg.dialog is None:
@@ -940,14 +953,37 @@ class B2BUA:
                 observer.call_ended(call)
             except Exception:
                 log.exception("observer_failed")
+        self._release(call)
+
+    @staticmethod
+    def _release(call: Call) -> None:
+        """Drop the transactions' references to an ended call.
+
+        Finished transactions linger for up to 64*T1 to absorb retransmissions; through
+        ``owner`` they would keep the whole call (legs, dialogs, messages) alive and in a
+        reference cycle that only a full garbage collection frees - a pause that grows with
+        the call rate. A B-leg INVITE still waiting for its final response keeps an owner
+        that ACKs and BYEs a late 2xx, without the call.
+        """
+        a_tx = call.a.server_tx
+        if a_tx is not None:
+            a_tx.owner = None
+        b = call.b
+        if b is not None and b.client_tx is not None and b.client_tx.owner is call:
+            if b.got_final:
+                b.client_tx.owner = None
+            else:
+                late = _Abandoned(None)
+                late.cancel_sent = call.cancel_sent
+                b.client_tx.owner = late
 
 
 class _Abandoned:
-    """Owner of a B-leg INVITE given up for lack of a provisional response."""
+    """Owner of a B-leg INVITE given up: CANCELs it on a 1xx, ACKs and BYEs a late 2xx."""
 
     __slots__ = ("call", "cancel_sent")
 
-    def __init__(self, call: Call):
+    def __init__(self, call: Call | None):
         self.call = call
         self.cancel_sent = False
 

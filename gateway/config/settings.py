@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     Mosquitto on 1883 is left alone."""
     mqtt_buffer: int = 10_000
     """Events kept while the broker is unreachable (the oldest dropped beyond)."""
+    gc_pacing: bool = True
+    """Collect garbage on a timer instead of CPython's automatic full passes, whose pause
+    grows with the call rate (see ``gateway/gcpolicy.py``)."""
+    gc_full_interval_s: float = 600.0
+    """Seconds between full garbage collections when ``gc_pacing`` is on."""
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import pytest
 
 from gateway.sip.errors import MessageTooLarge, SipParseError
@@ -379,6 +382,24 @@ def test_uri_escapes_and_case() -> None:
 def test_bad_uris_are_400(text: str) -> None:
     with pytest.raises(SipParseError):
         parse_uri(text)
+
+
+def test_parsed_values_equal_hand_built_ones() -> None:
+    # the parser builds frozen values through a twin class (see gateway.sip.uri): they must
+    # be indistinguishable from ones built by the dataclass constructor
+    text = "sip:alice@example.com:5060;transport=tcp"
+    uri = parse_uri(text)
+    built = SipUri("sip", "alice", "example.com", 5060, None, {"transport": "tcp"}, "", text)
+    assert type(uri) is SipUri and uri == built
+    assert pickle.loads(pickle.dumps(uri)) == uri
+    assert dataclasses.replace(uri, user="bob").user == "bob"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        uri.host = "elsewhere"  # type: ignore[misc]
+    cseq = CSeq.parse("5 BYE")
+    assert type(cseq) is CSeq and cseq == CSeq(5, "BYE") and hash(cseq) == hash(CSeq(5, "BYE"))
+    tel_text = "tel:+15551234567;phone-context=+1"
+    assert parse_uri(tel_text) == TelUri("+15551234567", {"phone-context": "+1"}, tel_text)
+    assert parse_uri("urn:service:sos") == AbsoluteUri("urn", "service:sos", "urn:service:sos")
 
 
 def test_uri_copies_are_rebuilt() -> None:

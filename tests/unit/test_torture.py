@@ -188,7 +188,8 @@ INVALID_HANDLING: dict[str, str] = {
     "baddate": "accepted",
     # Contact is parsed lazily (not a header every transaction needs): parse_message
     # accepts the request and the ``contacts`` accessor raises SipParseError (400) when the
-    # registrar or dialog layer reads it (gateway.sip.dialog validates the Contact).
+    # registrar reads it (it answers 400 Bad Contact; gateway.sip.dialog does the same check
+    # for a dialog-creating request).
     "regbadct": "contacts",
     # RFC 4475 3.1.2.18 prefers 501 for the unknown method but allows 400; the parser cannot
     # know the methods of the TU, so the CSeq mismatch gives 400.
