@@ -1,0 +1,1059 @@
+"""The cost of presence publishing: queued inbound calls with MQTT off, on, and watched.
+
+Three variants, each a fresh gateway driven through the same rising call rates:
+
+    off      GATEWAY_MQTT_URL=off: presence changes are published nowhere
+    mqtt     presence published (QoS 1, retained) to a Mosquitto with no subscribers
+    subs     the same, with K paho clients (one network thread each) subscribed to
+             ``<prefix>/#`` with QoS 1, counting what they receive
+
+    SIPp uac (carrier, 127.0.0.2)  ->  gateway  ->  SIPp uas (N agents' phones, 127.0.0.1)
+                                          |
+                                          +--> Mosquitto  -->  K subscribers
+
+Each variant: a fresh ``python -m gateway run`` (GATEWAY_LOG_LEVEL=WARNING,
+GATEWAY_STORE=sqlite://:memory:, its own GATEWAY_MQTT_PREFIX) on a dialplan with N agents
+(``capacity: 1``, all in queue ``support``, ``ring_timeout_s: 5``), an inbound rule for the
+DID +15555550100 and a trunk ``carrier`` whose inbound calls come from 127.0.0.2. Every
+agent registers with digest MD5 (``sipp-scenarios/agent_register.xml``, one SIPp run each,
+all from 127.0.0.1:UAS_PORT), so one SIPp uas on that port (``bench/scenarios/uas_rtd.xml``:
+180, 200, ACK required, 1 s timewait) answers every call the queue offers to any agent.
+
+Each step places ``rate * --step-seconds`` calls at ``rate`` calls/s from 127.0.0.2 with
+``sipp-scenarios/uac_queued.xml`` to the DID, with ``-d 0``: the SHORTEST possible call
+(ACK and BYE right after the 200), so that the N agents of capacity 1 are never the
+bottleneck and the limit is the gateway. Longer calls lower the sustainable rate to about
+N / call length. The queue offers each call to the longest-idle Available agent; the answer
+flips that agent Busy and the BYE flips it back to Available, so every answered call
+publishes two retained presence messages. Set-up time is SIPp's response time 1, from the
+INVITE to its 200 (``-trace_rtt -rtt_freq 1``): queueing, dispatch, the offer to the agent
+and its answer.
+
+A step passes when every call succeeded on both SIPp sides and the set-up p99 is below
+--p99-limit-ms (50); a variant stops at its first step that does not pass. **Sustained**
+is a variant's highest passing rate. For the subs variant each subscriber's count of live
+(not retained) presence messages is compared with 2 x answered calls, and the delay from
+the change's timestamp (the gateway's clock) to its arrival at a subscriber is the
+presence lag. The gateway's, Mosquitto's and this process's (the subscribers') CPU use is
+read from /proc over each step; gateway log lines (all at WARNING or above) are counted
+and shown.
+
+Everything runs on loopback and is bounded: SIPp runs have -timeout and are killed after
+it, the uac has -recv_timeout. Default: about 3 minutes. Files (dialplans, SIPp statistics,
+rtt CSVs, gateway and Mosquitto logs) stay under --workdir.
+
+    .venv/bin/python bench/presence_bench.py [--rates 50,100,200,300,400] [--agents 20]
+        [--subscribers 20] [--step-seconds 5] [--variants off,mqtt,subs] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from cps_bench import (
+    CLK_TCK,
+    HARD_MARGIN_S,
+    Child,
+    busy_ticks,
+    code_revision,
+    cpu_ticks,
+    free_port,
+    head_lines,
+    load_average,
+    percentile,
+    port_bound_by,
+    read_rtt,
+    read_stats,
+    rss_mb,
+    scenario_screen,
+    sip_options,
+    slow_bursts,
+    stat_int,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+UAC_SCENARIO = PROJECT_ROOT / "sipp-scenarios" / "uac_queued.xml"
+REGISTER_SCENARIO = PROJECT_ROOT / "sipp-scenarios" / "agent_register.xml"
+UAS_SCENARIO = PROJECT_ROOT / "bench" / "scenarios" / "uas_rtd.xml"
+HOST = "127.0.0.1"
+CARRIER_HOST = "127.0.0.2"
+DID = "+15555550100"
+REALM = "bench"
+
+#: uas timewait in uas_rtd.xml (s): the uas ends this long after its last call.
+UAS_TIMEWAIT_S = 1.0
+#: Pause between steps so that the previous step's retransmissions and timers settle.
+SETTLE_S = 1.0
+#: Longest wait, after a step, for the subscribers to receive what is still on its way.
+DRAIN_MAX_S = 10.0
+#: The subscribers are considered drained once nothing arrived for this long.
+DRAIN_QUIET_S = 1.0
+#: A call waiting longer than this for any message fails at the uac (ms).
+RECV_TIMEOUT_MS = 5000
+
+VARIANTS: dict[str, str] = {
+    "off": "MQTT off",
+    "mqtt": "MQTT on, no subscribers",
+    "subs": "MQTT on, K subscribers",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_udp_port(host: str) -> int:
+    """A UDP port free on ``host`` (e.g. 127.0.0.2, where cps_bench's helper does not look)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _f1(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _f2(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def log_level_of(line: str) -> str:
+    """The ``level`` of a JSON log line ("?" for a line that is not one, e.g. a traceback)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return "?"
+    return str(record.get("level", "?")) if isinstance(record, dict) else "?"
+
+
+def log_event_of(line: str) -> str:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line[:80]
+    return str(record.get("event", "?")) if isinstance(record, dict) else line[:80]
+
+
+# --------------------------------------------------------------------------- mosquitto
+
+
+class Mosquitto:
+    """A Mosquitto broker on a free 127.0.0.1 port, for the whole run."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            raise RuntimeError("mosquitto not found (apt-get install mosquitto)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log = workdir / "mosquitto.log"
+        config = workdir / "mosquitto.conf"
+        config.write_text(
+            f"listener {self.port} {HOST}\nallow_anonymous true\npersistence false\n"
+        )
+        self.child = Child([binary, "-c", str(config)], workdir, self.log)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if not self.child.running:
+                raise RuntimeError(f"mosquitto exited: {self.log.read_text(errors='replace')}")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.child.stop(soft=signal.SIGTERM)
+        raise RuntimeError(f"mosquitto did not listen on {HOST}:{self.port}")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{HOST}:{self.port}"
+
+    def log_lines(self) -> list[str]:
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace").splitlines()
+        return []
+
+    def stop(self) -> int:
+        return self.child.stop(soft=signal.SIGTERM, grace=3.0)
+
+
+# --------------------------------------------------------------------------- subscribers
+
+
+class Counts:
+    """What one subscriber received. Written by its paho thread only; read by main."""
+
+    def __init__(self) -> None:
+        self.live = 0  # presence messages not flagged retained: changes as they happen
+        self.busy = 0
+        self.available = 0
+        self.retained = 0  # retained values delivered on subscribing
+        self.other = 0  # other topics (node status)
+        self.repeats = 0  # a live presence with the same status as the agent's previous one
+        self.lags_ms: list[float] = []
+        self.last_arrival = 0.0
+        self.last_status: dict[str, str] = {}
+
+    def on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        arrived = time.time()
+        self.last_arrival = time.monotonic()
+        if message.retain:
+            self.retained += 1
+            return
+        if not message.topic.endswith("/presence"):
+            self.other += 1
+            return
+        self.live += 1
+        try:
+            payload = json.loads(message.payload)
+            status = str(payload["status"])
+            agent = str(payload["agent"])
+            stamp = datetime.fromisoformat(str(payload["timestamp"])).timestamp()
+        except (ValueError, KeyError, TypeError):
+            return
+        if status == "Busy":
+            self.busy += 1
+        elif status == "Available":
+            self.available += 1
+        if self.last_status.get(agent) == status:
+            self.repeats += 1
+        self.last_status[agent] = status
+        self.lags_ms.append((arrived - stamp) * 1000.0)
+
+
+@dataclass
+class Snapshot:
+    live: list[int]
+    busy: list[int]
+    available: list[int]
+    repeats: list[int]
+    lag_index: list[int]
+
+
+class Subscribers:
+    """K paho clients, each with its own network thread, subscribed to ``topic_filter``."""
+
+    def __init__(self, port: int, topic_filter: str, count: int, timeout: float = 10.0) -> None:
+        self.counts = [Counts() for _ in range(count)]
+        self.clients: list[mqtt.Client] = []
+        subscribed = threading.Semaphore(0)
+        token = uuid.uuid4().hex[:8]
+
+        def on_subscribe(*_: Any) -> None:
+            subscribed.release()
+
+        for index, counts in enumerate(self.counts):
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=f"presence-bench-{token}-{index}"
+            )
+            client.on_message = counts.on_message
+            client.on_subscribe = on_subscribe
+            client.connect(HOST, port)
+            client.subscribe(topic_filter, qos=1)
+            client.loop_start()
+            self.clients.append(client)
+        deadline = time.monotonic() + timeout
+        for _ in range(count):
+            if not subscribed.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                self.close()
+                raise RuntimeError(f"{count} subscribers did not all get their SUBACK")
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            live=[c.live for c in self.counts],
+            busy=[c.busy for c in self.counts],
+            available=[c.available for c in self.counts],
+            repeats=[c.repeats for c in self.counts],
+            lag_index=[len(c.lags_ms) for c in self.counts],
+        )
+
+    def received_since(self, before: Snapshot) -> list[int]:
+        return [c.live - n for c, n in zip(self.counts, before.live, strict=True)]
+
+    def wait_drained(self, before: Snapshot, expected: int) -> float:
+        """Wait until every subscriber has ``expected`` new messages, or nothing arrived for
+        DRAIN_QUIET_S, or DRAIN_MAX_S; return seconds waited."""
+        started = time.monotonic()
+        while time.monotonic() - started < DRAIN_MAX_S:
+            if min(self.received_since(before)) >= expected:
+                break
+            last = max(c.last_arrival for c in self.counts)
+            if time.monotonic() - max(last, started) >= DRAIN_QUIET_S:
+                break
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def lags_since(self, before: Snapshot) -> list[float]:
+        lags: list[float] = []
+        for counts, index in zip(self.counts, before.lag_index, strict=True):
+            lags += counts.lags_ms[index:]
+        return sorted(lags)
+
+    def close(self) -> None:
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            with contextlib.suppress(Exception):
+                client.loop_stop()
+        self.clients = []
+
+
+def retained_presence(port: int, prefix: str, agents: int, timeout: float = 3.0) -> dict[str, str]:
+    """{agent: status} of the retained presence values a fresh subscriber gets."""
+    found: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            payload = json.loads(message.payload)
+            with lock:
+                found[str(payload["agent"])] = str(payload["status"])
+
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"presence-bench-check-{uuid.uuid4().hex[:8]}"
+    )
+    client.on_message = on_message
+    client.connect(HOST, port)
+    client.subscribe(f"{prefix}/agents/+/presence", qos=1)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with lock:
+                if len(found) >= agents:
+                    break
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    with lock:
+        return dict(found)
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def agent_ids(count: int) -> list[str]:
+    return [f"agent{i:03d}" for i in range(1, count + 1)]
+
+
+def password_of(agent: str) -> str:
+    return f"{agent}-pw"
+
+
+def dialplan_text(port: int, node: str, agents: list[str]) -> str:
+    agent_lines = "".join(
+        f"  {agent}:\n"
+        f"    password: {password_of(agent)}\n"
+        "    capacity: 1\n"
+        "    queues: [support]\n"
+        for agent in agents
+    )
+    return (
+        "version: 1\n"
+        f"node: {{ name: {node} }}\n"
+        "listen:\n"
+        f"  - {{ transport: udp, host: {HOST}, port: {port} }}\n"
+        "trunks:\n"
+        "  carrier:\n"
+        f"    gateways: [ {{ host: {CARRIER_HOST}, port: 5999 }} ]\n"
+        f"    inbound_from: ['{CARRIER_HOST}']\n"
+        f"registrar: {{ realm: {REALM}, algorithms: [MD5] }}\n"
+        f"agents:\n{agent_lines}"
+        "queues:\n"
+        "  support:\n"
+        "    ring_timeout_s: 5\n"
+        "inbound:\n"
+        f"  - {{ name: support-line, match: '^\\+15555550100$', queue: support }}\n"
+    )
+
+
+class Gateway:
+    """``python -m gateway run`` on a generated dialplan; ready once OPTIONS gets 200."""
+
+    def __init__(self, workdir: Path, node: str, agents: list[str], env: dict[str, str]) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.dialplan = workdir / "dialplan.yaml"
+        self.dialplan.write_text(dialplan_text(self.port, node, agents))
+        data = workdir / "data"
+        data.mkdir(exist_ok=True)
+        self.stdout = workdir / "gateway.stdout.log"
+        self.stderr = workdir / "gateway.stderr.log"
+        full_env = {
+            **os.environ,
+            "GATEWAY_DATA_DIR": str(data),
+            "GATEWAY_STORE": "sqlite://:memory:",
+            "GATEWAY_LOG_FORMAT": "json",
+            "GATEWAY_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.env = {k: v for k, v in full_env.items() if k.startswith("GATEWAY_")}
+        command = [sys.executable, "-m", "gateway", "run", "--dialplan", str(self.dialplan)]
+        self.child = Child(command, PROJECT_ROOT, self.stdout, env=full_env, stderr=self.stderr)
+        deadline = time.monotonic() + 15.0
+        answer: str | None = None
+        while time.monotonic() < deadline:
+            if not self.child.running:
+                raise RuntimeError(
+                    f"gateway exited ({self.child.returncode}) before answering OPTIONS:\n"
+                    + "\n".join(self.log_lines()[-30:])
+                )
+            answer = sip_options(self.port)
+            if answer is not None and answer.startswith("SIP/2.0 200"):
+                return
+            time.sleep(0.1)
+        self.child.stop(soft=signal.SIGTERM)
+        raise RuntimeError(f"gateway did not answer OPTIONS with 200 (last: {answer})")
+
+    def log_lines(self) -> list[str]:
+        lines: list[str] = []
+        for path in (self.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                lines += path.read_text(errors="replace").splitlines()
+        return lines
+
+    def stop(self) -> int:
+        return self.child.stop(soft=signal.SIGTERM, grace=10.0)
+
+
+def register_agents(
+    sipp: str, gateway: Gateway, agents: list[str], uas_port: int, directory: Path
+) -> list[str]:
+    """REGISTER every agent from 127.0.0.1:uas_port, one SIPp run each; the failures."""
+    directory.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    for agent in agents:
+        command = [
+            sipp, f"{HOST}:{gateway.port}", "-sf", str(REGISTER_SCENARIO),
+            "-s", agent, "-au", agent, "-ap", password_of(agent),
+            "-key", "expires", "3600", "-m", "1",
+            "-i", HOST, "-bind_local", "-p", str(uas_port), "-nostdin",
+            "-timeout", "10s", "-timeout_error",
+            "-trace_err", "-error_file", str(directory / f"{agent}_errors.log"),
+        ]  # fmt: skip
+        with (directory / f"{agent}.log").open("wb") as out:
+            try:
+                code = subprocess.run(
+                    command, cwd=directory, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, timeout=10.0 + HARD_MARGIN_S, check=False,
+                ).returncode  # fmt: skip
+            except subprocess.TimeoutExpired:
+                code = -1
+        if code != 0:
+            failures.append(f"{agent} (sipp exit {code})")
+    return failures
+
+
+# --------------------------------------------------------------------------- one step
+
+
+@dataclass
+class Step:
+    variant: str
+    rate: int
+    calls: int
+    achieved_cps: float = 0.0
+    successful: int = 0
+    failed: int = 0
+    uas_successful: int = 0
+    uas_failed: int = 0
+    retransmissions: int = 0
+    uac_timeouts: int = 0
+    unexpected: int = 0
+    samples: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    wall_s: float = 0.0
+    gateway_cpu_pct: float | None = None
+    gateway_cpu_ms_per_call: float | None = None
+    gateway_rss_mb: float | None = None
+    mosquitto_cpu_pct: float | None = None
+    bench_cpu_pct: float | None = None
+    uac_cpu_pct: float | None = None
+    uas_cpu_pct: float | None = None
+    other_cpu_pct: float | None = None
+    gateway_log_lines: int = 0
+    gateway_log_events: dict[str, int] = field(default_factory=dict)
+    mosquitto_log_lines: int = 0
+    expected_per_subscriber: int | None = None
+    received_min: int | None = None
+    received_max: int | None = None
+    busy_min: int | None = None
+    available_min: int | None = None
+    repeats: int | None = None
+    lag_p50_ms: float | None = None
+    lag_p99_ms: float | None = None
+    lag_max_ms: float | None = None
+    drain_s: float | None = None
+    uac_exit: int | None = None
+    uas_exit: int | None = None
+    passed: bool = False
+    reasons: list[str] = field(default_factory=list)
+    directory: str = ""
+
+
+def sipp_common(directory: Path, role: str, calls: int, timeout_s: float) -> list[str]:
+    # fmt: off
+    return [
+        "-bind_local", "-t", "u1", "-m", str(calls), "-nostdin",
+        "-timeout", f"{timeout_s:g}s", "-timeout_error",
+        "-max_recv_loops", "1000",
+        "-trace_stat", "-stf", str(directory / f"{role}_stat.csv"), "-fd", "1",
+        "-trace_err", "-error_file", str(directory / f"{role}_errors.log"),
+        "-trace_screen", "-screen_file", str(directory / f"{role}_screen.log"),
+    ]
+    # fmt: on
+
+
+@dataclass
+class Context:
+    """What the steps of one variant share."""
+
+    variant: str
+    sipp: str
+    gateway: Gateway
+    uas_port: int
+    mosquitto: Mosquitto | None
+    subscribers: Subscribers | None
+    args: argparse.Namespace
+
+
+def run_step(ctx: Context, rate: int, directory: Path) -> Step:
+    args = ctx.args
+    directory.mkdir(parents=True, exist_ok=True)
+    calls = max(1, round(rate * args.step_seconds))
+    step = Step(variant=ctx.variant, rate=rate, calls=calls, directory=str(directory))
+    uac_timeout = args.step_seconds + 20.0
+
+    uas_command = [
+        ctx.sipp, "-sf", str(UAS_SCENARIO), "-i", HOST, "-p", str(ctx.uas_port),
+        *sipp_common(directory, "uas", calls, uac_timeout + 10.0),
+    ]  # fmt: skip
+    uas = Child(uas_command, directory, directory / "uas_output.log")
+    deadline = time.monotonic() + 5.0
+    while not port_bound_by(uas.pid, ctx.uas_port, "udp"):
+        if not uas.running or time.monotonic() > deadline:
+            uas.stop()
+            raise RuntimeError(f"SIPp uas did not bind udp {HOST}:{ctx.uas_port}")
+        time.sleep(0.02)
+
+    gw_pid = ctx.gateway.child.pid
+    mq_pid = ctx.mosquitto.child.pid if ctx.mosquitto is not None else None
+    log_before = len(ctx.gateway.log_lines())
+    mq_log_before = len(ctx.mosquitto.log_lines()) if ctx.mosquitto is not None else 0
+    before = ctx.subscribers.snapshot() if ctx.subscribers is not None else None
+    uac_command = [
+        ctx.sipp, f"{HOST}:{ctx.gateway.port}", "-sf", str(UAC_SCENARIO),
+        "-i", CARRIER_HOST, "-p", str(free_udp_port(CARRIER_HOST)), "-s", DID,
+        *sipp_common(directory, "uac", calls, uac_timeout),
+        "-r", str(rate), "-rp", "1000", "-d", "0",
+        "-recv_timeout", str(RECV_TIMEOUT_MS),
+        "-trace_rtt", "-rtt_freq", "1",
+    ]  # fmt: skip
+    gw_before = cpu_ticks(gw_pid)
+    mq_before = cpu_ticks(mq_pid) if mq_pid is not None else None
+    self_before = time.process_time()
+    busy_before = busy_ticks()
+    uac = Child(uac_command, directory, directory / "uac_output.log")
+    if uac.wait(uac_timeout + HARD_MARGIN_S) is None:
+        uac.stop(grace=2.0)
+    gw_after = cpu_ticks(gw_pid)
+    mq_after = cpu_ticks(mq_pid) if mq_pid is not None else None
+    self_after = time.process_time()
+    busy_after = busy_ticks()
+    wall = uac.elapsed
+    # the uas ends by itself one timewait after its last call; stop it if calls are missing
+    if uas.wait(UAS_TIMEWAIT_S + 3.0) is None:
+        uas.stop(grace=3.0)
+
+    uac_stats = read_stats(directory / "uac_stat.csv")
+    uas_stats = read_stats(directory / "uas_stat.csv")
+    step.successful = stat_int(uac_stats, "SuccessfulCall(C)")
+    step.failed = max(stat_int(uac_stats, "FailedCall(C)"), calls - step.successful)
+    step.uas_successful = stat_int(uas_stats, "SuccessfulCall(C)")
+    step.uas_failed = stat_int(uas_stats, "FailedCall(C)")
+    step.retransmissions = stat_int(uac_stats, "Retransmissions(C)") + stat_int(
+        uas_stats, "Retransmissions(C)"
+    )
+    step.uac_timeouts = stat_int(uac_stats, "FailedTimeoutOnRecv(C)") + stat_int(
+        uac_stats, "FailedMaxUDPRetrans(C)"
+    )
+    step.unexpected = stat_int(uac_stats, "FailedUnexpectedMessage(C)") + stat_int(
+        uas_stats, "FailedUnexpectedMessage(C)"
+    )
+
+    if ctx.subscribers is not None and before is not None:
+        # every answered call: Busy, then Available
+        expected = 2 * step.uas_successful
+        step.drain_s = round(ctx.subscribers.wait_drained(before, expected), 2)
+        received = ctx.subscribers.received_since(before)
+        after = ctx.subscribers.snapshot()
+        step.expected_per_subscriber = expected
+        step.received_min, step.received_max = min(received), max(received)
+        step.busy_min = min(a - b for a, b in zip(after.busy, before.busy, strict=True))
+        step.available_min = min(
+            a - b for a, b in zip(after.available, before.available, strict=True)
+        )
+        step.repeats = sum(a - b for a, b in zip(after.repeats, before.repeats, strict=True))
+        lags = ctx.subscribers.lags_since(before)
+        step.lag_p50_ms = None if not lags else round(percentile(lags, 50) or 0.0, 1)
+        step.lag_p99_ms = None if not lags else round(percentile(lags, 99) or 0.0, 1)
+        step.lag_max_ms = round(lags[-1], 1) if lags else None
+    gw_end = cpu_ticks(gw_pid)  # after the drain: the trailing publishes count per call
+
+    step.wall_s = round(wall, 3)
+    step.uac_exit, step.uas_exit = uac.returncode, uas.returncode
+    if uac.cpu_s is not None and wall > 0:
+        step.uac_cpu_pct = round(100.0 * uac.cpu_s / wall, 1)
+    if uas.cpu_s is not None and uas.elapsed > 0:
+        step.uas_cpu_pct = round(100.0 * uas.cpu_s / uas.elapsed, 1)
+    ours = (uac.cpu_s or 0.0) + (uas.cpu_s or 0.0)
+    if gw_before is not None and gw_after is not None and wall > 0:
+        step.gateway_cpu_pct = round(100.0 * (gw_after - gw_before) / CLK_TCK / wall, 1)
+        ours += (gw_after - gw_before) / CLK_TCK
+        if gw_end is not None and step.successful:
+            step.gateway_cpu_ms_per_call = round(
+                1000.0 * (gw_end - gw_before) / CLK_TCK / step.successful, 3
+            )
+    if mq_before is not None and mq_after is not None and wall > 0:
+        step.mosquitto_cpu_pct = round(100.0 * (mq_after - mq_before) / CLK_TCK / wall, 1)
+        ours += (mq_after - mq_before) / CLK_TCK
+    if wall > 0:
+        step.bench_cpu_pct = round(100.0 * (self_after - self_before) / wall, 1)
+        ours += self_after - self_before
+    if wall > 0 and busy_after > busy_before:
+        other = (busy_after - busy_before) / CLK_TCK - ours
+        step.other_cpu_pct = round(max(0.0, 100.0 * other / wall), 1)
+    step.gateway_rss_mb = rss_mb(gw_pid)
+    new_lines = ctx.gateway.log_lines()[log_before:]
+    step.gateway_log_lines = len(new_lines)
+    for line in new_lines:
+        key = f"{log_level_of(line)}:{log_event_of(line)}"
+        step.gateway_log_events[key] = step.gateway_log_events.get(key, 0) + 1
+    if ctx.mosquitto is not None:
+        step.mosquitto_log_lines = len(ctx.mosquitto.log_lines()) - mq_log_before
+
+    samples = read_rtt(directory)
+    values = sorted(value for _, value in samples)
+    step.samples = len(values)
+    step.p50_ms = percentile(values, 50)
+    step.p99_ms = percentile(values, 99)
+    step.max_ms = values[-1] if values else None
+    span = (samples[-1][0] - samples[0][0]) / 1000.0 + 1.0 / rate if len(samples) >= 2 else wall
+    step.achieved_cps = round(step.successful / span, 1) if span > 0 else 0.0
+
+    if not uac_stats:
+        step.reasons.append("uac wrote no statistics")
+    if step.failed:
+        step.reasons.append(f"{step.failed} failed at uac")
+    if step.uas_failed:
+        step.reasons.append(f"{step.uas_failed} failed at uas")
+    if step.p99_ms is None:
+        step.reasons.append("no response times")
+    elif step.p99_ms >= args.p99_limit_ms:
+        step.reasons.append(f"p99 {step.p99_ms:g} ms >= {args.p99_limit_ms:g} ms")
+    if uac.killed:
+        step.reasons.append("uac killed after its timeout")
+    if not ctx.gateway.child.running:
+        step.reasons.append(f"gateway exited ({ctx.gateway.child.returncode})")
+    step.passed = not step.reasons
+    return step
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def diagnose(step: Step, ctx: Context) -> str:
+    """Evidence for a step that did not pass: slow set-ups, SIPp screens and errors, the
+    gateway's and Mosquitto's log lines."""
+    directory = Path(step.directory)
+    limit = ctx.args.p99_limit_ms
+    parts = [
+        f"--- {step.variant} @ {step.rate} cps did not pass: {'; '.join(step.reasons)}",
+        f"    files: {directory}",
+    ]
+    bursts = slow_bursts(directory, limit / 2)
+    if bursts:
+        parts.append(f"--- set-ups >= {limit / 2:g} ms, grouped in time: {len(bursts)} groups")
+        parts += ["    " + line for line in bursts[:12]]
+    for role in ("uac", "uas"):
+        parts.append(f"--- {role} scenario screen")
+        parts.append(scenario_screen(directory / f"{role}_screen.log"))
+        errors = head_lines(directory / f"{role}_errors.log", 8)
+        if errors:
+            parts.append(f"--- {role}_errors.log (first lines)")
+            parts += errors
+    lines = ctx.gateway.log_lines()
+    parts.append(f"--- gateway log: {len(lines)} lines in this variant (last 10)")
+    parts += [line[:300] for line in lines[-10:]]
+    return "\n".join(parts)
+
+
+def run_variant(
+    variant: str,
+    rates: list[int],
+    args: argparse.Namespace,
+    workdir: Path,
+    mosquitto: Mosquitto | None,
+) -> dict[str, Any]:
+    directory = workdir / variant
+    agents = agent_ids(args.agents)
+    prefix = f"presence-bench-{variant}-{secrets.token_hex(4)}"
+    env = {
+        "GATEWAY_MQTT_URL": "off" if mosquitto is None else mosquitto.url,
+        "GATEWAY_MQTT_PREFIX": prefix,
+    }
+    result: dict[str, Any] = {
+        "variant": variant,
+        "label": VARIANTS[variant],
+        "subscribers": args.subscribers if variant == "subs" else 0,
+        "steps": [],
+        "sustained_cps": 0,
+        "sustained_p99_ms": None,
+        "limit_reached": False,
+        "problems": [],
+        "diagnosis": "",
+        "retained_final": None,
+        "directory": str(directory),
+    }
+    gateway: Gateway | None = None
+    subscribers: Subscribers | None = None
+    steps: list[Step] = []
+    try:
+        gateway = Gateway(directory, f"pb-{variant}", agents, env)
+        result["gateway_env"] = gateway.env
+        uas_port = free_port()
+        started = time.monotonic()
+        failures = register_agents(args.sipp, gateway, agents, uas_port, directory / "register")
+        print(
+            f"  [{variant}] gateway up on {HOST}:{gateway.port}; {len(agents) - len(failures)}"
+            f"/{len(agents)} agents registered in {time.monotonic() - started:.1f} s",
+            flush=True,
+        )
+        if failures:
+            result["problems"].append("registration failed: " + ", ".join(failures))
+            raise RuntimeError(result["problems"][-1])
+        if variant == "subs" and mosquitto is not None:
+            subscribers = Subscribers(mosquitto.port, f"{prefix}/#", args.subscribers)
+            retained = [c.retained for c in subscribers.counts]
+            print(
+                f"  [{variant}] {args.subscribers} subscribers on {prefix}/#",
+                flush=True,
+            )
+            result["retained_on_subscribe_min"] = min(retained)
+        ctx = Context(variant, args.sipp, gateway, uas_port, mosquitto, subscribers, args)
+        for rate in rates:
+            step = run_step(ctx, rate, directory / f"{rate:05d}cps")
+            steps.append(step)
+            print(format_progress(step), flush=True)
+            if not step.passed:
+                result["diagnosis"] = diagnose(step, ctx)
+                result["limit_reached"] = True
+                break
+            time.sleep(SETTLE_S)
+        if mosquitto is not None:
+            final = retained_presence(mosquitto.port, prefix, len(agents))
+            result["retained_final"] = final
+    except RuntimeError as exc:
+        result["problems"].append(str(exc))
+        print(f"  [{variant}] {exc}", flush=True)
+    finally:
+        if subscribers is not None:
+            subscribers.close()
+        if gateway is not None:
+            result["gateway_exit"] = gateway.stop()
+            lines = gateway.log_lines()
+            result["gateway_log_lines"] = len(lines)
+            result["gateway_log_tail"] = [line[:300] for line in lines[-5:]]
+    passing = [s for s in steps if s.passed]
+    best = max(passing, key=lambda s: s.rate) if passing else None
+    result["steps"] = [asdict(s) for s in steps]
+    result["sustained_cps"] = best.rate if best else 0
+    result["sustained_p99_ms"] = best.p99_ms if best else None
+    return result
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_progress(step: Step) -> str:
+    verdict = "ok" if step.passed else "FAIL: " + "; ".join(step.reasons)
+    mqtt_part = ""
+    if step.expected_per_subscriber is not None:
+        mqtt_part = (
+            f", msgs/sub {step.received_min}..{step.received_max}"
+            f"/{step.expected_per_subscriber}, lag p99 {_ms(step.lag_p99_ms)} ms"
+        )
+    return (
+        f"  [{step.variant}] {step.rate} cps: {step.successful}/{step.calls} ok, "
+        f"p50/p99 {_ms(step.p50_ms)}/{_ms(step.p99_ms)} ms, gw CPU {_pct(step.gateway_cpu_pct)}%"
+        f"{mqtt_part}, gw log {step.gateway_log_lines} lines, {verdict}"
+    )
+
+
+# fmt: off
+HEADER = ("rate", "achieved", "ok", "failed", "uas-fail", "retrans", "p50", "p99", "max",
+          "gw CPU%", "gw ms/call", "mosq CPU%", "bench CPU%", "other CPU%",
+          "msgs/sub", "expected", "lag p50", "lag p99", "gw log", "verdict")
+# fmt: on
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [HEADER]
+    for s in result["steps"]:
+        if s["received_min"] is None:
+            received = "-"
+        elif s["received_min"] == s["received_max"]:
+            received = str(s["received_min"])
+        else:
+            received = f"{s['received_min']}..{s['received_max']}"
+        expected = "-" if s["expected_per_subscriber"] is None else str(s["expected_per_subscriber"])
+        # fmt: off
+        rows.append((
+            str(s["rate"]), f"{s['achieved_cps']:.1f}", str(s["successful"]), str(s["failed"]),
+            str(s["uas_failed"]), str(s["retransmissions"]),
+            _ms(s["p50_ms"]), _ms(s["p99_ms"]), _ms(s["max_ms"]),
+            _pct(s["gateway_cpu_pct"]), _f2(s["gateway_cpu_ms_per_call"]),
+            _pct(s["mosquitto_cpu_pct"]), _pct(s["bench_cpu_pct"]), _pct(s["other_cpu_pct"]),
+            received, expected, _f1(s["lag_p50_ms"]), _f1(s["lag_p99_ms"]),
+            str(s["gateway_log_lines"]), "ok" if s["passed"] else "FAIL",
+        ))
+        # fmt: on
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    lines: list[str] = []
+    by_name = {r["variant"]: r for r in results}
+    for r in results:
+        label = r["label"].replace("K", str(r["subscribers"]))
+        text = f"{r['variant']:>4} ({label}): sustained {r['sustained_cps']} calls/s"
+        text += f" (p99 set-up {_ms(r['sustained_p99_ms'])} ms)"
+        if r["steps"] and not r["limit_reached"]:
+            text += f" - limit not reached (highest rate tried: {args.top_rate})"
+        if r["problems"]:
+            text += " - " + "; ".join(r["problems"])
+        lines.append(text)
+    base = by_name.get("off")
+    for name in ("mqtt", "subs"):
+        r = by_name.get(name)
+        if base is None or r is None:
+            continue
+        if base["sustained_cps"]:
+            ratio = r["sustained_cps"] / base["sustained_cps"]
+            bound = "" if base["limit_reached"] else " (off did not reach its limit)"
+            lines.append(f"ratio sustained {name} / off: {ratio:.2f}{bound}")
+        else:
+            lines.append(f"ratio sustained {name} / off: n/a (off sustained no step)")
+    # CPU per call at the rates every variant passed: the finer measure of the cost
+    passed_by_rate: dict[int, dict[str, float]] = {}
+    for r in results:
+        for s in r["steps"]:
+            if s["passed"] and s["gateway_cpu_ms_per_call"] is not None:
+                passed_by_rate.setdefault(s["rate"], {})[r["variant"]] = s[
+                    "gateway_cpu_ms_per_call"
+                ]
+    common = [rate for rate, v in sorted(passed_by_rate.items()) if len(v) == len(results)]
+    if common and len(results) > 1:
+        means = {
+            r["variant"]: sum(passed_by_rate[rate][r["variant"]] for rate in common) / len(common)
+            for r in results
+        }
+        text = ", ".join(f"{name} {value:.3f}" for name, value in means.items())
+        lines.append(
+            f"gateway CPU ms per call, mean over the rates all passed ({common}): {text}"
+        )
+        if "off" in means and means["off"] > 0:
+            ratios = ", ".join(
+                f"{name}/off {value / means['off']:.2f}"
+                for name, value in means.items()
+                if name != "off"
+            )
+            lines.append(f"gateway CPU per call ratios: {ratios}")
+    subs = by_name.get("subs")
+    if subs is not None and subs["steps"]:
+        short = [
+            f"{s['rate']} cps: min {s['received_min']} of {s['expected_per_subscriber']}"
+            for s in subs["steps"]
+            if s["received_min"] is not None and s["received_min"] < s["expected_per_subscriber"]
+        ]
+        extra = [
+            f"{s['rate']} cps: max {s['received_max']} of {s['expected_per_subscriber']}"
+            for s in subs["steps"]
+            if s["received_max"] is not None and s["received_max"] > s["expected_per_subscriber"]
+        ]
+        repeats = sum(s["repeats"] or 0 for s in subs["steps"])
+        if not short and not extra:
+            lines.append(
+                f"presence delivery: every subscriber got exactly 2 messages per answered "
+                f"call at every step; same-status repeats: {repeats}"
+            )
+        else:
+            lines.append(
+                "presence delivery MISMATCH: " + "; ".join(short + extra) + f"; repeats {repeats}"
+            )
+    for r in results:
+        final = r.get("retained_final")
+        if final is not None:
+            available = sum(1 for status in final.values() if status == "Available")
+            lines.append(
+                f"{r['variant']}: retained presence after the run: {len(final)}/{args.agents} "
+                f"agents, {available} Available"
+            )
+    for r in results:
+        noisy = {}
+        for s in r["steps"]:
+            for key, count in s["gateway_log_events"].items():
+                noisy[key] = noisy.get(key, 0) + count
+        if noisy:
+            lines.append(f"{r['variant']}: gateway log lines during steps: {noisy}")
+        if r.get("gateway_exit") not in (0, None):
+            lines.append(f"{r['variant']}: gateway exit code {r['gateway_exit']}")
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--rates", default="50,100,200,300,400", help="comma-separated rates, calls/s"
+    )
+    parser.add_argument("--agents", type=int, default=20, help="agents, capacity 1 each (20)")
+    parser.add_argument(
+        "--subscribers", type=int, default=20, help="MQTT subscribers in the subs variant (20)"
+    )
+    parser.add_argument(
+        "--step-seconds", type=float, default=5.0, help="rate * this many calls per step (5)"
+    )
+    parser.add_argument(
+        "--variants", default="off,mqtt,subs", help="which variants, in order (off,mqtt,subs)"
+    )
+    parser.add_argument(
+        "--p99-limit-ms", type=float, default=50.0, help="a step passes with p99 below (50)"
+    )
+    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    parser.add_argument("--workdir", type=Path, help="run files (default: new dir in /tmp)")
+    args = parser.parse_args(argv)
+
+    sipp = shutil.which("sipp") or ("/usr/bin/sipp" if Path("/usr/bin/sipp").exists() else None)
+    if sipp is None:
+        parser.error("sipp not found (apt-get install sip-tester)")
+    args.sipp = sipp
+    try:
+        rates = sorted({int(r) for r in args.rates.split(",") if r.strip()})
+    except ValueError:
+        parser.error("--rates takes comma-separated integers")
+    if not rates or rates[0] <= 0:
+        parser.error("--rates needs positive rates")
+    if args.agents < 1 or args.subscribers < 0 or args.step_seconds <= 0:
+        parser.error("--agents >= 1, --subscribers >= 0, --step-seconds > 0")
+    args.top_rate = rates[-1]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or set(variants) - set(VARIANTS):
+        parser.error(f"--variants takes some of {','.join(VARIANTS)}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="presence_bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((CARRIER_HOST, 0))
+    except OSError as exc:
+        parser.error(f"cannot bind {CARRIER_HOST} (the carrier's address): {exc}")
+
+    started = time.monotonic()
+    revision = code_revision()
+    print(
+        f"presence bench: gateway code {revision}; {args.agents} agents (capacity 1), "
+        f"{args.subscribers} subscribers in 'subs'; queued calls to {DID} with no pause "
+        f"(-d 0, the shortest call); {args.step_seconds:g} s per step, rates "
+        f"{','.join(map(str, rates))} calls/s; pass = 0 failed and set-up p99 < "
+        f"{args.p99_limit_ms:g} ms; {os.cpu_count()} CPUs; load average {load_average()}; "
+        f"files in {workdir}",
+        flush=True,
+    )
+    mosquitto: Mosquitto | None = None
+    results: list[dict[str, Any]] = []
+    try:
+        if any(v != "off" for v in variants):
+            mosquitto = Mosquitto(workdir / "mosquitto")
+            print(f"mosquitto on {mosquitto.url}", flush=True)
+        for variant in variants:
+            print(f"{variant}: {VARIANTS[variant]}", flush=True)
+            results.append(
+                run_variant(variant, rates, args, workdir, None if variant == "off" else mosquitto)
+            )
+    finally:
+        if mosquitto is not None:
+            mosquitto.stop()
+        for child in Child.started_children:  # only on an error or Ctrl-C
+            if child.running:
+                child.stop(soft=signal.SIGTERM, grace=2.0)
+
+    print()
+    for r in results:
+        label = r["label"].replace("K", str(r["subscribers"]))
+        print(f"{r['variant']}: {label}; set-up times in ms (SIPp response time 1)")
+        print(table(r))
+        print()
+    for r in results:
+        if r["diagnosis"]:
+            print(r["diagnosis"])
+            print()
+    lines = summary(results, args)
+    for line in lines:
+        print(line)
+    elapsed = time.monotonic() - started
+    print(f"(run took {elapsed:.0f} s; load average now {load_average()}; files in {workdir})")
+
+    if args.json is not None:
+        payload = {
+            "code": revision,
+            "agents": args.agents,
+            "subscribers": args.subscribers,
+            "step_seconds": args.step_seconds,
+            "p99_limit_ms": args.p99_limit_ms,
+            "rates": rates,
+            "cpus": os.cpu_count(),
+            "variants": results,
+            "summary": lines,
+            "elapsed_s": round(elapsed, 1),
+            "workdir": str(workdir),
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
