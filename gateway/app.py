@@ -167,8 +167,18 @@ class Gateway:
                 pacer.start()
                 stack.push_async_callback(pacer.stop)
             yield cls(
-                dialplan, settings, stores, publisher, presence, registrar, queues, history,
-                layer, endpoint, b2bua, mqtt_url,
+                dialplan,
+                settings,
+                stores,
+                publisher,
+                presence,
+                registrar,
+                queues,
+                history,
+                layer,
+                endpoint,
+                b2bua,
+                mqtt_url,
             )
 
 
@@ -190,4 +200,3 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("gateway_stopping", calls_in_progress=len(gw.b2bua.calls))
-

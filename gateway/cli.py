@@ -89,11 +89,31 @@ def _cmd_cdr(args: argparse.Namespace) -> int:
             for row in rows:
                 print(json.dumps(dataclasses.asdict(row)))
             return 0
-        header = ("started (UTC)", "dir", "caller", "callee", "queue", "agent", "answered",
-                  "ended", "result", "route")
+        header = (
+            "started (UTC)",
+            "dir",
+            "caller",
+            "callee",
+            "queue",
+            "agent",
+            "answered",
+            "ended",
+            "result",
+            "route",
+        )
         table = [header] + [
-            (when(r.started_at), r.direction, r.caller, r.callee, r.queue or "-", r.agent or "-",
-             when(r.answered_at), when(r.ended_at), r.result, r.route or "-")
+            (
+                when(r.started_at),
+                r.direction,
+                r.caller,
+                r.callee,
+                r.queue or "-",
+                r.agent or "-",
+                when(r.answered_at),
+                when(r.ended_at),
+                r.result,
+                r.route or "-",
+            )
             for r in rows
         ]
         widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]

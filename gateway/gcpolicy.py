@@ -61,8 +61,12 @@ class GcPacer:
                 started = time.perf_counter()
                 found = gc.collect(2)
                 self.last_full_ms = (time.perf_counter() - started) * 1000
-                log.info("gc_full", ms=round(self.last_full_ms, 1), unreachable=found,
-                         tracked=len(gc.get_objects()))
+                log.info(
+                    "gc_full",
+                    ms=round(self.last_full_ms, 1),
+                    unreachable=found,
+                    tracked=len(gc.get_objects()),
+                )
                 continue
             started = time.perf_counter()
             gc.collect(1)

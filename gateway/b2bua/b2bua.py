@@ -347,8 +347,13 @@ class B2BUA:
             if isinstance(decision, Queued):
                 call.direction = "inbound"
                 call.source_trunk = decision.trunk
-                log.info("call_start", direction="inbound", dialled=dialled, a_call_id=a.call_id,
-                         queue=decision.queue)
+                log.info(
+                    "call_start",
+                    direction="inbound",
+                    dialled=dialled,
+                    a_call_id=a.call_id,
+                    queue=decision.queue,
+                )
                 self._notify_started(call)
                 if self.queues is None:
                     self._fail_a(call, 480, "Temporarily Unavailable")
@@ -361,8 +366,14 @@ class B2BUA:
                 return
             call.hops = decision.hops
             call.agent = decision.agent
-            log.info("call_start", direction="outbound", dialled=dialled, a_call_id=a.call_id,
-                     hops=len(decision.hops), agent=decision.agent)
+            log.info(
+                "call_start",
+                direction="outbound",
+                dialled=dialled,
+                a_call_id=a.call_id,
+                hops=len(decision.hops),
+                agent=decision.agent,
+            )
             self._notify_started(call)
             self._try_next_hop(call)
         finally:
@@ -564,7 +575,9 @@ class B2BUA:
                 b.got_provisional = True
                 self._stop_timer(call)
                 hop = b.hop
-                ring = hop.ring_timeout if hop is not None and hop.ring_timeout else self.ring_timeout
+                ring = (
+                    hop.ring_timeout if hop is not None and hop.ring_timeout else self.ring_timeout
+                )
                 call.provisional_timer = self.call_later(
                     ring, lambda: self._on_ring_timeout(call, tx)
                 )

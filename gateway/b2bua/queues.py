@@ -114,8 +114,13 @@ class QueueManager:
         call.queue = queue
         call.history_queue = call.history_queue or queue
         self._arm_wait_timer(queued)
-        log.info("call_queued", call_id=call.id, queue=queue, priority=priority,
-                 waiting=len(self.waiting))
+        log.info(
+            "call_queued",
+            call_id=call.id,
+            queue=queue,
+            priority=priority,
+            waiting=len(self.waiting),
+        )
         self.dispatch()
 
     def answered(self, call: Call) -> None:
@@ -261,8 +266,12 @@ class QueueManager:
         if self.waiting.get(queued.call.id) is not queued:
             return
         overflow = self.dialplan.queues[queued.queue].overflow
-        log.info("queue_overflow", call_id=queued.call.id, queue=queued.queue,
-                 to=overflow.queue or overflow.destination or overflow.status)
+        log.info(
+            "queue_overflow",
+            call_id=queued.call.id,
+            queue=queued.queue,
+            to=overflow.queue or overflow.destination or overflow.status,
+        )
         if queued.ringing is not None:
             self.ringing.pop(queued.ringing, None)
             queued.ringing = None

@@ -87,7 +87,9 @@ class ContactCentreRouter:
         agent: str | None = None
         if not _in(source.host, self._open):
             if self.authenticate is None:
-                return RouteRefusal(403, "Forbidden", "unknown source and no agents to authenticate")
+                return RouteRefusal(
+                    403, "Forbidden", "unknown source and no agents to authenticate"
+                )
             outcome = self.authenticate(request)
             if isinstance(outcome, RouteRefusal):
                 return outcome

@@ -25,8 +25,8 @@ and then:
 
 ``ids`` is the :class:`~gateway.sip.transaction.IdGenerator` of the element. Requests are
 built **without a Via**: the transaction user pushes its Via (with a fresh branch, see
-``SipEndpoint.via_for``) before handing them to the transaction layer, and resolves ``d.next_hop`` with
-:func:`gateway.sip.routing.resolve_next_hop`.
+``SipEndpoint.via_for``) before handing them to the transaction layer, and resolves
+``d.next_hop`` with :func:`gateway.sip.routing.resolve_next_hop`.
 
 States (``state``) follow this table; anything else is a programming error:
 

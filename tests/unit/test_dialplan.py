@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import pytest
@@ -315,3 +316,108 @@ def test_error_message_format_one_problem_per_line() -> None:
     ]
     first = caught.value.problems[0]
     assert (first.line, first.column, first.field) == (10, 5, "outbound[0].match")
+
+
+# -- contact centre: agents, queues, inbound rules, registrar ----------------------------------
+
+CONTACT_CENTRE = """\
+version: 1
+listen:
+  - { transport: udp, host: 127.0.0.1, port: 5060 }
+trunks:
+  carrier:
+    gateways: [ { host: 127.0.0.1, port: 5080 } ]
+    inbound_from: [$inbound_from]
+registrar: { algorithms: [$algorithms] }
+agents:
+  alice:
+    password: secret
+    identity: "$identity"
+    queues: [support, $extra_queue]
+    location: { country: $country }
+  bob:
+    username: $bob_username
+$bob_secret
+queues:
+  support:
+    overflow: { queue: $overflow }
+inbound:
+  - { name: main, match: '^1$$', queue: $inbound_queue }
+"""
+
+GOOD = dict(
+    inbound_from="'127.0.0.2'",
+    algorithms="SHA-256, MD5",
+    identity="+15555550101",
+    extra_queue="support",
+    country="US",
+    bob_username="bob",
+    bob_secret="    password: x",
+    overflow="support",
+    inbound_queue="support",
+)
+
+
+def _cc(**changes: str) -> str:
+    return string.Template(CONTACT_CENTRE).substitute({**GOOD, **changes})
+
+
+def _cc_problems(**changes: str) -> list[str]:
+    with pytest.raises(DialplanError) as caught:
+        load_dialplan_text(_cc(**changes), "cc.yaml")
+    return str(caught.value).splitlines()
+
+
+def test_contact_centre_sections_load() -> None:
+    dialplan = load_dialplan_text(_cc(), "cc.yaml")
+    alice = dialplan.agents["alice"]
+    assert alice.capacity == 1 and alice.location is not None and alice.location.country == "US"
+    assert dialplan.queues["support"].overflow.queue == "support"
+    assert dialplan.inbound[0].pattern.fullmatch("1")
+    assert dialplan.registrar.algorithms == ("SHA-256", "MD5")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"identity": "5551234"}, "cc.yaml:12: agents.alice.identity: '5551234' is not an E.164"),
+        ({"country": "us"}, "cc.yaml:14: agents.alice.location.country: 'us' is not an ISO 3166"),
+        (
+            {"bob_secret": ""},
+            "cc.yaml:15: agents.bob: an agent needs password, ha1_md5 or ha1_sha256",
+        ),
+        (
+            {"inbound_from": "'not-a-net'"},
+            "cc.yaml:7: trunks.carrier.inbound_from: 'not-a-net' is not an IP",
+        ),
+        ({"algorithms": "SHA-1"}, "cc.yaml:8: registrar.algorithms[0]: Input should be"),
+    ],
+)
+def test_contact_centre_field_errors(changes: dict[str, str], expected: str) -> None:
+    problems = _cc_problems(**changes)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"extra_queue": "sales"},
+            "cc.yaml:13: agents.alice.queues[1]: unknown queue 'sales' (known: support)",
+        ),
+        (
+            {"overflow": "nowhere"},
+            "cc.yaml:20: queues.support.overflow.queue: unknown queue 'nowhere' (known: support)",
+        ),
+        (
+            {"inbound_queue": "suport"},
+            "cc.yaml:22: inbound[0].queue: unknown queue 'suport' (known: support)",
+        ),
+        (
+            {"bob_username": "alice"},
+            "cc.yaml:16: agents.bob.username: SIP username 'alice' is also used by agent 'alice'",
+        ),
+    ],
+)
+def test_contact_centre_references(changes: dict[str, str], expected: str) -> None:
+    assert expected in _cc_problems(**changes)

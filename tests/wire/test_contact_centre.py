@@ -34,11 +34,13 @@ AGENTS = ("alice", "bob", "carol", "dave")
 SCHEMAS = PROJECT_ROOT / "docs" / "schemas"
 
 
-def dialplan(*, max_wait: float = 30.0, ring_timeout: float = 3.0, overflow: str = "{ status: 480 }") -> str:
+def dialplan(
+    *, max_wait: float = 30.0, ring_timeout: float = 3.0, overflow: str = "{ status: 480 }"
+) -> str:
     agents = "".join(
         f"  {name}:\n"
         f"    password: {name}-pw\n"
-        f"    identity: \"+1555555010{i}\"\n"
+        f'    identity: "+1555555010{i}"\n'
         "    capacity: 1\n"
         "    queues: [support]\n"
         for i, name in enumerate(AGENTS)
@@ -91,7 +93,10 @@ def carrier(tmp_path: Path) -> Sipp:
 
 
 def start(
-    gateway_factory: GatewayFactory, mosquitto: Mosquitto, prefix: str, text: str | None = None,
+    gateway_factory: GatewayFactory,
+    mosquitto: Mosquitto,
+    prefix: str,
+    text: str | None = None,
     **env: str,
 ) -> GatewayProcess:
     return gateway_factory(
@@ -100,11 +105,24 @@ def start(
     )
 
 
-def register(sipp: Sipp, gw: GatewayProcess, agent: str, port: int, *, password: str | None = None,
-             expires: int = 3600) -> bool:
+def register(
+    sipp: Sipp,
+    gw: GatewayProcess,
+    agent: str,
+    port: int,
+    *,
+    password: str | None = None,
+    expires: int = 3600,
+) -> bool:
     """One REGISTER transaction pair (401 then digest) from ``port``; True on 200."""
     result = sipp.uac(
-        "agent_register.xml", gw.address, 1, 1, service=agent, local_port=port, timeout=10,
+        "agent_register.xml",
+        gw.address,
+        1,
+        1,
+        service=agent,
+        local_port=port,
+        timeout=10,
         extra=["-au", agent, "-ap", password or f"{agent}-pw", "-key", "expires", str(expires)],
     )
     return result.successful_calls == 1
@@ -123,8 +141,16 @@ def wait_status(recorder: Recorder, prefix: str, agent: str, status: str) -> Non
 
 
 def queued_call(carrier: Sipp, gw: GatewayProcess, *, length: float = 0.2, timeout: float = 30):
-    return carrier.uac("uac_queued.xml", gw.address, 1, 1, service=DID, timeout=timeout,
-                       call_length=length, recv_timeout=timeout)
+    return carrier.uac(
+        "uac_queued.xml",
+        gw.address,
+        1,
+        1,
+        service=DID,
+        timeout=timeout,
+        call_length=length,
+        recv_timeout=timeout,
+    )
 
 
 def agent_phone(sipp: Sipp, port: int, calls: int) -> SippProcess:
@@ -146,8 +172,14 @@ def test_register_with_digest_and_wrong_password(
         wait_status(recorder, prefix, "alice", "Available")
         # bob's credentials cannot register alice's address of record
         result = sipp.uac(
-            "agent_register.xml", gw.address, 1, 1, service="alice", local_port=free_port(),
-            timeout=10, extra=["-au", "bob", "-ap", "bob-pw", "-key", "expires", "60"],
+            "agent_register.xml",
+            gw.address,
+            1,
+            1,
+            service="alice",
+            local_port=free_port(),
+            timeout=10,
+            extra=["-au", "bob", "-ap", "bob-pw", "-key", "expires", "60"],
         )
         assert result.successful_calls == 0
         assert "403" in result.files.messages.read_text()
@@ -174,8 +206,9 @@ def test_queue_skips_dnd_and_busy_agents_and_prefers_longest_idle(
         phones = {a: agent_phone(sipp, ports[a], max(n, 1)) for a, n in expected.items()}
 
         # A: a long call; ties in idle time go by agent id, so alice takes it and is Busy
-        long_call = carrier.start_uac("uac_queued.xml", gw.address, 1, 1, service=DID,
-                                      timeout=30, call_length=6.0)
+        long_call = carrier.start_uac(
+            "uac_queued.xml", gw.address, 1, 1, service=DID, timeout=30, call_length=6.0
+        )
         wait_status(recorder, prefix, "alice", "Busy")
         # B: alice is at capacity, carol is DND -> bob (then idle since now)
         queued_call(carrier, gw).assert_calls(1)
@@ -190,7 +223,9 @@ def test_queue_skips_dnd_and_busy_agents_and_prefers_longest_idle(
             else:
                 result = phones[agent].stop(grace=1)
                 assert result.successful_calls == 0, result.describe()
-        offers = [json.loads(line) for line in gw.log_text().splitlines() if '"queue_offer"' in line]
+        offers = [
+            json.loads(line) for line in gw.log_text().splitlines() if '"queue_offer"' in line
+        ]
         assert [o["agent"] for o in offers] == ["alice", "bob", "dave", "bob"]
     finally:
         recorder.close()
@@ -221,12 +256,18 @@ def test_call_waits_until_an_agent_becomes_available(
 
 
 def test_overflow_after_max_wait(
-    carrier: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+    carrier: Sipp,
+    gateway_factory: GatewayFactory,
+    mosquitto: Mosquitto,
+    prefix: str,
+    tmp_path: Path,
 ) -> None:
     gw = start(gateway_factory, mosquitto, prefix, dialplan(max_wait=1.0))
     scenario = tmp_path / "uac_expect_480.xml"
     scenario.write_text(
-        (SCENARIO_DIR / "uac_expect_503.xml").read_text().replace('response="503"', 'response="480"')
+        (SCENARIO_DIR / "uac_expect_503.xml")
+        .read_text()
+        .replace('response="503"', 'response="480"')
     )
     started = time.monotonic()
     result = carrier.uac(scenario, gw.address, 1, 1, service=DID, timeout=15)
@@ -280,7 +321,9 @@ def test_node_status_goes_offline_when_the_gateway_is_killed(
     topic = f"{prefix}/nodes/gw1/status"
     recorder = Recorder(mosquitto.port, topic)
     try:
-        recorder.wait_for(lambda: any(p["status"] == "online" for p in recorder.on(topic)), "online")
+        recorder.wait_for(
+            lambda: any(p["status"] == "online" for p in recorder.on(topic)), "online"
+        )
         gw.kill9()
         recorder.wait_for(lambda: recorder.on(topic)[-1]["status"] == "offline", "the last will")
     finally:
@@ -311,7 +354,9 @@ def test_calls_complete_while_the_broker_is_down_and_events_arrive_after(
         # raised while the broker was down (a broker without persistence forgot the retained
         # start-up status): registered, the call, its end - in order, each once
         assert statuses == [
-            ("Available", "registered"), ("Busy", "call started"), ("Available", "call ended")
+            ("Available", "registered"),
+            ("Busy", "call started"),
+            ("Available", "call ended"),
         ], statuses
     finally:
         recorder.close()
@@ -321,15 +366,22 @@ def test_calls_complete_while_the_broker_is_down_and_events_arrive_after(
 
 
 def test_restart_keeps_registrations_presence_and_history(
-    sipp: Sipp, carrier: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto,
-    prefix: str, tmp_path: Path,
+    sipp: Sipp,
+    carrier: Sipp,
+    gateway_factory: GatewayFactory,
+    mosquitto: Mosquitto,
+    prefix: str,
+    tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "shared-data"
     listen = free_port()
     env = {"GATEWAY_DATA_DIR": str(data_dir)}
     text = dialplan()
-    gw = gateway_factory(text, listen_port=listen, env={
-        "GATEWAY_MQTT_URL": mosquitto.url, "GATEWAY_MQTT_PREFIX": prefix, **env})
+    gw = gateway_factory(
+        text,
+        listen_port=listen,
+        env={"GATEWAY_MQTT_URL": mosquitto.url, "GATEWAY_MQTT_PREFIX": prefix, **env},
+    )
     recorder = Recorder(mosquitto.port, f"{prefix}/agents/+/presence")
     try:
         ports = {"alice": free_port(), "bob": free_port()}
@@ -339,12 +391,17 @@ def test_restart_keeps_registrations_presence_and_history(
         wait_status(recorder, prefix, "alice", "Away")
         time.sleep(0.5)  # the store writer runs behind the event loop
         gw.kill9()
-        gw2 = gateway_factory(text, listen_port=listen, env={
-            "GATEWAY_MQTT_URL": mosquitto.url, "GATEWAY_MQTT_PREFIX": prefix, **env})
+        gw2 = gateway_factory(
+            text,
+            listen_port=listen,
+            env={"GATEWAY_MQTT_URL": mosquitto.url, "GATEWAY_MQTT_PREFIX": prefix, **env},
+        )
         # presence came back from the store: alice Away, bob Available (still registered)
         recorder.wait_for(
-            lambda: (recorder.on(f"{prefix}/agents/alice/presence") or [{}])[-1].get("reason")
-            == "gateway started",
+            lambda: (
+                (recorder.on(f"{prefix}/agents/alice/presence") or [{}])[-1].get("reason")
+                == "gateway started"
+            ),
             "presence republished after the restart",
         )
         assert recorder.on(f"{prefix}/agents/alice/presence")[-1]["status"] == "Away"
@@ -357,9 +414,13 @@ def test_restart_keeps_registrations_presence_and_history(
     finally:
         recorder.close()
     out = subprocess.run(
-        [sys.executable, "-m", "gateway", "cdr", "--json"], capture_output=True, text=True,
-        env={"GATEWAY_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"}, cwd=PROJECT_ROOT,
-        timeout=30, check=True,
+        [sys.executable, "-m", "gateway", "cdr", "--json"],
+        capture_output=True,
+        text=True,
+        env={"GATEWAY_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"},
+        cwd=PROJECT_ROOT,
+        timeout=30,
+        check=True,
     )
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(rows) == 1, out.stdout

@@ -1,0 +1,248 @@
+"""The presence state machine (SPEC R-4, E-5) and the queue dispatcher's choices (R-3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.b2bua.call import Call, Leg, NextHop
+from gateway.b2bua.queues import QueueManager
+from gateway.config.loader import load_dialplan_text
+from gateway.events.ports import Topics
+from gateway.presence.service import PresenceService
+from gateway.presence.state import AgentPresence, PresenceChanged, Status
+from gateway.sip.transaction import Address
+from gateway.stores.ports import Binding, PresenceRecord
+
+# -- the state machine -------------------------------------------------------------------------
+
+
+def test_offline_until_registered_then_the_chosen_status() -> None:
+    agent = AgentPresence("alice")
+    assert agent.derive() is Status.OFFLINE
+    change = agent.set_registered(True, 1.0)
+    assert change == PresenceChanged("alice", Status.AVAILABLE, Status.OFFLINE, "registered", 1.0)
+    assert agent.set_registered(True, 2.0) is None  # no change, no event
+
+
+def test_busy_is_derived_from_capacity() -> None:
+    agent = AgentPresence("alice", capacity=2, registered=True, effective=Status.AVAILABLE)
+    assert agent.call_started(1.0) is None
+    change = agent.call_started(2.0)
+    assert change is not None and change.status is Status.BUSY
+    change = agent.call_ended(3.0)
+    assert change is not None and change.status is Status.AVAILABLE
+    assert agent.idle_since == 0.0  # still on one call
+    agent.call_ended(4.0)
+    assert agent.idle_since == 4.0
+
+
+@pytest.mark.parametrize("status", [Status.BUSY, Status.OFFLINE])
+def test_derived_statuses_cannot_be_chosen(status: Status) -> None:
+    with pytest.raises(ValueError):
+        AgentPresence("alice").choose(status, 1.0)
+
+
+def test_dnd_wins_over_busy_and_away_is_kept_when_registered_again() -> None:
+    agent = AgentPresence("alice", registered=True, effective=Status.AVAILABLE)
+    agent.choose(Status.DND, 1.0)
+    agent.call_started(2.0)
+    assert agent.effective is Status.DND
+    agent.call_ended(3.0)
+    agent.choose(Status.AWAY, 4.0)
+    agent.set_registered(False, 5.0)
+    assert agent.effective is Status.OFFLINE
+    agent.set_registered(True, 6.0)
+    assert agent.effective is Status.AWAY
+
+
+def test_emergency_dnd_restores_the_status_chosen_during_the_call() -> None:
+    """SPEC E-5: DND on dial whatever the status; the status chosen meanwhile is restored."""
+    agent = AgentPresence("alice", registered=True, effective=Status.AVAILABLE)
+    agent.choose(Status.AWAY, 1.0)
+    change = agent.emergency_started(2.0)
+    assert change is not None and change.status is Status.DND and change.previous is Status.AWAY
+    assert agent.choose(Status.AVAILABLE, 3.0) is None  # still DND while the call is up
+    change = agent.emergency_ended(4.0)
+    assert change is not None and change.status is Status.AVAILABLE
+
+
+def test_queue_eligibility() -> None:
+    agent = AgentPresence("alice", capacity=1, registered=True, effective=Status.AVAILABLE)
+    assert agent.can_take_queue_call
+    agent.call_started(1.0)
+    assert not agent.can_take_queue_call
+    agent.call_ended(2.0)
+    agent.choose(Status.AWAY, 3.0)
+    assert not agent.can_take_queue_call
+
+
+# -- the queue dispatcher, with a fake placer ---------------------------------------------------
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.records: list[PresenceRecord] = []
+
+    async def get(self, agent_id: str) -> PresenceRecord | None:
+        return None
+
+    async def put(self, record: PresenceRecord) -> None:
+        self.records.append(record)
+
+    async def all(self) -> list[PresenceRecord]:
+        return []
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any], bool]] = []
+
+    def publish(self, topic_suffix: str, payload: dict[str, Any], *, retain: bool) -> None:
+        self.published.append((topic_suffix, payload, retain))
+
+
+class FakePlacer:
+    def __init__(self) -> None:
+        self.offers: list[tuple[str, str | None]] = []
+        self.failed: list[tuple[str, int]] = []
+        self.timers: list[Any] = []
+
+    def offer(self, call: Call, hop: NextHop) -> None:
+        self.offers.append((call.id, hop.agent))
+
+    def abandon_offer(self, call: Call) -> None:
+        pass
+
+    def overflow_to(self, call: Call, hops: list[NextHop]) -> None:
+        pass
+
+    def fail_caller(self, call: Call, status: int, reason: str | None) -> None:
+        self.failed.append((call.id, status))
+
+    def call_later(self, delay: float, callback: Any) -> object:
+        self.timers.append(callback)
+        return None
+
+
+DIALPLAN = """
+version: 1
+listen: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]
+agents:
+  alice: { password: a, queues: [support] }
+  bob: { password: b, queues: [support] }
+  carol: { password: c, queues: [sales] }
+queues:
+  support: { max_wait_s: 30, overflow: { status: 486 } }
+  sales: {}
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def setup() -> tuple[QueueManager, PresenceService, FakePlacer, Clock]:
+    dialplan = load_dialplan_text(DIALPLAN, "t.yaml")
+    clock = Clock()
+    presence = PresenceService(
+        {a: 1 for a in dialplan.agents},
+        FakeStore(),
+        FakePublisher(),
+        Topics("p", "gw1"),
+        "gw1",
+        wall_clock=clock,
+    )
+    placer = FakePlacer()
+
+    def contacts(agent: str) -> list[Binding]:
+        return [
+            Binding(agent, f"sip:{agent}@127.0.0.1:5070", 2e9, "c", 1, "udp:127.0.0.1:5070", "ua")
+        ]
+
+    queues = QueueManager(dialplan, presence, contacts, placer)  # type: ignore[arg-type]
+    return queues, presence, placer, clock
+
+
+def _call(n: int) -> Call:
+    leg = Leg("a", f"cid{n}", f"tag{n}", Address("udp", "127.0.0.2", 5060))
+    return Call(id=f"call{n}", a=leg, dialled="+15555550100", started_at=0.0)
+
+
+def test_no_offer_until_an_agent_is_available(setup: Any) -> None:
+    queues, presence, placer, _clock = setup
+    queues.enqueue(_call(1), "support", 0)
+    assert placer.offers == []
+    presence.set_registered("carol", True)  # serves another queue
+    assert placer.offers == []
+    presence.set_registered("bob", True)
+    assert placer.offers == [("call1", "bob")]
+
+
+def test_priority_then_arrival_and_longest_idle(setup: Any) -> None:
+    queues, presence, placer, _clock = setup
+    low, high, later_high = _call(1), _call(2), _call(3)
+    queues.enqueue(low, "support", 0)
+    queues.enqueue(high, "support", 5)
+    queues.enqueue(later_high, "support", 5)
+    presence.agents["bob"].idle_since = 10.0
+    presence.agents["alice"].idle_since = 20.0
+    presence.set_registered("alice", True)  # only alice: the best call goes to her
+    assert placer.offers == [("call2", "alice")]
+    presence.set_registered("bob", True)
+    assert placer.offers[-1] == ("call3", "bob")
+
+
+def test_a_refused_offer_moves_to_the_next_agent_and_back(setup: Any) -> None:
+    queues, presence, placer, _clock = setup
+    presence.agents["alice"].idle_since = 1.0
+    presence.agents["bob"].idle_since = 2.0
+    presence.set_registered("alice", True)
+    presence.set_registered("bob", True)
+    call = _call(1)
+    queues.enqueue(call, "support", 0)
+    assert placer.offers == [("call1", "alice")]
+    queues.offer_failed(call, 408)
+    assert placer.offers[-1] == ("call1", "bob")
+    queues.offer_failed(call, 486)
+    assert placer.offers[-1] == ("call1", "alice")  # both tried: another turn
+
+
+def test_answered_call_makes_the_agent_busy_and_its_end_frees_it(setup: Any) -> None:
+    queues, presence, placer, clock = setup
+    presence.set_registered("alice", True)
+    first, second = _call(1), _call(2)
+    queues.enqueue(first, "support", 0)
+    queues.enqueue(second, "support", 0)
+    assert placer.offers == [("call1", "alice")]
+    queues.answered(first)
+    assert presence.status("alice") is Status.BUSY
+    clock.now = 1005.0
+    queues.call_ended(first)
+    assert presence.status("alice") is Status.AVAILABLE
+    assert presence.agents["alice"].idle_since == 1005.0
+    assert placer.offers[-1] == ("call2", "alice")
+
+
+def test_overflow_status_after_max_wait(setup: Any) -> None:
+    queues, _presence, placer, _clock = setup
+    call = _call(1)
+    queues.enqueue(call, "support", 0)
+    placer.timers[-1]()  # the max-wait timer fires
+    assert placer.failed == [("call1", 486)]
+    assert call.id not in queues.waiting
+
+
+def test_caller_hangs_up_while_waiting(setup: Any) -> None:
+    queues, presence, placer, _clock = setup
+    call = _call(1)
+    queues.enqueue(call, "support", 0)
+    queues.call_ended(call)
+    presence.set_registered("alice", True)
+    assert placer.offers == []
