@@ -35,8 +35,13 @@ SCHEMAS = PROJECT_ROOT / "docs" / "schemas"
 
 
 def dialplan(
-    *, max_wait: float = 30.0, ring_timeout: float = 3.0, overflow: str = "{ status: 480 }"
+    *,
+    max_wait: float = 30.0,
+    ring_timeout: float = 3.0,
+    overflow: str = "{ status: 480 }",
+    carrier_gateway: str = "127.0.0.2:5999",
 ) -> str:
+    gw_host, _, gw_port = carrier_gateway.rpartition(":")
     agents = "".join(
         f"  {name}:\n"
         f"    password: {name}-pw\n"
@@ -54,7 +59,7 @@ def dialplan(
         "registrar: { realm: test, algorithms: [MD5], min_expires_s: 1 }\n"
         "trunks:\n"
         "  carrier:\n"
-        "    gateways: [ { host: 127.0.0.2, port: 5999 } ]\n"
+        f"    gateways: [ {{ host: {gw_host}, port: {gw_port} }} ]\n"
         "    inbound_from: ['127.0.0.2']\n"
         "outbound:\n"
         "  - { name: all, match: '.*', trunk: carrier }\n"
@@ -427,3 +432,61 @@ def test_restart_keeps_registrations_presence_and_history(
     row = rows[0]
     assert row["direction"] == "inbound" and row["queue"] == "support" and row["agent"] == "bob"
     assert row["callee"] == DID and row["result"] == "completed" and row["answered_at"]
+
+
+def test_agent_outbound_call_is_challenged_and_counts_against_capacity(
+    sipp: Sipp, carrier: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto, prefix: str
+) -> None:
+    """An agent's INVITE gets 407; with the right digest it reaches the trunk (R-1, R-4)."""
+    trunk = carrier.uas("uas_basic.xml", calls=1, timeout=40)
+    gw = start(gateway_factory, mosquitto, prefix, dialplan(carrier_gateway=trunk.address))
+    recorder = Recorder(mosquitto.port, f"{prefix}/agents/+/presence")
+    try:
+        assert register(sipp, gw, "alice", free_port())
+        wait_status(recorder, prefix, "alice", "Available")
+        wrong = sipp.uac(
+            "agent_uac_auth.xml",
+            gw.address,
+            1,
+            1,
+            service="5551234",
+            timeout=10,
+            extra=["-au", "alice", "-ap", "wrong"],
+        )
+        assert wrong.successful_calls == 0
+        assert wrong.files.messages.read_text().count("SIP/2.0 407") == 2
+        right = sipp.start_uac(
+            "agent_uac_auth.xml",
+            gw.address,
+            1,
+            1,
+            service="5551234",
+            timeout=15,
+            call_length=1.5,
+            extra=["-au", "alice", "-ap", "alice-pw"],
+        )
+        wait_status(recorder, prefix, "alice", "Busy")  # capacity 1: her own call
+        right.wait(timeout=15).assert_calls(1)
+        trunk.wait(timeout=15).assert_calls(1)
+        wait_status(recorder, prefix, "alice", "Available")
+        # the trunk saw one INVITE, the authenticated one, without the agent's credentials
+        received = trunk.result().files.messages.read_text()
+        assert received.count("INVITE sip:5551234@") == 1
+        assert "Proxy-Authorization" not in received
+    finally:
+        recorder.close()
+
+
+def test_registration_expiry_turns_the_agent_offline(
+    sipp: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto, prefix: str
+) -> None:
+    gw = start(gateway_factory, mosquitto, prefix)
+    topic = f"{prefix}/agents/alice/presence"
+    recorder = Recorder(mosquitto.port, topic)
+    try:
+        assert register(sipp, gw, "alice", free_port(), expires=2)
+        wait_status(recorder, prefix, "alice", "Available")
+        wait_status(recorder, prefix, "alice", "Offline")
+        assert recorder.on(topic)[-1]["reason"] == "registration expired"
+    finally:
+        recorder.close()
