@@ -226,6 +226,33 @@ class GatewayAddress(_Frozen):
         return _check_host(value)
 
 
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as error:
+        raise _problem("regex", f"invalid regular expression '{value}': {error}") from None
+    return value
+
+
+def _check_rule_name(value: str) -> str:
+    return _check_name(value, "rule name")
+
+
+def _check_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise _problem(
+            "network", f"{value!r} is not an IP address or network (e.g. 127.0.0.0/8)"
+        ) from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_check_regex)]
+RuleName = Annotated[str, AfterValidator(_check_rule_name)]
+Network = Annotated[str, AfterValidator(_check_network)]
+
+
 class Trunk(_Frozen):
     """A named group of gateways tried in order (SPEC E-2, R-2).
 
@@ -240,17 +267,7 @@ class Trunk(_Frozen):
     trusted: bool = False
     #: where this trunk's calls come from besides its gateways' own host:port: hosts or
     #: networks (CIDR); a request from there is an inbound call, routed by ``inbound``
-    inbound_from: tuple[str, ...] = ()
-
-    @field_validator("inbound_from")
-    @classmethod
-    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for net in value:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise _problem("network", f"{net!r} is not an IP address or network") from None
-        return value
+    inbound_from: tuple[Network, ...] = ()
 
 
 class OutboundRule(_Frozen):
@@ -258,24 +275,10 @@ class OutboundRule(_Frozen):
     selects the rule, ``rewrite`` (a ``re.sub`` template, default: keep the user) builds
     the user sent to ``trunk``."""
 
-    name: str
-    match: str
+    name: RuleName
+    match: Regex
     rewrite: str | None = None
     trunk: str
-
-    @field_validator("name")
-    @classmethod
-    def _valid_name(cls, value: str) -> str:
-        return _check_name(value, "rule name")
-
-    @field_validator("match")
-    @classmethod
-    def _regex_compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as error:
-            raise _problem("regex", f"invalid regular expression '{value}': {error}") from None
-        return value
 
     @field_validator("rewrite")
     @classmethod
@@ -442,24 +445,10 @@ class InboundRule(_Frozen):
     """An inbound rule: a call from a trunk whose Request-URI user (the DID) fully matches
     ``match`` waits in ``queue``; ``priority`` orders it there (higher first)."""
 
-    name: str
-    match: str
+    name: RuleName
+    match: Regex
     queue: QueueName
     priority: int = 0
-
-    @field_validator("name")
-    @classmethod
-    def _valid_name(cls, value: str) -> str:
-        return _check_name(value, "rule name")
-
-    @field_validator("match")
-    @classmethod
-    def _regex_compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as error:
-            raise _problem("regex", f"invalid regular expression '{value}': {error}") from None
-        return value
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -476,7 +465,7 @@ class RegistrarSettings(_Frozen):
     default_expires_s: Annotated[int, Field(ge=1)] = 3600
     #: networks (CIDR) whose unauthenticated INVITEs may use the outbound rules, e.g. a
     #: lab's loopback; empty in production: every INVITE not from a trunk is authenticated
-    unauthenticated_outbound_from: tuple[str, ...] = ()
+    unauthenticated_outbound_from: tuple[Network, ...] = ()
     #: digest algorithms offered, most preferred first (RFC 8760 section 2.4). Phones that
     #: answer the first challenge and cannot do SHA-256 (SIPp 3.6 among them) need [MD5]
     algorithms: tuple[Literal["SHA-256", "MD5"], ...] = ("SHA-256", "MD5")
@@ -486,18 +475,6 @@ class RegistrarSettings(_Frozen):
     def _some_algorithm(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise _problem("empty", "needs at least 1 algorithm")
-        return value
-
-    @field_validator("unauthenticated_outbound_from")
-    @classmethod
-    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for net in value:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise _problem(
-                    "network", f"{net!r} is not an IP network (e.g. 127.0.0.0/8)"
-                ) from None
         return value
 
     @model_validator(mode="after")

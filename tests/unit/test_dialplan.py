@@ -388,7 +388,7 @@ def test_contact_centre_sections_load() -> None:
         ),
         (
             {"inbound_from": "'not-a-net'"},
-            "cc.yaml:7: trunks.carrier.inbound_from: 'not-a-net' is not an IP",
+            "cc.yaml:7: trunks.carrier.inbound_from[0]: 'not-a-net' is not an IP",
         ),
         ({"algorithms": "SHA-1"}, "cc.yaml:8: registrar.algorithms[0]: Input should be"),
     ],
