@@ -46,7 +46,11 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 __all__ = [
     "DIALPLAN_FORMAT_VERSION",
     "Agent",
+    "CallbackPoolConfig",
     "Dialplan",
+    "DirectOfferService",
+    "DirectRoutingRule",
+    "EmergencySettings",
     "GatewayAddress",
     "InboundRule",
     "ListenAddress",
@@ -333,6 +337,12 @@ def _check_e164(value: str | None) -> str | None:
     return value
 
 
+def _check_e164_required(value: str) -> str:
+    if not _E164.fullmatch(value):
+        raise _problem("e164", f"{value!r} is not an E.164 number (+ and 2 to 15 digits)")
+    return value
+
+
 def _check_agent_name(value: str) -> str:
     return _check_name(value, "agent id")
 
@@ -484,6 +494,46 @@ class RegistrarSettings(_Frozen):
         return self
 
 
+# --- emergency calls (SPEC E-1 .. E-12, C-1 .. C-4) --------------------------------------------
+
+
+class DirectRoutingRule(_Frozen):
+    """An emergency direct-routing rule: a detected emergency string or service (``911``,
+    ``999``, ``sos``, ``sos.fire``) that fully matches ``match`` goes to ``trunk``, the
+    carrier's SBC, for the agents of ``countries`` (all countries when empty)."""
+
+    name: RuleName
+    match: Regex
+    trunk: str
+    countries: tuple[str, ...] = ()
+
+
+class DirectOfferService(_Frozen):
+    """The hosted emergency service of the direct-offer path (E-2)."""
+
+    enabled: bool = True
+    gateways: Annotated[tuple[GatewayAddress, ...], AfterValidator(_check_not_empty)]
+    request_uri: str = "urn:service:sos"
+    accepts_location: bool = True
+
+
+class CallbackPoolConfig(_Frozen):
+    """Callback DIDs handed to agents who dial an emergency number (E-4)."""
+
+    dids: tuple[Annotated[str, AfterValidator(_check_e164_required)], ...] = ()
+    window_s: Annotated[float, Field(gt=0)] = 3600.0
+
+
+class EmergencySettings(_Frozen):
+    """How emergency calls are routed (SPEC E-2): direct routing first, then direct offer."""
+
+    provisional_timeout_s: Annotated[float, Field(gt=0)] = 3.0
+    direct_routing: tuple[DirectRoutingRule, ...] = ()
+    direct_offer: DirectOfferService | None = None
+    callback: CallbackPoolConfig = CallbackPoolConfig()
+    dnd_on_test_calls: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     """The outcome of :meth:`Dialplan.route`: which rule matched, the user to send, and
@@ -518,6 +568,7 @@ class Dialplan(_Frozen):
     agents: dict[AgentName, Agent] = Field(default_factory=dict)
     queues: dict[QueueName, Queue] = Field(default_factory=dict)
     inbound: tuple[InboundRule, ...] = ()
+    emergency: EmergencySettings = EmergencySettings()
 
     @field_validator("version", mode="before")
     @classmethod
@@ -648,6 +699,17 @@ class Dialplan(_Frozen):
                     )
                 )
             names.setdefault(rule.name, index)
+        for index, direct in enumerate(self.emergency.direct_routing):
+            if direct.trunk not in self.trunks:
+                errors.append(
+                    InitErrorDetails(
+                        type=_problem(
+                            "unknown_trunk", unknown_trunk_message(direct.trunk, self.trunks)
+                        ),
+                        loc=("emergency", "direct_routing", index, "trunk"),
+                        input=direct.trunk,
+                    )
+                )
         if errors:
             raise ValidationError.from_exception_data("Dialplan", errors)
         return self
