@@ -14,8 +14,7 @@ raise :class:`SipParseError` (400), never another exception.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, final
 
 from gateway.sip.errors import SipParseError
 from gateway.sip.uri import (
@@ -37,7 +36,7 @@ __all__ = [
 ]
 
 #: RFC 3261 section 7.3.3 and later RFCs: compact form -> full lower-case name.
-COMPACT_FORMS: dict[str, str] = {
+COMPACT_FORMS: Final[dict[str, str]] = {
     "i": "call-id",
     "m": "contact",
     "e": "content-encoding",
@@ -59,7 +58,7 @@ COMPACT_FORMS: dict[str, str] = {
     "d": "request-disposition",
 }
 
-_CANONICAL: dict[str, str] = {
+_CANONICAL: Final[dict[str, str]] = {
     n.lower(): n
     for n in (
         "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Length",
@@ -82,7 +81,7 @@ _CANONICAL: dict[str, str] = {
 }
 
 #: Headers whose values are comma-separated lists (RFC 3261 section 7.3.1).
-LIST_HEADERS: frozenset[str] = frozenset(
+LIST_HEADERS: Final[frozenset[str]] = frozenset(
     {
         "via", "contact", "route", "record-route", "allow", "supported", "require",
         "proxy-require", "unsupported", "accept", "accept-encoding", "accept-language",
@@ -95,67 +94,67 @@ LIST_HEADERS: frozenset[str] = frozenset(
 
 # -- grammar pieces (RFC 3261 section 25.1) ---------------------------------------------------
 
-_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN: Final = r"[A-Za-z0-9\-.!%*_+`'~]+"
 #: gen-value = token / host / quoted-string; the unquoted forms as one character class
-_GEN_VALUE = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+"
-_QUOTED = r'"(?:[^"\\]|\\.)*"'
-_HOST = r"[A-Za-z0-9][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\]"
+_GEN_VALUE: Final = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+"
+_QUOTED: Final = r'"(?:[^"\\]|\\.)*"'
+_HOST: Final = r"[A-Za-z0-9][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\]"
 #: parameters with no whitespace and no quoted value: a plain split on ';' and '=' is exact
-_PLAIN_PARAMS = rf"(?:;{_TOKEN}(?:={_GEN_VALUE})?)*"
+_PLAIN_PARAMS: Final = rf"(?:;{_TOKEN}(?:={_GEN_VALUE})?)*"
 # The fast patterns use possessive quantifiers (no backtracking into a run that cannot give
 # anything back): the character classes are chosen so that a run never swallows the
 # delimiter that follows it, and matching is then 2x faster on user-less URIs.
-_TOKEN_P = r"[A-Za-z0-9\-.!%*_+`'~]++"
-_GEN_VALUE_P = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]++"
-_QUOTED_P = r'"(?:[^"\\]++|\\.)*+"'
-_HOST_P = r"[A-Za-z0-9][A-Za-z0-9\-_.]*+|\[[0-9A-Fa-f:.]++\]"
-_PLAIN_PARAMS_P = rf"(?:;{_TOKEN_P}(?:={_GEN_VALUE_P})?+)*+"
+_TOKEN_P: Final = r"[A-Za-z0-9\-.!%*_+`'~]++"
+_GEN_VALUE_P: Final = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]++"
+_QUOTED_P: Final = r'"(?:[^"\\]++|\\.)*+"'
+_HOST_P: Final = r"[A-Za-z0-9][A-Za-z0-9\-_.]*+|\[[0-9A-Fa-f:.]++\]"
+_PLAIN_PARAMS_P: Final = rf"(?:;{_TOKEN_P}(?:={_GEN_VALUE_P})?+)*+"
 
-_TOKEN_RE = re.compile(rf"{_TOKEN}\Z")
+_TOKEN_RE: Final = re.compile(rf"{_TOKEN}\Z")
 #: the usual Via: branch first (captured on its own), other plain parameters after it
-_VIA_FAST = re.compile(
+_VIA_FAST: Final = re.compile(
     rf"SIP/2\.0/({_TOKEN_P}) ({_HOST_P})(?::([0-9]{{1,5}}+))?+"
     rf"(?:;branch=({_TOKEN_P}))?+({_PLAIN_PARAMS_P})\Z"
 )
-_VIA_CAREFUL = re.compile(
+_VIA_CAREFUL: Final = re.compile(
     rf"[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
     rf"({_HOST})(?:[ \t]*:[ \t]*([0-9]{{1,5}}))?[ \t]*"
 )
-_DISPLAY = rf"(?:({_QUOTED_P}|{_TOKEN_P}(?:[ \t]++{_TOKEN_P})*+)[ \t]*+)?+"
+_DISPLAY: Final = rf"(?:({_QUOTED_P}|{_TOKEN_P}(?:[ \t]++{_TOKEN_P})*+)[ \t]*+)?+"
 #: name-addr with a sip/sips URI of the usual shape and plain parameters, the tag first.
 #: Groups: display, URI, the six URI groups of SIP_URI_FAST, tag, other parameters.
-_NAME_ADDR_SIP = re.compile(
+_NAME_ADDR_SIP: Final = re.compile(
     rf"{_DISPLAY}<({SIP_URI_FAST})>(?:;tag=({_TOKEN_P}))?+({_PLAIN_PARAMS_P})\Z", re.S
 )
 #: addr-spec with a sip/sips URI; every ';' after it starts a header parameter (20.10).
 #: Groups: URI, the five URI groups of SIP_URI_FAST_NO_PARAMS, tag, other parameters.
-_ADDR_SPEC_SIP = re.compile(
+_ADDR_SPEC_SIP: Final = re.compile(
     rf"({SIP_URI_FAST_NO_PARAMS})(?:;tag=({_TOKEN_P}))?+({_PLAIN_PARAMS_P})\Z"
 )
 #: any other scheme, plain parameters
-_NAME_ADDR_FAST = re.compile(
+_NAME_ADDR_FAST: Final = re.compile(
     rf"{_DISPLAY}<([A-Za-z][A-Za-z0-9+\-.]*+:[^<>\"\s]*+)>({_PLAIN_PARAMS_P})\Z", re.S
 )
-_ADDR_SPEC_FAST = re.compile(
+_ADDR_SPEC_FAST: Final = re.compile(
     rf"([A-Za-z][A-Za-z0-9+\-.]*+:[^;,?<>\"\s]++)({_PLAIN_PARAMS_P})\Z"
 )
-_via_fast_match = _VIA_FAST.match
-_name_addr_sip_match = _NAME_ADDR_SIP.match
-_addr_spec_sip_match = _ADDR_SPEC_SIP.match
-_KNOWN_METHODS = frozenset(
+_via_fast_match: Final = _VIA_FAST.match
+_name_addr_sip_match: Final = _NAME_ADDR_SIP.match
+_addr_spec_sip_match: Final = _ADDR_SPEC_SIP.match
+_KNOWN_METHODS: Final = frozenset(
     ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
      "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
 )
-_QUOTED_RE = re.compile(_QUOTED, re.S)
+_QUOTED_RE: Final = re.compile(_QUOTED, re.S)
 #: an unquoted display name: tokens separated by LWS (RFC 3261 section 25.1). Non-ASCII
 #: letters are tolerated too (phones send ``Jürgen <sip:...>``; nothing is ambiguous about
 #: them), while a comma, '@', ':' or '"' still needs quotes (RFC 4475 section 3.1.2.15).
-_DISPLAY_CHAR = r"A-Za-z0-9\-.!%*_+`'~\u0080-\U0010ffff"
-_DISPLAY_TOKENS = re.compile(rf"[{_DISPLAY_CHAR}]+(?:[ \t]+[{_DISPLAY_CHAR}]+)*\Z")
-_URI_IN_BRACKETS = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^<>\"\s]*\Z")
-_ADDR_SPEC = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^;,?<>\"\s]+\Z")
+_DISPLAY_CHAR: Final = r"A-Za-z0-9\-.!%*_+`'~\u0080-\U0010ffff"
+_DISPLAY_TOKENS: Final = re.compile(rf"[{_DISPLAY_CHAR}]+(?:[ \t]+[{_DISPLAY_CHAR}]+)*\Z")
+_URI_IN_BRACKETS: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^<>\"\s]*\Z")
+_ADDR_SPEC: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^;,?<>\"\s]+\Z")
 #: one generic-param with the LWS the grammar allows around ';' and '='
-_GENERIC_PARAM = re.compile(
+_GENERIC_PARAM: Final = re.compile(
     rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_GEN_VALUE}|{_QUOTED}))?[ \t]*", re.S
 )
 
@@ -240,17 +239,31 @@ def _join_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
-@dataclass(slots=True)
+# Via and NameAddr are mutable values, CSeq an immutable one, with the equality (and, for
+# CSeq, the hashing) that dataclasses gave them. They are plain classes so that mypyc
+# compiles them to native classes (see setup.py).
+
+
+@final
 class Via:
     """One Via header value: ``SIP/2.0/UDP host:port;branch=...``."""
 
-    transport: str
-    host: str
-    port: int | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
+    __slots__ = ("host", "params", "port", "transport")
 
-    @classmethod
-    def parse(cls, value: str) -> Via:
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: dict[str, str | None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params: dict[str, str | None] = {} if params is None else params
+
+    @staticmethod
+    def parse(value: str) -> Via:
         """Parse one Via value (not a comma list)."""
         m = _via_fast_match(value)
         if m is not None:
@@ -260,6 +273,7 @@ class Via:
                 port = int(port_text)
                 if port > 65535:
                     raise SipParseError(f"bad Via port in {value!r}")
+            params: dict[str, str | None]
             if ptext:
                 params = _plain_params(ptext)
                 if branch is not None:
@@ -268,11 +282,11 @@ class Via:
                 params = {"branch": branch}
             else:
                 params = {}
-            return cls(transport.upper(), host, port, params)
-        return cls._parse_careful(value)
+            return Via(transport.upper(), host, port, params)
+        return Via._parse_careful(value)
 
-    @classmethod
-    def _parse_careful(cls, value: str) -> Via:
+    @staticmethod
+    def _parse_careful(value: str) -> Via:
         # sent-protocol LWS sent-by *( SEMI via-params ), SLASH/COLON with SWS (25.1)
         m = _VIA_CAREFUL.match(value)
         if m is None:
@@ -286,7 +300,29 @@ class Via:
             if port > 65535:
                 raise SipParseError(f"bad Via port in {value[:80]!r}")
         params = _parse_params(value[m.end() :], "Via")
-        return cls(transport.upper(), host, port, params)
+        return Via(transport.upper(), host, port, params)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Via):
+            return NotImplemented
+        return (
+            self.transport == other.transport
+            and self.host == other.host
+            and self.port == other.port
+            and self.params == other.params
+        )
+
+    def __hash__(self) -> int:
+        raise TypeError("unhashable type: 'Via'")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Via, (self.transport, self.host, self.port, self.params))
+
+    def __repr__(self) -> str:
+        return (
+            f"Via(transport={self.transport!r}, host={self.host!r}, port={self.port!r},"
+            f" params={self.params!r})"
+        )
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
@@ -303,42 +339,95 @@ class Via:
         return h[1:-1] if h.startswith("[") else h
 
 
-@dataclass(slots=True)
+@final
 class NameAddr:
     """A From/To/Contact/Route value: optional display name, URI, header parameters.
 
     ``uri_text`` is kept exactly as received; ``uri`` parses it on first use. ``display``
     is the display name as written (a quoted string keeps its quotes and escapes).
+
+    A value parsed by the fast path keeps the URI's parts as matched (``_u_*``: plain
+    strings, no ``re.Match`` kept alive), so that ``uri`` needs no second parse.
     """
 
-    uri_text: str
-    display: str | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
-    bracketed: bool = True
-    _uri: Uri | None = None
-    #: the fast-path match holding the URI's parts, so that ``uri`` needs no second parse
-    _uri_match: re.Match[str] | None = field(default=None, repr=False, compare=False)
+    __slots__ = (
+        "_u_host",
+        "_u_params",
+        "_u_password",
+        "_u_port",
+        "_u_raw",
+        "_u_scheme",
+        "_u_user",
+        "_uri",
+        "bracketed",
+        "display",
+        "params",
+        "uri_text",
+    )
 
-    @classmethod
-    def parse(cls, value: str) -> NameAddr:
+    def __init__(
+        self,
+        uri_text: str,
+        display: str | None = None,
+        params: dict[str, str | None] | None = None,
+        bracketed: bool = True,
+        _uri: Uri | None = None,
+        # the parts of a sip/sips URI matched by the parser (SIP_URI_FAST groups)
+        _u_scheme: str = "",
+        _u_user: str | None = None,
+        _u_password: str | None = None,
+        _u_host: str | None = None,
+        _u_port: str | None = None,
+        _u_params: str | None = None,
+    ) -> None:
+        self.uri_text = uri_text
+        self.display = display
+        self.params: dict[str, str | None] = {} if params is None else params
+        self.bracketed = bracketed
+        self._uri = _uri
+        self._u_raw = uri_text  # the text the parts belong to
+        self._u_scheme = _u_scheme
+        self._u_user = _u_user
+        self._u_password = _u_password
+        self._u_host = _u_host  # None: no parts kept
+        self._u_port = _u_port
+        self._u_params = _u_params
+
+    @staticmethod
+    def parse(value: str) -> NameAddr:
         """Parse a name-addr or addr-spec with header parameters (RFC 3261 section 20.10).
 
         In the addr-spec form (no ``<>``) everything after the first ``;`` is a header
         parameter, and the URI may not contain ``,``, ``?`` or ``;``.
         """
+        display: str | None
+        uri_params: str | None
         if "<" in value:
             m = _name_addr_sip_match(value)
             if m is None:
-                return cls._parse_other(value)
-            display, uri_text, tag, ptext = m.group(1, 2, 9, 10)
+                return NameAddr._parse_other(value)
+            (
+                display,
+                uri_text,
+                scheme,
+                user,
+                password,
+                host,
+                port_text,
+                uri_params,
+                tag,
+                ptext,
+            ) = m.groups()
             bracketed = True
         else:
             m = _addr_spec_sip_match(value)
             if m is None:
-                return cls._parse_other(value)
-            uri_text, tag, ptext = m.group(1, 7, 8)
+                return NameAddr._parse_other(value)
+            uri_text, scheme, user, password, host, port_text, tag, ptext = m.groups()
             bracketed = False
             display = None
+            uri_params = None
+        params: dict[str, str | None]
         if ptext:
             params = _plain_params(ptext)
             if tag is not None:
@@ -347,22 +436,34 @@ class NameAddr:
             params = {"tag": tag}
         else:
             params = {}
-        return cls(uri_text, display, params, bracketed, None, m)
+        return NameAddr(
+            uri_text,
+            display,
+            params,
+            bracketed,
+            None,
+            scheme,
+            user,
+            password,
+            host,
+            port_text,
+            uri_params,
+        )
 
-    @classmethod
-    def _parse_other(cls, value: str) -> NameAddr:
+    @staticmethod
+    def _parse_other(value: str) -> NameAddr:
         m = _NAME_ADDR_FAST.match(value)
         if m is not None:
             display, uri_text, ptext = m.groups()
-            return cls(uri_text, display, _plain_params(ptext) if ptext else {}, True)
+            return NameAddr(uri_text, display, _plain_params(ptext) if ptext else {}, True)
         m = _ADDR_SPEC_FAST.match(value)
         if m is not None:
             uri_text, ptext = m.groups()
-            return cls(uri_text, None, _plain_params(ptext) if ptext else {}, False)
-        return cls._parse_careful(value)
+            return NameAddr(uri_text, None, _plain_params(ptext) if ptext else {}, False)
+        return NameAddr._parse_careful(value)
 
-    @classmethod
-    def _parse_careful(cls, value: str) -> NameAddr:
+    @staticmethod
+    def _parse_careful(value: str) -> NameAddr:
         v = value.strip(" \t")
         display: str | None = None
         if v.startswith('"'):
@@ -386,7 +487,7 @@ class NameAddr:
             if not _ADDR_SPEC.match(uri_text):
                 raise SipParseError(f"bad addr-spec in {value[:80]!r}")
             params = _parse_params(semi + ptext, "addr-spec")
-            return cls(uri_text, None, params, False)
+            return NameAddr(uri_text, None, params, False)
         gt = rest.find(">")
         if gt < 0:
             raise SipParseError(f"missing '>' in {value[:80]!r}")
@@ -395,27 +496,27 @@ class NameAddr:
         if not _URI_IN_BRACKETS.match(uri_text):
             raise SipParseError(f"bad URI in <> in {value[:80]!r}")
         params = _parse_params(rest[gt + 1 :], "name-addr")
-        return cls(uri_text, display, params, True)
+        return NameAddr(uri_text, display, params, True)
 
     @property
     def uri(self) -> Uri:
         """The parsed URI (cached)."""
         uri = self._uri
         if uri is None:
-            m = self._uri_match
             text = self.uri_text
-            if m is None:
+            host = self._u_host
+            if host is None or text != self._u_raw:  # no parts kept, or uri_text changed
                 uri = parse_uri(text)
-            elif m.re is _NAME_ADDR_SIP:
-                raw, scheme, user, password, host, port_text, ptext = m.group(2, 3, 4, 5, 6, 7, 8)
-                if raw != text:  # uri_text was changed since parsing
-                    return parse_uri(text)
-                uri = sip_uri_from_fast_match(scheme, user, password, host, port_text, ptext, raw)
             else:
-                raw, scheme, user, password, host, port_text = m.group(1, 2, 3, 4, 5, 6)
-                if raw != text:
-                    return parse_uri(text)
-                uri = sip_uri_from_fast_match(scheme, user, password, host, port_text, None, raw)
+                uri = sip_uri_from_fast_match(
+                    self._u_scheme,
+                    self._u_user,
+                    self._u_password,
+                    host,
+                    self._u_port,
+                    self._u_params,
+                    text,
+                )
             self._uri = uri
         return uri
 
@@ -423,6 +524,28 @@ class NameAddr:
     def tag(self) -> str | None:
         """The ``tag`` parameter of From/To."""
         return self.params.get("tag")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NameAddr):
+            return NotImplemented
+        return (
+            self.uri_text == other.uri_text
+            and self.display == other.display
+            and self.params == other.params
+            and self.bracketed == other.bracketed
+        )
+
+    def __hash__(self) -> int:
+        raise TypeError("unhashable type: 'NameAddr'")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NameAddr, (self.uri_text, self.display, self.params, self.bracketed))
+
+    def __repr__(self) -> str:
+        return (
+            f"NameAddr(uri_text={self.uri_text!r}, display={self.display!r},"
+            f" params={self.params!r}, bracketed={self.bracketed!r})"
+        )
 
     def __str__(self) -> str:
         disp = f"{self.display} " if self.display else ""
@@ -439,15 +562,26 @@ class NameAddr:
         return NameAddr(str(uri), self.display, dict(self.params), True)
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class CSeq:
-    """The CSeq header: sequence number and method."""
+    """The CSeq header: sequence number and method (immutable)."""
 
-    number: int
-    method: str
+    __slots__ = ("_method", "_number")
 
-    @classmethod
-    def parse(cls, value: str) -> CSeq:
+    def __init__(self, number: int, method: str) -> None:
+        self._number = number
+        self._method = method
+
+    @property
+    def number(self) -> int:
+        return self._number
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @staticmethod
+    def parse(value: str) -> CSeq:
         """Parse ``1*DIGIT LWS Method``; the number must fit 32 bits (RFC 3261 section 8.1.1.5)."""
         parts = value.split()
         if len(parts) != 2:
@@ -460,22 +594,21 @@ class CSeq:
             raise SipParseError(f"CSeq number out of range in {value[:80]!r}")
         if method not in _KNOWN_METHODS and not _TOKEN_RE.match(method):
             raise SipParseError(f"bad CSeq method in {value[:80]!r}")
-        obj: Any = _CSeqTwin(number, method)
-        obj.__class__ = CSeq
-        return obj  # type: ignore[no-any-return]
+        return CSeq(number, method)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CSeq):
+            return NotImplemented
+        return self._number == other._number and self._method == other._method
+
+    def __hash__(self) -> int:
+        return hash((self._number, self._method))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CSeq, (self._number, self._method))
+
+    def __repr__(self) -> str:
+        return f"CSeq(number={self._number!r}, method={self._method!r})"
 
     def __str__(self) -> str:
-        return f"{self.number} {self.method}"
-
-
-class _CSeqTwin:
-    """Same slots as :class:`CSeq`; see ``gateway.sip.uri`` for why parsing builds these."""
-
-    __slots__ = ("number", "method")  # noqa: RUF023 - the field order of CSeq
-
-    def __init__(self, number: int, method: str):
-        self.number = number
-        self.method = method
-
-
-assert _CSeqTwin.__slots__ == CSeq.__slots__
+        return f"{self._number} {self._method}"

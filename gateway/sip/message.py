@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any, NoReturn
+from typing import Final, NoReturn, final
 
 from gateway.sip.errors import MessageTooLarge, SipParseError, UnsupportedVersion
 from gateway.sip.headers import (
@@ -72,7 +72,7 @@ __all__ = [
     "parse_message",
 ]
 
-REASON_PHRASES: dict[int, str] = {
+REASON_PHRASES: Final[dict[int, str]] = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
     183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
     301: "Moved Permanently", 302: "Moved Temporarily", 400: "Bad Request",
@@ -90,27 +90,30 @@ REASON_PHRASES: dict[int, str] = {
     604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }
 
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
-_KNOWN_METHODS = frozenset(
+_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_KNOWN_METHODS: Final = frozenset(
     ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
      "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
 )
 
 #: headers every request and response needs (RFC 3261 section 8.1.1)
-_NEEDED = ("Via", "From", "To", "Call-ID", "CSeq")
+_NEEDED: Final = ("Via", "From", "To", "Call-ID", "CSeq")
 #: header names that may appear only once (RFC 3261 section 7.3.1: not comma lists)
-_SINGLE_VALUED = frozenset(("call-id", "cseq", "from", "to", "max-forwards"))
+_SINGLE_VALUED: Final = frozenset(("call-id", "cseq", "from", "to", "max-forwards"))
 
 #: header-name spelling -> full lower-case name. Prefilled with the usual spellings of the
 #: known headers and the compact forms; valid names seen on the wire are added (bounded),
 #: as header names repeat from message to message while values do not.
-_NAMES: dict[str, str] = {}
+_NAMES: Final[dict[str, str]] = {}
 for _lname, _cname in _CANONICAL.items():
     for _spelling in (_cname, _lname, _cname.upper()):
         _NAMES[_spelling] = _lname
 for _short, _lname in COMPACT_FORMS.items():
     _NAMES[_short] = _NAMES[_short.upper()] = _lname
-_NAMES_LIMIT = len(_NAMES) + 2048
+_NAMES_LIMIT: Final = len(_NAMES) + 2048
+_NO_DUPS: Final[frozenset[str]] = frozenset()
+#: Message._c_max_forwards before Max-Forwards is read (not a valid value: 0-255 or None)
+_UNKNOWN: Final = -1
 
 
 def _name_of(spelling: str) -> str | None:
@@ -127,14 +130,44 @@ def _name_of(spelling: str) -> str | None:
 class Message:
     """Common part of requests and responses: ordered headers and a bytes body."""
 
-    __slots__ = ("_cache", "_dups", "_first", "_headers", "body")
+    __slots__ = (
+        "_c_contacts",
+        "_c_cseq",
+        "_c_from",
+        "_c_max_forwards",
+        "_c_to",
+        "_c_top_via",
+        "_c_vias",
+        "_dups",
+        "_first",
+        "_headers",
+        "body",
+    )
 
     def __init__(self, headers: list[tuple[str, str, str]] | None = None, body: bytes = b""):
         self._headers: list[tuple[str, str, str]] = headers if headers is not None else []
         self.body: bytes = body
-        self._cache: dict[str, Any] = {}
         self._first: dict[str, str] | None = None
-        self._dups: frozenset[str] | set[str] = frozenset()
+        self._dups: frozenset[str] | set[str] = _NO_DUPS
+        # typed values of headers, parsed on first use (or by the parser) and dropped when
+        # their header changes; _c_max_forwards is _UNKNOWN until read (None: absent)
+        self._c_cseq: CSeq | None = None
+        self._c_from: NameAddr | None = None
+        self._c_to: NameAddr | None = None
+        self._c_top_via: Via | None = None
+        self._c_vias: list[Via] | None = None
+        self._c_contacts: list[NameAddr] | None = None
+        self._c_max_forwards: int | None = _UNKNOWN
+
+    def _forget_all(self) -> None:
+        self._first = None
+        self._c_cseq = None
+        self._c_from = None
+        self._c_to = None
+        self._c_top_via = None
+        self._c_vias = None
+        self._c_contacts = None
+        self._c_max_forwards = _UNKNOWN
 
     @property
     def headers(self) -> list[tuple[str, str, str]]:
@@ -148,13 +181,11 @@ class Message:
     @headers.setter
     def headers(self, value: list[tuple[str, str, str]]) -> None:
         self._headers = value
-        self._first = None
-        self._cache.clear()
+        self._forget_all()
 
     def headers_changed(self) -> None:
         """Forget cached header lookups after an in-place change of :attr:`headers`."""
-        self._first = None
-        self._cache.clear()
+        self._forget_all()
 
     def _index(self) -> dict[str, str]:
         """Rebuild the first-value index (and the set of repeated names)."""
@@ -173,11 +204,19 @@ class Message:
 
     def _invalidate(self, lname: str) -> None:
         self._first = None
-        cache = self._cache
-        if cache:
-            cache.pop(lname, None)
-            if lname == "via":
-                cache.pop("top-via", None)
+        if lname == "via":
+            self._c_vias = None
+            self._c_top_via = None
+        elif lname == "from":
+            self._c_from = None
+        elif lname == "to":
+            self._c_to = None
+        elif lname == "cseq":
+            self._c_cseq = None
+        elif lname == "contact":
+            self._c_contacts = None
+        elif lname == "max-forwards":
+            self._c_max_forwards = _UNKNOWN
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of a header (whole line value, not list-split)."""
@@ -263,19 +302,18 @@ class Message:
 
     @property
     def cseq(self) -> CSeq:
-        c = self._cache.get("cseq")
+        c = self._c_cseq
         if c is None:
             v = self.get("cseq")
             if v is None:
                 raise SipParseError("missing CSeq")
-            c = self._cache["cseq"] = CSeq.parse(v)
+            c = self._c_cseq = CSeq.parse(v)
         return c
 
     @property
     def vias(self) -> list[Via]:
         """Every Via, topmost first (a comma list counts as several)."""
-        cache = self._cache
-        c = cache.get("via")
+        c = self._c_vias
         if c is None:
             first = self._first
             if first is None:
@@ -287,33 +325,32 @@ class Message:
                 c = [self.top_via]
             else:
                 c = [Via.parse(v) for v in self.get_all("via")]
-            cache["via"] = c
+            self._c_vias = c
         return c
 
     @property
     def top_via(self) -> Via:
-        cache = self._cache
-        top = cache.get("top-via")
+        top = self._c_top_via
         if top is not None:
-            return top  # type: ignore[no-any-return]
-        c = cache.get("via")
+            return top
+        c = self._c_vias
         if c is not None:
             if not c:
                 raise SipParseError("missing Via")
-            return c[0]  # type: ignore[no-any-return]
+            return c[0]
         first = self.get("via")
         if first is None:
             raise SipParseError("missing Via")
         items = split_list(first) if "," in first else [first]
         if not items:
             raise SipParseError("empty Via")
-        top = cache["top-via"] = Via.parse(items[0])
+        top = self._c_top_via = Via.parse(items[0])
         return top
 
     def set_vias(self, vias: list[Via]) -> None:
         """Replace the Via headers (one line per Via)."""
         self.set_list("via", vias)
-        self._cache["via"] = vias
+        self._c_vias = vias
 
     def set_top_via(self, via: Via) -> None:
         """Rewrite the topmost Via value (e.g. after adding ``received``/``rport``)."""
@@ -326,7 +363,7 @@ class Message:
         else:
             raise SipParseError("missing Via")
         self._invalidate("via")
-        self._cache["top-via"] = via
+        self._c_top_via = via
 
     def push_via(self, via: Via) -> None:
         """Add a Via on top (a request leaving this element).
@@ -339,7 +376,7 @@ class Message:
         else:
             self._invalidate("via")
             self._headers.insert(0, ("via", "Via", str(via)))
-        self._cache["top-via"] = via
+        self._c_top_via = via
 
     def pop_via(self) -> Via:
         """Remove the topmost Via and return it (a response passing back)."""
@@ -356,23 +393,24 @@ class Message:
         return top
 
     def _name_addr(self, lname: str) -> NameAddr:
-        c = self._cache.get(lname)
-        if c is None:
-            v = self.get(lname)
-            if v is None:
-                raise SipParseError(f"missing {canonical_name(lname)}")
-            c = self._cache[lname] = NameAddr.parse(v)
-        return c
+        v = self.get(lname)
+        if v is None:
+            raise SipParseError(f"missing {canonical_name(lname)}")
+        return NameAddr.parse(v)
 
     @property
     def from_(self) -> NameAddr:
-        c = self._cache.get("from")
-        return c if c is not None else self._name_addr("from")
+        c = self._c_from
+        if c is None:
+            c = self._c_from = self._name_addr("from")
+        return c
 
     @property
     def to(self) -> NameAddr:
-        c = self._cache.get("to")
-        return c if c is not None else self._name_addr("to")
+        c = self._c_to
+        if c is None:
+            c = self._c_to = self._name_addr("to")
+        return c
 
     @property
     def from_tag(self) -> str | None:
@@ -385,8 +423,7 @@ class Message:
     @property
     def contacts(self) -> list[NameAddr]:
         """The Contact values (``*`` of a REGISTER gives an empty list)."""
-        cache = self._cache
-        c = cache.get("contact")
+        c = self._c_contacts
         if c is None:
             first = self._first
             if first is None:
@@ -398,7 +435,7 @@ class Message:
                 c = [] if value == "*" else [NameAddr.parse(value)]
             else:
                 c = [NameAddr.parse(v) for v in self.get_all("contact") if v != "*"]
-            cache["contact"] = c
+            self._c_contacts = c
         return c
 
     @property
@@ -412,11 +449,10 @@ class Message:
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards (0-255), or None when absent (RFC 2543 peers, section 20.22)."""
-        cache = self._cache
-        if "max-forwards" in cache:
-            return cache["max-forwards"]  # type: ignore[no-any-return]
-        v = self.get("max-forwards")
-        mf = cache["max-forwards"] = None if v is None else _max_forwards(v)
+        mf = self._c_max_forwards
+        if mf == _UNKNOWN:
+            v = self.get("max-forwards")
+            mf = self._c_max_forwards = None if v is None else _max_forwards(v)
         return mf
 
     @property
@@ -453,6 +489,7 @@ class Message:
         return list(self._headers)
 
 
+@final
 class Request(Message):
     """A SIP request."""
 
@@ -500,6 +537,7 @@ class Request(Message):
         return f"<Request {self.method} {self.uri_text}>"
 
 
+@final
 class Response(Message):
     """A SIP response."""
 
@@ -591,13 +629,7 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
             or (method not in _KNOWN_METHODS and not _TOKEN_RE.match(method))
         ):
             return _parse_careful(data)  # to tell 400 from 505 and keep a partial
-        msg = Request.__new__(Request)
-        msg._headers = headers
-        msg._cache = {}
-        msg.method = method
-        msg.uri_text = uri_text
-        msg.version = version
-        msg._uri = None
+        msg = Request(method, uri_text, headers)
     seen_twice = dups or _NO_DUPS
     msg._first = first
     msg._dups = seen_twice
@@ -614,9 +646,8 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
     return msg
 
 
-_NO_DUPS: frozenset[str] = frozenset()
 #: the empty line ending the head, CRLF or (tolerated) bare LF line ends
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_BLANK_LINE: Final = re.compile(rb"\r?\n\r?\n")
 
 
 def _repeated(headers: list[tuple[str, str, str]]) -> set[str]:
@@ -694,15 +725,7 @@ def _response(start: str, headers: list[tuple[str, str, str]]) -> Response:
         raise SipParseError(f"unsupported version in status line {start[:80]!r}")
     if len(code) != 3 or not (code.isascii() and code.isdigit()) or not "1" <= code[0] <= "6":
         raise SipParseError(f"bad status code in {start[:80]!r}")
-    resp = Response.__new__(Response)
-    resp._headers = headers
-    resp._cache = {}
-    resp._first = None
-    resp._dups = _NO_DUPS
-    resp.status = int(code)
-    resp.reason = reason
-    resp.version = "SIP/2.0"
-    return resp
+    return Response(int(code), reason, headers)
 
 
 def _request(start: str, headers: list[tuple[str, str, str]]) -> Request:
@@ -775,17 +798,16 @@ def _validate(
             if repeated:
                 names = ", ".join(sorted(canonical_name(n) for n in repeated))
                 raise SipParseError(f"more than one {names} header")
-        cache = msg._cache
-        cseq = cache["cseq"] = CSeq.parse(cseq_text)
-        cache["from"] = NameAddr.parse(from_text)
-        cache["to"] = NameAddr.parse(to_text)
+        cseq = msg._c_cseq = CSeq.parse(cseq_text)
+        msg._c_from = NameAddr.parse(from_text)
+        msg._c_to = NameAddr.parse(to_text)
         if "," in via:
             items = split_list(via)
             via = items[0] if items else ""
-        cache["top-via"] = Via.parse(via)
+        msg._c_top_via = Via.parse(via)
         if isinstance(msg, Request):
             mf = first.get("max-forwards")
-            cache["max-forwards"] = None if mf is None else _max_forwards(mf)
+            msg._c_max_forwards = None if mf is None else _max_forwards(mf)
             if cseq.method != msg.method:
                 raise SipParseError(
                     f"CSeq method {cseq.method!r} does not match request method {msg.method!r}"
@@ -897,15 +919,7 @@ def make_response(
                 headers.append(h)
         elif hl == "record-route" and 100 < status < 300:
             headers.append(h)
-    resp = Response.__new__(Response)
-    resp._headers = headers
-    resp.body = b""
-    resp._cache = {}
-    resp._first = None
-    resp._dups = frozenset()
-    resp.status = status
-    resp.reason = reason if reason is not None else REASON_PHRASES.get(status, "Unknown")
-    resp.version = "SIP/2.0"
+    resp = Response(status, reason, headers)
     for name, value in extra:
         resp.add(name, value)
     if body:

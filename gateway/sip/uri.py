@@ -21,8 +21,7 @@ Anything that is not a well-formed URI raises :class:`SipParseError` (400).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, final
 from urllib.parse import unquote
 
 from gateway.sip.errors import SipParseError
@@ -40,111 +39,280 @@ def _join_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
-@dataclass(frozen=True, slots=True)
+# The URI classes are immutable values: read-only properties over private slots, equality
+# and hashing over every field (as frozen dataclasses had them). They are plain classes so
+# that mypyc compiles them to native classes: construction is then a C call (see setup.py).
+
+
+@final
 class SipUri:
     """A ``sip:`` or ``sips:`` URI."""
 
-    scheme: str
-    user: str | None
-    host: str
-    port: int | None = None
-    password: str | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
-    headers: str = ""
-    raw: str = ""
+    __slots__ = ("_headers", "_host", "_params", "_password", "_port", "_raw", "_scheme", "_user")
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        host: str,
+        port: int | None = None,
+        password: str | None = None,
+        params: dict[str, str | None] | None = None,
+        headers: str = "",
+        raw: str = "",
+    ) -> None:
+        self._scheme = scheme
+        self._user = user
+        self._host = host
+        self._port = port
+        self._password = password
+        self._params: dict[str, str | None] = {} if params is None else params
+        self._headers = headers
+        self._raw = raw
+
+    @property
+    def scheme(self) -> str:
+        return self._scheme
+
+    @property
+    def user(self) -> str | None:
+        return self._user
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    @property
+    def password(self) -> str | None:
+        return self._password
+
+    @property
+    def params(self) -> dict[str, str | None]:
+        return self._params
+
+    @property
+    def headers(self) -> str:
+        return self._headers
+
+    @property
+    def raw(self) -> str:
+        return self._raw
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self._scheme,
+            self._user,
+            self._host,
+            self._port,
+            self._password,
+            self._params,
+            self._headers,
+            self._raw,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SipUri):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())  # TypeError: params is a dict, as with the dataclass
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SipUri, self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"SipUri(scheme={self._scheme!r}, user={self._user!r}, host={self._host!r},"
+            f" port={self._port!r}, password={self._password!r}, params={self._params!r},"
+            f" headers={self._headers!r}, raw={self._raw!r})"
+        )
 
     def __str__(self) -> str:
-        return self.raw or self._build()
+        return self._raw or self._build()
 
     def _build(self) -> str:
         userinfo = ""
-        if self.user is not None:
-            userinfo = self.user
-            if self.password is not None:
-                userinfo += ":" + self.password
+        if self._user is not None:
+            userinfo = self._user
+            if self._password is not None:
+                userinfo += ":" + self._password
             userinfo += "@"
-        host = self.host
+        host = self._host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        port = f":{self.port}" if self.port is not None else ""
-        hdrs = f"?{self.headers}" if self.headers else ""
-        return f"{self.scheme}:{userinfo}{host}{port}{_join_params(self.params)}{hdrs}"
+        port = f":{self._port}" if self._port is not None else ""
+        hdrs = f"?{self._headers}" if self._headers else ""
+        return f"{self._scheme}:{userinfo}{host}{port}{_join_params(self._params)}{hdrs}"
 
     @property
     def user_unescaped(self) -> str | None:
         """The user part with %-escapes decoded."""
-        return None if self.user is None else unquote(self.user)
+        return None if self._user is None else unquote(self._user)
 
     @property
     def host_unbracketed(self) -> str:
         """The host without IPv6 brackets."""
-        h = self.host
+        h = self._host
         return h[1:-1] if h.startswith("[") and h.endswith("]") else h
 
     @property
     def transport(self) -> str | None:
         """The ``transport`` parameter, lower-cased, or None."""
-        t = self.params.get("transport")
+        t = self._params.get("transport")
         return t.lower() if t else None
 
     @property
     def lr(self) -> bool:
         """True when the URI carries the loose-routing ``lr`` parameter."""
-        return "lr" in self.params
+        return "lr" in self._params
 
     def with_user(self, user: str | None) -> SipUri:
         """A copy with another user part."""
         return SipUri(
-            self.scheme, user, self.host, self.port, self.password, dict(self.params), self.headers
+            self._scheme,
+            user,
+            self._host,
+            self._port,
+            self._password,
+            dict(self._params),
+            self._headers,
         )
 
     def with_host(self, host: str, port: int | None) -> SipUri:
         """A copy with another host and port."""
         return SipUri(
-            self.scheme, self.user, host, port, self.password, dict(self.params), self.headers
+            self._scheme,
+            self._user,
+            host,
+            port,
+            self._password,
+            dict(self._params),
+            self._headers,
         )
 
     def with_params(self, **params: str | None) -> SipUri:
         """A copy with parameters added or replaced."""
-        merged = dict(self.params)
+        merged = dict(self._params)
         merged.update(params)
         return SipUri(
-            self.scheme, self.user, self.host, self.port, self.password, merged, self.headers
+            self._scheme, self._user, self._host, self._port, self._password, merged, self._headers
         )
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class TelUri:
     """A ``tel:`` URI (RFC 3966); ``number`` keeps visual separators as written."""
 
-    number: str
-    params: dict[str, str | None] = field(default_factory=dict)
-    raw: str = ""
-    scheme: str = "tel"
+    __slots__ = ("_number", "_params", "_raw", "_scheme")
+
+    def __init__(
+        self,
+        number: str,
+        params: dict[str, str | None] | None = None,
+        raw: str = "",
+        scheme: str = "tel",
+    ) -> None:
+        self._number = number
+        self._params: dict[str, str | None] = {} if params is None else params
+        self._raw = raw
+        self._scheme = scheme
+
+    @property
+    def number(self) -> str:
+        return self._number
+
+    @property
+    def params(self) -> dict[str, str | None]:
+        return self._params
+
+    @property
+    def raw(self) -> str:
+        return self._raw
+
+    @property
+    def scheme(self) -> str:
+        return self._scheme
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self._number, self._params, self._raw, self._scheme)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TelUri):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TelUri, self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"TelUri(number={self._number!r}, params={self._params!r}, raw={self._raw!r},"
+            f" scheme={self._scheme!r})"
+        )
 
     def __str__(self) -> str:
-        return self.raw or f"tel:{self.number}{_join_params(self.params)}"
+        return self._raw or f"tel:{self._number}{_join_params(self._params)}"
 
     @property
     def user(self) -> str:
         """The number, so that routing can treat sip: and tel: alike."""
-        return self.number
+        return self._number
 
     @property
     def user_unescaped(self) -> str:
-        return unquote(self.number)
+        return unquote(self._number)
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class AbsoluteUri:
     """Any other absolute URI, e.g. ``urn:service:sos.fire`` (RFC 5031)."""
 
-    scheme: str
-    rest: str
-    raw: str = ""
+    __slots__ = ("_raw", "_rest", "_scheme")
+
+    def __init__(self, scheme: str, rest: str, raw: str = "") -> None:
+        self._scheme = scheme
+        self._rest = rest
+        self._raw = raw
+
+    @property
+    def scheme(self) -> str:
+        return self._scheme
+
+    @property
+    def rest(self) -> str:
+        return self._rest
+
+    @property
+    def raw(self) -> str:
+        return self._raw
+
+    def _fields(self) -> tuple[str, str, str]:
+        return (self._scheme, self._rest, self._raw)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AbsoluteUri):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AbsoluteUri, self._fields())
+
+    def __repr__(self) -> str:
+        return f"AbsoluteUri(scheme={self._scheme!r}, rest={self._rest!r}, raw={self._raw!r})"
 
     def __str__(self) -> str:
-        return self.raw or f"{self.scheme}:{self.rest}"
+        return self._raw or f"{self._scheme}:{self._rest}"
 
     @property
     def user(self) -> None:
@@ -157,113 +325,29 @@ class AbsoluteUri:
     @property
     def urn_nid(self) -> str | None:
         """For ``urn:`` URIs, the namespace id (e.g. ``service``), lower-cased."""
-        if self.scheme != "urn":
+        if self._scheme != "urn":
             return None
-        return self.rest.partition(":")[0].lower()
+        return self._rest.partition(":")[0].lower()
 
     @property
     def urn_nss(self) -> str | None:
         """For ``urn:`` URIs, the namespace-specific string (e.g. ``sos.fire``)."""
-        if self.scheme != "urn":
+        if self._scheme != "urn":
             return None
-        return self.rest.partition(":")[2]
+        return self._rest.partition(":")[2]
 
 
 Uri = SipUri | TelUri | AbsoluteUri
 
 
-# -- fast construction -----------------------------------------------------------------------
-#
-# A frozen dataclass assigns each field through object.__setattr__ in __init__, which costs
-# about 0.1 us per field: a third of the time of a whole parsed URI. The parser builds its
-# URIs as instances of a plain twin class with the very same slots and then re-labels them
-# (``__class__`` assignment is allowed between classes of identical layout). The result is
-# an ordinary, frozen SipUri; construction by hand still goes through the dataclass __init__.
-
-
-class _SipUriTwin:
-    # the field order of SipUri, not sorted: the layouts must be identical
-    __slots__ = ("scheme", "user", "host", "port", "password", "params", "headers", "raw")  # noqa: RUF023
-
-    def __init__(
-        self,
-        scheme: str,
-        user: str | None,
-        host: str,
-        port: int | None,
-        password: str | None,
-        params: dict[str, str | None],
-        headers: str,
-        raw: str,
-    ):
-        self.scheme = scheme
-        self.user = user
-        self.host = host
-        self.port = port
-        self.password = password
-        self.params = params
-        self.headers = headers
-        self.raw = raw
-
-
-class _TelUriTwin:
-    __slots__ = ("number", "params", "raw", "scheme")
-
-    def __init__(self, number: str, params: dict[str, str | None], raw: str):
-        self.number = number
-        self.params = params
-        self.raw = raw
-        self.scheme = "tel"
-
-
-class _AbsoluteUriTwin:
-    __slots__ = ("scheme", "rest", "raw")  # noqa: RUF023
-
-    def __init__(self, scheme: str, rest: str, raw: str):
-        self.scheme = scheme
-        self.rest = rest
-        self.raw = raw
-
-
-for _twin, _real in ((_SipUriTwin, SipUri), (_TelUriTwin, TelUri), (_AbsoluteUriTwin, AbsoluteUri)):
-    assert _twin.__slots__ == _real.__slots__, f"{_twin.__name__} out of step with {_real}"
-
-
-def _new_sip_uri(
-    scheme: str,
-    user: str | None,
-    host: str,
-    port: int | None,
-    password: str | None,
-    params: dict[str, str | None],
-    headers: str,
-    raw: str,
-) -> SipUri:
-    obj: Any = _SipUriTwin(scheme, user, host, port, password, params, headers, raw)
-    obj.__class__ = SipUri
-    return obj  # type: ignore[no-any-return]
-
-
-def _new_tel_uri(number: str, params: dict[str, str | None], raw: str) -> TelUri:
-    obj: Any = _TelUriTwin(number, params, raw)
-    obj.__class__ = TelUri
-    return obj  # type: ignore[no-any-return]
-
-
-def _new_absolute_uri(scheme: str, rest: str, raw: str) -> AbsoluteUri:
-    obj: Any = _AbsoluteUriTwin(scheme, rest, raw)
-    obj.__class__ = AbsoluteUri
-    return obj  # type: ignore[no-any-return]
-
-
 # -- grammar (RFC 3261 section 25.1, RFC 3966 section 3) ---------------------------------------
 
-_UNRESERVED = r"A-Za-z0-9\-_.!~*'()%"  # alphanum, mark, and '%' of escaped
-_USER_CHARS = _UNRESERVED + r"&=+$,;?/"
-_PASSWORD_CHARS = _UNRESERVED + r"&=+$,"
-_PARAM_CHARS = _UNRESERVED + r"\[\]/:&+$"
-_HEADER_CHARS = _UNRESERVED + r"\[\]/?:+$"
-_HOST = r"[A-Za-z0-9][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\]"
+_UNRESERVED: Final = r"A-Za-z0-9\-_.!~*'()%"  # alphanum, mark, and '%' of escaped
+_USER_CHARS: Final = _UNRESERVED + r"&=+$,;?/"
+_PASSWORD_CHARS: Final = _UNRESERVED + r"&=+$,"
+_PARAM_CHARS: Final = _UNRESERVED + r"\[\]/:&+$"
+_HEADER_CHARS: Final = _UNRESERVED + r"\[\]/?:+$"
+_HOST: Final = r"[A-Za-z0-9][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\]"
 
 #: the common shape of a sip/sips URI: no ';' '?' '/' in the user part, no escaped headers.
 #: Groups: scheme, user, password, host, port, parameters. Shared with the name-addr fast
@@ -272,28 +356,28 @@ _HOST = r"[A-Za-z0-9][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\]"
 #: not backtracking, and a URI without user part is matched twice as fast.
 #: SIP_URI_FAST_NO_PARAMS is the same without parameters (for an addr-spec, whose ';'
 #: starts header parameters).
-_HOST_P = r"[A-Za-z0-9][A-Za-z0-9\-_.]*+|\[[0-9A-Fa-f:.]++\]"
-SIP_URI_FAST_NO_PARAMS = (
+_HOST_P: Final = r"[A-Za-z0-9][A-Za-z0-9\-_.]*+|\[[0-9A-Fa-f:.]++\]"
+SIP_URI_FAST_NO_PARAMS: Final = (
     rf"(sips?):(?:([{_UNRESERVED}&=+$,]++)(?::([{_PASSWORD_CHARS}]*+))?+@)?+"
     rf"({_HOST_P})(?::([0-9]{{1,5}}+))?+"
 )
-SIP_URI_FAST = (
+SIP_URI_FAST: Final = (
     SIP_URI_FAST_NO_PARAMS + rf"((?:;[{_PARAM_CHARS}]++(?:=[{_PARAM_CHARS}]++)?+)*+)"
 )
-_SIP_FAST = re.compile(SIP_URI_FAST + r"\Z")
-_TEL_FAST = re.compile(
+_SIP_FAST: Final = re.compile(SIP_URI_FAST + r"\Z")
+_TEL_FAST: Final = re.compile(
     rf"tel:([0-9A-Fa-f*#+\-.()]+)((?:;[{_PARAM_CHARS}]+(?:=[{_PARAM_CHARS}]+)?)*)\Z"
 )
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
-_USER = re.compile(rf"[{_USER_CHARS}]+\Z")
-_PASSWORD = re.compile(rf"[{_PASSWORD_CHARS}]*\Z")
-_HOST_RE = re.compile(rf"(?:{_HOST})\Z")
-_PARAM_TOKEN = re.compile(rf"[{_PARAM_CHARS}]+\Z")
-_URI_HEADER = rf"[{_HEADER_CHARS}]+=[{_HEADER_CHARS}]*"
-_URI_HEADERS = re.compile(rf"{_URI_HEADER}(?:&{_URI_HEADER})*\Z")
-_TEL_NUMBER = re.compile(r"[0-9A-Fa-f*#+\-.()%]+\Z")
+_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
+_USER: Final = re.compile(rf"[{_USER_CHARS}]+\Z")
+_PASSWORD: Final = re.compile(rf"[{_PASSWORD_CHARS}]*\Z")
+_HOST_RE: Final = re.compile(rf"(?:{_HOST})\Z")
+_PARAM_TOKEN: Final = re.compile(rf"[{_PARAM_CHARS}]+\Z")
+_URI_HEADER: Final = rf"[{_HEADER_CHARS}]+=[{_HEADER_CHARS}]*"
+_URI_HEADERS: Final = re.compile(rf"{_URI_HEADER}(?:&{_URI_HEADER})*\Z")
+_TEL_NUMBER: Final = re.compile(r"[0-9A-Fa-f*#+\-.()%]+\Z")
 #: characters that are never part of any URI (RFC 3986 section 2, RFC 3261 section 19.1)
-_NEVER_IN_URI = re.compile(r"[\x00-\x20\x7f<>\"{}|\\^`]")
+_NEVER_IN_URI: Final = re.compile(r"[\x00-\x20\x7f<>\"{}|\\^`]")
 
 
 def _split_params(text: str, raw: str) -> dict[str, str | None]:
@@ -341,14 +425,12 @@ def sip_uri_from_fast_match(
         port = int(port_text)
         if port > 65535:
             raise SipParseError(f"port out of range in URI {raw!r}")
-    obj: Any = _SipUriTwin(
+    return SipUri(
         scheme, user, host, port, password, _split_params(ptext, raw) if ptext else {}, "", raw
     )
-    obj.__class__ = SipUri
-    return obj  # type: ignore[no-any-return]
 
 
-_sip_fast_match = _SIP_FAST.match
+_sip_fast_match: Final = _SIP_FAST.match
 
 
 def parse_uri(text: str) -> Uri:
@@ -373,14 +455,14 @@ def _parse_uri_careful(raw: str) -> Uri:
         m = _TEL_FAST.match(raw)
         if m is not None:
             number, ptext = m.groups()
-            return _new_tel_uri(number, _split_params(ptext, raw) if ptext else {}, raw)
+            return TelUri(number, _split_params(ptext, raw) if ptext else {}, raw)
         number, _, ptext = rest.partition(";")
         if not _TEL_NUMBER.match(number):
             raise SipParseError(f"bad tel number in {raw!r}")
-        return _new_tel_uri(number, _checked_params(";" + ptext, raw) if ptext else {}, raw)
+        return TelUri(number, _checked_params(";" + ptext, raw) if ptext else {}, raw)
     if not rest:
         raise SipParseError(f"empty URI {raw!r}")
-    return _new_absolute_uri(lscheme, rest, raw)
+    return AbsoluteUri(lscheme, rest, raw)
 
 
 def _parse_sip_careful(scheme: str, rest: str, raw: str) -> SipUri:
@@ -418,4 +500,4 @@ def _parse_sip_careful(scheme: str, rest: str, raw: str) -> SipUri:
         raise SipParseError(f"bad host in URI {raw!r}")
     port = _port(port_text, raw) if has_port else None
     params = _checked_params(";" + ptext, raw) if psep else {}
-    return _new_sip_uri(scheme, user, host, port, password, params, headers, raw)
+    return SipUri(scheme, user, host, port, password, params, headers, raw)

@@ -1,0 +1,253 @@
+"""Emergency route choice (SPEC E-2) for a call that is never refused (SPEC E-3).
+
+Theory of operation
+-------------------
+:func:`choose_route` turns a :class:`~gateway.emergency.numbers.Detection` into an ordered
+list of hops for the B2BUA's failover loop. It is a pure function of (detection, agent
+country, emergency config, trunks, trunk health): no I/O, no clock.
+
+Order of the hops (SPEC E-2):
+
+1. the gateways of the trunk of the first direct-routing rule that matches (the carrier
+   SBC), in the trunk's order;
+2. then the direct-offer gateways, when direct offer is enabled: they are the route when no
+   rule matches and the fallback when every direct-routing gateway fails;
+3. last, as a last resort, the hops of any path whose health is *down*. OPTIONS
+   keep-alives are a guess made seconds ago; trying a "down" gateway costs one short
+   provisional timeout, answering 503 to an emergency call may cost a life. So a down path
+   is skipped while any healthy one remains, never dropped.
+
+Every hop carries the short emergency provisional timeout (the trunk's own
+``provisional_timeout_s`` capped at ``emergency_provisional_timeout_s``) and fails over on
+408, 503 and 504 (RFC 3261 section 21; plus any other code the trunk lists), on a
+transport failure and on that timeout.
+
+When no hop exists at all, the plan is empty and carries a ``warning`` for the 503 the
+B2BUA answers with (RFC 3261 section 20.43); the call is still an emergency call for E-4..E-9
+(callback DID, DND, notification, events).
+
+E-3, by construction: nothing in this module's inputs speaks of admission control, rate
+limits, capacity, presence, call barring or outbound restrictions, so no such thing can
+refuse the call here; and no outcome is 404 or 424.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.emergency.config import DIRECT_OFFER, DirectRoutingRule, EmergencyConfig
+from gateway.emergency.numbers import Detection, countries_supported, normalise_country
+
+__all__ = [
+    "EMERGENCY_FAILOVER_CODES",
+    "EmergencyHop",
+    "GatewayLike",
+    "RoutePlan",
+    "TrunkLike",
+    "choose_route",
+    "matching_rule",
+]
+
+#: SPEC E-2: the final responses that move an emergency call to the next gateway
+EMERGENCY_FAILOVER_CODES: frozenset[int] = frozenset({408, 503, 504})
+
+
+class GatewayLike(Protocol):
+    """A trunk gateway (``gateway.config.dialplan.GatewayAddress`` fits)."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def transport(self) -> str: ...
+
+
+class TrunkLike(Protocol):
+    """A trunk (``gateway.config.dialplan.Trunk`` fits)."""
+
+    @property
+    def gateways(self) -> Sequence[GatewayLike]: ...
+
+    @property
+    def failover_codes(self) -> Sequence[int]: ...
+
+    @property
+    def provisional_timeout_s(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyHop:
+    """One place to try an emergency call, in failover order (SPEC E-2).
+
+    The B2BUA sends to ``(transport, host, port)``. The Request-URI is ``request_uri``
+    when set (a service URN), else ``sip:<user>@<host>:<port>`` with ``user`` the
+    emergency dial string as digits -- never rewritten by an outbound rule (SPEC E-1).
+    ``route`` is ``"direct-routing:<trunk>"`` or ``"direct-offer"`` (for events, metrics
+    and the notification). ``accepts_location`` says whether this path takes the agent's
+    PIDF-LO by value (SPEC E-10, RFC 6442). ``last_resort`` marks a hop of a path whose
+    health is down, tried only after every healthy one.
+    """
+
+    route: str
+    trunk: str
+    host: str
+    port: int
+    transport: str
+    user: str | None
+    request_uri: str | None
+    failover_codes: frozenset[int]
+    provisional_timeout_s: float
+    accepts_location: bool
+    last_resort: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """The hops of an emergency call, in order, and why (SPEC E-2).
+
+    ``rule`` is the direct-routing rule that matched, if any. ``notes`` are degradations an
+    engineer should see in the logs (a down trunk, a rule naming an unknown trunk).
+    ``warning`` is set exactly when there is no hop: the text of the Warning header of the
+    503 answered to the agent.
+    """
+
+    hops: tuple[EmergencyHop, ...]
+    rule: str | None = None
+    notes: tuple[str, ...] = ()
+    warning: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        """No path at all: answer 503 with :attr:`warning`, and still do E-6 and E-7."""
+        return not self.hops
+
+
+def _rule_applies(rule: DirectRoutingRule, country: str | None) -> bool:
+    # An agent of unknown or unsupported country gets the best available path (E-11):
+    # country-limited rules are not held against it.
+    if not rule.countries or country not in countries_supported():
+        return True
+    return country in rule.countries
+
+
+def matching_rule(
+    detection: Detection, country: str | None, config: EmergencyConfig
+) -> DirectRoutingRule | None:
+    """The first direct-routing rule for this call, or ``None`` (SPEC E-2).
+
+    Rules are tried in order; one matches when its ``countries`` include the agent's
+    (or are empty) and its ``match`` is found in the dial string or the service.
+    """
+    code = normalise_country(country)
+    for rule in config.direct_routing:
+        if _rule_applies(rule, code) and rule.matches(detection.dialled, detection.service):
+            return rule
+    return None
+
+
+def _describe(detection: Detection, country: str | None) -> str:
+    where = f" for {country}" if country else " (agent country unknown)"
+    return f"{detection.dialled}{where}"
+
+
+def choose_route(
+    detection: Detection,
+    country: str | None,
+    config: EmergencyConfig,
+    trunks: Mapping[str, TrunkLike],
+    health: Mapping[str, bool] | None = None,
+) -> RoutePlan:
+    """The ordered hops of an emergency call (SPEC E-2). Never refuses (SPEC E-3).
+
+    ``health`` maps a trunk name (and :data:`~gateway.emergency.config.DIRECT_OFFER` for
+    the direct-offer path) to whether its OPTIONS keep-alives say it is up; a missing name
+    is up. A down path is tried last rather than dropped (see the module docstring).
+    There is deliberately no admission, capacity, presence or barring input.
+    """
+    code = normalise_country(country)
+    health = health or {}
+    timeout_cap = config.emergency_provisional_timeout_s
+    healthy: list[EmergencyHop] = []
+    down: list[EmergencyHop] = []
+    notes: list[str] = []
+    urn = detection.dialled if detection.kind == "urn" else None
+
+    rule = matching_rule(detection, code, config)
+    if rule is not None:
+        trunk = trunks.get(rule.trunk)
+        if trunk is None:
+            notes.append(
+                f"direct-routing rule {rule.name!r} names trunk {rule.trunk!r}, which is "
+                "not defined; skipped"
+            )
+        else:
+            is_up = health.get(rule.trunk, True)
+            if not is_up:
+                notes.append(f"trunk {rule.trunk!r} is down; tried last")
+            route = f"direct-routing:{rule.trunk}"
+            hops = [
+                EmergencyHop(
+                    route=route,
+                    trunk=rule.trunk,
+                    host=gateway.host,
+                    port=gateway.port,
+                    transport=gateway.transport,
+                    user=None if urn else detection.dialled,
+                    request_uri=urn,
+                    failover_codes=EMERGENCY_FAILOVER_CODES | frozenset(trunk.failover_codes),
+                    provisional_timeout_s=min(trunk.provisional_timeout_s, timeout_cap),
+                    accepts_location=rule.accepts_location,
+                    last_resort=not is_up,
+                )
+                for gateway in trunk.gateways
+            ]
+            (healthy if is_up else down).extend(hops)
+
+    offer = config.direct_offer
+    if offer is not None and config.direct_offer_enabled:
+        is_up = health.get(DIRECT_OFFER, True)
+        if not is_up:
+            notes.append("direct offer is down; tried last")
+        if urn is not None:
+            request_uri = urn  # RFC 5031 section 4.2: keep the sub-service (sos.fire)
+        else:
+            request_uri = offer.test_request_uri if detection.test else offer.request_uri
+        (healthy if is_up else down).extend(
+            EmergencyHop(
+                route=DIRECT_OFFER,
+                trunk=DIRECT_OFFER,
+                host=host,
+                port=port,
+                transport=transport,
+                user=None,
+                request_uri=request_uri,
+                failover_codes=EMERGENCY_FAILOVER_CODES,
+                provisional_timeout_s=timeout_cap,
+                accepts_location=offer.accepts_location,
+                last_resort=not is_up,
+            )
+            for host, port, transport in offer.gateways
+        )
+
+    plan_hops = tuple(healthy + down)
+    warning = None
+    if not plan_hops:
+        if rule is None:
+            why = "no direct-routing rule matches and direct offer is disabled"
+        else:
+            why = (
+                f"direct-routing rule {rule.name!r} has no usable trunk and direct offer "
+                "is disabled"
+            )
+        warning = f"no emergency route for {_describe(detection, code)}: {why}"
+    return RoutePlan(
+        hops=plan_hops,
+        rule=rule.name if rule is not None else None,
+        notes=tuple(notes),
+        warning=warning,
+    )
