@@ -1,0 +1,274 @@
+"""The emergency edge: the pure policy applied to live calls, with the store and MQTT.
+
+Theory of operation
+-------------------
+The router asks :meth:`EmergencyService.classify` about every INVITE *before* any other
+rule (SPEC E-1). For a call from an agent's side it identifies the agent without ever
+challenging (an emergency call is never delayed by a 407 round trip): a verified
+Proxy-Authorization when present, else the registration the request came from, else the
+From user. The detection, the route plan and the agent make an :class:`EmergencyCall`
+that rides on the B2BUA call.
+
+For a call from a trunk, :meth:`callback_for` looks the Request-URI up in the live callback
+reservations (kept in memory, written through the store, SPEC E-4/C-1).
+
+The B2BUA then calls the hooks: :meth:`started` (DND, the ``dialled`` and ``route_chosen``
+events, the callback DID reservation, awaited at most ``reserve_timeout`` seconds so a slow
+store cannot hold the call), :meth:`b_leg_try`, :meth:`b_leg_failed`, :meth:`answered` and
+:meth:`ended` (DND restored, ``ended``/``failed``). Events go to the MQTT publisher, which
+never blocks (SPEC E-7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from gateway.b2bua.call import NextHop
+from gateway.config.dialplan import Dialplan
+from gateway.emergency.callbacks import CallbackDecision, is_callback
+from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRule, EmergencyConfig
+from gateway.emergency.numbers import Detection, detect
+from gateway.emergency.routing import RoutePlan, choose_route
+from gateway.events.ports import Publisher, Topics
+from gateway.events.schema import emergency_payload
+from gateway.presence.service import PresenceService
+from gateway.sip.message import Request
+from gateway.sip.transaction import Address
+from gateway.stores.ports import Binding, Reservation, ReservationStore
+
+__all__ = ["EmergencyCall", "EmergencyService", "config_from_dialplan"]
+
+log = structlog.get_logger("gateway.emergency")
+
+
+def config_from_dialplan(dialplan: Dialplan) -> EmergencyConfig:
+    """The policy's configuration from the dialplan's ``emergency`` section."""
+    section = dialplan.emergency
+    offer = section.direct_offer
+    return EmergencyConfig(
+        direct_routing=tuple(
+            DirectRoutingRule(rule.name, rule.match, rule.trunk, rule.countries)
+            for rule in section.direct_routing
+        ),
+        direct_offer=None
+        if offer is None
+        else DirectOffer(
+            offer.enabled,
+            tuple((gw.host, gw.port, gw.transport) for gw in offer.gateways),
+            offer.request_uri,
+            offer.accepts_location,
+        ),
+        callback=CallbackPool(section.callback.dids, section.callback.window_s),
+        emergency_provisional_timeout_s=section.provisional_timeout_s,
+        dnd_on_test_calls=section.dnd_on_test_calls,
+    )
+
+
+@dataclass(slots=True)
+class EmergencyCall:
+    """What makes a call an emergency call (or an emergency callback)."""
+
+    detection: Detection | None
+    agent: str | None
+    plan: RoutePlan | None
+    test: bool
+    callback: bool = False
+    did: str | None = None
+    dnd: bool = False
+    route: str | None = None
+    answered: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EmergencyService:
+    """Emergency detection, routing, reservations, DND and events for one node."""
+
+    def __init__(
+        self,
+        dialplan: Dialplan,
+        reservations: ReservationStore,
+        presence: PresenceService,
+        publisher: Publisher,
+        topics: Topics,
+        contacts: Callable[[str], list[Binding]],
+        authenticate: Callable[[Request], str | None],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        reserve_timeout: float = 0.25,
+    ):
+        self.dialplan = dialplan
+        self.config = config_from_dialplan(dialplan)
+        self.store = reservations
+        self.presence = presence
+        self.publisher = publisher
+        self.topics = topics
+        self.contacts = contacts
+        self.authenticate = authenticate
+        self.wall_clock = wall_clock
+        self.reserve_timeout = reserve_timeout
+        self.live: dict[str, Reservation] = {}  # DID -> live reservation
+        self.agent_by_username = {
+            (agent.username or agent_id): agent_id for agent_id, agent in dialplan.agents.items()
+        }
+        #: agents on an emergency call now (E-8: no other outbound call meanwhile)
+        self.active_agents: dict[str, int] = {}
+
+    async def start(self) -> None:
+        for reservation in await self.store.live(self.wall_clock()):
+            self.live[reservation.did] = reservation
+        log.info("callback_reservations_loaded", live=len(self.live))
+
+    # -- classification --------------------------------------------------------------------
+
+    def identify(self, request: Request, source: Address) -> str | None:
+        """The agent behind a request, without challenging it."""
+        if request.get("proxy-authorization") is not None:
+            agent = self.authenticate(request)
+            if agent is not None:
+                return agent
+        flow = f"{source.transport}:{source.host}:{source.port}"
+        for agent_id in self.dialplan.agents:
+            if any(binding.source == flow for binding in self.contacts(agent_id)):
+                return agent_id
+        try:
+            uri = request.from_.uri
+        except Exception:
+            return None
+        user = getattr(uri, "user_unescaped", None)
+        return self.agent_by_username.get(user) if user else None
+
+    def classify(self, request: Request, source: Address) -> EmergencyCall | None:
+        """An emergency call from the agents' side, or None (SPEC E-1)."""
+        agent = self.identify(request, source)
+        country = None
+        if agent is not None:
+            location = self.dialplan.agents[agent].location
+            country = location.country if location is not None else None
+        detection = detect(request.uri, country)
+        if detection is None:
+            return None
+        plan = choose_route(detection, country, self.config, self.dialplan.trunks)
+        for note in plan.notes:
+            log.warning("emergency_route_note", note=note)
+        return EmergencyCall(detection, agent, plan, detection.test)
+
+    def callback_for(self, dialled: str, trunk: str) -> CallbackDecision:
+        """Is a call from ``trunk`` to ``dialled`` an emergency callback (SPEC C-1)?"""
+        trusted = self.dialplan.trunks[trunk].trusted
+        now = self.wall_clock()
+        reservation = self.live.get(dialled) or self.live.get("+" + dialled.lstrip("+"))
+        if reservation is not None and reservation.expires_at <= now:
+            reservation = None
+        return is_callback(dialled, trunk, trusted, reservation, now)
+
+    def hops(self, plan: RoutePlan) -> list[NextHop]:
+        """The plan as B2BUA hops (emergency timers, failover codes)."""
+        return [
+            NextHop(
+                trunk=hop.route,
+                address=Address(hop.transport, hop.host, hop.port),
+                user=hop.user or "",
+                failover_codes=hop.failover_codes,
+                provisional_timeout=hop.provisional_timeout_s,
+                request_uri=hop.request_uri,
+            )
+            for hop in plan.hops
+        ]
+
+    def agent_busy_with_emergency(self, agent: str | None) -> bool:
+        return agent is not None and self.active_agents.get(agent, 0) > 0
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    async def reserve(self, call_id: str, emergency: EmergencyCall) -> None:
+        """Reserve (or renew) the agent's callback DID (SPEC E-4), bounded in time."""
+        pool = list(self.config.callback.dids)
+        if emergency.agent is None or not pool:
+            return
+        try:
+            reservation, reused = await asyncio.wait_for(
+                self.store.reserve(
+                    emergency.agent, pool, self.wall_clock(), self.config.callback.window_s,
+                    call_id, emergency.test,
+                ),
+                self.reserve_timeout,
+            )
+        except Exception as exc:  # a slow or broken store must not hold the call
+            log.error("callback_reservation_failed", call_id=call_id, error=repr(exc))
+            return
+        self.live[reservation.did] = reservation
+        emergency.did = reservation.did
+        self.event(call_id, emergency, "callback_reserved",
+                   expires_at=_iso(reservation.expires_at), reused_oldest=reused)
+
+    def started(self, call_id: str, emergency: EmergencyCall) -> None:
+        """The call was detected: DND for the agent, the first events (E-5, E-7)."""
+        agent = emergency.agent
+        if agent is not None:
+            self.active_agents[agent] = self.active_agents.get(agent, 0) + 1
+            if not emergency.test or self.config.dnd_on_test_calls:
+                emergency.dnd = True
+                self.presence.emergency_started(agent)
+        detection = emergency.detection
+        kind = "callback_ringing" if emergency.callback else "dialled"
+        self.event(call_id, emergency, kind,
+                   dialled=detection.dialled if detection is not None else None)
+        plan = emergency.plan
+        if plan is not None and not emergency.callback:
+            self.event(call_id, emergency, "route_chosen",
+                       routes=[hop.route for hop in plan.hops], warning=plan.warning)
+
+    def b_leg_try(self, call_id: str, emergency: EmergencyCall, hop: NextHop) -> None:
+        emergency.route = hop.trunk
+        self.event(call_id, emergency, "trying",
+                   gateway=f"{hop.address.transport}:{hop.address.host}:{hop.address.port}")
+
+    def b_leg_failed(self, call_id: str, emergency: EmergencyCall, status: int) -> None:
+        self.event(call_id, emergency, "failover", code=status)
+
+    def answered(self, call_id: str, emergency: EmergencyCall) -> None:
+        emergency.answered = True
+        self.event(call_id, emergency,
+                   "callback_answered" if emergency.callback else "answered")
+
+    def ended(self, call_id: str, emergency: EmergencyCall, result: str) -> None:
+        agent = emergency.agent
+        if agent is not None:
+            count = self.active_agents.get(agent, 0) - 1
+            if count > 0:
+                self.active_agents[agent] = count
+            else:
+                self.active_agents.pop(agent, None)
+            if emergency.dnd:
+                self.presence.emergency_ended(agent)
+        if emergency.answered:
+            self.event(call_id, emergency, "ended", result=result)
+        else:
+            self.event(call_id, emergency, "failed", result=result)
+
+    def event(self, call_id: str, emergency: EmergencyCall, name: str, **extra: Any) -> None:
+        payload = emergency_payload(
+            call=call_id,
+            event=name,
+            timestamp=datetime.now(UTC),
+            agent=emergency.agent,
+            did=emergency.did,
+            route=emergency.route,
+            test=emergency.test,
+            extra={k: v for k, v in extra.items() if v is not None},
+        )
+        log.info("emergency_event", call_id=call_id, emergency_event=name, agent=emergency.agent,
+                 did=emergency.did, route=emergency.route, test=emergency.test,
+                 **{k: v for k, v in extra.items() if v is not None})
+        self.publisher.publish(self.topics.emergency_suffix(call_id), payload, retain=False)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
