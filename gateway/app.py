@@ -23,6 +23,7 @@ from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
+from gateway.emergency.service import EmergencyService
 from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Publisher, Topics
@@ -30,6 +31,7 @@ from gateway.gcpolicy import GcPacer
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
 from gateway.registrar.service import RegistrarService
+from gateway.sip.message import Request
 from gateway.sip.transaction import IdGenerator, TimerConfig, TransactionLayer
 from gateway.stores import Stores, open_stores
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
@@ -133,8 +135,25 @@ class Gateway:
             stack.push_async_callback(registrar.close)
             presence.announce()
 
+            def verified_agent(request: Request) -> str | None:
+                outcome = registrar.authenticate(request)
+                return outcome if isinstance(outcome, str) else None
+
+            emergency = EmergencyService(
+                dialplan,
+                stores.reservations,
+                presence,
+                publisher,
+                topics,
+                registrar.contacts,
+                verified_agent,
+            )
+            await emergency.start()
             router = ContactCentreRouter(
-                dialplan, registrar.authenticate if dialplan.agents else None
+                dialplan,
+                registrar.authenticate if dialplan.agents else None,
+                emergency,
+                registrar.contacts,
             )
             history = CallHistory(stores.cdrs, loop.time)
             history.start()
@@ -151,6 +170,8 @@ class Gateway:
             )
             queues = QueueManager(dialplan, presence, registrar.contacts, b2bua)
             b2bua.queues = queues
+            b2bua.emergency = emergency
+            b2bua.spawn = loop.create_task
             observers: list[CallObserver] = [queues, history]
             b2bua.observers.extend(observers)
             b2bua.request_handlers["REGISTER"] = registrar.handle

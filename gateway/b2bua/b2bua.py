@@ -26,7 +26,7 @@ unknown method                501
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -106,7 +106,20 @@ class Queued:
     trunk: str | None = None
 
 
-Decision = Outbound | Queued | RouteRefusal
+@dataclass(frozen=True, slots=True)
+class Emergency:
+    """An emergency call or callback: hops in order, never refused (SPEC E-1..E-3, C-1).
+
+    ``call`` is the emergency facts the hooks get back; ``warning`` is the Warning of the
+    503 when there is no hop at all.
+    """
+
+    call: Any
+    hops: list[NextHop]
+    warning: str | None = None
+
+
+Decision = Outbound | Queued | Emergency | RouteRefusal
 
 
 class Router(Protocol):
@@ -123,6 +136,30 @@ class CallObserver(Protocol):
     def call_started(self, call: Call) -> None: ...
 
     def call_ended(self, call: Call) -> None: ...
+
+
+class EmergencyHooks(Protocol):
+    """The emergency edge as the B2BUA sees it (DND, reservations, events, location)."""
+
+    async def reserve(self, call_id: str, emergency: Any) -> None: ...
+
+    def started(self, call_id: str, emergency: Any) -> None: ...
+
+    def b_leg_try(self, call_id: str, emergency: Any, hop: NextHop) -> None: ...
+
+    def b_leg_failed(self, call_id: str, emergency: Any, status: int) -> None: ...
+
+    def answered(self, call_id: str, emergency: Any) -> None: ...
+
+    def ended(self, call_id: str, emergency: Any, result: str) -> None: ...
+
+    def decorate_b_invite(
+        self, emergency: Any, hop: NextHop, invite: Request, host: str
+    ) -> None: ...
+
+    def in_dialog_allowed(
+        self, emergency: Any, from_agent: bool, request: Request
+    ) -> tuple[bool, str]: ...
 
 
 class QueuePort(Protocol):
@@ -183,6 +220,10 @@ class B2BUA:
         self.queues: QueuePort | None = None
         #: out-of-dialog methods handled elsewhere (REGISTER: the registrar)
         self.request_handlers: dict[str, Callable[[RequestReceived], None]] = {}
+        #: the emergency edge (DND, callback DIDs, events, location), when configured
+        self.emergency: EmergencyHooks | None = None
+        #: runs a coroutine beside the call (set by the app: loop.create_task)
+        self.spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -344,6 +385,9 @@ class B2BUA:
             self.calls[call.id] = call
             self.legs[(a.call_id, a.local_tag)] = a
             a.dialog = Dialog.as_uas(request, a.local_tag, self.contact_for(a.flow))
+            if isinstance(decision, Emergency):
+                self._start_emergency(call, decision)
+                return
             if isinstance(decision, Queued):
                 call.direction = "inbound"
                 call.source_trunk = decision.trunk
@@ -379,6 +423,46 @@ class B2BUA:
         finally:
             structlog.contextvars.unbind_contextvars("call_id")
 
+    def _start_emergency(self, call: Call, decision: Emergency) -> None:
+        """SPEC E-2..E-9: private, DND and events now; the DID, then the B-leg at once."""
+        em = decision.call
+        call.private = True  # E-9: no CDR, no recording
+        call.emergency = em
+        call.hops = decision.hops
+        call.direction = "inbound" if getattr(em, "callback", False) else "outbound"
+        log.info(
+            "emergency_call_start",
+            dialled=call.dialled,
+            agent=getattr(em, "agent", None),
+            hops=len(decision.hops),
+            callback=getattr(em, "callback", False),
+        )
+        self._notify_started(call)
+        hooks = self.emergency
+        if hooks is not None:
+            hooks.started(call.id, em)
+        if not decision.hops:
+            warning = decision.warning or "no route to emergency services"
+            out = make_response(call.a.invite, 503, to_tag=call.a.local_tag)  # type: ignore[arg-type]
+            out.add("Warning", f'399 gateway "{_safe(warning)}"')
+            if call.a.server_tx is not None:
+                self.layer.send_response(call.a.server_tx, out, self.clock())
+            self._end(call, "failed 503")
+            return
+        if hooks is None or self.spawn is None or getattr(em, "callback", False):
+            self._try_next_hop(call)
+            return
+
+        async def reserve_then_place() -> None:
+            try:
+                await hooks.reserve(call.id, em)
+            finally:
+                if not call.ended and not call.cancelled:
+                    self._try_next_hop(call)
+                self._flush()
+
+        self.spawn(reserve_then_place())
+
     def _notify_started(self, call: Call) -> None:
         for observer in self.observers:
             try:
@@ -391,6 +475,8 @@ class B2BUA:
     def _try_next_hop(
         self, call: Call, last_status: int = 503, last_reason: str = "Service Unavailable"
     ) -> None:
+        if call.emergency is not None and self.emergency is not None and call.hop_index >= 0:
+            self.emergency.b_leg_failed(call.id, call.emergency, last_status)
         self._drop_b_leg(call)
         if call.queue is not None and self.queues is not None and not call.cancelled:
             # a queue offer failed: the dispatcher picks the next agent
@@ -427,6 +513,8 @@ class B2BUA:
             attempt=len(call.attempts),
             call_id=call.id,
         )
+        if call.emergency is not None and self.emergency is not None:
+            self.emergency.b_leg_try(call.id, call.emergency, hop)
         ctx = self.layer.send_request(invite, dest, self.clock())
         ctx.owner = call
         b.client_tx = ctx
@@ -494,6 +582,13 @@ class B2BUA:
             self.queues.offer_failed(call, 408)
             self._flush()
             return
+        hop = call.current_hop
+        if hop is not None and 408 in hop.failover_codes and call.hop_index + 1 < len(call.hops):
+            # e.g. an emergency callback the agent does not answer: its fallback (SPEC C-3)
+            self.abandon_offer(call)
+            self._try_next_hop(call, 408, "Request Timeout")
+            self._flush()
+            return
         call.cancelled = True
         self._send_cancel(call)
         self._fail_a(call, 408, "Request Timeout")
@@ -531,6 +626,8 @@ class B2BUA:
         if a_invite.body:
             invite.set_body(a_invite.body, a_invite.content_type)
         call.ack_waits_for_a = not a_invite.body
+        if call.emergency is not None and self.emergency is not None:
+            self.emergency.decorate_b_invite(call.emergency, hop, invite, our_host)
         return invite
 
     def _on_provisional_timeout(self, call: Call, tx: ClientTransaction) -> None:
@@ -614,6 +711,8 @@ class B2BUA:
             if call.queue is not None and self.queues is not None:
                 self.queues.answered(call)
                 call.queue = None
+            if call.emergency is not None and self.emergency is not None:
+                self.emergency.answered(call.id, call.emergency)
             log.info(
                 "call_answered",
                 status=status,
@@ -764,6 +863,18 @@ class B2BUA:
             self._respond(tx, exc.status, exc.reason, to_tag=leg.local_tag)
             return
         other = call.other(leg)
+        if call.emergency is not None and self.emergency is not None:
+            from_agent = (leg.side == "a") != bool(getattr(call.emergency, "callback", False))
+            allowed, warning = self.emergency.in_dialog_allowed(call.emergency, from_agent, request)
+            if not allowed:
+                # SPEC E-8: during an emergency call the agent can only end it
+                self._respond(
+                    tx,
+                    403,
+                    to_tag=leg.local_tag,
+                    extra=(("Warning", f'399 gateway "{_safe(warning)}"'),),
+                )
+                return
         if method == "BYE":
             self._respond(tx, 200, to_tag=leg.local_tag)
             log.info("call_hangup", by="caller" if leg.side == "a" else "callee", call_id=call.id)
@@ -966,6 +1077,11 @@ class B2BUA:
                 observer.call_ended(call)
             except Exception:
                 log.exception("observer_failed")
+        if call.emergency is not None and self.emergency is not None:
+            try:
+                self.emergency.ended(call.id, call.emergency, result)
+            except Exception:
+                log.exception("emergency_end_failed")
         self._release(call)
 
     @staticmethod

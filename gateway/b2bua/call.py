@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from gateway.sip.dialog import Dialog
 from gateway.sip.message import Request, Response
@@ -63,6 +64,8 @@ class NextHop:
     ring_timeout: float | None = None
     #: the agent this hop rings (queue offers)
     agent: str | None = None
+    #: the hop takes the caller's location by value (RFC 6442, SPEC E-10)
+    accepts_location: bool = False
 
 
 @dataclass(slots=True)
@@ -134,6 +137,8 @@ class Call:
     history_queue: str | None = None
     #: emergency calls and callbacks: no call history, no recording (SPEC E-9)
     private: bool = False
+    #: the emergency facts (gateway.emergency.service.EmergencyCall) of such a call
+    emergency: Any = None
 
     @property
     def current_hop(self) -> NextHop | None:

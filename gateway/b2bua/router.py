@@ -24,11 +24,20 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from gateway.b2bua.b2bua import Decision, Outbound, Queued, RouteRefusal
+from gateway.b2bua.b2bua import Decision, Emergency, Outbound, Queued, RouteRefusal
 from gateway.b2bua.call import NextHop
+import structlog
+
+from gateway.b2bua.queues import binding_address
 from gateway.config.dialplan import Dialplan
+from gateway.emergency.callbacks import strip_untrusted_priority
+from gateway.emergency.service import EmergencyCall, EmergencyService
 from gateway.sip.message import Request
+from gateway.sip.routing import resolve_next_hop
 from gateway.sip.transaction import Address
+from gateway.stores.ports import Binding
+
+log = structlog.get_logger("gateway.router")
 
 __all__ = ["Authenticator", "ContactCentreRouter", "DialplanRouter"]
 
@@ -55,9 +64,17 @@ def _in(host: str, networks: list[_Network]) -> bool:
 class ContactCentreRouter:
     """Inbound calls to queues, outbound calls by the outbound rules (see the table)."""
 
-    def __init__(self, dialplan: Dialplan, authenticate: Authenticator | None = None):
+    def __init__(
+        self,
+        dialplan: Dialplan,
+        authenticate: Authenticator | None = None,
+        emergency: EmergencyService | None = None,
+        contacts: Callable[[str], list[Binding]] | None = None,
+    ):
         self.dialplan = dialplan
         self.authenticate = authenticate
+        self.emergency = emergency
+        self.contacts = contacts
         self._trunk_by_address: dict[tuple[str, int], str] = {}
         self._trunk_networks: list[tuple[str, list[_Network]]] = []
         for name, trunk in dialplan.trunks.items():
@@ -79,11 +96,29 @@ class ContactCentreRouter:
 
     def route(self, request: Request, dialled: str, source: Address) -> Decision:
         trunk = self.trunk_of(source)
+        if trunk is None or not self.dialplan.trunks[trunk].trusted:
+            removed = strip_untrusted_priority(request)  # SPEC C-2
+            if removed:
+                log.info(
+                    "priority_stripped", removed=removed, source=f"{source.host}:{source.port}"
+                )
+        emergency = self.emergency
         if trunk is not None:
+            if emergency is not None:
+                callback = emergency.callback_for(dialled, trunk)
+                if callback.callback and callback.agent_id is not None:
+                    return self._callback(callback.agent_id, callback.test, dialled)
             for rule in self.dialplan.inbound:
                 if rule.pattern.fullmatch(dialled):
                     return Queued(rule.queue, rule.priority, trunk)
             return RouteRefusal(404, "Not Found", f"no inbound rule matches {dialled[:64]}")
+        if emergency is not None:
+            # SPEC E-1: before every other rule, and never challenged or refused (E-3)
+            call = emergency.classify(request, source)
+            if call is not None:
+                plan = call.plan
+                hops = emergency.hops(plan) if plan is not None else []
+                return Emergency(call, hops, plan.warning if plan is not None else None)
         agent: str | None = None
         if not _in(source.host, self._open):
             if self.authenticate is None:
@@ -94,7 +129,51 @@ class ContactCentreRouter:
             if isinstance(outcome, RouteRefusal):
                 return outcome
             agent = outcome
+        if emergency is not None and emergency.agent_busy_with_emergency(agent):
+            # SPEC E-8: while an agent's emergency call is up, no other outbound call
+            return RouteRefusal(403, "Forbidden", "agent is on an emergency call")
         return self.outbound(dialled, agent)
+
+    def _callback(self, agent_id: str, test: bool, dialled: str) -> Decision:
+        """SPEC C-1, C-3: ring the agent at once, else its fallback destination."""
+        assert self.emergency is not None
+        agent = self.dialplan.agents[agent_id]
+        hops: list[NextHop] = []
+        bindings = self.contacts(agent_id) if self.contacts is not None else []
+        if bindings:
+            best = max(bindings, key=lambda b: (b.q, b.expires_at))
+            hops.append(
+                NextHop(
+                    trunk=f"agent:{agent_id}",
+                    address=binding_address(best),
+                    user=agent.username or agent_id,
+                    failover_codes=frozenset(range(300, 700)),
+                    provisional_timeout=self.dialplan.emergency.callback_ring_timeout_s,
+                    request_uri=best.contact_uri,
+                    ring_timeout=self.dialplan.emergency.callback_ring_timeout_s,
+                    agent=agent_id,
+                )
+            )
+        if agent.callback_fallback:
+            try:
+                address = resolve_next_hop(agent.callback_fallback)
+            except ValueError:
+                log.error(
+                    "callback_fallback_unusable", agent=agent_id, fallback=agent.callback_fallback
+                )
+            else:
+                hops.append(
+                    NextHop(
+                        trunk="callback-fallback",
+                        address=address,
+                        user=dialled,
+                        failover_codes=frozenset(),
+                        provisional_timeout=10.0,
+                        request_uri=agent.callback_fallback,
+                    )
+                )
+        call = EmergencyCall(None, agent_id, None, test, callback=True, did=dialled)
+        return Emergency(call, hops, "the agent is unreachable and has no callback_fallback")
 
     def outbound(self, dialled: str, agent: str | None) -> Decision:
         decision = self.dialplan.route(dialled)

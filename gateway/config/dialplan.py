@@ -528,6 +528,8 @@ class EmergencySettings(_Frozen):
     """How emergency calls are routed (SPEC E-2): direct routing first, then direct offer."""
 
     provisional_timeout_s: Annotated[float, Field(gt=0)] = 3.0
+    #: how long a callback rings the agent before its callback_fallback (SPEC C-3)
+    callback_ring_timeout_s: Annotated[float, Field(gt=0)] = 20.0
     direct_routing: tuple[DirectRoutingRule, ...] = ()
     direct_offer: DirectOfferService | None = None
     callback: CallbackPoolConfig = CallbackPoolConfig()

@@ -22,6 +22,7 @@ never blocks (SPEC E-7).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,10 +35,12 @@ from gateway.b2bua.call import NextHop
 from gateway.config.dialplan import Dialplan
 from gateway.emergency.callbacks import CallbackDecision, is_callback
 from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRule, EmergencyConfig
+from gateway.emergency.lockdown import agent_request_allowed, is_hold_offer
 from gateway.emergency.numbers import Detection, detect
 from gateway.emergency.routing import RoutePlan, choose_route
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import emergency_payload
+from gateway.location import add_location_by_value, has_location
 from gateway.presence.service import PresenceService
 from gateway.sip.message import Request
 from gateway.sip.transaction import Address
@@ -178,9 +181,60 @@ class EmergencyService:
                 failover_codes=hop.failover_codes,
                 provisional_timeout=hop.provisional_timeout_s,
                 request_uri=hop.request_uri,
+                accepts_location=hop.accepts_location,
             )
             for hop in plan.hops
         ]
+
+    def decorate_b_invite(
+        self, emergency: EmergencyCall, hop: NextHop, invite: Request, host: str
+    ) -> None:
+        """The emergency leg's identity and location (SPEC E-4, E-10); callbacks' priority."""
+        a_identity = emergency.did
+        if a_identity is None and emergency.agent is not None:
+            a_identity = self.dialplan.agents[emergency.agent].identity
+        if emergency.callback:
+            invite.set("Priority", "emergency")
+            return
+        if a_identity is not None:
+            # E-4: the callback DID is the calling number, in From and P-Asserted-Identity
+            from_ = invite.from_
+            invite.set("From", f"<sip:{a_identity}@{host};user=phone>;tag={from_.tag}")
+            invite.set("P-Asserted-Identity", f"<sip:{a_identity}@{host};user=phone>")
+        invite.set("Priority", "emergency")
+        if emergency.agent is None or not hop.accepts_location or has_location(invite):
+            return
+        location = self.dialplan.agents[emergency.agent].location
+        if location is None:
+            return
+        try:
+            add_location_by_value(
+                invite,
+                location,
+                f"pres:{emergency.agent}@{self.dialplan.node.name}",
+                cid_domain=host
+                if ":" not in host and not host.startswith("[")
+                else "gateway.invalid",
+                now_iso=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                boundary_random=secrets.token_hex(8),
+            )
+        except ValueError as exc:  # never let location trouble hold the call
+            log.error("location_by_value_failed", agent=emergency.agent, error=str(exc))
+
+    def in_dialog_allowed(
+        self, emergency: EmergencyCall, from_agent: bool, request: Request
+    ) -> tuple[bool, str]:
+        """SPEC E-8: the agent may only end the call; the emergency side may do anything."""
+        hold = False
+        if request.method in ("INVITE", "UPDATE") and request.body:
+            hold = is_hold_offer(request.body)
+        verdict = agent_request_allowed(
+            request.method,
+            in_dialog=True,
+            is_hold_reinvite=hold,
+            from_emergency_side=not from_agent,
+        )
+        return verdict.allowed, verdict.warning or ""
 
     def agent_busy_with_emergency(self, agent: str | None) -> bool:
         return agent is not None and self.active_agents.get(agent, 0) > 0
@@ -195,8 +249,12 @@ class EmergencyService:
         try:
             reservation, reused = await asyncio.wait_for(
                 self.store.reserve(
-                    emergency.agent, pool, self.wall_clock(), self.config.callback.window_s,
-                    call_id, emergency.test,
+                    emergency.agent,
+                    pool,
+                    self.wall_clock(),
+                    self.config.callback.window_s,
+                    call_id,
+                    emergency.test,
                 ),
                 self.reserve_timeout,
             )
@@ -205,8 +263,13 @@ class EmergencyService:
             return
         self.live[reservation.did] = reservation
         emergency.did = reservation.did
-        self.event(call_id, emergency, "callback_reserved",
-                   expires_at=_iso(reservation.expires_at), reused_oldest=reused)
+        self.event(
+            call_id,
+            emergency,
+            "callback_reserved",
+            expires_at=_iso(reservation.expires_at),
+            reused_oldest=reused,
+        )
 
     def started(self, call_id: str, emergency: EmergencyCall) -> None:
         """The call was detected: DND for the agent, the first events (E-5, E-7)."""
@@ -218,25 +281,34 @@ class EmergencyService:
                 self.presence.emergency_started(agent)
         detection = emergency.detection
         kind = "callback_ringing" if emergency.callback else "dialled"
-        self.event(call_id, emergency, kind,
-                   dialled=detection.dialled if detection is not None else None)
+        self.event(
+            call_id, emergency, kind, dialled=detection.dialled if detection is not None else None
+        )
         plan = emergency.plan
         if plan is not None and not emergency.callback:
-            self.event(call_id, emergency, "route_chosen",
-                       routes=[hop.route for hop in plan.hops], warning=plan.warning)
+            self.event(
+                call_id,
+                emergency,
+                "route_chosen",
+                routes=[hop.route for hop in plan.hops],
+                warning=plan.warning,
+            )
 
     def b_leg_try(self, call_id: str, emergency: EmergencyCall, hop: NextHop) -> None:
         emergency.route = hop.trunk
-        self.event(call_id, emergency, "trying",
-                   gateway=f"{hop.address.transport}:{hop.address.host}:{hop.address.port}")
+        self.event(
+            call_id,
+            emergency,
+            "trying",
+            gateway=f"{hop.address.transport}:{hop.address.host}:{hop.address.port}",
+        )
 
     def b_leg_failed(self, call_id: str, emergency: EmergencyCall, status: int) -> None:
         self.event(call_id, emergency, "failover", code=status)
 
     def answered(self, call_id: str, emergency: EmergencyCall) -> None:
         emergency.answered = True
-        self.event(call_id, emergency,
-                   "callback_answered" if emergency.callback else "answered")
+        self.event(call_id, emergency, "callback_answered" if emergency.callback else "answered")
 
     def ended(self, call_id: str, emergency: EmergencyCall, result: str) -> None:
         agent = emergency.agent
@@ -264,9 +336,16 @@ class EmergencyService:
             test=emergency.test,
             extra={k: v for k, v in extra.items() if v is not None},
         )
-        log.info("emergency_event", call_id=call_id, emergency_event=name, agent=emergency.agent,
-                 did=emergency.did, route=emergency.route, test=emergency.test,
-                 **{k: v for k, v in extra.items() if v is not None})
+        log.info(
+            "emergency_event",
+            call_id=call_id,
+            emergency_event=name,
+            agent=emergency.agent,
+            did=emergency.did,
+            route=emergency.route,
+            test=emergency.test,
+            **{k: v for k, v in extra.items() if v is not None},
+        )
         self.publisher.publish(self.topics.emergency_suffix(call_id), payload, retain=False)
 
 
