@@ -112,6 +112,8 @@ SETTLE_S = 1.0
 DRAIN_MAX_S = 10.0
 #: The subscribers are considered drained once nothing arrived for this long.
 DRAIN_QUIET_S = 1.0
+#: "other CPU%" above this in a step: the shared machine was busy with someone else's work.
+BUSY_OTHER_PCT = 25.0
 #: After the last step, how long every agent's presence may take to read Available.
 SETTLE_PRESENCE_S = 10.0
 #: A call waiting longer than this for any message fails at the uac (ms).
@@ -1002,6 +1004,17 @@ def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str
                 f"{r['variant']}: after the last step + {waited:.0f} s, MQTT presence of "
                 f"{len(final)}/{args.agents} agents, not Available: {', '.join(others) or '-'}"
             )
+    busy = [
+        f"{r['variant']}@{s['rate']} ({s['other_cpu_pct']:.0f}%)"
+        for r in results
+        for s in r["steps"]
+        if (s["other_cpu_pct"] or 0.0) > BUSY_OTHER_PCT
+    ]
+    if busy:
+        lines.append(
+            f"the machine was busy with other work (other CPU% > {BUSY_OTHER_PCT:g}) at: "
+            f"{', '.join(busy)}: those steps are not comparable, run again on a quiet machine"
+        )
     for r in results:
         noisy: dict[str, int] = {}
         for s in r["steps"]:

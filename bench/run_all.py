@@ -1,7 +1,9 @@
 """Run every benchmark with its defaults and print everything: what ``make bench`` does.
 
-    1. bench/parse_bench.py  - SIP parse + serialise throughput, ours against sipmessage
-    2. bench/cps_bench.py    - calls/s and call set-up latency: gateway against sipp->sipp
+    1. bench/parse_bench.py     - SIP parse + serialise throughput, ours against sipmessage
+    2. bench/cps_bench.py       - calls/s and call set-up latency: gateway against sipp->sipp
+    3. bench/presence_bench.py  - queued calls to 20 agents with presence published: MQTT
+                                  off, on, and on with 20 subscribers, side by side
 
 Each runs as its own process (``sys.executable``, the project root as working directory),
 one after the other, so that they do not compete for the CPU. Extra arguments go to
@@ -36,6 +38,7 @@ def main() -> int:
     codes = [
         run("parse_bench", [python, str(BENCH / "parse_bench.py")]),
         run("cps_bench", [python, str(BENCH / "cps_bench.py"), *sys.argv[1:]]),
+        run("presence_bench", [python, str(BENCH / "presence_bench.py")]),
     ]
     return next((code for code in codes if code != 0), 0)
 

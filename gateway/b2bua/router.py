@@ -24,10 +24,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from gateway.b2bua.b2bua import Decision, Emergency, Outbound, Queued, RouteRefusal
-from gateway.b2bua.call import NextHop
 import structlog
 
+from gateway.b2bua.b2bua import Decision, Emergency, Outbound, Queued, RouteRefusal
+from gateway.b2bua.call import NextHop
 from gateway.b2bua.queues import binding_address
 from gateway.config.dialplan import Dialplan
 from gateway.emergency.callbacks import strip_untrusted_priority
