@@ -8,10 +8,12 @@ DIALPLAN ?= dialplans/example.yaml
 
 .PHONY: run test venv deps unit lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# the install compiles the SIP parser with mypyc (setup.py): redo it when its sources change
+$(VENV)/.installed: pyproject.toml setup.py gateway/sip/uri.py gateway/sip/headers.py gateway/sip/message.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c "import gateway.sip.message as m; print('gateway.sip.message:', m.__file__)"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -36,4 +38,5 @@ bench: venv deps
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
+	rm -f gateway/sip/*.so gateway/sip/_native.json

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
@@ -90,17 +91,25 @@ class OptionalBuildExt(build_ext):
         if not self.extensions:
             _remove_in_place_builds()
             return
+        started = time.time()
         try:
             super().run()
         except Exception as exc:  # compiler missing or failing: CCompilerError, PlatformError
             _warn(f"compiling the SIP parser failed ({exc!r}); it stays pure Python")
             for ext in self.extensions:
-                for path in (self.get_ext_fullpath(ext.name),):
-                    Path(path).unlink(missing_ok=True)
+                Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
             self.extensions = []
             _remove_in_place_builds()
             return
-        _write_manifest()
+        # an in-place (editable) build: record what was compiled, for gateway/sip/__init__.py
+        in_place = [
+            SIP / (ext.name.rsplit(".", 1)[1] + self._suffix()) for ext in self.extensions
+        ]
+        if all(p.is_file() and p.stat().st_mtime >= started - 1 for p in in_place):
+            _write_manifest()
+
+    def _suffix(self) -> str:
+        return Path(self.get_ext_filename("x")).name[1:]
 
     def get_outputs(self) -> list[str]:
         return super().get_outputs() if self.extensions else []

@@ -623,6 +623,10 @@ class B2BUA:
             ("user-agent", "User-Agent", self.user_agent),
         ]
         invite = Request("INVITE", ruri, headers)
+        # kept only when the router let them through (trusted trunks, SPEC C-2)
+        for name in ("Priority", "Resource-Priority", "Geolocation", "Geolocation-Routing"):
+            for value in a_invite.get_all(name):
+                invite.add(name, value)
         if a_invite.body:
             invite.set_body(a_invite.body, a_invite.content_type)
         call.ack_waits_for_a = not a_invite.body

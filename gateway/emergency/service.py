@@ -149,6 +149,8 @@ class EmergencyService:
 
     def classify(self, request: Request, source: Address) -> EmergencyCall | None:
         """An emergency call from the agents' side, or None (SPEC E-1)."""
+        if detect(request.uri, None) is None:
+            return None  # not an emergency string in any country: no identification needed
         agent = self.identify(request, source)
         country = None
         if agent is not None:
@@ -194,7 +196,8 @@ class EmergencyService:
         if a_identity is None and emergency.agent is not None:
             a_identity = self.dialplan.agents[emergency.agent].identity
         if emergency.callback:
-            invite.set("Priority", "emergency")
+            if invite.get("Priority") is None:
+                invite.set("Priority", "emergency")
             return
         if a_identity is not None:
             # E-4: the callback DID is the calling number, in From and P-Asserted-Identity

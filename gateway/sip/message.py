@@ -9,8 +9,8 @@ each header beside it; the body stays bytes.
 
 Parsing has a fast path and a careful path. The fast path handles the shape almost every
 message has: CRLF line ends, an empty line ending the head, no folded lines, no whitespace
-before a colon. It costs one ``split("\\r\\n")`` of the head and one ``partition(":")`` plus
-a dict lookup per line (header names are looked up by their spelling, compact forms
+before a colon. It costs one ``splitlines()`` of the head and one ``find(":")`` plus a
+dict lookup per line (header names are looked up by their spelling, compact forms
 included; a new, valid name is learnt once). Anything unusual (folding, odd spacing,
 bare LF, a missing empty line, leading CRLFs, bad header names) sends the whole message
 down the careful path, which unfolds lines, checks every name and keeps going past a bad
@@ -591,29 +591,34 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
     if end <= 0 or data[0] == 13 or data[0] == 10:
         return _parse_careful(data)
     text = data[:end].decode("utf-8", "surrogateescape")
-    lines = text.split("\r\n")
-    nlines = len(lines)
-    if text.count("\n") != nlines - 1 or text.count("\r") != nlines - 1:
-        return _parse_careful(data)  # a bare CR or LF somewhere
+    # splitlines() breaks at CRLF but also at a bare CR or LF (and a few other controls);
+    # the lengths add up (checked below) only when every line ended with CRLF
+    lines = text.splitlines()
+    size = len(lines[0])
 
-    # one partition per line; any unusual line sends the message down the careful path
+    # one find(":") per line; any unusual line sends the message down the careful path
     headers: list[tuple[str, str, str]] = []
-    append = headers.append
     first: dict[str, str] = {}
-    keep_first = first.setdefault
     names = _NAMES
-    it = iter(lines)
-    next(it)
-    for line in it:
-        name, sep, value = line.partition(":")
+    for line in lines[1:]:
+        size += len(line) + 2
+        colon = line.find(":")
+        if colon <= 0:
+            return _parse_careful(data)
+        name = line[:colon]
         lname = names.get(name)
-        if lname is None or not sep:
-            lname = _name_of(name) if sep else None
+        if lname is None:
+            lname = _name_of(name)
             if lname is None:
                 return _parse_careful(data)
-        value = value.strip(" \t")
-        append((lname, name, value))
-        keep_first(lname, value)
+        if colon + 1 < len(line) and line[colon + 1] == " ":  # the usual "Name: value"
+            value = line[colon + 2 :].strip(" \t")
+        else:
+            value = line[colon + 1 :].strip(" \t")
+        headers.append((lname, name, value))
+        first.setdefault(lname, value)
+    if size != len(text):
+        return _parse_careful(data)  # a bare CR or LF somewhere
     dups = _repeated(headers) if len(first) != len(headers) else None
 
     msg: Request | Response
