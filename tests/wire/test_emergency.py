@@ -34,7 +34,9 @@ DIDS = ("+15555550190", "+15555550191")
 SCHEMA = json.loads((PROJECT_ROOT / "docs" / "schemas" / "emergency-event.v1.json").read_text())
 
 
-def dialplan(*, sbc: tuple[str, ...] = (), offer: tuple[str, ...] = (), window: float = 3600) -> str:
+def dialplan(
+    *, sbc: tuple[str, ...] = (), offer: tuple[str, ...] = (), window: float = 3600
+) -> str:
     """alice (US) behind the gateway; ``sbc`` gateways with a 911/933 rule; ``offer``."""
 
     def gateways(addresses: tuple[str, ...]) -> str:
@@ -68,7 +70,10 @@ def dialplan(*, sbc: tuple[str, ...] = (), offer: tuple[str, ...] = (), window: 
         "  callback_ring_timeout_s: 3",
     ]
     if sbc:
-        lines += ["  direct_routing:", "    - { name: sbc-911, match: '^(911|933)$', trunk: carrier-sbc }"]
+        lines += [
+            "  direct_routing:",
+            "    - { name: sbc-911, match: '^(911|933)$', trunk: carrier-sbc }",
+        ]
     if offer:
         lines += [f"  direct_offer: {{ enabled: true, gateways: [ {gateways(offer)} ] }}"]
     lines += [
@@ -124,18 +129,31 @@ class Site:
 
 
 def open_site(
-    sipp: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto, text: str,
-    *, fallback: str = "sip:security@127.0.0.1:5999", register: bool = True,
+    sipp: Sipp,
+    gateway_factory: GatewayFactory,
+    mosquitto: Mosquitto,
+    text: str,
+    *,
+    fallback: str = "sip:security@127.0.0.1:5999",
+    register: bool = True,
 ) -> Site:
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     text = text.replace("${fallback}", f"'{fallback}'")
-    gw = gateway_factory(text, env={"GATEWAY_MQTT_URL": mosquitto.url, "GATEWAY_MQTT_PREFIX": prefix})
+    gw = gateway_factory(
+        text, env={"GATEWAY_MQTT_URL": mosquitto.url, "GATEWAY_MQTT_PREFIX": prefix}
+    )
     recorder = Recorder(mosquitto.port, f"{prefix}/#")
     port = free_port()
     site = Site(gw, recorder, prefix, port)
     if register:
         result = sipp.uac(
-            "agent_register.xml", gw.address, 1, 1, service="alice", local_port=port, timeout=10,
+            "agent_register.xml",
+            gw.address,
+            1,
+            1,
+            service="alice",
+            local_port=port,
+            timeout=10,
             extra=["-au", "alice", "-ap", "alice-pw", "-key", "expires", "3600"],
         )
         result.assert_calls(1)
@@ -144,15 +162,20 @@ def open_site(
 
 
 def dial(sipp: Sipp, site: Site, number: str, scenario: str = "uac_basic.xml", **kw: object):
-    return sipp.uac(scenario, site.gw.address, 1, 1, service=number, local_port=site.port,
-                    timeout=20, **kw)  # type: ignore[arg-type]
+    return sipp.uac(
+        scenario, site.gw.address, 1, 1, service=number, local_port=site.port, timeout=20, **kw
+    )  # type: ignore[arg-type]
 
 
 def assert_no_cdr(gw: GatewayProcess) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "gateway", "cdr", "--json"], capture_output=True, text=True,
-        env={"GATEWAY_DATA_DIR": str(gw.data_dir), "PATH": "/usr/bin:/bin"}, cwd=PROJECT_ROOT,
-        timeout=30, check=True,
+        [sys.executable, "-m", "gateway", "cdr", "--json"],
+        capture_output=True,
+        text=True,
+        env={"GATEWAY_DATA_DIR": str(gw.data_dir), "PATH": "/usr/bin:/bin"},
+        cwd=PROJECT_ROOT,
+        timeout=30,
+        check=True,
     )
     assert out.stdout.strip() == "", out.stdout  # SPEC E-9
 
@@ -181,7 +204,12 @@ def test_911_goes_to_the_sbc_with_the_callback_did(
         assert f"P-Asserted-Identity: <sip:{DIDS[0]}@" in invite
         site.recorder.wait_for(lambda: "ended" in site.names(), "the ended event")
         assert site.names() == [
-            "dialled", "route_chosen", "callback_reserved", "trying", "answered", "ended"
+            "dialled",
+            "route_chosen",
+            "callback_reserved",
+            "trying",
+            "answered",
+            "ended",
         ]
         for event in site.events():
             jsonschema.validate(event, SCHEMA)
@@ -217,11 +245,15 @@ def test_sbc_failover_then_direct_offer(
     first = sipp.uas("uas_reject.xml", calls=1, timeout=30)  # 503
     second_path = sipp.workdir / "uas_reject_504.xml"
     second_path.parent.mkdir(parents=True, exist_ok=True)
-    second_path.write_text(template.replace("SIP/2.0 503 Service Unavailable", "SIP/2.0 504 Timeout"))
+    second_path.write_text(
+        template.replace("SIP/2.0 503 Service Unavailable", "SIP/2.0 504 Timeout")
+    )
     second = sipp.uas(second_path, calls=1, timeout=30)
     offer = sipp.uas("uas_basic.xml", calls=1, timeout=30)
     site = open_site(
-        sipp, gateway_factory, mosquitto,
+        sipp,
+        gateway_factory,
+        mosquitto,
         dialplan(sbc=(first.address, second.address), offer=(offer.address,)),
     )
     try:
@@ -233,7 +265,11 @@ def test_sbc_failover_then_direct_offer(
         names = site.names()
         assert names.count("trying") == 3 and names.count("failover") == 2, names
         routes = [e["route"] for e in site.events() if e["event"] == "trying"]
-        assert routes == ["direct-routing:carrier-sbc", "direct-routing:carrier-sbc", "direct-offer"]
+        assert routes == [
+            "direct-routing:carrier-sbc",
+            "direct-routing:carrier-sbc",
+            "direct-offer",
+        ]
     finally:
         site.recorder.close()
 
@@ -292,11 +328,14 @@ def test_callback_rings_the_agent_in_dnd_ahead_of_routing(
     site = open_site(sipp, gateway_factory, mosquitto, dialplan(sbc=(sbc.address,)))
     try:
         dial(sipp, site, "911").assert_calls(1)
-        site.recorder.publish(f"{site.prefix}/agents/alice/presence/set", {"status": "DoNotDisturb"})
+        site.recorder.publish(
+            f"{site.prefix}/agents/alice/presence/set", {"status": "DoNotDisturb"}
+        )
         site.recorder.wait_for(lambda: site.presence()[-1] == "DoNotDisturb", "alice DND")
         phone = sipp.uas("uas_basic.xml", site.port, calls=1, timeout=30)
-        carrier.uac("uac_psap_callback.xml", site.gw.address, 1, 1, service=DIDS[0],
-                    timeout=20).assert_calls(1)
+        carrier.uac(
+            "uac_psap_callback.xml", site.gw.address, 1, 1, service=DIDS[0], timeout=20
+        ).assert_calls(1)
         phone.wait(timeout=20).assert_calls(1)
         rung = invite_to(phone)
         assert "Priority: psap-callback" in rung  # kept: the carrier trunk is trusted (C-2)
@@ -311,13 +350,19 @@ def test_callback_goes_to_the_fallback_when_the_agent_is_unreachable(
 ) -> None:
     sbc = sipp.uas("uas_basic.xml", calls=1, timeout=40)
     security = sipp.uas("uas_basic.xml", calls=1, timeout=40)
-    site = open_site(sipp, gateway_factory, mosquitto, dialplan(sbc=(sbc.address,)),
-                     fallback=f"sip:security@{security.address}")
+    site = open_site(
+        sipp,
+        gateway_factory,
+        mosquitto,
+        dialplan(sbc=(sbc.address,)),
+        fallback=f"sip:security@{security.address}",
+    )
     try:
         dial(sipp, site, "911").assert_calls(1)
         # alice's phone is gone (nothing listens on its registered port): ring, give up, fallback
-        carrier.uac("uac_psap_callback.xml", site.gw.address, 1, 1, service=DIDS[0],
-                    timeout=30).assert_calls(1)
+        carrier.uac(
+            "uac_psap_callback.xml", site.gw.address, 1, 1, service=DIDS[0], timeout=30
+        ).assert_calls(1)
         security.wait(timeout=20).assert_calls(1)
     finally:
         site.recorder.close()
@@ -331,8 +376,9 @@ def test_untrusted_source_gets_no_priority_and_no_bypass(
     try:
         dial(sipp, site, "911").assert_calls(1)
         # the same callback from an agent-side address: not a trunk, no bypass, stripped
-        result = sipp.uac("uac_psap_callback.xml", site.gw.address, 1, 1, service=DIDS[0],
-                          timeout=15)
+        result = sipp.uac(
+            "uac_psap_callback.xml", site.gw.address, 1, 1, service=DIDS[0], timeout=15
+        )
         assert result.successful_calls == 0
         assert "priority_stripped" in site.gw.log_text()
         assert "callback_ringing" not in site.names()
@@ -341,25 +387,46 @@ def test_untrusted_source_gets_no_priority_and_no_bypass(
 
 
 def test_killed_gateway_keeps_the_callback_and_leaves_no_dnd(
-    sipp: Sipp, carrier: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto,
+    sipp: Sipp,
+    carrier: Sipp,
+    gateway_factory: GatewayFactory,
+    mosquitto: Mosquitto,
     tmp_path: Path,
 ) -> None:
     sbc = sipp.uas("uas_basic.xml", calls=1, timeout=60)
     text = dialplan(sbc=(sbc.address,)).replace("${fallback}", "'sip:security@127.0.0.1:5999'")
     prefix = f"test-{uuid.uuid4().hex[:10]}"
-    env = {"GATEWAY_MQTT_URL": mosquitto.url, "GATEWAY_MQTT_PREFIX": prefix,
-           "GATEWAY_DATA_DIR": str(tmp_path / "data")}
+    env = {
+        "GATEWAY_MQTT_URL": mosquitto.url,
+        "GATEWAY_MQTT_PREFIX": prefix,
+        "GATEWAY_DATA_DIR": str(tmp_path / "data"),
+    }
     listen = free_port()
     gw = gateway_factory(text, listen_port=listen, env=env)
     recorder = Recorder(mosquitto.port, f"{prefix}/#")
     site = Site(gw, recorder, prefix, free_port())
     try:
-        sipp.uac("agent_register.xml", gw.address, 1, 1, service="alice", local_port=site.port,
-                 timeout=10, extra=["-au", "alice", "-ap", "alice-pw", "-key", "expires", "3600"]
-                 ).assert_calls(1)
+        sipp.uac(
+            "agent_register.xml",
+            gw.address,
+            1,
+            1,
+            service="alice",
+            local_port=site.port,
+            timeout=10,
+            extra=["-au", "alice", "-ap", "alice-pw", "-key", "expires", "3600"],
+        ).assert_calls(1)
         # the emergency call is up (long) when the gateway dies
-        caller = sipp.start_uac("uac_basic.xml", gw.address, 1, 1, service="911",
-                                local_port=site.port, timeout=30, call_length=20)
+        caller = sipp.start_uac(
+            "uac_basic.xml",
+            gw.address,
+            1,
+            1,
+            service="911",
+            local_port=site.port,
+            timeout=30,
+            call_length=20,
+        )
         recorder.wait_for(lambda: site.presence()[-1:] == ["DoNotDisturb"], "alice DND")
         recorder.wait_for(lambda: "callback_reserved" in site.names(), "the reservation")
         time.sleep(0.5)
@@ -368,14 +435,17 @@ def test_killed_gateway_keeps_the_callback_and_leaves_no_dnd(
         gw2 = gateway_factory(text, listen_port=listen, env=env)
         site.gw = gw2
         recorder.wait_for(
-            lambda: (recorder.on(f"{prefix}/agents/alice/presence") or [{}])[-1].get("reason")
-            == "gateway started",
+            lambda: (
+                (recorder.on(f"{prefix}/agents/alice/presence") or [{}])[-1].get("reason")
+                == "gateway started"
+            ),
             "presence after the restart",
         )
         assert site.presence()[-1] == "Available"  # not stuck in DND (E-5)
         phone = sipp.uas("uas_basic.xml", site.port, calls=1, timeout=30)
-        carrier.uac("uac_psap_callback.xml", gw2.address, 1, 1, service=DIDS[0],
-                    timeout=20).assert_calls(1)
+        carrier.uac(
+            "uac_psap_callback.xml", gw2.address, 1, 1, service=DIDS[0], timeout=20
+        ).assert_calls(1)
         phone.wait(timeout=20).assert_calls(1)  # the reservation survived (E-4)
     finally:
         recorder.close()
@@ -389,14 +459,19 @@ def test_ordinary_call_beside_them_has_its_cdr(
     try:
         dial(sipp, site, "911").assert_calls(1)
         phone = sipp.uas("uas_basic.xml", site.port, calls=1, timeout=30)
-        carrier.uac("uac_queued.xml", site.gw.address, 1, 1, service="+15555550100",
-                    timeout=20).assert_calls(1)
+        carrier.uac(
+            "uac_queued.xml", site.gw.address, 1, 1, service="+15555550100", timeout=20
+        ).assert_calls(1)
         phone.wait(timeout=20).assert_calls(1)
         time.sleep(0.5)
         out = subprocess.run(
-            [sys.executable, "-m", "gateway", "cdr", "--json"], capture_output=True, text=True,
+            [sys.executable, "-m", "gateway", "cdr", "--json"],
+            capture_output=True,
+            text=True,
             env={"GATEWAY_DATA_DIR": str(site.gw.data_dir), "PATH": "/usr/bin:/bin"},
-            cwd=PROJECT_ROOT, timeout=30, check=True,
+            cwd=PROJECT_ROOT,
+            timeout=30,
+            check=True,
         )
         rows = [json.loads(line) for line in out.stdout.splitlines()]
         assert [r["callee"] for r in rows] == ["+15555550100"]  # the 911 call left none
