@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -58,8 +59,23 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return 1
     print(
         f"{args.file}: OK ({len(dialplan.listen)} listeners, {len(dialplan.trunks)} trunks, "
-        f"{len(dialplan.outbound)} outbound rules)"
+        f"{len(dialplan.outbound)} outbound rules, {len(dialplan.agents)} agents)"
     )
+    # SPEC E-11: every agent that cannot place emergency calls properly, in words an
+    # engineer can act on. These are warnings: such an agent's call still goes out on the
+    # best available path (E-3), so the exit status stays 0.
+    from gateway.emergency.prerequisites import check_agent, check_config
+    from gateway.emergency.service import config_from_dialplan
+
+    config = config_from_dialplan(dialplan)
+    warnings = check_config(config, dialplan)
+    mail = bool(os.environ.get("GATEWAY_SMTP_HOST"))
+    for agent_id, agent in dialplan.agents.items():
+        warnings.extend(check_agent(agent_id, agent, config, dialplan, mail_configured=mail))
+    for warning in warnings:
+        print(f"{args.file}: emergency: {warning}")
+    if dialplan.agents and not warnings:
+        print(f"{args.file}: emergency: every agent can place emergency calls")
     return 0
 
 
@@ -126,6 +142,33 @@ def _cmd_cdr(args: argparse.Namespace) -> int:
     return asyncio.run(read())
 
 
+def _cmd_reservations(args: argparse.Namespace) -> int:
+    """Print the live emergency callback DID reservations (SPEC E-4)."""
+    import time
+    from datetime import UTC, datetime
+
+    from gateway.stores import open_stores
+
+    settings = load_settings()
+
+    async def read() -> int:
+        stores = await open_stores(settings.store, settings.data_dir)
+        try:
+            rows = await stores.reservations.live(time.time())
+        finally:
+            await stores.close()
+        for r in rows:
+            until = datetime.fromtimestamp(r.expires_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            left = int(r.expires_at - time.time())
+            test = " (test)" if r.test else ""
+            print(f"{r.did}  agent={r.agent_id}  until={until} UTC  ({left} s left){test}")
+        if not rows:
+            print(f"(no live callback reservations in {settings.data_dir})")
+        return 0
+
+    return asyncio.run(read())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a dialplan without starting")
     check.add_argument("file")
     check.set_defaults(func=_cmd_check)
+    res = sub.add_parser("reservations", help="print live callback DID reservations")
+    res.set_defaults(func=_cmd_reservations)
     cdr = sub.add_parser("cdr", help="print recent call history (GATEWAY_DATA_DIR)")
     cdr.add_argument("--limit", type=int, default=20)
     cdr.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -1,0 +1,46 @@
+"""``gateway check``: validation errors and the emergency prerequisites report (SPEC E-11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "dialplans" / "example.yaml"
+
+
+def test_check_example_is_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "OK (2 listeners, 2 trunks" in out
+
+
+def test_check_reports_agents_that_cannot_place_emergency_calls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GATEWAY_SMTP_HOST", raising=False)
+    path = tmp_path / "d.yaml"
+    path.write_text(
+        "version: 1\n"
+        "listen: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]\n"
+        "agents:\n"
+        "  zoe: { password: z }\n"
+        "  gus: { password: g, identity: '+442071234567', location: { country: FR } }\n"
+    )
+    assert main(["check", str(path)]) == 0  # warnings: such calls still go out (E-3)
+    out = capsys.readouterr().out
+    assert "agent 'zoe' has no outbound identity" in out
+    assert "agent 'zoe' has no location" in out
+    assert "agent 'gus' is in FR, a country without emergency dial strings" in out
+    assert "urn:service:sos have no path" in out
+
+
+def test_check_refuses_a_bad_file_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("version: 1\nlisten: [ { transport: sctp, host: 127.0.0.1 } ]\n")
+    assert main(["check", str(path)]) == 1
+    assert f"{path}:2: listen[0].transport" in capsys.readouterr().err
