@@ -480,3 +480,19 @@ def test_ordinary_call_beside_them_has_its_cdr(
 
 
 _ = LOOPBACK
+
+
+def test_agent_cannot_put_an_emergency_call_on_hold(
+    sipp: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto
+) -> None:
+    """SPEC E-8: during the emergency call the agent side can only end it."""
+    sbc = sipp.uas("uas_basic.xml", calls=1, timeout=40)
+    site = open_site(sipp, gateway_factory, mosquitto, dialplan(sbc=(sbc.address,)))
+    try:
+        call = dial(sipp, site, "911", scenario="uac_hold_refused.xml", call_length=2.0)
+        call.assert_calls(1)  # the hold re-INVITE got 403 + Warning, then BYE ended it
+        sbc.wait(timeout=20).assert_calls(1)
+        received = sbc.result().files.messages.read_text()
+        assert received.count("INVITE sip:") == 1  # the hold never reached the SBC
+    finally:
+        site.recorder.close()
