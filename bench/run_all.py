@@ -4,6 +4,8 @@
     2. bench/cps_bench.py       - calls/s and call set-up latency: gateway against sipp->sipp
     3. bench/presence_bench.py  - queued calls to 20 agents with presence published: MQTT
                                   off, on, and on with 20 subscribers, side by side
+    4. bench/emergency_bench.py - 911 call set-up latency (INVITE in -> INVITE out), alone
+                                  and under 400 ordinary calls/s
 
 Each runs as its own process (``sys.executable``, the project root as working directory),
 one after the other, so that they do not compete for the CPU. Extra arguments go to
@@ -39,6 +41,7 @@ def main() -> int:
         run("parse_bench", [python, str(BENCH / "parse_bench.py")]),
         run("cps_bench", [python, str(BENCH / "cps_bench.py"), *sys.argv[1:]]),
         run("presence_bench", [python, str(BENCH / "presence_bench.py")]),
+        run("emergency_bench", [python, str(BENCH / "emergency_bench.py")]),
     ]
     return next((code for code in codes if code != 0), 0)
 
