@@ -1,6 +1,6 @@
 """The cost of presence publishing: queued inbound calls with MQTT off, on, and watched.
 
-Three variants, each a fresh gateway driven through the same rising call rates:
+Three variants, each on a fresh gateway, driven through the same rising call rates:
 
     off      GATEWAY_MQTT_URL=off: presence changes are published nowhere
     mqtt     presence published (QoS 1, retained) to a Mosquitto with no subscribers
@@ -31,8 +31,11 @@ INVITE to its 200 (``-trace_rtt -rtt_freq 1``): queueing, dispatch, the offer to
 and its answer.
 
 A step passes when every call succeeded on both SIPp sides and the set-up p99 is below
---p99-limit-ms (50); a variant stops at its first step that does not pass. **Sustained**
-is a variant's highest passing rate. For the subs variant each subscriber's count of live
+--p99-limit-ms (50); a variant stops at its first step that does not pass (and its
+gateway is stopped). **Sustained** is a variant's highest passing rate. All gateways are
+set up first; then each rate is run on every variant still going, in an order that
+rotates from rate to rate, so that on a shared machine the figures compared were taken
+close together. For the subs variant each subscriber's count of live
 (not retained) presence messages is compared with 2 x answered calls (after waiting up
 to 10 s for stragglers), and the delay from the change's timestamp (the gateway's clock)
 to its arrival at subscriber 0 (the only one that decodes the JSON) is the presence lag.
@@ -112,6 +115,8 @@ SETTLE_S = 1.0
 DRAIN_MAX_S = 10.0
 #: The subscribers are considered drained once nothing arrived for this long.
 DRAIN_QUIET_S = 1.0
+#: A presence lag p99 below this (ms) counts as keeping up.
+LAG_OK_MS = 1000.0
 #: "other CPU%" above this in a step: the shared machine was busy with someone else's work.
 BUSY_OTHER_PCT = 25.0
 #: After the last step, how long every agent's presence may take to read Available.
@@ -736,92 +741,159 @@ def diagnose(step: Step, ctx: Context) -> str:
     return "\n".join(parts)
 
 
-def run_variant(
-    variant: str,
+class VariantRun:
+    """One variant: its gateway, registered agents, subscribers (subs) and steps."""
+
+    def __init__(
+        self, variant: str, args: argparse.Namespace, workdir: Path, mosquitto: Mosquitto | None
+    ) -> None:
+        self.variant = variant
+        self.args = args
+        self.mosquitto = mosquitto
+        self.directory = workdir / variant
+        self.agents = agent_ids(args.agents)
+        self.prefix = f"presence-bench-{variant}-{secrets.token_hex(4)}"
+        self.gateway: Gateway | None = None
+        self.subscribers: Subscribers | None = None
+        self.ctx: Context | None = None
+        self.steps: list[Step] = []
+        self.active = False
+        self.finished = False
+        self.result: dict[str, Any] = {
+            "variant": variant,
+            "label": VARIANTS[variant],
+            "subscribers": args.subscribers if variant == "subs" else 0,
+            "subscriber_qos": args.subscriber_qos if variant == "subs" else None,
+            "prefix": self.prefix,
+            "steps": [],
+            "sustained_cps": 0,
+            "sustained_p99_ms": None,
+            "limit_reached": False,
+            "problems": [],
+            "diagnosis": "",
+            "retained_final": None,
+            "directory": str(self.directory),
+        }
+
+    def start(self) -> None:
+        """Fresh gateway, every agent registered, the subscribers attached."""
+        args, variant = self.args, self.variant
+        env = {
+            "GATEWAY_MQTT_URL": "off" if self.mosquitto is None else self.mosquitto.url,
+            "GATEWAY_MQTT_PREFIX": self.prefix,
+        }
+        try:
+            self.gateway = Gateway(self.directory, f"pb-{variant}", self.agents, env)
+            self.result["gateway_env"] = self.gateway.env
+            uas_port = free_port()
+            started = time.monotonic()
+            failures = register_agents(
+                args.sipp, self.gateway, self.agents, uas_port, self.directory / "register"
+            )
+            print(
+                f"  [{variant}] gateway up on {HOST}:{self.gateway.port}; "
+                f"{len(self.agents) - len(failures)}/{len(self.agents)} agents registered "
+                f"in {time.monotonic() - started:.1f} s",
+                flush=True,
+            )
+            if failures:
+                raise RuntimeError("registration failed: " + ", ".join(failures))
+            if variant == "subs" and self.mosquitto is not None:
+                self.subscribers = Subscribers(
+                    self.mosquitto.port, f"{self.prefix}/#", args.subscribers, args.subscriber_qos
+                )
+                print(
+                    f"  [{variant}] {args.subscribers} subscribers on {self.prefix}/# "
+                    f"(QoS {args.subscriber_qos})",
+                    flush=True,
+                )
+            self.ctx = Context(
+                variant, args.sipp, self.gateway, uas_port, self.mosquitto, self.subscribers, args
+            )
+            self.active = True
+        except RuntimeError as exc:
+            self.result["problems"].append(str(exc))
+            print(f"  [{variant}] {exc}", flush=True)
+            self.finish()
+
+    def step(self, rate: int) -> None:
+        """One step; the variant ends at its first step that does not pass."""
+        if not self.active or self.ctx is None:
+            return
+        try:
+            step = run_step(self.ctx, rate, self.directory / f"{rate:05d}cps")
+        except RuntimeError as exc:
+            self.result["problems"].append(str(exc))
+            print(f"  [{self.variant}] {exc}", flush=True)
+            self.finish()
+            return
+        self.steps.append(step)
+        print(format_progress(step), flush=True)
+        if not step.passed:
+            self.result["diagnosis"] = diagnose(step, self.ctx)
+            self.result["limit_reached"] = True
+            self.finish()
+
+    def finish(self) -> None:
+        """Check that every agent reads Available on MQTT, then stop everything."""
+        if self.finished:
+            return
+        self.finished, self.active = True, False
+        gateway = self.gateway
+        if self.mosquitto is not None and gateway is not None and gateway.child.running:
+            final, waited = settled_presence(self.mosquitto.port, self.prefix, len(self.agents))
+            self.result["retained_final"] = final
+            self.result["retained_final_wait_s"] = round(waited, 2)
+        if self.subscribers is not None:
+            self.subscribers.close()
+        if gateway is not None:
+            if not gateway.child.running:
+                self.result["problems"].append(
+                    f"the gateway exited by itself with code {gateway.child.returncode}"
+                    + (
+                        " (a clean shutdown, i.e. it got SIGTERM or SIGINT, which this "
+                        "bench had not sent)"
+                        if gateway.child.returncode == 0
+                        else ""
+                    )
+                )
+            self.result["gateway_exit"] = gateway.stop()
+            lines = gateway.log_lines()
+            self.result["gateway_log_lines"] = len(lines)
+            self.result["gateway_log_tail"] = [line[:300] for line in lines[-5:]]
+        passing = [s for s in self.steps if s.passed]
+        best = max(passing, key=lambda s: s.rate) if passing else None
+        self.result["steps"] = [asdict(s) for s in self.steps]
+        self.result["sustained_cps"] = best.rate if best else 0
+        self.result["sustained_p99_ms"] = best.p99_ms if best else None
+
+
+def run_variants(
+    variants: list[str],
     rates: list[int],
     args: argparse.Namespace,
     workdir: Path,
     mosquitto: Mosquitto | None,
-) -> dict[str, Any]:
-    directory = workdir / variant
-    agents = agent_ids(args.agents)
-    prefix = f"presence-bench-{variant}-{secrets.token_hex(4)}"
-    env = {
-        "GATEWAY_MQTT_URL": "off" if mosquitto is None else mosquitto.url,
-        "GATEWAY_MQTT_PREFIX": prefix,
-    }
-    result: dict[str, Any] = {
-        "variant": variant,
-        "label": VARIANTS[variant],
-        "subscribers": args.subscribers if variant == "subs" else 0,
-        "steps": [],
-        "sustained_cps": 0,
-        "sustained_p99_ms": None,
-        "limit_reached": False,
-        "problems": [],
-        "diagnosis": "",
-        "retained_final": None,
-        "directory": str(directory),
-    }
-    gateway: Gateway | None = None
-    subscribers: Subscribers | None = None
-    steps: list[Step] = []
+) -> list[dict[str, Any]]:
+    """Every variant's set-up first, then rate by rate each variant still passing, in an
+    order that rotates from one rate to the next: on a shared machine, the variants'
+    figures for one rate are taken minutes apart at most, and none is always first."""
+    runs = [VariantRun(v, args, workdir, None if v == "off" else mosquitto) for v in variants]
     try:
-        gateway = Gateway(directory, f"pb-{variant}", agents, env)
-        result["gateway_env"] = gateway.env
-        uas_port = free_port()
-        started = time.monotonic()
-        failures = register_agents(args.sipp, gateway, agents, uas_port, directory / "register")
-        print(
-            f"  [{variant}] gateway up on {HOST}:{gateway.port}; {len(agents) - len(failures)}"
-            f"/{len(agents)} agents registered in {time.monotonic() - started:.1f} s",
-            flush=True,
-        )
-        if failures:
-            result["problems"].append("registration failed: " + ", ".join(failures))
-            raise RuntimeError(result["problems"][-1])
-        if variant == "subs" and mosquitto is not None:
-            subscribers = Subscribers(
-                mosquitto.port, f"{prefix}/#", args.subscribers, args.subscriber_qos
-            )
-            retained = [c.retained for c in subscribers.counts]
-            print(
-                f"  [{variant}] {args.subscribers} subscribers on {prefix}/# "
-                f"(QoS {args.subscriber_qos})",
-                flush=True,
-            )
-            result["retained_on_subscribe_min"] = min(retained)
-        ctx = Context(variant, args.sipp, gateway, uas_port, mosquitto, subscribers, args)
-        for rate in rates:
-            step = run_step(ctx, rate, directory / f"{rate:05d}cps")
-            steps.append(step)
-            print(format_progress(step), flush=True)
-            if not step.passed:
-                result["diagnosis"] = diagnose(step, ctx)
-                result["limit_reached"] = True
+        for run in runs:
+            run.start()
+        for index, rate in enumerate(rates):
+            active = [run for run in runs if run.active]
+            if not active:
                 break
-            time.sleep(SETTLE_S)
-        if mosquitto is not None:
-            final, waited = settled_presence(mosquitto.port, prefix, len(agents))
-            result["retained_final"] = final
-            result["retained_final_wait_s"] = round(waited, 2)
-    except RuntimeError as exc:
-        result["problems"].append(str(exc))
-        print(f"  [{variant}] {exc}", flush=True)
+            shift = index % len(active)
+            for run in active[shift:] + active[:shift]:
+                run.step(rate)
+                time.sleep(SETTLE_S)
     finally:
-        if subscribers is not None:
-            subscribers.close()
-        if gateway is not None:
-            result["gateway_exit"] = gateway.stop()
-            lines = gateway.log_lines()
-            result["gateway_log_lines"] = len(lines)
-            result["gateway_log_tail"] = [line[:300] for line in lines[-5:]]
-    passing = [s for s in steps if s.passed]
-    best = max(passing, key=lambda s: s.rate) if passing else None
-    result["steps"] = [asdict(s) for s in steps]
-    result["sustained_cps"] = best.rate if best else 0
-    result["sustained_p99_ms"] = best.p99_ms if best else None
-    return result
+        for run in runs:
+            run.finish()
+    return [run.result for run in runs]
 
 
 # --------------------------------------------------------------------------- output
@@ -919,6 +991,32 @@ def delivery_summary(steps: list[dict[str, Any]]) -> list[str]:
             else "no drop logged by the gateway: lost or late between Mosquitto and the subscribers"
         )
         lines.append("presence delivery MISMATCH: " + "; ".join(mismatched) + f"; {where}")
+    kept_up = [
+        s["rate"]
+        for s in steps
+        if s["passed"] and s["lag_p99_ms"] is not None and s["lag_p99_ms"] < LAG_OK_MS
+    ]
+    behind = [
+        s
+        for s in steps
+        if s["passed"] and s["lag_p99_ms"] is not None and s["lag_p99_ms"] >= LAG_OK_MS
+    ]
+    if steps and steps[0]["lag_p99_ms"] is not None:
+        lines.append(
+            f"presence kept up (lag p99 < {LAG_OK_MS:g} ms at subscriber 0) at: "
+            f"{','.join(map(str, kept_up)) or 'no rate'} cps"
+        )
+    quiet_behind = [s for s in behind if (s["bench_cpu_pct"] or 0.0) < 90.0]
+    if quiet_behind:
+        lines.append(
+            "presence fell behind at "
+            + ", ".join(
+                f"{s['rate']} cps (lag p99 {s['lag_p99_ms']:.0f} ms, still arriving "
+                f"{s['drain_s']:.1f} s after the step)"
+                for s in quiet_behind
+            )
+            + " with the subscribers not CPU-bound: the backlog is on the publishing side"
+        )
     busy = [s for s in steps if (s["bench_cpu_pct"] or 0.0) >= 90.0]
     if busy:
         lines.append(
@@ -1000,9 +1098,16 @@ def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str
                 f"(within {waited:.1f} s)"
             )
         else:
+            note = (
+                " (the last step overloaded the gateway, which then works through its "
+                "backlog for seconds)"
+                if r["limit_reached"]
+                else ""
+            )
             lines.append(
                 f"{r['variant']}: after the last step + {waited:.0f} s, MQTT presence of "
                 f"{len(final)}/{args.agents} agents, not Available: {', '.join(others) or '-'}"
+                + note
             )
     busy = [
         f"{r['variant']}@{s['rate']} ({s['other_cpu_pct']:.0f}%)"
@@ -1102,11 +1207,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(v != "off" for v in variants):
             mosquitto = Mosquitto(workdir / "mosquitto")
             print(f"mosquitto on {mosquitto.url}", flush=True)
-        for variant in variants:
-            print(f"{variant}: {VARIANTS[variant]}", flush=True)
-            results.append(
-                run_variant(variant, rates, args, workdir, None if variant == "off" else mosquitto)
-            )
+        results = run_variants(variants, rates, args, workdir, mosquitto)
     finally:
         if mosquitto is not None:
             mosquitto.stop()

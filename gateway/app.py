@@ -28,6 +28,7 @@ from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Publisher, Topics
 from gateway.gcpolicy import GcPacer
+from gateway.notify import Notifier
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
 from gateway.registrar.service import RegistrarService
@@ -139,6 +140,23 @@ class Gateway:
                 outcome = registrar.authenticate(request)
                 return outcome if isinstance(outcome, str) else None
 
+            notifier: Notifier | None = None
+            if settings.smtp_host:
+                notifier = Notifier(
+                    settings,
+                    stores.outbox,
+                    publisher,
+                    topics,
+                    settings.dialplan.parent / "templates",
+                )
+                await notifier.start()
+                stack.push_async_callback(notifier.close)
+            else:
+                log.warning(
+                    "no_mail_server",
+                    detail="emergency contacts will not be e-mailed "
+                    "(set GATEWAY_SMTP_HOST, SPEC E-6)",
+                )
             emergency = EmergencyService(
                 dialplan,
                 stores.reservations,
@@ -147,6 +165,7 @@ class Gateway:
                 topics,
                 registrar.contacts,
                 verified_agent,
+                notify=notifier.notify if notifier is not None else None,
             )
             await emergency.start()
             router = ContactCentreRouter(

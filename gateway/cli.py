@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -61,22 +60,31 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"{args.file}: OK ({len(dialplan.listen)} listeners, {len(dialplan.trunks)} trunks, "
         f"{len(dialplan.outbound)} outbound rules, {len(dialplan.agents)} agents)"
     )
+    status = 0
     # SPEC E-11: every agent that cannot place emergency calls properly, in words an
     # engineer can act on. These are warnings: such an agent's call still goes out on the
     # best available path (E-3), so the exit status stays 0.
     from gateway.emergency.prerequisites import check_agent, check_config
     from gateway.emergency.service import config_from_dialplan
+    from gateway.notify import check_contacts, check_template
 
+    settings = load_settings()
     config = config_from_dialplan(dialplan)
     warnings = check_config(config, dialplan)
-    mail = bool(os.environ.get("GATEWAY_SMTP_HOST"))
+    mail = bool(settings.smtp_host)
     for agent_id, agent in dialplan.agents.items():
         warnings.extend(check_agent(agent_id, agent, config, dialplan, mail_configured=mail))
+        warnings.extend(check_contacts(agent_id, agent))
+    templates = Path(args.file).parent / "templates"
+    if templates.is_dir():
+        for problem in check_template(templates, settings.site_timezone):
+            print(f"{args.file}: notification template: {problem}", file=sys.stderr)
+            status = 1
     for warning in warnings:
         print(f"{args.file}: emergency: {warning}")
     if dialplan.agents and not warnings:
         print(f"{args.file}: emergency: every agent can place emergency calls")
-    return 0
+    return status
 
 
 def _cmd_cdr(args: argparse.Namespace) -> int:

@@ -6,16 +6,19 @@ There is deliberately no module-level settings object: the entry point calls
 
 from __future__ import annotations
 
+from email.utils import parseaddr
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["LogFormat", "LogLevel", "Settings", "load_settings"]
+__all__ = ["LogFormat", "LogLevel", "Settings", "SmtpSecurity", "load_settings"]
 
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+SmtpSecurity = Literal["starttls", "tls", "none"]
 
 
 class Settings(BaseSettings):
@@ -54,6 +57,34 @@ class Settings(BaseSettings):
     gc_full_interval_s: float = 600.0
     """Seconds between full garbage collections when ``gc_pacing`` is on."""
 
+    # -- e-mail notification of emergency contacts (SPEC E-6, docs/notifications.md) --------
+    smtp_host: str = ""
+    """Mail server (submission) host; empty: no mail server, so no notification can be sent
+    (each emergency call then logs an error and publishes ``notification_failed``)."""
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587
+    """Mail server port: 587 for submission with STARTTLS, 465 for implicit TLS."""
+    smtp_security: SmtpSecurity = "starttls"
+    """``starttls`` (required, not opportunistic), ``tls`` (implicit TLS from the first
+    byte) or ``none`` (plain text: a local relay only)."""
+    smtp_username: str = ""
+    """Login name for SMTP AUTH; empty: no authentication."""
+    smtp_password: SecretStr = SecretStr("")
+    """Password for SMTP AUTH (never logged)."""
+    smtp_from: str = "gateway@localhost"
+    """From address (``addr`` or ``Name <addr>``); its domain is also the Message-ID's."""
+    smtp_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds for each SMTP step (connect, each command) before the attempt fails."""
+    notify_give_up_s: Annotated[float, Field(gt=0)] = 3600.0
+    """Seconds after the call until an undelivered notification is given up
+    (``notification_failed`` on MQTT and an error in the log)."""
+    notify_retry_base_s: Annotated[float, Field(gt=0)] = 5.0
+    """First retry delay; later delays double, jittered, up to ``notify_retry_max_s``."""
+    notify_retry_max_s: Annotated[float, Field(gt=0)] = 300.0
+    """Longest delay between two attempts."""
+    site_timezone: str = "UTC"
+    """IANA time zone of the site (``America/Chicago``): notification times are shown in
+    UTC and in this zone."""
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_upper(cls, value: Any) -> Any:
@@ -63,6 +94,47 @@ class Settings(BaseSettings):
     @classmethod
     def _format_lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("smtp_security", mode="before")
+    @classmethod
+    def _security_lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("smtp_host", "smtp_username", "smtp_from", "site_timezone")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _from_is_an_address(cls, value: str) -> str:
+        _name, address = parseaddr(value)
+        local, _, domain = address.rpartition("@")
+        if not local or not domain or "\r" in value or "\n" in value:
+            raise ValueError(f"{value!r} is not an e-mail address (addr or 'Name <addr>')")
+        return value
+
+    @field_validator("site_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value == "UTC":  # needs no time zone database
+            return value
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"{value!r} is not an IANA time zone (such as UTC or America/Chicago)"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> Settings:
+        if self.notify_retry_max_s < self.notify_retry_base_s:
+            raise ValueError(
+                f"notify_retry_max_s ({self.notify_retry_max_s}) must not be less than "
+                f"notify_retry_base_s ({self.notify_retry_base_s})"
+            )
+        return self
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -41,6 +41,7 @@ from gateway.emergency.routing import RoutePlan, choose_route
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import emergency_payload
 from gateway.location import add_location_by_value, has_location
+from gateway.notify import EmergencyNotice, notice_for
 from gateway.presence.service import PresenceService
 from gateway.sip.message import Request
 from gateway.sip.transaction import Address
@@ -87,6 +88,8 @@ class EmergencyCall:
     dnd: bool = False
     route: str | None = None
     answered: bool = False
+    notified: bool = False
+    dialled_at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,6 +108,7 @@ class EmergencyService:
         *,
         wall_clock: Callable[[], float] = time.time,
         reserve_timeout: float = 0.25,
+        notify: Callable[[EmergencyNotice], None] | None = None,
     ):
         self.dialplan = dialplan
         self.config = config_from_dialplan(dialplan)
@@ -116,6 +120,8 @@ class EmergencyService:
         self.authenticate = authenticate
         self.wall_clock = wall_clock
         self.reserve_timeout = reserve_timeout
+        #: E-6: the e-mail notifier (non-blocking), when a mail server is configured
+        self.notify = notify
         self.live: dict[str, Reservation] = {}  # DID -> live reservation
         self.agent_by_username = {
             (agent.username or agent_id): agent_id for agent_id, agent in dialplan.agents.items()
@@ -276,6 +282,7 @@ class EmergencyService:
 
     def started(self, call_id: str, emergency: EmergencyCall) -> None:
         """The call was detected: DND for the agent, the first events (E-5, E-7)."""
+        emergency.dialled_at = self.wall_clock()
         agent = emergency.agent
         if agent is not None:
             self.active_agents[agent] = self.active_agents.get(agent, 0) + 1
@@ -305,6 +312,34 @@ class EmergencyService:
             "trying",
             gateway=f"{hop.address.transport}:{hop.address.host}:{hop.address.port}",
         )
+        # E-6: the notification starts once the INVITE is on its way (the B2BUA sends it
+        # right after this hook, in the same step; call_soon runs the notifier after it)
+        self._notify(call_id, emergency)
+
+    def _notify(self, call_id: str, emergency: EmergencyCall) -> None:
+        if emergency.notified or emergency.callback or emergency.agent is None:
+            return
+        emergency.notified = True
+        if self.notify is None:
+            return
+        agent = self.dialplan.agents[emergency.agent]
+        reservation = self.live.get(emergency.did) if emergency.did is not None else None
+        detection = emergency.detection
+        try:
+            notice = notice_for(
+                call_id,
+                emergency.agent,
+                agent,
+                dialled=detection.dialled if detection is not None else "",
+                callback_did=emergency.did,
+                did_expires_at=reservation.expires_at if reservation is not None else None,
+                route=emergency.route,
+                test=emergency.test,
+                at=emergency.dialled_at or self.wall_clock(),
+            )
+            asyncio.get_running_loop().call_soon(self.notify, notice)
+        except Exception:
+            log.exception("notification_failed_to_start", call_id=call_id)
 
     def b_leg_failed(self, call_id: str, emergency: EmergencyCall, status: int) -> None:
         self.event(call_id, emergency, "failover", code=status)
@@ -314,6 +349,7 @@ class EmergencyService:
         self.event(call_id, emergency, "callback_answered" if emergency.callback else "answered")
 
     def ended(self, call_id: str, emergency: EmergencyCall, result: str) -> None:
+        self._notify(call_id, emergency)  # no path at all: the contacts still hear of it
         agent = emergency.agent
         if agent is not None:
             count = self.active_agents.get(agent, 0) - 1

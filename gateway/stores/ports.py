@@ -37,6 +37,10 @@ __all__ = [
     "Cdr",
     "CdrStore",
     "EmptyPoolError",
+    "MailDraft",
+    "OutboxMail",
+    "OutboxState",
+    "OutboxStore",
     "PresenceRecord",
     "PresenceStore",
     "RegistrationStore",
@@ -48,6 +52,7 @@ __all__ = [
 ]
 
 CallDirection = Literal["inbound", "outbound"]
+OutboxState = Literal["pending", "sent", "failed"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +141,68 @@ class Reservation:
     expires_at: float
     call_id: str
     test: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MailDraft:
+    """A notification e-mail to write to the outbox (SPEC E-6): one recipient, rendered.
+
+    ``message_id_domain`` is the right-hand side of the Message-ID the sender derives from
+    the row id (:attr:`OutboxMail.message_id`); ``give_up_at`` is when retrying stops.
+    """
+
+    call_id: str
+    agent_id: str
+    recipient: str
+    subject: str
+    text_body: str
+    html_body: str
+    test: bool
+    did: str | None
+    route: str | None
+    message_id_domain: str
+    give_up_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMail:
+    """One stored notification e-mail and its delivery state (SPEC E-6).
+
+    ``state`` is ``"pending"`` until the mail server accepts it (``"sent"``) or delivery is
+    abandoned (``"failed"``). ``attempt_started_at`` is set while an attempt is in flight;
+    a pending row that still has it after a restart was being sent when the process died,
+    so the server may already hold a copy (the at-least-once window).
+    """
+
+    id: int
+    call_id: str
+    agent_id: str
+    recipient: str
+    subject: str
+    text_body: str
+    html_body: str
+    test: bool
+    did: str | None
+    route: str | None
+    message_id_domain: str
+    created_at: float
+    give_up_at: float
+    next_attempt_at: float
+    attempts: int
+    attempt_started_at: float | None
+    state: OutboxState
+    last_error: str | None
+    finished_at: float | None
+
+    @property
+    def message_id(self) -> str:
+        """The Message-ID header (RFC 5322 section 3.6.4), the same on every attempt.
+
+        Derived from the row id (never reused in one database) and the creation time, so
+        a copy sent twice across a restart is recognisable as the same message.
+        """
+        stamp = int(self.created_at * 1000)
+        return f"<emergency-notice.{self.id}.{stamp}@{self.message_id_domain}>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,13 +303,55 @@ class ReservationStore(Protocol):
         ...
 
 
+class OutboxStore(Protocol):
+    """The durable outbox of notification e-mails (SPEC E-6).
+
+    A mail is written before its first attempt and marked ``sent`` as soon as the server
+    accepts it, so a restart resumes exactly the mails still ``pending``. Updates apply
+    only to pending rows: a row that is already sent or failed never changes again.
+    """
+
+    async def add(self, drafts: Sequence[MailDraft], now: float) -> list[OutboxMail]:
+        """Write ``drafts`` in one transaction as pending rows due at ``now``; return them
+        (with their ids) in the same order."""
+        ...
+
+    async def get(self, mail_id: int) -> OutboxMail | None:
+        """The row ``mail_id``, or ``None``."""
+        ...
+
+    async def pending(self) -> list[OutboxMail]:
+        """Every pending row, earliest ``next_attempt_at`` first, then by id."""
+        ...
+
+    async def begin_attempt(self, mail_id: int, now: float) -> bool:
+        """Count an attempt and mark it in flight; ``False`` if the row is not pending."""
+        ...
+
+    async def retry_at(self, mail_id: int, next_attempt_at: float, error: str) -> None:
+        """The attempt failed and will be retried at ``next_attempt_at``."""
+        ...
+
+    async def mark_sent(self, mail_id: int, now: float) -> None:
+        """The server accepted the mail: it must never be sent again."""
+        ...
+
+    async def mark_failed(self, mail_id: int, now: float, error: str) -> None:
+        """Delivery was abandoned (permanent refusal, or given up)."""
+        ...
+
+    async def purge_finished(self, before: float) -> int:
+        """Delete sent and failed rows finished before ``before``; return how many."""
+        ...
+
+
 # --------------------------------------------------------------------------------------------
 # The bundle handed to the application.
 
 
 @dataclass(slots=True)
 class Stores:
-    """The four stores of one backend, closed together.
+    """The stores of one backend, closed together.
 
     Use as an async context manager (``async with await open_stores(...) as stores:``) or
     call :meth:`close` explicitly; closing twice is harmless.
@@ -252,6 +361,7 @@ class Stores:
     presence: PresenceStore
     cdrs: CdrStore
     reservations: ReservationStore
+    outbox: OutboxStore
     closer: Callable[[], Awaitable[None]] = field(repr=False)
 
     async def close(self) -> None:

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-All four stores share one database file (``<data_dir>/gateway.sqlite3`` by default) and one
+All the stores share one database file (``<data_dir>/gateway.sqlite3`` by default) and one
 :class:`SqliteDatabase`, which owns a single worker thread
 (:class:`concurrent.futures.ThreadPoolExecutor` with ``max_workers=1``) and the only
 :class:`sqlite3.Connection`, created *in* that thread. Every store method packages its work
@@ -45,6 +45,9 @@ from gateway.stores.ports import (
     CallDirection,
     Cdr,
     EmptyPoolError,
+    MailDraft,
+    OutboxMail,
+    OutboxState,
     PresenceRecord,
     Reservation,
     StoreClosedError,
@@ -58,6 +61,7 @@ __all__ = [
     "Migration",
     "SqliteCdrStore",
     "SqliteDatabase",
+    "SqliteOutboxStore",
     "SqlitePresenceStore",
     "SqliteRegistrationStore",
     "SqliteReservationStore",
@@ -137,6 +141,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) WITHOUT ROWID;
         CREATE INDEX reservations_agent_id ON reservations (agent_id);
         CREATE INDEX reservations_expires_at ON reservations (expires_at);
+        """,
+    ),
+    Migration(
+        description="notification outbox (SPEC E-6)",
+        script="""
+        -- One row per notification e-mail and recipient, written before the first attempt.
+        -- AUTOINCREMENT: an id is never reused, even after purging, because the Message-ID
+        -- is derived from it.
+        CREATE TABLE outbox (
+            id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+            call_id            TEXT    NOT NULL,
+            agent_id           TEXT    NOT NULL,
+            recipient          TEXT    NOT NULL,
+            subject            TEXT    NOT NULL,
+            text_body          TEXT    NOT NULL,
+            html_body          TEXT    NOT NULL,
+            test               INTEGER NOT NULL CHECK (test IN (0, 1)),
+            did                TEXT,
+            route              TEXT,
+            message_id_domain  TEXT    NOT NULL,
+            created_at         REAL    NOT NULL,   -- unix seconds
+            give_up_at         REAL    NOT NULL,
+            next_attempt_at    REAL    NOT NULL,
+            attempts           INTEGER NOT NULL DEFAULT 0,
+            attempt_started_at REAL,               -- set while an attempt is in flight
+            state              TEXT    NOT NULL DEFAULT 'pending'
+                                       CHECK (state IN ('pending', 'sent', 'failed')),
+            last_error         TEXT,
+            finished_at        REAL
+        );
+        CREATE INDEX outbox_state_next_attempt_at ON outbox (state, next_attempt_at);
+        CREATE INDEX outbox_call_id ON outbox (call_id);
         """,
     ),
 )
@@ -319,6 +355,11 @@ _CDR_COLUMNS = (
     "started_at, answered_at, ended_at, result"
 )
 _RESERVATION_COLUMNS = "did, agent_id, reserved_at, expires_at, call_id, test"
+_OUTBOX_COLUMNS = (
+    "id, call_id, agent_id, recipient, subject, text_body, html_body, test, did, route, "
+    "message_id_domain, created_at, give_up_at, next_attempt_at, attempts, "
+    "attempt_started_at, state, last_error, finished_at"
+)
 
 
 def _binding(row: tuple[Any, ...]) -> Binding:
@@ -371,6 +412,30 @@ def _reservation(row: tuple[Any, ...]) -> Reservation:
         expires_at=float(row[3]),
         call_id=row[4],
         test=bool(row[5]),
+    )
+
+
+def _outbox_mail(row: tuple[Any, ...]) -> OutboxMail:
+    return OutboxMail(
+        id=int(row[0]),
+        call_id=row[1],
+        agent_id=row[2],
+        recipient=row[3],
+        subject=row[4],
+        text_body=row[5],
+        html_body=row[6],
+        test=bool(row[7]),
+        did=row[8],
+        route=row[9],
+        message_id_domain=row[10],
+        created_at=float(row[11]),
+        give_up_at=float(row[12]),
+        next_attempt_at=float(row[13]),
+        attempts=int(row[14]),
+        attempt_started_at=None if row[15] is None else float(row[15]),
+        state=cast(OutboxState, row[16]),
+        last_error=row[17],
+        finished_at=None if row[18] is None else float(row[18]),
     )
 
 
@@ -660,15 +725,167 @@ class SqliteReservationStore:
         return await self._db.run(operation)
 
 
+class SqliteOutboxStore:
+    """:class:`~gateway.stores.ports.OutboxStore` on SQLite.
+
+    Every state change is one autocommitted statement, so it is on disk (WAL) when the
+    awaiting coroutine resumes: :meth:`mark_sent` returning means a restart will not send
+    the mail again.
+    """
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._db = database
+
+    async def add(self, drafts: Sequence[MailDraft], now: float) -> list[OutboxMail]:
+        """Write ``drafts`` in one transaction as pending rows due at ``now``."""
+        drafts = list(drafts)
+        if not drafts:
+            return []
+
+        def operation(conn: sqlite3.Connection) -> list[OutboxMail]:
+            ids: list[int] = []
+            with _immediate(conn):
+                for draft in drafts:
+                    cursor = conn.execute(
+                        "INSERT INTO outbox (call_id, agent_id, recipient, subject, text_body, "
+                        "html_body, test, did, route, message_id_domain, created_at, "
+                        "give_up_at, next_attempt_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            draft.call_id,
+                            draft.agent_id,
+                            draft.recipient,
+                            draft.subject,
+                            draft.text_body,
+                            draft.html_body,
+                            int(draft.test),
+                            draft.did,
+                            draft.route,
+                            draft.message_id_domain,
+                            now,
+                            draft.give_up_at,
+                            now,
+                        ),
+                    )
+                    assert cursor.lastrowid is not None
+                    ids.append(cursor.lastrowid)
+            return [
+                OutboxMail(
+                    id=mail_id,
+                    call_id=draft.call_id,
+                    agent_id=draft.agent_id,
+                    recipient=draft.recipient,
+                    subject=draft.subject,
+                    text_body=draft.text_body,
+                    html_body=draft.html_body,
+                    test=draft.test,
+                    did=draft.did,
+                    route=draft.route,
+                    message_id_domain=draft.message_id_domain,
+                    created_at=now,
+                    give_up_at=draft.give_up_at,
+                    next_attempt_at=now,
+                    attempts=0,
+                    attempt_started_at=None,
+                    state="pending",
+                    last_error=None,
+                    finished_at=None,
+                )
+                for mail_id, draft in zip(ids, drafts, strict=True)
+            ]
+
+        return await self._db.run(operation)
+
+    async def get(self, mail_id: int) -> OutboxMail | None:
+        """The row ``mail_id``, or ``None``."""
+
+        def operation(conn: sqlite3.Connection) -> OutboxMail | None:
+            row = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = ?", (mail_id,)
+            ).fetchone()
+            return None if row is None else _outbox_mail(row)
+
+        return await self._db.run(operation)
+
+    async def pending(self) -> list[OutboxMail]:
+        """Every pending row, earliest ``next_attempt_at`` first, then by id."""
+
+        def operation(conn: sqlite3.Connection) -> list[OutboxMail]:
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' "
+                "ORDER BY next_attempt_at, id"
+            ).fetchall()
+            return [_outbox_mail(row) for row in rows]
+
+        return await self._db.run(operation)
+
+    async def begin_attempt(self, mail_id: int, now: float) -> bool:
+        """Count an attempt and mark it in flight; ``False`` if the row is not pending."""
+
+        def operation(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, attempt_started_at = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (now, mail_id),
+            )
+            return cursor.rowcount == 1
+
+        return await self._db.run(operation)
+
+    async def retry_at(self, mail_id: int, next_attempt_at: float, error: str) -> None:
+        """The attempt failed and will be retried at ``next_attempt_at``."""
+
+        def operation(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, last_error = ?, "
+                "attempt_started_at = NULL WHERE id = ? AND state = 'pending'",
+                (next_attempt_at, error, mail_id),
+            )
+
+        await self._db.run(operation)
+
+    async def mark_sent(self, mail_id: int, now: float) -> None:
+        """The server accepted the mail: it must never be sent again."""
+        await self._finish(mail_id, "sent", now, None)
+
+    async def mark_failed(self, mail_id: int, now: float, error: str) -> None:
+        """Delivery was abandoned (permanent refusal, or given up)."""
+        await self._finish(mail_id, "failed", now, error)
+
+    async def _finish(
+        self, mail_id: int, state: OutboxState, now: float, error: str | None
+    ) -> None:
+        def operation(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET state = ?, finished_at = ?, attempt_started_at = NULL, "
+                "last_error = coalesce(?, last_error) WHERE id = ? AND state = 'pending'",
+                (state, now, error, mail_id),
+            )
+
+        await self._db.run(operation)
+
+    async def purge_finished(self, before: float) -> int:
+        """Delete sent and failed rows finished before ``before``; return how many."""
+
+        def operation(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM outbox WHERE state != 'pending' AND finished_at < ?", (before,)
+            )
+            return cursor.rowcount
+
+        return await self._db.run(operation)
+
+
 async def open_sqlite_stores(
     path: Path | str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
 ) -> Stores:
-    """Open the SQLite file at ``path`` (or ``":memory:"``) and return its four stores."""
+    """Open the SQLite file at ``path`` (or ``":memory:"``) and return its stores."""
     database = await SqliteDatabase.open(path, busy_timeout=busy_timeout)
     return Stores(
         registrations=SqliteRegistrationStore(database),
         presence=SqlitePresenceStore(database),
         cdrs=SqliteCdrStore(database),
         reservations=SqliteReservationStore(database),
+        outbox=SqliteOutboxStore(database),
         closer=database.close,
     )

@@ -147,7 +147,9 @@ async def test_schema_version_table_describes_the_file(tmp_path: Path) -> None:
         database = await SqliteDatabase.open(path)
         await database.close()
     rows = _rows(path, "SELECT version, description, applied_at FROM schema_version")
-    assert [(v, d) for v, d, _ in rows] == [(1, MIGRATIONS[0].description)]
+    assert [(v, d) for v, d, _ in rows] == [
+        (version, migration.description) for version, migration in enumerate(MIGRATIONS, 1)
+    ]
     applied_at = rows[0][2]
     assert isinstance(applied_at, float) and applied_at > NOW
 
@@ -167,7 +169,7 @@ async def test_a_failing_migration_leaves_the_schema_untouched(tmp_path: Path) -
     broken = (*MIGRATIONS, Migration("broken", "CREATE TABLE half (a); SELECT * FROM missing;"))
     with pytest.raises(sqlite3.OperationalError):
         await SqliteDatabase.open(path, migrations=broken)
-    assert _rows(path, "SELECT max(version) FROM schema_version") == [(1,)]
+    assert _rows(path, "SELECT max(version) FROM schema_version") == [(len(MIGRATIONS),)]
     assert _rows(path, "SELECT name FROM sqlite_master WHERE name = 'half'") == []
 
 
@@ -185,12 +187,12 @@ async def test_a_later_migration_is_applied_on_open(tmp_path: Path) -> None:
     )
     database = await SqliteDatabase.open(path, migrations=(*MIGRATIONS, trigger))
     try:
-        assert database.schema_version == 2
+        assert database.schema_version == len(MIGRATIONS) + 1
         await SqliteCdrStore(database).add(CDR)
     finally:
         await database.close()
     assert _rows(path, "SELECT call_id FROM cdr_audit") == [("c-1",)]
-    # A gateway that only knows version 1 must refuse the version 2 file.
+    # A gateway that only knows the current schema must refuse the newer file.
     with pytest.raises(StoreError, match="newer"):
         await open_stores(f"sqlite://{path}", tmp_path)
 

@@ -27,7 +27,7 @@ from gateway.stores import (
     open_stores,
     sqlite_path,
 )
-from gateway.stores.sqlite import SqliteDatabase
+from gateway.stores.sqlite import MIGRATIONS, SqliteDatabase
 
 NOW = 1_700_000_000.0
 TTL = 3600.0
@@ -411,6 +411,6 @@ async def test_operations_run_in_the_one_dedicated_thread(tmp_path: Path) -> Non
         assert names[0].startswith("gateway-sqlite")
         assert names[0] != threading.current_thread().name
         assert database.journal_mode == "wal"
-        assert database.schema_version == 1
+        assert database.schema_version == len(MIGRATIONS)
     finally:
         await database.close()

@@ -82,6 +82,8 @@ def dialplan(
         "  alice:",
         "    password: alice-pw",
         '    identity: "+15555550101"',
+        "    display_name: Alice Agent",
+        "    emergency_contacts: 'sup@example.com; security@example.com'",
         "    queues: [support]",
         "    location: { street: Main St, house_number: '100', city: Springfield, state: IL,"
         " postcode: '62701', country: US, floor: '2', room: '210' }",
@@ -496,3 +498,70 @@ def test_agent_cannot_put_an_emergency_call_on_hold(
         assert received.count("INVITE sip:") == 1  # the hold never reached the SBC
     finally:
         site.recorder.close()
+
+
+def test_emergency_contacts_get_a_mail_even_when_the_server_comes_up_late(
+    sipp: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto
+) -> None:
+    """SPEC E-6: one mail per contact, after the INVITE is out, never delaying the call."""
+    from aiosmtpd.controller import Controller
+
+    class Inbox:
+        def __init__(self) -> None:
+            self.mails: list[tuple[list[str], str]] = []
+
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            content = envelope.content  # type: ignore[attr-defined]
+            text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
+            self.mails.append((list(envelope.rcpt_tos), text))  # type: ignore[attr-defined]
+            return "250 OK"
+
+    smtp_port = free_port("tcp")
+    sbc = sipp.uas("uas_basic.xml", calls=1, timeout=40)
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    text = dialplan(sbc=(sbc.address,)).replace("${fallback}", "'sip:security@127.0.0.1:5999'")
+    gw = gateway_factory(
+        text,
+        env={
+            "GATEWAY_MQTT_URL": mosquitto.url,
+            "GATEWAY_MQTT_PREFIX": prefix,
+            "GATEWAY_SMTP_HOST": "127.0.0.1",
+            "GATEWAY_SMTP_PORT": str(smtp_port),
+            "GATEWAY_SMTP_SECURITY": "none",
+            "GATEWAY_NOTIFY_RETRY_BASE_S": "0.5",
+            "GATEWAY_NOTIFY_RETRY_MAX_S": "1",
+        },
+    )
+    recorder = Recorder(mosquitto.port, f"{prefix}/#")
+    site = Site(gw, recorder, prefix, free_port())
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
+    try:
+        sipp.uac(
+            "agent_register.xml",
+            gw.address,
+            1,
+            1,
+            service="alice",
+            local_port=site.port,
+            timeout=10,
+            extra=["-au", "alice", "-ap", "alice-pw", "-key", "expires", "3600"],
+        ).assert_calls(1)
+        # the mail server is down: the call still connects at once
+        started = time.monotonic()
+        dial(sipp, site, "911").assert_calls(1)
+        assert time.monotonic() - started < 5
+        controller.start()  # now it comes up: the outbox delivers
+        deadline = time.monotonic() + 20
+        while len(inbox.mails) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        recipients = sorted(r for rcpts, _ in inbox.mails for r in rcpts)
+        assert recipients == ["security@example.com", "sup@example.com"], inbox.mails
+        body = inbox.mails[0][1]
+        for fact in ("911", "Alice Agent", DIDS[0], "Springfield", "direct-routing"):
+            assert fact in body, (fact, body[:2000])
+        recorder.wait_for(lambda: "notification_sent" in site.names(), "notification_sent")
+    finally:
+        if controller.server is not None:
+            controller.stop()
+        recorder.close()
