@@ -565,3 +565,24 @@ def test_emergency_contacts_get_a_mail_even_when_the_server_comes_up_late(
         if controller.server is not None:
             controller.stop()
         recorder.close()
+
+
+def test_callback_after_the_window_is_an_ordinary_inbound_call(
+    sipp: Sipp, carrier: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto
+) -> None:
+    """SPEC C-1: after the window the DID is an ordinary number (here: no inbound rule)."""
+    sbc = sipp.uas("uas_basic.xml", calls=1, timeout=40)
+    site = open_site(sipp, gateway_factory, mosquitto, dialplan(sbc=(sbc.address,), window=1.5))
+    try:
+        dial(sipp, site, "911").assert_calls(1)
+        time.sleep(2.0)
+        scenario = site.gw.workdir / "uac_expect_404.xml"
+        scenario.write_text(
+            (SCENARIO_DIR / "uac_expect_503.xml")
+            .read_text()
+            .replace('response="503"', 'response="404"')
+        )
+        carrier.uac(scenario, site.gw.address, 1, 1, service=DIDS[0], timeout=15).assert_calls(1)
+        assert "callback_ringing" not in site.names()
+    finally:
+        site.recorder.close()
