@@ -1,4 +1,4 @@
-"""Emergency call set-up latency through the gateway, alone and under ordinary load.
+"""Emergency call set-up latency through the gateway: alone, under load, with a mail server.
 
 An agent's phone (alice, location US) registers from one port, then dials 911 from that
 same port; the gateway identifies alice by her registration flow, reserves a callback DID
@@ -7,6 +7,25 @@ in SQLite and places the emergency leg on the SBC trunk of a direct-routing rule
     alone   alice (SIPp uac, -s 911)  ->  gateway  ->  SBC (SIPp uas)
     load    the same, while            SIPp uac  ->  gateway  ->  SIPp uas
             places ordinary calls at --load-rate (400) calls/s on an outbound rule
+
+and three scenarios for the e-mail to alice's emergency contacts (SPEC E-6): the calls of
+``alone`` (no ordinary load), with alice given two ``emergency_contacts``, so that every
+call makes the gateway send 2 mails:
+
+    mail-none   GATEWAY_SMTP_HOST unset: no mail server configured
+    mail-fast   an aiosmtpd server (a thread of this script, free port, plain SMTP) that
+                accepts every mail at once
+    mail-slow   the same, but its handle_DATA sleeps 2 s (--slow-mail-seconds) per mail
+
+(GATEWAY_SMTP_HOST=127.0.0.1, GATEWAY_SMTP_PORT=<its port>, GATEWAY_SMTP_SECURITY=none; the
+templates of dialplans/templates are copied next to the dialplan.) The issue: set-up
+latency must be the same in the three. The gateway sends at most 4 mails at a time, so the
+slow server gets about 2 mails/s, fewer than the 10/s the calls make: by the last call it
+has only part of them, the rest stay pending in the gateway's outbox and keep going out
+after the run (until the gateway stops; --mail-drain-seconds keeps it running that long
+after the last call, waiting for them). Reported per scenario: mails expected, received by
+the last call and by the gateway's stop, the outbox rows still pending, and the
+gateway's notification_* log events.
 
 Emergency calls: --emergency-rate (5) calls/s for --emergency-seconds (20): 100 short calls
 (sipp-scenarios/uac_basic.xml, -d 0) against sipp-scenarios/uas_basic.xml. Ordinary calls:
@@ -33,28 +52,34 @@ Each scenario runs on a fresh gateway (GATEWAY_MQTT_URL=off, GATEWAY_STORE=sqlit
 in the work directory, so the DID reservation really hits SQLite; JSON logs at INFO, the
 gateway's default level). Emergency calls must all succeed. Target (the issue): emergency
 p99 < 20 ms and 0 failures under load. Everything runs on 127.0.0.1 and is bounded (about
-a minute with the defaults); the files stay in the work directory printed at the end.
+two and a half minutes with the defaults, all five scenarios); the files stay in the work
+directory printed at the end.
 
     .venv/bin/python bench/emergency_bench.py [--load-rate 400] [--emergency-rate 5]
-        [--emergency-seconds 20] [--warmup-seconds 3] [--scenarios alone,load]
-        [--log-level INFO] [--target-p99-ms 20] [--no-capture] [--json out.json]
-        [--workdir DIR]
+        [--emergency-seconds 20] [--warmup-seconds 3]
+        [--scenarios alone,load,mail-none,mail-fast,mail-slow] [--slow-mail-seconds 2]
+        [--mail-drain-seconds 0] [--log-level INFO] [--target-p99-ms 20] [--no-capture]
+        [--json out.json] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +119,18 @@ LOAD_TAIL_S = 2.0
 SBC_TIMEWAIT_S = 2.0
 LOAD_UAS_TIMEWAIT_S = 1.0
 RECV_TIMEOUT_MS = 5000
+#: alice's emergency contacts in the mail-* scenarios: 2 mails per call.
+CONTACTS = ("supervisor@example.com", "security@example.com")
+TEMPLATES = PROJECT_ROOT / "dialplans" / "templates"
+#: scenario -> (ordinary load?, mail server: None = contacts unset, "none", "fast", "slow")
+SCENARIOS: dict[str, tuple[bool, str | None]] = {
+    "alone": (False, None),
+    "load": (True, None),
+    "mail-none": (False, "none"),
+    "mail-fast": (False, "fast"),
+    "mail-slow": (False, "slow"),
+}
+DEFAULT_SCENARIOS = ",".join(SCENARIOS)
 
 DIALPLAN = """\
 version: 1
@@ -126,7 +163,7 @@ agents:
     location: {{ street: 100 Main St, city: Springfield, state: IL, postcode: '62701',
                 country: US }}
     callback_fallback: 'sip:security@{host}:5999'
-"""
+{contacts}"""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -183,23 +220,32 @@ def iso_seconds(text: str) -> float | None:
 class Gateway:
     """A fresh ``python -m gateway run`` on its own dialplan, store and logs."""
 
-    def __init__(self, directory: Path, text: str, port: int, log_level: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        text: str,
+        port: int,
+        log_level: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = port
         dialplan = directory / "dialplan.yaml"
         dialplan.write_text(text)
         data = directory / "data"
         data.mkdir(exist_ok=True)
+        self.database = data / "gateway.db"
         self.stdout = directory / "gateway.stdout.log"
         self.stderr = directory / "gateway.stderr.log"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
             "GATEWAY_DATA_DIR": str(data),
-            "GATEWAY_STORE": f"sqlite:///{data / 'gateway.db'}",
+            "GATEWAY_STORE": f"sqlite:///{self.database}",
             "GATEWAY_MQTT_URL": "off",
             "GATEWAY_LOG_FORMAT": "json",
             "GATEWAY_LOG_LEVEL": log_level,
             "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
         }
         self.env = {k: v for k, v in env.items() if k.startswith("GATEWAY_")}
         command = [sys.executable, "-m", "gateway", "run", "--dialplan", str(dialplan)]
@@ -227,6 +273,64 @@ class Gateway:
 
     def stop(self) -> int:
         return self.child.stop(soft=signal.SIGTERM, grace=10.0)
+
+    def outbox_states(self) -> dict[str, int]:
+        """Outbox rows by state (pending, sent, failed), read after the gateway stopped."""
+        with contextlib.suppress(sqlite3.Error):
+            connection = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
+            try:
+                rows = connection.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")
+                return {str(state): int(count) for state, count in rows}
+            finally:
+                connection.close()
+        return {}
+
+
+# --------------------------------------------------------------------------- mail server
+
+
+@dataclass
+class Mail:
+    arrived: float  # time.time() when the server accepted it
+    call_id: str  # X-Gateway-Call-ID
+    recipient: str
+
+
+class Mailbox:
+    """aiosmtpd handler: accepts every mail, after ``delay_s`` (the slow server)."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self._mails: list[Mail] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        mail = Mail(time.time(), str(message["X-Gateway-Call-ID"]), ",".join(envelope.rcpt_tos))
+        with self._lock:
+            self._mails.append(mail)
+        return "250 2.0.0 queued"
+
+    def mails(self) -> list[Mail]:
+        with self._lock:
+            return list(self._mails)
+
+
+class MailServer:
+    """An aiosmtpd server on 127.0.0.1 in its own thread and event loop (plain SMTP)."""
+
+    def __init__(self, delay_s: float) -> None:
+        from aiosmtpd.controller import Controller  # only the mail-* scenarios need it
+
+        self.port = free_port()
+        self.mailbox = Mailbox(delay_s)
+        self.controller = Controller(self.mailbox, hostname=HOST, port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
 
 
 # --------------------------------------------------------------------------- capture
@@ -344,6 +448,9 @@ class LogResult:
     no_did: int = 0
     events: dict[str, int] = field(default_factory=dict)
     warnings: dict[str, int] = field(default_factory=dict)
+    #: notification_* log events (E-6) by name, and the start time of every call
+    notifications: dict[str, int] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
 
 
 def read_log(lines: list[str]) -> LogResult:
@@ -354,7 +461,8 @@ def read_log(lines: list[str]) -> LogResult:
         if not line.startswith("{"):
             continue
         level_warn = '"level": "warning"' in line or '"level": "error"' in line
-        if "emergency" not in line and not level_warn and '"level": "critical"' not in line:
+        interesting = "emergency" in line or "notification" in line or "mail" in line
+        if not interesting and not level_warn and '"level": "critical"' not in line:
             continue
         try:
             record: dict[str, Any] = json.loads(line)
@@ -365,6 +473,8 @@ def read_log(lines: list[str]) -> LogResult:
             result.warnings[event] = result.warnings.get(event, 0) + 1
         ts = iso_seconds(str(record.get("timestamp", "")))
         call_id = str(record.get("call_id", ""))
+        if event.startswith("notification_"):
+            result.notifications[event] = result.notifications.get(event, 0) + 1
         if event == "emergency_call_start" and ts is not None:
             result.starts += 1
             started.setdefault(call_id, ts)
@@ -382,6 +492,7 @@ def read_log(lines: list[str]) -> LogResult:
                     result.not_alice += 1
                 if record.get("did") not in DIDS:
                     result.no_did += 1
+    result.started = started
     return result
 
 
@@ -415,6 +526,19 @@ class Scenario:
     gateway_exit: int | None = None
     problems: list[str] = field(default_factory=list)
     directory: str = ""
+    #: E-6: "" (alice has no contacts), "none" (no server configured), "fast", "slow"
+    mail_server: str = ""
+    mail_delay_s: float = 0.0  # the server's delay per mail
+    mails_expected: int = 0
+    mails_by_last_call: int | None = None
+    mails_at_stop: int | None = None
+    mails_duplicated: int = 0
+    #: last call ended -> the gateway stopped (drain, shutdown), s
+    mail_tail_s: float | None = None
+    #: call start (gateway log) -> the mail accepted by the server
+    mail_delay: dict[str, float | None] = field(default_factory=dict)
+    outbox: dict[str, int] = field(default_factory=dict)
+    notification_log: dict[str, int] = field(default_factory=dict)
 
 
 def register(sipp: str, directory: Path, gateway_port: int, alice_port: int) -> None:
@@ -433,13 +557,15 @@ def register(sipp: str, directory: Path, gateway_port: int, alice_port: int) -> 
         )
 
 
-def run_scenario(name: str, load_rate: int, args: argparse.Namespace, workdir: Path) -> Scenario:
+def run_scenario(
+    name: str, load_rate: int, mail: str | None, args: argparse.Namespace, workdir: Path
+) -> Scenario:
     directory = workdir / name
     em_dir, load_dir = directory / "emergency", directory / "load"
     for path in (em_dir, load_dir):
         path.mkdir(parents=True, exist_ok=True)
     calls = max(1, round(args.emergency_rate * args.emergency_seconds))
-    result = Scenario(name, load_rate, calls, directory=str(directory))
+    result = Scenario(name, load_rate, calls, directory=str(directory), mail_server=mail or "")
     sipp = args.sipp
     gw_port, sbc_port, carrier_port, alice_port = (free_port() for _ in range(4))
     em_timeout = args.emergency_seconds + 20.0
@@ -456,10 +582,25 @@ def run_scenario(name: str, load_rate: int, args: argparse.Namespace, workdir: P
         dids=", ".join(f"'{d}'" for d in DIDS),
         agent=AGENT,
         password=PASSWORD,
+        contacts=f"    emergency_contacts: '{'; '.join(CONTACTS)}'\n" if mail else "",
     )
     started: list[Child] = []
     gateway: Gateway | None = None
     capture: Capture | None = None
+    mail_server: MailServer | None = None
+    gateway_env: dict[str, str] = {}
+    if mail is not None:
+        shutil.copytree(TEMPLATES, directory / "gateway" / "templates", dirs_exist_ok=True)
+    if mail in ("fast", "slow"):
+        result.mails_expected = calls * len(CONTACTS)
+        result.mail_delay_s = args.slow_mail_seconds if mail == "slow" else 0.0
+        mail_server = MailServer(result.mail_delay_s)
+        gateway_env = {
+            "GATEWAY_SMTP_HOST": HOST,
+            "GATEWAY_SMTP_PORT": str(mail_server.port),
+            "GATEWAY_SMTP_SECURITY": "none",
+        }
+    last_call_ended: float | None = None
     try:
         sbc = Child(
             [sipp, "-sf", str(SBC_UAS), "-i", HOST, "-p", str(sbc_port), "-m", str(calls),
@@ -468,7 +609,7 @@ def run_scenario(name: str, load_rate: int, args: argparse.Namespace, workdir: P
         )  # fmt: skip
         started.append(sbc)
         wait_bound(sbc, sbc_port, "the SBC uas")
-        gateway = Gateway(directory / "gateway", text, gw_port, args.log_level)
+        gateway = Gateway(directory / "gateway", text, gw_port, args.log_level, gateway_env)
         register(sipp, em_dir, gw_port, alice_port)
         if args.capture:
             capture = Capture(em_dir, alice_port, gw_port, sbc_port)
@@ -508,6 +649,9 @@ def run_scenario(name: str, load_rate: int, args: argparse.Namespace, workdir: P
         if em_uac.wait(em_timeout + HARD_MARGIN_S) is None:
             em_uac.stop(grace=2.0)
             result.problems.append("emergency uac killed after its timeout")
+        last_call_ended = time.monotonic()
+        if mail_server is not None:
+            result.mails_by_last_call = len(mail_server.mailbox.mails())
         ticks_after = cpu_ticks(gateway.child.pid)
         if ticks_before is not None and ticks_after is not None and em_uac.elapsed > 0:
             result.gateway_cpu_pct = round(
@@ -523,6 +667,14 @@ def run_scenario(name: str, load_rate: int, args: argparse.Namespace, workdir: P
             result.problems.append("ordinary uac killed after its timeout")
         if load_uas is not None and load_uas.wait(LOAD_UAS_TIMEWAIT_S + 3.0) is None:
             load_uas.stop(grace=3.0)
+        if mail_server is not None:  # the outbox goes on sending: wait for it if asked
+            deadline = last_call_ended + args.mail_drain_seconds
+            while (
+                len(mail_server.mailbox.mails()) < result.mails_expected
+                and time.monotonic() < deadline
+                and gateway.child.running
+            ):
+                time.sleep(0.1)
         if not gateway.child.running:
             result.problems.append(f"gateway exited ({gateway.child.returncode})")
     finally:
@@ -533,6 +685,10 @@ def run_scenario(name: str, load_rate: int, args: argparse.Namespace, workdir: P
             capture.stop()
         if gateway is not None:
             result.gateway_exit = gateway.stop()
+            if last_call_ended is not None and mail is not None:
+                result.mail_tail_s = round(time.monotonic() - last_call_ended, 1)
+        if mail_server is not None:
+            mail_server.stop()
 
     # emergency calls at alice's phone and at the SBC
     uac_stats = read_stats(em_dir / "uac_stat.csv")
@@ -568,6 +724,7 @@ def run_scenario(name: str, load_rate: int, args: argparse.Namespace, workdir: P
             )
 
     # the gateway's log
+    starts: dict[str, float] = {}
     if gateway is not None:
         log = read_log(gateway.lines())
         result.internal = stats_ms(log.latencies_ms)
@@ -589,6 +746,28 @@ def run_scenario(name: str, load_rate: int, args: argparse.Namespace, workdir: P
         for bad in ("failover", "failed"):
             if log.events.get(bad):
                 result.problems.append(f"log: {log.events[bad]} emergency '{bad}' events")
+        starts = log.started
+        if mail is not None:
+            result.notification_log = log.notifications
+            result.outbox = gateway.outbox_states()
+
+    # the mails (E-6)
+    if mail_server is not None:
+        mails = mail_server.mailbox.mails()
+        result.mails_at_stop = len(mails)
+        keys = [(m.call_id, m.recipient) for m in mails]
+        result.mails_duplicated = len(keys) - len(set(keys))
+        result.mail_delay = stats_ms(
+            [(m.arrived - starts[m.call_id]) * 1000.0 for m in mails if m.call_id in starts]
+        )
+        if result.mails_duplicated:
+            result.problems.append(f"mail: {result.mails_duplicated} mails received twice")
+        unaccounted = result.mails_expected - len(set(keys)) - result.outbox.get("pending", 0)
+        if unaccounted:
+            result.problems.append(
+                f"mail: {unaccounted} of {result.mails_expected} expected mails neither "
+                "received nor pending in the outbox"
+            )
 
     # the ordinary load
     if load_calls:
@@ -642,6 +821,83 @@ def main_table(results: list[Scenario]) -> str:
     return render(rows)
 
 
+def mail_table(results: list[Scenario]) -> str:
+    rows: list[tuple[str, ...]] = [
+        ("scenario", "em calls", "failed", "in->out p50/p99/max ms", "internal p50/p99/max ms",
+         "mails expected", "recv by last call", "recv at gw stop", "outbox pending",
+         "call->mail p50/max s", "gw log sent/retry/failed"),
+    ]  # fmt: skip
+    for r in results:
+        if not r.mail_server:
+            continue
+        served = r.mail_server != "none"
+        log = r.notification_log
+
+        def seconds(key: str, r: Scenario = r) -> str:
+            value = r.mail_delay.get(key)
+            return "-" if value is None else f"{value / 1000.0:.1f}"
+
+        rows.append((
+            r.name, str(r.emergency_calls), str(r.emergency_failed),
+            triple(r.wire) if r.wire else "(no capture)", triple(r.internal, 3),
+            str(r.mails_expected) if served else "0 (no server)",
+            str(r.mails_by_last_call) if served else "-",
+            f"{r.mails_at_stop} (+{r.mail_tail_s:g} s)" if served and r.mail_tail_s else "-",
+            str(r.outbox.get("pending", 0)),
+            f"{seconds('p50_ms')}/{seconds('max_ms')}" if served else "-",
+            "/".join(str(log.get(f"notification_{k}", 0)) for k in ("sent", "retry", "failed")),
+        ))  # fmt: skip
+    return render(rows)
+
+
+#: "the same latency": p50 and p99 within these of the reference (mail-none, else alone),
+#: absolute ms or relative, whichever is larger. The p99 of 100 calls is their second
+#: slowest, hence the wide margin: on the shared 2-core box it moves by several ms between
+#: runs of the very same scenario.
+SAME_P50 = (0.5, 0.25)
+SAME_P99 = (5.0, 0.5)
+
+
+def mail_comparison(results: list[Scenario]) -> list[str]:
+    by_name = {r.name: r for r in results}
+    reference = by_name.get("mail-none") or by_name.get("alone")
+    if reference is None:
+        return []
+    lines: list[str] = []
+    for r in results:
+        if r.mail_server not in ("fast", "slow"):
+            continue
+        source = "wire" if r.wire and reference.wire else "internal"
+        ours = r.wire if source == "wire" else r.internal
+        theirs = reference.wire if source == "wire" else reference.internal
+        verdicts: list[str] = []
+        same = True
+        for key, (absolute, relative) in (("p50_ms", SAME_P50), ("p99_ms", SAME_P99)):
+            a, b = ours.get(key), theirs.get(key)
+            if a is None or b is None:
+                same = False
+                continue
+            same = same and abs(a - b) <= max(absolute, relative * b)
+            ratio = f" (x{a / b:.2f})" if b > 0 else ""
+            verdicts.append(f"{key[:3]} {a:.2f} vs {b:.2f} ms{ratio}")
+        lines.append(
+            f"{r.name} against {reference.name} ({source}): {', '.join(verdicts)}; "
+            f"{r.emergency_failed} vs {reference.emergency_failed} failed: "
+            + ("the SAME set-up latency" if same else "DIFFERENT set-up latency")
+            + f" (rule: p50 within {SAME_P50[0]:g} ms or {SAME_P50[1]:.0%}, p99 within "
+            f"{SAME_P99[0]:g} ms or {SAME_P99[1]:.0%})"
+        )
+        if r.mail_server == "slow" and r.mails_at_stop is not None:
+            lines.append(
+                f"{r.name}: the server had {r.mails_by_last_call} of {r.mails_expected} mails "
+                f"by the last call and {r.mails_at_stop} when the gateway stopped "
+                f"{r.mail_tail_s:g} s later; {r.outbox.get('pending', 0)} still pending in the "
+                "outbox: a gateway left running goes on sending them (4 at a time, "
+                f"{r.mail_delay_s:g} s each), a restarted one resumes them"
+            )
+    return lines
+
+
 def verdict(results: list[Scenario], target_ms: float) -> list[str]:
     lines: list[str] = []
     for r in results:
@@ -666,7 +922,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup-seconds", type=float, default=3.0, help="ordinary load before the first 911"
     )
-    parser.add_argument("--scenarios", default="alone,load", help="alone,load (default both)")
+    parser.add_argument(
+        "--scenarios",
+        default=DEFAULT_SCENARIOS,
+        help=f"any of {DEFAULT_SCENARIOS} (default all)",
+    )
+    parser.add_argument(
+        "--slow-mail-seconds", type=float, default=2.0, help="mail-slow: delay per mail (2)"
+    )
+    parser.add_argument(
+        "--mail-drain-seconds",
+        type=float,
+        default=0.0,
+        help="mail-*: keep the gateway up this long after the last call, until every mail "
+        "has arrived (0)",
+    )
     parser.add_argument(
         "--log-level",
         default="INFO",
@@ -686,8 +956,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("sipp not found (apt-get install sip-tester)")
     args.sipp = sipp
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    if not names or set(names) - {"alone", "load"}:
-        parser.error("--scenarios takes alone, load or alone,load")
+    if not names or set(names) - set(SCENARIOS):
+        parser.error(f"--scenarios takes a comma-separated subset of {DEFAULT_SCENARIOS}")
+    if any(SCENARIOS[n][1] in ("fast", "slow") for n in names):
+        try:
+            import aiosmtpd  # noqa: F401
+        except ImportError:
+            parser.error("the mail-fast/mail-slow scenarios need aiosmtpd (pip install aiosmtpd)")
     capture_note = ""
     if args.capture and not (shutil.which("dumpcap") and shutil.which("tshark")):
         args.capture = False
@@ -708,10 +983,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: list[Scenario] = []
     for name in names:
-        rate = args.load_rate if name == "load" else 0
+        loaded, mail = SCENARIOS[name]
+        rate = args.load_rate if loaded else 0
         print(f"  {name}: running ...", flush=True)
         try:
-            result = run_scenario(name, rate, args, workdir)
+            result = run_scenario(name, rate, mail, args, workdir)
         except RuntimeError as exc:
             print(f"  {name}: could not run: {exc}", flush=True)
             return 1
@@ -719,6 +995,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {name}: {result.emergency_ok}/{result.emergency_calls} emergency calls ok, "
             f"in->out {triple(result.wire) if result.wire else '-'} ms"
+            + (
+                f"; mails {result.mails_by_last_call}/{result.mails_expected} by the last call"
+                if result.mails_expected
+                else ""
+            )
             + (f"; problems: {'; '.join(result.problems)}" if result.problems else ""),
             flush=True,
         )
@@ -731,6 +1012,15 @@ def main(argv: list[str] | None = None) -> int:
         "ticks)"
     )
     print(main_table(results))
+    if any(r.mail_server for r in results):
+        print()
+        print(
+            "E-6 e-mail to alice's 2 emergency contacts (2 mails per call, alone, no ordinary "
+            "load): mails received by the server by the last call's end and when the gateway "
+            "had stopped (+ s after the last call); outbox rows left pending; call->mail = "
+            "emergency_call_start -> the server's 250; gateway log notification_* events"
+        )
+        print(mail_table(results))
     print()
     for r in results:
         checks = ", ".join(f"{k} {v}" for k, v in r.wire_checks.items())
@@ -740,6 +1030,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{r.name}: of internal, emergency_call_start -> callback_reserved (the DID "
                 f"reservation in SQLite): p50/p99/max {triple(r.internal_reserve, 3)} ms"
+            )
+        if r.mail_server:
+            print(
+                f"{r.name}: notification log events: {r.notification_log or '-'}; "
+                f"outbox after stop: {r.outbox or '-'}"
             )
         if r.gateway_log_warnings:
             print(f"{r.name}: gateway warnings/errors by event: {r.gateway_log_warnings}")
@@ -752,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
             print(scenario_screen(em_dir / "uac_screen.log"))
             for line in head_lines(em_dir / "uac_errors.log", 8):
                 print("    " + line)
-    lines = verdict(results, args.target_p99_ms)
+    lines = verdict(results, args.target_p99_ms) + mail_comparison(results)
     print()
     for line in lines:
         print(line)

@@ -33,17 +33,19 @@ and its answer.
 A step passes when every call succeeded on both SIPp sides and the set-up p99 is below
 --p99-limit-ms (50); a variant stops at its first step that does not pass (and its
 gateway is stopped). **Sustained** is a variant's highest passing rate. All gateways are
-set up first; then each rate is run on every variant still going, in an order that
-rotates from rate to rate, so that on a shared machine the figures compared were taken
-close together. For the subs variant each subscriber's count of live
-(not retained) presence messages is compared with 2 x answered calls (after waiting up
-to 10 s for stragglers), and the delay from the change's timestamp (the gateway's clock)
-to its arrival at subscriber 0 (the only one that decodes the JSON) is the presence lag.
-The gateway's, Mosquitto's and this process's (the subscribers') CPU use is read from
-/proc over each step, with everything else the machine did ("other"); gateway log lines
-(all at WARNING or above) are counted and shown. Mind that the subscribers run on the
-same machine: K Python clients at QoS 1 need about a core for 8000 deliveries/s (K=20 at
-200 calls/s), and then take it from the gateway.
+set up first; then each rate runs on every variant still going, in an order that rotates
+from rate to rate, so that on a shared machine the figures compared are taken close
+together.
+
+For the subs variant each subscriber's count of live (not retained) presence messages is
+compared with 2 x answered calls (after waiting up to 10 s for stragglers), and the delay
+from the change's timestamp (the gateway's clock) to its arrival at subscriber 0 (the only
+one that decodes the JSON) is the presence lag: it shows the gateway's publishing falling
+behind as well as the subscribers' (bench/README.md). The gateway's, Mosquitto's and this
+process's (the subscribers') CPU use is read from /proc over each step, with everything
+else the machine did ("other"); gateway log lines (all at WARNING or above) are counted
+and shown. The subscribers run on the same machine: 20 Python clients at QoS 1 need about
+a core at 200 calls/s (8000 deliveries/s), which they take from the gateway.
 
 Everything runs on loopback and is bounded: SIPp runs have -timeout and are killed after
 it, the uac has -recv_timeout. Default: 3 to 5 minutes. Files (dialplans, SIPp statistics,
@@ -798,7 +800,7 @@ class VariantRun:
             )
             if failures:
                 raise RuntimeError("registration failed: " + ", ".join(failures))
-            if variant == "subs" and self.mosquitto is not None:
+            if variant == "subs" and self.mosquitto is not None and args.subscribers > 0:
                 self.subscribers = Subscribers(
                     self.mosquitto.port, f"{self.prefix}/#", args.subscribers, args.subscriber_qos
                 )
@@ -1082,7 +1084,7 @@ def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str
             )
             lines.append(f"gateway CPU per call ratios: {ratios}")
     subs = by_name.get("subs")
-    if subs is not None and subs["steps"]:
+    if subs is not None and any(s["received_min"] is not None for s in subs["steps"]):
         lines += delivery_summary(subs["steps"])
     for r in results:
         final = r.get("retained_final")

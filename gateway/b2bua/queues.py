@@ -187,41 +187,48 @@ class QueueManager:
             self._dispatching = False
 
     def _dispatch_once(self) -> None:
+        # The free agents are found once per pass (O(agents)); when none is free - the
+        # usual state of a busy contact centre - the waiting calls are not even sorted.
+        free = self._free_agents()
+        if not free or not self.waiting:
+            return
         for queued in sorted(self.waiting.values(), key=lambda q: q.order):
+            if not free:
+                return
             if queued.ringing is not None or queued.call.ended:
                 continue
-            agent = self._choose_agent(queued)
+            agent = self._choose_agent(queued, free)
             if agent is None:
                 continue
             binding = self._best_binding(agent)
+            free.discard(agent)
             if binding is None:
                 continue
             self._offer(queued, agent, binding)
 
-    def _eligible(self, queued: QueuedCall, *, ignore_tried: bool) -> list[str]:
-        out = []
-        for agent_id, agent in self.dialplan.agents.items():
-            if queued.queue not in agent.queues or agent_id in self.ringing:
-                continue
-            if not ignore_tried and agent_id in queued.tried:
-                continue
-            state = self.presence.agents.get(agent_id)
-            if state is None or not state.can_take_queue_call:
-                continue
-            out.append(agent_id)
-        return out
+    def _free_agents(self) -> set[str]:
+        """Agents that could take a queue call now (SPEC R-3)."""
+        states = self.presence.agents
+        return {
+            agent_id
+            for agent_id in self.dialplan.agents
+            if agent_id not in self.ringing
+            and (state := states.get(agent_id)) is not None
+            and state.can_take_queue_call
+        }
 
-    def _choose_agent(self, queued: QueuedCall) -> str | None:
-        candidates = self._eligible(queued, ignore_tried=False)
-        if not candidates and queued.tried:
+    def _choose_agent(self, queued: QueuedCall, free: set[str]) -> str | None:
+        agents = self.dialplan.agents
+        serving = [a for a in free if queued.queue in agents[a].queues]
+        candidates = [a for a in serving if a not in queued.tried]
+        if not candidates and serving and queued.tried:
             # every eligible agent let it ring out: give them another turn
-            candidates = self._eligible(queued, ignore_tried=True)
-            if candidates:
-                queued.tried.clear()
+            queued.tried.clear()
+            candidates = serving
         if not candidates:
             return None
-        agents = self.presence.agents
-        return min(candidates, key=lambda a: (agents[a].idle_since, a))
+        states = self.presence.agents
+        return min(candidates, key=lambda a: (states[a].idle_since, a))
 
     def _best_binding(self, agent_id: str) -> Binding | None:
         bindings = self.contacts(agent_id)

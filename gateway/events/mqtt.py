@@ -125,7 +125,7 @@ class MqttSettings:
     """Seconds to wait for a CONNACK, SUBACK or PUBACK before treating the link as dead."""
     shutdown_timeout: float = 5.0
     """Seconds allowed on exit to drain the buffer and publish ``offline``."""
-    in_flight: int = 16
+    in_flight: int = 200
     """Events published concurrently (pipelined) before waiting for their PUBACKs."""
     broker: BrokerAddress = field(init=False, repr=False, compare=False)
 
@@ -133,8 +133,8 @@ class MqttSettings:
         object.__setattr__(self, "broker", parse_broker_url(self.url))
         if self.buffer_size < 1:
             raise ValueError("buffer_size must be at least 1")
-        if not 1 <= self.in_flight <= 20:  # paho keeps at most 20 QoS 1 messages in flight
-            raise ValueError("in_flight must be between 1 and 20")
+        if not 1 <= self.in_flight <= 1000:
+            raise ValueError("in_flight must be between 1 and 1000")
         if self.keepalive < 1:
             raise ValueError("keepalive must be at least 1 second")
         if self.ca_file is not None and not self.broker.tls:
@@ -369,6 +369,9 @@ class MqttPublisher:
             keepalive=self._settings.keepalive,
             timeout=self._settings.operation_timeout,
             tls_context=self._settings.tls_context(),
+            # a wide window: every batch waits for its PUBACKs, and with a broker's Nagle
+            # and our delayed ACKs each wait costs ~35 ms, so a batch must carry many events
+            max_inflight_messages=self._settings.in_flight,
         )
         # aiomqtt warns above this many unacknowledged calls; our batches are bounded.
         client.pending_calls_threshold = self._settings.in_flight + 2
@@ -440,7 +443,8 @@ class MqttPublisher:
                 self._buffer.requeue()
                 raise
             self._buffer.ack()
-            self._overflowing = False
+            if not len(self._buffer):
+                self._overflowing = False  # warn again only after the backlog has drained
 
     async def _receive_commands(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
