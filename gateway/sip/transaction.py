@@ -1,6 +1,6 @@
 """RFC 3261 section 17 transactions, sans-I/O (with RFC 6026 Accepted states).
 
->> API CONTRACT. Everything here takes ``now`` (seconds, a float from the injected clock)
+Everything here takes ``now`` (seconds, a float from the injected clock)
 and never touches a socket or the system clock.
 
 Usage by the adapter (transport) and the transaction user (TU, the B2BUA):
