@@ -52,7 +52,7 @@ Each scenario runs on a fresh gateway (GATEWAY_MQTT_URL=off, GATEWAY_STORE=sqlit
 in the work directory, so the DID reservation really hits SQLite; JSON logs at INFO, the
 gateway's default level). Emergency calls must all succeed. Target (the issue): emergency
 p99 < 20 ms and 0 failures under load. Everything runs on 127.0.0.1 and is bounded (about
-two and a half minutes with the defaults, all five scenarios); the files stay in the work
+two minutes with the defaults, all five scenarios); the files stay in the work
 directory printed at the end.
 
     .venv/bin/python bench/emergency_bench.py [--load-rate 400] [--emergency-rate 5]

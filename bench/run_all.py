@@ -5,7 +5,8 @@
     3. bench/presence_bench.py  - queued calls to 20 agents with presence published: MQTT
                                   off, on, and on with 20 subscribers, side by side
     4. bench/emergency_bench.py - 911 call set-up latency (INVITE in -> INVITE out), alone
-                                  and under 400 ordinary calls/s
+                                  and under 400 ordinary calls/s, and with no, a fast and a
+                                  slow (2 s per mail) SMTP server for the E-6 e-mails
 
 Each runs as its own process (``sys.executable``, the project root as working directory),
 one after the other, so that they do not compete for the CPU. Extra arguments go to
