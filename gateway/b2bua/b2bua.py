@@ -57,7 +57,7 @@ __all__ = ["B2BUA", "CallObserver", "RouteRefusal", "Router"]
 
 log = structlog.get_logger("gateway.b2bua")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REFER, NOTIFY"
 KNOWN_METHODS = frozenset(
     {
         "INVITE",
@@ -76,7 +76,7 @@ KNOWN_METHODS = frozenset(
         "PUBLISH",
     }
 )
-RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
+RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE", "NOTIFY", "REFER"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -909,7 +909,17 @@ class B2BUA:
         out = other.dialog.create_request(
             method, self.ids, body=request.body, content_type=request.content_type
         )
-        for name in ("Event", "Subscription-State", "Info-Package", "Content-Disposition"):
+        for name in (
+            "Event",
+            "Subscription-State",
+            "Info-Package",
+            "Content-Disposition",
+            # REFER (RFC 3515): the transfer target and who asked; the agent's phone does
+            # the transfer, and its NOTIFYs come back through the same relay
+            "Refer-To",
+            "Referred-By",
+            "Refer-Sub",
+        ):
             value = request.get(name)
             if value is not None:
                 out.set(name, value)

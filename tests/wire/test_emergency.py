@@ -586,3 +586,24 @@ def test_callback_after_the_window_is_an_ordinary_inbound_call(
         assert "callback_ringing" not in site.names()
     finally:
         site.recorder.close()
+
+
+def test_refer_from_the_emergency_side_is_honoured(
+    sipp: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto
+) -> None:
+    """SPEC E-8 (RFC 6881 SP-37/38): the emergency side may transfer; the REFER reaches
+    the agent's phone with its Refer-To, and the phone's 202 goes back."""
+    sbc = sipp.uas("uas_refer.xml", calls=1, timeout=40, call_length=0.5)
+    site = open_site(sipp, gateway_factory, mosquitto, dialplan(sbc=(sbc.address,)))
+    try:
+        dial(sipp, site, "911", scenario="uac_refer_target.xml").assert_calls(1)
+        sbc.wait(timeout=20).assert_calls(1)
+        refer = sipp_received(sbc, "SIP/2.0 202")
+        assert refer, "the SBC got no 202 for its REFER"
+    finally:
+        site.recorder.close()
+
+
+def sipp_received(process: SippProcess, start: str) -> bool:
+    text = process.result().files.messages.read_text()
+    return any(block.lstrip().startswith(start) for block in text.split("\n\n"))
