@@ -320,9 +320,19 @@ class EmergencyService:
         if emergency.notified or emergency.callback or emergency.agent is None:
             return
         emergency.notified = True
-        if self.notify is None:
-            return
         agent = self.dialplan.agents[emergency.agent]
+        if self.notify is None:
+            if agent.contact_list:
+                log.error(
+                    "notification_not_sent",
+                    call_id=call_id,
+                    agent=emergency.agent,
+                    reason="no mail server configured (GATEWAY_SMTP_HOST)",
+                )
+                self.event(
+                    call_id, emergency, "notification_failed", reason="no mail server configured"
+                )
+            return
         reservation = self.live.get(emergency.did) if emergency.did is not None else None
         detection = emergency.detection
         try:

@@ -879,13 +879,37 @@ class SqliteOutboxStore:
 async def open_sqlite_stores(
     path: Path | str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
 ) -> Stores:
-    """Open the SQLite file at ``path`` (or ``":memory:"``) and return its stores."""
+    """Open the SQLite file at ``path`` (or ``":memory:"``) and return its stores.
+
+    The e-mail outbox lives in a file of its own beside it (``<name>-outbox<suffix>``), with
+    its own worker thread: mail traffic (a slow SMTP server means many outbox writes in
+    flight) must never queue in front of a callback DID reservation on the emergency call's
+    path (SPEC E-6: sending never delays the call).
+    """
     database = await SqliteDatabase.open(path, busy_timeout=busy_timeout)
+    text = str(path)
+    if text == ":memory:" or text.startswith("file::memory:"):
+        outbox_path: Path | str = ":memory:"
+    else:
+        main = Path(path)
+        outbox_path = main.with_name(f"{main.stem}-outbox{main.suffix}")
+    try:
+        outbox_db = await SqliteDatabase.open(outbox_path, busy_timeout=busy_timeout)
+    except BaseException:
+        await database.close()
+        raise
+
+    async def close_both() -> None:
+        try:
+            await outbox_db.close()
+        finally:
+            await database.close()
+
     return Stores(
         registrations=SqliteRegistrationStore(database),
         presence=SqlitePresenceStore(database),
         cdrs=SqliteCdrStore(database),
         reservations=SqliteReservationStore(database),
-        outbox=SqliteOutboxStore(database),
-        closer=database.close,
+        outbox=SqliteOutboxStore(outbox_db),
+        closer=close_both,
     )
