@@ -506,6 +506,8 @@ class DirectRoutingRule(_Frozen):
     match: Regex
     trunk: str
     countries: tuple[str, ...] = ()
+    #: the SBC takes the agent's location by value (PIDF-LO, RFC 6442, SPEC E-10)
+    accepts_location: bool = False
 
 
 class DirectOfferService(_Frozen):

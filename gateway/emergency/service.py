@@ -58,7 +58,9 @@ def config_from_dialplan(dialplan: Dialplan) -> EmergencyConfig:
     offer = section.direct_offer
     return EmergencyConfig(
         direct_routing=tuple(
-            DirectRoutingRule(rule.name, rule.match, rule.trunk, rule.countries)
+            DirectRoutingRule(
+                rule.name, rule.match, rule.trunk, rule.countries, rule.accepts_location
+            )
             for rule in section.direct_routing
         ),
         direct_offer=None

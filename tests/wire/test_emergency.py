@@ -609,3 +609,46 @@ def test_refer_from_the_emergency_side_is_honoured(
 def sipp_received(process: SippProcess, start: str) -> bool:
     text = process.result().files.messages.read_text()
     return any(block.lstrip().startswith(start) for block in text.split("\n\n"))
+
+
+def test_callback_rings_an_agent_on_another_call_ahead_of_a_waiting_queue(
+    sipp: Sipp, carrier: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto
+) -> None:
+    """SPEC C-1: the callback bypasses queues, capacity and presence (DND included)."""
+    sbc = sipp.uas("uas_basic.xml", calls=1, timeout=60)
+    site = open_site(sipp, gateway_factory, mosquitto, dialplan(sbc=(sbc.address,)))
+    try:
+        dial(sipp, site, "911").assert_calls(1)
+        site.recorder.wait_for(lambda: site.presence()[-1] == "Available", "after the 911 call")
+        # alice's phone takes a long queued call (capacity 1: Busy), then the callback
+        phone = sipp.uas("uas_basic.xml", site.port, calls=2, timeout=60)
+        busy_call = carrier.start_uac(
+            "uac_queued.xml",
+            site.gw.address,
+            1,
+            1,
+            service="+15555550100",
+            timeout=40,
+            call_length=8,
+        )
+        site.recorder.wait_for(lambda: site.presence()[-1] == "Busy", "alice Busy")
+        site.recorder.publish(
+            f"{site.prefix}/agents/alice/presence/set", {"status": "DoNotDisturb"}
+        )
+        site.recorder.wait_for(lambda: site.presence()[-1] == "DoNotDisturb", "alice DND")
+        # a second caller now waits in the queue: no agent can take it
+        waiting = carrier.start_uac(
+            "uac_queued.xml", site.gw.address, 1, 1, service="+15555550100", timeout=40
+        )
+        time.sleep(0.5)
+        assert waiting.running
+        callback = carrier.uac(
+            "uac_psap_callback.xml", site.gw.address, 1, 1, service=DIDS[0], timeout=20
+        )
+        callback.assert_calls(1)  # rang and answered while the queue caller still waits
+        assert waiting.running
+        busy_call.wait(timeout=30).assert_calls(1)
+        phone.wait(timeout=30).assert_calls(2)
+        waiting.stop(grace=1)
+    finally:
+        site.recorder.close()
