@@ -276,8 +276,11 @@ class Gateway:
 
     def outbox_states(self) -> dict[str, int]:
         """Outbox rows by state (pending, sent, failed), read after the gateway stopped."""
+        # the outbox has a file of its own beside the main store (gateway/stores/sqlite.py)
+        database = Path(self.database)
+        outbox = database.with_name(f"{database.stem}-outbox{database.suffix}")
         with contextlib.suppress(sqlite3.Error):
-            connection = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
+            connection = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
             try:
                 rows = connection.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")
                 return {str(state): int(count) for state, count in rows}
