@@ -429,16 +429,8 @@ class Notifier:
             attempts=attempts,
             test=mail.test,
         )
-        self._publish(
-            "notification_sent",
-            call_id=mail.call_id,
-            agent=mail.agent_id,
-            did=mail.did,
-            route=mail.route,
-            test=mail.test,
-            recipient=mail.recipient,
-            message_id=mail.message_id,
-            attempts=attempts,
+        self._publish_mail(
+            "notification_sent", mail, message_id=mail.message_id, attempts=attempts
         )
 
     async def _failed(self, mail: OutboxMail, attempts: int, error: DeliveryError) -> None:
@@ -506,14 +498,9 @@ class Notifier:
             permanent=permanent,
             attempts=attempts,
         )
-        self._publish(
+        self._publish_mail(
             "notification_failed",
-            call_id=mail.call_id,
-            agent=mail.agent_id,
-            did=mail.did,
-            route=mail.route,
-            test=mail.test,
-            recipient=mail.recipient,
+            mail,
             reason=reason if permanent else f"gave up: {reason}",
             code=code,
             permanent=permanent,
@@ -521,6 +508,19 @@ class Notifier:
         )
 
     # -- events ----------------------------------------------------------------------------
+
+    def _publish_mail(self, event: str, mail: OutboxMail, **extra: Any) -> None:
+        """An event about one outbox mail (its call, agent, DID, route and recipient)."""
+        self._publish(
+            event,
+            call_id=mail.call_id,
+            agent=mail.agent_id,
+            did=mail.did,
+            route=mail.route,
+            test=mail.test,
+            recipient=mail.recipient,
+            **extra,
+        )
 
     def _publish_failed(self, notice: EmergencyNotice, **extra: Any) -> None:
         self._publish(
