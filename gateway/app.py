@@ -195,10 +195,7 @@ class Gateway:
             b2bua.observers.extend(observers)
             b2bua.request_handlers["REGISTER"] = registrar.handle
 
-            def on_event(event: object) -> None:
-                b2bua.handle(event)
-
-            endpoint.on_event = on_event
+            endpoint.on_event = b2bua.handle
             b2bua.pump = endpoint.pump
             await endpoint.start()
             stack.push_async_callback(endpoint.close)

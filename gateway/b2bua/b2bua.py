@@ -34,7 +34,7 @@ import structlog
 
 from gateway.b2bua.call import Call, CallState, Leg, NextHop, RelayedRequest
 from gateway.sip.dialog import Dialog, DialogError
-from gateway.sip.errors import SipParseError
+from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import REASON_PHRASES, Request, Response, make_response
 from gateway.sip.routing import resolve_next_hop
@@ -249,7 +249,7 @@ class B2BUA:
                             tx,
                             exc.status,
                             exc.reason,
-                            extra=(("Warning", f'399 gateway "{_safe(exc.detail)}"'),),
+                            extra=(("Warning", warning_value(exc.detail)),),
                         )
                     else:
                         self._respond(tx, 500)
@@ -358,7 +358,7 @@ class B2BUA:
                 tx,
                 400,
                 "Missing Contact",
-                extra=(("Warning", '399 gateway "INVITE without Contact"'),),
+                extra=(("Warning", warning_value("INVITE without Contact")),),
             )
             return
         now = self.clock()
@@ -377,7 +377,7 @@ class B2BUA:
                 )
                 extra = decision.headers
                 if decision.warning:
-                    extra = (*extra, ("Warning", f'399 gateway "{_safe(decision.warning)}"'))
+                    extra = (*extra, ("Warning", warning_value(decision.warning)))
                 self._respond(tx, decision.status, decision.reason, to_tag=a.local_tag, extra=extra)
                 call.state = CallState.ENDED
                 call.result = f"{decision.status}"
@@ -444,7 +444,7 @@ class B2BUA:
         if not decision.hops:
             warning = decision.warning or "no route to emergency services"
             out = make_response(call.a.invite, 503, to_tag=call.a.local_tag)  # type: ignore[arg-type]
-            out.add("Warning", f'399 gateway "{_safe(warning)}"')
+            out.add("Warning", warning_value(warning))
             if call.a.server_tx is not None:
                 self.layer.send_response(call.a.server_tx, out, self.clock())
             self._end(call, "failed 503")
@@ -499,8 +499,9 @@ class B2BUA:
         a_invite = call.a.invite
         assert a_invite is not None
         dest = hop.address
-        b = Leg("b", self.ids.call_id(self._host_for(dest)), self.ids.tag(), dest)
-        invite = self._build_b_invite(call, a_invite, b, hop)
+        our_host = self._host_for(dest)
+        b = Leg("b", self.ids.call_id(our_host), self.ids.tag(), dest)
+        invite = self._build_b_invite(call, a_invite, b, hop, our_host)
         b.invite = invite
         call.b = b
         call.state = CallState.TRYING
@@ -598,7 +599,9 @@ class B2BUA:
         via = self.via_for(dest, "x")
         return str(via.host)
 
-    def _build_b_invite(self, call: Call, a_invite: Request, b: Leg, hop: NextHop) -> Request:
+    def _build_b_invite(
+        self, call: Call, a_invite: Request, b: Leg, hop: NextHop, our_host: str
+    ) -> Request:
         dest = hop.address
         host = f"[{dest.host}]" if ":" in dest.host else dest.host
         target = f"{host}:{dest.port}"
@@ -607,7 +610,6 @@ class B2BUA:
         ruri = hop.request_uri or f"sip:{user}@{target}{transport}"
         a_from = a_invite.from_
         from_user = _user_of(a_from)
-        our_host = self._host_for(dest)
         display = f"{a_from.display} " if a_from.display else ""
         max_forwards = a_invite.max_forwards
         mf = 70 if max_forwards is None else max(max_forwards - 1, 0)
@@ -876,7 +878,7 @@ class B2BUA:
                     tx,
                     403,
                     to_tag=leg.local_tag,
-                    extra=(("Warning", f'399 gateway "{_safe(warning)}"'),),
+                    extra=(("Warning", warning_value(warning)),),
                 )
                 return
         if method == "BYE":
@@ -1129,10 +1131,6 @@ class _Abandoned:
     def __init__(self, call: Call | None):
         self.call = call
         self.cancel_sent = False
-
-
-def _safe(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', "'")[:200]
 
 
 def _user_of(name_addr: NameAddr) -> str:

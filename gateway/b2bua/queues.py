@@ -41,7 +41,7 @@ from gateway.sip.routing import resolve_next_hop
 from gateway.sip.transaction import Address
 from gateway.stores.ports import Binding
 
-__all__ = ["CallPlacer", "QueueManager", "QueuedCall"]
+__all__ = ["CallPlacer", "QueueManager", "QueuedCall", "best_binding", "binding_address"]
 
 log = structlog.get_logger("gateway.queues")
 
@@ -75,6 +75,11 @@ class QueuedCall:
     @property
     def order(self) -> tuple[int, int]:
         return (-self.priority, self.seq)
+
+
+def best_binding(bindings: list[Binding]) -> Binding | None:
+    """The registration to ring: highest q, then the one that lives longest."""
+    return max(bindings, key=lambda b: (b.q, b.expires_at)) if bindings else None
 
 
 def binding_address(binding: Binding) -> Address:
@@ -231,10 +236,7 @@ class QueueManager:
         return min(candidates, key=lambda a: (states[a].idle_since, a))
 
     def _best_binding(self, agent_id: str) -> Binding | None:
-        bindings = self.contacts(agent_id)
-        if not bindings:
-            return None
-        return max(bindings, key=lambda b: (b.q, b.expires_at))
+        return best_binding(self.contacts(agent_id))
 
     def _offer(self, queued: QueuedCall, agent_id: str, binding: Binding) -> None:
         queue = self.dialplan.queues[queued.queue]

@@ -28,7 +28,7 @@ import structlog
 
 from gateway.b2bua.b2bua import Decision, Emergency, Outbound, Queued, RouteRefusal
 from gateway.b2bua.call import NextHop
-from gateway.b2bua.queues import binding_address
+from gateway.b2bua.queues import best_binding, binding_address
 from gateway.config.dialplan import Dialplan
 from gateway.emergency.callbacks import strip_untrusted_priority
 from gateway.emergency.service import EmergencyCall, EmergencyService
@@ -139,9 +139,8 @@ class ContactCentreRouter:
         assert self.emergency is not None
         agent = self.dialplan.agents[agent_id]
         hops: list[NextHop] = []
-        bindings = self.contacts(agent_id) if self.contacts is not None else []
-        if bindings:
-            best = max(bindings, key=lambda b: (b.q, b.expires_at))
+        best = best_binding(self.contacts(agent_id)) if self.contacts is not None else None
+        if best is not None:
             hops.append(
                 NextHop(
                     trunk=f"agent:{agent_id}",

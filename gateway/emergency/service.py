@@ -39,7 +39,7 @@ from gateway.emergency.lockdown import agent_request_allowed, is_hold_offer
 from gateway.emergency.numbers import Detection, detect
 from gateway.emergency.routing import RoutePlan, choose_route
 from gateway.events.ports import Publisher, Topics
-from gateway.events.schema import emergency_payload
+from gateway.events.schema import emergency_payload, rfc3339
 from gateway.location import add_location_by_value, has_location
 from gateway.notify import EmergencyNotice, notice_for
 from gateway.presence.service import PresenceService
@@ -278,7 +278,7 @@ class EmergencyService:
             call_id,
             emergency,
             "callback_reserved",
-            expires_at=_iso(reservation.expires_at),
+            expires_at=rfc3339(datetime.fromtimestamp(reservation.expires_at, UTC)),
             reused_oldest=reused,
         )
 
@@ -398,7 +398,3 @@ class EmergencyService:
             **{k: v for k, v in extra.items() if v is not None},
         )
         self.publisher.publish(self.topics.emergency_suffix(call_id), payload, retain=False)
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")

@@ -17,27 +17,27 @@ from typing import Any
 import structlog
 
 from gateway.events.ports import Publisher, Topics
+from gateway.events.schema import presence_payload
 from gateway.presence.state import CHOOSABLE, AgentPresence, PresenceChanged, Status
 from gateway.stores.ports import PresenceRecord, PresenceStore
 
-__all__ = ["PresenceService", "presence_payload"]
+__all__ = ["PresenceService", "payload_of"]
 
 log = structlog.get_logger("gateway.presence")
 
 Listener = Callable[[PresenceChanged], None]
 
 
-def presence_payload(change: PresenceChanged, node: str) -> dict[str, Any]:
-    """The retained ``.../agents/<id>/presence`` payload, schema presence.v1."""
-    return {
-        "version": 1,
-        "agent": change.agent_id,
-        "status": str(change.status),
-        "previous": str(change.previous),
-        "reason": change.reason,
-        "timestamp": datetime.fromtimestamp(change.at, UTC).isoformat().replace("+00:00", "Z"),
-        "node": node,
-    }
+def payload_of(change: PresenceChanged, node: str) -> dict[str, Any]:
+    """The retained ``.../agents/<id>/presence`` payload (schema presence.v1)."""
+    return presence_payload(
+        agent=change.agent_id,
+        status=str(change.status),
+        previous=str(change.previous),
+        reason=change.reason,
+        node=node,
+        timestamp=datetime.fromtimestamp(change.at, UTC),
+    )
 
 
 class PresenceService:
@@ -168,7 +168,7 @@ class PresenceService:
             )
             self.publisher.publish(
                 self.topics.presence_suffix(agent.agent_id),
-                presence_payload(change, self.node),
+                payload_of(change, self.node),
                 retain=True,
             )
         if change is not None or persist:
@@ -188,7 +188,7 @@ class PresenceService:
         change = PresenceChanged(agent.agent_id, agent.effective, agent.effective, reason, now)
         self.publisher.publish(
             self.topics.presence_suffix(agent.agent_id),
-            presence_payload(change, self.node),
+            payload_of(change, self.node),
             retain=True,
         )
 

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gateway.sip.message import Request
 
-__all__ = ["MessageTooLarge", "SipError", "SipParseError", "UnsupportedVersion"]
+__all__ = ["MessageTooLarge", "SipError", "SipParseError", "UnsupportedVersion", "warning_value"]
+
+
+def warning_value(text: str, code: int = 399, agent: str = "gateway") -> str:
+    """A Warning header value (RFC 3261 section 20.43) saying ``text``, safely quoted."""
+    quoted = text.replace("\\", "\\\\").replace('"', "'")[:200]
+    return f'{code} {agent} "{quoted}"'
 
 
 class SipError(Exception):

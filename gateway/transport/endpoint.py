@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import structlog
 
-from gateway.sip.errors import SipParseError
+from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, StreamFramer, make_response, parse_message
 from gateway.sip.transaction import Address, TransactionLayer
@@ -267,7 +267,7 @@ class SipEndpoint:
             return
         try:
             response = make_response(partial, exc.status, exc.reason)
-            response.add("Warning", f'399 gateway "{_quote_safe(exc.detail)}"')
+            response.add("Warning", warning_value(exc.detail))
             destination = source
             data = response.to_bytes()
         except Exception:
@@ -395,7 +395,3 @@ class SipEndpoint:
         log.info("transport_error", destination=str(destination), error=why)
         self.layer.transport_error(destination, self.loop.time())
         # pump() is called by whoever triggered the send
-
-
-def _quote_safe(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', "'")[:200]
