@@ -737,17 +737,19 @@ class Sipp:
 
 
 @dataclass
-class GatewayProcess:
-    """The gateway running as ``python -m gateway run --dialplan FILE``."""
+class ListeningProcess:
+    """A peer process listening on ``listen_host:listen_port`` (the gateway, Kamailio).
+
+    Subclasses say where their log is (``log_text``) and how long a clean stop may take
+    (``stop_timeout``).
+    """
 
     popen: subprocess.Popen[bytes]
     listen_host: str
     listen_port: int
-    workdir: Path
-    dialplan_path: Path
-    data_dir: Path
-    stdout_path: Path
-    stderr_path: Path
+
+    #: seconds ``stop`` waits after SIGTERM before SIGKILL
+    stop_timeout = 10.0
 
     @property
     def address(self) -> str:
@@ -759,17 +761,35 @@ class GatewayProcess:
         """True while the process has not exited."""
         return self.popen.poll() is None
 
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, wait up to ``timeout`` s for a clean shutdown, then SIGKILL; exit code."""
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGTERM, wait for a clean shutdown, then SIGKILL; return the exit code."""
         if self.running:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.terminate()
             try:
-                self.popen.wait(timeout=timeout)
+                self.popen.wait(timeout=self.stop_timeout if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout=5.0)
         return int(self.popen.returncode)
+
+    def log_text(self) -> str:
+        raise NotImplementedError
+
+    def log_tail(self, lines: int = 50) -> str:
+        """The last ``lines`` lines of ``log_text()``."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+@dataclass
+class GatewayProcess(ListeningProcess):
+    """The gateway running as ``python -m gateway run --dialplan FILE``."""
+
+    workdir: Path
+    dialplan_path: Path
+    data_dir: Path
+    stdout_path: Path
+    stderr_path: Path
 
     def kill9(self) -> int:
         """SIGKILL at once (a crash, for restart tests); return the exit code."""
@@ -786,10 +806,6 @@ class GatewayProcess:
             with contextlib.suppress(OSError):
                 parts.append(path.read_text(errors="replace"))
         return "".join(parts)
-
-    def log_tail(self, lines: int = 50) -> str:
-        """The last ``lines`` lines of ``log_text()``."""
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
 
 def start_gateway(

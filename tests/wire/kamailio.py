@@ -9,7 +9,6 @@ in the test's temporary directory, so it runs as root without touching /var/run.
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import time
 from dataclasses import dataclass
@@ -17,7 +16,14 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from harness import LOOPBACK, PROJECT_ROOT, port_bound_by, require_tool, sip_options
+from harness import (
+    LOOPBACK,
+    PROJECT_ROOT,
+    ListeningProcess,
+    port_bound_by,
+    require_tool,
+    sip_options,
+)
 
 RELAY_TEMPLATE = PROJECT_ROOT / "deploy" / "kamailio" / "kamailio-relay.cfg.tmpl"
 
@@ -29,38 +35,15 @@ class KamailioFactory(Protocol):
 
 
 @dataclass
-class KamailioProcess:
-    """A running Kamailio relay."""
+class KamailioProcess(ListeningProcess):
+    """A running Kamailio relay (``stop``: the main process stops its children)."""
 
-    popen: subprocess.Popen[bytes]
-    listen_host: str
-    listen_port: int
     next_hop: str
     config_path: Path
     log_path: Path
     workdir: Path
 
-    @property
-    def address(self) -> str:
-        """``host:port`` of the relay, as a SIPp target."""
-        return f"{self.listen_host}:{self.listen_port}"
-
-    @property
-    def running(self) -> bool:
-        """True while the main process has not exited."""
-        return self.popen.poll() is None
-
-    def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM (the main process stops its children), then SIGKILL; exit code."""
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.terminate()
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5.0)
-        return int(self.popen.returncode)
+    stop_timeout = 5.0
 
     def log_text(self) -> str:
         """Everything Kamailio logged (``-E``: stderr) so far."""
@@ -68,10 +51,6 @@ class KamailioProcess:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-
-    def log_tail(self, lines: int = 50) -> str:
-        """The last ``lines`` lines of the log."""
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
 
 def render_relay_config(listen_host: str, listen_port: int, next_hop: str) -> str:
