@@ -62,6 +62,7 @@ __all__ = [
     "RegistrarSettings",
     "RouteDecision",
     "SipSettings",
+    "Site",
     "Transport",
     "Trunk",
 ]
@@ -530,12 +531,38 @@ class EmergencySettings(_Frozen):
     """How emergency calls are routed (SPEC E-2): direct routing first, then direct offer."""
 
     provisional_timeout_s: Annotated[float, Field(gt=0)] = 3.0
+    #: after a provisional response, no 18x or 2xx within this time: the next path (E-2)
+    setup_timeout_s: Annotated[float, Field(gt=0)] = 6.0
     #: how long a callback rings the agent before its callback_fallback (SPEC C-3)
     callback_ring_timeout_s: Annotated[float, Field(gt=0)] = 20.0
     direct_routing: tuple[DirectRoutingRule, ...] = ()
     direct_offer: DirectOfferService | None = None
     callback: CallbackPoolConfig = CallbackPoolConfig()
     dnd_on_test_calls: bool = False
+
+
+def _check_site_name(value: str) -> str:
+    return _check_name(value, "site name")
+
+
+SiteName = Annotated[str, AfterValidator(_check_site_name)]
+
+
+class Site(_Frozen):
+    """A place phones call from: the networks of one building or floor and its dispatchable
+    address (an MLTS site, and the network map a LIS keeps, SPEC E-10, E-13).
+
+    ``callback_number`` is what an emergency call from these networks presents when the
+    phone cannot be tied to an agent (desk phones on a network trusted for unauthenticated
+    phones); it is also the number the emergency service calls back."""
+
+    networks: Annotated[tuple[Network, ...], AfterValidator(_check_not_empty)]
+    location: Location
+    callback_number: Annotated[str | None, AfterValidator(_check_e164)] = None
+
+    @cached_property
+    def parsed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in self.networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,6 +600,8 @@ class Dialplan(_Frozen):
     queues: dict[QueueName, Queue] = Field(default_factory=dict)
     inbound: tuple[InboundRule, ...] = ()
     emergency: EmergencySettings = EmergencySettings()
+    #: network map: subnets -> site (location, site callback number), SPEC E-10, E-13
+    sites: dict[SiteName, Site] = Field(default_factory=dict)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -740,3 +769,17 @@ class Dialplan(_Frozen):
                 rewritten = user if rule.rewrite is None else matched.expand(rule.rewrite)
                 return RouteDecision(rule.name, rewritten, rule.trunk, trunk)
         return None
+
+    def site_for(self, host: str) -> tuple[str, Site] | None:
+        """The site whose network holds ``host`` (the longest prefix wins), if any."""
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return None
+        best: tuple[int, str, Site] | None = None
+        for name, site in self.sites.items():
+            for network in site.parsed_networks:
+                if address.version == network.version and address in network:
+                    if best is None or network.prefixlen > best[0]:
+                        best = (network.prefixlen, name, site)
+        return None if best is None else (best[1], best[2])

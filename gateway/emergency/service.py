@@ -86,6 +86,8 @@ class EmergencyCall:
     plan: RoutePlan | None
     test: bool
     callback: bool = False
+    #: an unidentified phone's call on a trusted network: the site it is placed for (E-13)
+    site: str | None = None
     did: str | None = None
     dnd: bool = False
     route: str | None = None
