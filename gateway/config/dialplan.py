@@ -779,7 +779,10 @@ class Dialplan(_Frozen):
         best: tuple[int, str, Site] | None = None
         for name, site in self.sites.items():
             for network in site.parsed_networks:
-                if address.version == network.version and address in network:
-                    if best is None or network.prefixlen > best[0]:
-                        best = (network.prefixlen, name, site)
+                if (
+                    address.version == network.version
+                    and address in network
+                    and (best is None or network.prefixlen > best[0])
+                ):
+                    best = (network.prefixlen, name, site)
         return None if best is None else (best[1], best[2])
