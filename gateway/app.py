@@ -32,7 +32,6 @@ from gateway.notify import Notifier
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
 from gateway.registrar.service import RegistrarService
-from gateway.sip.message import Request
 from gateway.sip.transaction import IdGenerator, TimerConfig, TransactionLayer
 from gateway.stores import Stores, open_stores
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
@@ -136,10 +135,6 @@ class Gateway:
             stack.push_async_callback(registrar.close)
             presence.announce()
 
-            def verified_agent(request: Request) -> str | None:
-                outcome = registrar.authenticate(request)
-                return outcome if isinstance(outcome, str) else None
-
             notifier: Notifier | None = None
             if settings.smtp_host:
                 notifier = Notifier(
@@ -164,7 +159,6 @@ class Gateway:
                 publisher,
                 topics,
                 registrar.contacts,
-                verified_agent,
                 notify=notifier.notify if notifier is not None else None,
             )
             await emergency.start()
@@ -173,6 +167,7 @@ class Gateway:
                 registrar.authenticate if dialplan.agents else None,
                 emergency,
                 registrar.contacts,
+                registrar.agent_at,
             )
             history = CallHistory(stores.cdrs, loop.time)
             history.start()

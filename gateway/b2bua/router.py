@@ -17,6 +17,26 @@ anyone else                            must authenticate as an agent (407), then
 
 Outbound routing is the first matching outbound rule; its trunk's gateways become the hop
 list, tried in order by the B2BUA.
+
+Who is calling (SPEC E-13) is decided once, for every call from the agents' side: verified
+digest credentials on the request, else a live registration from the request's source
+(transport, address and port; for TCP its connection). Never the From header. That identity
+drives the lock-down (E-8: an agent on an emergency call places no other call) and every
+emergency exemption.
+
+Emergency calls are looked for first (E-1), on the Request-URI as received and then on what
+the first ordinary rule would make of it (9 + 911). They are never refused (E-3):
+
+=====================================  =========================================
+caller                                 emergency call placed as
+=====================================  =========================================
+identified agent                       the agent's call (DID, DND, location)
+unidentified, network trusted for      the site's call: the ``sites`` entry
+unauthenticated phones                 covering the source (callback number,
+                                       location); no site: no callback number
+unidentified, anywhere else            challenged (407); with valid credentials,
+                                       that agent's call
+=====================================  =========================================
 """
 
 from __future__ import annotations
@@ -29,8 +49,9 @@ import structlog
 from gateway.b2bua.b2bua import Decision, Emergency, Outbound, Queued, RouteRefusal
 from gateway.b2bua.call import NextHop
 from gateway.b2bua.queues import best_binding, binding_address
-from gateway.config.dialplan import Dialplan
+from gateway.config.dialplan import Dialplan, Site
 from gateway.emergency.callbacks import strip_untrusted_priority
+from gateway.emergency.numbers import detect, detect_rewritten
 from gateway.emergency.service import EmergencyCall, EmergencyService
 from gateway.sip.message import Request
 from gateway.sip.routing import resolve_next_hop
@@ -45,6 +66,11 @@ __all__ = ["Authenticator", "ContactCentreRouter", "DialplanRouter"]
 Authenticator = Callable[[Request], "str | RouteRefusal"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def address_text(source: Address) -> str:
+    """``"udp:192.0.2.7:5060"``: a request's source as logs, events and bindings show it."""
+    return f"{source.transport}:{source.host}:{source.port}"
 
 
 def _networks(items: tuple[str, ...]) -> list[_Network]:
@@ -70,11 +96,14 @@ class ContactCentreRouter:
         authenticate: Authenticator | None = None,
         emergency: EmergencyService | None = None,
         contacts: Callable[[str], list[Binding]] | None = None,
+        agent_at: Callable[[Address], str | None] | None = None,
     ):
         self.dialplan = dialplan
         self.authenticate = authenticate
         self.emergency = emergency
         self.contacts = contacts
+        #: the agent whose live registration came from a source (SPEC E-13)
+        self.agent_at = agent_at
         self._trunk_by_address: dict[tuple[str, int], str] = {}
         self._trunk_networks: list[tuple[str, list[_Network]]] = []
         for name, trunk in dialplan.trunks.items():
@@ -99,9 +128,7 @@ class ContactCentreRouter:
         if trunk is None or not self.dialplan.trunks[trunk].trusted:
             removed = strip_untrusted_priority(request)  # SPEC C-2
             if removed:
-                log.info(
-                    "priority_stripped", removed=removed, source=f"{source.host}:{source.port}"
-                )
+                log.info("priority_stripped", removed=removed, source=address_text(source))
         emergency = self.emergency
         if trunk is not None:
             if emergency is not None:
@@ -112,15 +139,14 @@ class ContactCentreRouter:
                 if rule.pattern.fullmatch(dialled):
                     return Queued(rule.queue, rule.priority, trunk)
             return RouteRefusal(404, "Not Found", f"no inbound rule matches {dialled[:64]}")
+        open_network = _in(source.host, self._open)
+        agent, identified_by = self._identify(request, source)
         if emergency is not None:
-            # SPEC E-1: before every other rule, and never challenged or refused (E-3)
-            call = emergency.classify(request, source)
-            if call is not None:
-                plan = call.plan
-                hops = emergency.hops(plan) if plan is not None else []
-                return Emergency(call, hops, plan.warning if plan is not None else None)
-        agent: str | None = None
-        if not _in(source.host, self._open):
+            # SPEC E-1: before every other rule, and never refused (E-3)
+            decision = self._emergency(request, dialled, source, agent, identified_by, open_network)
+            if decision is not None:
+                return decision
+        if agent is None and not open_network:
             if self.authenticate is None:
                 return RouteRefusal(
                     403, "Forbidden", "unknown source and no agents to authenticate"
@@ -133,6 +159,91 @@ class ContactCentreRouter:
             # SPEC E-8: while an agent's emergency call is up, no other outbound call
             return RouteRefusal(403, "Forbidden", "agent is on an emergency call")
         return self.outbound(dialled, agent)
+
+    def _identify(self, request: Request, source: Address) -> tuple[str | None, str | None]:
+        """The agent behind a request and how it is known (SPEC E-13): verified digest
+        credentials on the request, else a live registration from the request's source
+        (transport, address and port; for TCP the connection). Never the From header,
+        which the phone writes as it likes."""
+        if request.get("proxy-authorization") is not None and self.authenticate is not None:
+            outcome = self.authenticate(request)
+            if isinstance(outcome, str):
+                return outcome, "credentials"
+        if self.agent_at is not None:
+            agent = self.agent_at(source)
+            if agent is not None:
+                return agent, "registration"
+        return None, None
+
+    def _emergency(
+        self,
+        request: Request,
+        dialled: str,
+        source: Address,
+        agent: str | None,
+        identified_by: str | None,
+        open_network: bool,
+    ) -> Decision | None:
+        """An emergency call from the agents' side (SPEC E-1, E-13), or None.
+
+        The Request-URI as received is looked at first; failing that, what the first
+        matching ordinary rule makes of the dialled string (9 + 911 behind an outside-line
+        rule is an emergency call too). Identified callers place the call as themselves.
+        An unidentified phone on a network trusted for unauthenticated phones places it for
+        its site; anywhere else it is challenged (407): a challenge is not a refusal, and
+        once the credentials check out it is that agent's call.
+        """
+        assert self.emergency is not None
+        rewritten: str | None = None
+        if detect(request.uri, None) is None:
+            ordinary = self.dialplan.route(dialled)
+            if ordinary is None or detect_rewritten(ordinary.user, dialled, None) is None:
+                return None  # not an emergency string in any country
+            rewritten = ordinary.user
+        site: tuple[str, Site] | None = None
+        if agent is None:
+            if not open_network and self.authenticate is not None:
+                challenge = self.authenticate(request)
+                if isinstance(challenge, RouteRefusal):
+                    log.warning(
+                        "emergency_call_challenged",
+                        source=address_text(source),
+                        dialled=dialled[:64],
+                        status=challenge.status,
+                    )
+                    return challenge
+                agent, identified_by = challenge, "credentials"
+            else:
+                site = self.dialplan.site_for(source.host)
+        if agent is not None:
+            location = self.dialplan.agents[agent].location
+            country = location.country if location is not None else None
+        else:
+            country = site[1].location.country if site is not None else None
+        if rewritten is None:
+            detection = detect(request.uri, country)
+        else:
+            detection = detect_rewritten(rewritten, dialled, country)
+        if detection is None:
+            return None  # SPEC E-1: another country's dial string is an ordinary call
+        if agent is None:
+            log.warning(
+                "emergency_caller_unidentified",
+                source=address_text(source),
+                site=site[0] if site is not None else None,
+                detail="no registration from this source and no credentials: placed as "
+                + (f"site {site[0]!r}'s call" if site is not None else "a call of no site"),
+            )
+        call = self.emergency.emergency_call(
+            detection,
+            agent,
+            identified_by=identified_by,
+            site=site[0] if site is not None else None,
+            source=address_text(source),
+        )
+        plan = call.plan
+        hops = self.emergency.hops(plan) if plan is not None else []
+        return Emergency(call, hops, plan.warning if plan is not None else None)
 
     def _callback(self, agent_id: str, test: bool, dialled: str) -> Decision:
         """SPEC C-1, C-3: ring the agent at once, else its fallback destination."""

@@ -66,6 +66,7 @@ __all__ = [
     "DialString",
     "countries_supported",
     "detect",
+    "detect_rewritten",
     "dial_strings",
     "normalise_country",
 ]
@@ -135,6 +136,9 @@ class Detection:
     country: str | None
     test: bool
     any_country: bool = False
+    #: the string the agent dialled when the dialplan's rewriting produced ``dialled``
+    #: (``"9911"`` behind an outside-line rule ``^9(\d+)$ -> \1``), else ``None``
+    rewritten_from: str | None = None
 
 
 def normalise_country(country: str | None) -> str | None:
@@ -161,9 +165,13 @@ def _dialled_digits(uri: SipUri | TelUri) -> str | None:
     user = uri.user
     if user is None:
         return None
+    return _digits_of(unquote(user))
+
+
+def _digits_of(user: str) -> str | None:
     # Telephone-subscriber parameters (phone-context, isub, ext) follow the first ';'
     # in a SIP user part; a TelUri keeps them in .params already (RFC 3966 section 3).
-    number = unquote(user).partition(";")[0]
+    number = user.partition(";")[0]
     number = number.translate(_VISUAL_SEPARATORS)
     if number.startswith("+"):
         number = number[1:]
@@ -205,6 +213,35 @@ def detect(request_uri: Uri, country: str | None) -> Detection | None:
     digits = _dialled_digits(request_uri)
     if digits is None:
         return None
+    return _detect_digits(digits, code)
+
+
+def detect_rewritten(user: str, dialled_as: str, country: str | None) -> Detection | None:
+    """Is ``user``, what an ordinary dialplan rule made of the dialled ``dialled_as``, an
+    emergency dial string for an agent in ``country``? (SPEC E-1: 9 + 911 behind an
+    outside-line rule is an emergency call, with the whole treatment.)
+
+    The same digits rule and country rule as :func:`detect`; the detection remembers what
+    was dialled (``rewritten_from``).
+    """
+    digits = _digits_of(user)
+    if digits is None:
+        return None
+    found = _detect_digits(digits, normalise_country(country))
+    if found is None:
+        return None
+    return Detection(
+        kind=found.kind,
+        dialled=found.dialled,
+        service=found.service,
+        country=found.country,
+        test=found.test,
+        any_country=found.any_country,
+        rewritten_from=dialled_as,
+    )
+
+
+def _detect_digits(digits: str, code: str | None) -> Detection | None:
     if code in _COUNTRIES:
         for dial_string in DIAL_STRINGS[code]:
             if dial_string.digits == digits:

@@ -2,12 +2,11 @@
 
 Theory of operation
 -------------------
-The router asks :meth:`EmergencyService.classify` about every INVITE *before* any other
-rule (SPEC E-1). For a call from an agent's side it identifies the agent without ever
-challenging (an emergency call is never delayed by a 407 round trip): a verified
-Proxy-Authorization when present, else the registration the request came from, else the
-From user. The detection, the route plan and the agent make an :class:`EmergencyCall`
-that rides on the B2BUA call.
+The router detects emergency calls *before* any other rule (SPEC E-1) and identifies the
+caller (E-13: verified credentials or the registration the request came from, never From);
+:meth:`EmergencyService.emergency_call` turns the detection, the caller (an agent, or the
+site of an unidentified phone on a trusted network) and the route plan into an
+:class:`EmergencyCall` that rides on the B2BUA call.
 
 For a call from a trunk, :meth:`callback_for` looks the Request-URI up in the live callback
 reservations (kept in memory, written through the store, SPEC E-4/C-1).
@@ -36,7 +35,7 @@ from gateway.config.dialplan import Dialplan
 from gateway.emergency.callbacks import CallbackDecision, is_callback
 from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRule, EmergencyConfig
 from gateway.emergency.lockdown import agent_request_allowed, is_hold_offer
-from gateway.emergency.numbers import Detection, detect
+from gateway.emergency.numbers import Detection
 from gateway.emergency.routing import RoutePlan, choose_route
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import emergency_payload, rfc3339
@@ -88,6 +87,10 @@ class EmergencyCall:
     callback: bool = False
     #: an unidentified phone's call on a trusted network: the site it is placed for (E-13)
     site: str | None = None
+    #: how the agent was identified: "registration" or "credentials" (None: unidentified)
+    identified_by: str | None = None
+    #: where the request came from ("udp:192.0.2.7:5060"), for the events of E-13
+    source: str | None = None
     did: str | None = None
     dnd: bool = False
     route: str | None = None
@@ -108,7 +111,6 @@ class EmergencyService:
         publisher: Publisher,
         topics: Topics,
         contacts: Callable[[str], list[Binding]],
-        authenticate: Callable[[Request], str | None],
         *,
         wall_clock: Callable[[], float] = time.time,
         reserve_timeout: float = 0.25,
@@ -121,15 +123,11 @@ class EmergencyService:
         self.publisher = publisher
         self.topics = topics
         self.contacts = contacts
-        self.authenticate = authenticate
         self.wall_clock = wall_clock
         self.reserve_timeout = reserve_timeout
         #: E-6: the e-mail notifier (non-blocking), when a mail server is configured
         self.notify = notify
         self.live: dict[str, Reservation] = {}  # DID -> live reservation
-        self.agent_by_username = {
-            (agent.username or agent_id): agent_id for agent_id, agent in dialplan.agents.items()
-        }
         #: agents on an emergency call now (E-8: no other outbound call meanwhile)
         self.active_agents: dict[str, int] = {}
 
@@ -140,39 +138,37 @@ class EmergencyService:
 
     # -- classification --------------------------------------------------------------------
 
-    def identify(self, request: Request, source: Address) -> str | None:
-        """The agent behind a request, without challenging it."""
-        if request.get("proxy-authorization") is not None:
-            agent = self.authenticate(request)
-            if agent is not None:
-                return agent
-        flow = f"{source.transport}:{source.host}:{source.port}"
-        for agent_id in self.dialplan.agents:
-            if any(binding.source == flow for binding in self.contacts(agent_id)):
-                return agent_id
-        try:
-            uri = request.from_.uri
-        except Exception:
-            return None
-        user = getattr(uri, "user_unescaped", None)
-        return self.agent_by_username.get(user) if user else None
+    def emergency_call(
+        self,
+        detection: Detection,
+        agent: str | None,
+        *,
+        identified_by: str | None = None,
+        site: str | None = None,
+        source: str | None = None,
+    ) -> EmergencyCall:
+        """The emergency facts of a detected call (SPEC E-1, E-2, E-13).
 
-    def classify(self, request: Request, source: Address) -> EmergencyCall | None:
-        """An emergency call from the agents' side, or None (SPEC E-1)."""
-        if detect(request.uri, None) is None:
-            return None  # not an emergency string in any country: no identification needed
-        agent = self.identify(request, source)
-        country = None
-        if agent is not None:
-            location = self.dialplan.agents[agent].location
-            country = location.country if location is not None else None
-        detection = detect(request.uri, country)
-        if detection is None:
-            return None
-        plan = choose_route(detection, country, self.config, self.dialplan.trunks)
+        ``agent`` is the identified agent (a registration matching the request's source,
+        or verified credentials; never From). An unidentified phone on a network trusted
+        for unauthenticated phones places the call for its ``site``: the site's callback
+        number is presented and its location sent (an MLTS desk phone).
+        """
+        plan = choose_route(detection, detection.country, self.config, self.dialplan.trunks)
         for note in plan.notes:
             log.warning("emergency_route_note", note=note)
-        return EmergencyCall(detection, agent, plan, detection.test)
+        call = EmergencyCall(
+            detection,
+            agent,
+            plan,
+            detection.test,
+            site=site,
+            identified_by=identified_by,
+            source=source,
+        )
+        if agent is None and site is not None:
+            call.did = self.dialplan.sites[site].callback_number
+        return call
 
     def callback_for(self, dialled: str, trunk: str) -> CallbackDecision:
         """Is a call from ``trunk`` to ``dialled`` an emergency callback (SPEC C-1)?"""
@@ -295,8 +291,23 @@ class EmergencyService:
                 self.presence.emergency_started(agent)
         detection = emergency.detection
         kind = "callback_ringing" if emergency.callback else "dialled"
+        facts: dict[str, Any] = {}
+        if not emergency.callback:
+            # E-13: say how the caller was identified, and who could not be
+            facts["identified_by"] = emergency.identified_by
+            if emergency.agent is None:
+                facts["unidentified_source"] = emergency.source
+                facts["site"] = emergency.site
+        if detection is not None and detection.rewritten_from is not None:
+            facts["dialled_as"] = detection.rewritten_from  # E-1: 9 + 911
+        if detection is not None and detection.any_country and not emergency.callback:
+            facts["country_unknown"] = True  # E-11: every country's strings were used
         self.event(
-            call_id, emergency, kind, dialled=detection.dialled if detection is not None else None
+            call_id,
+            emergency,
+            kind,
+            dialled=detection.dialled if detection is not None else None,
+            **facts,
         )
         plan = emergency.plan
         if plan is not None and not emergency.callback:

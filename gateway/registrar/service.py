@@ -24,7 +24,7 @@ from gateway.presence.service import PresenceService
 from gateway.registrar.digest import Credentials, NonceManager
 from gateway.registrar.registrar import BindingView, Registrar
 from gateway.sip.message import Request, Response
-from gateway.sip.transaction import RequestReceived, TransactionLayer
+from gateway.sip.transaction import Address, RequestReceived, TransactionLayer
 from gateway.stores.ports import Binding, RegistrationStore
 
 __all__ = ["RegistrarService", "credentials_from_dialplan"]
@@ -93,6 +93,9 @@ class RegistrarService:
             (agent.username or agent_id): agent_id for agent_id, agent in dialplan.agents.items()
         }
         self.bindings: dict[str, dict[str, Binding]] = {agent: {} for agent in dialplan.agents}
+        #: "transport:host:port" of a live registration -> its agent; None where two
+        #: agents registered from the same source (one phone, two lines: ambiguous)
+        self._agent_by_source: dict[str, str | None] = {}
         self._writes: asyncio.Queue[_Write] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -106,6 +109,7 @@ class RegistrarService:
         for agent_id, contacts in self.bindings.items():
             if contacts:
                 self.presence.restore_registered(agent_id)
+        self._reindex()
         log.info("registrations_loaded", bindings=sum(len(b) for b in self.bindings.values()))
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="registrar-writer"),
@@ -123,6 +127,27 @@ class RegistrarService:
         """The agent's live bindings."""
         now = self.wall_clock()
         return [b for b in self.bindings.get(agent_id, {}).values() if b.expires_at > now]
+
+    def agent_at(self, source: Address) -> str | None:
+        """The agent whose live registration came from ``source`` (same transport, address
+        and port; for TCP the same connection), or None (SPEC E-13: a request is tied to an
+        agent by where it comes from, never by its From header)."""
+        agent = self._agent_by_source.get(f"{source.transport}:{source.host}:{source.port}")
+        if agent is None:
+            return None
+        binding_live = any(
+            b.source == f"{source.transport}:{source.host}:{source.port}"
+            for b in self.contacts(agent)
+        )
+        return agent if binding_live else None
+
+    def _reindex(self) -> None:
+        index: dict[str, str | None] = {}
+        for agent_id, contacts in self.bindings.items():
+            for binding in contacts.values():
+                known = index.get(binding.source, agent_id)
+                index[binding.source] = agent_id if known == agent_id else None
+        self._agent_by_source = index
 
     def authenticate(self, request: Request) -> str | RouteRefusal:
         """The agent id of an authenticated request, or the 407 challenge to send."""
@@ -174,6 +199,7 @@ class RegistrarService:
         for added in outcome.added:
             contacts[added.contact_uri] = added
             self._writes.put_nowait(_Write(put=added))
+        self._reindex()
         log.info("registered", agent=agent, contacts=len(contacts), source=source_text)
         self.presence.set_registered(agent, bool(self.contacts(agent)))
 
@@ -203,6 +229,7 @@ class RegistrarService:
                 for uri in expired:
                     del contacts[uri]
                 if expired:
+                    self._reindex()
                     log.info("registration_expired", agent=agent_id, contacts=len(contacts))
                     if not contacts:
                         self.presence.set_registered(agent_id, False)
