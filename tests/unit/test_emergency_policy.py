@@ -27,6 +27,7 @@ from gateway.emergency.numbers import (
     Detection,
     countries_supported,
     detect,
+    detect_rewritten,
     dial_strings,
 )
 from gateway.emergency.prerequisites import check_agent, check_config
@@ -165,6 +166,31 @@ def test_known_country_detection_is_not_flagged_any_country() -> None:
     assert detection is not None and detection.any_country is False
     urn = detect(parse_uri("urn:service:sos"), None)
     assert urn is not None and urn.any_country is False  # URNs need no country
+
+
+@pytest.mark.parametrize(
+    ("user", "country", "expected"),
+    [
+        ("911", "US", ("911", False)),  # 9911 behind an outside-line rule ^9(\d+)$ -> \1
+        ("+911", "US", ("911", False)),
+        ("933", "US", ("933", True)),
+        ("112", "GB", ("112", False)),
+        ("911", "GB", None),  # another country's string stays an ordinary call
+        ("11", "US", None),
+        ("9111", "US", None),
+        ("911", None, ("911", False)),  # country unknown: every supported string
+    ],
+)
+def test_detect_rewritten(
+    user: str, country: str | None, expected: tuple[str, bool] | None
+) -> None:
+    detection = detect_rewritten(user, "9" + user, country)
+    if expected is None:
+        assert detection is None
+        return
+    assert detection is not None
+    assert (detection.dialled, detection.test) == expected
+    assert detection.rewritten_from == "9" + user and detection.kind == "dialstring"
 
 
 def test_countries_and_dial_strings_are_data() -> None:

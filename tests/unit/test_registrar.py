@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from gateway.config.loader import load_dialplan_text
 from gateway.registrar.digest import (
     AuthResult,
     Credentials,
@@ -20,8 +21,10 @@ from gateway.registrar.digest import (
     parse_challenge,
 )
 from gateway.registrar.registrar import BindingView, RegisterOutcome, Registrar
+from gateway.registrar.service import RegistrarService
 from gateway.sip.message import Request, Response, parse_message
-from gateway.sip.transaction import IdGenerator
+from gateway.sip.transaction import Address, IdGenerator
+from gateway.stores.ports import Binding
 
 REALM = "gateway.test"
 T0 = 1_700_000_000.0
@@ -634,3 +637,49 @@ def test_invite_with_stale_nonce_gets_stale_407() -> None:
 def test_ack_and_cancel_cannot_be_challenged(method: str) -> None:
     with pytest.raises(ValueError):
         make_registrar().authenticate_request(invite(method=method), T0)
+
+
+# -- who is calling (SPEC E-13) --------------------------------------------------------------------
+
+
+def _service_with(bindings: dict[str, list[tuple[str, str, float]]]) -> RegistrarService:
+    text = (
+        "version: 1\nlisten: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]\n"
+        "agents:\n  alice: { password: a }\n  bob: { password: b }\n"
+    )
+    service = RegistrarService(
+        load_dialplan_text(text, "t.yaml"),
+        None,  # type: ignore[arg-type]  # the lookups need no transactions, store, presence
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        loop_clock=lambda: 0.0,
+        wall_clock=lambda: 1000.0,
+    )
+    for agent, items in bindings.items():
+        for contact, source, expires in items:
+            service.bindings[agent][contact] = Binding(
+                agent, contact, expires, "c", 1, source, "ua"
+            )
+    service._reindex()
+    return service
+
+
+def test_agent_at_is_the_registration_from_that_very_source() -> None:
+    service = _service_with({"alice": [("sip:a@h", "udp:127.0.0.1:5071", 2000.0)]})
+    assert service.agent_at(Address("udp", "127.0.0.1", 5071)) == "alice"
+    assert service.agent_at(Address("udp", "127.0.0.1", 5072)) is None  # another port
+    assert service.agent_at(Address("tcp", "127.0.0.1", 5071)) is None  # another transport
+    assert service.agent_at(Address("udp", "127.0.0.5", 5071)) is None
+
+
+def test_agent_at_ignores_expired_and_ambiguous_registrations() -> None:
+    expired = _service_with({"alice": [("sip:a@h", "udp:127.0.0.1:5071", 900.0)]})
+    assert expired.agent_at(Address("udp", "127.0.0.1", 5071)) is None
+    # one phone with two lines: the source names no single agent
+    shared = _service_with(
+        {
+            "alice": [("sip:a@h", "udp:127.0.0.1:5071", 2000.0)],
+            "bob": [("sip:b@h", "udp:127.0.0.1:5071", 2000.0)],
+        }
+    )
+    assert shared.agent_at(Address("udp", "127.0.0.1", 5071)) is None
