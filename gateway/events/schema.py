@@ -17,16 +17,21 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Final, Literal
 
 __all__ = [
     "AGENT_SETTABLE_STATUSES",
     "EMERGENCY_EVENTS",
+    "MAX_NOTE_LENGTH",
+    "PRESENCE_REASONS",
     "PRESENCE_STATUSES",
     "SCHEMA_VERSION",
     "EmergencyEvent",
     "NodeStatus",
+    "PresenceReason",
     "PresenceStatus",
+    "check_note",
     "emergency_payload",
     "node_status_payload",
     "presence_payload",
@@ -45,6 +50,37 @@ PRESENCE_STATUSES: Final[tuple[str, ...]] = (
 )
 AGENT_SETTABLE_STATUSES: Final[tuple[str, ...]] = ("Available", "Away", "DoNotDisturb")
 """What an agent may ask for on ``.../presence/set``; Busy and Offline are derived (R-4)."""
+
+
+class PresenceReason(StrEnum):
+    """Why an agent's presence changed: the ``reason`` of ``presence.v1`` (SPEC M-1, R-4).
+
+    The one list of reasons: the code publishes these, ``docs/schemas/presence.v1.json``
+    has them as its ``reason`` enum and ``docs/mqtt.md`` describes each (a unit test fails
+    when they drift). A desktop's own words go in the payload's ``note``, never here.
+    """
+
+    GATEWAY_STARTED = "gateway_started"
+    """The gateway (re)started and republishes the status it restored."""
+    DESKTOP = "desktop"
+    """The agent's desktop asked for a status on ``.../presence/set``."""
+    REGISTERED = "registered"
+    """The agent's phone registered (it was Offline)."""
+    REGISTRATION_EXPIRED = "registration_expired"
+    """The agent's last registration expired or was removed: Offline."""
+    CALL_STARTED = "call_started"
+    """A call of the agent started (Busy at capacity)."""
+    CALL_ENDED = "call_ended"
+    """A call of the agent ended."""
+    EMERGENCY_CALL = "emergency_call"
+    """The agent dialled an emergency call or an emergency callback rings: DND (E-5)."""
+    EMERGENCY_ENDED = "emergency_ended"
+    """The emergency call ended: the status from before (or chosen during) it (E-5)."""
+
+
+PRESENCE_REASONS: Final[tuple[str, ...]] = tuple(reason.value for reason in PresenceReason)
+MAX_NOTE_LENGTH: Final = 200
+"""Longest ``note`` (a desktop's free text) a presence payload carries, in characters."""
 
 NodeStatus = Literal["online", "offline"]
 NODE_STATUSES: Final[tuple[str, ...]] = ("online", "offline")
@@ -111,6 +147,21 @@ def _text(value: object, what: str, *, nullable: bool = False) -> str | None:
     return value
 
 
+def check_note(value: object, what: str = "note") -> str | None:
+    """A desktop's free-text reason as a payload ``note``: ``None`` or a string of at most
+    :data:`MAX_NOTE_LENGTH` characters without control characters; else :class:`ValueError`.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {value!r}")
+    if len(value) > MAX_NOTE_LENGTH:
+        raise ValueError(f"{what} is longer than {MAX_NOTE_LENGTH} characters")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError(f"{what} contains control characters")
+    return value
+
+
 def presence_payload(
     *,
     agent: str,
@@ -119,26 +170,30 @@ def presence_payload(
     reason: str,
     node: str,
     timestamp: datetime,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Payload for ``<prefix>/agents/<agent>/presence`` (schema ``presence.v1.json``).
 
     ``status``/``previous`` are presence statuses (``previous`` is ``None`` for the first
-    one); ``reason`` says why it changed (``"agent"``, ``"registration_expired"``,
-    ``"emergency_call"``, ...); ``node`` is the gateway node that made the change.
+    one); ``reason`` is a :class:`PresenceReason` (or its value) saying why it changed;
+    ``note`` (included when not ``None``) is the desktop's own words for a ``desktop``
+    change, see :func:`check_note`; ``node`` is the gateway node that made the change.
     """
-    if not isinstance(reason, str):
-        raise ValueError(f"reason must be a string, not {reason!r}")
-    return {
+    payload: dict[str, Any] = {
         "version": SCHEMA_VERSION,
         "agent": _text(agent, "agent"),
         "status": _one_of(status, PRESENCE_STATUSES, "status"),
         "previous": (
             None if previous is None else _one_of(previous, PRESENCE_STATUSES, "previous")
         ),
-        "reason": reason,
+        "reason": _one_of(reason, PRESENCE_REASONS, "reason"),
         "timestamp": rfc3339(timestamp),
         "node": _text(node, "node"),
     }
+    checked_note = check_note(note)
+    if checked_note is not None:
+        payload["note"] = checked_note
+    return payload
 
 
 def node_status_payload(

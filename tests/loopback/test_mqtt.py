@@ -153,7 +153,7 @@ def presence(agent: str, status: str, previous: str | None, node: str = "gw1") -
         agent=agent,
         status=status,
         previous=previous,
-        reason="agent",
+        reason="desktop",
         node=node,
         timestamp=datetime.now(UTC),
     )

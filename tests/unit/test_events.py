@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import resource
 import time
 from collections.abc import Callable
@@ -25,7 +26,10 @@ from gateway.events.mqtt import (
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import (
     EMERGENCY_EVENTS,
+    MAX_NOTE_LENGTH,
+    PRESENCE_REASONS,
     PRESENCE_STATUSES,
+    PresenceReason,
     emergency_payload,
     node_status_payload,
     presence_payload,
@@ -33,6 +37,7 @@ from gateway.events.schema import (
 )
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+MQTT_DOC = SCHEMAS.parent / "mqtt.md"
 _RUSAGE = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 NOW = datetime(2025, 1, 31, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -69,7 +74,12 @@ def test_schema_files_are_valid_2020_12_and_their_examples_pass(name: str) -> No
 @pytest.mark.parametrize("previous", [None, "Available", "Offline"])
 def test_presence_payload_matches_schema(status: str, previous: str | None) -> None:
     payload = presence_payload(
-        agent="alice", status=status, previous=previous, reason="agent", node="gw1", timestamp=NOW
+        agent="alice",
+        status=status,
+        previous=previous,
+        reason="desktop",
+        node="gw1",
+        timestamp=NOW,
     )
     _validator("presence.v1.json").validate(payload)
     assert payload == {
@@ -77,7 +87,7 @@ def test_presence_payload_matches_schema(status: str, previous: str | None) -> N
         "agent": "alice",
         "status": status,
         "previous": previous,
-        "reason": "agent",
+        "reason": "desktop",
         "timestamp": "2025-01-31T12:00:00.123Z",
         "node": "gw1",
     }
@@ -86,10 +96,10 @@ def test_presence_payload_matches_schema(status: str, previous: str | None) -> N
 def test_presence_payload_rejects_unknown_status_like_the_schema() -> None:
     with pytest.raises(ValueError, match="status must be one of"):
         presence_payload(
-            agent="a", status="Lunch", previous=None, reason="", node="gw1", timestamp=NOW
+            agent="a", status="Lunch", previous=None, reason="desktop", node="gw1", timestamp=NOW
         )
     bad = presence_payload(
-        agent="a", status="Away", previous=None, reason="", node="gw1", timestamp=NOW
+        agent="a", status="Away", previous=None, reason="desktop", node="gw1", timestamp=NOW
     )
     bad["status"] = "Lunch"
     assert not _valid("presence.v1.json", bad)
@@ -102,9 +112,65 @@ def test_presence_payload_accepts_enum_members() -> None:
         AWAY = "Away"
 
     payload = presence_payload(
-        agent="a", status=Status.AWAY, previous=None, reason="", node="n", timestamp=NOW
+        agent="a", status=Status.AWAY, previous=None, reason="desktop", node="n", timestamp=NOW
     )
     assert payload["status"] == "Away"
+
+
+def _documented_presence_reasons() -> list[str]:
+    """The ``reason`` table rows of the presence section of docs/mqtt.md."""
+    text = MQTT_DOC.read_text(encoding="utf-8")
+    section = text.split("### Presence — ", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"^\s*\| `([a-z_]+)` \|", section, flags=re.MULTILINE)
+
+
+def test_presence_reasons_are_one_enumeration_for_code_schema_and_docs() -> None:
+    """Issue 8 hole 7: the enum, the schema's ``reason`` enum and the docs' table agree."""
+    schema = json.loads((SCHEMAS / "presence.v1.json").read_text(encoding="utf-8"))
+    assert schema["properties"]["reason"]["enum"] == list(PRESENCE_REASONS)
+    for reason in PRESENCE_REASONS:
+        assert reason in schema["properties"]["reason"]["description"]
+    assert _documented_presence_reasons() == list(PRESENCE_REASONS)
+    examples = [example["reason"] for example in schema["examples"]]
+    assert set(examples) <= set(PRESENCE_REASONS)
+
+
+def test_presence_payload_refuses_a_reason_outside_the_enum_like_the_schema() -> None:
+    with pytest.raises(ValueError, match="reason must be one of"):
+        presence_payload(
+            agent="a", status="Away", previous=None, reason="lunch", node="n", timestamp=NOW
+        )
+    payload = presence_payload(
+        agent="a",
+        status="Away",
+        previous=None,
+        reason=PresenceReason.EMERGENCY_CALL,
+        node="n",
+        timestamp=NOW,
+    )
+    assert payload["reason"] == "emergency_call" and "note" not in payload
+    assert not _valid("presence.v1.json", dict(payload, reason="emergency call"))
+
+
+def test_presence_payload_carries_a_bounded_note_like_the_schema() -> None:
+    def build(note: object) -> dict[str, Any]:
+        return presence_payload(
+            agent="a",
+            status="Away",
+            previous="Available",
+            reason=PresenceReason.DESKTOP,
+            node="n",
+            timestamp=NOW,
+            note=note,  # type: ignore[arg-type]
+        )
+
+    payload = build("lunch")
+    assert payload["note"] == "lunch" and _valid("presence.v1.json", payload)
+    assert _valid("presence.v1.json", build("é" * MAX_NOTE_LENGTH))
+    for bad in ("x" * (MAX_NOTE_LENGTH + 1), "a\tb", "\x7f", 3):
+        with pytest.raises(ValueError, match="note"):
+            build(bad)
+        assert not _valid("presence.v1.json", dict(payload, note=bad))
 
 
 @pytest.mark.parametrize("dropped", [None, 0, 3])
@@ -170,6 +236,10 @@ def test_rfc3339_is_utc_with_milliseconds() -> None:
         (b'{"reason": "no status"}', False),
         (b'{"status": "Away", "version": 2}', False),
         (b'{"status": "Away", "reason": 5}', False),
+        (b'{"status": "Away", "reason": "' + b"x" * MAX_NOTE_LENGTH + b'"}', True),
+        (b'{"status": "Away", "reason": "' + b"x" * (MAX_NOTE_LENGTH + 1) + b'"}', False),
+        (b'{"status": "Away", "reason": "lunch\\nbreak"}', False),
+        (b'{"status": "Away", "reason": "\\u0000"}', False),
         (b'["Away"]', False),
         (b"Away", False),
         (b"\xff\xfe", False),
@@ -371,7 +441,7 @@ def test_publish_is_fast() -> None:
         agent="alice",
         status="Away",
         previous="Available",
-        reason="agent",
+        reason="desktop",
         node="gw1",
         timestamp=NOW,
     )
