@@ -23,16 +23,20 @@ from typing import Any, Final, Literal
 __all__ = [
     "AGENT_SETTABLE_STATUSES",
     "EMERGENCY_EVENTS",
+    "LOCKDOWN_ACTIONS",
     "MAX_NOTE_LENGTH",
     "PRESENCE_REASONS",
     "PRESENCE_STATUSES",
     "SCHEMA_VERSION",
     "EmergencyEvent",
+    "LockdownAction",
+    "LockdownReason",
     "NodeStatus",
     "PresenceReason",
     "PresenceStatus",
     "check_note",
     "emergency_payload",
+    "lockdown_payload",
     "node_status_payload",
     "presence_payload",
     "rfc3339",
@@ -81,6 +85,26 @@ class PresenceReason(StrEnum):
 PRESENCE_REASONS: Final[tuple[str, ...]] = tuple(reason.value for reason in PresenceReason)
 MAX_NOTE_LENGTH: Final = 200
 """Longest ``note`` (a desktop's free text) a presence payload carries, in characters."""
+
+
+class LockdownReason(StrEnum):
+    """Why an agent's phone is locked down (``lockdown.v1``, SPEC E-8, C-4)."""
+
+    EMERGENCY_CALL = "emergency_call"
+    """The agent dialled an emergency call."""
+    EMERGENCY_CALLBACK = "emergency_callback"
+    """The emergency services called the agent back (C-4)."""
+
+
+class LockdownAction(StrEnum):
+    """What a desktop may still offer while the agent's phone is locked down (E-8)."""
+
+    END_CALL = "end_call"
+    """Hang up the emergency call (the only thing the agent side may do)."""
+
+
+LOCKDOWN_ACTIONS: Final[tuple[str, ...]] = (LockdownAction.END_CALL.value,)
+"""``allowed_actions`` of an active lock-down: only ending the call (E-8)."""
 
 NodeStatus = Literal["online", "offline"]
 NODE_STATUSES: Final[tuple[str, ...]] = ("online", "offline")
@@ -261,4 +285,40 @@ def emergency_payload(
         if clash:
             raise ValueError(f"extra fields may not replace {', '.join(sorted(clash))}")
         payload.update(extra)
+    return payload
+
+
+def lockdown_payload(
+    *,
+    agent: str,
+    active: bool,
+    timestamp: datetime,
+    call: str | None = None,
+    since: datetime | None = None,
+    reason: str | None = None,
+    test: bool = False,
+) -> dict[str, Any]:
+    """Payload for ``<prefix>/agents/<agent>/lockdown`` (schema ``lockdown.v1.json``).
+
+    Active (an emergency call or callback of the agent is up, E-8): ``call`` is that call,
+    ``since`` when it started, ``reason`` a :class:`LockdownReason`, ``test`` marks E-12
+    test calls, and ``allowed_actions`` is :data:`LOCKDOWN_ACTIONS`. Inactive: ``call`` is
+    the call whose end lifted it (``None`` at start-up); nothing else.
+    """
+    if not isinstance(active, bool) or not isinstance(test, bool):
+        raise ValueError("active and test must be booleans")
+    payload: dict[str, Any] = {
+        "version": SCHEMA_VERSION,
+        "agent": _text(agent, "agent"),
+        "active": active,
+        "call": _text(call, "call", nullable=not active),
+        "timestamp": rfc3339(timestamp),
+    }
+    if active:
+        if since is None:
+            raise ValueError("an active lock-down needs since")
+        payload["since"] = rfc3339(since)
+        payload["reason"] = _one_of(reason, tuple(LockdownReason), "reason")
+        payload["allowed_actions"] = list(LOCKDOWN_ACTIONS)
+        payload["test"] = test
     return payload

@@ -26,11 +26,14 @@ from gateway.events.mqtt import (
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import (
     EMERGENCY_EVENTS,
+    LOCKDOWN_ACTIONS,
     MAX_NOTE_LENGTH,
     PRESENCE_REASONS,
     PRESENCE_STATUSES,
+    LockdownReason,
     PresenceReason,
     emergency_payload,
+    lockdown_payload,
     node_status_payload,
     presence_payload,
     rfc3339,
@@ -59,7 +62,13 @@ def _valid(name: str, payload: object) -> bool:
 
 @pytest.mark.parametrize(
     "name",
-    ["presence.v1.json", "node-status.v1.json", "presence-set.v1.json", "emergency-event.v1.json"],
+    [
+        "presence.v1.json",
+        "node-status.v1.json",
+        "presence-set.v1.json",
+        "emergency-event.v1.json",
+        "lockdown.v1.json",
+    ],
 )
 def test_schema_files_are_valid_2020_12_and_their_examples_pass(name: str) -> None:
     schema = json.loads((SCHEMAS / name).read_text(encoding="utf-8"))
@@ -171,6 +180,61 @@ def test_presence_payload_carries_a_bounded_note_like_the_schema() -> None:
         with pytest.raises(ValueError, match="note"):
             build(bad)
         assert not _valid("presence.v1.json", dict(payload, note=bad))
+
+
+def test_lockdown_payloads_match_the_schema_and_its_enums() -> None:
+    """SPEC E-8: active (call, since, reason, only end_call) and lifted; schema in step."""
+    schema = json.loads((SCHEMAS / "lockdown.v1.json").read_text(encoding="utf-8"))
+    assert schema["properties"]["reason"]["enum"] == [r.value for r in LockdownReason]
+    assert schema["properties"]["allowed_actions"]["items"]["enum"] == list(LOCKDOWN_ACTIONS)
+    assert LOCKDOWN_ACTIONS == ("end_call",)
+    active = lockdown_payload(
+        agent="alice",
+        active=True,
+        timestamp=NOW,
+        call="c-1",
+        since=NOW,
+        reason=LockdownReason.EMERGENCY_CALLBACK,
+        test=True,
+    )
+    assert active == {
+        "version": 1,
+        "agent": "alice",
+        "active": True,
+        "call": "c-1",
+        "since": "2025-01-31T12:00:00.123Z",
+        "reason": "emergency_callback",
+        "allowed_actions": ["end_call"],
+        "test": True,
+        "timestamp": "2025-01-31T12:00:00.123Z",
+    }
+    lifted = lockdown_payload(agent="alice", active=False, timestamp=NOW, call="c-1")
+    at_start = lockdown_payload(agent="alice", active=False, timestamp=NOW)
+    for payload in (active, lifted, at_start):
+        _validator("lockdown.v1.json").validate(payload)
+    assert at_start["call"] is None and "allowed_actions" not in lifted
+    # the schema refuses what the builder refuses
+    assert not _valid("lockdown.v1.json", dict(active, call=None))
+    assert not _valid("lockdown.v1.json", {k: v for k, v in active.items() if k != "since"})
+    assert not _valid("lockdown.v1.json", dict(lifted, allowed_actions=["end_call"]))
+    assert not _valid("lockdown.v1.json", dict(active, allowed_actions=["transfer"]))
+    with pytest.raises(ValueError):
+        lockdown_payload(agent="alice", active=True, timestamp=NOW, since=NOW, reason="x")
+    with pytest.raises(ValueError):
+        lockdown_payload(agent="alice", active=True, timestamp=NOW, call="c", reason="x")
+    with pytest.raises(ValueError):
+        lockdown_payload(
+            agent="alice", active=True, timestamp=NOW, call="c", since=NOW, reason="lunch"
+        )
+
+
+def test_lockdown_is_documented_with_its_topic_and_schema() -> None:
+    assert Topics("p", "gw1").lockdown_topic("alice") == "p/agents/alice/lockdown"
+    text = MQTT_DOC.read_text(encoding="utf-8")
+    assert "`<prefix>/agents/<agent>/lockdown`" in text
+    assert "(schemas/lockdown.v1.json)" in text
+    for word in [r.value for r in LockdownReason] + list(LOCKDOWN_ACTIONS):
+        assert f"`{word}`" in text
 
 
 @pytest.mark.parametrize("dropped", [None, 0, 3])
