@@ -237,6 +237,81 @@ def test_lockdown_is_documented_with_its_topic_and_schema() -> None:
         assert f"`{word}`" in text
 
 
+class _Recording:
+    """A Publisher that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any], bool]] = []
+
+    def publish(self, topic_suffix: str, payload: dict[str, Any], *, retain: bool) -> None:
+        self.published.append((topic_suffix, payload, retain))
+
+    def on(self, suffix: str) -> list[dict[str, Any]]:
+        return [payload for topic, payload, _ in self.published if topic == suffix]
+
+
+async def test_emergency_hooks_lock_an_agent_down_from_the_first_call_to_the_last() -> None:
+    """SPEC E-8: overlapping emergency calls (a second 911 is allowed) give one active and
+    one lifted lock-down; every agent starts unlocked; a callback says so."""
+    from gateway.config.loader import load_dialplan_text
+    from gateway.emergency.service import EmergencyCall, EmergencyService
+    from gateway.presence.service import PresenceService
+
+    dialplan = load_dialplan_text(
+        "version: 1\n"
+        "listen: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]\n"
+        "agents:\n  alice: { password: a }\n  bob: { password: b }\n",
+        "t.yaml",
+    )
+    publisher = _Recording()
+    topics = Topics("p", "gw1")
+
+    class NoReservations:
+        async def live(self, now: float) -> list[Any]:
+            return []
+
+    presence = PresenceService({"alice": 1, "bob": 1}, _NoStore(), publisher, topics, "gw1")
+    service = EmergencyService(
+        dialplan,
+        NoReservations(),  # type: ignore[arg-type]
+        presence,
+        publisher,
+        topics,
+        lambda agent: [],
+        lambda request: None,
+    )
+    await service.start()
+    alice, bob = Topics.lockdown_suffix("alice"), Topics.lockdown_suffix("bob")
+    assert [p["active"] for p in publisher.on(alice) + publisher.on(bob)] == [False, False]
+    first = EmergencyCall(None, "alice", None, test=False)
+    second = EmergencyCall(None, "alice", None, test=True)
+    service.started("c-1", first)
+    service.started("c-2", second)
+    service.ended("c-1", first, "bye")
+    assert [(p["active"], p["call"]) for p in publisher.on(alice)[1:]] == [(True, "c-1")]
+    service.ended("c-2", second, "bye")
+    assert [(p["active"], p["call"]) for p in publisher.on(alice)[1:]] == [
+        (True, "c-1"),
+        (False, "c-2"),
+    ]
+    callback = EmergencyCall(None, "bob", None, test=False, callback=True)
+    service.started("c-3", callback)
+    assert publisher.on(bob)[-1]["reason"] == "emergency_callback"
+    for topic, payload, retain in publisher.published:
+        if topic.endswith("/lockdown"):
+            assert retain
+            _validator("lockdown.v1.json").validate(payload)
+    await presence.close()
+
+
+class _NoStore:
+    async def put(self, record: Any) -> None:
+        pass
+
+    async def all(self) -> list[Any]:
+        return []
+
+
 @pytest.mark.parametrize("dropped", [None, 0, 3])
 @pytest.mark.parametrize("status", ["online", "offline"])
 def test_node_status_payload_matches_schema(status: str, dropped: int | None) -> None:
