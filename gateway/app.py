@@ -79,7 +79,8 @@ class Gateway:
             presence_ref: list[PresenceService] = []
 
             def on_command(agent: str, status: str, raw: dict[str, Any]) -> None:
-                if presence_ref and not presence_ref[0].choose(agent, Status(status), "desktop"):
+                note = raw.get("reason")  # the desktop's own words, checked by the adapter
+                if presence_ref and not presence_ref[0].choose(agent, Status(status), note=note):
                     log.info("presence_command_ignored", agent=agent, status=status)
 
             publisher: Publisher

@@ -38,7 +38,7 @@ from gateway.emergency.lockdown import agent_request_allowed, is_hold_offer
 from gateway.emergency.numbers import Detection
 from gateway.emergency.routing import RoutePlan, choose_route
 from gateway.events.ports import Publisher, Topics
-from gateway.events.schema import emergency_payload, rfc3339
+from gateway.events.schema import LockdownReason, emergency_payload, lockdown_payload, rfc3339
 from gateway.location import add_location_by_value, has_location
 from gateway.notify import EmergencyNotice, notice_for
 from gateway.presence.service import PresenceService
@@ -135,6 +135,8 @@ class EmergencyService:
         for reservation in await self.store.live(self.wall_clock()):
             self.live[reservation.did] = reservation
         log.info("callback_reservations_loaded", live=len(self.live))
+        for agent_id in self.dialplan.agents:  # E-8: no emergency call survives a restart
+            self.lockdown(agent_id, None, None)
 
     # -- classification --------------------------------------------------------------------
 
@@ -286,6 +288,8 @@ class EmergencyService:
         agent = emergency.agent
         if agent is not None:
             self.active_agents[agent] = self.active_agents.get(agent, 0) + 1
+            if self.active_agents[agent] == 1:
+                self.lockdown(agent, call_id, emergency)
             if not emergency.test or self.config.dnd_on_test_calls:
                 emergency.dnd = True
                 self.presence.emergency_started(agent)
@@ -382,12 +386,39 @@ class EmergencyService:
                 self.active_agents[agent] = count
             else:
                 self.active_agents.pop(agent, None)
+                self.lockdown(agent, call_id, None)
             if emergency.dnd:
                 self.presence.emergency_ended(agent)
         if emergency.answered:
             self.event(call_id, emergency, "ended", result=result)
         else:
             self.event(call_id, emergency, "failed", result=result)
+
+    def lockdown(self, agent: str, call_id: str | None, emergency: EmergencyCall | None) -> None:
+        """Tell desktops, retained, that ``agent``'s phone is locked down by the emergency
+        call ``emergency`` (E-8: only "end call" is left) or, with ``None``, no longer."""
+        now = datetime.now(UTC)
+        reason = None
+        if emergency is not None:
+            callback = emergency.callback
+            reason = (
+                LockdownReason.EMERGENCY_CALLBACK if callback else LockdownReason.EMERGENCY_CALL
+            )
+        try:
+            payload = lockdown_payload(
+                agent=agent,
+                active=emergency is not None,
+                timestamp=now,
+                call=call_id,
+                since=datetime.fromtimestamp(emergency.dialled_at, UTC) if emergency else None,
+                reason=reason,
+                test=emergency.test if emergency is not None else False,
+            )
+            self.publisher.publish(self.topics.lockdown_suffix(agent), payload, retain=True)
+        except ValueError as exc:  # an agent id that cannot be a topic level: log, go on
+            log.error("lockdown_not_published", agent=agent, call_id=call_id, error=str(exc))
+            return
+        log.info("lockdown", agent=agent, call_id=call_id, active=emergency is not None)
 
     def event(self, call_id: str, emergency: EmergencyCall, name: str, **extra: Any) -> None:
         payload = emergency_payload(

@@ -1,14 +1,28 @@
-"""An in-process MQTT broker for ``make run`` when no broker URL is configured.
+"""A private MQTT broker for ``make run`` when no broker URL is configured.
 
 Theory of operation
 -------------------
-:class:`EmbeddedBroker` starts amqtt's ``Broker`` on ``127.0.0.1`` (loopback only,
-anonymous clients allowed, nothing persisted) on port 1884 so it does not collide with a
-system Mosquitto on 1883; if that port is taken it takes the next free one.
-``broker.url`` is what :class:`~gateway.events.mqtt.MqttSettings` takes. If amqtt cannot
-start on this Python, it logs why and falls back to running ``mosquitto`` as a child
-process with the same settings, when the binary can be found. It is meant for a single
-developer machine; a production deployment points ``MqttSettings.url`` at a real broker.
+:class:`EmbeddedBroker` runs a broker on ``127.0.0.1`` (loopback only, anonymous clients
+allowed, nothing persisted) on port 1884 so it does not collide with a system Mosquitto on
+1883; if that port is taken it takes the next free one. ``broker.url`` is what
+:class:`~gateway.events.mqtt.MqttSettings` takes. It is meant for a single developer
+machine; a production deployment points ``MqttSettings.url`` at a real broker.
+
+Which broker (``backend="auto"``, the default):
+
+1. **Mosquitto**, as a child process with a generated config in a private temporary
+   directory, whenever the ``mosquitto`` binary can be found. It routes overlapping
+   subscriptions correctly (SPEC M-1: a desktop subscribed to one agent's topic gets that
+   agent's messages only, once), so it is the default.
+2. **amqtt** in-process, only when there is no ``mosquitto`` binary (or it failed to
+   start), so ``make run`` still works on a machine without it. amqtt 0.12 sends a client
+   that connects the retained messages of *every* client's subscriptions (a desktop
+   subscribed to ``.../agents/alice/presence`` would get bob's presence and the node
+   status, and alice's twice, as soon as another client is subscribed to ``<prefix>/#``).
+   :class:`_RoutingBroker` works around that by sending retained messages only for the
+   filters the session itself subscribed to. If amqtt's internals ever change so that the
+   work-around cannot apply, a warning says that its routing of overlapping subscriptions
+   is unreliable and to install mosquitto.
 """
 
 from __future__ import annotations
@@ -69,7 +83,8 @@ class EmbeddedBroker:
     """``async with EmbeddedBroker() as broker: ... broker.url ...``.
 
     ``port`` is the preferred port (``None`` or ``0``: any free one). ``backend`` forces
-    ``"amqtt"`` or ``"mosquitto"``; ``"auto"`` tries amqtt first.
+    ``"mosquitto"`` or ``"amqtt"``; ``"auto"`` runs Mosquitto when its binary is found and
+    amqtt otherwise (see the module docstring for why).
     """
 
     def __init__(
@@ -101,22 +116,32 @@ class EmbeddedBroker:
         self.port = pick_port(self.host, self._preferred_port)
         if self.port != self._preferred_port and self._preferred_port:
             log.info("embedded_mqtt_port_taken", wanted=self._preferred_port, using=self.port)
-        if self._backend_choice in ("auto", "amqtt"):
+        choice = self._backend_choice
+        if choice == "mosquitto" or (choice == "auto" and find_mosquitto() is not None):
             try:
-                await self._start_amqtt()
+                await self._start_mosquitto()
             except Exception as exc:
-                if self._backend_choice == "amqtt":
+                if choice == "mosquitto":
                     raise
                 log.warning(
-                    "embedded_mqtt_amqtt_failed_trying_mosquitto",
+                    "embedded_mqtt_mosquitto_failed_trying_amqtt",
                     error=f"{type(exc).__name__}: {exc}",
                 )
-                await self._stop_amqtt()
             else:
-                self.backend = "amqtt"
+                self.backend = "mosquitto"
         if self.backend is None:
-            await self._start_mosquitto()
-            self.backend = "mosquitto"
+            if choice == "auto":
+                log.warning(
+                    "embedded_mqtt_using_amqtt",
+                    detail="no usable 'mosquitto' binary; install the mosquitto package for "
+                    "the development broker the tests use",
+                )
+            try:
+                await self._start_amqtt()
+            except BaseException:
+                await self._stop_amqtt()
+                raise
+            self.backend = "amqtt"
         log.info("embedded_mqtt_broker_started", backend=self.backend, url=self.url)
         return self
 
@@ -132,11 +157,9 @@ class EmbeddedBroker:
         log.info("embedded_mqtt_broker_stopped", backend=self.backend)
         self.backend = None
 
-    # -- amqtt -------------------------------------------------------------------------------
+    # -- amqtt (no mosquitto binary) ---------------------------------------------------------
 
     async def _start_amqtt(self) -> None:
-        from amqtt.broker import Broker  # type: ignore[import-untyped,unused-ignore]  # amqtt ships no types
-
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
             "plugins": {
@@ -144,7 +167,15 @@ class EmbeddedBroker:
             },
         }
         _quiet(*_CHATTY_LOGGERS)
-        self._amqtt = Broker(config)
+        broker_class, routing_fixed = _amqtt_broker_class()
+        if not routing_fixed:
+            log.warning(
+                "embedded_mqtt_amqtt_routing_unreliable",
+                detail="this amqtt version may send a client retained messages of other "
+                "clients' subscriptions (overlapping subscriptions are routed unreliably); "
+                "install mosquitto or set a broker URL",
+            )
+        self._amqtt = broker_class(config)
         await self._amqtt.start()  # returns once the listener is bound
 
     async def _stop_amqtt(self) -> None:
@@ -153,14 +184,14 @@ class EmbeddedBroker:
             with contextlib.suppress(Exception):
                 await broker.shutdown()
 
-    # -- mosquitto fallback ------------------------------------------------------------------
+    # -- mosquitto (the default) -------------------------------------------------------------
 
     async def _start_mosquitto(self) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise RuntimeError(
-                "no embedded MQTT broker: amqtt failed and the 'mosquitto' binary was not "
-                "found (install the mosquitto package or set a broker URL)"
+                "the 'mosquitto' binary was not found (install the mosquitto package or set "
+                "a broker URL)"
             )
         self._workdir = tempfile.TemporaryDirectory(prefix="gateway-mqtt-")
         conf = Path(self._workdir.name) / "mosquitto.conf"
@@ -168,7 +199,7 @@ class EmbeddedBroker:
             f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n",
             encoding="utf-8",
         )
-        log.warning("embedded_mqtt_using_mosquitto", binary=binary, port=self.port)
+        log.info("embedded_mqtt_using_mosquitto", binary=binary, port=self.port)
         self._process = await asyncio.create_subprocess_exec(
             binary,
             "-c",
@@ -194,6 +225,36 @@ class EmbeddedBroker:
         workdir, self._workdir = self._workdir, None
         if workdir is not None:
             workdir.cleanup()
+
+
+_BROKER_CLASS: list[tuple[type[Any], bool]] = []
+
+
+def _amqtt_broker_class() -> tuple[type[Any], bool]:
+    """amqtt's ``Broker`` with the retained-message routing work-around, and whether the
+    work-around applies to the installed amqtt (its private hooks are where expected)."""
+    if _BROKER_CLASS:
+        return _BROKER_CLASS[0]
+    from amqtt.broker import Broker  # type: ignore[import-untyped,unused-ignore]  # no types
+
+    hook = "_publish_retained_messages_for_subscription"
+    if not callable(getattr(Broker, hook, None)):
+        _BROKER_CLASS.append((Broker, False))
+        return _BROKER_CLASS[0]
+
+    class _RoutingBroker(Broker):  # type: ignore[misc,valid-type,unused-ignore]
+        """On connect amqtt 0.12 replays the retained messages of every filter any client
+        subscribed to; send them only for the filters this session subscribed to."""
+
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            subscribers = getattr(self, "_subscriptions", {}).get(subscription[0], ())
+            if any(owner.client_id == session.client_id for owner, _qos in subscribers):
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    _BROKER_CLASS.append((_RoutingBroker, True))
+    return _BROKER_CLASS[0]
 
 
 def _quiet(*names: str) -> None:

@@ -45,7 +45,7 @@ import aiomqtt
 
 from gateway.events.buffer import Backoff, EventBuffer
 from gateway.events.ports import Topics
-from gateway.events.schema import AGENT_SETTABLE_STATUSES, node_status_payload
+from gateway.events.schema import AGENT_SETTABLE_STATUSES, check_note, node_status_payload
 from gateway.logs import get_logger
 
 __all__ = [
@@ -498,9 +498,10 @@ def _decode_command(raw: object) -> dict[str, Any] | str:
             f"status {status!r} cannot be set by an agent "
             f"(allowed: {', '.join(AGENT_SETTABLE_STATUSES)})"
         )
-    reason = payload.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        return "reason is not a string"
+    try:
+        check_note(payload.get("reason"), "reason")  # the desktop's own words, bounded
+    except ValueError as exc:
+        return str(exc)
     return payload
 
 

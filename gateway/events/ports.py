@@ -12,6 +12,7 @@ slow or absent broker can never delay SIP handling (E-7). Topics are given as a 
 
     <prefix>/agents/<agent>/presence       retained, QoS 1   (gateway -> desktops)
     <prefix>/agents/<agent>/presence/set   QoS 1             (desktops -> gateway)
+    <prefix>/agents/<agent>/lockdown       retained, QoS 1   (gateway -> desktops)
     <prefix>/emergency/<call>              QoS 1             (gateway -> desktops)
     <prefix>/nodes/<node>/status           retained, QoS 1, last will "offline"
 """
@@ -77,6 +78,11 @@ class Topics:
         return f"agents/{check_topic_segment(agent, 'agent id')}/presence"
 
     @staticmethod
+    def lockdown_suffix(agent: str) -> str:
+        """``agents/<agent>/lockdown``: whether the agent's phone is locked down (E-8)."""
+        return f"agents/{check_topic_segment(agent, 'agent id')}/lockdown"
+
+    @staticmethod
     def emergency_suffix(call: str) -> str:
         """``emergency/<call>``: progress events of one emergency call."""
         return f"emergency/{check_topic_segment(call, 'call id')}"
@@ -103,6 +109,10 @@ class Topics:
     def presence_set_filter(self) -> str:
         """``<prefix>/agents/+/presence/set``: the subscription for every agent's commands."""
         return self.full("agents/+/presence/set")
+
+    def lockdown_topic(self, agent: str) -> str:
+        """``<prefix>/agents/<agent>/lockdown`` (retained)."""
+        return self.full(self.lockdown_suffix(agent))
 
     def emergency_topic(self, call: str) -> str:
         """``<prefix>/emergency/<call>``."""

@@ -17,17 +17,26 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Final, Literal
 
 __all__ = [
     "AGENT_SETTABLE_STATUSES",
     "EMERGENCY_EVENTS",
+    "LOCKDOWN_ACTIONS",
+    "MAX_NOTE_LENGTH",
+    "PRESENCE_REASONS",
     "PRESENCE_STATUSES",
     "SCHEMA_VERSION",
     "EmergencyEvent",
+    "LockdownAction",
+    "LockdownReason",
     "NodeStatus",
+    "PresenceReason",
     "PresenceStatus",
+    "check_note",
     "emergency_payload",
+    "lockdown_payload",
     "node_status_payload",
     "presence_payload",
     "rfc3339",
@@ -45,6 +54,57 @@ PRESENCE_STATUSES: Final[tuple[str, ...]] = (
 )
 AGENT_SETTABLE_STATUSES: Final[tuple[str, ...]] = ("Available", "Away", "DoNotDisturb")
 """What an agent may ask for on ``.../presence/set``; Busy and Offline are derived (R-4)."""
+
+
+class PresenceReason(StrEnum):
+    """Why an agent's presence changed: the ``reason`` of ``presence.v1`` (SPEC M-1, R-4).
+
+    The one list of reasons: the code publishes these, ``docs/schemas/presence.v1.json``
+    has them as its ``reason`` enum and ``docs/mqtt.md`` describes each (a unit test fails
+    when they drift). A desktop's own words go in the payload's ``note``, never here.
+    """
+
+    GATEWAY_STARTED = "gateway_started"
+    """The gateway (re)started and republishes the status it restored."""
+    DESKTOP = "desktop"
+    """The agent's desktop asked for a status on ``.../presence/set``."""
+    REGISTERED = "registered"
+    """The agent's phone registered (it was Offline)."""
+    REGISTRATION_EXPIRED = "registration_expired"
+    """The agent's last registration expired or was removed: Offline."""
+    CALL_STARTED = "call_started"
+    """A call of the agent started (Busy at capacity)."""
+    CALL_ENDED = "call_ended"
+    """A call of the agent ended."""
+    EMERGENCY_CALL = "emergency_call"
+    """The agent dialled an emergency call or an emergency callback rings: DND (E-5)."""
+    EMERGENCY_ENDED = "emergency_ended"
+    """The emergency call ended: the status from before (or chosen during) it (E-5)."""
+
+
+PRESENCE_REASONS: Final[tuple[str, ...]] = tuple(reason.value for reason in PresenceReason)
+MAX_NOTE_LENGTH: Final = 200
+"""Longest ``note`` (a desktop's free text) a presence payload carries, in characters."""
+
+
+class LockdownReason(StrEnum):
+    """Why an agent's phone is locked down (``lockdown.v1``, SPEC E-8, C-4)."""
+
+    EMERGENCY_CALL = "emergency_call"
+    """The agent dialled an emergency call."""
+    EMERGENCY_CALLBACK = "emergency_callback"
+    """The emergency services called the agent back (C-4)."""
+
+
+class LockdownAction(StrEnum):
+    """What a desktop may still offer while the agent's phone is locked down (E-8)."""
+
+    END_CALL = "end_call"
+    """Hang up the emergency call (the only thing the agent side may do)."""
+
+
+LOCKDOWN_ACTIONS: Final[tuple[str, ...]] = (LockdownAction.END_CALL.value,)
+"""``allowed_actions`` of an active lock-down: only ending the call (E-8)."""
 
 NodeStatus = Literal["online", "offline"]
 NODE_STATUSES: Final[tuple[str, ...]] = ("online", "offline")
@@ -111,6 +171,21 @@ def _text(value: object, what: str, *, nullable: bool = False) -> str | None:
     return value
 
 
+def check_note(value: object, what: str = "note") -> str | None:
+    """A desktop's free-text reason as a payload ``note``: ``None`` or a string of at most
+    :data:`MAX_NOTE_LENGTH` characters without control characters; else :class:`ValueError`.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {value!r}")
+    if len(value) > MAX_NOTE_LENGTH:
+        raise ValueError(f"{what} is longer than {MAX_NOTE_LENGTH} characters")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError(f"{what} contains control characters")
+    return value
+
+
 def presence_payload(
     *,
     agent: str,
@@ -119,26 +194,30 @@ def presence_payload(
     reason: str,
     node: str,
     timestamp: datetime,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Payload for ``<prefix>/agents/<agent>/presence`` (schema ``presence.v1.json``).
 
     ``status``/``previous`` are presence statuses (``previous`` is ``None`` for the first
-    one); ``reason`` says why it changed (``"agent"``, ``"registration_expired"``,
-    ``"emergency_call"``, ...); ``node`` is the gateway node that made the change.
+    one); ``reason`` is a :class:`PresenceReason` (or its value) saying why it changed;
+    ``note`` (included when not ``None``) is the desktop's own words for a ``desktop``
+    change, see :func:`check_note`; ``node`` is the gateway node that made the change.
     """
-    if not isinstance(reason, str):
-        raise ValueError(f"reason must be a string, not {reason!r}")
-    return {
+    payload: dict[str, Any] = {
         "version": SCHEMA_VERSION,
         "agent": _text(agent, "agent"),
         "status": _one_of(status, PRESENCE_STATUSES, "status"),
         "previous": (
             None if previous is None else _one_of(previous, PRESENCE_STATUSES, "previous")
         ),
-        "reason": reason,
+        "reason": _one_of(reason, PRESENCE_REASONS, "reason"),
         "timestamp": rfc3339(timestamp),
         "node": _text(node, "node"),
     }
+    checked_note = check_note(note)
+    if checked_note is not None:
+        payload["note"] = checked_note
+    return payload
 
 
 def node_status_payload(
@@ -206,4 +285,40 @@ def emergency_payload(
         if clash:
             raise ValueError(f"extra fields may not replace {', '.join(sorted(clash))}")
         payload.update(extra)
+    return payload
+
+
+def lockdown_payload(
+    *,
+    agent: str,
+    active: bool,
+    timestamp: datetime,
+    call: str | None = None,
+    since: datetime | None = None,
+    reason: str | None = None,
+    test: bool = False,
+) -> dict[str, Any]:
+    """Payload for ``<prefix>/agents/<agent>/lockdown`` (schema ``lockdown.v1.json``).
+
+    Active (an emergency call or callback of the agent is up, E-8): ``call`` is that call,
+    ``since`` when it started, ``reason`` a :class:`LockdownReason`, ``test`` marks E-12
+    test calls, and ``allowed_actions`` is :data:`LOCKDOWN_ACTIONS`. Inactive: ``call`` is
+    the call whose end lifted it (``None`` at start-up); nothing else.
+    """
+    if not isinstance(active, bool) or not isinstance(test, bool):
+        raise ValueError("active and test must be booleans")
+    payload: dict[str, Any] = {
+        "version": SCHEMA_VERSION,
+        "agent": _text(agent, "agent"),
+        "active": active,
+        "call": _text(call, "call", nullable=not active),
+        "timestamp": rfc3339(timestamp),
+    }
+    if active:
+        if since is None:
+            raise ValueError("an active lock-down needs since")
+        payload["since"] = rfc3339(since)
+        payload["reason"] = _one_of(reason, tuple(LockdownReason), "reason")
+        payload["allowed_actions"] = list(LOCKDOWN_ACTIONS)
+        payload["test"] = test
     return payload

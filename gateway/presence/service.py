@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from gateway.events.ports import Publisher, Topics
-from gateway.events.schema import presence_payload
+from gateway.events.schema import PresenceReason, check_note, presence_payload
 from gateway.presence.state import CHOOSABLE, AgentPresence, PresenceChanged, Status
 from gateway.stores.ports import PresenceRecord, PresenceStore
 
@@ -37,6 +37,7 @@ def payload_of(change: PresenceChanged, node: str) -> dict[str, Any]:
         reason=change.reason,
         node=node,
         timestamp=datetime.fromtimestamp(change.at, UTC),
+        note=change.note,
     )
 
 
@@ -91,7 +92,7 @@ class PresenceService:
         """Publish every agent's status once the restored state is complete."""
         now = self.wall_clock()
         for agent in self.agents.values():
-            self._publish_state(agent, "gateway started", now)
+            self._publish_state(agent, PresenceReason.GATEWAY_STARTED, now)
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -110,12 +111,24 @@ class PresenceService:
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def choose(self, agent_id: str, status: Status, reason: str = "agent") -> bool:
-        """An agent's desktop asks for ``status``; False when the agent or status is unknown."""
+    def choose(
+        self,
+        agent_id: str,
+        status: Status,
+        reason: PresenceReason = PresenceReason.DESKTOP,
+        note: str | None = None,
+    ) -> bool:
+        """An agent's desktop asks for ``status``, with ``note`` its own words (at most
+        ``MAX_NOTE_LENGTH`` characters, no control characters); False when the agent,
+        status or note is not acceptable."""
         agent = self.agents.get(agent_id)
         if agent is None or status not in CHOOSABLE:
             return False
-        change = agent.choose(status, self.wall_clock(), reason)
+        try:
+            note = check_note(note)
+        except ValueError:
+            return False
+        change = agent.choose(status, self.wall_clock(), reason, note)
         self._after(agent, change, persist=True)
         return True
 
@@ -175,7 +188,11 @@ class PresenceService:
             self._writes.put_nowait(self._record(agent, change))
         if change is not None or notify_always:
             event = change or PresenceChanged(
-                agent.agent_id, agent.effective, agent.effective, "idle", self.wall_clock()
+                agent.agent_id,
+                agent.effective,
+                agent.effective,
+                PresenceReason.CALL_ENDED,
+                self.wall_clock(),
             )
             for listener in self.listeners:
                 try:
@@ -183,7 +200,7 @@ class PresenceService:
                 except Exception:
                     log.exception("presence_listener_failed")
 
-    def _publish_state(self, agent: AgentPresence, reason: str, now: float) -> None:
+    def _publish_state(self, agent: AgentPresence, reason: PresenceReason, now: float) -> None:
         agent.effective = agent.derive()
         change = PresenceChanged(agent.agent_id, agent.effective, agent.effective, reason, now)
         self.publisher.publish(

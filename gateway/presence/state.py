@@ -34,6 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gateway.events.schema import PresenceReason
+
 __all__ = ["CHOOSABLE", "AgentPresence", "PresenceChanged", "Status"]
 
 
@@ -58,8 +60,10 @@ class PresenceChanged:
     agent_id: str
     status: Status
     previous: Status
-    reason: str
+    reason: PresenceReason
     at: float
+    #: the desktop's own words for a ``desktop`` change (checked, bounded), else None
+    note: str | None = None
 
 
 @dataclass(slots=True)
@@ -88,46 +92,57 @@ class AgentPresence:
             return Status.BUSY
         return self.chosen
 
-    def _update(self, reason: str, now: float) -> PresenceChanged | None:
+    def _update(
+        self, reason: PresenceReason, now: float, note: str | None = None
+    ) -> PresenceChanged | None:
         new = self.derive()
         if new is self.effective:
             return None
         previous = self.effective
         self.effective = new
-        return PresenceChanged(self.agent_id, new, previous, reason, now)
+        return PresenceChanged(self.agent_id, new, previous, reason, now, note)
 
     # -- inputs ------------------------------------------------------------------------
 
-    def choose(self, status: Status, now: float, reason: str = "agent") -> PresenceChanged | None:
-        """The agent asks for ``status`` (Available, Away or DoNotDisturb)."""
+    def choose(
+        self,
+        status: Status,
+        now: float,
+        reason: PresenceReason = PresenceReason.DESKTOP,
+        note: str | None = None,
+    ) -> PresenceChanged | None:
+        """The agent asks for ``status`` (Available, Away or DoNotDisturb); ``note`` is its
+        own words (e.g. "lunch"), carried on the change it causes."""
         if status not in CHOOSABLE:
             raise ValueError(f"{status} cannot be chosen; it is derived")
         self.chosen = status
-        return self._update(reason, now)
+        return self._update(reason, now, note)
 
     def set_registered(self, registered: bool, now: float) -> PresenceChanged | None:
         self.registered = registered
-        return self._update("registered" if registered else "registration expired", now)
+        return self._update(
+            PresenceReason.REGISTERED if registered else PresenceReason.REGISTRATION_EXPIRED, now
+        )
 
     def call_started(self, now: float) -> PresenceChanged | None:
         self.active_calls += 1
-        return self._update("call started", now)
+        return self._update(PresenceReason.CALL_STARTED, now)
 
     def call_ended(self, now: float) -> PresenceChanged | None:
         self.active_calls = max(0, self.active_calls - 1)
         if self.active_calls == 0:
             self.idle_since = now
-        return self._update("call ended", now)
+        return self._update(PresenceReason.CALL_ENDED, now)
 
     def emergency_started(self, now: float) -> PresenceChanged | None:
         """An emergency call (or callback) of this agent is up: DND (E-5)."""
         self.emergency_calls += 1
-        return self._update("emergency call", now)
+        return self._update(PresenceReason.EMERGENCY_CALL, now)
 
     def emergency_ended(self, now: float) -> PresenceChanged | None:
         """The emergency call ended: back to what the inputs say (E-5)."""
         self.emergency_calls = max(0, self.emergency_calls - 1)
-        return self._update("emergency call ended", now)
+        return self._update(PresenceReason.EMERGENCY_ENDED, now)
 
     # -- queue eligibility -------------------------------------------------------------
 

@@ -28,7 +28,8 @@ import aiomqtt
 import jsonschema
 import pytest
 
-from gateway.events.embedded import EmbeddedBroker, find_mosquitto
+from gateway.events import embedded
+from gateway.events.embedded import DEFAULT_EMBEDDED_PORT, EmbeddedBroker, find_mosquitto
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Topics
 from gateway.events.schema import emergency_payload, presence_payload
@@ -152,7 +153,7 @@ def presence(agent: str, status: str, previous: str | None, node: str = "gw1") -
         agent=agent,
         status=status,
         previous=previous,
-        reason="agent",
+        reason="desktop",
         node=node,
         timestamp=datetime.now(UTC),
     )
@@ -398,6 +399,58 @@ async def test_embedded_broker_carries_events_and_commands(backend: str) -> None
     _schema("presence.v1.json").validate(payload)
     assert (payload["agent"], payload["status"]) == ("dave", "Available")
     assert commands == [("dave", "Away")]
+
+
+@pytest.mark.parametrize("mosquitto_installed", [True, False], ids=["mosquitto", "amqtt"])
+async def test_embedded_default_routes_overlapping_subscriptions(
+    mosquitto_installed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC M-1, issue 8 hole 6: with the broker ``gateway run`` starts when no URL is set,
+    a desktop subscribed to one agent's presence gets that agent's messages only, once,
+    even while another client is subscribed to ``<prefix>/#`` (amqtt 0.12 replayed every
+    retained message of every client's filters to a newly connected client)."""
+    if mosquitto_installed and find_mosquitto() is None:
+        pytest.fail("the embedded default needs the system package 'mosquitto' here")
+    if not mosquitto_installed:  # a fresh machine: ``make run`` falls back to amqtt
+        monkeypatch.setattr(embedded, "find_mosquitto", lambda: None)
+    topics = Topics(f"gwtest/{uuid.uuid4().hex[:12]}", "gw1")
+    everything = f"{topics.prefix}/#"
+    async with EmbeddedBroker(DEFAULT_EMBEDDED_PORT) as broker:  # as ``gateway run`` does
+        assert broker.backend == ("mosquitto" if mosquitto_installed else "amqtt")
+        async with (
+            desktop(broker.port, everything) as wallboard,
+            MqttPublisher(MqttSettings(broker.url), topics) as publisher,
+        ):
+            await asyncio.wait_for(publisher.wait_connected(), STEP)
+            for agent in ("alice", "bob"):
+                publisher.publish(
+                    topics.presence_suffix(agent), presence(agent, "Available", None), retain=True
+                )
+            seen = [str((await next_message(wallboard)).topic) for _ in range(3)]
+            assert sorted(seen) == sorted(
+                [
+                    topics.node_status_topic,
+                    topics.presence_topic("alice"),
+                    topics.presence_topic("bob"),
+                ]
+            )
+            async with desktop(broker.port, topics.presence_topic("alice")) as alice_desk:
+                retained = await next_message(alice_desk)
+                publisher.publish(
+                    topics.presence_suffix("bob"),
+                    presence("bob", "Away", "Available"),
+                    retain=True,
+                )
+                publisher.publish(  # the last one: anything leaked would arrive before it
+                    topics.presence_suffix("alice"),
+                    presence("alice", "Away", "Available"),
+                    retain=True,
+                )
+                live = await next_message(alice_desk)
+    assert (str(retained.topic), retained.retain) == (topics.presence_topic("alice"), True)
+    assert as_json(retained)["status"] == "Available"
+    assert str(live.topic) == topics.presence_topic("alice")
+    assert as_json(live)["status"] == "Away"
 
 
 async def test_exit_is_prompt_without_a_broker(topics: Topics) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import resource
 import time
 from collections.abc import Callable
@@ -25,14 +26,21 @@ from gateway.events.mqtt import (
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import (
     EMERGENCY_EVENTS,
+    LOCKDOWN_ACTIONS,
+    MAX_NOTE_LENGTH,
+    PRESENCE_REASONS,
     PRESENCE_STATUSES,
+    LockdownReason,
+    PresenceReason,
     emergency_payload,
+    lockdown_payload,
     node_status_payload,
     presence_payload,
     rfc3339,
 )
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+MQTT_DOC = SCHEMAS.parent / "mqtt.md"
 _RUSAGE = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 NOW = datetime(2025, 1, 31, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -54,7 +62,13 @@ def _valid(name: str, payload: object) -> bool:
 
 @pytest.mark.parametrize(
     "name",
-    ["presence.v1.json", "node-status.v1.json", "presence-set.v1.json", "emergency-event.v1.json"],
+    [
+        "presence.v1.json",
+        "node-status.v1.json",
+        "presence-set.v1.json",
+        "emergency-event.v1.json",
+        "lockdown.v1.json",
+    ],
 )
 def test_schema_files_are_valid_2020_12_and_their_examples_pass(name: str) -> None:
     schema = json.loads((SCHEMAS / name).read_text(encoding="utf-8"))
@@ -69,7 +83,12 @@ def test_schema_files_are_valid_2020_12_and_their_examples_pass(name: str) -> No
 @pytest.mark.parametrize("previous", [None, "Available", "Offline"])
 def test_presence_payload_matches_schema(status: str, previous: str | None) -> None:
     payload = presence_payload(
-        agent="alice", status=status, previous=previous, reason="agent", node="gw1", timestamp=NOW
+        agent="alice",
+        status=status,
+        previous=previous,
+        reason="desktop",
+        node="gw1",
+        timestamp=NOW,
     )
     _validator("presence.v1.json").validate(payload)
     assert payload == {
@@ -77,7 +96,7 @@ def test_presence_payload_matches_schema(status: str, previous: str | None) -> N
         "agent": "alice",
         "status": status,
         "previous": previous,
-        "reason": "agent",
+        "reason": "desktop",
         "timestamp": "2025-01-31T12:00:00.123Z",
         "node": "gw1",
     }
@@ -86,10 +105,10 @@ def test_presence_payload_matches_schema(status: str, previous: str | None) -> N
 def test_presence_payload_rejects_unknown_status_like_the_schema() -> None:
     with pytest.raises(ValueError, match="status must be one of"):
         presence_payload(
-            agent="a", status="Lunch", previous=None, reason="", node="gw1", timestamp=NOW
+            agent="a", status="Lunch", previous=None, reason="desktop", node="gw1", timestamp=NOW
         )
     bad = presence_payload(
-        agent="a", status="Away", previous=None, reason="", node="gw1", timestamp=NOW
+        agent="a", status="Away", previous=None, reason="desktop", node="gw1", timestamp=NOW
     )
     bad["status"] = "Lunch"
     assert not _valid("presence.v1.json", bad)
@@ -102,9 +121,195 @@ def test_presence_payload_accepts_enum_members() -> None:
         AWAY = "Away"
 
     payload = presence_payload(
-        agent="a", status=Status.AWAY, previous=None, reason="", node="n", timestamp=NOW
+        agent="a", status=Status.AWAY, previous=None, reason="desktop", node="n", timestamp=NOW
     )
     assert payload["status"] == "Away"
+
+
+def _documented_presence_reasons() -> list[str]:
+    """The ``reason`` table rows of the presence section of docs/mqtt.md."""
+    text = MQTT_DOC.read_text(encoding="utf-8")
+    section = text.split("### Presence — ", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"^\s*\| `([a-z_]+)` \|", section, flags=re.MULTILINE)
+
+
+def test_presence_reasons_are_one_enumeration_for_code_schema_and_docs() -> None:
+    """Issue 8 hole 7: the enum, the schema's ``reason`` enum and the docs' table agree."""
+    schema = json.loads((SCHEMAS / "presence.v1.json").read_text(encoding="utf-8"))
+    assert schema["properties"]["reason"]["enum"] == list(PRESENCE_REASONS)
+    for reason in PRESENCE_REASONS:
+        assert reason in schema["properties"]["reason"]["description"]
+    assert _documented_presence_reasons() == list(PRESENCE_REASONS)
+    examples = [example["reason"] for example in schema["examples"]]
+    assert set(examples) <= set(PRESENCE_REASONS)
+
+
+def test_presence_payload_refuses_a_reason_outside_the_enum_like_the_schema() -> None:
+    with pytest.raises(ValueError, match="reason must be one of"):
+        presence_payload(
+            agent="a", status="Away", previous=None, reason="lunch", node="n", timestamp=NOW
+        )
+    payload = presence_payload(
+        agent="a",
+        status="Away",
+        previous=None,
+        reason=PresenceReason.EMERGENCY_CALL,
+        node="n",
+        timestamp=NOW,
+    )
+    assert payload["reason"] == "emergency_call" and "note" not in payload
+    assert not _valid("presence.v1.json", dict(payload, reason="emergency call"))
+
+
+def test_presence_payload_carries_a_bounded_note_like_the_schema() -> None:
+    def build(note: object) -> dict[str, Any]:
+        return presence_payload(
+            agent="a",
+            status="Away",
+            previous="Available",
+            reason=PresenceReason.DESKTOP,
+            node="n",
+            timestamp=NOW,
+            note=note,  # type: ignore[arg-type]
+        )
+
+    payload = build("lunch")
+    assert payload["note"] == "lunch" and _valid("presence.v1.json", payload)
+    assert _valid("presence.v1.json", build("é" * MAX_NOTE_LENGTH))
+    for bad in ("x" * (MAX_NOTE_LENGTH + 1), "a\tb", "\x7f", 3):
+        with pytest.raises(ValueError, match="note"):
+            build(bad)
+        assert not _valid("presence.v1.json", dict(payload, note=bad))
+
+
+def test_lockdown_payloads_match_the_schema_and_its_enums() -> None:
+    """SPEC E-8: active (call, since, reason, only end_call) and lifted; schema in step."""
+    schema = json.loads((SCHEMAS / "lockdown.v1.json").read_text(encoding="utf-8"))
+    assert schema["properties"]["reason"]["enum"] == [r.value for r in LockdownReason]
+    assert schema["properties"]["allowed_actions"]["items"]["enum"] == list(LOCKDOWN_ACTIONS)
+    assert LOCKDOWN_ACTIONS == ("end_call",)
+    active = lockdown_payload(
+        agent="alice",
+        active=True,
+        timestamp=NOW,
+        call="c-1",
+        since=NOW,
+        reason=LockdownReason.EMERGENCY_CALLBACK,
+        test=True,
+    )
+    assert active == {
+        "version": 1,
+        "agent": "alice",
+        "active": True,
+        "call": "c-1",
+        "since": "2025-01-31T12:00:00.123Z",
+        "reason": "emergency_callback",
+        "allowed_actions": ["end_call"],
+        "test": True,
+        "timestamp": "2025-01-31T12:00:00.123Z",
+    }
+    lifted = lockdown_payload(agent="alice", active=False, timestamp=NOW, call="c-1")
+    at_start = lockdown_payload(agent="alice", active=False, timestamp=NOW)
+    for payload in (active, lifted, at_start):
+        _validator("lockdown.v1.json").validate(payload)
+    assert at_start["call"] is None and "allowed_actions" not in lifted
+    # the schema refuses what the builder refuses
+    assert not _valid("lockdown.v1.json", dict(active, call=None))
+    assert not _valid("lockdown.v1.json", {k: v for k, v in active.items() if k != "since"})
+    assert not _valid("lockdown.v1.json", dict(lifted, allowed_actions=["end_call"]))
+    assert not _valid("lockdown.v1.json", dict(active, allowed_actions=["transfer"]))
+    with pytest.raises(ValueError):
+        lockdown_payload(agent="alice", active=True, timestamp=NOW, since=NOW, reason="x")
+    with pytest.raises(ValueError):
+        lockdown_payload(agent="alice", active=True, timestamp=NOW, call="c", reason="x")
+    with pytest.raises(ValueError):
+        lockdown_payload(
+            agent="alice", active=True, timestamp=NOW, call="c", since=NOW, reason="lunch"
+        )
+
+
+def test_lockdown_is_documented_with_its_topic_and_schema() -> None:
+    assert Topics("p", "gw1").lockdown_topic("alice") == "p/agents/alice/lockdown"
+    text = MQTT_DOC.read_text(encoding="utf-8")
+    assert "`<prefix>/agents/<agent>/lockdown`" in text
+    assert "(schemas/lockdown.v1.json)" in text
+    for word in [r.value for r in LockdownReason] + list(LOCKDOWN_ACTIONS):
+        assert f"`{word}`" in text
+
+
+class _Recording:
+    """A Publisher that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any], bool]] = []
+
+    def publish(self, topic_suffix: str, payload: dict[str, Any], *, retain: bool) -> None:
+        self.published.append((topic_suffix, payload, retain))
+
+    def on(self, suffix: str) -> list[dict[str, Any]]:
+        return [payload for topic, payload, _ in self.published if topic == suffix]
+
+
+async def test_emergency_hooks_lock_an_agent_down_from_the_first_call_to_the_last() -> None:
+    """SPEC E-8: overlapping emergency calls (a second 911 is allowed) give one active and
+    one lifted lock-down; every agent starts unlocked; a callback says so."""
+    from gateway.config.loader import load_dialplan_text
+    from gateway.emergency.service import EmergencyCall, EmergencyService
+    from gateway.presence.service import PresenceService
+
+    dialplan = load_dialplan_text(
+        "version: 1\n"
+        "listen: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]\n"
+        "agents:\n  alice: { password: a }\n  bob: { password: b }\n",
+        "t.yaml",
+    )
+    publisher = _Recording()
+    topics = Topics("p", "gw1")
+
+    class NoReservations:
+        async def live(self, now: float) -> list[Any]:
+            return []
+
+    presence = PresenceService({"alice": 1, "bob": 1}, _NoStore(), publisher, topics, "gw1")
+    service = EmergencyService(
+        dialplan,
+        NoReservations(),  # type: ignore[arg-type]
+        presence,
+        publisher,
+        topics,
+        lambda agent: [],
+        lambda request: None,
+    )
+    await service.start()
+    alice, bob = Topics.lockdown_suffix("alice"), Topics.lockdown_suffix("bob")
+    assert [p["active"] for p in publisher.on(alice) + publisher.on(bob)] == [False, False]
+    first = EmergencyCall(None, "alice", None, test=False)
+    second = EmergencyCall(None, "alice", None, test=True)
+    service.started("c-1", first)
+    service.started("c-2", second)
+    service.ended("c-1", first, "bye")
+    assert [(p["active"], p["call"]) for p in publisher.on(alice)[1:]] == [(True, "c-1")]
+    service.ended("c-2", second, "bye")
+    assert [(p["active"], p["call"]) for p in publisher.on(alice)[1:]] == [
+        (True, "c-1"),
+        (False, "c-2"),
+    ]
+    callback = EmergencyCall(None, "bob", None, test=False, callback=True)
+    service.started("c-3", callback)
+    assert publisher.on(bob)[-1]["reason"] == "emergency_callback"
+    for topic, payload, retain in publisher.published:
+        if topic.endswith("/lockdown"):
+            assert retain
+            _validator("lockdown.v1.json").validate(payload)
+    await presence.close()
+
+
+class _NoStore:
+    async def put(self, record: Any) -> None:
+        pass
+
+    async def all(self) -> list[Any]:
+        return []
 
 
 @pytest.mark.parametrize("dropped", [None, 0, 3])
@@ -170,6 +375,10 @@ def test_rfc3339_is_utc_with_milliseconds() -> None:
         (b'{"reason": "no status"}', False),
         (b'{"status": "Away", "version": 2}', False),
         (b'{"status": "Away", "reason": 5}', False),
+        (b'{"status": "Away", "reason": "' + b"x" * MAX_NOTE_LENGTH + b'"}', True),
+        (b'{"status": "Away", "reason": "' + b"x" * (MAX_NOTE_LENGTH + 1) + b'"}', False),
+        (b'{"status": "Away", "reason": "lunch\\nbreak"}', False),
+        (b'{"status": "Away", "reason": "\\u0000"}', False),
         (b'["Away"]', False),
         (b"Away", False),
         (b"\xff\xfe", False),
@@ -371,7 +580,7 @@ def test_publish_is_fast() -> None:
         agent="alice",
         status="Away",
         previous="Available",
-        reason="agent",
+        reason="desktop",
         node="gw1",
         timestamp=NOW,
     )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from gateway.b2bua.call import Call, Leg, NextHop
 from gateway.b2bua.queues import QueueManager
 from gateway.config.loader import load_dialplan_text
 from gateway.events.ports import Topics
+from gateway.events.schema import MAX_NOTE_LENGTH, PresenceReason
 from gateway.presence.service import PresenceService
 from gateway.presence.state import AgentPresence, PresenceChanged, Status
 from gateway.sip.transaction import Address
@@ -76,6 +80,55 @@ def test_queue_eligibility() -> None:
     agent.call_ended(2.0)
     agent.choose(Status.AWAY, 3.0)
     assert not agent.can_take_queue_call
+
+
+# -- the published changes ---------------------------------------------------------------------
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+
+
+def test_every_change_is_published_with_a_reason_from_the_enum_and_the_desktop_note() -> None:
+    """Issue 8 hole 7: reasons are the documented kinds; the desktop's own words survive."""
+    publisher = FakePublisher()
+    clock = Clock()
+    presence = PresenceService(
+        {"alice": 1}, FakeStore(), publisher, Topics("p", "gw1"), "gw1", wall_clock=clock
+    )
+    presence.set_registered("alice", True)
+    assert presence.choose("alice", Status.AWAY, note="lunch")
+    presence.call_started("alice")
+    presence.call_ended("alice")
+    presence.emergency_started("alice")
+    presence.emergency_ended("alice")
+    presence.set_registered("alice", False)
+    presence.announce()
+    validator = jsonschema.Draft202012Validator(
+        json.loads((SCHEMAS / "presence.v1.json").read_text(encoding="utf-8"))
+    )
+    for _topic, payload, retain in publisher.published:
+        validator.validate(payload)
+        assert retain
+    assert [(p["status"], p["reason"], p.get("note")) for _, p, _ in publisher.published] == [
+        ("Available", PresenceReason.REGISTERED, None),
+        ("Away", PresenceReason.DESKTOP, "lunch"),
+        ("Busy", PresenceReason.CALL_STARTED, None),
+        ("Away", PresenceReason.CALL_ENDED, None),
+        ("DoNotDisturb", PresenceReason.EMERGENCY_CALL, None),
+        ("Away", PresenceReason.EMERGENCY_ENDED, None),
+        ("Offline", PresenceReason.REGISTRATION_EXPIRED, None),
+        ("Offline", PresenceReason.GATEWAY_STARTED, None),
+    ]
+
+
+@pytest.mark.parametrize("note", ["x" * (MAX_NOTE_LENGTH + 1), "lunch\nbreak", "\x00", 5])
+def test_a_bad_desktop_note_refuses_the_whole_command(note: Any) -> None:
+    publisher = FakePublisher()
+    presence = PresenceService({"alice": 1}, FakeStore(), publisher, Topics("p", "gw1"), "gw1")
+    presence.set_registered("alice", True)
+    assert not presence.choose("alice", Status.AWAY, note=note)
+    assert presence.status("alice") is Status.AVAILABLE
+    assert len(publisher.published) == 1  # only the registration
+    assert presence.choose("alice", Status.AWAY, note="x" * MAX_NOTE_LENGTH)
 
 
 # -- the queue dispatcher, with a fake placer ---------------------------------------------------

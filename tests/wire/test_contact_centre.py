@@ -373,8 +373,8 @@ def test_calls_complete_while_the_broker_is_down_and_events_arrive_after(
         # raised while the broker was down: registered, the call, its end - in order
         assert statuses == [
             ("Available", "registered"),
-            ("Busy", "call started"),
-            ("Available", "call ended"),
+            ("Busy", "call_started"),
+            ("Available", "call_ended"),
         ], statuses
     finally:
         recorder.close()
@@ -418,7 +418,7 @@ def test_restart_keeps_registrations_presence_and_history(
         recorder.wait_for(
             lambda: (
                 (recorder.on(f"{prefix}/agents/alice/presence") or [{}])[-1].get("reason")
-                == "gateway started"
+                == "gateway_started"
             ),
             "presence republished after the restart",
         )
@@ -500,6 +500,6 @@ def test_registration_expiry_turns_the_agent_offline(
         assert register(sipp, gw, "alice", free_port(), expires=2)
         wait_status(recorder, prefix, "alice", "Available")
         wait_status(recorder, prefix, "alice", "Offline")
-        assert recorder.on(topic)[-1]["reason"] == "registration expired"
+        assert recorder.on(topic)[-1]["reason"] == "registration_expired"
     finally:
         recorder.close()

@@ -422,7 +422,7 @@ def test_killed_gateway_keeps_the_callback_and_leaves_no_dnd(
         recorder.wait_for(
             lambda: (
                 (recorder.on(f"{prefix}/agents/alice/presence") or [{}])[-1].get("reason")
-                == "gateway started"
+                == "gateway_started"
             ),
             "presence after the restart",
         )
