@@ -278,7 +278,6 @@ async def test_emergency_hooks_lock_an_agent_down_from_the_first_call_to_the_las
         publisher,
         topics,
         lambda agent: [],
-        lambda request: None,
     )
     await service.start()
     alice, bob = Topics.lockdown_suffix("alice"), Topics.lockdown_suffix("bob")
