@@ -122,6 +122,20 @@ def test_node_status_payload_refuses_bad_counts() -> None:
         node_status_payload(node="gw1", status="up", timestamp=NOW)
 
 
+_ATTEMPT = {
+    "path": "direct-offer",
+    "gateway": "udp:192.0.2.20:5060",
+    "code": None,
+    "error": "timeout",
+    "detail": "no response (timer B)",
+}
+#: the fields the schema requires of some events (failover, failed)
+REQUIRED_FOR: dict[str, dict[str, object]] = {
+    "failover": _ATTEMPT,
+    "failed": {"result": "failed", "status": 503, "attempts": [_ATTEMPT]},
+}
+
+
 @pytest.mark.parametrize("event", EMERGENCY_EVENTS)
 def test_emergency_payload_matches_schema(event: str) -> None:
     payload = emergency_payload(
@@ -132,7 +146,7 @@ def test_emergency_payload_matches_schema(event: str) -> None:
         did="+15551230001",
         route="carrier-a",
         test=event == "trying",
-        extra={"reason": "503 from carrier-a"},
+        extra={"reason": "503 from carrier-a", **REQUIRED_FOR.get(event, {})},
     )
     _validator("emergency-event.v1.json").validate(payload)
     assert payload["reason"] == "503 from carrier-a"
