@@ -5,7 +5,10 @@ Theory of operation
 An INVITE from outside (the A-leg, where we are the UAS) creates a :class:`Call`. Routing
 gives an ordered list of next hops (a trunk's gateways); the call places the B-leg (where we
 are the UAC) at the first one and moves to the next on a failover code, a transaction
-timeout, a transport failure, or when no provisional response arrives in time.
+timeout, a transport failure (an ICMP port unreachable included), when no provisional
+response arrives in time, or, on emergency hops (``NextHop.setup_timeout``), when a 100
+Trying is followed by no 18x or 2xx in time (the stuck leg is CANCELled). Each failed
+attempt is a :class:`LegFailure`; how the call ended is a :class:`CallOutcome`.
 
 State of a call, and the step that moves it on:
 
