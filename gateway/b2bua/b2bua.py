@@ -32,7 +32,17 @@ from typing import Any, Protocol
 
 import structlog
 
-from gateway.b2bua.call import Call, CallState, Leg, NextHop, RelayedRequest
+from gateway.b2bua.call import (
+    Call,
+    CallOutcome,
+    CallState,
+    EndKind,
+    FailureKind,
+    Leg,
+    LegFailure,
+    NextHop,
+    RelayedRequest,
+)
 from gateway.sip.dialog import Dialog, DialogError
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import NameAddr
@@ -147,11 +157,11 @@ class EmergencyHooks(Protocol):
 
     def b_leg_try(self, call_id: str, emergency: Any, hop: NextHop) -> None: ...
 
-    def b_leg_failed(self, call_id: str, emergency: Any, status: int) -> None: ...
+    def b_leg_failed(self, call_id: str, emergency: Any, failure: LegFailure) -> None: ...
 
     def answered(self, call_id: str, emergency: Any) -> None: ...
 
-    def ended(self, call_id: str, emergency: Any, result: str) -> None: ...
+    def ended(self, call_id: str, emergency: Any, outcome: CallOutcome) -> None: ...
 
     def decorate_b_invite(
         self, emergency: Any, hop: NextHop, invite: Request, host: str
@@ -255,7 +265,7 @@ class B2BUA:
                         self._respond(tx, 500)
                 owner = tx.owner
                 if isinstance(owner, Call) and not owner.ended:
-                    self._end(owner, "failed 500")
+                    self._end(owner, CallOutcome(EndKind.FAILED, 500))
             elif isinstance(event, ResponseReceived) and isinstance(event.transaction.owner, Call):
                 call = event.transaction.owner
                 b = call.b
@@ -267,7 +277,8 @@ class B2BUA:
                 ):
                     b.got_final = True
                     self._stop_timer(call)
-                    self._try_next_hop(call, 502, "Bad Gateway")
+                    detail = exc.detail if exc is not None else "unusable response"
+                    self._try_next_hop(call, self._failure(call, FailureKind.BAD_RESPONSE, detail))
         except Exception:
             log.exception("answer_unusable_failed")
 
@@ -279,9 +290,10 @@ class B2BUA:
         elif isinstance(event, AckReceived):
             self._on_ack(event.transaction, event.request)
         elif isinstance(event, TransactionTimeout):
-            self._on_tx_failure(event.transaction, 408, "Request Timeout")
+            self._on_tx_failure(event.transaction, FailureKind.TIMEOUT, "no response (timer B)")
         elif isinstance(event, TransportFailure):
-            self._on_tx_failure(event.transaction, 503, "Service Unavailable")
+            kind = FailureKind.REFUSED if event.refused else FailureKind.TRANSPORT
+            self._on_tx_failure(event.transaction, kind, event.detail or "transport error")
         elif isinstance(event, AckTimeout):
             self._on_ack_timeout(event.transaction)
         # StrayResponse / StrayAck: nothing to do for a UA
@@ -447,7 +459,7 @@ class B2BUA:
             out.add("Warning", warning_value(warning))
             if call.a.server_tx is not None:
                 self.layer.send_response(call.a.server_tx, out, self.clock())
-            self._end(call, "failed 503")
+            self._end(call, CallOutcome(EndKind.FAILED, 503))
             return
         if hooks is None or self.spawn is None or getattr(em, "callback", False):
             self._try_next_hop(call)
@@ -472,21 +484,47 @@ class B2BUA:
 
     # -- B-leg placement and failover ------------------------------------------------------
 
-    def _try_next_hop(
-        self, call: Call, last_status: int = 503, last_reason: str = "Service Unavailable"
-    ) -> None:
-        if call.emergency is not None and self.emergency is not None and call.hop_index >= 0:
-            self.emergency.b_leg_failed(call.id, call.emergency, last_status)
+    def _failure(
+        self, call: Call, kind: FailureKind, detail: str, code: int | None = None
+    ) -> LegFailure:
+        """The failure of the current attempt (its hop's path and gateway)."""
+        hop = call.b.hop if call.b is not None and call.b.hop is not None else call.current_hop
+        if hop is None:
+            return LegFailure("-", "-", code, kind, detail)
+        return LegFailure(hop.trunk, hop.gateway, code, kind, detail)
+
+    def _record_failure(self, call: Call, failure: LegFailure) -> None:
+        """One attempt failed: keep it for the Warning and tell the emergency edge."""
+        call.failures.append(failure)
+        log.info(
+            "b_leg_failed",
+            path=failure.path,
+            gateway=failure.gateway,
+            code=failure.code,
+            error=failure.kind.value,
+            detail=failure.detail,
+            attempt=call.hop_index + 1,
+            call_id=call.id,
+        )
+        if call.emergency is not None and self.emergency is not None:
+            self.emergency.b_leg_failed(call.id, call.emergency, failure)
+
+    def _try_next_hop(self, call: Call, failure: LegFailure | None = None) -> None:
+        """The current attempt failed (``failure``; None: no attempt yet): the next hop."""
+        if failure is not None:
+            self._record_failure(call, failure)
         self._drop_b_leg(call)
+        status = failure.status if failure is not None else 503
         if call.queue is not None and self.queues is not None and not call.cancelled:
             # a queue offer failed: the dispatcher picks the next agent
-            self.queues.offer_failed(call, last_status)
+            self.queues.offer_failed(call, status)
             return
         call.hop_index += 1
         hop = call.current_hop
         if hop is None or call.cancelled:
             if not call.cancelled:
-                self._fail_a(call, last_status, last_reason)
+                reason = failure.reason if failure is not None else "Service Unavailable"
+                self._fail_a(call, status, reason)
             return
         self._place_b_leg(call, hop)
 
@@ -584,15 +622,47 @@ class B2BUA:
             self._flush()
             return
         hop = call.current_hop
+        ring = hop.ring_timeout if hop is not None and hop.ring_timeout else self.ring_timeout
+        failure = self._failure(call, FailureKind.RING_TIMEOUT, f"no answer within {ring:g} s")
         if hop is not None and 408 in hop.failover_codes and call.hop_index + 1 < len(call.hops):
             # e.g. an emergency callback the agent does not answer: its fallback (SPEC C-3)
             self.abandon_offer(call)
-            self._try_next_hop(call, 408, "Request Timeout")
+            self._try_next_hop(call, failure)
             self._flush()
             return
         call.cancelled = True
         self._send_cancel(call)
-        self._fail_a(call, 408, "Request Timeout")
+        self._record_failure(call, failure)
+        self._fail_a(call, failure.status, failure.reason)
+        self._flush()
+
+    def _on_setup_timeout(self, call: Call, tx: ClientTransaction) -> None:
+        """A 100 Trying, then no 18x or 2xx in time: the next path (emergency, SPEC E-2).
+
+        The stuck leg is CANCELled (RFC 3261 section 9.1: a provisional came, so a CANCEL
+        may go); a 200 that crosses the CANCEL is ACKed and BYEd by ``_Abandoned``, never
+        connected to the caller.
+        """
+        call.provisional_timer = None
+        b = call.b
+        if (
+            call.ended
+            or call.cancelled
+            or b is None
+            or b.client_tx is not tx
+            or b.got_final
+            or b.got_progress
+            or b.hop is None
+        ):
+            return
+        log.info("b_leg_setup_timeout", attempt=call.hop_index + 1, call_id=call.id)
+        failure = self._failure(
+            call,
+            FailureKind.SETUP_TIMEOUT,
+            f"no 18x or 2xx within {b.hop.setup_timeout:g} s of 100 Trying",
+        )
+        self.abandon_offer(call)
+        self._try_next_hop(call, failure)
         self._flush()
 
     def _host_for(self, dest: Address) -> str:
@@ -643,8 +713,15 @@ class B2BUA:
         log.info("b_leg_no_provisional", attempt=call.hop_index + 1, call_id=call.id)
         # RFC 3261 section 9.1: no CANCEL before a provisional; abandon the attempt and
         # clean up if it answers late (see _on_abandoned_response).
+        hop = call.b.hop
+        waited = hop.provisional_timeout if hop is not None else 0.0
+        failure = self._failure(
+            call,
+            FailureKind.PROVISIONAL_TIMEOUT,
+            f"no provisional response within {waited:g} s",
+        )
         tx.owner = _Abandoned(call)
-        self._try_next_hop(call, 408, "Request Timeout")
+        self._try_next_hop(call, failure)
         self._flush()
 
     def _flush(self) -> None:
@@ -674,10 +751,21 @@ class B2BUA:
             return
         status = response.status
         if status < 200:
-            if not b.got_provisional:
-                b.got_provisional = True
+            was_provisional, was_progress = b.got_provisional, b.got_progress
+            b.got_provisional = True
+            b.got_progress = was_progress or status > 100
+            hop = b.hop
+            setup = hop.setup_timeout if hop is not None else None
+            if setup is not None and not b.got_progress:
+                # an emergency hop: a 100 Trying alone is no progress (SPEC E-2)
+                if not was_provisional:
+                    self._stop_timer(call)
+                    call.provisional_timer = self.call_later(
+                        setup, lambda: self._on_setup_timeout(call, tx)
+                    )
+            elif not was_provisional or (setup is not None and not was_progress):
+                # the first provisional (the first 18x on an emergency hop): Timer C
                 self._stop_timer(call)
-                hop = b.hop
                 ring = (
                     hop.ring_timeout if hop is not None and hop.ring_timeout else self.ring_timeout
                 )
@@ -705,7 +793,7 @@ class B2BUA:
             if call.cancelled or call.ended:
                 self._ack_b(call, response, b"", None)
                 self._send_bye(call, b)
-                self._end(call, "cancelled")
+                self._end(call, CallOutcome(EndKind.CANCELLED))
                 return
             if not call.ack_waits_for_a:
                 self._ack_b(call, response, b"", None)
@@ -729,13 +817,15 @@ class B2BUA:
         b.got_final = True
         self._stop_timer(call)
         if call.cancelled:
-            self._end(call, "cancelled")
+            self._end(call, CallOutcome(EndKind.CANCELLED))
             return
         hop = call.current_hop
+        failure = self._failure(call, FailureKind.STATUS, response.reason, status)
         if hop is not None and status in hop.failover_codes and call.hop_index + 1 < len(call.hops):
             log.info("b_leg_failover", status=status, attempt=call.hop_index + 1)
-            self._try_next_hop(call, status, response.reason)
+            self._try_next_hop(call, failure)
             return
+        self._record_failure(call, failure)
         self._fail_a(call, status, response.reason, response)
 
     def _relay_response_to_a(self, call: Call, response: Response) -> None:
@@ -762,14 +852,27 @@ class B2BUA:
     ) -> None:
         a = call.a
         tx = a.server_tx
+        if call.emergency is not None and not getattr(call.emergency, "callback", False):
+            # SPEC E-3: never a far end's 404/424/403... to an emergency caller. 503 says
+            # "this server could not, try another" (RFC 3261 section 21.5.4): a phone with
+            # a backup proxy tries it. The Warning names every path tried and why it failed.
+            status, reason = 503, "Service Unavailable"
         if tx is not None and a.invite is not None and tx.state in ("trying", "proceeding"):
             out = make_response(a.invite, status, reason, to_tag=a.local_tag)
-            if response is not None:
+            if call.emergency is not None:
+                out.add("Warning", self._attempts_warning(call))
+            elif response is not None:
                 for name in ("Warning", "Retry-After", "Reason"):
                     for value in response.get_all(name):
                         out.add(name, value)
             self.layer.send_response(tx, out, self.clock())
-        self._end(call, f"failed {status}")
+        self._end(call, CallOutcome(EndKind.FAILED, status, tuple(call.failures)))
+
+    def _attempts_warning(self, call: Call) -> str:
+        """RFC 3261 section 20.43 Warning: each path tried and why it failed (SPEC E-2)."""
+        tried = "; ".join(failure.describe() for failure in call.failures)
+        text = f"every path failed: {tried}" if tried else "no path answered"
+        return warning_value(text, agent=self._host_for(call.a.flow), limit=800)
 
     def _ack_b(self, call: Call, response: Response, body: bytes, content_type: str | None) -> None:
         b = call.b
@@ -827,7 +930,7 @@ class B2BUA:
         log.info("call_cancelled_by_caller", call_id=call.id)
         b = call.b
         if b is None or b.got_final:
-            self._end(call, "cancelled")
+            self._end(call, CallOutcome(EndKind.CANCELLED))
             return
         if b.got_provisional:
             self._send_cancel(call)
@@ -891,7 +994,9 @@ class B2BUA:
                         self._send_cancel(call)
                 else:
                     self._send_bye(call, other)
-            self._end(call, "completed" if call.answered_at else "cancelled")
+            self._end(
+                call, CallOutcome(EndKind.COMPLETED if call.answered_at else EndKind.CANCELLED)
+            )
             return
         if other is None or other.dialog is None or method not in RELAYED_IN_DIALOG:
             if method in ("INFO", "OPTIONS", "NOTIFY", "MESSAGE") and (
@@ -1033,7 +1138,7 @@ class B2BUA:
     # -- failures ----------------------------------------------------------------------------
 
     def _on_tx_failure(
-        self, tx: ClientTransaction | ServerTransaction, status: int, reason: str
+        self, tx: ClientTransaction | ServerTransaction, kind: FailureKind, detail: str
     ) -> None:
         owner = tx.owner
         if isinstance(owner, Call) and isinstance(tx, ClientTransaction):
@@ -1044,15 +1149,15 @@ class B2BUA:
             b.got_final = True
             self._stop_timer(call)
             if call.cancelled:
-                self._end(call, "cancelled")
+                self._end(call, CallOutcome(EndKind.CANCELLED))
                 return
-            log.info("b_leg_failed", status=status, attempt=call.hop_index + 1, call_id=call.id)
-            self._try_next_hop(call, status, reason)
+            self._try_next_hop(call, self._failure(call, kind, detail))
         elif isinstance(owner, RelayedRequest) and isinstance(tx, ClientTransaction):
             relay = owner
             if relay.server_tx is not None and relay.server_tx.state in ("trying", "proceeding"):
+                status = 408 if kind is FailureKind.TIMEOUT else 503
                 out = make_response(
-                    relay.server_tx.request, status, reason, to_tag=relay.from_leg.local_tag
+                    relay.server_tx.request, status, to_tag=relay.from_leg.local_tag
                 )
                 self.layer.send_response(relay.server_tx, out, self.clock())
 
@@ -1064,11 +1169,12 @@ class B2BUA:
             self._send_bye(call, call.a)
             if call.b is not None:
                 self._send_bye(call, call.b)
-            self._end(call, "no ACK")
+            self._end(call, CallOutcome(EndKind.NO_ACK))
 
-    def _end(self, call: Call, result: str) -> None:
+    def _end(self, call: Call, outcome: CallOutcome) -> None:
         if call.ended:
             return
+        result = outcome.text
         call.state = CallState.ENDED
         call.result = result
         call.ended_at = self.clock()
@@ -1077,7 +1183,7 @@ class B2BUA:
         self.legs.pop((call.a.call_id, call.a.local_tag), None)
         if call.b is not None:
             self.legs.pop((call.b.call_id, call.b.local_tag), None)
-        if result.startswith("failed"):
+        if outcome.failed:
             self.failed += 1
         else:
             self.completed += 1
@@ -1095,7 +1201,7 @@ class B2BUA:
                 log.exception("observer_failed")
         if call.emergency is not None and self.emergency is not None:
             try:
-                self.emergency.ended(call.id, call.emergency, result)
+                self.emergency.ended(call.id, call.emergency, outcome)
             except Exception:
                 log.exception("emergency_end_failed")
         self._release(call)

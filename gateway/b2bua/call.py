@@ -5,7 +5,10 @@ Theory of operation
 An INVITE from outside (the A-leg, where we are the UAS) creates a :class:`Call`. Routing
 gives an ordered list of next hops (a trunk's gateways); the call places the B-leg (where we
 are the UAC) at the first one and moves to the next on a failover code, a transaction
-timeout, a transport failure, or when no provisional response arrives in time.
+timeout, a transport failure (an ICMP port unreachable included), when no provisional
+response arrives in time, or, on emergency hops (``NextHop.setup_timeout``), when a 100
+Trying is followed by no 18x or 2xx in time (the stuck leg is CANCELled). Each failed
+attempt is a :class:`LegFailure`; how the call ended is a :class:`CallOutcome`.
 
 State of a call, and the step that moves it on:
 
@@ -31,14 +34,24 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from gateway.sip.dialog import Dialog
-from gateway.sip.message import Request, Response
+from gateway.sip.message import REASON_PHRASES, Request, Response
 from gateway.sip.transaction import Address, ClientTransaction, ServerTransaction
 
-__all__ = ["Call", "CallState", "Leg", "NextHop", "RelayedRequest"]
+__all__ = [
+    "Call",
+    "CallOutcome",
+    "CallState",
+    "EndKind",
+    "FailureKind",
+    "Leg",
+    "LegFailure",
+    "NextHop",
+    "RelayedRequest",
+]
 
 
 class CallState(Enum):
@@ -47,6 +60,120 @@ class CallState(Enum):
     EARLY = "early"
     CONFIRMED = "confirmed"
     ENDED = "ended"
+
+
+class FailureKind(StrEnum):
+    """Why one attempt (the B-leg at one gateway) failed.
+
+    The values are the ``error`` of the emergency ``failover`` event and of each entry of
+    the ``failed`` event's ``attempts`` (docs/schemas/emergency-event.v1.json takes them
+    from here; a unit test fails when they drift).
+    """
+
+    #: a final response 300-699 (its status is the failure's ``code``)
+    STATUS = "status"
+    #: no response at all (Timer B, RFC 3261 section 17.1.1.2)
+    TIMEOUT = "timeout"
+    #: no provisional response within the hop's provisional timeout (SPEC E-2)
+    PROVISIONAL_TIMEOUT = "provisional_timeout"
+    #: a 100 Trying, then no 18x or 2xx within the hop's setup timeout (emergency hops)
+    SETUP_TIMEOUT = "setup_timeout"
+    #: it rang, and no answer came within Timer C (RFC 3261 section 16.6 step 11)
+    RING_TIMEOUT = "ring_timeout"
+    #: nothing listens there (ICMP port unreachable, TCP connection refused)
+    REFUSED = "refused"
+    #: the send failed otherwise (no route to host, name not resolved, connection lost)
+    TRANSPORT = "transport"
+    #: a response we could not use (malformed): treated as 502
+    BAD_RESPONSE = "bad_response"
+
+
+#: the status a caller gets when an attempt that failed this way was the last one
+_FAILURE_STATUS = {
+    FailureKind.TIMEOUT: 408,
+    FailureKind.PROVISIONAL_TIMEOUT: 408,
+    FailureKind.SETUP_TIMEOUT: 408,
+    FailureKind.RING_TIMEOUT: 408,
+    FailureKind.REFUSED: 503,
+    FailureKind.TRANSPORT: 503,
+    FailureKind.BAD_RESPONSE: 502,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LegFailure:
+    """One failed attempt: the path (route or trunk), the gateway, and why.
+
+    ``gateway`` is ``transport:host:port``; ``code`` is the far end's final status (only
+    for :attr:`FailureKind.STATUS`, else None); ``detail`` says it in words (the reason
+    phrase, or what timed out or failed).
+    """
+
+    path: str
+    gateway: str
+    code: int | None
+    kind: FailureKind
+    detail: str
+
+    @property
+    def status(self) -> int:
+        """The status to answer the caller with if nothing else is tried."""
+        if self.code is not None:
+            return self.code
+        return _FAILURE_STATUS.get(self.kind, 503)
+
+    @property
+    def reason(self) -> str:
+        if self.kind is FailureKind.STATUS and self.detail:
+            return self.detail
+        return REASON_PHRASES.get(self.status, "Service Unavailable")
+
+    def describe(self) -> str:
+        """``<path> <gateway> <code> <detail>``: one item of a Warning text."""
+        code = f"{self.code} " if self.code is not None else ""
+        return f"{self.path} {self.gateway} {code}{self.detail}"
+
+    def as_event(self) -> dict[str, Any]:
+        """The fields of a ``failover`` event / an ``attempts`` entry (JSON)."""
+        return {
+            "path": self.path,
+            "gateway": self.gateway,
+            "code": self.code,
+            "error": self.kind.value,
+            "detail": self.detail,
+        }
+
+
+class EndKind(StrEnum):
+    """How a call ended (the ``result`` of the emergency ``ended``/``failed`` events)."""
+
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    NO_ACK = "no_ack"
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """How a call ended, as a value: the kind, the final status the caller got when it
+    failed, and every failed attempt in order."""
+
+    kind: EndKind
+    status: int | None = None
+    attempts: tuple[LegFailure, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.kind is EndKind.FAILED
+
+    @property
+    def text(self) -> str:
+        """The call-history (CDR) form: ``failed 503``, ``completed``, ``no ACK``..."""
+        if self.kind is EndKind.FAILED:
+            return f"failed {self.status}" if self.status is not None else "failed"
+        if self.kind is EndKind.NO_ACK:
+            return "no ACK"
+        return self.kind.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +193,14 @@ class NextHop:
     agent: str | None = None
     #: the hop takes the caller's location by value (RFC 6442, SPEC E-10)
     accepts_location: bool = False
+    #: after a 100 Trying, longest wait for an 18x or 2xx before the next hop (emergency
+    #: hops, SPEC E-2); None: a 100 is progress enough (ordinary calls)
+    setup_timeout: float | None = None
+
+    @property
+    def gateway(self) -> str:
+        """``transport:host:port``, as events and Warning texts name a gateway."""
+        return f"{self.address.transport}:{self.address.host}:{self.address.port}"
 
 
 @dataclass(slots=True)
@@ -86,6 +221,8 @@ class Leg:
     server_tx: ServerTransaction | None = None  # A-leg INVITE
     client_tx: ClientTransaction | None = None  # B-leg INVITE
     got_provisional: bool = False
+    #: an 18x came (more than a 100 Trying: the far end is working on the call)
+    got_progress: bool = False
     got_final: bool = False
     hop: NextHop | None = None
 
@@ -124,6 +261,8 @@ class Call:
     ack_waits_for_a: bool = False
     provisional_timer: asyncio.TimerHandle | None = None
     attempts: list[str] = field(default_factory=list)
+    #: every failed attempt, in order (the Warning of an emergency call that failed)
+    failures: list[LegFailure] = field(default_factory=list)
     pending_b_2xx: Response | None = None
     #: "outbound" (from an agent or a lab source) or "inbound" (from a trunk)
     direction: str = "outbound"

@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from gateway.b2bua.call import NextHop
+from gateway.b2bua.call import CallOutcome, LegFailure, NextHop
 from gateway.config.dialplan import Dialplan
 from gateway.emergency.callbacks import CallbackDecision, is_callback
 from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRule, EmergencyConfig
@@ -192,6 +192,7 @@ class EmergencyService:
                 provisional_timeout=hop.provisional_timeout_s,
                 request_uri=hop.request_uri,
                 accepts_location=hop.accepts_location,
+                setup_timeout=self.dialplan.emergency.setup_timeout_s,
             )
             for hop in plan.hops
         ]
@@ -370,14 +371,15 @@ class EmergencyService:
         except Exception:
             log.exception("notification_failed_to_start", call_id=call_id)
 
-    def b_leg_failed(self, call_id: str, emergency: EmergencyCall, status: int) -> None:
-        self.event(call_id, emergency, "failover", code=status)
+    def b_leg_failed(self, call_id: str, emergency: EmergencyCall, failure: LegFailure) -> None:
+        """One path failed: ``failover`` with path, gateway, code, error and detail."""
+        self.event(call_id, emergency, "failover", fields=failure.as_event())
 
     def answered(self, call_id: str, emergency: EmergencyCall) -> None:
         emergency.answered = True
         self.event(call_id, emergency, "callback_answered" if emergency.callback else "answered")
 
-    def ended(self, call_id: str, emergency: EmergencyCall, result: str) -> None:
+    def ended(self, call_id: str, emergency: EmergencyCall, outcome: CallOutcome) -> None:
         self._notify(call_id, emergency)  # no path at all: the contacts still hear of it
         agent = emergency.agent
         if agent is not None:
@@ -390,9 +392,18 @@ class EmergencyService:
             if emergency.dnd:
                 self.presence.emergency_ended(agent)
         if emergency.answered:
-            self.event(call_id, emergency, "ended", result=result)
+            self.event(call_id, emergency, "ended", result=outcome.kind.value)
         else:
-            self.event(call_id, emergency, "failed", result=result)
+            self.event(
+                call_id,
+                emergency,
+                "failed",
+                fields={
+                    "result": outcome.kind.value,
+                    "status": outcome.status,
+                    "attempts": [attempt.as_event() for attempt in outcome.attempts],
+                },
+            )
 
     def lockdown(self, agent: str, call_id: str | None, emergency: EmergencyCall | None) -> None:
         """Tell desktops, retained, that ``agent``'s phone is locked down by the emergency
@@ -420,7 +431,19 @@ class EmergencyService:
             return
         log.info("lockdown", agent=agent, call_id=call_id, active=emergency is not None)
 
-    def event(self, call_id: str, emergency: EmergencyCall, name: str, **extra: Any) -> None:
+    def event(
+        self,
+        call_id: str,
+        emergency: EmergencyCall,
+        name: str,
+        fields: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> None:
+        """Publish one emergency event; ``extra`` None values are left out, ``fields``
+        (structured values, nulls included) go in as they are."""
+        extra = {k: v for k, v in extra.items() if v is not None}
+        if fields:
+            extra.update(fields)
         payload = emergency_payload(
             call=call_id,
             event=name,
@@ -429,7 +452,7 @@ class EmergencyService:
             did=emergency.did,
             route=emergency.route,
             test=emergency.test,
-            extra={k: v for k, v in extra.items() if v is not None},
+            extra=extra,
         )
         log.info(
             "emergency_event",
@@ -439,6 +462,6 @@ class EmergencyService:
             did=emergency.did,
             route=emergency.route,
             test=emergency.test,
-            **{k: v for k, v in extra.items() if v is not None},
+            **extra,
         )
         self.publisher.publish(self.topics.emergency_suffix(call_id), payload, retain=False)

@@ -10,9 +10,10 @@ if TYPE_CHECKING:
 __all__ = ["MessageTooLarge", "SipError", "SipParseError", "UnsupportedVersion", "warning_value"]
 
 
-def warning_value(text: str, code: int = 399, agent: str = "gateway") -> str:
-    """A Warning header value (RFC 3261 section 20.43) saying ``text``, safely quoted."""
-    quoted = text.replace("\\", "\\\\").replace('"', "'")[:200]
+def warning_value(text: str, code: int = 399, agent: str = "gateway", limit: int = 200) -> str:
+    """A Warning header value (RFC 3261 section 20.43) saying ``text`` (at most ``limit``
+    characters), safely quoted."""
+    quoted = text.replace("\\", "\\\\").replace('"', "'")[:limit]
     return f'{code} {agent} "{quoted}"'
 
 

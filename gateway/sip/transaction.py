@@ -13,7 +13,7 @@ Usage by the adapter (transport) and the transaction user (TU, the B2BUA):
     layer.send_response(server_tx, response, now)  # answer a server transaction
     layer.send_ack(client_tx, ack, destination, now)     # ACK for a 2xx (end to end)
     layer.send_stateless(message, destination)     # e.g. stray responses, 2xx ACK w/o tx
-    layer.transport_error(destination, now)        # a send to destination failed
+    layer.transport_error(destination, now, detail, refused=False)  # a send there failed
     layer.find_server(request)                     # the server transaction a request matches
     layer.client_count, layer.server_count         # live transactions (0 when idle)
     while (out := layer.next_outgoing()) is not None: send out.data to out.destination
@@ -338,9 +338,16 @@ class TransactionTimeout:
 
 @dataclass(frozen=True, slots=True)
 class TransportFailure:
-    """Sending for this transaction failed (treat as 503, RFC 3261 section 8.1.3.1)."""
+    """Sending for this transaction failed (treat as 503, RFC 3261 section 8.1.3.1).
+
+    ``detail`` is what the adapter saw (for logs and Warning texts); ``refused`` says the
+    peer's host answered that nothing listens there (ICMP port unreachable, a TCP reset):
+    no point waiting for Timer B.
+    """
 
     transaction: ClientTransaction | ServerTransaction
+    detail: str = ""
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1052,20 +1059,24 @@ class TransactionLayer:
 
     # -- transport failures -----------------------------------------------------------------
 
-    def transport_error(self, destination: Address, now: float) -> None:
+    def transport_error(
+        self, destination: Address, now: float, detail: str = "", *, refused: bool = False
+    ) -> None:
         """A send to ``destination`` failed: every transaction sending there fails.
 
         Client transactions whose ``destination`` and server transactions whose
         ``reply_to`` is that address terminate with ``TransportFailure`` (section 17.1.4,
-        17.2.4).
+        17.2.4), carrying ``detail`` and ``refused`` (see the event). The adapter calls
+        this for a failed send and for an ICMP error it can tie to the destination
+        (section 18.4: unreachable errors are send failures).
         """
         events = self._events
         for ctx in [t for t in self._clients.values() if t.destination == destination]:
             self._terminate(ctx)
-            events.append(TransportFailure(ctx))
+            events.append(TransportFailure(ctx, detail, refused))
         for stx in [t for t in self._servers.values() if t.reply_to == destination]:
             self._terminate(stx)
-            events.append(TransportFailure(stx))
+            events.append(TransportFailure(stx, detail, refused))
 
     # -- timer actions ----------------------------------------------------------------------
 

@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Callable
+import struct
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -69,10 +71,78 @@ def _family_of(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+# ICMP errors on an unconnected UDP socket (RFC 3261 section 18.4: host, network, port or
+# protocol unreachable and parameter problem mean "the send failed"; source quench and time
+# exceeded are ignored). Linux reports ICMP errors to an *unconnected* UDP socket only when
+# IP_RECVERR / IPV6_RECVERR is set (ip(7), ipv6(7)); then each error waits in the socket's
+# error queue, and recvmsg(MSG_ERRQUEUE) returns a struct sock_extended_err with msg_name
+# set to the destination of the datagram that caused it: that address is how the error is
+# tied to the transactions sending there. The pending error also makes the socket readable,
+# and the event loop's read fails with it and calls error_received (asyncio and uvloop
+# alike), which drains the queue. Other systems do not report ICMP errors to unconnected
+# sockets at all: there the transactions' timers stay the only failure detection.
+_ICMP_ERRORS = sys.platform.startswith("linux")
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_SO_EE_ORIGIN_ICMP = 2
+_SO_EE_ORIGIN_ICMP6 = 3
+_SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, origin, type, code, pad, info, data
+#: (origin, ICMP type) -> what it means; codes matter only for "port unreachable"
+_ICMP_FAILURES = {
+    (_SO_EE_ORIGIN_ICMP, 3): "ICMP destination unreachable",
+    (_SO_EE_ORIGIN_ICMP, 12): "ICMP parameter problem",
+    (_SO_EE_ORIGIN_ICMP6, 1): "ICMPv6 destination unreachable",
+    (_SO_EE_ORIGIN_ICMP6, 4): "ICMPv6 parameter problem",
+}
+_PORT_UNREACHABLE = {(_SO_EE_ORIGIN_ICMP, 3, 3), (_SO_EE_ORIGIN_ICMP6, 1, 4)}
+
+
+def _udp_socket(spec: ListenSpec) -> socket.socket:
+    """A bound, non-blocking UDP socket for ``spec`` that reports ICMP errors (Linux)."""
+    sock = socket.socket(spec.family, socket.SOCK_DGRAM)
+    try:
+        if _ICMP_ERRORS:
+            with contextlib.suppress(OSError):
+                if spec.family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        sock.setblocking(False)
+        sock.bind((spec.host, spec.port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def icmp_errors(sock: socket.socket, limit: int = 64) -> Iterator[tuple[Address, str, bool]]:
+    """Drain ``sock``'s error queue: ``(destination, detail, refused)`` per send failure.
+
+    ``refused`` is a port unreachable (nothing listens there). Errors RFC 3261 section
+    18.4 says to ignore (source quench, time exceeded, packet too big) are skipped.
+    """
+    for _ in range(limit):
+        try:
+            _, ancillary, _, address = sock.recvmsg(64, 512, socket.MSG_ERRQUEUE)
+        except OSError:  # BlockingIOError: the queue is empty
+            return
+        for _level, _kind, data in ancillary:
+            if len(data) < _SOCK_EXTENDED_ERR.size or not isinstance(address, tuple):
+                continue
+            _errno, origin, icmp_type, code, *_ = _SOCK_EXTENDED_ERR.unpack_from(data)
+            what = _ICMP_FAILURES.get((origin, icmp_type))
+            if what is None:
+                continue
+            refused = (origin, icmp_type, code) in _PORT_UNREACHABLE
+            detail = "ICMP port unreachable" if refused else f"{what} (code {code})"
+            yield Address("udp", str(address[0]), int(address[1])), detail, refused
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: SipEndpoint, spec: ListenSpec):
+    def __init__(self, endpoint: SipEndpoint, spec: ListenSpec, sock: socket.socket):
         self.endpoint = endpoint
         self.spec = spec
+        self.sock = sock
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,9 +153,12 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.endpoint.on_bytes(data, Address("udp", addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and friends: the peer is gone. On Linux the error is not
-        # tied to a destination here, so transactions fall back on their timers.
-        log.debug("udp_error", error=str(exc))
+        # an ICMP error (see _ICMP_ERRORS): the error queue says which destination failed
+        failures = list(icmp_errors(self.sock)) if _ICMP_ERRORS else []
+        if not failures:
+            log.debug("udp_error", error=str(exc))
+        for destination, detail, refused in failures:
+            self.endpoint.unreachable(destination, detail, refused=refused)
 
 
 class _TcpConnection(asyncio.Protocol):
@@ -164,16 +237,14 @@ class SipEndpoint:
         """Open every listening socket; raises OSError when an address is unusable."""
         for spec in self.listeners:
             if spec.transport == "udp":
-                transport, protocol = await self.loop.create_datagram_endpoint(
-                    lambda spec=spec: _UdpProtocol(self, spec),  # type: ignore[misc]
-                    local_addr=(spec.host, spec.port),
-                    family=spec.family,
+                sock = _udp_socket(spec)
+                for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+                _, protocol = await self.loop.create_datagram_endpoint(
+                    lambda spec=spec, sock=sock: _UdpProtocol(self, spec, sock),  # type: ignore[misc]
+                    sock=sock,
                 )
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                        with contextlib.suppress(OSError):
-                            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
                 self._udp.setdefault(spec.family, protocol)
             elif spec.transport == "tcp":
                 server = await self.loop.create_server(
@@ -379,7 +450,7 @@ class SipEndpoint:
             )
         except OSError as exc:
             self._connecting.pop(target, None)
-            self._fail(reported_as, str(exc))
+            self._fail(reported_as, str(exc), refused=isinstance(exc, ConnectionRefusedError))
             self.pump()
 
     def connection_opened(self, peer: Address, conn: _TcpConnection) -> None:
@@ -391,7 +462,15 @@ class SipEndpoint:
         if self._connections.get(peer) is conn:
             del self._connections[peer]
 
-    def _fail(self, destination: Address, why: str) -> None:
-        log.info("transport_error", destination=str(destination), error=why)
-        self.layer.transport_error(destination, self.loop.time())
+    def _fail(self, destination: Address, why: str, *, refused: bool = False) -> None:
+        log.info("transport_error", destination=str(destination), error=why, refused=refused)
+        self.layer.transport_error(destination, self.loop.time(), why, refused=refused)
         # pump() is called by whoever triggered the send
+
+    def unreachable(self, destination: Address, detail: str, *, refused: bool) -> None:
+        """An ICMP error for a datagram we sent to ``destination`` (an IP literal)."""
+        self._fail(destination, detail, refused=refused)
+        for name, resolved in list(self._resolved.items()):
+            if resolved == destination.host:  # transactions that know the peer by name
+                self._fail(Address("udp", name, destination.port), detail, refused=refused)
+        self.pump()

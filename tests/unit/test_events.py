@@ -253,6 +253,7 @@ class _Recording:
 async def test_emergency_hooks_lock_an_agent_down_from_the_first_call_to_the_last() -> None:
     """SPEC E-8: overlapping emergency calls (a second 911 is allowed) give one active and
     one lifted lock-down; every agent starts unlocked; a callback says so."""
+    from gateway.b2bua.call import CallOutcome, EndKind
     from gateway.config.loader import load_dialplan_text
     from gateway.emergency.service import EmergencyCall, EmergencyService
     from gateway.presence.service import PresenceService
@@ -286,9 +287,9 @@ async def test_emergency_hooks_lock_an_agent_down_from_the_first_call_to_the_las
     second = EmergencyCall(None, "alice", None, test=True)
     service.started("c-1", first)
     service.started("c-2", second)
-    service.ended("c-1", first, "bye")
+    service.ended("c-1", first, CallOutcome(EndKind.COMPLETED))
     assert [(p["active"], p["call"]) for p in publisher.on(alice)[1:]] == [(True, "c-1")]
-    service.ended("c-2", second, "bye")
+    service.ended("c-2", second, CallOutcome(EndKind.COMPLETED))
     assert [(p["active"], p["call"]) for p in publisher.on(alice)[1:]] == [
         (True, "c-1"),
         (False, "c-2"),
@@ -326,6 +327,20 @@ def test_node_status_payload_refuses_bad_counts() -> None:
         node_status_payload(node="gw1", status="up", timestamp=NOW)
 
 
+_ATTEMPT = {
+    "path": "direct-offer",
+    "gateway": "udp:192.0.2.20:5060",
+    "code": None,
+    "error": "timeout",
+    "detail": "no response (timer B)",
+}
+#: the fields the schema requires of some events (failover, failed)
+REQUIRED_FOR: dict[str, dict[str, object]] = {
+    "failover": _ATTEMPT,
+    "failed": {"result": "failed", "status": 503, "attempts": [_ATTEMPT]},
+}
+
+
 @pytest.mark.parametrize("event", EMERGENCY_EVENTS)
 def test_emergency_payload_matches_schema(event: str) -> None:
     payload = emergency_payload(
@@ -336,7 +351,7 @@ def test_emergency_payload_matches_schema(event: str) -> None:
         did="+15551230001",
         route="carrier-a",
         test=event == "trying",
-        extra={"reason": "503 from carrier-a"},
+        extra={"reason": "503 from carrier-a", **REQUIRED_FOR.get(event, {})},
     )
     _validator("emergency-event.v1.json").validate(payload)
     assert payload["reason"] == "503 from carrier-a"
