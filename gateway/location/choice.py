@@ -32,10 +32,12 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from gateway.config.dialplan import Location
+from gateway.stores.ports import Binding
 
 __all__ = [
     "LOCATION_SOURCES",
@@ -44,6 +46,8 @@ __all__ = [
     "LocationChoice",
     "LocationSource",
     "choose_location",
+    "current_registration",
+    "source_host",
 ]
 
 LocationSource = Literal["phone", "desktop", "network_map", "static", "site", "none"]
@@ -108,3 +112,15 @@ def choose_location(
     if static is not None:
         return LocationChoice(static, "static", METHOD_MANUAL)
     return _NONE
+
+
+def source_host(source: str) -> str:
+    """The host of a binding's ``transport:host:port`` source (IPv6 without brackets)."""
+    rest = source.partition(":")[2]
+    return rest.rpartition(":")[0].strip("[]")
+
+
+def current_registration(bindings: Iterable[Binding]) -> Binding | None:
+    """The agent's latest registration: the binding that lives longest (the one
+    refreshed last, for phones with the same expiry), or None."""
+    return max(bindings, key=lambda binding: binding.expires_at, default=None)

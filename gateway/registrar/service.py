@@ -73,6 +73,7 @@ class RegistrarService:
         loop_clock: Callable[[], float],
         wall_clock: Callable[[], float] = time.time,
         secret: bytes | None = None,
+        on_registered: Callable[[str, str], None] | None = None,
     ):
         settings = dialplan.registrar
         self.layer = layer
@@ -93,6 +94,9 @@ class RegistrarService:
             (agent.username or agent_id): agent_id for agent_id, agent in dialplan.agents.items()
         }
         self.bindings: dict[str, dict[str, Binding]] = {agent: {} for agent in dialplan.agents}
+        #: ``on_registered(agent, "transport:host:port")`` after each accepted REGISTER that
+        #: adds or refreshes a binding (SPEC E-10: the network map looks at that address)
+        self.on_registered = on_registered
         self._writes: asyncio.Queue[_Write] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -175,6 +179,11 @@ class RegistrarService:
             contacts[added.contact_uri] = added
             self._writes.put_nowait(_Write(put=added))
         log.info("registered", agent=agent, contacts=len(contacts), source=source_text)
+        if outcome.added and self.on_registered is not None:
+            try:
+                self.on_registered(agent, source_text)
+            except Exception:
+                log.exception("on_registered_failed", agent=agent)
         self.presence.set_registered(agent, bool(self.contacts(agent)))
 
     # -- background ----------------------------------------------------------------------------
