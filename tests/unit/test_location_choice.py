@@ -136,3 +136,14 @@ def test_the_checks_agree_with_the_command_schema(payload: dict[str, Any]) -> No
     validator = jsonschema.Draft202012Validator(schema)
     accepted = not isinstance(check_location_command(payload), RefusedCommand)
     assert validator.is_valid(payload) == accepted
+
+
+@pytest.mark.parametrize(
+    "name", ["agent-location.v1.json", "location-set.v1.json", "location-ack.v1.json"]
+)
+def test_location_schemas_are_valid_and_their_examples_pass(name: str) -> None:
+    schema = json.loads((SCHEMAS / name).read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["examples"]
+    for example in schema["examples"]:
+        jsonschema.Draft202012Validator(schema).validate(example)
