@@ -28,6 +28,8 @@ from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Publisher, Topics
 from gateway.gcpolicy import GcPacer
+from gateway.location.choice import current_registration
+from gateway.location.service import AgentLocations
 from gateway.notify import Notifier
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
@@ -77,6 +79,11 @@ class Gateway:
             stack.push_async_callback(stores.close)
 
             presence_ref: list[PresenceService] = []
+            locations_ref: list[AgentLocations] = []
+
+            def on_location(agent: str, payload: dict[str, Any] | str) -> None:
+                if locations_ref:
+                    locations_ref[0].command(agent, payload)
 
             def on_command(agent: str, status: str, raw: dict[str, Any]) -> None:
                 note = raw.get("reason")  # the desktop's own words, checked by the adapter
@@ -101,6 +108,7 @@ class Gateway:
                     ),
                     topics,
                     on_command=on_command,
+                    on_location=on_location,
                 )
                 publisher = await stack.enter_async_context(mqtt)
 
@@ -129,11 +137,25 @@ class Gateway:
             endpoint = SipEndpoint(
                 layer, listeners, max_message_bytes=sip.max_message_bytes, loop=loop
             )
+            locations = AgentLocations(dialplan, stores.locations, publisher, topics)
+            locations_ref.append(locations)
             registrar = RegistrarService(
-                dialplan, layer, stores.registrations, presence, loop_clock=loop.time
+                dialplan,
+                layer,
+                stores.registrations,
+                presence,
+                loop_clock=loop.time,
+                on_registered=locations.registered,
             )
             await registrar.start()
             stack.push_async_callback(registrar.close)
+            restored = {
+                agent_id: binding.source
+                for agent_id in dialplan.agents
+                if (binding := current_registration(registrar.contacts(agent_id))) is not None
+            }
+            await locations.start(restored)
+            stack.push_async_callback(locations.close)
             presence.announce()
 
             notifier: Notifier | None = None
@@ -161,6 +183,7 @@ class Gateway:
                 topics,
                 registrar.contacts,
                 notify=notifier.notify if notifier is not None else None,
+                desktop_location=locations.desktop,
             )
             await emergency.start()
             router = ContactCentreRouter(

@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from gateway.b2bua.call import CallOutcome, LegFailure, NextHop
-from gateway.config.dialplan import Dialplan
+from gateway.config.dialplan import Dialplan, Location
 from gateway.emergency.callbacks import CallbackDecision, is_callback
 from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRule, EmergencyConfig
 from gateway.emergency.lockdown import agent_request_allowed, is_hold_offer
@@ -40,6 +40,12 @@ from gateway.emergency.routing import RoutePlan, choose_route
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import LockdownReason, emergency_payload, lockdown_payload, rfc3339
 from gateway.location import add_location_by_value, has_location
+from gateway.location.choice import (
+    LocationChoice,
+    choose_location,
+    current_registration,
+    source_host,
+)
 from gateway.notify import EmergencyNotice, notice_for
 from gateway.presence.service import PresenceService
 from gateway.sip.message import Request
@@ -98,6 +104,8 @@ class EmergencyCall:
     notified: bool = False
     dialled_at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: where the location on the latest B-leg INVITE came from (SPEC E-10; ``trying`` event)
+    location_source: str | None = None
 
 
 class EmergencyService:
@@ -115,6 +123,7 @@ class EmergencyService:
         wall_clock: Callable[[], float] = time.time,
         reserve_timeout: float = 0.25,
         notify: Callable[[EmergencyNotice], None] | None = None,
+        desktop_location: Callable[[str], Location | None] | None = None,
     ):
         self.dialplan = dialplan
         self.config = config_from_dialplan(dialplan)
@@ -127,6 +136,8 @@ class EmergencyService:
         self.reserve_timeout = reserve_timeout
         #: E-6: the e-mail notifier (non-blocking), when a mail server is configured
         self.notify = notify
+        #: E-10: the location an agent's desktop confirmed (AgentLocations.desktop)
+        self.desktop_location = desktop_location
         self.live: dict[str, Reservation] = {}  # DID -> live reservation
         #: agents on an emergency call now (E-8: no other outbound call meanwhile)
         self.active_agents: dict[str, int] = {}
@@ -214,23 +225,56 @@ class EmergencyService:
             invite.set("From", f"<sip:{a_identity}@{host};user=phone>;tag={from_.tag}")
             invite.set("P-Asserted-Identity", f"<sip:{a_identity}@{host};user=phone>")
         invite.set("Priority", "emergency")
-        if emergency.agent is None or not hop.accepts_location or has_location(invite):
+        self._add_location(emergency, hop, invite, host)
+
+    def location_choice(
+        self, emergency: EmergencyCall, accepts_location: bool, phone_has_location: bool
+    ) -> LocationChoice:
+        """SPEC E-10: the best location for this call (gateway.location.choice)."""
+        agent = emergency.agent
+        site_call = desktop = network = static = None
+        if agent is None and emergency.site is not None:
+            site = self.dialplan.sites.get(emergency.site)
+            site_call = site.location if site is not None else None
+        if agent is not None:
+            desktop = self.desktop_location(agent) if self.desktop_location is not None else None
+            static = self.dialplan.agents[agent].location
+            registration = current_registration(self.contacts(agent))
+            if registration is not None:
+                found = self.dialplan.site_for(source_host(registration.source))
+                network = found[1].location if found is not None else None
+        return choose_location(
+            phone_has_location,
+            desktop,
+            network,
+            static,
+            site_call=site_call,
+            path_accepts_location=accepts_location,
+        )
+
+    def _add_location(
+        self, emergency: EmergencyCall, hop: NextHop, invite: Request, host: str
+    ) -> None:
+        """Add the chosen location by value (RFC 6442), with its method; record its source."""
+        choice = self.location_choice(emergency, hop.accepts_location, has_location(invite))
+        emergency.location_source = choice.source
+        if choice.location is None or choice.method is None:
             return
-        location = self.dialplan.agents[emergency.agent].location
-        if location is None:
-            return
+        who = emergency.agent if emergency.agent is not None else f"site-{emergency.site}"
         try:
             add_location_by_value(
                 invite,
-                location,
-                f"pres:{emergency.agent}@{self.dialplan.node.name}",
+                choice.location,
+                f"pres:{who}@{self.dialplan.node.name}",
                 cid_domain=host
                 if ":" not in host and not host.startswith("[")
                 else "gateway.invalid",
                 now_iso=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
                 boundary_random=secrets.token_hex(8),
+                method=choice.method,
             )
         except ValueError as exc:  # never let location trouble hold the call
+            emergency.location_source = "none"
             log.error("location_by_value_failed", agent=emergency.agent, error=str(exc))
 
     def in_dialog_allowed(
@@ -331,6 +375,7 @@ class EmergencyService:
             emergency,
             "trying",
             gateway=f"{hop.address.transport}:{hop.address.host}:{hop.address.port}",
+            location_source=emergency.location_source,
         )
         # E-6: the notification starts once the INVITE is on its way (the B2BUA sends it
         # right after this hook, in the same step; call_soon runs the notifier after it)

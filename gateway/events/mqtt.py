@@ -19,7 +19,9 @@ Everything else runs in an :class:`asyncio.TaskGroup` owned by the ``async with`
     once every PUBACK is in, so events raised during an outage are delivered, in order,
     after the broker comes back (at least once).
 ``mqtt-commands``
-    decodes presence commands, checks them (agents may only set Available, Away or
+    hands location commands (``<prefix>/agents/+/location/set``, subscribed when
+    ``on_location`` is given) to ``on_location(agent, payload_or_refusal)``; decodes
+    presence commands, checks them (agents may only set Available, Away or
     DoNotDisturb) and calls ``on_command(agent, status, payload)``; bad ones are logged and
     ignored. Its ``async for`` also notices a lost connection while nothing is published.
 
@@ -51,6 +53,7 @@ from gateway.logs import get_logger
 __all__ = [
     "BrokerAddress",
     "CommandCallback",
+    "LocationCallback",
     "MqttPublisher",
     "MqttSettings",
     "PublisherStats",
@@ -59,6 +62,11 @@ __all__ = [
 
 CommandCallback = Callable[[str, str, dict[str, Any]], None]
 """``on_command(agent_id, status, payload)``: a checked presence command from an agent."""
+
+LocationCallback = Callable[[str, dict[str, Any] | str], None]
+"""``on_location(agent_id, payload)``: a location command from a desktop, as a decoded JSON
+object, or the reason it could not be read (not JSON, too large, retained) so that the
+receiver can answer it (SPEC E-10)."""
 
 QOS: Final = 1
 MAX_COMMAND_BYTES: Final = 4096
@@ -191,12 +199,14 @@ class MqttPublisher:
         topics: Topics,
         *,
         on_command: CommandCallback | None = None,
+        on_location: LocationCallback | None = None,
         rand: Callable[[], float] = random.random,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._settings = settings
         self._topics = topics
         self._on_command = on_command
+        self._on_location = on_location
         self._clock = clock
         self._backoff = Backoff(base=settings.reconnect_base, cap=settings.reconnect_max, rand=rand)
         self._buffer: EventBuffer[_Outgoing] = EventBuffer(settings.buffer_size)
@@ -383,6 +393,8 @@ class MqttPublisher:
             await self._publish_status(client, "online")
             if self._on_command is not None:
                 await client.subscribe(self._topics.presence_set_filter, qos=QOS)
+            if self._on_location is not None:
+                await client.subscribe(self._topics.location_set_filter, qos=QOS)
             self._connected.set()
             self._log.info(
                 "mqtt_connected",
@@ -448,7 +460,28 @@ class MqttPublisher:
 
     async def _receive_commands(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            self._handle_command(str(message.topic), message.payload, retained=message.retain)
+            topic = str(message.topic)
+            if self._topics.agent_from_location_set_topic(topic) is not None:
+                self._handle_location(topic, message.payload, retained=message.retain)
+                continue
+            self._handle_command(topic, message.payload, retained=message.retain)
+
+    def _handle_location(self, topic: str, raw: object, *, retained: bool) -> None:
+        """Pass one location command on, decoded or with the reason it is unreadable."""
+        agent = self._topics.agent_from_location_set_topic(topic)
+        if agent is None or self._on_location is None:
+            self._log.warning("mqtt_unexpected_topic", topic=topic)
+            return
+        payload: dict[str, Any] | str
+        if retained:
+            # a retained command would be replayed on every reconnect: never act on one
+            payload = "retained commands are ignored (publish with retain=false)"
+        else:
+            payload = _decode_object(raw)
+        try:
+            self._on_location(agent, payload)
+        except Exception:
+            self._log.exception("location_command_handler_failed", agent=agent)
 
     def _handle_command(self, topic: str, raw: object, *, retained: bool) -> None:
         """Check one presence command and pass it on; log and ignore anything wrong."""
@@ -502,6 +535,21 @@ def _decode_command(raw: object) -> dict[str, Any] | str:
         check_note(payload.get("reason"), "reason")  # the desktop's own words, bounded
     except ValueError as exc:
         return str(exc)
+    return payload
+
+
+def _decode_object(raw: object) -> dict[str, Any] | str:
+    """A command payload as a JSON object, or why it is not one."""
+    if not isinstance(raw, bytes | bytearray):
+        return "payload is not bytes"
+    if len(raw) > MAX_COMMAND_BYTES:
+        return f"payload larger than {MAX_COMMAND_BYTES} bytes"
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        return f"payload is not JSON: {exc}"
+    if not isinstance(payload, dict):
+        return "payload is not a JSON object"
     return payload
 
 

@@ -13,6 +13,9 @@ slow or absent broker can never delay SIP handling (E-7). Topics are given as a 
     <prefix>/agents/<agent>/presence       retained, QoS 1   (gateway -> desktops)
     <prefix>/agents/<agent>/presence/set   QoS 1             (desktops -> gateway)
     <prefix>/agents/<agent>/lockdown       retained, QoS 1   (gateway -> desktops)
+    <prefix>/agents/<agent>/location       retained, QoS 1   (gateway -> desktops)
+    <prefix>/agents/<agent>/location/set   QoS 1             (desktops -> gateway)
+    <prefix>/agents/<agent>/location/ack   QoS 1             (gateway -> desktops)
     <prefix>/emergency/<call>              QoS 1             (gateway -> desktops)
     <prefix>/nodes/<node>/status           retained, QoS 1, last will "offline"
 """
@@ -83,6 +86,16 @@ class Topics:
         return f"agents/{check_topic_segment(agent, 'agent id')}/lockdown"
 
     @staticmethod
+    def location_suffix(agent: str) -> str:
+        """``agents/<agent>/location``: an agent's dispatchable location (retained, E-10)."""
+        return f"agents/{check_topic_segment(agent, 'agent id')}/location"
+
+    @staticmethod
+    def location_ack_suffix(agent: str) -> str:
+        """``agents/<agent>/location/ack``: the answer to each location command."""
+        return f"{Topics.location_suffix(agent)}/ack"
+
+    @staticmethod
     def emergency_suffix(call: str) -> str:
         """``emergency/<call>``: progress events of one emergency call."""
         return f"emergency/{check_topic_segment(call, 'call id')}"
@@ -113,6 +126,26 @@ class Topics:
     def lockdown_topic(self, agent: str) -> str:
         """``<prefix>/agents/<agent>/lockdown`` (retained)."""
         return self.full(self.lockdown_suffix(agent))
+
+    def location_set_topic(self, agent: str) -> str:
+        """``<prefix>/agents/<agent>/location/set``: where a desktop confirms a location."""
+        return f"{self.full(self.location_suffix(agent))}/set"
+
+    @property
+    def location_set_filter(self) -> str:
+        """``<prefix>/agents/+/location/set``: the subscription for location commands."""
+        return self.full("agents/+/location/set")
+
+    def agent_from_location_set_topic(self, topic: str) -> str | None:
+        """The agent id in a ``.../agents/<agent>/location/set`` topic, or ``None``."""
+        head = f"{self.prefix}/agents/"
+        tail = "/location/set"
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        agent = topic[len(head) : len(topic) - len(tail)]
+        if not agent or any(ch in _FORBIDDEN_IN_SEGMENT for ch in agent):
+            return None
+        return agent
 
     def emergency_topic(self, call: str) -> str:
         """``<prefix>/emergency/<call>``."""

@@ -8,7 +8,10 @@
 * :func:`split_multipart`: the parts of a multipart body (pure).
 
 No I/O, no clock, no random source: the call layer passes ``now_iso`` and
-``boundary_random`` in.
+``boundary_random`` in. The same holds for :mod:`gateway.location.choice` (which location
+a call carries) and :mod:`gateway.location.desktop` (desktop location commands);
+:mod:`gateway.location.service` is the edge that keeps agents' locations with the store
+and MQTT.
 """
 
 from __future__ import annotations

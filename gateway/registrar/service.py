@@ -73,6 +73,7 @@ class RegistrarService:
         loop_clock: Callable[[], float],
         wall_clock: Callable[[], float] = time.time,
         secret: bytes | None = None,
+        on_registered: Callable[[str, str], None] | None = None,
     ):
         settings = dialplan.registrar
         self.layer = layer
@@ -96,6 +97,9 @@ class RegistrarService:
         #: "transport:host:port" of a live registration -> its agent; None where two
         #: agents registered from the same source (one phone, two lines: ambiguous)
         self._agent_by_source: dict[str, str | None] = {}
+        #: ``on_registered(agent, "transport:host:port")`` after each accepted REGISTER that
+        #: adds or refreshes a binding (SPEC E-10: the network map looks at that address)
+        self.on_registered = on_registered
         self._writes: asyncio.Queue[_Write] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -201,6 +205,11 @@ class RegistrarService:
             self._writes.put_nowait(_Write(put=added))
         self._reindex()
         log.info("registered", agent=agent, contacts=len(contacts), source=source_text)
+        if outcome.added and self.on_registered is not None:
+            try:
+                self.on_registered(agent, source_text)
+            except Exception:
+                log.exception("on_registered_failed", agent=agent)
         self.presence.set_registered(agent, bool(self.contacts(agent)))
 
     # -- background ----------------------------------------------------------------------------

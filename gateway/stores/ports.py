@@ -36,8 +36,11 @@ __all__ = [
     "CallDirection",
     "Cdr",
     "CdrStore",
+    "ConfirmedLocation",
     "EmptyPoolError",
+    "LocationStore",
     "MailDraft",
+    "MemoryLocationStore",
     "OutboxMail",
     "OutboxState",
     "OutboxStore",
@@ -141,6 +144,21 @@ class Reservation:
     expires_at: float
     call_id: str
     test: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmedLocation:
+    """A civic address an agent confirmed from the desktop (SPEC E-10, RAY BAUM'S Act).
+
+    ``civic`` maps the civic field names of the dialplan's location (``street``,
+    ``house_number``, ``city``, ``state``, ``postcode``, ``country``, ``building``,
+    ``floor``, ``room``) to their values; it was checked before it was stored.
+    ``confirmed_at`` is when the gateway accepted it (unix seconds).
+    """
+
+    agent_id: str
+    civic: dict[str, str]
+    confirmed_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +321,22 @@ class ReservationStore(Protocol):
         ...
 
 
+class LocationStore(Protocol):
+    """Desktop-confirmed agent locations (SPEC E-10): one per agent, kept until withdrawn."""
+
+    async def put(self, record: ConfirmedLocation) -> None:
+        """Insert or replace the location of ``record.agent_id``."""
+        ...
+
+    async def remove(self, agent_id: str) -> None:
+        """Withdraw the agent's location; removing one that does not exist is not an error."""
+        ...
+
+    async def all(self) -> list[ConfirmedLocation]:
+        """Every stored location, ordered by agent id."""
+        ...
+
+
 class OutboxStore(Protocol):
     """The durable outbox of notification e-mails (SPEC E-6).
 
@@ -363,6 +397,8 @@ class Stores:
     reservations: ReservationStore
     outbox: OutboxStore
     closer: Callable[[], Awaitable[None]] = field(repr=False)
+    #: desktop-confirmed agent locations (SPEC E-10)
+    locations: LocationStore = field(default_factory=lambda: MemoryLocationStore())
 
     async def close(self) -> None:
         """Release the backend (flush and close the database, stop its thread)."""
@@ -378,3 +414,19 @@ class Stores:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class MemoryLocationStore:
+    """:class:`LocationStore` in memory: for a backend that has none yet; nothing persists."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, ConfirmedLocation] = {}
+
+    async def put(self, record: ConfirmedLocation) -> None:
+        self._records[record.agent_id] = record
+
+    async def remove(self, agent_id: str) -> None:
+        self._records.pop(agent_id, None)
+
+    async def all(self) -> list[ConfirmedLocation]:
+        return [self._records[agent] for agent in sorted(self._records)]

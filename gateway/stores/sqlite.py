@@ -32,6 +32,7 @@ worker thread (a write is not half-done); only its result is dropped.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,7 @@ from gateway.stores.ports import (
     Binding,
     CallDirection,
     Cdr,
+    ConfirmedLocation,
     EmptyPoolError,
     MailDraft,
     OutboxMail,
@@ -61,6 +63,7 @@ __all__ = [
     "Migration",
     "SqliteCdrStore",
     "SqliteDatabase",
+    "SqliteLocationStore",
     "SqliteOutboxStore",
     "SqlitePresenceStore",
     "SqliteRegistrationStore",
@@ -173,6 +176,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         CREATE INDEX outbox_state_next_attempt_at ON outbox (state, next_attempt_at);
         CREATE INDEX outbox_call_id ON outbox (call_id);
+        """,
+    ),
+    Migration(
+        description="desktop-confirmed agent locations (SPEC E-10)",
+        script="""
+        -- One row per agent whose desktop confirmed a civic address; deleted on withdrawal.
+        CREATE TABLE agent_locations (
+            agent_id     TEXT PRIMARY KEY,
+            civic        TEXT NOT NULL,   -- JSON object: civic field -> value
+            confirmed_at REAL NOT NULL    -- unix seconds
+        ) WITHOUT ROWID;
         """,
     ),
 )
@@ -876,6 +890,48 @@ class SqliteOutboxStore:
         return await self._db.run(operation)
 
 
+class SqliteLocationStore:
+    """:class:`~gateway.stores.ports.LocationStore` on SQLite."""
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._db = database
+
+    async def put(self, record: ConfirmedLocation) -> None:
+        """Insert or replace the location of ``record.agent_id``."""
+        civic = json.dumps(record.civic, ensure_ascii=False, sort_keys=True)
+
+        def operation(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO agent_locations (agent_id, civic, confirmed_at) "
+                "VALUES (?, ?, ?)",
+                (record.agent_id, civic, record.confirmed_at),
+            )
+
+        await self._db.run(operation)
+
+    async def remove(self, agent_id: str) -> None:
+        """Withdraw the agent's location (no error when there is none)."""
+
+        def operation(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM agent_locations WHERE agent_id = ?", (agent_id,))
+
+        await self._db.run(operation)
+
+    async def all(self) -> list[ConfirmedLocation]:
+        """Every stored location, ordered by agent id."""
+
+        def operation(conn: sqlite3.Connection) -> list[ConfirmedLocation]:
+            rows = conn.execute(
+                "SELECT agent_id, civic, confirmed_at FROM agent_locations ORDER BY agent_id"
+            ).fetchall()
+            return [
+                ConfirmedLocation(str(agent), dict(json.loads(civic)), float(at))
+                for agent, civic, at in rows
+            ]
+
+        return await self._db.run(operation)
+
+
 async def open_sqlite_stores(
     path: Path | str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
 ) -> Stores:
@@ -912,4 +968,5 @@ async def open_sqlite_stores(
         reservations=SqliteReservationStore(database),
         outbox=SqliteOutboxStore(outbox_db),
         closer=close_both,
+        locations=SqliteLocationStore(database),
     )
