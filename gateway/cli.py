@@ -100,6 +100,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
             status = 1
     for warning in warnings:
         print(f"{args.file}: emergency: {warning}")
+    # Issue 8: rules that meet emergency dial strings (9 + 911 -> 911, ...). Warnings.
+    from gateway.config.loader import field_lines
+    from gateway.emergency.dialplan_lint import lint_dialplan
+
+    lines = field_lines(args.file)
+    for lint in lint_dialplan(dialplan, config):
+        line = lines.get(lint.field)
+        where = args.file if line is None else f"{args.file}:{line}"
+        print(f"{where}: warning: {lint.message}")
     if dialplan.agents and not warnings:
         print(f"{args.file}: emergency: every agent can place emergency calls")
     return status

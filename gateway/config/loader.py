@@ -39,7 +39,7 @@ from pydantic_core import ErrorDetails
 
 from gateway.config.dialplan import Dialplan, unknown_trunk_message
 
-__all__ = ["DialplanError", "Problem", "load_dialplan", "load_dialplan_text"]
+__all__ = ["DialplanError", "Problem", "field_lines", "load_dialplan", "load_dialplan_text"]
 
 FieldPath = tuple[str | int, ...]
 
@@ -124,6 +124,20 @@ def load_dialplan_text(text: str, filename: str = "<string>") -> Dialplan:
         problems.sort(key=lambda problem: (problem.line or 0, problem.column or 0))
         raise DialplanError(problems)
     return dialplan
+
+
+def field_lines(path: str | os.PathLike[str]) -> dict[FieldPath, int]:
+    """The line of every key and sequence item of a dialplan file, by field path
+    (``("outbound", 1)``), for messages about a file that loaded (``gateway check``).
+
+    Raises :class:`DialplanError` when the file cannot be read or parsed."""
+    filename = os.fspath(path)
+    try:
+        text = Path(filename).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DialplanError([Problem(filename, None, None, "", f"cannot read: {error}")]) from None
+    _data, positions, _problems = _parse_yaml(text, filename)
+    return {field: line for field, (line, _column) in positions.marks.items()}
 
 
 # --- YAML with positions ---------------------------------------------------------------

@@ -152,7 +152,7 @@ class Settings(BaseSettings):
         return value
 
 
-class SettingsError(Exception):
+class SettingsError(ValueError):
     """Invalid settings; ``problems`` has one line per bad variable, e.g.
     ``GATEWAY_SMTP_PORT='abc': expected a valid integer ...``."""
 
