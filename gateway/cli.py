@@ -8,26 +8,41 @@ import sys
 from pathlib import Path
 
 from gateway.config.loader import DialplanError, load_dialplan
-from gateway.config.settings import load_settings
+from gateway.config.settings import Settings, SettingsError, load_settings
 from gateway.logs import configure_logging
 
 __all__ = ["main"]
+
+#: exit status for a configuration that cannot run (bad settings or dialplan)
+EXIT_CONFIG = 2
+
+
+def _settings_or_report(**overrides: Path) -> Settings | None:
+    """The settings, or ``None`` after printing one line per bad ``GATEWAY_*`` variable."""
+    try:
+        return load_settings(**overrides)
+    except SettingsError as error:
+        for problem in error.problems:
+            print(f"gateway: bad setting: {problem}", file=sys.stderr)
+        return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     overrides = {}
     if args.dialplan:
         overrides["dialplan"] = Path(args.dialplan)
-    settings = load_settings(**overrides)
+    settings = _settings_or_report(**overrides)
+    if settings is None:
+        return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
     try:
         dialplan = load_dialplan(settings.dialplan)
     except DialplanError as exc:
         print(f"gateway: dialplan refused:\n{exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"gateway: cannot read dialplan: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     from gateway.app import run_gateway
 
     if settings.use_uvloop:
@@ -48,14 +63,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    # Settings first, then the dialplan: one run reports both kinds of problem.
+    settings = _settings_or_report()
     try:
         dialplan = load_dialplan(args.file)
     except DialplanError as exc:
         print(str(exc), file=sys.stderr)
-        return 1
+        return 1 if settings is not None else EXIT_CONFIG
     except OSError as exc:
         print(f"{args.file}: cannot read: {exc}", file=sys.stderr)
-        return 1
+        return 1 if settings is not None else EXIT_CONFIG
+    if settings is None:
+        return EXIT_CONFIG
     print(
         f"{args.file}: OK ({len(dialplan.listen)} listeners, {len(dialplan.trunks)} trunks, "
         f"{len(dialplan.outbound)} outbound rules, {len(dialplan.agents)} agents)"
@@ -68,7 +87,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from gateway.emergency.service import config_from_dialplan
     from gateway.notify import check_contacts, check_template
 
-    settings = load_settings()
     config = config_from_dialplan(dialplan)
     warnings = check_config(config, dialplan)
     mail = bool(settings.smtp_host)
@@ -82,6 +100,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
             status = 1
     for warning in warnings:
         print(f"{args.file}: emergency: {warning}")
+    # Issue 8: rules that meet emergency dial strings (9 + 911 -> 911, ...). Warnings.
+    from gateway.config.loader import field_lines
+    from gateway.emergency.dialplan_lint import lint_dialplan
+
+    lines = field_lines(args.file)
+    for lint in lint_dialplan(dialplan, config):
+        line = lines.get(lint.field)
+        where = args.file if line is None else f"{args.file}:{line}"
+        print(f"{where}: warning: {lint.message}")
     if dialplan.agents and not warnings:
         print(f"{args.file}: emergency: every agent can place emergency calls")
     return status
@@ -93,7 +120,9 @@ def _cmd_cdr(args: argparse.Namespace) -> int:
 
     from gateway.stores import open_stores
 
-    settings = load_settings()
+    settings = _settings_or_report()
+    if settings is None:
+        return EXIT_CONFIG
 
     def when(ts: float | None) -> str:
         if ts is None:
@@ -157,7 +186,9 @@ def _cmd_reservations(args: argparse.Namespace) -> int:
 
     from gateway.stores import open_stores
 
-    settings = load_settings()
+    settings = _settings_or_report()
+    if settings is None:
+        return EXIT_CONFIG
 
     async def read() -> int:
         stores = await open_stores(settings.store, settings.data_dir)

@@ -11,7 +11,13 @@ network happens here, so a file that loads is a file the gateway can run:
 * hosts are IPv4/IPv6 literals or RFC 1123 hostnames;
 * every ``outbound[i].match`` compiles as a Python regex and every ``rewrite`` template
   only refers to groups that regex has;
-* every ``outbound[i].trunk`` names a trunk under ``trunks``.
+* every ``outbound[i].trunk`` names a trunk under ``trunks``;
+* nothing is accepted that the gateway cannot run (SPEC O-1: a file that loads is a file
+  that runs): ``transport: tls`` is refused until TLS is implemented, countries are
+  assigned ISO 3166 alpha-2 codes (and, in emergency direct routing, countries with
+  emergency dial strings), next-hop URIs (``callback_fallback``, ``overflow.destination``)
+  resolve to an address on a supported transport, and a ``rewrite`` template cannot put
+  characters into the user part that a SIP URI cannot carry.
 
 Cross-field errors are raised as a :class:`pydantic.ValidationError` whose ``loc`` points at
 the offending field (``("outbound", 1, "trunk")``), so the loader can turn each one into a
@@ -34,6 +40,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -42,6 +49,12 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from gateway.config.countries import is_iso_country
+from gateway.emergency.numbers import countries_supported
+from gateway.sip.errors import SipError
+from gateway.sip.routing import resolve_next_hop
+from gateway.sip.uri import parse_uri
 
 __all__ = [
     "DIALPLAN_FORMAT_VERSION",
@@ -72,6 +85,26 @@ DIALPLAN_FORMAT_VERSION = 1
 
 Transport = Literal["udp", "tcp", "tls"]
 """A SIP transport, RFC 3261 section 18."""
+
+#: the transports this gateway can send and listen on today (TLS comes with a later issue)
+SUPPORTED_TRANSPORTS: tuple[str, ...] = ("udp", "tcp")
+
+TLS_NOT_SUPPORTED = "TLS is not supported yet by this gateway; use udp or tcp"
+
+
+def _check_transport(value: Any) -> Any:
+    """Refuse ``tls`` (and any other transport the gateway cannot use) with a clear message.
+
+    Runs before the ``Literal`` check, so that ``tls`` is not reported as allowed."""
+    if isinstance(value, str) and value not in SUPPORTED_TRANSPORTS:
+        if value.strip().lower() == "tls":
+            raise _problem("transport", TLS_NOT_SUPPORTED)
+        raise _problem(
+            "transport",
+            f"transport {value!r} is not supported: use {' or '.join(SUPPORTED_TRANSPORTS)}",
+        )
+    return value
+
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveMs = Annotated[int, Field(gt=0)]
@@ -170,7 +203,7 @@ class NodeConfig(_Frozen):
 class ListenAddress(_Frozen):
     """A local socket the gateway listens on for SIP."""
 
-    transport: Transport
+    transport: Annotated[Transport, BeforeValidator(_check_transport)]
     host: str
     port: Port = 5060
 
@@ -223,12 +256,16 @@ class GatewayAddress(_Frozen):
 
     host: str
     port: Port = 5060
-    transport: Transport = "udp"
+    transport: Annotated[Transport, BeforeValidator(_check_transport)] = "udp"
 
     @field_validator("host")
     @classmethod
     def _valid_host(cls, value: str) -> str:
         return _check_host(value)
+
+
+# RFC 3261 section 25.1: user = 1*( unreserved / escaped / user-unreserved )
+_USER_CHAR = re.compile(r"[A-Za-z0-9\-_.!~*'()%&=+$,;?/]")
 
 
 def _check_regex(value: str) -> str:
@@ -297,12 +334,23 @@ class OutboundRule(_Frozen):
         probe = re.compile(match + "\n|").match("")
         assert probe is not None
         try:
-            probe.expand(value)
+            literal = probe.expand(value)
         except (re.error, IndexError) as error:
             raise _problem(
                 "rewrite",
                 f"rewrite template '{value}' does not fit regex '{match}': {error}",
             ) from None
+        # The groups hold parts of the dialled user, which is already a valid user part;
+        # the template's own characters must be valid there too (RFC 3261 section 25.1).
+        bad = sorted({char for char in literal if not _USER_CHAR.fullmatch(char)})
+        if bad:
+            raise _problem(
+                "rewrite",
+                f"rewrite template '{value}' puts {', '.join(map(repr, bad))} into the user "
+                "part of the Request-URI, where SIP does not allow it",
+            )
+        if not value:
+            raise _problem("rewrite", "rewrite template '' gives an empty user part")
         return value
 
     def model_post_init(self, context: Any, /) -> None:
@@ -317,11 +365,14 @@ class OutboundRule(_Frozen):
         return re.compile(self.match)
 
     def apply(self, user: str) -> str | None:
-        """Return the rewritten user if this rule matches ``user``, else ``None``."""
+        """Return the rewritten user if this rule matches ``user``, else ``None``.
+
+        A rewrite that leaves nothing (``\\1`` of an empty group) is no match: a
+        Request-URI needs a user part."""
         matched = self.pattern.fullmatch(user)
         if matched is None:
             return None
-        return user if self.rewrite is None else matched.expand(self.rewrite)
+        return user if self.rewrite is None else (matched.expand(self.rewrite) or None)
 
 
 # --- contact centre: agents, queues, inbound routing (SPEC R-1, R-3, R-4) ------------------
@@ -356,6 +407,68 @@ AgentName = Annotated[str, AfterValidator(_check_agent_name)]
 QueueName = Annotated[str, AfterValidator(_check_queue_name)]
 
 
+def _check_country(value: str) -> str:
+    """An assigned ISO 3166 alpha-2 code in upper case (``US``, ``GB``)."""
+    if is_iso_country(value):
+        return value
+    if is_iso_country(value.strip().upper()):
+        hint = f" (codes are upper case: {value.strip().upper()!r})"
+    elif _COUNTRY.fullmatch(value):
+        hint = " (not an assigned code)"
+    else:
+        hint = ""
+    raise _problem("country", f"{value!r} is not an ISO 3166 alpha-2 code such as US or GB{hint}")
+
+
+def _check_emergency_country(value: str) -> str:
+    """A country with emergency dial strings in this gateway (SPEC E-1)."""
+    _check_country(value)
+    if value not in countries_supported():
+        supported = ", ".join(sorted(countries_supported()))
+        raise _problem(
+            "country",
+            f"{value!r} has no emergency dial strings in this gateway (supported: "
+            f"{supported}), so a rule limited to it could never match",
+        )
+    return value
+
+
+def _check_next_hop(value: str | None) -> str | None:
+    """A SIP URI the gateway can send a request to (``sip:security@192.0.2.10:5060``)."""
+    if value is None:
+        return value
+    try:
+        address = resolve_next_hop(value)
+    except (SipError, ValueError) as error:
+        raise _problem(
+            "uri",
+            f"{value!r} is not a SIP URI the gateway can send to "
+            f"(e.g. sip:security@192.0.2.10:5060): {error}",
+        ) from None
+    if address.transport == "tls":
+        raise _problem("uri", f"{value!r}: {TLS_NOT_SUPPORTED} (sips: and transport=tls need it)")
+    if address.transport not in SUPPORTED_TRANSPORTS:
+        raise _problem(
+            "uri",
+            f"{value!r}: transport {address.transport!r} is not supported: use udp or tcp",
+        )
+    _check_host(address.host)
+    return value
+
+
+def _check_request_uri(value: str) -> str:
+    try:
+        parse_uri(value)
+    except (SipError, ValueError) as error:
+        raise _problem("uri", f"{value!r} is not a URI (e.g. urn:service:sos): {error}") from None
+    return value
+
+
+Country = Annotated[str, AfterValidator(_check_country)]
+EmergencyCountry = Annotated[str, AfterValidator(_check_emergency_country)]
+NextHopUri = Annotated[str | None, AfterValidator(_check_next_hop)]
+
+
 class Location(_Frozen):
     """A dispatchable civic address (RFC 5139 / RAY BAUM'S Act): where the agent sits."""
 
@@ -364,17 +477,12 @@ class Location(_Frozen):
     city: str | None = None
     state: str | None = None
     postcode: str | None = None
-    country: str
+    #: any assigned code; one without emergency dial strings is an E-11 shortfall that
+    #: ``gateway check`` reports, not an error
+    country: Country
     building: str | None = None
     floor: str | None = None
     room: str | None = None
-
-    @field_validator("country")
-    @classmethod
-    def _iso_country(cls, value: str) -> str:
-        if not _COUNTRY.fullmatch(value):
-            raise _problem("country", f"{value!r} is not an ISO 3166 alpha-2 code such as US or GB")
-        return value
 
 
 class Agent(_Frozen):
@@ -394,7 +502,7 @@ class Agent(_Frozen):
     queues: tuple[QueueName, ...] = ()
     location: Location | None = None
     emergency_contacts: str = ""
-    callback_fallback: str | None = None
+    callback_fallback: NextHopUri = None
 
     @field_validator("identity")
     @classmethod
@@ -431,7 +539,7 @@ class Overflow(_Frozen):
     """Where a call goes when it has waited ``max_wait_s``: exactly one of the three."""
 
     queue: QueueName | None = None
-    destination: str | None = None
+    destination: NextHopUri = None
     status: Annotated[int, Field(ge=400, le=699)] | None = None
 
     @model_validator(mode="after")
@@ -506,7 +614,7 @@ class DirectRoutingRule(_Frozen):
     name: RuleName
     match: Regex
     trunk: str
-    countries: tuple[str, ...] = ()
+    countries: tuple[EmergencyCountry, ...] = ()
     #: the SBC takes the agent's location by value (PIDF-LO, RFC 6442, SPEC E-10)
     accepts_location: bool = False
 
@@ -516,7 +624,7 @@ class DirectOfferService(_Frozen):
 
     enabled: bool = True
     gateways: Annotated[tuple[GatewayAddress, ...], AfterValidator(_check_not_empty)]
-    request_uri: str = "urn:service:sos"
+    request_uri: Annotated[str, AfterValidator(_check_request_uri)] = "urn:service:sos"
     accepts_location: bool = True
 
 
@@ -732,7 +840,21 @@ class Dialplan(_Frozen):
                     )
                 )
             names.setdefault(rule.name, index)
+        direct_names: dict[str, int] = {}
         for index, direct in enumerate(self.emergency.direct_routing):
+            if direct.name in direct_names:
+                errors.append(
+                    InitErrorDetails(
+                        type=_problem(
+                            "duplicate",
+                            f"duplicate rule name {direct.name!r} "
+                            f"(also emergency.direct_routing[{direct_names[direct.name]}])",
+                        ),
+                        loc=("emergency", "direct_routing", index, "name"),
+                        input=direct.name,
+                    )
+                )
+            direct_names.setdefault(direct.name, index)
             if direct.trunk not in self.trunks:
                 errors.append(
                     InitErrorDetails(
@@ -760,14 +882,16 @@ class Dialplan(_Frozen):
         """Route a non-emergency call by its Request-URI user part (SPEC R-2).
 
         The first rule whose ``match`` fully matches ``user`` wins; its ``rewrite``
-        template (if any) gives the user part sent to the trunk. Returns ``None`` when no
-        rule matches.
+        template (if any) gives the user part sent to the trunk; a rule whose rewrite
+        leaves an empty user part counts as not matching. Returns ``None`` when no rule
+        matches.
         """
         for pattern, rule, trunk in self._routes:
             matched = pattern.fullmatch(user)
             if matched is not None:
                 rewritten = user if rule.rewrite is None else matched.expand(rule.rewrite)
-                return RouteDecision(rule.name, rewritten, rule.trunk, trunk)
+                if rewritten:  # nothing left (an empty group): no user part to send
+                    return RouteDecision(rule.name, rewritten, rule.trunk, trunk)
         return None
 
     def site_for(self, host: str) -> tuple[str, Site] | None:

@@ -12,6 +12,14 @@ of the longest prefix of ``loc`` (for a missing field: the mapping that lacks it
 All problems found are raised together as one :class:`DialplanError`, one per line::
 
     dialplans/x.yaml:14: outbound[1].trunk: unknown trunk 'carier' (known: carrier)
+
+YAML 1.1 reads some unquoted words and numbers as something else: ``NO`` and ``on`` are
+booleans, ``+15555550101`` is the integer 15555550101 (the ``+`` is gone). The walk also
+keeps the text of every unquoted scalar that did not become a string, so an error about
+such a value says what YAML made of it and what to write instead::
+
+    dialplans/x.yaml:30: agents.al.location.country: Input should be a valid string, got
+    False from YAML; quote the value: 'NO'
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from pydantic_core import ErrorDetails
 
 from gateway.config.dialplan import Dialplan, unknown_trunk_message
 
-__all__ = ["DialplanError", "Problem", "load_dialplan", "load_dialplan_text"]
+__all__ = ["DialplanError", "Problem", "field_lines", "load_dialplan", "load_dialplan_text"]
 
 FieldPath = tuple[str | int, ...]
 
@@ -45,6 +53,8 @@ _SELF_DESCRIBING = frozenset(
         "regex",
         "rewrite",
         "timer_order",
+        "country",
+        "uri",
         "unknown_trunk",
         "version",
     }
@@ -95,11 +105,12 @@ def load_dialplan(path: str | os.PathLike[str]) -> Dialplan:
 
 def load_dialplan_text(text: str, filename: str = "<string>") -> Dialplan:
     """Validate dialplan YAML ``text``; ``filename`` is only used in error messages."""
-    data, marks, problems = _parse_yaml(text, filename)
+    data, positions, problems = _parse_yaml(text, filename)
+    marks = positions.marks
     try:
         dialplan = Dialplan.model_validate(data)
     except ValidationError as error:
-        found = [_problem_from_error(detail, filename, marks) for detail in error.errors()]
+        found = [_problem_from_error(detail, filename, positions) for detail in error.errors()]
         # pydantic skips the cross-reference check when a rule or trunk is itself invalid;
         # repeat it on the raw data so that one run reports every unknown trunk.
         reported = {problem.field for problem in found}
@@ -115,18 +126,49 @@ def load_dialplan_text(text: str, filename: str = "<string>") -> Dialplan:
     return dialplan
 
 
+def field_lines(path: str | os.PathLike[str]) -> dict[FieldPath, int]:
+    """The line of every key and sequence item of a dialplan file, by field path
+    (``("outbound", 1)``), for messages about a file that loaded (``gateway check``).
+
+    Raises :class:`DialplanError` when the file cannot be read or parsed."""
+    filename = os.fspath(path)
+    try:
+        text = Path(filename).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DialplanError([Problem(filename, None, None, "", f"cannot read: {error}")]) from None
+    _data, positions, _problems = _parse_yaml(text, filename)
+    return {field: line for field, (line, _column) in positions.marks.items()}
+
+
 # --- YAML with positions ---------------------------------------------------------------
 
 _Mark = tuple[int, int]  # 1-based (line, column)
+
+#: YAML 1.1 tags a plain (unquoted) scalar may resolve to instead of a string
+_NON_STRING_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "null", "timestamp")
+)
+
+
+#: errors that mean "this should have been text": where YAML's reading of an unquoted
+#: scalar (NO -> False) is the likely cause
+_WANTED_TEXT = frozenset({"string_type", "literal_error"})
+
+
+@dataclass(slots=True)
+class _Positions:
+    """Where each key and item starts, and the text of plain scalars YAML did not read as
+    strings (keyed by path; a mapping key's own text under ``(*path, "[key]")``)."""
+
+    marks: dict[FieldPath, _Mark]
+    plain_text: dict[tuple[str | int, ...], str]
 
 
 def _mark_of(node: yaml.Node) -> _Mark:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _parse_yaml(
-    text: str, filename: str
-) -> tuple[dict[Any, Any], dict[FieldPath, _Mark], list[Problem]]:
+def _parse_yaml(text: str, filename: str) -> tuple[dict[Any, Any], _Positions, list[Problem]]:
     """Return the document as plain data, the position of every key and item, and the
     duplicate keys found (problems that do not stop validation)."""
     loader = yaml.SafeLoader(text)
@@ -134,9 +176,9 @@ def _parse_yaml(
         root = loader.get_single_node()
         if root is None:
             raise DialplanError([Problem(filename, 1, 1, "", "the file is empty")])
-        marks: dict[FieldPath, _Mark] = {(): _mark_of(root)}
+        positions = _Positions({(): _mark_of(root)}, {})
         duplicates: list[Problem] = []
-        _record_marks(loader, root, (), marks, duplicates, filename)
+        _record_marks(loader, root, (), positions, duplicates, filename)
         data = loader.construct_document(root)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
@@ -159,18 +201,30 @@ def _parse_yaml(
         raise DialplanError(
             [Problem(filename, 1, 1, "", "the top level must be a mapping (version: 1, ...)")]
         )
-    return data, marks, duplicates
+    return data, positions, duplicates
+
+
+def _is_non_string_plain(node: yaml.Node) -> bool:
+    return (
+        isinstance(node, yaml.ScalarNode)
+        and node.style is None
+        and node.tag in _NON_STRING_TAGS
+        and bool(node.value)
+    )
 
 
 def _record_marks(
     loader: yaml.SafeLoader,
     node: yaml.Node,
     path: FieldPath,
-    marks: dict[FieldPath, _Mark],
+    positions: _Positions,
     duplicates: list[Problem],
     filename: str,
 ) -> None:
     """Walk a composed node, recording where each key and sequence item starts."""
+    marks = positions.marks
+    if _is_non_string_plain(node):
+        positions.plain_text[path] = node.value
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -195,11 +249,13 @@ def _record_marks(
                 )
             seen.setdefault(key, line)
             marks[(*path, key)] = (line, column)
-            _record_marks(loader, value_node, (*path, key), marks, duplicates, filename)
+            if _is_non_string_plain(key_node):
+                positions.plain_text[(*path, key, "[key]")] = key_node.value
+            _record_marks(loader, value_node, (*path, key), positions, duplicates, filename)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             marks[(*path, index)] = _mark_of(item)
-            _record_marks(loader, item, (*path, index), marks, duplicates, filename)
+            _record_marks(loader, item, (*path, index), positions, duplicates, filename)
 
 
 def _unknown_trunk_problems(
@@ -234,15 +290,26 @@ def _dotted(path: FieldPath) -> str:
     return text
 
 
-def _problem_from_error(
-    detail: ErrorDetails, filename: str, marks: dict[FieldPath, _Mark]
-) -> Problem:
+def _problem_from_error(detail: ErrorDetails, filename: str, positions: _Positions) -> Problem:
     path = _clean_loc(detail["loc"])
     prefix = path
-    while prefix not in marks:
+    while prefix not in positions.marks:
         prefix = prefix[:-1]
-    line, column = marks[prefix]
-    return Problem(filename, line, column, _dotted(path), _message(detail, path))
+    line, column = positions.marks[prefix]
+    message = _message(detail, path)
+    plain = positions.plain_text.get(tuple(detail["loc"]))
+    if plain is not None and detail["type"] in _WANTED_TEXT:
+        message = _yaml_hint(message, detail.get("input"), plain)
+    return Problem(filename, line, column, _dotted(path), message)
+
+
+def _yaml_hint(message: str, value: Any, plain: str) -> str:
+    """Say what YAML made of an unquoted scalar, and how to keep it as written."""
+    got = f", got {value!r}"
+    hint = f"{got} from YAML; quote the value: {plain!r}"
+    if message.endswith(got):
+        return message.removesuffix(got) + hint
+    return message + hint
 
 
 def _message(detail: ErrorDetails, path: FieldPath) -> str:

@@ -6,15 +6,28 @@ There is deliberately no module-level settings object: the entry point calls
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["LogFormat", "LogLevel", "Settings", "SmtpSecurity", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "LogFormat",
+    "LogLevel",
+    "Settings",
+    "SettingsError",
+    "SmtpSecurity",
+    "load_settings",
+]
+
+ENV_PREFIX = "GATEWAY_"
+"""Every setting is read from the environment variable ``GATEWAY_<FIELD>``."""
 
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -25,7 +38,7 @@ class Settings(BaseSettings):
     """Gateway settings. Each field is read from ``GATEWAY_<FIELD>`` (case-insensitive),
     e.g. ``GATEWAY_LOG_FORMAT=console``; keyword arguments take precedence."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     dialplan: Path = Path("dialplans/example.yaml")
     """Dialplan YAML file to load."""
@@ -127,19 +140,61 @@ class Settings(BaseSettings):
             ) from None
         return value
 
-    @model_validator(mode="after")
-    def _retry_bounds(self) -> Settings:
-        if self.notify_retry_max_s < self.notify_retry_base_s:
+    @field_validator("notify_retry_max_s")
+    @classmethod
+    def _retry_bounds(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("notify_retry_base_s")  # absent when it was itself invalid
+        if base is not None and value < base:
             raise ValueError(
-                f"notify_retry_max_s ({self.notify_retry_max_s}) must not be less than "
-                f"notify_retry_base_s ({self.notify_retry_base_s})"
+                f"must not be less than {ENV_PREFIX}NOTIFY_RETRY_BASE_S ({base}), "
+                "the first retry delay"
             )
-        return self
+        return value
+
+
+class SettingsError(ValueError):
+    """Invalid settings; ``problems`` has one line per bad variable, e.g.
+    ``GATEWAY_SMTP_PORT='abc': expected a valid integer ...``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _env_value(name: str, environ: Mapping[str, str]) -> str | None:
+    # pydantic-settings reads variables case-insensitively: find the one it read.
+    for key, value in environ.items():
+        if key.upper() == name:
+            return value
+    return None
+
+
+def _settings_problems(
+    error: ValidationError, overrides: Mapping[str, Any], environ: Mapping[str, str]
+) -> list[str]:
+    problems = []
+    for detail in error.errors():
+        field = str(detail["loc"][0]) if detail["loc"] else ""
+        message = detail["msg"].removeprefix("Value error, ")
+        if message.startswith("Input should be "):
+            message = "expected " + message.removeprefix("Input should be ")
+        if field in overrides:
+            problems.append(f"{field}={overrides[field]!r}: {message}")
+            continue
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        raw = _env_value(name, environ)
+        value = raw if raw is not None else detail.get("input")
+        problems.append(f"{name}={value!r}: {message}")
+    return problems
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Build :class:`Settings` from the environment, with ``overrides`` taking precedence.
 
-    Raises :class:`pydantic.ValidationError` when a value is invalid.
+    Raises :class:`SettingsError` (one line per bad variable: its name, the value given and
+    what is expected) when a value is invalid.
     """
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_settings_problems(error, overrides, os.environ)) from None

@@ -44,3 +44,42 @@ def test_check_refuses_a_bad_file_with_file_and_line(
     path.write_text("version: 1\nlisten: [ { transport: sctp, host: 127.0.0.1 } ]\n")
     assert main(["check", str(path)]) == 1
     assert f"{path}:2: listen[0].transport" in capsys.readouterr().err
+
+
+def test_check_warns_about_rules_that_meet_emergency_strings_and_exits_0(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the example's `digits` and `catch-all` rules match 911 as dialled; `nanp` (10 digits)
+    # cannot. Warnings only: the file runs, and detection comes first (SPEC E-1).
+    assert main(["check", str(EXAMPLE)]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if ": warning: " in line]
+    assert [line.split(": warning: ")[1].split(" matches")[0] for line in warnings] == [
+        "outbound rule 'digits'",
+        "outbound rule 'catch-all'",
+    ]
+    lines = EXAMPLE.read_text().splitlines()
+    for warning in warnings:
+        line = int(warning.removeprefix(f"{EXAMPLE}:").split(":")[0])
+        assert lines[line - 1].strip().startswith("- name: ")
+    assert "911 (CA, PR, US)" in warnings[0]
+
+
+def test_check_warns_that_9_911_becomes_an_emergency_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "d.yaml"
+    path.write_text(
+        "version: 1\n"
+        "listen: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]\n"
+        "trunks:\n"
+        "  carrier: { gateways: [ { host: 127.0.0.1, port: 5080 } ] }\n"
+        "outbound:\n"
+        "  - { name: outside-line, match: '^9(\\d{3,})$', rewrite: '\\1', trunk: carrier }\n"
+    )
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"{path}:6: warning: outbound rule 'outside-line' rewrites dialled strings into "
+        "emergency dial strings: "
+    ) in out
+    assert "9911 -> 911" in out and "treated as emergency calls of the agent's country" in out

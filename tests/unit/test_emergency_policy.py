@@ -254,7 +254,7 @@ agents:
     location:
       { street: Main St, house_number: "1", city: Springfield, postcode: "12345", country: US }
     emergency_contacts: "sec@example.com; boss@example.com"
-    callback_fallback: security-desk
+    callback_fallback: "sip:security-desk@192.0.2.20"
 """
 DIALPLAN: Dialplan = load_dialplan_text(TRUNKS_DIALPLAN)
 TRUNKS = DIALPLAN.trunks
@@ -676,7 +676,7 @@ def _agent(**changes: object) -> Agent:
         "identity": "+15555550101",
         "location": FULL_LOCATION,
         "emergency_contacts": "sec@example.com",
-        "callback_fallback": "security-desk",
+        "callback_fallback": "sip:security-desk@192.0.2.20",
     }
     fields.update(changes)
     return Agent.model_validate(fields)
