@@ -35,6 +35,7 @@ A pure function of the dialplan and the emergency configuration: no I/O.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -286,4 +287,46 @@ def lint_dialplan(dialplan: Dialplan, config: EmergencyConfig) -> list[LintWarni
     for index, rule in enumerate(dialplan.outbound):
         warnings.extend(_lint_outbound(index, rule))
     warnings.extend(_lint_direct_routing(config))
+    warnings.extend(_lint_sites(dialplan))
+    return warnings
+
+
+def _lint_sites(dialplan: Dialplan) -> list[LintWarning]:
+    """SPEC E-13: an unidentified phone on a network trusted for unauthenticated phones
+    places its emergency calls as its site's call; say where that site is missing, or has
+    no callback number, because the PSAP could then neither call back nor find the caller."""
+    warnings: list[LintWarning] = []
+    for index, text in enumerate(dialplan.registrar.unauthenticated_outbound_from):
+        network = ipaddress.ip_network(text, strict=False)
+        covering = [
+            (name, site)
+            for name, site in dialplan.sites.items()
+            if any(
+                net.version == network.version and network.subnet_of(net)  # type: ignore[arg-type]
+                for net in site.parsed_networks
+            )
+        ]
+        field = ("registrar", "unauthenticated_outbound_from", index)
+        if not covering:
+            warnings.append(
+                LintWarning(
+                    field,
+                    f"network {text} is trusted for unauthenticated phones but no site covers "
+                    "all of it: an emergency call from a phone there that is no agent's "
+                    "registration goes out with no callback number and no location (SPEC "
+                    "E-13); add a `sites` entry with its networks, location and "
+                    "callback_number",
+                )
+            )
+            continue
+        for name, site in covering:
+            if site.callback_number is None:
+                warnings.append(
+                    LintWarning(
+                        ("sites", name),
+                        f"site {name!r} covers network {text}, trusted for unauthenticated "
+                        "phones, but has no callback_number: unidentified emergency calls "
+                        "from there cannot be called back (SPEC E-13)",
+                    )
+                )
     return warnings

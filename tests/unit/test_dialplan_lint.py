@@ -125,3 +125,25 @@ def test_a_country_limited_rule_before_a_general_one_shadows_nothing() -> None:
         )
         == []
     )
+
+
+SITE = """\
+sites:
+  lobby:
+    networks: ['10.1.0.0/16']
+    location: { city: Springfield, country: US }
+"""
+
+
+def test_a_trusted_network_without_a_site_warns() -> None:
+    (warning,) = lint("registrar: { unauthenticated_outbound_from: ['10.2.0.0/16'] }\n" + SITE)
+    assert warning.field == ("registrar", "unauthenticated_outbound_from", 0)
+    assert "no site covers" in warning.message and "10.2.0.0/16" in warning.message
+
+
+def test_a_site_without_a_callback_number_for_a_trusted_network_warns() -> None:
+    (warning,) = lint("registrar: { unauthenticated_outbound_from: ['10.1.2.0/24'] }\n" + SITE)
+    assert warning.field == ("sites", "lobby")
+    assert "no callback_number" in warning.message
+    numbered = SITE + "    callback_number: '+15555550180'\n"
+    assert lint("registrar: { unauthenticated_outbound_from: ['10.1.2.0/24'] }\n" + numbered) == []
