@@ -108,7 +108,7 @@ def start(
     data_dir: Path,
 ) -> GatewayProcess:
     return gateway_factory(
-        text,
+        text.replace("${fallback}", "'sip:security@127.0.0.1:5999'"),
         listen_port=listen,
         env={
             "GATEWAY_MQTT_URL": mosquitto.url,
