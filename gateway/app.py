@@ -101,6 +101,7 @@ class Gateway:
                     ),
                     topics,
                     on_command=on_command,
+                    is_current_agent=dialplan.agents.__contains__,
                 )
                 publisher = await stack.enter_async_context(mqtt)
 
