@@ -97,7 +97,7 @@ def test_agent_of_topic_takes_exactly_agents_agent_kind() -> None:
     assert agent_of_topic(PREFIX, f"{PREFIX}/agents/alice/presence/set") is None
     assert agent_of_topic(PREFIX, f"{PREFIX}/agents//presence") is None
     assert agent_of_topic(PREFIX, f"{PREFIX}/nodes/gw1/status") is None
-    assert agent_of_topic(PREFIX, f"other/agents/alice/presence") is None
+    assert agent_of_topic(PREFIX, "other/agents/alice/presence") is None
 
 
 def test_stale_topics_are_those_of_agents_no_longer_configured() -> None:
