@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +317,115 @@ def test_retained_topics_of_an_agent_no_longer_configured_are_cleared(
     while (held := retained_now()) != set(AGENTS) and time.monotonic() < deadline:
         pass
     assert held == set(AGENTS)  # zed's three topics are gone, every agent's are there
+
+
+# -- the mail server stops during a 911 call ------------------------------------------------
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps (recipients, Message-ID) of every mail."""
+
+    def __init__(self) -> None:
+        self.mails: list[tuple[list[str], str]] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        content = envelope.content
+        text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
+        message_id = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in text.splitlines()
+                if line.lower().startswith("message-id:")
+            ),
+            "",
+        )
+        self.mails.append((list(envelope.rcpt_tos), message_id))
+        return "250 OK"
+
+
+def test_the_dashboard_sees_mail_retries_at_once_and_the_sent_event_when_the_server_returns(
+    sipp: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto, recorders: list[Recorder]
+) -> None:
+    from aiosmtpd.controller import Controller
+
+    smtp_port = free_port("tcp")
+    sbc = sipp.uas("uas_basic.xml", calls=1, timeout=40)
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    gw = gateway_factory(
+        four_agents(sbc.address),
+        env={
+            "GATEWAY_MQTT_URL": mosquitto.url,
+            "GATEWAY_MQTT_PREFIX": prefix,
+            "GATEWAY_SMTP_HOST": LOOPBACK,
+            "GATEWAY_SMTP_PORT": str(smtp_port),
+            "GATEWAY_SMTP_SECURITY": "none",
+            "GATEWAY_NOTIFY_RETRY_BASE_S": "0.5",
+            "GATEWAY_NOTIFY_RETRY_MAX_S": "1",
+        },
+    )
+    dashboard = TimedRecorder(mosquitto.port, f"{prefix}/emergency/+")
+    recorders.append(dashboard)
+    dashboard.subscribed(prefix)
+    inbox = Inbox()
+    server = Controller(inbox, hostname=LOOPBACK, port=smtp_port)
+    server.start()
+    server.stop()  # the mail server was up, and is down now
+    alice_port = free_port()
+    register(sipp, gw, "alice", alice_port)
+    set_up = dial_911(sipp, gw, alice_port)
+    assert set_up < 5, f"the 911 call took {set_up:.1f} s with the mail server down"
+
+    def named(event: str) -> list[tuple[dict[str, Any], float]]:
+        with dashboard._lock:
+            return [
+                (m.payload, at)
+                for m, at in zip(dashboard.messages, dashboard.arrived, strict=True)
+                if m.payload.get("event") == event
+            ]
+
+    recipients = {"sup@example.com", "security@example.com"}
+    # each mail's first failure and its next try are on the dashboard within a second,
+    # and then each later attempt's
+    dashboard.wait_for(
+        lambda: (
+            {p["recipient"] for p, _ in named("notification_retrying") if p["attempts"] >= 2}
+            == recipients
+        ),
+        "two failed attempts per mail on the dashboard",
+    )
+    assert named("notification_sent") == [] and named("notification_failed") == []
+    for recipient in recipients:
+        retries = [
+            (p, at) for p, at in named("notification_retrying") if p["recipient"] == recipient
+        ]
+        assert [p["attempts"] for p, _ in retries] == list(range(1, len(retries) + 1))
+        for payload, arrived in retries:
+            EVENT_SCHEMA.validate(payload)
+            failed_at = datetime.fromisoformat(payload["timestamp"]).timestamp()
+            assert arrived - failed_at < 1.0, (payload, arrived)
+            assert payload["will_retry"] is True and payload["reason"]
+            next_try = datetime.fromisoformat(payload["next_try_at"]).timestamp()
+            assert 0.4 <= next_try - failed_at <= 1.1, payload  # base 0.5 s, cap 1 s
+
+    # the server comes back: one mail per contact, and the sent event for each
+    server = Controller(inbox, hostname=LOOPBACK, port=smtp_port)
+    server.start()
+    try:
+        dashboard.wait_for(
+            lambda: {p["recipient"] for p, _ in named("notification_sent")} == recipients,
+            "notification_sent for both contacts",
+        )
+        time.sleep(1.5)  # longer than a retry delay: room for a wrong extra attempt or mail
+    finally:
+        server.stop()
+    assert sorted(r for rcpts, _ in inbox.mails for r in rcpts) == sorted(recipients)
+    for recipient in recipients:
+        events = [
+            (p["event"], p["attempts"])
+            for p in emergency_events(dashboard)
+            if p.get("recipient") == recipient
+        ]
+        *retrying, sent = events
+        assert sent == ("notification_sent", len(retrying) + 1), events
+        assert {name for name, _ in retrying} == {"notification_retrying"}
+    assert named("notification_failed") == []
