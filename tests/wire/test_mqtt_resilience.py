@@ -429,3 +429,54 @@ def test_the_dashboard_sees_mail_retries_at_once_and_the_sent_event_when_the_ser
         assert sent == ("notification_sent", len(retrying) + 1), events
         assert {name for name, _ in retrying} == {"notification_retrying"}
     assert named("notification_failed") == []
+
+
+# -- the publisher alone: a blip with a broker that kept everything ---------------------------
+
+
+async def test_after_a_blip_a_broker_that_kept_its_retained_messages_gets_none_again(
+    mosquitto: Mosquitto, recorders: list[Recorder]
+) -> None:
+    """The on-connect snapshot is complete even for many topics (the UNSUBACK closes it),
+    so nothing the broker still holds is republished; a changed topic is sent once."""
+    import asyncio
+
+    from gateway.events.mqtt import MqttPublisher, MqttSettings
+    from gateway.events.ports import Topics
+
+    count = 1500
+    topics = Topics(f"test-{uuid.uuid4().hex[:10]}", "gw1")
+    watcher = TimedRecorder(mosquitto.port, topics.full("agents/#"))
+    recorders.append(watcher)
+    gate = Gate(mosquitto.port)
+    gate.open()
+    settings = MqttSettings(gate.url, reconnect_base=0.05, reconnect_max=0.1)
+
+    async def until(condition: Any, what: str) -> None:
+        for _ in range(200):
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def payload(agent: int, status: str) -> dict[str, Any]:
+        return {"agent": f"a{agent}", "status": status, "timestamp": "2025-01-31T12:00:00.000Z"}
+
+    try:
+        async with MqttPublisher(settings, topics) as publisher:
+            for agent in range(count):
+                publisher.publish(f"agents/a{agent}/presence", payload(agent, "Away"), retain=True)
+            await until(lambda: len(watcher.messages) == count, "every presence once")
+            await until(lambda: publisher.stats.queued == 0, "the buffer to drain")
+            await asyncio.to_thread(gate.close)  # a network blip: the broker keeps its state
+            await until(lambda: not publisher.stats.connected, "the publisher to notice")
+            publisher.publish("agents/a7/presence", payload(7, "Available"), retain=True)
+            gate.open()
+            await asyncio.wait_for(publisher.wait_connected(), 10)
+            await until(lambda: len(watcher.messages) == count + 1, "a7's change")
+            await asyncio.sleep(1.0)  # room for wrong republishes
+            assert len(watcher.messages) == count + 1
+            assert watcher.messages[-1].payload["status"] == "Available"
+            assert len(publisher.retained_topics) == count
+    finally:
+        gate.close()
