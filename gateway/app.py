@@ -109,6 +109,7 @@ class Gateway:
                     topics,
                     on_command=on_command,
                     on_location=on_location,
+                    is_current_agent=dialplan.agents.__contains__,
                 )
                 publisher = await stack.enter_async_context(mqtt)
 

@@ -11,19 +11,44 @@ Everything else runs in an :class:`asyncio.TaskGroup` owned by the ``async with`
 ``mqtt-connection``
     connects (client id ``gateway-<node>``, keepalive 30 s, last will = retained
     ``offline`` node status), publishes the retained ``online`` node status (with
-    ``dropped_events`` once anything was dropped), subscribes to
-    ``<prefix>/agents/+/presence/set``, then runs the two tasks below until the connection
-    fails, and reconnects after a jittered exponential delay (0.5 s doubling to 30 s).
+    ``dropped_events`` once anything was dropped), learns which retained agent topics the
+    broker holds and clears those that should no longer exist (see *Retained state*),
+    subscribes to ``<prefix>/agents/+/presence/set``, then runs the two tasks below until
+    the connection fails, and reconnects after a jittered exponential delay (0.5 s
+    doubling to 30 s).
 ``mqtt-publish``
     drains the buffer with QoS 1 in small pipelined batches; a batch leaves the buffer only
     once every PUBACK is in, so events raised during an outage are delivered, in order,
-    after the broker comes back (at least once).
+    after the broker comes back (at least once). Once that backlog has drained it
+    republishes the retained state the broker lacks (below), once per connection.
 ``mqtt-commands``
     hands location commands (``<prefix>/agents/+/location/set``, subscribed when
     ``on_location`` is given) to ``on_location(agent, payload_or_refusal)``; decodes
     presence commands, checks them (agents may only set Available, Away or
     DoNotDisturb) and calls ``on_command(agent, status, payload)``; bad ones are logged and
     ignored. Its ``async for`` also notices a lost connection while nothing is published.
+
+Retained state
+--------------
+Every ``publish(..., retain=True)`` is recorded in a
+:class:`~gateway.events.retained.RetainedState` (the latest payload per topic; an empty
+payload ``{}`` clears the topic on the broker and forgets it). A broker that restarts
+without persistence has forgotten all of it, so on every connection the publisher resends
+each owned topic whose latest payload has not gone over *this* connection -- after the
+outage backlog, so emergency events waiting in it are not held up, and never a topic whose
+latest payload was in that backlog (it has just been delivered). Emergency events are not
+retained: they are never resent by this.
+
+To know what the broker holds, the publisher subscribes to ``<prefix>/agents/+/+`` (QoS 0)
+right after connecting and unsubscribes at once: the broker sends the matching retained
+messages before its UNSUBACK, so when the UNSUBACK is in, the snapshot is complete. We ask
+the broker rather than keep a persisted list because the broker is the only one that knows
+what it really holds (a persistent broker, a broker that lost everything, topics a previous
+process or version left behind) and it costs one round trip per connection. The snapshot
+lets the publisher skip topics the broker already holds with the same payload (or a newer
+one from another node) and clear the topics of agents that are not configured any more
+(``is_current_agent``). If the broker refuses that subscription, everything owned is
+resent and nothing is cleared.
 
 Leaving the ``async with`` block drains what is buffered (while connected), publishes the
 retained ``offline`` status and disconnects cleanly, all within ``shutdown_timeout``.
@@ -35,7 +60,7 @@ import asyncio
 import json
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +72,7 @@ import aiomqtt
 
 from gateway.events.buffer import Backoff, EventBuffer
 from gateway.events.ports import Topics
+from gateway.events.retained import Republish, RetainedState, stale_topics
 from gateway.events.schema import AGENT_SETTABLE_STATUSES, check_note, node_status_payload
 from gateway.logs import get_logger
 
@@ -174,6 +200,7 @@ class _Outgoing(NamedTuple):
     topic: str
     payload: bytes
     retain: bool
+    seq: int = 0  # the RetainedState sequence of a retained payload, 0 otherwise
 
 
 def _utc_now() -> datetime:
@@ -190,7 +217,10 @@ class MqttPublisher:
     Use as ``async with MqttPublisher(settings, topics, on_command=cb) as publisher:``;
     :meth:`publish` may be called before, during and after the block (events wait in the
     buffer). ``rand`` (uniform in [0, 1)) jitters reconnect delays and ``clock`` stamps
-    node-status payloads; both are injectable for tests. Call from the event-loop thread.
+    node-status payloads; both are injectable for tests. ``is_current_agent(agent_id)``
+    says whether an agent is configured: the retained ``<prefix>/agents/<agent>/...``
+    topics of an agent that is not are cleared on connect (``None``: nothing is cleared).
+    Call from the event-loop thread.
     """
 
     def __init__(
@@ -202,6 +232,7 @@ class MqttPublisher:
         on_location: LocationCallback | None = None,
         rand: Callable[[], float] = random.random,
         clock: Callable[[], datetime] = _utc_now,
+        is_current_agent: Callable[[str], bool] | None = None,
     ) -> None:
         self._settings = settings
         self._topics = topics
@@ -210,6 +241,9 @@ class MqttPublisher:
         self._clock = clock
         self._backoff = Backoff(base=settings.reconnect_base, cap=settings.reconnect_max, rand=rand)
         self._buffer: EventBuffer[_Outgoing] = EventBuffer(settings.buffer_size)
+        self._retained = RetainedState()
+        self._is_current_agent = is_current_agent
+        self._held: Mapping[str, bytes] | None = None  # broker's retained agent topics
         self._wakeup = asyncio.Event()
         self._closing = asyncio.Event()
         self._connected = asyncio.Event()
@@ -228,6 +262,10 @@ class MqttPublisher:
         The payload is serialised now (later changes to the dict do not matter). A bad
         topic or a payload that is not JSON is logged and dropped. When the buffer is full
         the oldest queued event is dropped and counted.
+
+        With ``retain`` the payload becomes the topic's current state, resent after the
+        broker lost it (see *Retained state*); an empty ``payload`` (``{}``) with
+        ``retain`` clears the topic (a zero-length retained message) and forgets it.
         """
         try:
             if (
@@ -236,7 +274,10 @@ class MqttPublisher:
                 or any(ch in _TOPIC_FORBIDDEN for ch in topic_suffix)
             ):
                 raise ValueError(f"invalid topic suffix {topic_suffix!r}")
-            item = _Outgoing(self._topics.full(topic_suffix), _encode(payload), retain)
+            topic = self._topics.full(topic_suffix)
+            encoded = b"" if retain and not payload else _encode(payload)
+            seq = self._retained.record(topic, encoded) if retain else 0
+            item = _Outgoing(topic, encoded, retain, seq)
         except Exception as exc:
             self._log.error("mqtt_event_rejected", topic_suffix=topic_suffix, error=str(exc))
             return
@@ -260,6 +301,11 @@ class MqttPublisher:
             dropped=self._buffer.dropped,
             connected=self._connected.is_set(),
         )
+
+    @property
+    def retained_topics(self) -> list[str]:
+        """The retained topics (full names) whose current state this publisher owns."""
+        return self._retained.topics()
 
     @property
     def topics(self) -> Topics:
@@ -391,6 +437,9 @@ class MqttPublisher:
         async with self._client() as client:
             self._backoff.reset()
             await self._publish_status(client, "online")
+            self._retained.new_connection()
+            self._held = await self._learn_retained(client)
+            await self._clear_stale(client)
             if self._on_command is not None:
                 await client.subscribe(self._topics.presence_set_filter, qos=QOS)
             if self._on_location is not None:
@@ -430,8 +479,62 @@ class MqttPublisher:
         await client.publish(self._topics.node_status_topic, _encode(payload), qos=QOS, retain=True)
         self._reported_dropped = dropped
 
+    async def _learn_retained(self, client: aiomqtt.Client) -> dict[str, bytes] | None:
+        """The retained ``<prefix>/agents/+/+`` messages the broker holds, or ``None`` when
+        it refuses the subscription. Subscribes with QoS 0 (no in-flight window to wait
+        for), unsubscribes at once; the UNSUBACK comes after the retained messages."""
+        topic_filter = self._topics.full("agents/+/+")
+        granted = await client.subscribe(topic_filter, qos=0)
+        await client.unsubscribe(topic_filter)
+        refused = not granted or any(_refused(code) for code in granted)
+        held: dict[str, bytes] = {}
+        while len(client.messages):
+            message = await anext(client.messages)
+            payload = message.payload
+            if message.retain and isinstance(payload, bytes | bytearray) and payload:
+                held[str(message.topic)] = bytes(payload)
+        if refused:
+            self._log.warning(
+                "mqtt_retained_snapshot_refused",
+                filter=topic_filter,
+                detail="republishing every retained topic; stale ones are not cleared",
+            )
+            return None
+        return held
+
+    async def _clear_stale(self, client: aiomqtt.Client) -> None:
+        """Clear the retained agent topics of agents that are not configured any more."""
+        if self._held is None or self._is_current_agent is None:
+            return
+        stale = stale_topics(
+            self._topics.prefix, self._held, self._retained, self._is_current_agent
+        )
+        for topic in stale:
+            await client.publish(topic, b"", qos=QOS, retain=True)
+        if stale:
+            self._log.info("mqtt_stale_retained_cleared", topics=stale)
+
+    async def _republish_retained(self, client: aiomqtt.Client) -> None:
+        """Resend, once, each owned retained topic the broker lacks (see *Retained state*).
+
+        The plan is taken while the buffer is empty, so every payload in it is the latest;
+        a newer one published meanwhile waits in the buffer and follows it."""
+        plan = self._retained.republish_plan(self._held)
+        self._held = None  # what the broker held at connect is stale from here on
+        if not plan:
+            return
+        for start in range(0, len(plan), self._settings.in_flight):
+            batch = plan[start : start + self._settings.in_flight]
+            async with asyncio.TaskGroup() as batch_tasks:
+                for item in batch:
+                    batch_tasks.create_task(_republish_one(client, item))
+            for item in batch:
+                self._retained.delivered(item.topic, item.seq)
+        self._log.info("mqtt_retained_republished", topics=len(plan))
+
     async def _send_buffered(self, client: aiomqtt.Client) -> None:
         """Drain the buffer in pipelined QoS 1 batches; return when closing and empty."""
+        republished = False
         while True:
             batch = self._buffer.take(self._settings.in_flight)
             if not batch:
@@ -439,6 +542,10 @@ class MqttPublisher:
                     await self._publish_status(client, "online")
                 if self._closing.is_set():
                     return
+                if not republished:
+                    republished = True
+                    await self._republish_retained(client)
+                    continue
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -455,6 +562,9 @@ class MqttPublisher:
                 self._buffer.requeue()
                 raise
             self._buffer.ack()
+            for item in batch:
+                if item.seq:
+                    self._retained.delivered(item.topic, item.seq)
             if not len(self._buffer):
                 self._overflowing = False  # warn again only after the backlog has drained
 
@@ -508,6 +618,18 @@ class MqttPublisher:
 
 async def _publish_one(client: aiomqtt.Client, item: _Outgoing) -> None:
     await client.publish(item.topic, item.payload, qos=QOS, retain=item.retain)
+
+
+async def _republish_one(client: aiomqtt.Client, item: Republish) -> None:
+    await client.publish(item.topic, item.payload, qos=QOS, retain=True)
+
+
+def _refused(code: object) -> bool:
+    """Whether a SUBACK return code refuses the subscription (0x80, MQTT 3.1.1 3.9.3)."""
+    is_failure = getattr(code, "is_failure", None)
+    if isinstance(is_failure, bool):
+        return is_failure
+    return code == 0x80
 
 
 def _decode_command(raw: object) -> dict[str, Any] | str:

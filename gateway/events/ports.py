@@ -40,6 +40,8 @@ class Publisher(Protocol):
         Must not block, must not raise: an event that cannot be queued (bad topic,
         payload that is not JSON) is logged and dropped. Events are delivered in the order
         they were published, with QoS 1; ``retain`` asks the broker to keep the last one.
+        With ``retain``, ``payload`` is the topic's current state (the MQTT adapter sends it
+        again after a broker lost it) and an empty ``payload`` (``{}``) clears the topic.
         """
         ...
 

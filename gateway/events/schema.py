@@ -122,6 +122,7 @@ EmergencyEvent = Literal[
     "callback_answered",
     "notification_sent",
     "notification_failed",
+    "notification_retrying",
 ]
 EMERGENCY_EVENTS: Final[tuple[str, ...]] = (
     "dialled",
@@ -136,6 +137,7 @@ EMERGENCY_EVENTS: Final[tuple[str, ...]] = (
     "callback_answered",
     "notification_sent",
     "notification_failed",
+    "notification_retrying",
 )
 
 _EMERGENCY_CORE_KEYS: Final = frozenset(

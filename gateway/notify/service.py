@@ -16,10 +16,13 @@ happens in the worker task (``notify-outbox``) and in one task per attempt:
    hold up the others. Before the attempt the row is marked in flight.
 3. **Outcome.** Accepted by the server: the row is marked ``sent`` *immediately*, then
    ``notification_sent`` is published. A transient failure (server down, timeout, 4xx) is
-   retried with jittered exponential backoff (:mod:`gateway.notify.retry`); a 5xx for the
-   recipient or the message fails the row at once; at the give-up deadline
-   (``notify_give_up_s`` after the call) the row fails. A failed row logs an error and
-   publishes ``notification_failed``.
+   retried with jittered exponential backoff (:mod:`gateway.notify.retry`), and each
+   such failure publishes ``notification_retrying`` (attempts so far, ``next_try_at``,
+   ``reason``, ``will_retry: true``) so that a dashboard sees the trouble at the first
+   failed attempt, not an hour later; a 5xx for the recipient or the message fails the
+   row at once; at the give-up deadline (``notify_give_up_s`` after the call) the row
+   fails. A failed row logs an error and publishes ``notification_failed``
+   (``will_retry: false``): the one final event, like ``notification_sent``.
 
 Delivery guarantee: at least once, and exactly once unless the process dies inside one
 narrow window -- after the server has accepted the message and before the ``sent`` mark
@@ -51,7 +54,7 @@ import structlog
 
 from gateway.config.settings import Settings
 from gateway.events.ports import Publisher, Topics
-from gateway.events.schema import emergency_payload
+from gateway.events.schema import emergency_payload, rfc3339
 from gateway.notify.addresses import split_recipients
 from gateway.notify.notice import EmergencyNotice, notice_for
 from gateway.notify.retry import Retry, after_failure
@@ -429,9 +432,7 @@ class Notifier:
             attempts=attempts,
             test=mail.test,
         )
-        self._publish_mail(
-            "notification_sent", mail, message_id=mail.message_id, attempts=attempts
-        )
+        self._publish_mail("notification_sent", mail, message_id=mail.message_id, attempts=attempts)
 
     async def _failed(self, mail: OutboxMail, attempts: int, error: DeliveryError) -> None:
         now = self._clock()
@@ -463,6 +464,16 @@ class Notifier:
             await self.outbox.retry_at(mail.id, decision.at, error.reason)
         except Exception as store_error:
             log.error("notification_outbox_update_failed", mail_id=mail.id, error=repr(store_error))
+        self._publish_mail(
+            "notification_retrying",
+            mail,
+            message_id=mail.message_id,
+            reason=error.reason,
+            code=error.code,
+            attempts=attempts,
+            next_try_at=rfc3339(datetime.fromtimestamp(decision.at, UTC)),
+            will_retry=True,
+        )
         if not self._closed:
             retried = replace(
                 mail,
@@ -505,6 +516,7 @@ class Notifier:
             code=code,
             permanent=permanent,
             attempts=attempts,
+            will_retry=False,
         )
 
     # -- events ----------------------------------------------------------------------------
@@ -530,6 +542,7 @@ class Notifier:
             did=notice.callback_did,
             route=notice.route,
             test=notice.test,
+            will_retry=False,
             **extra,
         )
 

@@ -264,7 +264,11 @@ async def test_with_the_server_down_the_mail_waits_in_the_outbox(stores: Stores,
             await asyncio.sleep(0.02)
         [row] = await stores.outbox.pending()
         assert row.recipient == "boss@example.com" and row.last_error
-        assert publisher.events == []
+        # each failed attempt is on MQTT with its schedule; nothing final yet
+        retries = publisher.named("notification_retrying")
+        assert publisher.events == retries  # no other event
+        assert [event["attempts"] for event in retries] == list(range(1, len(retries) + 1))
+        assert all(event["will_retry"] and event["next_try_at"] for event in retries)
         with smtp_server(mailbox, port):
             await _until(lambda: bool(publisher.named("notification_sent")))
             await asyncio.sleep(0.3)  # room for a wrong second delivery

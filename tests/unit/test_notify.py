@@ -593,12 +593,26 @@ async def test_4xx_is_retried_and_5xx_fails_that_recipient_only(stores: Stores) 
     sender.failures["gone@example.com"] = [DeliveryError("550 no", code=550, permanent=True)]
     async with notifier:
         notifier.notify(_now_notice(recipients=("busy@example.com", "gone@example.com")))
-        await _until(lambda: len(publisher.events) == 2)
+        await _until(lambda: len(publisher.events) == 4)
     [sent] = publisher.named("notification_sent")
     assert sent["recipient"] == "busy@example.com" and sent["attempts"] == 3
     [failed] = publisher.named("notification_failed")
     assert failed["recipient"] == "gone@example.com"
     assert (failed["code"], failed["permanent"], failed["attempts"]) == (550, True, 1)
+    assert failed["will_retry"] is False
+    # each failed attempt of the busy one said so, with the retry schedule, before the send
+    busy = [e for e in publisher.events if e[1].get("recipient") == "busy@example.com"]
+    assert [e[1]["event"] for e in busy] == ["notification_retrying"] * 2 + ["notification_sent"]
+    retries = publisher.named("notification_retrying")
+    assert [(e["attempts"], e["reason"], e.get("code")) for e in retries] == [
+        (1, "451 later", 451),
+        (2, "connection refused", None),
+    ]
+    for retry in retries:
+        assert retry["will_retry"] is True and retry["message_id"] == sent["message_id"]
+        # a retry time (the event's own timestamp is read later, after the outbox write,
+        # and may pass a short test back-off on a loaded machine: no order asserted)
+        datetime.fromisoformat(str(retry["next_try_at"]).replace("Z", "+00:00"))
     rows = {row.recipient: row for row in [await stores.outbox.get(i) for i in (1, 2)] if row}
     assert rows["gone@example.com"].state == "failed"
     assert rows["gone@example.com"].last_error == "550 no"
@@ -638,6 +652,7 @@ async def test_a_row_past_its_deadline_at_start_gets_one_last_attempt(stores: St
     [failed] = publisher.named("notification_failed")
     assert failed["recipient"] == "down@example.com"
     assert failed["reason"] == "gave up: connection refused" and failed["permanent"] is False
+    assert failed["will_retry"] is False and publisher.named("notification_retrying") == []
     assert len(sender.failures["down@example.com"]) == 4  # exactly one attempt
 
 
