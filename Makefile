@@ -30,8 +30,11 @@ test: deps venv
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
+# types (mypy --strict, configured in pyproject.toml), lint and formatting of the code, its
+# tests, its benchmarks and their shared harness (testkit/)
 lint: venv
-	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff check gateway testkit tests bench
+	$(VENV)/bin/ruff format --check gateway testkit tests bench
 	$(VENV)/bin/mypy
 
 bench: venv deps

@@ -59,7 +59,7 @@ directory printed at the end.
         [--emergency-seconds 20] [--warmup-seconds 3]
         [--scenarios alone,load,mail-none,mail-fast,mail-slow] [--slow-mail-seconds 2]
         [--mail-drain-seconds 0] [--log-level INFO] [--target-p99-ms 20] [--no-capture]
-        [--json out.json] [--workdir DIR]
+        [--json out.json] [--workdir DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -83,25 +83,32 @@ from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
-from cps_bench import (
+# run as `python bench/emergency_bench.py`: the project root holds testkit/, the harness
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from testkit.ladder import render_table
+from testkit.processes import (
     CLK_TCK,
-    HARD_MARGIN_S,
+    PROJECT_ROOT,
     Child,
+    GatewayProcess,
     code_revision,
     cpu_ticks,
+    find_tool,
     free_port,
-    head_lines,
     load_average,
-    percentile,
     port_bound_by,
+    start_gateway,
+)
+from testkit.sipp import (
+    head_lines,
+    percentile,
     read_rtt,
     read_stats,
     scenario_screen,
-    sip_options,
     stat_int,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SIPP_SCENARIOS = PROJECT_ROOT / "sipp-scenarios"
 BENCH_SCENARIOS = PROJECT_ROOT / "bench" / "scenarios"
 REGISTER_SCENARIO = SIPP_SCENARIOS / "agent_register.xml"
@@ -110,6 +117,8 @@ SBC_UAS = SIPP_SCENARIOS / "uas_basic.xml"
 LOAD_UAC = BENCH_SCENARIOS / "uac_rtd.xml"
 LOAD_UAS = BENCH_SCENARIOS / "uas_rtd.xml"
 HOST = "127.0.0.1"
+#: A SIPp run is killed this many seconds after its own -timeout.
+HARD_MARGIN_S = 5.0
 AGENT = "alice"
 PASSWORD = "alice-secret"
 DIDS = ("+15555550190", "+15555550191", "+15555550192")
@@ -131,6 +140,8 @@ SCENARIOS: dict[str, tuple[bool, str | None]] = {
     "mail-slow": (False, "slow"),
 }
 DEFAULT_SCENARIOS = ",".join(SCENARIOS)
+#: --quick: every scenario, 2 s of emergency calls, 1 s warm-up, 100 ordinary calls/s.
+QUICK = {"emergency_seconds": 2.0, "warmup_seconds": 1.0, "load_rate": 100}
 
 DIALPLAN = """\
 version: 1
@@ -217,76 +228,43 @@ def iso_seconds(text: str) -> float | None:
 # --------------------------------------------------------------------------- gateway
 
 
-class Gateway:
-    """A fresh ``python -m gateway run`` on its own dialplan, store and logs."""
+def start_bench_gateway(
+    directory: Path,
+    text: str,
+    port: int,
+    log_level: str,
+    extra_env: dict[str, str] | None = None,
+) -> GatewayProcess:
+    """A fresh gateway on its own dialplan, SQLite store (``data/gateway.db``) and logs;
+    none of this process's GATEWAY_* settings leak into it."""
+    env = {
+        "GATEWAY_STORE": f"sqlite:///{directory / 'data' / 'gateway.db'}",
+        "GATEWAY_MQTT_URL": "off",
+        "GATEWAY_LOG_LEVEL": log_level,
+        **(extra_env or {}),
+    }
+    return start_gateway(
+        text,
+        directory,
+        listen_port=port,
+        env=env,
+        ready_timeout=15.0,
+        inherit_gateway_env=False,
+    )
 
-    def __init__(
-        self,
-        directory: Path,
-        text: str,
-        port: int,
-        log_level: str,
-        extra_env: dict[str, str] | None = None,
-    ) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = port
-        dialplan = directory / "dialplan.yaml"
-        dialplan.write_text(text)
-        data = directory / "data"
-        data.mkdir(exist_ok=True)
-        self.database = data / "gateway.db"
-        self.stdout = directory / "gateway.stdout.log"
-        self.stderr = directory / "gateway.stderr.log"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
-            "GATEWAY_DATA_DIR": str(data),
-            "GATEWAY_STORE": f"sqlite:///{self.database}",
-            "GATEWAY_MQTT_URL": "off",
-            "GATEWAY_LOG_FORMAT": "json",
-            "GATEWAY_LOG_LEVEL": log_level,
-            "PYTHONUNBUFFERED": "1",
-            **(extra_env or {}),
-        }
-        self.env = {k: v for k, v in env.items() if k.startswith("GATEWAY_")}
-        command = [sys.executable, "-m", "gateway", "run", "--dialplan", str(dialplan)]
-        self.child = Child(command, PROJECT_ROOT, self.stdout, env=env, stderr=self.stderr)
-        deadline = time.monotonic() + 15.0
-        while time.monotonic() < deadline:
-            if not self.child.running:
-                raise RuntimeError(f"gateway exited ({self.child.returncode}):\n{self.tail(20)}")
-            answer = sip_options(port)
-            if answer is not None and answer.startswith("SIP/2.0 200"):
-                return
-            time.sleep(0.1)
-        self.child.stop(soft=signal.SIGTERM)
-        raise RuntimeError("gateway did not answer OPTIONS with 200:\n" + self.tail(20))
 
-    def lines(self) -> list[str]:
-        out: list[str] = []
-        for path in (self.stdout, self.stderr):
-            with contextlib.suppress(OSError), path.open(errors="replace") as stream:
-                out += [line.rstrip("\n") for line in stream]
-        return out
-
-    def tail(self, count: int) -> str:
-        return "\n".join(self.lines()[-count:])
-
-    def stop(self) -> int:
-        return self.child.stop(soft=signal.SIGTERM, grace=10.0)
-
-    def outbox_states(self) -> dict[str, int]:
-        """Outbox rows by state (pending, sent, failed), read after the gateway stopped."""
-        # the outbox has a file of its own beside the main store (gateway/stores/sqlite.py)
-        database = Path(self.database)
-        outbox = database.with_name(f"{database.stem}-outbox{database.suffix}")
-        with contextlib.suppress(sqlite3.Error):
-            connection = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
-            try:
-                rows = connection.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")
-                return {str(state): int(count) for state, count in rows}
-            finally:
-                connection.close()
-        return {}
+def outbox_states(gateway: GatewayProcess) -> dict[str, int]:
+    """Outbox rows by state (pending, sent, failed), read after the gateway stopped."""
+    # the outbox has a file of its own beside the main store (gateway/stores/sqlite.py)
+    outbox = gateway.data_dir / "gateway-outbox.db"
+    with contextlib.suppress(sqlite3.Error):
+        connection = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
+        try:
+            rows = connection.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")
+            return {str(state): int(count) for state, count in rows}
+        finally:
+            connection.close()
+    return {}
 
 
 # --------------------------------------------------------------------------- mail server
@@ -588,7 +566,7 @@ def run_scenario(
         contacts=f"    emergency_contacts: '{'; '.join(CONTACTS)}'\n" if mail else "",
     )
     started: list[Child] = []
-    gateway: Gateway | None = None
+    gateway: GatewayProcess | None = None
     capture: Capture | None = None
     mail_server: MailServer | None = None
     gateway_env: dict[str, str] = {}
@@ -612,7 +590,9 @@ def run_scenario(
         )  # fmt: skip
         started.append(sbc)
         wait_bound(sbc, sbc_port, "the SBC uas")
-        gateway = Gateway(directory / "gateway", text, gw_port, args.log_level, gateway_env)
+        gateway = start_bench_gateway(
+            directory / "gateway", text, gw_port, args.log_level, gateway_env
+        )
         register(sipp, em_dir, gw_port, alice_port)
         if args.capture:
             capture = Capture(em_dir, alice_port, gw_port, sbc_port)
@@ -639,7 +619,7 @@ def run_scenario(
             started.append(load_uac)
             time.sleep(args.warmup_seconds)
 
-        ticks_before = cpu_ticks(gateway.child.pid)
+        ticks_before = cpu_ticks(gateway.pid)
         em_uac = Child(
             [sipp, f"{HOST}:{gw_port}", "-sf", str(EMERGENCY_UAC), "-s", "911",
              "-i", HOST, "-p", str(alice_port), "-m", str(calls),
@@ -655,7 +635,7 @@ def run_scenario(
         last_call_ended = time.monotonic()
         if mail_server is not None:
             result.mails_by_last_call = len(mail_server.mailbox.mails())
-        ticks_after = cpu_ticks(gateway.child.pid)
+        ticks_after = cpu_ticks(gateway.pid)
         if ticks_before is not None and ticks_after is not None and em_uac.elapsed > 0:
             result.gateway_cpu_pct = round(
                 100.0 * (ticks_after - ticks_before) / CLK_TCK / em_uac.elapsed, 1
@@ -675,11 +655,11 @@ def run_scenario(
             while (
                 len(mail_server.mailbox.mails()) < result.mails_expected
                 and time.monotonic() < deadline
-                and gateway.child.running
+                and gateway.running
             ):
                 time.sleep(0.1)
-        if not gateway.child.running:
-            result.problems.append(f"gateway exited ({gateway.child.returncode})")
+        if not gateway.running:
+            result.problems.append(f"gateway exited ({gateway.popen.returncode})")
     finally:
         for child in started:
             if child.running:
@@ -729,7 +709,7 @@ def run_scenario(
     # the gateway's log
     starts: dict[str, float] = {}
     if gateway is not None:
-        log = read_log(gateway.lines())
+        log = read_log(gateway.log_lines())
         result.internal = stats_ms(log.latencies_ms)
         result.internal_reserve = stats_ms(log.reserve_ms)
         result.internal_checks = {
@@ -752,7 +732,7 @@ def run_scenario(
         starts = log.started
         if mail is not None:
             result.notification_log = log.notifications
-            result.outbox = gateway.outbox_states()
+            result.outbox = outbox_states(gateway)
 
     # the mails (E-6)
     if mail_server is not None:
@@ -795,11 +775,7 @@ def run_scenario(
 # --------------------------------------------------------------------------- output
 
 
-def render(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+render = render_table
 
 
 def main_table(results: list[Scenario]) -> str:
@@ -952,9 +928,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     parser.add_argument("--workdir", type=Path, help="run files (default: new dir in /tmp)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run that proves the bench works: 2 s of emergency calls, 1 s "
+        "warm-up, 100 ordinary calls/s (overrides those options)",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
 
-    sipp = shutil.which("sipp") or ("/usr/bin/sipp" if Path("/usr/bin/sipp").exists() else None)
+    sipp = find_tool("sipp")
     if sipp is None:
         parser.error("sipp not found (apt-get install sip-tester)")
     args.sipp = sipp

@@ -131,8 +131,7 @@ def main() -> None:
         best_o = max(best_o, measure(o, args.seconds))
         best_t = max(best_t, measure(t, args.seconds))
     print(
-        f"INVITE parse + field access, {len(INVITE)} bytes,"
-        f" best of {args.rounds} x {args.seconds}s"
+        f"INVITE parse + field access, {len(INVITE)} bytes, best of {args.rounds} x {args.seconds}s"
     )
     print(f"  gateway.sip : {best_o:10.0f} msg/s")
     print(f"  sipmessage  : {best_t:10.0f} msg/s")

@@ -54,6 +54,7 @@ rtt CSVs, gateway and Mosquitto logs) stay under --workdir.
     .venv/bin/python bench/presence_bench.py [--rates 100,200,400,...] [--agents 20]
         [--subscribers 20] [--subscriber-qos 1] [--step-seconds 4]
         [--variants off,mqtt,subs] [--p99-limit-ms 50] [--json out.json] [--workdir DIR]
+        [--quick]
 """
 
 from __future__ import annotations
@@ -63,10 +64,8 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -78,29 +77,35 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from cps_bench import (
-    CLK_TCK,
-    HARD_MARGIN_S,
-    Child,
-    busy_ticks,
-    code_revision,
-    cpu_ticks,
-    free_port,
-    head_lines,
-    load_average,
-    percentile,
-    port_bound_by,
-    read_rtt,
-    read_stats,
-    rss_mb,
-    scenario_screen,
-    sip_options,
-    slow_bursts,
-    stat_int,
-)
 from paho.mqtt.enums import CallbackAPIVersion
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# run as `python bench/presence_bench.py`: the project root holds testkit/, the harness
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from testkit.ladder import (
+    CpuMeter,
+    LadderStep,
+    fmt_ms,
+    fmt_pct,
+    judge,
+    measure,
+    parse_rates,
+    render_table,
+    sipp_evidence,
+    sustained,
+)
+from testkit.processes import (
+    PROJECT_ROOT,
+    Child,
+    GatewayProcess,
+    code_revision,
+    find_tool,
+    free_port,
+    load_average,
+    start_gateway,
+)
+from testkit.sipp import Sipp, percentile
+
 UAC_SCENARIO = PROJECT_ROOT / "sipp-scenarios" / "uac_queued.xml"
 REGISTER_SCENARIO = PROJECT_ROOT / "sipp-scenarios" / "agent_register.xml"
 UAS_SCENARIO = PROJECT_ROOT / "bench" / "scenarios" / "uas_rtd.xml"
@@ -125,6 +130,10 @@ BUSY_OTHER_PCT = 25.0
 SETTLE_PRESENCE_S = 10.0
 #: A call waiting longer than this for any message fails at the uac (ms).
 RECV_TIMEOUT_MS = 5000
+#: A SIPp run is killed this many seconds after its own -timeout.
+HARD_MARGIN_S = 5.0
+#: --quick: one short step at this rate on every variant, fewer agents and subscribers.
+QUICK = {"rates": "100", "step_seconds": 2.0, "agents": 5, "subscribers": 2}
 
 VARIANTS: dict[str, str] = {
     "off": "MQTT off",
@@ -136,19 +145,7 @@ VARIANTS: dict[str, str] = {
 # --------------------------------------------------------------------------- helpers
 
 
-def free_udp_port(host: str) -> int:
-    """A UDP port free on ``host`` (e.g. 127.0.0.2, where cps_bench's helper does not look)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+_ms, _pct = fmt_ms, fmt_pct
 
 
 def _f1(value: float | None) -> str:
@@ -183,8 +180,8 @@ class Mosquitto:
     """A Mosquitto broker on a free 127.0.0.1 port, for the whole run."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).exists():
+        binary = find_tool("mosquitto")
+        if binary is None:
             raise RuntimeError("mosquitto not found (apt-get install mosquitto)")
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -420,114 +417,50 @@ def dialplan_text(port: int, node: str, agents: list[str]) -> str:
     )
 
 
-class Gateway:
+def start_bench_gateway(
+    workdir: Path, node: str, agents: list[str], env: dict[str, str]
+) -> GatewayProcess:
     """``python -m gateway run`` on a generated dialplan; ready once OPTIONS gets 200."""
-
-    def __init__(self, workdir: Path, node: str, agents: list[str], env: dict[str, str]) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.dialplan = workdir / "dialplan.yaml"
-        self.dialplan.write_text(dialplan_text(self.port, node, agents))
-        data = workdir / "data"
-        data.mkdir(exist_ok=True)
-        self.stdout = workdir / "gateway.stdout.log"
-        self.stderr = workdir / "gateway.stderr.log"
-        full_env = {
-            **os.environ,
-            "GATEWAY_DATA_DIR": str(data),
-            "GATEWAY_STORE": "sqlite://:memory:",
-            "GATEWAY_LOG_FORMAT": "json",
-            "GATEWAY_LOG_LEVEL": "WARNING",
-            "PYTHONUNBUFFERED": "1",
-            **env,
-        }
-        self.env = {k: v for k, v in full_env.items() if k.startswith("GATEWAY_")}
-        command = [sys.executable, "-m", "gateway", "run", "--dialplan", str(self.dialplan)]
-        self.child = Child(command, PROJECT_ROOT, self.stdout, env=full_env, stderr=self.stderr)
-        deadline = time.monotonic() + 15.0
-        answer: str | None = None
-        while time.monotonic() < deadline:
-            if not self.child.running:
-                raise RuntimeError(
-                    f"gateway exited ({self.child.returncode}) before answering OPTIONS:\n"
-                    + "\n".join(self.log_lines()[-30:])
-                )
-            answer = sip_options(self.port)
-            if answer is not None and answer.startswith("SIP/2.0 200"):
-                return
-            time.sleep(0.1)
-        self.child.stop(soft=signal.SIGTERM)
-        raise RuntimeError(f"gateway did not answer OPTIONS with 200 (last: {answer})")
-
-    def log_lines(self) -> list[str]:
-        lines: list[str] = []
-        for path in (self.stdout, self.stderr):
-            with contextlib.suppress(OSError):
-                lines += path.read_text(errors="replace").splitlines()
-        return lines
-
-    def stop(self) -> int:
-        return self.child.stop(soft=signal.SIGTERM, grace=10.0)
+    port = free_port()
+    full_env = {
+        "GATEWAY_STORE": "sqlite://:memory:",
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    text = dialplan_text(port, node, agents)
+    return start_gateway(text, workdir, listen_port=port, env=full_env, ready_timeout=15.0)
 
 
 def register_agents(
-    sipp: str, gateway: Gateway, agents: list[str], uas_port: int, directory: Path
+    sipp: str, gateway: GatewayProcess, agents: list[str], uas_port: int, directory: Path
 ) -> list[str]:
     """REGISTER every agent from 127.0.0.1:uas_port, one SIPp run each; the failures."""
-    directory.mkdir(parents=True, exist_ok=True)
+    runs = Sipp(directory, binary=sipp, host=HOST)
     failures: list[str] = []
     for agent in agents:
-        command = [
-            sipp, f"{HOST}:{gateway.port}", "-sf", str(REGISTER_SCENARIO),
-            "-s", agent, "-au", agent, "-ap", password_of(agent),
-            "-key", "expires", "3600", "-m", "1",
-            "-i", HOST, "-bind_local", "-p", str(uas_port), "-nostdin",
-            "-timeout", "10s", "-timeout_error",
-            "-trace_err", "-error_file", str(directory / f"{agent}_errors.log"),
-        ]  # fmt: skip
-        with (directory / f"{agent}.log").open("wb") as out:
-            try:
-                code = subprocess.run(
-                    command, cwd=directory, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, timeout=10.0 + HARD_MARGIN_S, check=False,
-                ).returncode  # fmt: skip
-            except subprocess.TimeoutExpired:
-                code = -1
-        if code != 0:
-            failures.append(f"{agent} (sipp exit {code})")
+        result = runs.uac(
+            REGISTER_SCENARIO,
+            gateway.address,
+            1,
+            service=agent,
+            local_port=uas_port,
+            timeout=10.0,
+            trace_messages=False,
+            extra=["-au", agent, "-ap", password_of(agent), "-key", "expires", "3600"],
+        )
+        if result.returncode != 0:
+            failures.append(f"{agent} (sipp exit {result.returncode})")
     return failures
 
 
 # --------------------------------------------------------------------------- one step
 
 
-@dataclass
-class Step:
+@dataclass(kw_only=True)
+class Step(LadderStep):
     variant: str
-    rate: int
-    calls: int
-    achieved_cps: float = 0.0
-    successful: int = 0
-    failed: int = 0
-    uas_successful: int = 0
-    uas_failed: int = 0
-    retransmissions: int = 0
-    uac_timeouts: int = 0
-    unexpected: int = 0
-    samples: int = 0
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    max_ms: float | None = None
-    wall_s: float = 0.0
-    gateway_cpu_pct: float | None = None
-    gateway_cpu_ms_per_call: float | None = None
-    gateway_rss_mb: float | None = None
     mosquitto_cpu_pct: float | None = None
     bench_cpu_pct: float | None = None
-    uac_cpu_pct: float | None = None
-    uas_cpu_pct: float | None = None
-    other_cpu_pct: float | None = None
-    gateway_log_lines: int = 0
     gateway_log_events: dict[str, int] = field(default_factory=dict)
     mosquitto_log_lines: int = 0
     expected_per_subscriber: int | None = None
@@ -540,24 +473,6 @@ class Step:
     lag_p99_ms: float | None = None
     lag_max_ms: float | None = None
     drain_s: float | None = None
-    uac_exit: int | None = None
-    uas_exit: int | None = None
-    passed: bool = False
-    reasons: list[str] = field(default_factory=list)
-    directory: str = ""
-
-
-def sipp_common(directory: Path, role: str, calls: int, timeout_s: float) -> list[str]:
-    # fmt: off
-    return [
-        "-bind_local", "-t", "u1", "-m", str(calls), "-nostdin",
-        "-timeout", f"{timeout_s:g}s", "-timeout_error",
-        "-max_recv_loops", "1000",
-        "-trace_stat", "-stf", str(directory / f"{role}_stat.csv"), "-fd", "1",
-        "-trace_err", "-error_file", str(directory / f"{role}_errors.log"),
-        "-trace_screen", "-screen_file", str(directory / f"{role}_screen.log"),
-    ]
-    # fmt: on
 
 
 @dataclass
@@ -566,7 +481,7 @@ class Context:
 
     variant: str
     sipp: str
-    gateway: Gateway
+    gateway: GatewayProcess
     uas_port: int
     mosquitto: Mosquitto | None
     subscribers: Subscribers | None
@@ -580,62 +495,59 @@ def run_step(ctx: Context, rate: int, directory: Path) -> Step:
     step = Step(variant=ctx.variant, rate=rate, calls=calls, directory=str(directory))
     uac_timeout = args.step_seconds + 20.0
 
-    uas_command = [
-        ctx.sipp, "-sf", str(UAS_SCENARIO), "-i", HOST, "-p", str(ctx.uas_port),
-        *sipp_common(directory, "uas", calls, uac_timeout + 10.0),
-    ]  # fmt: skip
-    uas = Child(uas_command, directory, directory / "uas_output.log")
-    deadline = time.monotonic() + 5.0
-    while not port_bound_by(uas.pid, ctx.uas_port, "udp"):
-        if not uas.running or time.monotonic() > deadline:
-            uas.stop()
-            raise RuntimeError(f"SIPp uas did not bind udp {HOST}:{ctx.uas_port}")
-        time.sleep(0.02)
-
-    gw_pid = ctx.gateway.child.pid
-    mq_pid = ctx.mosquitto.child.pid if ctx.mosquitto is not None else None
+    phones = Sipp(directory, binary=ctx.sipp, host=HOST)
+    carrier = Sipp(directory, binary=ctx.sipp, host=CARRIER_HOST)
+    uas = phones.uas(
+        UAS_SCENARIO,
+        ctx.uas_port,
+        calls=calls,
+        timeout=uac_timeout + 10.0,
+        max_recv_loops=1000,
+        trace_messages=False,
+    )
     log_before = len(ctx.gateway.log_lines())
     mq_log_before = len(ctx.mosquitto.log_lines()) if ctx.mosquitto is not None else 0
     before = ctx.subscribers.snapshot() if ctx.subscribers is not None else None
-    uac_command = [
-        ctx.sipp, f"{HOST}:{ctx.gateway.port}", "-sf", str(UAC_SCENARIO),
-        "-i", CARRIER_HOST, "-p", str(free_udp_port(CARRIER_HOST)), "-s", DID,
-        *sipp_common(directory, "uac", calls, uac_timeout),
-        "-r", str(rate), "-rp", "1000", "-d", "0",
-        "-recv_timeout", str(RECV_TIMEOUT_MS),
-        "-trace_rtt", "-rtt_freq", "1",
-    ]  # fmt: skip
-    gw_before = cpu_ticks(gw_pid)
-    mq_before = cpu_ticks(mq_pid) if mq_pid is not None else None
-    self_before = time.process_time()
-    busy_before = busy_ticks()
-    uac = Child(uac_command, directory, directory / "uac_output.log")
-    if uac.wait(uac_timeout + HARD_MARGIN_S) is None:
-        uac.stop(grace=2.0)
-    gw_after = cpu_ticks(gw_pid)
-    mq_after = cpu_ticks(mq_pid) if mq_pid is not None else None
-    self_after = time.process_time()
-    busy_after = busy_ticks()
-    wall = uac.elapsed
+    meter = CpuMeter(
+        {
+            "gateway": ctx.gateway.pid,
+            "mosquitto": ctx.mosquitto.child.pid if ctx.mosquitto is not None else None,
+        }
+    )
+    uac = carrier.start_uac(
+        UAC_SCENARIO,
+        ctx.gateway.address,
+        calls,
+        rate,
+        service=DID,
+        local_port=free_port(host=CARRIER_HOST),
+        timeout=uac_timeout,
+        call_length=0.0,
+        recv_timeout=RECV_TIMEOUT_MS / 1000.0,
+        max_recv_loops=1000,
+        trace_messages=False,
+        extra=["-trace_rtt", "-rtt_freq", "1"],
+    )
+    uac.wait(uac_timeout + HARD_MARGIN_S)
+    meter.stop()
     # the uas ends by itself one timewait after its last call; stop it if calls are missing
-    if uas.wait(UAS_TIMEWAIT_S + 3.0) is None:
-        uas.stop(grace=3.0)
-
-    uac_stats = read_stats(directory / "uac_stat.csv")
-    uas_stats = read_stats(directory / "uas_stat.csv")
-    step.successful = stat_int(uac_stats, "SuccessfulCall(C)")
-    step.failed = max(stat_int(uac_stats, "FailedCall(C)"), calls - step.successful)
-    step.uas_successful = stat_int(uas_stats, "SuccessfulCall(C)")
-    step.uas_failed = stat_int(uas_stats, "FailedCall(C)")
-    step.retransmissions = stat_int(uac_stats, "Retransmissions(C)") + stat_int(
-        uas_stats, "Retransmissions(C)"
+    uas.wait(UAS_TIMEWAIT_S + 3.0)
+    measure(
+        step,
+        uac,
+        uas,
+        meter,
+        gateway=ctx.gateway,
+        also_ours=(meter.seconds("mosquitto"), meter.self_seconds),
     )
-    step.uac_timeouts = stat_int(uac_stats, "FailedTimeoutOnRecv(C)") + stat_int(
-        uac_stats, "FailedMaxUDPRetrans(C)"
-    )
-    step.unexpected = stat_int(uac_stats, "FailedUnexpectedMessage(C)") + stat_int(
-        uas_stats, "FailedUnexpectedMessage(C)"
-    )
+    wall = uac.elapsed
+    if wall > 0:
+        step.mosquitto_cpu_pct = (
+            None
+            if meter.seconds("mosquitto") is None
+            else round(100.0 * (meter.seconds("mosquitto") or 0.0) / wall, 1)
+        )
+        step.bench_cpu_pct = round(100.0 * meter.self_seconds / wall, 1)
 
     if ctx.subscribers is not None and before is not None:
         # every answered call: Busy, then Available
@@ -655,30 +567,6 @@ def run_step(ctx: Context, rate: int, directory: Path) -> Step:
         step.lag_p99_ms = None if not lags else round(percentile(lags, 99) or 0.0, 1)
         step.lag_max_ms = round(lags[-1], 1) if lags else None
 
-    step.wall_s = round(wall, 3)
-    step.uac_exit, step.uas_exit = uac.returncode, uas.returncode
-    if uac.cpu_s is not None and wall > 0:
-        step.uac_cpu_pct = round(100.0 * uac.cpu_s / wall, 1)
-    if uas.cpu_s is not None and uas.elapsed > 0:
-        step.uas_cpu_pct = round(100.0 * uas.cpu_s / uas.elapsed, 1)
-    ours = (uac.cpu_s or 0.0) + (uas.cpu_s or 0.0)
-    if gw_before is not None and gw_after is not None and wall > 0:
-        step.gateway_cpu_pct = round(100.0 * (gw_after - gw_before) / CLK_TCK / wall, 1)
-        ours += (gw_after - gw_before) / CLK_TCK
-        if step.successful:
-            step.gateway_cpu_ms_per_call = round(
-                1000.0 * (gw_after - gw_before) / CLK_TCK / step.successful, 3
-            )
-    if mq_before is not None and mq_after is not None and wall > 0:
-        step.mosquitto_cpu_pct = round(100.0 * (mq_after - mq_before) / CLK_TCK / wall, 1)
-        ours += (mq_after - mq_before) / CLK_TCK
-    if wall > 0:
-        step.bench_cpu_pct = round(100.0 * (self_after - self_before) / wall, 1)
-        ours += self_after - self_before
-    if wall > 0 and busy_after > busy_before:
-        other = (busy_after - busy_before) / CLK_TCK - ours
-        step.other_cpu_pct = round(max(0.0, 100.0 * other / wall), 1)
-    step.gateway_rss_mb = rss_mb(gw_pid)
     new_lines = ctx.gateway.log_lines()[log_before:]
     step.gateway_log_lines = len(new_lines)
     for line in new_lines:
@@ -687,30 +575,7 @@ def run_step(ctx: Context, rate: int, directory: Path) -> Step:
     if ctx.mosquitto is not None:
         step.mosquitto_log_lines = len(ctx.mosquitto.log_lines()) - mq_log_before
 
-    samples = read_rtt(directory)
-    values = sorted(value for _, value in samples)
-    step.samples = len(values)
-    step.p50_ms = percentile(values, 50)
-    step.p99_ms = percentile(values, 99)
-    step.max_ms = values[-1] if values else None
-    span = (samples[-1][0] - samples[0][0]) / 1000.0 + 1.0 / rate if len(samples) >= 2 else wall
-    step.achieved_cps = round(step.successful / span, 1) if span > 0 else 0.0
-
-    if not uac_stats:
-        step.reasons.append("uac wrote no statistics")
-    if step.failed:
-        step.reasons.append(f"{step.failed} failed at uac")
-    if step.uas_failed:
-        step.reasons.append(f"{step.uas_failed} failed at uas")
-    if step.p99_ms is None:
-        step.reasons.append("no response times")
-    elif step.p99_ms >= args.p99_limit_ms:
-        step.reasons.append(f"p99 {step.p99_ms:g} ms >= {args.p99_limit_ms:g} ms")
-    if uac.killed:
-        step.reasons.append("uac killed after its timeout")
-    if not ctx.gateway.child.running:
-        step.reasons.append(f"gateway exited ({ctx.gateway.child.returncode})")
-    step.passed = not step.reasons
+    judge(step, args.p99_limit_ms, uac, ctx.gateway)
     return step
 
 
@@ -720,23 +585,11 @@ def run_step(ctx: Context, rate: int, directory: Path) -> Step:
 def diagnose(step: Step, ctx: Context) -> str:
     """Evidence for a step that did not pass: slow set-ups, SIPp screens and errors, the
     gateway's and Mosquitto's log lines."""
-    directory = Path(step.directory)
-    limit = ctx.args.p99_limit_ms
     parts = [
         f"--- {step.variant} @ {step.rate} cps did not pass: {'; '.join(step.reasons)}",
-        f"    files: {directory}",
+        f"    files: {step.directory}",
+        *sipp_evidence(step, ctx.args.p99_limit_ms / 2, bursts=12, errors=8),
     ]
-    bursts = slow_bursts(directory, limit / 2)
-    if bursts:
-        parts.append(f"--- set-ups >= {limit / 2:g} ms, grouped in time: {len(bursts)} groups")
-        parts += ["    " + line for line in bursts[:12]]
-    for role in ("uac", "uas"):
-        parts.append(f"--- {role} scenario screen")
-        parts.append(scenario_screen(directory / f"{role}_screen.log"))
-        errors = head_lines(directory / f"{role}_errors.log", 8)
-        if errors:
-            parts.append(f"--- {role}_errors.log (first lines)")
-            parts += errors
     lines = ctx.gateway.log_lines()
     parts.append(f"--- gateway log: {len(lines)} lines in this variant (last 10)")
     parts += [line[:300] for line in lines[-10:]]
@@ -755,7 +608,7 @@ class VariantRun:
         self.directory = workdir / variant
         self.agents = agent_ids(args.agents)
         self.prefix = f"presence-bench-{variant}-{secrets.token_hex(4)}"
-        self.gateway: Gateway | None = None
+        self.gateway: GatewayProcess | None = None
         self.subscribers: Subscribers | None = None
         self.ctx: Context | None = None
         self.steps: list[Step] = []
@@ -785,7 +638,7 @@ class VariantRun:
             "GATEWAY_MQTT_PREFIX": self.prefix,
         }
         try:
-            self.gateway = Gateway(self.directory, f"pb-{variant}", self.agents, env)
+            self.gateway = start_bench_gateway(self.directory, f"pb-{variant}", self.agents, env)
             self.result["gateway_env"] = self.gateway.env
             uas_port = free_port()
             started = time.monotonic()
@@ -793,7 +646,7 @@ class VariantRun:
                 args.sipp, self.gateway, self.agents, uas_port, self.directory / "register"
             )
             print(
-                f"  [{variant}] gateway up on {HOST}:{self.gateway.port}; "
+                f"  [{variant}] gateway up on {self.gateway.address}; "
                 f"{len(self.agents) - len(failures)}/{len(self.agents)} agents registered "
                 f"in {time.monotonic() - started:.1f} s",
                 flush=True,
@@ -842,20 +695,20 @@ class VariantRun:
             return
         self.finished, self.active = True, False
         gateway = self.gateway
-        if self.mosquitto is not None and gateway is not None and gateway.child.running:
+        if self.mosquitto is not None and gateway is not None and gateway.running:
             final, waited = settled_presence(self.mosquitto.port, self.prefix, len(self.agents))
             self.result["retained_final"] = final
             self.result["retained_final_wait_s"] = round(waited, 2)
         if self.subscribers is not None:
             self.subscribers.close()
         if gateway is not None:
-            if not gateway.child.running:
+            if not gateway.running:
                 self.result["problems"].append(
-                    f"the gateway exited by itself with code {gateway.child.returncode}"
+                    f"the gateway exited by itself with code {gateway.popen.returncode}"
                     + (
                         " (a clean shutdown, i.e. it got SIGTERM or SIGINT, which this "
                         "bench had not sent)"
-                        if gateway.child.returncode == 0
+                        if gateway.popen.returncode == 0
                         else ""
                     )
                 )
@@ -863,8 +716,7 @@ class VariantRun:
             lines = gateway.log_lines()
             self.result["gateway_log_lines"] = len(lines)
             self.result["gateway_log_tail"] = [line[:300] for line in lines[-5:]]
-        passing = [s for s in self.steps if s.passed]
-        best = max(passing, key=lambda s: s.rate) if passing else None
+        best = sustained(self.steps)
         self.result["steps"] = [asdict(s) for s in self.steps]
         self.result["sustained_cps"] = best.rate if best else 0
         self.result["sustained_p99_ms"] = best.p99_ms if best else None
@@ -947,12 +799,7 @@ def table(result: dict[str, Any]) -> str:
             str(s["gateway_log_lines"]), "ok" if s["passed"] else "FAIL",
         ))
         # fmt: on
-    keep = [i for i in range(len(HEADER)) if any(row[i] != "-" for row in rows[1:])]
-    rows = [tuple(row[i] for i in keep) for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(keep))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render_table(rows, drop_empty=True)
 
 
 def delivery_summary(steps: list[dict[str, Any]]) -> list[str]:
@@ -1166,18 +1013,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     parser.add_argument("--workdir", type=Path, help="run files (default: new dir in /tmp)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run that proves the bench works: rate 100 for 2 s, 5 agents, "
+        "2 subscribers (overrides those options)",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
 
-    sipp = shutil.which("sipp") or ("/usr/bin/sipp" if Path("/usr/bin/sipp").exists() else None)
+    sipp = find_tool("sipp")
     if sipp is None:
         parser.error("sipp not found (apt-get install sip-tester)")
     args.sipp = sipp
     try:
-        rates = sorted({int(r) for r in args.rates.split(",") if r.strip()})
+        rates = parse_rates(args.rates)
     except ValueError:
-        parser.error("--rates takes comma-separated integers")
-    if not rates or rates[0] <= 0:
-        parser.error("--rates needs positive rates")
+        parser.error("--rates takes comma-separated positive integers")
     if args.agents < 1 or args.subscribers < 0 or args.step_seconds <= 0:
         parser.error("--agents >= 1, --subscribers >= 0, --step-seconds > 0")
     args.top_rate = rates[-1]

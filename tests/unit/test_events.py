@@ -305,6 +305,9 @@ async def test_emergency_hooks_lock_an_agent_down_from_the_first_call_to_the_las
 
 
 class _NoStore:
+    async def get(self, agent_id: str) -> None:
+        return None
+
     async def put(self, record: Any) -> None:
         pass
 
@@ -327,7 +330,7 @@ def test_node_status_payload_refuses_bad_counts() -> None:
         node_status_payload(node="gw1", status="up", timestamp=NOW)
 
 
-_ATTEMPT = {
+_ATTEMPT: dict[str, object] = {
     "path": "direct-offer",
     "gateway": "udp:192.0.2.20:5060",
     "code": None,

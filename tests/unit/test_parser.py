@@ -21,8 +21,12 @@ from gateway.sip.uri import AbsoluteUri, SipUri, TelUri, parse_uri
 SDP = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
 
 
-def message(*headers: str, start: str = "INVITE sip:bob@example.com SIP/2.0", body: bytes = b"",
-            length: int | None = None) -> bytes:
+def message(
+    *headers: str,
+    start: str = "INVITE sip:bob@example.com SIP/2.0",
+    body: bytes = b"",
+    length: int | None = None,
+) -> bytes:
     """A request with the usual headers, ``headers`` replacing the defaults by name."""
     defaults = {
         "via": "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1",
@@ -627,8 +631,15 @@ def test_record_route_is_copied_on_1xx_and_2xx() -> None:
 
 
 def test_make_response_extra_headers_and_body() -> None:
-    resp = make_response(rr_request(), 200, "Fine", to_tag="t", extra=[("Contact", "<sip:gw>")],
-                         body=SDP, content_type="application/sdp")
+    resp = make_response(
+        rr_request(),
+        200,
+        "Fine",
+        to_tag="t",
+        extra=[("Contact", "<sip:gw>")],
+        body=SDP,
+        content_type="application/sdp",
+    )
     assert isinstance(resp, Response) and resp.reason == "Fine"
     assert resp.get("contact") == "<sip:gw>"
     again = parse_message(resp.to_bytes())

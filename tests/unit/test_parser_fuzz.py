@@ -48,14 +48,49 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-DELIMITERS = [b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b";", b",", b"<", b">", b'"',
-              b"=", b"@", b"?", b"[", b"]", b"\\", b"%", b"\xff", b"\xc3", b"\r\n "]
+DELIMITERS = [
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\x00",
+    b" ",
+    b"\t",
+    b":",
+    b";",
+    b",",
+    b"<",
+    b">",
+    b'"',
+    b"=",
+    b"@",
+    b"?",
+    b"[",
+    b"]",
+    b"\\",
+    b"%",
+    b"\xff",
+    b"\xc3",
+    b"\r\n ",
+]
 
 
 def touch(msg: Message, *, parsed: bool = True) -> None:
     """Read everything a transaction, dialog or call layer may read; SipParseError only."""
-    for name in ("vias", "top_via", "from_", "to", "from_tag", "to_tag", "contacts", "cseq",
-                 "call_id", "max_forwards", "record_routes", "routes", "content_type"):
+    for name in (
+        "vias",
+        "top_via",
+        "from_",
+        "to",
+        "from_tag",
+        "to_tag",
+        "contacts",
+        "cseq",
+        "call_id",
+        "max_forwards",
+        "record_routes",
+        "routes",
+        "content_type",
+    ):
         try:
             value = getattr(msg, name)
         except SipParseError:
@@ -110,8 +145,9 @@ def frame_and_parse(chunks: list[bytes]) -> None:
 def mutated(draw: st.DrawFn) -> bytes:
     data = bytearray(draw(st.sampled_from(SEEDS)))
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["flip", "insert", "truncate", "dup_line", "drop_line",
-                                     "delete"]))
+        kind = draw(
+            st.sampled_from(["flip", "insert", "truncate", "dup_line", "drop_line", "delete"])
+        )
         pos = draw(st.integers(0, max(len(data) - 1, 0)))
         if kind == "flip" and data:
             data[pos] = draw(st.integers(0, 255))
@@ -139,10 +175,38 @@ def test_random_bytes(data: bytes) -> None:
 
 
 @FUZZ
-@given(st.lists(st.sampled_from([b"SIP/2.0", b"INVITE", b" ", b"\r\n", b":", b"Via", b"v",
-                                 b"From", b"To", b"Call-ID", b"CSeq", b"l", b"1", b"<sip:a@b>",
-                                 b";tag=x", b",", b"\t", b"sip:x", b"Content-Length: 0",
-                                 b"\r\n\r\n", b"\x00", b'"', b"200"]), max_size=60))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"SIP/2.0",
+                b"INVITE",
+                b" ",
+                b"\r\n",
+                b":",
+                b"Via",
+                b"v",
+                b"From",
+                b"To",
+                b"Call-ID",
+                b"CSeq",
+                b"l",
+                b"1",
+                b"<sip:a@b>",
+                b";tag=x",
+                b",",
+                b"\t",
+                b"sip:x",
+                b"Content-Length: 0",
+                b"\r\n\r\n",
+                b"\x00",
+                b'"',
+                b"200",
+            ]
+        ),
+        max_size=60,
+    )
+)
 def test_random_sip_like_tokens(parts: list[bytes]) -> None:
     parse_and_touch(b"".join(parts))
 

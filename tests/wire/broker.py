@@ -20,6 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 LOOPBACK = "127.0.0.1"
 
@@ -87,7 +88,7 @@ class Recorder:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"recorder-{uuid.uuid4().hex[:8]}"
+            CallbackAPIVersion.VERSION2, client_id=f"recorder-{uuid.uuid4().hex[:8]}"
         )
         self.client.on_message = self._on_message
         self.client.connect(LOOPBACK, port)
@@ -107,7 +108,8 @@ class Recorder:
         with self._lock:
             return [m.payload for m in self.messages if m.topic == topic]
 
-    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    def wait_for(self, condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+        """Poll until ``condition()`` is truthy; AssertionError after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if condition():

@@ -3,12 +3,16 @@
 - ``sipp``: a ``Sipp`` factory; SIPp processes still running at teardown are stopped.
 - ``gateway_factory``: starts gateways (``start_gateway``); stopped at teardown.
 - ``kamailio_factory``: starts Kamailio relays (``start_kamailio``); stopped at teardown.
+
+A peer that cannot start (a tool missing, a port never bound, a gateway that does not
+answer) raises ``testkit``'s ``HarnessError``; the hooks below turn it into a failed test
+whose message is the cause, without a traceback through the harness.
 """
 
 from __future__ import annotations
 
 import string
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from harness import (
     LOOPBACK,
     GatewayFactory,
     GatewayProcess,
+    HarnessError,
     Sipp,
     free_port,
     require_tool,
@@ -31,6 +36,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.resolve().is_relative_to(_WIRE_DIR):
             item.add_marker(pytest.mark.wire)
+
+
+def _fail_on_harness_error() -> Generator[None, None, None]:
+    try:
+        yield
+    except HarnessError as exc:
+        message = str(exc)
+    else:
+        return
+    pytest.fail(message, pytrace=False)  # outside the except: no chained traceback
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """Fixtures that start peers: a ``HarnessError`` fails the test with its message."""
+    yield from _fail_on_harness_error()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """The test body: a ``HarnessError`` fails the test with its message."""
+    yield from _fail_on_harness_error()
 
 
 @pytest.fixture

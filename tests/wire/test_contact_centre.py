@@ -25,6 +25,7 @@ from harness import (
     GatewayProcess,
     Sipp,
     SippProcess,
+    SippResult,
     free_port,
     require_tool,
 )
@@ -90,10 +91,10 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def carrier(tmp_path: Path) -> Sipp:
+def carrier(tmp_path: Path) -> Iterator[Sipp]:
     """SIPp on 127.0.0.2: the carrier's side of inbound calls."""
     factory = Sipp(tmp_path / "carrier", binary=require_tool("sipp"), host="127.0.0.2")
-    yield factory  # type: ignore[misc]
+    yield factory
     factory.close()
 
 
@@ -145,7 +146,9 @@ def wait_status(recorder: Recorder, prefix: str, agent: str, status: str) -> Non
     )
 
 
-def queued_call(carrier: Sipp, gw: GatewayProcess, *, length: float = 0.2, timeout: float = 30):
+def queued_call(
+    carrier: Sipp, gw: GatewayProcess, *, length: float = 0.2, timeout: float = 30
+) -> SippResult:
     return carrier.uac(
         "uac_queued.xml",
         gw.address,

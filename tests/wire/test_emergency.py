@@ -26,6 +26,7 @@ from harness import (
     GatewayProcess,
     Sipp,
     SippProcess,
+    SippResult,
     free_port,
     require_tool,
 )
@@ -175,10 +176,24 @@ def open_site(
     return site
 
 
-def dial(sipp: Sipp, site: Site, number: str, scenario: str = "uac_basic.xml", **kw: object):
+def dial(
+    sipp: Sipp,
+    site: Site,
+    number: str,
+    scenario: str = "uac_basic.xml",
+    *,
+    call_length: float | None = None,
+) -> SippResult:
     return sipp.uac(
-        scenario, site.gw.address, 1, 1, service=number, local_port=site.port, timeout=20, **kw
-    )  # type: ignore[arg-type]
+        scenario,
+        site.gw.address,
+        1,
+        1,
+        service=number,
+        local_port=site.port,
+        timeout=20,
+        call_length=call_length,
+    )
 
 
 def assert_no_cdr(gw: GatewayProcess) -> None:
