@@ -58,6 +58,8 @@ COMPACT_FORMS: Final[dict[str, str]] = {
     "d": "request-disposition",
 }
 
+# hand-packed tables (one name per line would be 90 lines of noise): not formatted
+# fmt: off
 _CANONICAL: Final[dict[str, str]] = {
     n.lower(): n
     for n in (
@@ -145,6 +147,7 @@ _KNOWN_METHODS: Final = frozenset(
     ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
      "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
 )
+# fmt: on
 _QUOTED_RE: Final = re.compile(_QUOTED, re.S)
 #: an unquoted display name: tokens separated by LWS (RFC 3261 section 25.1). Non-ASCII
 #: letters are tolerated too (phones send ``Jürgen <sip:...>``; nothing is ambiguous about
