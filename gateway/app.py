@@ -34,7 +34,8 @@ from gateway.notify import Notifier
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
 from gateway.registrar.service import RegistrarService
-from gateway.sip.transaction import IdGenerator, TimerConfig, TransactionLayer
+from gateway.sip.address import Address, IdGenerator, address_text
+from gateway.sip.transaction import TimerConfig, TransactionLayer
 from gateway.stores import Stores, open_stores
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
 
@@ -245,7 +246,7 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
         log.info(
             "gateway_started",
             node=dialplan.node.name,
-            listen=[f"{a.transport}:{a.host}:{a.port}" for a in dialplan.listen],
+            listen=[address_text(Address(a.transport, a.host, a.port)) for a in dialplan.listen],
             mqtt=gw.mqtt_url or "off",
             store=settings.store,
             data_dir=str(settings.data_dir),

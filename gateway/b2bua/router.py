@@ -52,10 +52,11 @@ from gateway.b2bua.queues import best_binding, binding_address
 from gateway.config.dialplan import Dialplan, Site
 from gateway.emergency.callbacks import strip_untrusted_priority
 from gateway.emergency.numbers import detect, detect_rewritten
+from gateway.emergency.routing import RoutePlan
 from gateway.emergency.service import EmergencyCall, EmergencyService
+from gateway.sip.address import Address, address_text
 from gateway.sip.message import Request
 from gateway.sip.routing import resolve_next_hop
-from gateway.sip.transaction import Address
 from gateway.stores.ports import Binding
 
 log = structlog.get_logger("gateway.router")
@@ -66,11 +67,6 @@ __all__ = ["Authenticator", "ContactCentreRouter", "DialplanRouter"]
 Authenticator = Callable[[Request], "str | RouteRefusal"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def address_text(source: Address) -> str:
-    """``"udp:192.0.2.7:5060"``: a request's source as logs, events and bindings show it."""
-    return f"{source.transport}:{source.host}:{source.port}"
 
 
 def _networks(items: tuple[str, ...]) -> list[_Network]:
@@ -242,8 +238,24 @@ class ContactCentreRouter:
             source=address_text(source),
         )
         plan = call.plan
-        hops = self.emergency.hops(plan) if plan is not None else []
+        hops = self.emergency_hops(plan) if plan is not None else []
         return Emergency(call, hops, plan.warning if plan is not None else None)
+
+    def emergency_hops(self, plan: RoutePlan) -> list[NextHop]:
+        """An emergency route plan as B2BUA hops (emergency timers, failover codes)."""
+        return [
+            NextHop(
+                trunk=hop.route,
+                address=Address(hop.transport, hop.host, hop.port),
+                user=hop.user or "",
+                failover_codes=hop.failover_codes,
+                provisional_timeout=hop.provisional_timeout_s,
+                request_uri=hop.request_uri,
+                accepts_location=hop.accepts_location,
+                setup_timeout=self.dialplan.emergency.setup_timeout_s,
+            )
+            for hop in plan.hops
+        ]
 
     def _callback(self, agent_id: str, test: bool, dialled: str) -> Decision:
         """SPEC C-1, C-3: ring the agent at once, else its fallback destination."""

@@ -30,10 +30,10 @@ from typing import Any
 
 import structlog
 
-from gateway.b2bua.call import CallOutcome, LegFailure, NextHop
 from gateway.config.dialplan import Dialplan, Location
 from gateway.emergency.callbacks import CallbackDecision, is_callback
 from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRule, EmergencyConfig
+from gateway.emergency.facts import AttemptFacts, HopFacts, OutcomeFacts
 from gateway.emergency.lockdown import agent_request_allowed, is_hold_offer
 from gateway.emergency.numbers import Detection
 from gateway.emergency.routing import RoutePlan, choose_route
@@ -48,8 +48,8 @@ from gateway.location.choice import (
 )
 from gateway.notify import EmergencyNotice, notice_for
 from gateway.presence.service import PresenceService
+from gateway.sip.address import address_text
 from gateway.sip.message import Request
-from gateway.sip.transaction import Address
 from gateway.stores.ports import Binding, Reservation, ReservationStore
 
 __all__ = ["EmergencyCall", "EmergencyService", "config_from_dialplan"]
@@ -192,24 +192,8 @@ class EmergencyService:
             reservation = None
         return is_callback(dialled, trunk, trusted, reservation, now)
 
-    def hops(self, plan: RoutePlan) -> list[NextHop]:
-        """The plan as B2BUA hops (emergency timers, failover codes)."""
-        return [
-            NextHop(
-                trunk=hop.route,
-                address=Address(hop.transport, hop.host, hop.port),
-                user=hop.user or "",
-                failover_codes=hop.failover_codes,
-                provisional_timeout=hop.provisional_timeout_s,
-                request_uri=hop.request_uri,
-                accepts_location=hop.accepts_location,
-                setup_timeout=self.dialplan.emergency.setup_timeout_s,
-            )
-            for hop in plan.hops
-        ]
-
     def decorate_b_invite(
-        self, emergency: EmergencyCall, hop: NextHop, invite: Request, host: str
+        self, emergency: EmergencyCall, hop: HopFacts, invite: Request, host: str
     ) -> None:
         """The emergency leg's identity and location (SPEC E-4, E-10); callbacks' priority."""
         a_identity = emergency.did
@@ -253,7 +237,7 @@ class EmergencyService:
         )
 
     def _add_location(
-        self, emergency: EmergencyCall, hop: NextHop, invite: Request, host: str
+        self, emergency: EmergencyCall, hop: HopFacts, invite: Request, host: str
     ) -> None:
         """Add the chosen location by value (RFC 6442), with its method; record its source."""
         choice = self.location_choice(emergency, hop.accepts_location, has_location(invite))
@@ -368,13 +352,13 @@ class EmergencyService:
                 warning=plan.warning,
             )
 
-    def b_leg_try(self, call_id: str, emergency: EmergencyCall, hop: NextHop) -> None:
+    def b_leg_try(self, call_id: str, emergency: EmergencyCall, hop: HopFacts) -> None:
         emergency.route = hop.trunk
         self.event(
             call_id,
             emergency,
             "trying",
-            gateway=f"{hop.address.transport}:{hop.address.host}:{hop.address.port}",
+            gateway=address_text(hop.address),
             location_source=emergency.location_source,
         )
         # E-6: the notification starts once the INVITE is on its way (the B2BUA sends it
@@ -416,7 +400,7 @@ class EmergencyService:
         except Exception:
             log.exception("notification_failed_to_start", call_id=call_id)
 
-    def b_leg_failed(self, call_id: str, emergency: EmergencyCall, failure: LegFailure) -> None:
+    def b_leg_failed(self, call_id: str, emergency: EmergencyCall, failure: AttemptFacts) -> None:
         """One path failed: ``failover`` with path, gateway, code, error and detail."""
         self.event(call_id, emergency, "failover", fields=failure.as_event())
 
@@ -424,7 +408,7 @@ class EmergencyService:
         emergency.answered = True
         self.event(call_id, emergency, "callback_answered" if emergency.callback else "answered")
 
-    def ended(self, call_id: str, emergency: EmergencyCall, outcome: CallOutcome) -> None:
+    def ended(self, call_id: str, emergency: EmergencyCall, outcome: OutcomeFacts) -> None:
         self._notify(call_id, emergency)  # no path at all: the contacts still hear of it
         agent = emergency.agent
         if agent is not None:

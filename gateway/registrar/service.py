@@ -23,8 +23,9 @@ from gateway.config.dialplan import Dialplan
 from gateway.presence.service import PresenceService
 from gateway.registrar.digest import Credentials, NonceManager
 from gateway.registrar.registrar import BindingView, Registrar
+from gateway.sip.address import Address, address_text
 from gateway.sip.message import Request, Response
-from gateway.sip.transaction import Address, RequestReceived, TransactionLayer
+from gateway.sip.transaction import RequestReceived, TransactionLayer
 from gateway.stores.ports import Binding, RegistrationStore
 
 __all__ = ["RegistrarService", "credentials_from_dialplan"]
@@ -136,11 +137,11 @@ class RegistrarService:
         """The agent whose live registration came from ``source`` (same transport, address
         and port; for TCP the same connection), or None (SPEC E-13: a request is tied to an
         agent by where it comes from, never by its From header)."""
-        agent = self._agent_by_source.get(f"{source.transport}:{source.host}:{source.port}")
+        agent = self._agent_by_source.get(address_text(source))
         if agent is None:
             return None
         binding_live = any(
-            b.source == f"{source.transport}:{source.host}:{source.port}"
+            b.source == address_text(source)
             for b in self.contacts(agent)
         )
         return agent if binding_live else None
@@ -172,7 +173,7 @@ class RegistrarService:
     def handle(self, event: RequestReceived) -> None:
         request = event.request
         source = event.source
-        source_text = f"{source.transport}:{source.host}:{source.port}"
+        source_text = address_text(source)
         username = ""
         try:
             uri = request.to.uri

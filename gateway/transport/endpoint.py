@@ -29,10 +29,11 @@ from typing import Any, cast
 
 import structlog
 
+from gateway.sip.address import Address, address_text
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, StreamFramer, make_response, parse_message
-from gateway.sip.transaction import Address, TransactionLayer
+from gateway.sip.transaction import TransactionLayer
 
 __all__ = ["ListenSpec", "SipEndpoint"]
 
@@ -330,7 +331,7 @@ class SipEndpoint:
         partial = getattr(exc, "partial", None)
         log.info(
             "malformed_message",
-            source=f"{source.transport}:{source.host}:{source.port}",
+            source=address_text(source),
             status=exc.status,
             error=exc.detail,
         )

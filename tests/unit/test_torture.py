@@ -225,7 +225,7 @@ def test_invalid_message_is_refused(entry: dict[str, Any]) -> None:
     expected = 505 if name == "badvers" else 400
     assert exc.status == expected
     assert exc.status == entry["expect"]["expected_response"] or name == "mismatch02"
-    assert exc.partial is not None, "a request with a Via must be answerable"
+    assert isinstance(exc.partial, Request), "a request with a Via must be answerable"
     response = make_response(exc.partial, exc.status, exc.reason)
     assert response.status == expected
     # the answer carries what the client matches it with (RFC 3261 section 8.2.6.2), copied
