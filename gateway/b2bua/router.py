@@ -54,6 +54,7 @@ from gateway.emergency.callbacks import strip_untrusted_priority
 from gateway.emergency.numbers import detect, detect_rewritten
 from gateway.emergency.routing import RoutePlan
 from gateway.emergency.service import EmergencyCall, EmergencyService
+from gateway.registrar.service import AuthRefusal
 from gateway.sip.address import Address, address_text
 from gateway.sip.message import Request
 from gateway.sip.routing import resolve_next_hop
@@ -64,9 +65,14 @@ log = structlog.get_logger("gateway.router")
 __all__ = ["Authenticator", "ContactCentreRouter", "DialplanRouter"]
 
 #: checks an agent's credentials on a request: the agent id, or the refusal to send (407)
-Authenticator = Callable[[Request], "str | RouteRefusal"]
+Authenticator = Callable[[Request], "str | AuthRefusal"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def refusal_of(refusal: AuthRefusal) -> RouteRefusal:
+    """The registrar's answer to a request that is not an agent's, as the call's answer."""
+    return RouteRefusal(refusal.status, refusal.reason, refusal.warning, refusal.headers)
 
 
 def _networks(items: tuple[str, ...]) -> list[_Network]:
@@ -148,8 +154,8 @@ class ContactCentreRouter:
                     403, "Forbidden", "unknown source and no agents to authenticate"
                 )
             outcome = self.authenticate(request)
-            if isinstance(outcome, RouteRefusal):
-                return outcome
+            if isinstance(outcome, AuthRefusal):
+                return refusal_of(outcome)
             agent = outcome
         if emergency is not None and emergency.agent_busy_with_emergency(agent):
             # SPEC E-8: while an agent's emergency call is up, no other outbound call
@@ -200,14 +206,14 @@ class ContactCentreRouter:
         if agent is None:
             if not open_network and self.authenticate is not None:
                 challenge = self.authenticate(request)
-                if isinstance(challenge, RouteRefusal):
+                if isinstance(challenge, AuthRefusal):
                     log.warning(
                         "emergency_call_challenged",
                         source=address_text(source),
                         dialled=dialled[:64],
                         status=challenge.status,
                     )
-                    return challenge
+                    return refusal_of(challenge)
                 agent, identified_by = challenge, "credentials"
             else:
                 site = self.dialplan.site_for(source.host)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.b2bua.b2bua import RouteRefusal
 from gateway.config.dialplan import Dialplan
 from gateway.presence.service import PresenceService
 from gateway.registrar.digest import Credentials, NonceManager
@@ -28,7 +27,7 @@ from gateway.sip.message import Request, Response
 from gateway.sip.transaction import RequestReceived, TransactionLayer
 from gateway.stores.ports import Binding, RegistrationStore
 
-__all__ = ["RegistrarService", "credentials_from_dialplan"]
+__all__ = ["AuthRefusal", "RegistrarService", "credentials_from_dialplan"]
 
 log = structlog.get_logger("gateway.registrar")
 
@@ -53,6 +52,17 @@ def credentials_from_dialplan(
         return table.get(username)
 
     return lookup
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRefusal:
+    """Why a request is not an agent's: the answer to send (407 with its challenge
+    ``headers``, 401/403 with an optional Warning text)."""
+
+    status: int
+    reason: str
+    warning: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +150,7 @@ class RegistrarService:
         agent = self._agent_by_source.get(address_text(source))
         if agent is None:
             return None
-        binding_live = any(
-            b.source == address_text(source)
-            for b in self.contacts(agent)
-        )
+        binding_live = any(b.source == address_text(source) for b in self.contacts(agent))
         return agent if binding_live else None
 
     def _reindex(self) -> None:
@@ -154,7 +161,7 @@ class RegistrarService:
                 index[binding.source] = agent_id if known == agent_id else None
         self._agent_by_source = index
 
-    def authenticate(self, request: Request) -> str | RouteRefusal:
+    def authenticate(self, request: Request) -> str | AuthRefusal:
         """The agent id of an authenticated request, or the 407 challenge to send."""
         result = self.registrar.authenticate_request(request, self.wall_clock())
         if isinstance(result, Response):
@@ -162,10 +169,10 @@ class RegistrarService:
                 headers = tuple(
                     ("Proxy-Authenticate", v) for v in result.get_all("Proxy-Authenticate")
                 )
-                return RouteRefusal(407, result.reason, None, headers)
-            return RouteRefusal(result.status, result.reason)
+                return AuthRefusal(407, result.reason, None, headers)
+            return AuthRefusal(result.status, result.reason)
         if result.agent_id is None:
-            return RouteRefusal(403, "Forbidden", "not an agent")
+            return AuthRefusal(403, "Forbidden", "not an agent")
         return result.agent_id
 
     # -- REGISTER ------------------------------------------------------------------------------

@@ -171,3 +171,17 @@ def test_the_sip_core_imports_nothing_above_it() -> None:
         if package_of(target) != "gateway.sip"
     )
     assert above == []
+
+
+def test_only_the_wiring_imports_the_call_layer() -> None:
+    """Services and policy (registrar, emergency, presence, stores...) sit below the B2BUA:
+    they answer it with their own typed values and never import it."""
+    modules = module_graph()
+    upward = sorted(
+        f"{source} -> {target}"
+        for source, targets in modules.items()
+        if package_of(source) not in ("gateway.b2bua", "gateway.app")
+        for target in targets
+        if package_of(target) == "gateway.b2bua"
+    )
+    assert upward == []
