@@ -36,6 +36,7 @@ from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRul
 from gateway.emergency.facts import AttemptFacts, HopFacts, OutcomeFacts
 from gateway.emergency.lockdown import agent_request_allowed, is_hold_offer
 from gateway.emergency.numbers import Detection
+from gateway.emergency.reservations import choose_callback_did
 from gateway.emergency.routing import RoutePlan, choose_route
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import LockdownReason, emergency_payload, lockdown_payload, rfc3339
@@ -121,6 +122,7 @@ class EmergencyService:
         contacts: Callable[[str], list[Binding]],
         *,
         wall_clock: Callable[[], float] = time.time,
+        token: Callable[[int], str] = secrets.token_hex,
         reserve_timeout: float = 0.25,
         notify: Callable[[EmergencyNotice], None] | None = None,
         desktop_location: Callable[[str], Location | None] | None = None,
@@ -133,6 +135,8 @@ class EmergencyService:
         self.topics = topics
         self.contacts = contacts
         self.wall_clock = wall_clock
+        #: ``token(n)``: n random bytes as hex (the multipart boundary of a location body)
+        self.token = token
         self.reserve_timeout = reserve_timeout
         #: E-6: the e-mail notifier (non-blocking), when a mail server is configured
         self.notify = notify
@@ -141,6 +145,10 @@ class EmergencyService:
         self.live: dict[str, Reservation] = {}  # DID -> live reservation
         #: agents on an emergency call now (E-8: no other outbound call meanwhile)
         self.active_agents: dict[str, int] = {}
+
+    def _now(self) -> datetime:
+        """The injected wall clock as an aware UTC datetime (events, PIDF-LO timestamps)."""
+        return datetime.fromtimestamp(self.wall_clock(), UTC)
 
     async def start(self) -> None:
         for reservation in await self.store.live(self.wall_clock()):
@@ -253,8 +261,8 @@ class EmergencyService:
                 cid_domain=host
                 if ":" not in host and not host.startswith("[")
                 else "gateway.invalid",
-                now_iso=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-                boundary_random=secrets.token_hex(8),
+                now_iso=self._now().isoformat(timespec="seconds").replace("+00:00", "Z"),
+                boundary_random=self.token(8),
                 method=choice.method,
             )
         except ValueError as exc:  # never let location trouble hold the call
@@ -295,6 +303,7 @@ class EmergencyService:
                     self.config.callback.window_s,
                     call_id,
                     emergency.test,
+                    choose=choose_callback_did,
                 ),
                 self.reserve_timeout,
             )
@@ -437,7 +446,7 @@ class EmergencyService:
     def lockdown(self, agent: str, call_id: str | None, emergency: EmergencyCall | None) -> None:
         """Tell desktops, retained, that ``agent``'s phone is locked down by the emergency
         call ``emergency`` (E-8: only "end call" is left) or, with ``None``, no longer."""
-        now = datetime.now(UTC)
+        now = self._now()
         reason = None
         if emergency is not None:
             callback = emergency.callback
@@ -476,7 +485,7 @@ class EmergencyService:
         payload = emergency_payload(
             call=call_id,
             event=name,
-            timestamp=datetime.now(UTC),
+            timestamp=self._now(),
             agent=emergency.agent,
             did=emergency.did,
             route=emergency.route,
