@@ -26,6 +26,7 @@ from gateway.sip.address import Address, address_text
 from gateway.sip.message import Request, Response
 from gateway.sip.transaction import RequestReceived, TransactionLayer
 from gateway.stores.ports import Binding, RegistrationStore
+from gateway.tasks import WriteBehind, start_task, stop_task
 
 __all__ = ["AuthRefusal", "RegistrarService", "credentials_from_dialplan"]
 
@@ -71,6 +72,10 @@ class _Write:
     remove: tuple[str, str] | None = None
 
 
+def _write_failed(write: _Write) -> None:
+    log.exception("registration_store_failed")
+
+
 class RegistrarService:
     """REGISTER requests in, bindings out (cache + store), presence told."""
 
@@ -111,11 +116,14 @@ class RegistrarService:
         #: ``on_registered(agent, "transport:host:port")`` after each accepted REGISTER that
         #: adds or refreshes a binding (SPEC E-10: the network map looks at that address)
         self.on_registered = on_registered
-        self._writes: asyncio.Queue[_Write] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._writes: WriteBehind[_Write] = WriteBehind(
+            "registrar-writer", self._write, _write_failed
+        )
+        self._expiry: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Load live bindings from the store and start the writer and the expiry clock."""
+    async def start(self, group: asyncio.TaskGroup | None = None) -> None:
+        """Load live bindings from the store and start the writer and the expiry clock (in
+        ``group`` when given)."""
         now = self.wall_clock()
         for binding in await self.store.all_bindings(now):
             agent = self.bindings.get(binding.agent_id)
@@ -126,15 +134,15 @@ class RegistrarService:
                 self.presence.restore_registered(agent_id)
         self._reindex()
         log.info("registrations_loaded", bindings=sum(len(b) for b in self.bindings.values()))
-        self._tasks = [
-            asyncio.create_task(self._write_loop(), name="registrar-writer"),
-            asyncio.create_task(self._expiry_loop(), name="registrar-expiry"),
-        ]
+        self._writes.start(group)
+        if self._expiry is None:
+            self._expiry = start_task(self._expiry_loop(), "registrar-expiry", group)
 
     async def close(self) -> None:
-        await self._writes.join()
-        for task in self._tasks:
-            task.cancel()
+        """Write what is queued, then stop the writer and the expiry clock."""
+        await self._writes.close()
+        expiry, self._expiry = self._expiry, None
+        await stop_task(expiry)
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -207,10 +215,10 @@ class RegistrarService:
         contacts = self.bindings.setdefault(agent, {})
         for removed in outcome.removed:
             if contacts.pop(removed.contact_uri, None) is not None:
-                self._writes.put_nowait(_Write(remove=(agent, removed.contact_uri)))
+                self._writes.put(_Write(remove=(agent, removed.contact_uri)))
         for added in outcome.added:
             contacts[added.contact_uri] = added
-            self._writes.put_nowait(_Write(put=added))
+            self._writes.put(_Write(put=added))
         self._reindex()
         log.info("registered", agent=agent, contacts=len(contacts), source=source_text)
         if outcome.added and self.on_registered is not None:
@@ -222,18 +230,11 @@ class RegistrarService:
 
     # -- background ----------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        while True:
-            write = await self._writes.get()
-            try:
-                if write.put is not None:
-                    await self.store.put(write.put)
-                elif write.remove is not None:
-                    await self.store.remove(*write.remove)
-            except Exception:
-                log.exception("registration_store_failed")
-            finally:
-                self._writes.task_done()
+    async def _write(self, write: _Write) -> None:
+        if write.put is not None:
+            await self.store.put(write.put)
+        elif write.remove is not None:
+            await self.store.remove(*write.remove)
 
     async def _expiry_loop(self) -> None:
         purge_every = 30.0
