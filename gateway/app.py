@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +36,8 @@ from gateway.notify import Notifier
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
 from gateway.registrar.service import RegistrarService
-from gateway.sip.transaction import IdGenerator, TimerConfig, TransactionLayer
+from gateway.sip.address import Address, IdGenerator, address_text
+from gateway.sip.transaction import TimerConfig, TransactionLayer
 from gateway.stores import Stores, open_stores
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
 
@@ -70,112 +73,30 @@ class Gateway:
     @classmethod
     @contextlib.asynccontextmanager
     async def running(cls, dialplan: Dialplan, settings: Settings) -> AsyncIterator[Gateway]:
-        """Start every part; stop them in reverse order on exit."""
+        """Start every part in dependency order; stop them in reverse order on exit."""
         loop = asyncio.get_running_loop()
-        node = dialplan.node.name
-        topics = Topics(settings.mqtt_prefix, node)
+        topics = Topics(settings.mqtt_prefix, dialplan.node.name)
         async with contextlib.AsyncExitStack() as stack:
             stores = await open_stores(settings.store, settings.data_dir)
             stack.push_async_callback(stores.close)
-
-            presence_ref: list[PresenceService] = []
-            locations_ref: list[AgentLocations] = []
-
-            def on_location(agent: str, payload: dict[str, Any] | str) -> None:
-                if locations_ref:
-                    locations_ref[0].command(agent, payload)
-
-            def on_command(agent: str, status: str, raw: dict[str, Any]) -> None:
-                note = raw.get("reason")  # the desktop's own words, checked by the adapter
-                if presence_ref and not presence_ref[0].choose(agent, Status(status), note=note):
-                    log.info("presence_command_ignored", agent=agent, status=status)
-
-            publisher: Publisher
-            mqtt_url: str | None = None
-            if settings.mqtt_url.strip().lower() == "off":
-                publisher = NullPublisher()
-            else:
-                mqtt_url = settings.mqtt_url
-                if not mqtt_url:
-                    broker = await stack.enter_async_context(
-                        EmbeddedBroker(settings.mqtt_embedded_port)
-                    )
-                    mqtt_url = broker.url
-                    log.info("embedded_mqtt_broker", url=mqtt_url, backend=broker.backend)
-                mqtt = MqttPublisher(
-                    MqttSettings(
-                        mqtt_url, ca_file=settings.mqtt_ca_file, buffer_size=settings.mqtt_buffer
-                    ),
-                    topics,
-                    on_command=on_command,
-                    on_location=on_location,
-                    is_current_agent=dialplan.agents.__contains__,
-                )
-                publisher = await stack.enter_async_context(mqtt)
-
-            presence = PresenceService(
-                {agent_id: agent.capacity for agent_id, agent in dialplan.agents.items()},
-                stores.presence,
-                publisher,
-                topics,
-                node,
+            desktop = DesktopCommands()
+            publisher, mqtt_url = await _open_publisher(
+                stack, settings, topics, desktop, dialplan.agents.__contains__
             )
-            presence_ref.append(presence)
-            await presence.start()
-            stack.push_async_callback(presence.close)
-
-            sip = dialplan.sip
-            timers = TimerConfig(
-                t1=sip.t1_ms / 1000,
-                t2=sip.t2_ms / 1000,
-                t4=sip.t4_ms / 1000,
-                timer_b=sip.timer_b_ms / 1000,
-                timer_f=sip.timer_f_ms / 1000,
-            )
-            ids = IdGenerator()
-            layer = TransactionLayer(timers, ids)
-            listeners = [ListenSpec(a.transport, a.host, a.port) for a in dialplan.listen]
+            presence = await _start_presence(stack, dialplan, stores, publisher, topics)
+            desktop.deliver_presence(presence)
+            layer, ids = _transaction_layer(dialplan)
             endpoint = SipEndpoint(
-                layer, listeners, max_message_bytes=sip.max_message_bytes, loop=loop
+                layer,
+                [ListenSpec(a.transport, a.host, a.port) for a in dialplan.listen],
+                max_message_bytes=dialplan.sip.max_message_bytes,
+                loop=loop,
             )
             locations = AgentLocations(dialplan, stores.locations, publisher, topics)
-            locations_ref.append(locations)
-            registrar = RegistrarService(
-                dialplan,
-                layer,
-                stores.registrations,
-                presence,
-                loop_clock=loop.time,
-                on_registered=locations.registered,
-            )
-            await registrar.start()
-            stack.push_async_callback(registrar.close)
-            restored = {
-                agent_id: binding.source
-                for agent_id in dialplan.agents
-                if (binding := current_registration(registrar.contacts(agent_id))) is not None
-            }
-            await locations.start(restored)
-            stack.push_async_callback(locations.close)
+            desktop.deliver_locations(locations)
+            registrar = await _start_registrar(stack, dialplan, layer, stores, presence, locations)
             presence.announce()
-
-            notifier: Notifier | None = None
-            if settings.smtp_host:
-                notifier = Notifier(
-                    settings,
-                    stores.outbox,
-                    publisher,
-                    topics,
-                    settings.dialplan.parent / "templates",
-                )
-                await notifier.start()
-                stack.push_async_callback(notifier.close)
-            else:
-                log.warning(
-                    "no_mail_server",
-                    detail="emergency contacts will not be e-mailed "
-                    "(set GATEWAY_SMTP_HOST, SPEC E-6)",
-                )
+            notifier = await _start_notifier(stack, settings, stores, publisher, topics)
             emergency = EmergencyService(
                 dialplan,
                 stores.reservations,
@@ -183,46 +104,21 @@ class Gateway:
                 publisher,
                 topics,
                 registrar.contacts,
+                wall_clock=time.time,
+                token=secrets.token_hex,
                 notify=notifier.notify if notifier is not None else None,
                 desktop_location=locations.desktop,
             )
             await emergency.start()
-            router = ContactCentreRouter(
-                dialplan,
-                registrar.authenticate if dialplan.agents else None,
-                emergency,
-                registrar.contacts,
-                registrar.agent_at,
-            )
             history = CallHistory(stores.cdrs, loop.time)
             history.start()
             stack.push_async_callback(history.close)
-            b2bua = B2BUA(
-                layer,
-                router,
-                ids,
-                via_for=endpoint.via_for,
-                contact_for=endpoint.contact_for,
-                clock=loop.time,
-                call_later=loop.call_later,
-                user_agent=sip.user_agent,
+            b2bua, queues = _call_layer(
+                dialplan, layer, ids, endpoint, registrar, presence, emergency, history
             )
-            queues = QueueManager(dialplan, presence, registrar.contacts, b2bua)
-            b2bua.queues = queues
-            b2bua.emergency = emergency
-            b2bua.spawn = loop.create_task
-            observers: list[CallObserver] = [queues, history]
-            b2bua.observers.extend(observers)
-            b2bua.request_handlers["REGISTER"] = registrar.handle
-
-            endpoint.on_event = b2bua.handle
-            b2bua.pump = endpoint.pump
             await endpoint.start()
             stack.push_async_callback(endpoint.close)
-            if settings.gc_pacing:
-                pacer = GcPacer(full_interval=settings.gc_full_interval_s)
-                pacer.start()
-                stack.push_async_callback(pacer.stop)
+            _start_gc_pacer(stack, settings)
             yield cls(
                 dialplan,
                 settings,
@@ -239,6 +135,195 @@ class Gateway:
             )
 
 
+class DesktopCommands:
+    """The desktops' commands (presence, confirmed location) from MQTT, to their services.
+
+    The MQTT adapter is opened before presence and locations (they publish through it), yet
+    it is the one that hears the desktops: this port breaks that cycle. A command that
+    arrives before its service exists is ignored (and a presence command logged), as
+    before; once the service is handed over, commands go straight through.
+    """
+
+    def __init__(self) -> None:
+        self._presence: PresenceService | None = None
+        self._locations: AgentLocations | None = None
+
+    def deliver_presence(self, presence: PresenceService) -> None:
+        """Presence commands go to ``presence`` from now on."""
+        self._presence = presence
+
+    def deliver_locations(self, locations: AgentLocations) -> None:
+        """Location commands go to ``locations`` from now on."""
+        self._locations = locations
+
+    def status(self, agent: str, status: str, raw: dict[str, Any]) -> None:
+        note = raw.get("reason")  # the desktop's own words, checked by the adapter
+        if self._presence is None or not self._presence.choose(agent, Status(status), note=note):
+            log.info("presence_command_ignored", agent=agent, status=status)
+
+    def location(self, agent: str, payload: dict[str, Any] | str) -> None:
+        if self._locations is not None:
+            self._locations.command(agent, payload)
+
+
+async def _open_publisher(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    topics: Topics,
+    desktop: DesktopCommands,
+    is_current_agent: Callable[[str], bool],
+) -> tuple[Publisher, str | None]:
+    """The MQTT publisher (an embedded broker when none is configured), or none at all."""
+    if settings.mqtt_url.strip().lower() == "off":
+        return NullPublisher(), None
+    mqtt_url = settings.mqtt_url
+    if not mqtt_url:
+        broker = await stack.enter_async_context(EmbeddedBroker(settings.mqtt_embedded_port))
+        mqtt_url = broker.url
+        log.info("embedded_mqtt_broker", url=mqtt_url, backend=broker.backend)
+    mqtt = MqttPublisher(
+        MqttSettings(mqtt_url, ca_file=settings.mqtt_ca_file, buffer_size=settings.mqtt_buffer),
+        topics,
+        on_command=desktop.status,
+        on_location=desktop.location,
+        is_current_agent=is_current_agent,
+    )
+    return await stack.enter_async_context(mqtt), mqtt_url
+
+
+async def _start_presence(
+    stack: contextlib.AsyncExitStack,
+    dialplan: Dialplan,
+    stores: Stores,
+    publisher: Publisher,
+    topics: Topics,
+) -> PresenceService:
+    presence = PresenceService(
+        {agent_id: agent.capacity for agent_id, agent in dialplan.agents.items()},
+        stores.presence,
+        publisher,
+        topics,
+        dialplan.node.name,
+    )
+    await presence.start()
+    stack.push_async_callback(presence.close)
+    return presence
+
+
+def _start_gc_pacer(stack: contextlib.AsyncExitStack, settings: Settings) -> None:
+    if settings.gc_pacing:
+        pacer = GcPacer(full_interval=settings.gc_full_interval_s)
+        pacer.start()
+        stack.push_async_callback(pacer.stop)
+
+
+def _transaction_layer(dialplan: Dialplan) -> tuple[TransactionLayer, IdGenerator]:
+    sip = dialplan.sip
+    timers = TimerConfig(
+        t1=sip.t1_ms / 1000,
+        t2=sip.t2_ms / 1000,
+        t4=sip.t4_ms / 1000,
+        timer_b=sip.timer_b_ms / 1000,
+        timer_f=sip.timer_f_ms / 1000,
+    )
+    ids = IdGenerator()
+    return TransactionLayer(timers, ids), ids
+
+
+async def _start_registrar(
+    stack: contextlib.AsyncExitStack,
+    dialplan: Dialplan,
+    layer: TransactionLayer,
+    stores: Stores,
+    presence: PresenceService,
+    locations: AgentLocations,
+) -> RegistrarService:
+    """The registrar, then the locations it feeds (restored from the live registrations)."""
+    registrar = RegistrarService(
+        dialplan,
+        layer,
+        stores.registrations,
+        presence,
+        loop_clock=asyncio.get_running_loop().time,
+        on_registered=locations.registered,
+    )
+    await registrar.start()
+    stack.push_async_callback(registrar.close)
+    restored = {
+        agent_id: binding.source
+        for agent_id in dialplan.agents
+        if (binding := current_registration(registrar.contacts(agent_id))) is not None
+    }
+    await locations.start(restored)
+    stack.push_async_callback(locations.close)
+    return registrar
+
+
+async def _start_notifier(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    stores: Stores,
+    publisher: Publisher,
+    topics: Topics,
+) -> Notifier | None:
+    """The e-mail notifier of SPEC E-6, when a mail server is configured."""
+    if not settings.smtp_host:
+        log.warning(
+            "no_mail_server",
+            detail="emergency contacts will not be e-mailed (set GATEWAY_SMTP_HOST, SPEC E-6)",
+        )
+        return None
+    notifier = Notifier(
+        settings, stores.outbox, publisher, topics, settings.dialplan.parent / "templates"
+    )
+    await notifier.start()
+    stack.push_async_callback(notifier.close)
+    return notifier
+
+
+def _call_layer(
+    dialplan: Dialplan,
+    layer: TransactionLayer,
+    ids: IdGenerator,
+    endpoint: SipEndpoint,
+    registrar: RegistrarService,
+    presence: PresenceService,
+    emergency: EmergencyService,
+    history: CallHistory,
+) -> tuple[B2BUA, QueueManager]:
+    """The router, the B2BUA and the queues, wired to the endpoint."""
+    loop = asyncio.get_running_loop()
+    router = ContactCentreRouter(
+        dialplan,
+        registrar.authenticate if dialplan.agents else None,
+        emergency,
+        registrar.contacts,
+        registrar.agent_at,
+    )
+    b2bua = B2BUA(
+        layer,
+        router,
+        ids,
+        via_for=endpoint.via_for,
+        contact_for=endpoint.contact_for,
+        clock=loop.time,
+        call_later=loop.call_later,
+        user_agent=dialplan.sip.user_agent,
+    )
+    # the B2BUA's collaborators below are still set after construction: its constructor
+    # belongs to the call-layer split (issue 9 part A), which takes them as arguments
+    queues = QueueManager(dialplan, presence, registrar.contacts, b2bua)
+    b2bua.queues = queues
+    b2bua.emergency = emergency
+    b2bua.spawn = loop.create_task
+    observers: list[CallObserver] = [queues, history]
+    b2bua.observers.extend(observers)
+    b2bua.request_handlers["REGISTER"] = registrar.handle
+    endpoint.on_event = b2bua.handle
+    b2bua.pump = endpoint.pump
+    return b2bua, queues
+
+
 async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
     """Run until SIGINT/SIGTERM."""
     loop = asyncio.get_running_loop()
@@ -246,7 +331,7 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
         log.info(
             "gateway_started",
             node=dialplan.node.name,
-            listen=[f"{a.transport}:{a.host}:{a.port}" for a in dialplan.listen],
+            listen=[address_text(Address(a.transport, a.host, a.port)) for a in dialplan.listen],
             mqtt=gw.mqtt_url or "off",
             store=settings.store,
             data_dir=str(settings.data_dir),

@@ -15,6 +15,7 @@ import structlog
 
 from gateway.b2bua.call import Call
 from gateway.stores.ports import Cdr, CdrStore
+from gateway.tasks import WriteBehind
 
 __all__ = ["CallHistory", "cdr_of"]
 
@@ -62,17 +63,16 @@ class CallHistory:
         self.store = store
         self.loop_clock = loop_clock
         self.wall_clock = wall_clock
-        self._rows: asyncio.Queue[Cdr] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._rows: WriteBehind[Cdr] = WriteBehind("cdr-writer", self._add, _write_failed)
         self.written = 0
 
-    def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name="cdr-writer")
+    def start(self, group: asyncio.TaskGroup | None = None) -> None:
+        """Start the ordered writer (in ``group`` when given)."""
+        self._rows.start(group)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._rows.join()
-            self._writer.cancel()
+        """Write what is queued, then stop the writer."""
+        await self._rows.close()
 
     def call_started(self, call: Call) -> None:
         pass
@@ -81,15 +81,12 @@ class CallHistory:
         if call.private:
             return  # SPEC E-9: emergency calls and callbacks stay out of the history
         offset = self.wall_clock() - self.loop_clock()
-        self._rows.put_nowait(cdr_of(call, offset))
+        self._rows.put(cdr_of(call, offset))
 
-    async def _write_loop(self) -> None:
-        while True:
-            row = await self._rows.get()
-            try:
-                await self.store.add(row)
-                self.written += 1
-            except Exception:
-                log.exception("cdr_write_failed", call_id=row.call_id)
-            finally:
-                self._rows.task_done()
+    async def _add(self, row: Cdr) -> None:
+        await self.store.add(row)
+        self.written += 1
+
+
+def _write_failed(row: Cdr) -> None:
+    log.exception("cdr_write_failed", call_id=row.call_id)

@@ -37,8 +37,8 @@ from gateway.b2bua.call import Call, NextHop
 from gateway.config.dialplan import Dialplan
 from gateway.presence.service import PresenceService
 from gateway.presence.state import PresenceChanged
+from gateway.sip.address import Address
 from gateway.sip.routing import resolve_next_hop
-from gateway.sip.transaction import Address
 from gateway.stores.ports import Binding
 
 __all__ = ["CallPlacer", "QueueManager", "QueuedCall", "best_binding", "binding_address"]

@@ -52,10 +52,12 @@ from gateway.b2bua.queues import best_binding, binding_address
 from gateway.config.dialplan import Dialplan, Site
 from gateway.emergency.callbacks import strip_untrusted_priority
 from gateway.emergency.numbers import detect, detect_rewritten
+from gateway.emergency.routing import RoutePlan
 from gateway.emergency.service import EmergencyCall, EmergencyService
+from gateway.registrar.service import AuthRefusal
+from gateway.sip.address import Address, address_text
 from gateway.sip.message import Request
 from gateway.sip.routing import resolve_next_hop
-from gateway.sip.transaction import Address
 from gateway.stores.ports import Binding
 
 log = structlog.get_logger("gateway.router")
@@ -63,14 +65,14 @@ log = structlog.get_logger("gateway.router")
 __all__ = ["Authenticator", "ContactCentreRouter", "DialplanRouter"]
 
 #: checks an agent's credentials on a request: the agent id, or the refusal to send (407)
-Authenticator = Callable[[Request], "str | RouteRefusal"]
+Authenticator = Callable[[Request], "str | AuthRefusal"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def address_text(source: Address) -> str:
-    """``"udp:192.0.2.7:5060"``: a request's source as logs, events and bindings show it."""
-    return f"{source.transport}:{source.host}:{source.port}"
+def refusal_of(refusal: AuthRefusal) -> RouteRefusal:
+    """The registrar's answer to a request that is not an agent's, as the call's answer."""
+    return RouteRefusal(refusal.status, refusal.reason, refusal.warning, refusal.headers)
 
 
 def _networks(items: tuple[str, ...]) -> list[_Network]:
@@ -152,8 +154,8 @@ class ContactCentreRouter:
                     403, "Forbidden", "unknown source and no agents to authenticate"
                 )
             outcome = self.authenticate(request)
-            if isinstance(outcome, RouteRefusal):
-                return outcome
+            if isinstance(outcome, AuthRefusal):
+                return refusal_of(outcome)
             agent = outcome
         if emergency is not None and emergency.agent_busy_with_emergency(agent):
             # SPEC E-8: while an agent's emergency call is up, no other outbound call
@@ -204,14 +206,14 @@ class ContactCentreRouter:
         if agent is None:
             if not open_network and self.authenticate is not None:
                 challenge = self.authenticate(request)
-                if isinstance(challenge, RouteRefusal):
+                if isinstance(challenge, AuthRefusal):
                     log.warning(
                         "emergency_call_challenged",
                         source=address_text(source),
                         dialled=dialled[:64],
                         status=challenge.status,
                     )
-                    return challenge
+                    return refusal_of(challenge)
                 agent, identified_by = challenge, "credentials"
             else:
                 site = self.dialplan.site_for(source.host)
@@ -242,8 +244,24 @@ class ContactCentreRouter:
             source=address_text(source),
         )
         plan = call.plan
-        hops = self.emergency.hops(plan) if plan is not None else []
+        hops = self.emergency_hops(plan) if plan is not None else []
         return Emergency(call, hops, plan.warning if plan is not None else None)
+
+    def emergency_hops(self, plan: RoutePlan) -> list[NextHop]:
+        """An emergency route plan as B2BUA hops (emergency timers, failover codes)."""
+        return [
+            NextHop(
+                trunk=hop.route,
+                address=Address(hop.transport, hop.host, hop.port),
+                user=hop.user or "",
+                failover_codes=hop.failover_codes,
+                provisional_timeout=hop.provisional_timeout_s,
+                request_uri=hop.request_uri,
+                accepts_location=hop.accepts_location,
+                setup_timeout=self.dialplan.emergency.setup_timeout_s,
+            )
+            for hop in plan.hops
+        ]
 
     def _callback(self, agent_id: str, test: bool, dialled: str) -> Decision:
         """SPEC C-1, C-3: ring the agent at once, else its fallback destination."""

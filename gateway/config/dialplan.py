@@ -51,7 +51,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.config.countries import is_iso_country
-from gateway.emergency.numbers import countries_supported
+from gateway.config.dialstrings import countries_supported
 from gateway.sip.errors import SipError
 from gateway.sip.routing import resolve_next_hop
 from gateway.sip.uri import parse_uri

@@ -58,6 +58,7 @@ from types import MappingProxyType
 from typing import Literal
 from urllib.parse import unquote
 
+from gateway.config.dialstrings import DIAL_STRINGS, DialString, countries_supported
 from gateway.sip.uri import AbsoluteUri, SipUri, TelUri, Uri
 
 __all__ = [
@@ -72,27 +73,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class DialString:
-    """One emergency dial string of a country; ``test`` for test numbers (SPEC E-12)."""
-
-    digits: str
-    test: bool = False
-
-
-#: Emergency dial strings per ISO 3166 alpha-2 country (SPEC E-1, E-12). Data, not code:
-#: adding a country is adding a line here (and a direct-routing rule or direct offer that
-#: covers it, which ``gateway check`` verifies, SPEC E-11).
-DIAL_STRINGS: Mapping[str, tuple[DialString, ...]] = MappingProxyType(
-    {
-        "US": (DialString("911"), DialString("933", test=True)),
-        "CA": (DialString("911"),),
-        "PR": (DialString("911"),),
-        "GB": (DialString("999"), DialString("112")),
-        "DK": (DialString("112"),),
-    }
-)
-
 #: Every dial string of every country, for agents whose country is unknown (see the
 #: module docstring). A string that is real anywhere is real here.
 _ANY_COUNTRY: Mapping[str, bool] = MappingProxyType(
@@ -101,8 +81,6 @@ _ANY_COUNTRY: Mapping[str, bool] = MappingProxyType(
         for digits in {d.digits for c in DIAL_STRINGS.values() for d in c}
     }
 )
-
-_COUNTRIES: frozenset[str] = frozenset(DIAL_STRINGS)
 
 #: RFC 3966 section 5.1.1 visual-separator
 _VISUAL_SEPARATORS = str.maketrans("", "", "-.()")
@@ -147,11 +125,6 @@ def normalise_country(country: str | None) -> str | None:
         return None
     country = country.strip().upper()
     return country or None
-
-
-def countries_supported() -> frozenset[str]:
-    """The countries whose emergency dial strings the gateway knows (SPEC E-1, E-11)."""
-    return _COUNTRIES
 
 
 def dial_strings(country: str | None) -> tuple[DialString, ...]:
@@ -242,7 +215,7 @@ def detect_rewritten(user: str, dialled_as: str, country: str | None) -> Detecti
 
 
 def _detect_digits(digits: str, code: str | None) -> Detection | None:
-    if code in _COUNTRIES:
+    if code in countries_supported():
         for dial_string in DIAL_STRINGS[code]:
             if dial_string.digits == digits:
                 return _dial_string_detection(digits, code, dial_string.test, any_country=False)

@@ -30,12 +30,13 @@ from typing import Any
 
 import structlog
 
-from gateway.b2bua.call import CallOutcome, LegFailure, NextHop
 from gateway.config.dialplan import Dialplan, Location
 from gateway.emergency.callbacks import CallbackDecision, is_callback
 from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRule, EmergencyConfig
+from gateway.emergency.facts import AttemptFacts, HopFacts, OutcomeFacts
 from gateway.emergency.lockdown import agent_request_allowed, is_hold_offer
 from gateway.emergency.numbers import Detection
+from gateway.emergency.reservations import choose_callback_did
 from gateway.emergency.routing import RoutePlan, choose_route
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import LockdownReason, emergency_payload, lockdown_payload, rfc3339
@@ -48,8 +49,8 @@ from gateway.location.choice import (
 )
 from gateway.notify import EmergencyNotice, notice_for
 from gateway.presence.service import PresenceService
+from gateway.sip.address import address_text
 from gateway.sip.message import Request
-from gateway.sip.transaction import Address
 from gateway.stores.ports import Binding, Reservation, ReservationStore
 
 __all__ = ["EmergencyCall", "EmergencyService", "config_from_dialplan"]
@@ -121,6 +122,7 @@ class EmergencyService:
         contacts: Callable[[str], list[Binding]],
         *,
         wall_clock: Callable[[], float] = time.time,
+        token: Callable[[int], str] = secrets.token_hex,
         reserve_timeout: float = 0.25,
         notify: Callable[[EmergencyNotice], None] | None = None,
         desktop_location: Callable[[str], Location | None] | None = None,
@@ -133,6 +135,8 @@ class EmergencyService:
         self.topics = topics
         self.contacts = contacts
         self.wall_clock = wall_clock
+        #: ``token(n)``: n random bytes as hex (the multipart boundary of a location body)
+        self.token = token
         self.reserve_timeout = reserve_timeout
         #: E-6: the e-mail notifier (non-blocking), when a mail server is configured
         self.notify = notify
@@ -141,6 +145,10 @@ class EmergencyService:
         self.live: dict[str, Reservation] = {}  # DID -> live reservation
         #: agents on an emergency call now (E-8: no other outbound call meanwhile)
         self.active_agents: dict[str, int] = {}
+
+    def _now(self) -> datetime:
+        """The injected wall clock as an aware UTC datetime (events, PIDF-LO timestamps)."""
+        return datetime.fromtimestamp(self.wall_clock(), UTC)
 
     async def start(self) -> None:
         for reservation in await self.store.live(self.wall_clock()):
@@ -192,24 +200,8 @@ class EmergencyService:
             reservation = None
         return is_callback(dialled, trunk, trusted, reservation, now)
 
-    def hops(self, plan: RoutePlan) -> list[NextHop]:
-        """The plan as B2BUA hops (emergency timers, failover codes)."""
-        return [
-            NextHop(
-                trunk=hop.route,
-                address=Address(hop.transport, hop.host, hop.port),
-                user=hop.user or "",
-                failover_codes=hop.failover_codes,
-                provisional_timeout=hop.provisional_timeout_s,
-                request_uri=hop.request_uri,
-                accepts_location=hop.accepts_location,
-                setup_timeout=self.dialplan.emergency.setup_timeout_s,
-            )
-            for hop in plan.hops
-        ]
-
     def decorate_b_invite(
-        self, emergency: EmergencyCall, hop: NextHop, invite: Request, host: str
+        self, emergency: EmergencyCall, hop: HopFacts, invite: Request, host: str
     ) -> None:
         """The emergency leg's identity and location (SPEC E-4, E-10); callbacks' priority."""
         a_identity = emergency.did
@@ -253,7 +245,7 @@ class EmergencyService:
         )
 
     def _add_location(
-        self, emergency: EmergencyCall, hop: NextHop, invite: Request, host: str
+        self, emergency: EmergencyCall, hop: HopFacts, invite: Request, host: str
     ) -> None:
         """Add the chosen location by value (RFC 6442), with its method; record its source."""
         choice = self.location_choice(emergency, hop.accepts_location, has_location(invite))
@@ -269,8 +261,8 @@ class EmergencyService:
                 cid_domain=host
                 if ":" not in host and not host.startswith("[")
                 else "gateway.invalid",
-                now_iso=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-                boundary_random=secrets.token_hex(8),
+                now_iso=self._now().isoformat(timespec="seconds").replace("+00:00", "Z"),
+                boundary_random=self.token(8),
                 method=choice.method,
             )
         except ValueError as exc:  # never let location trouble hold the call
@@ -311,6 +303,7 @@ class EmergencyService:
                     self.config.callback.window_s,
                     call_id,
                     emergency.test,
+                    choose=choose_callback_did,
                 ),
                 self.reserve_timeout,
             )
@@ -368,13 +361,13 @@ class EmergencyService:
                 warning=plan.warning,
             )
 
-    def b_leg_try(self, call_id: str, emergency: EmergencyCall, hop: NextHop) -> None:
+    def b_leg_try(self, call_id: str, emergency: EmergencyCall, hop: HopFacts) -> None:
         emergency.route = hop.trunk
         self.event(
             call_id,
             emergency,
             "trying",
-            gateway=f"{hop.address.transport}:{hop.address.host}:{hop.address.port}",
+            gateway=address_text(hop.address),
             location_source=emergency.location_source,
         )
         # E-6: the notification starts once the INVITE is on its way (the B2BUA sends it
@@ -416,7 +409,7 @@ class EmergencyService:
         except Exception:
             log.exception("notification_failed_to_start", call_id=call_id)
 
-    def b_leg_failed(self, call_id: str, emergency: EmergencyCall, failure: LegFailure) -> None:
+    def b_leg_failed(self, call_id: str, emergency: EmergencyCall, failure: AttemptFacts) -> None:
         """One path failed: ``failover`` with path, gateway, code, error and detail."""
         self.event(call_id, emergency, "failover", fields=failure.as_event())
 
@@ -424,7 +417,7 @@ class EmergencyService:
         emergency.answered = True
         self.event(call_id, emergency, "callback_answered" if emergency.callback else "answered")
 
-    def ended(self, call_id: str, emergency: EmergencyCall, outcome: CallOutcome) -> None:
+    def ended(self, call_id: str, emergency: EmergencyCall, outcome: OutcomeFacts) -> None:
         self._notify(call_id, emergency)  # no path at all: the contacts still hear of it
         agent = emergency.agent
         if agent is not None:
@@ -453,7 +446,7 @@ class EmergencyService:
     def lockdown(self, agent: str, call_id: str | None, emergency: EmergencyCall | None) -> None:
         """Tell desktops, retained, that ``agent``'s phone is locked down by the emergency
         call ``emergency`` (E-8: only "end call" is left) or, with ``None``, no longer."""
-        now = datetime.now(UTC)
+        now = self._now()
         reason = None
         if emergency is not None:
             callback = emergency.callback
@@ -492,7 +485,7 @@ class EmergencyService:
         payload = emergency_payload(
             call=call_id,
             event=name,
-            timestamp=datetime.now(UTC),
+            timestamp=self._now(),
             agent=emergency.agent,
             did=emergency.did,
             route=emergency.route,

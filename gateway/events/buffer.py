@@ -23,11 +23,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from gateway.backoff import jittered_backoff
+
 __all__ = ["Backoff", "EventBuffer", "backoff_delay"]
 
 T = TypeVar("T")
-
-_MAX_EXPONENT = 32  # 2**32 * base is far beyond any cap; keeps the float finite
 
 
 class EventBuffer(Generic[T]):
@@ -105,8 +105,7 @@ def backoff_delay(attempt: int, rand: float, *, base: float, cap: float) -> floa
     The ceiling doubles from ``base`` up to ``cap``; the delay is uniformly spread over
     the upper half of the ceiling by ``rand`` in [0, 1).
     """
-    ceiling = min(cap, base * 2.0 ** min(attempt, _MAX_EXPONENT))
-    return ceiling / 2.0 + (ceiling / 2.0) * rand
+    return jittered_backoff(attempt, rand, base=base, cap=cap)
 
 
 class Backoff:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.backoff import jittered_backoff
+
 __all__ = ["GiveUp", "Retry", "after_failure", "retry_delay"]
 
 
@@ -37,9 +39,7 @@ def retry_delay(retry: int, rand: float, *, base: float, cap: float) -> float:
     """Seconds before retry number ``retry`` (0 for the first); ``rand`` in [0, 1)."""
     if base <= 0 or cap < base:
         raise ValueError("retry delays need 0 < base <= cap")
-    ceiling = min(cap, base * 2.0 ** min(retry + 1, 64))
-    floor = max(base, ceiling / 2.0)
-    return floor + (ceiling - floor) * rand
+    return jittered_backoff(retry + 1, rand, base=base, cap=cap, floor=base)
 
 
 def after_failure(

@@ -20,6 +20,7 @@ from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import PresenceReason, check_note, presence_payload
 from gateway.presence.state import CHOOSABLE, AgentPresence, PresenceChanged, Status
 from gateway.stores.ports import PresenceRecord, PresenceStore
+from gateway.tasks import WriteBehind
 
 __all__ = ["PresenceService", "payload_of"]
 
@@ -39,6 +40,10 @@ def payload_of(change: PresenceChanged, node: str) -> dict[str, Any]:
         timestamp=datetime.fromtimestamp(change.at, UTC),
         note=change.note,
     )
+
+
+def _write_failed(record: PresenceRecord) -> None:
+    log.exception("presence_store_failed", agent=record.agent_id)
 
 
 class PresenceService:
@@ -64,11 +69,13 @@ class PresenceService:
         self.node = node
         self.wall_clock = wall_clock
         self.listeners: list[Listener] = []
-        self._writes: asyncio.Queue[PresenceRecord] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._writes: WriteBehind[PresenceRecord] = WriteBehind(
+            "presence-writer", lambda record: self.store.put(record), _write_failed
+        )
 
-    async def start(self) -> None:
-        """Load the chosen statuses from the store and start the ordered writer."""
+    async def start(self, group: asyncio.TaskGroup | None = None) -> None:
+        """Load the chosen statuses from the store and start the ordered writer (in
+        ``group`` when given)."""
         for record in await self.store.all():
             agent = self.agents.get(record.agent_id)
             if agent is None:
@@ -80,7 +87,7 @@ class PresenceService:
             if chosen in CHOOSABLE:
                 agent.chosen = chosen
             # the emergency flag is never restored: a crash cannot leave DND behind (E-5)
-        self._writer = asyncio.create_task(self._write_loop(), name="presence-writer")
+        self._writes.start(group)
 
     def restore_registered(self, agent_id: str) -> None:
         """At start-up: the agent has live registrations from before (no event)."""
@@ -95,19 +102,8 @@ class PresenceService:
             self._publish_state(agent, PresenceReason.GATEWAY_STARTED, now)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._writes.join()
-            self._writer.cancel()
-
-    async def _write_loop(self) -> None:
-        while True:
-            record = await self._writes.get()
-            try:
-                await self.store.put(record)
-            except Exception:
-                log.exception("presence_store_failed", agent=record.agent_id)
-            finally:
-                self._writes.task_done()
+        """Write what is queued, then stop the writer."""
+        await self._writes.close()
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -185,7 +181,7 @@ class PresenceService:
                 retain=True,
             )
         if change is not None or persist:
-            self._writes.put_nowait(self._record(agent, change))
+            self._writes.put(self._record(agent, change))
         if change is not None or notify_always:
             event = change or PresenceChanged(
                 agent.agent_id,

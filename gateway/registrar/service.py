@@ -18,16 +18,17 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.b2bua.b2bua import RouteRefusal
 from gateway.config.dialplan import Dialplan
 from gateway.presence.service import PresenceService
 from gateway.registrar.digest import Credentials, NonceManager
 from gateway.registrar.registrar import BindingView, Registrar
+from gateway.sip.address import Address, address_text
 from gateway.sip.message import Request, Response
-from gateway.sip.transaction import Address, RequestReceived, TransactionLayer
+from gateway.sip.transaction import RequestReceived, TransactionLayer
 from gateway.stores.ports import Binding, RegistrationStore
+from gateway.tasks import WriteBehind, start_task, stop_task
 
-__all__ = ["RegistrarService", "credentials_from_dialplan"]
+__all__ = ["AuthRefusal", "RegistrarService", "credentials_from_dialplan"]
 
 log = structlog.get_logger("gateway.registrar")
 
@@ -55,9 +56,24 @@ def credentials_from_dialplan(
 
 
 @dataclass(frozen=True, slots=True)
+class AuthRefusal:
+    """Why a request is not an agent's: the answer to send (407 with its challenge
+    ``headers``, 401/403 with an optional Warning text)."""
+
+    status: int
+    reason: str
+    warning: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class _Write:
     put: Binding | None = None
     remove: tuple[str, str] | None = None
+
+
+def _write_failed(write: _Write) -> None:
+    log.exception("registration_store_failed")
 
 
 class RegistrarService:
@@ -100,11 +116,14 @@ class RegistrarService:
         #: ``on_registered(agent, "transport:host:port")`` after each accepted REGISTER that
         #: adds or refreshes a binding (SPEC E-10: the network map looks at that address)
         self.on_registered = on_registered
-        self._writes: asyncio.Queue[_Write] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._writes: WriteBehind[_Write] = WriteBehind(
+            "registrar-writer", self._write, _write_failed
+        )
+        self._expiry: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Load live bindings from the store and start the writer and the expiry clock."""
+    async def start(self, group: asyncio.TaskGroup | None = None) -> None:
+        """Load live bindings from the store and start the writer and the expiry clock (in
+        ``group`` when given)."""
         now = self.wall_clock()
         for binding in await self.store.all_bindings(now):
             agent = self.bindings.get(binding.agent_id)
@@ -115,15 +134,15 @@ class RegistrarService:
                 self.presence.restore_registered(agent_id)
         self._reindex()
         log.info("registrations_loaded", bindings=sum(len(b) for b in self.bindings.values()))
-        self._tasks = [
-            asyncio.create_task(self._write_loop(), name="registrar-writer"),
-            asyncio.create_task(self._expiry_loop(), name="registrar-expiry"),
-        ]
+        self._writes.start(group)
+        if self._expiry is None:
+            self._expiry = start_task(self._expiry_loop(), "registrar-expiry", group)
 
     async def close(self) -> None:
-        await self._writes.join()
-        for task in self._tasks:
-            task.cancel()
+        """Write what is queued, then stop the writer and the expiry clock."""
+        await self._writes.close()
+        expiry, self._expiry = self._expiry, None
+        await stop_task(expiry)
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -136,13 +155,10 @@ class RegistrarService:
         """The agent whose live registration came from ``source`` (same transport, address
         and port; for TCP the same connection), or None (SPEC E-13: a request is tied to an
         agent by where it comes from, never by its From header)."""
-        agent = self._agent_by_source.get(f"{source.transport}:{source.host}:{source.port}")
+        agent = self._agent_by_source.get(address_text(source))
         if agent is None:
             return None
-        binding_live = any(
-            b.source == f"{source.transport}:{source.host}:{source.port}"
-            for b in self.contacts(agent)
-        )
+        binding_live = any(b.source == address_text(source) for b in self.contacts(agent))
         return agent if binding_live else None
 
     def _reindex(self) -> None:
@@ -153,7 +169,7 @@ class RegistrarService:
                 index[binding.source] = agent_id if known == agent_id else None
         self._agent_by_source = index
 
-    def authenticate(self, request: Request) -> str | RouteRefusal:
+    def authenticate(self, request: Request) -> str | AuthRefusal:
         """The agent id of an authenticated request, or the 407 challenge to send."""
         result = self.registrar.authenticate_request(request, self.wall_clock())
         if isinstance(result, Response):
@@ -161,10 +177,10 @@ class RegistrarService:
                 headers = tuple(
                     ("Proxy-Authenticate", v) for v in result.get_all("Proxy-Authenticate")
                 )
-                return RouteRefusal(407, result.reason, None, headers)
-            return RouteRefusal(result.status, result.reason)
+                return AuthRefusal(407, result.reason, None, headers)
+            return AuthRefusal(result.status, result.reason)
         if result.agent_id is None:
-            return RouteRefusal(403, "Forbidden", "not an agent")
+            return AuthRefusal(403, "Forbidden", "not an agent")
         return result.agent_id
 
     # -- REGISTER ------------------------------------------------------------------------------
@@ -172,7 +188,7 @@ class RegistrarService:
     def handle(self, event: RequestReceived) -> None:
         request = event.request
         source = event.source
-        source_text = f"{source.transport}:{source.host}:{source.port}"
+        source_text = address_text(source)
         username = ""
         try:
             uri = request.to.uri
@@ -199,10 +215,10 @@ class RegistrarService:
         contacts = self.bindings.setdefault(agent, {})
         for removed in outcome.removed:
             if contacts.pop(removed.contact_uri, None) is not None:
-                self._writes.put_nowait(_Write(remove=(agent, removed.contact_uri)))
+                self._writes.put(_Write(remove=(agent, removed.contact_uri)))
         for added in outcome.added:
             contacts[added.contact_uri] = added
-            self._writes.put_nowait(_Write(put=added))
+            self._writes.put(_Write(put=added))
         self._reindex()
         log.info("registered", agent=agent, contacts=len(contacts), source=source_text)
         if outcome.added and self.on_registered is not None:
@@ -214,18 +230,11 @@ class RegistrarService:
 
     # -- background ----------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        while True:
-            write = await self._writes.get()
-            try:
-                if write.put is not None:
-                    await self.store.put(write.put)
-                elif write.remove is not None:
-                    await self.store.remove(*write.remove)
-            except Exception:
-                log.exception("registration_store_failed")
-            finally:
-                self._writes.task_done()
+    async def _write(self, write: _Write) -> None:
+        if write.put is not None:
+            await self.store.put(write.put)
+        elif write.remove is not None:
+            await self.store.remove(*write.remove)
 
     async def _expiry_loop(self) -> None:
         purge_every = 30.0

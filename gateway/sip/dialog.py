@@ -23,7 +23,7 @@ and then:
     d.confirm(response)                         # 13.2.2.4: early -> confirmed on a 2xx
     d.terminate()
 
-``ids`` is the :class:`~gateway.sip.transaction.IdGenerator` of the element. Requests are
+``ids`` is the :class:`~gateway.sip.address.IdGenerator` of the element. Requests are
 built **without a Via**: the transaction user pushes its Via (with a fresh branch, see
 ``SipEndpoint.via_for``) before handing them to the transaction layer, and resolves
 ``d.next_hop`` with :func:`gateway.sip.routing.resolve_next_hop`.
@@ -56,7 +56,7 @@ from gateway.sip.message import Message, Request, Response
 from gateway.sip.uri import SipUri, Uri, parse_uri
 
 if TYPE_CHECKING:
-    from gateway.sip.transaction import IdGenerator
+    from gateway.sip.address import IdGenerator
 
 __all__ = [
     "TARGET_REFRESH_METHODS",

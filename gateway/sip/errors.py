@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from gateway.sip.message import Request
-
 __all__ = ["MessageTooLarge", "SipError", "SipParseError", "UnsupportedVersion", "warning_value"]
 
 
@@ -36,12 +31,15 @@ class SipParseError(SipError):
     """The bytes are not a well-formed SIP message (RFC 3261 section 21.4.1: 400).
 
     ``partial`` is the request as far as it could be read when its headers allow an answer
-    (``make_response(exc.partial, exc.status, exc.reason)``), else None.
+    (``make_response(exc.partial, exc.status, exc.reason)``), else None. It is a
+    :class:`gateway.sip.message.Request`; typed ``object`` here because the message module
+    raises these errors and this module must not import it back (no cycle inside ``sip``):
+    callers check ``isinstance(exc.partial, Request)``.
     """
 
     status = 400
     reason = "Bad Request"
-    partial: Request | None = None
+    partial: object | None = None
 
 
 class UnsupportedVersion(SipParseError):

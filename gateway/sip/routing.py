@@ -7,9 +7,9 @@ RFC 3263 are not done, so a hostname without port gets the default port of its t
 
 from __future__ import annotations
 
+from gateway.sip.address import Address
 from gateway.sip.errors import SipError
 from gateway.sip.headers import NameAddr
-from gateway.sip.transaction import Address
 from gateway.sip.uri import SipUri, Uri, parse_uri
 
 __all__ = ["DEFAULT_PORTS", "UnroutableUri", "resolve_next_hop"]

@@ -75,7 +75,6 @@ transaction leaves every map at once, so counts return to 0 when traffic stops.
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
@@ -83,6 +82,7 @@ from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 from typing import NamedTuple, TypeAlias
 
+from gateway.sip.address import BRANCH_COOKIE, Address, IdGenerator
 from gateway.sip.errors import SipError, SipParseError
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, Response, make_response
@@ -111,21 +111,6 @@ __all__ = [
     "TransportFailure",
 ]
 
-BRANCH_COOKIE = "z9hG4bK"
-
-
-class Address(NamedTuple):
-    """Where a message goes or came from. ``transport`` is "udp", "tcp" or "tls"."""
-
-    transport: str
-    host: str
-    port: int
-
-    @property
-    def reliable(self) -> bool:
-        """True for stream transports (no retransmissions, zero wait timers)."""
-        return self.transport != "udp"
-
 
 @dataclass(frozen=True, slots=True)
 class TimerConfig:
@@ -145,25 +130,6 @@ class TimerConfig:
         for value in (self.timer_b, self.timer_f):
             if value is not None and not value > 0:
                 raise ValueError(f"bad SIP timers {self!r}: Timer B/F must be > 0")
-
-
-class IdGenerator:
-    """Branches, tags and Call-IDs from an injected random source."""
-
-    def __init__(self, rng: random.Random | None = None):
-        self._rng = rng or random.SystemRandom()
-
-    def token(self, nbytes: int = 8) -> str:
-        return f"{self._rng.getrandbits(nbytes * 8):0{nbytes * 2}x}"
-
-    def branch(self) -> str:
-        return BRANCH_COOKIE + self.token(8)
-
-    def tag(self) -> str:
-        return self.token(6)
-
-    def call_id(self, host: str) -> str:
-        return f"{self.token(10)}@{host}"
 
 
 class Outgoing(NamedTuple):

@@ -26,7 +26,7 @@ Records are frozen dataclasses named after the fact they hold; use
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Protocol
@@ -37,6 +37,7 @@ __all__ = [
     "Cdr",
     "CdrStore",
     "ConfirmedLocation",
+    "DidChooser",
     "EmptyPoolError",
     "LocationStore",
     "MailDraft",
@@ -283,6 +284,12 @@ class CdrStore(Protocol):
         ...
 
 
+#: The callback-DID policy a reservation store runs atomically: ``(agent_id, pool, held,
+#: now) -> (did, taken_over)`` where ``held`` maps the pool's DIDs with a reservation
+#: (live or expired) to it (SPEC E-4; gateway.emergency.reservations)
+DidChooser = Callable[[str, Sequence[str], Mapping[str, Reservation], float], tuple[str, bool]]
+
+
 class ReservationStore(Protocol):
     """Callback DID reservations (SPEC E-4), shared by every node of a cluster."""
 
@@ -294,21 +301,18 @@ class ReservationStore(Protocol):
         ttl: float,
         call_id: str,
         test: bool,
+        *,
+        choose: DidChooser,
     ) -> tuple[Reservation, bool]:
         """Atomically give ``agent_id`` a callback DID from ``pool`` for ``ttl`` seconds.
 
-        In order of preference:
-
-        1. the DID the agent already holds unexpired (if still in ``pool``) is renewed:
-           ``reserved_at=now``, ``expires_at=now+ttl``, and the new call id and test flag;
-        2. a free DID of ``pool`` (never reserved, or its reservation expired): the one the
-           agent held last if it is free, else the least recently reserved, never-reserved
-           DIDs first in pool order -- so a number stays with its last holder as long as
-           possible, in case the emergency service calls it back late;
-        3. with every DID held, the least recently reserved one is taken over.
-
-        Returns the reservation and ``True`` only in case 3 (the event must say so).
-        Raises :class:`EmptyPoolError` if ``pool`` is empty.
+        The store reads the reservations of ``pool``'s DIDs (duplicates dropped, order
+        kept), calls ``choose(agent_id, pool, held, now)`` -- the policy of SPEC E-4,
+        :func:`gateway.emergency.reservations.choose_callback_did` -- and writes the chosen
+        DID's reservation (``reserved_at=now``, ``expires_at=now+ttl``, the call id and test
+        flag), all in one atomic step. Returns the reservation and the chooser's
+        ``taken_over`` flag (the event must say so). Raises :class:`EmptyPoolError` if
+        ``pool`` is empty.
         """
         ...
 

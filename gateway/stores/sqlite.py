@@ -46,6 +46,7 @@ from gateway.stores.ports import (
     CallDirection,
     Cdr,
     ConfirmedLocation,
+    DidChooser,
     EmptyPoolError,
     MailDraft,
     OutboxMail,
@@ -638,30 +639,6 @@ class SqliteCdrStore:
         return await self._db.run(operation)
 
 
-def _choose_did(
-    agent_id: str, pool: Sequence[str], held: dict[str, Reservation], now: float
-) -> tuple[str, bool]:
-    """Pick the DID for ``agent_id`` (see :meth:`ReservationStore.reserve`); pure.
-
-    ``held`` maps the pool's DIDs that have a row (live or expired) to that row.
-    Returns the DID and whether it was taken over from a live holder.
-    """
-    position = {did: index for index, did in enumerate(pool)}
-    own_live = [r for r in held.values() if r.agent_id == agent_id and r.expires_at > now]
-    if own_live:
-        return max(own_live, key=lambda r: (r.reserved_at, -position[r.did])).did, False
-    free = [did for did in pool if did not in held or held[did].expires_at <= now]
-    if free:
-        own_last = [held[did] for did in free if did in held and held[did].agent_id == agent_id]
-        if own_last:
-            return max(own_last, key=lambda r: (r.reserved_at, -position[r.did])).did, False
-        never = [did for did in free if did not in held]
-        if never:
-            return never[0], False
-        return min(free, key=lambda did: (held[did].reserved_at, position[did])), False
-    return min(pool, key=lambda did: (held[did].reserved_at, position[did])), True
-
-
 class SqliteReservationStore:
     """:class:`~gateway.stores.ports.ReservationStore` on SQLite."""
 
@@ -676,11 +653,13 @@ class SqliteReservationStore:
         ttl: float,
         call_id: str,
         test: bool,
+        *,
+        choose: DidChooser,
     ) -> tuple[Reservation, bool]:
         """Atomically give ``agent_id`` a callback DID from ``pool`` for ``ttl`` seconds.
 
-        One ``BEGIN IMMEDIATE`` transaction reads the pool's rows, chooses and writes, so
-        no other task or process can choose between the read and the write.
+        One ``BEGIN IMMEDIATE`` transaction reads the pool's rows, runs ``choose`` and
+        writes, so no other task or process can choose between the read and the write.
         """
         unique_pool = tuple(dict.fromkeys(pool))
         if not unique_pool:
@@ -695,7 +674,7 @@ class SqliteReservationStore:
                 rows = conn.execute(f"SELECT {_RESERVATION_COLUMNS} FROM reservations")
                 pool_set = set(unique_pool)
                 held = {r.did: r for r in map(_reservation, rows) if r.did in pool_set}
-                did, taken_over = _choose_did(agent_id, unique_pool, held, now)
+                did, taken_over = choose(agent_id, unique_pool, held, now)
                 reservation = Reservation(
                     did=did,
                     agent_id=agent_id,

@@ -23,16 +23,17 @@ import ipaddress
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
 
+from gateway.sip.address import Address, address_text
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, StreamFramer, make_response, parse_message
-from gateway.sip.transaction import Address, TransactionLayer
+from gateway.sip.transaction import TransactionLayer
 
 __all__ = ["ListenSpec", "SipEndpoint"]
 
@@ -230,6 +231,8 @@ class SipEndpoint:
         self._timer_at: float | None = None
         self._pumping = False
         self.parse_errors = 0
+        #: name resolutions and TCP connects under way: owned here, awaited on close
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -262,6 +265,10 @@ class SipEndpoint:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for server in self._tcp_servers:
             server.close()
         for conn in list(self._connections.values()):
@@ -330,7 +337,7 @@ class SipEndpoint:
         partial = getattr(exc, "partial", None)
         log.info(
             "malformed_message",
-            source=f"{source.transport}:{source.host}:{source.port}",
+            source=address_text(source),
             status=exc.status,
             error=exc.detail,
         )
@@ -403,7 +410,8 @@ class SipEndpoint:
             return
         resolved = self._resolved.get(destination.host)
         if resolved is None:
-            self.loop.create_task(self._resolve_and_send(data, destination))
+            name = f"sip-resolve-{address_text(destination)}"
+            self._spawn(self._resolve_and_send(data, destination), name)
             return
         self._send_to(data, Address(destination.transport, resolved, destination.port), destination)
 
@@ -427,7 +435,13 @@ class SipEndpoint:
             pending.append(data)
             return
         self._connecting[target] = [data]
-        self.loop.create_task(self._connect(target, reported_as))
+        self._spawn(self._connect(target, reported_as), f"sip-connect-{address_text(target)}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` as a named task this endpoint keeps until it ends (close awaits it)."""
+        task = self.loop.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _resolve_and_send(self, data: bytes, destination: Address) -> None:
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.emergency.reservations import choose_callback_did
 from gateway.stores import (
     Binding,
     Cdr,
@@ -78,7 +79,7 @@ async def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
         await stores.presence.put(PRESENCE)
         await stores.cdrs.add(CDR)
         reservation, _ = await stores.reservations.reserve(
-            "alice", POOL, NOW, TTL, "e-1", test=True
+            "alice", POOL, NOW, TTL, "e-1", test=True, choose=choose_callback_did
         )
     async with await open_stores("sqlite", tmp_path) as stores:
         assert await stores.registrations.bindings("alice", NOW) == [BINDING]
@@ -86,7 +87,7 @@ async def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
         assert await stores.cdrs.recent(5) == [CDR]
         assert await stores.reservations.lookup(POOL[0], NOW) == reservation
         renewed, reused = await stores.reservations.reserve(
-            "alice", POOL, NOW + 60, TTL, "e-2", test=False
+            "alice", POOL, NOW + 60, TTL, "e-2", test=False, choose=choose_callback_did
         )
         assert (renewed.did, reused) == (POOL[0], False)
 
@@ -95,13 +96,15 @@ CRASHING_WRITER = textwrap.dedent(
     """
     import asyncio, os, sys
     from pathlib import Path
+    from gateway.emergency.reservations import choose_callback_did
     from gateway.stores import Binding, PresenceRecord, open_stores
 
     async def main() -> None:
         stores = await open_stores("sqlite", Path(sys.argv[1]))
         await stores.presence.put(PresenceRecord(
             "alice", "Away", "DoNotDisturb", "Away", "emergency", 1.0, "Away"))
-        await stores.reservations.reserve("alice", ["+15550000001"], 1.0, 3600.0, "e-1", False)
+        await stores.reservations.reserve(
+            "alice", ["+15550000001"], 1.0, 3600.0, "e-1", False, choose=choose_callback_did)
         for n in range(50):
             await stores.registrations.put(Binding(
                 f"agent-{n}", f"sip:agent-{n}@192.0.2.1", 100.0, "r", 1, "udp:192.0.2.1:5060",
@@ -214,7 +217,7 @@ async def test_two_connections_never_hand_out_the_same_did(tmp_path: Path) -> No
         pool = [f"+1555300{n:04d}" for n in range(80)]
         calls = [
             (first if n % 2 else second).reservations.reserve(
-                f"agent-{n}", pool, NOW, TTL, f"call-{n}", False
+                f"agent-{n}", pool, NOW, TTL, f"call-{n}", False, choose=choose_callback_did
             )
             for n in range(80)
         ]

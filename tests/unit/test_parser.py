@@ -101,7 +101,7 @@ def test_folded_hot_header_still_parses() -> None:
 def test_bad_header_name_is_400_with_partial() -> None:
     with pytest.raises(SipParseError) as caught:
         parse_message(message("Bad Name: x"))
-    assert caught.value.partial is not None
+    assert isinstance(caught.value.partial, Request)
     assert make_response(caught.value.partial, 400).status == 400
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.emergency.reservations import choose_callback_did
 from gateway.stores import (
     DEFAULT_SQLITE_FILE,
     Binding,
@@ -216,8 +217,12 @@ POOL = ["+15550000001", "+15550000002", "+15550000003"]
 
 
 async def test_reserve_takes_free_dids_in_pool_order(stores: Stores) -> None:
-    first, reused_first = await stores.reservations.reserve("alice", POOL, NOW, TTL, "c1", False)
-    second, reused_second = await stores.reservations.reserve("bob", POOL, NOW, TTL, "c2", True)
+    first, reused_first = await stores.reservations.reserve(
+        "alice", POOL, NOW, TTL, "c1", False, choose=choose_callback_did
+    )
+    second, reused_second = await stores.reservations.reserve(
+        "bob", POOL, NOW, TTL, "c2", True, choose=choose_callback_did
+    )
     assert first == Reservation(POOL[0], "alice", NOW, NOW + TTL, "c1", False)
     assert second == Reservation(POOL[1], "bob", NOW, NOW + TTL, "c2", True)
     assert not reused_first and not reused_second
@@ -227,26 +232,38 @@ async def test_reserve_takes_free_dids_in_pool_order(stores: Stores) -> None:
 
 
 async def test_reserve_again_inside_the_window_renews_the_same_did(stores: Stores) -> None:
-    await stores.reservations.reserve("alice", POOL, NOW, TTL, "c1", True)
+    await stores.reservations.reserve(
+        "alice", POOL, NOW, TTL, "c1", True, choose=choose_callback_did
+    )
     later = NOW + TTL - 1
-    renewed, reused = await stores.reservations.reserve("alice", POOL, later, TTL, "c2", False)
+    renewed, reused = await stores.reservations.reserve(
+        "alice", POOL, later, TTL, "c2", False, choose=choose_callback_did
+    )
     assert renewed == Reservation(POOL[0], "alice", later, later + TTL, "c2", False)
     assert not reused
     assert await stores.reservations.live(NOW + TTL + 1) == [renewed]
 
 
 async def test_reservations_expire(stores: Stores) -> None:
-    await stores.reservations.reserve("alice", POOL, NOW, TTL, "c1", False)
+    await stores.reservations.reserve(
+        "alice", POOL, NOW, TTL, "c1", False, choose=choose_callback_did
+    )
     assert await stores.reservations.lookup(POOL[0], NOW + TTL) is None
     assert await stores.reservations.live(NOW + TTL) == []
     assert len(await stores.reservations.live(NOW + TTL - 0.001)) == 1
 
 
 async def test_expired_did_goes_back_to_its_last_holder_if_free(stores: Stores) -> None:
-    await stores.reservations.reserve("alice", POOL, NOW, TTL, "c1", False)
-    await stores.reservations.reserve("bob", POOL, NOW + 1, TTL, "c2", False)
+    await stores.reservations.reserve(
+        "alice", POOL, NOW, TTL, "c1", False, choose=choose_callback_did
+    )
+    await stores.reservations.reserve(
+        "bob", POOL, NOW + 1, TTL, "c2", False, choose=choose_callback_did
+    )
     after = NOW + 2 * TTL
-    again, reused = await stores.reservations.reserve("bob", POOL, after, TTL, "c3", False)
+    again, reused = await stores.reservations.reserve(
+        "bob", POOL, after, TTL, "c3", False, choose=choose_callback_did
+    )
     assert (again.did, reused) == (POOL[1], False)
 
 
@@ -254,54 +271,86 @@ async def test_free_dids_prefer_never_reserved_then_least_recently_reserved(
     stores: Stores,
 ) -> None:
     pool = POOL[:2]
-    await stores.reservations.reserve("alice", pool, NOW, TTL, "c1", False)
+    await stores.reservations.reserve(
+        "alice", pool, NOW, TTL, "c1", False, choose=choose_callback_did
+    )
     after = NOW + 2 * TTL  # alice's DID expired; POOL[1] never reserved
-    bob, _ = await stores.reservations.reserve("bob", pool, after, TTL, "c2", False)
+    bob, _ = await stores.reservations.reserve(
+        "bob", pool, after, TTL, "c2", False, choose=choose_callback_did
+    )
     assert bob.did == POOL[1]
     later = after + 2 * TTL  # both expired; POOL[0] is the least recently reserved
-    carol, reused = await stores.reservations.reserve("carol", pool, later, TTL, "c3", False)
+    carol, reused = await stores.reservations.reserve(
+        "carol", pool, later, TTL, "c3", False, choose=choose_callback_did
+    )
     assert (carol.did, reused) == (POOL[0], False)
 
 
 async def test_exhausted_pool_takes_over_the_least_recently_reserved(stores: Stores) -> None:
     pool = POOL[:2]
-    await stores.reservations.reserve("alice", pool, NOW, TTL, "c1", False)
-    await stores.reservations.reserve("bob", pool, NOW + 1, TTL, "c2", False)
-    carol, reused = await stores.reservations.reserve("carol", pool, NOW + 2, TTL, "c3", False)
+    await stores.reservations.reserve(
+        "alice", pool, NOW, TTL, "c1", False, choose=choose_callback_did
+    )
+    await stores.reservations.reserve(
+        "bob", pool, NOW + 1, TTL, "c2", False, choose=choose_callback_did
+    )
+    carol, reused = await stores.reservations.reserve(
+        "carol", pool, NOW + 2, TTL, "c3", False, choose=choose_callback_did
+    )
     assert (carol.did, carol.agent_id, reused) == (POOL[0], "carol", True)
     assert await stores.reservations.lookup(POOL[0], NOW + 2) == carol
     # alice lost hers, so she takes over bob's, now the least recently reserved.
-    alice, reused = await stores.reservations.reserve("alice", pool, NOW + 3, TTL, "c4", False)
+    alice, reused = await stores.reservations.reserve(
+        "alice", pool, NOW + 3, TTL, "c4", False, choose=choose_callback_did
+    )
     assert (alice.did, reused) == (POOL[1], True)
     assert [r.agent_id for r in await stores.reservations.live(NOW + 3)] == ["carol", "alice"]
 
 
 async def test_an_expired_did_is_used_before_any_takeover(stores: Stores) -> None:
     pool = POOL[:2]
-    await stores.reservations.reserve("alice", pool, NOW, 10, "c1", False)
-    await stores.reservations.reserve("bob", pool, NOW + 1, TTL, "c2", False)
-    carol, reused = await stores.reservations.reserve("carol", pool, NOW + 20, TTL, "c3", False)
+    await stores.reservations.reserve(
+        "alice", pool, NOW, 10, "c1", False, choose=choose_callback_did
+    )
+    await stores.reservations.reserve(
+        "bob", pool, NOW + 1, TTL, "c2", False, choose=choose_callback_did
+    )
+    carol, reused = await stores.reservations.reserve(
+        "carol", pool, NOW + 20, TTL, "c3", False, choose=choose_callback_did
+    )
     assert (carol.did, reused) == (POOL[0], False)
 
 
 async def test_a_did_dropped_from_the_pool_is_not_renewed(stores: Stores) -> None:
-    await stores.reservations.reserve("alice", POOL, NOW, TTL, "c1", False)
-    moved, reused = await stores.reservations.reserve("alice", POOL[1:], NOW + 1, TTL, "c2", False)
+    await stores.reservations.reserve(
+        "alice", POOL, NOW, TTL, "c1", False, choose=choose_callback_did
+    )
+    moved, reused = await stores.reservations.reserve(
+        "alice", POOL[1:], NOW + 1, TTL, "c2", False, choose=choose_callback_did
+    )
     assert (moved.did, reused) == (POOL[1], False)
 
 
 async def test_reserve_rejects_an_empty_pool_and_a_bad_ttl(stores: Stores) -> None:
     with pytest.raises(EmptyPoolError):
-        await stores.reservations.reserve("alice", [], NOW, TTL, "c1", False)
+        await stores.reservations.reserve(
+            "alice", [], NOW, TTL, "c1", False, choose=choose_callback_did
+        )
     with pytest.raises(ValueError, match="ttl"):
-        await stores.reservations.reserve("alice", POOL, NOW, 0, "c1", False)
+        await stores.reservations.reserve(
+            "alice", POOL, NOW, 0, "c1", False, choose=choose_callback_did
+        )
     assert await stores.reservations.live(NOW) == []
 
 
 async def test_duplicate_pool_entries_count_once(stores: Stores) -> None:
     pool = [POOL[0], POOL[0]]
-    await stores.reservations.reserve("alice", pool, NOW, TTL, "c1", False)
-    _, reused = await stores.reservations.reserve("bob", pool, NOW + 1, TTL, "c2", False)
+    await stores.reservations.reserve(
+        "alice", pool, NOW, TTL, "c1", False, choose=choose_callback_did
+    )
+    _, reused = await stores.reservations.reserve(
+        "bob", pool, NOW + 1, TTL, "c2", False, choose=choose_callback_did
+    )
     assert reused
 
 
@@ -310,7 +359,9 @@ async def test_concurrent_reserves_never_share_a_did(stores: Stores) -> None:
     agents = [f"agent-{n}" for n in range(60)]
     results = await asyncio.gather(
         *(
-            stores.reservations.reserve(agent, pool, NOW, TTL, f"call-{agent}", False)
+            stores.reservations.reserve(
+                agent, pool, NOW, TTL, f"call-{agent}", False, choose=choose_callback_did
+            )
             for agent in agents
         )
     )
@@ -328,7 +379,9 @@ async def test_concurrent_reserves_on_a_small_pool_take_over_one_at_a_time(
     agents = [f"agent-{n}" for n in range(35)]
     results = await asyncio.gather(
         *(
-            stores.reservations.reserve(agent, pool, NOW + n, TTL, f"call-{n}", False)
+            stores.reservations.reserve(
+                agent, pool, NOW + n, TTL, f"call-{n}", False, choose=choose_callback_did
+            )
             for n, agent in enumerate(agents)
         )
     )
@@ -343,7 +396,9 @@ async def test_concurrent_reserves_on_a_small_pool_take_over_one_at_a_time(
 async def test_concurrent_reserves_by_one_agent_share_its_did(stores: Stores) -> None:
     results = await asyncio.gather(
         *(
-            stores.reservations.reserve("alice", POOL, NOW + n, TTL, f"c{n}", False)
+            stores.reservations.reserve(
+                "alice", POOL, NOW + n, TTL, f"c{n}", False, choose=choose_callback_did
+            )
             for n in range(20)
         )
     )
@@ -398,7 +453,9 @@ async def test_use_after_close_raises_and_close_is_idempotent(tmp_path: Path) ->
     with pytest.raises(StoreClosedError):
         await stores.presence.all()
     with pytest.raises(StoreClosedError):
-        await stores.reservations.reserve("alice", POOL, NOW, TTL, "c1", False)
+        await stores.reservations.reserve(
+            "alice", POOL, NOW, TTL, "c1", False, choose=choose_callback_did
+        )
 
 
 async def test_operations_run_in_the_one_dedicated_thread(tmp_path: Path) -> None:

@@ -225,7 +225,7 @@ def test_invalid_message_is_refused(entry: dict[str, Any]) -> None:
     expected = 505 if name == "badvers" else 400
     assert exc.status == expected
     assert exc.status == entry["expect"]["expected_response"] or name == "mismatch02"
-    assert exc.partial is not None, "a request with a Via must be answerable"
+    assert isinstance(exc.partial, Request), "a request with a Via must be answerable"
     response = make_response(exc.partial, exc.status, exc.reason)
     assert response.status == expected
     # the answer carries what the client matches it with (RFC 3261 section 8.2.6.2), copied
@@ -273,7 +273,7 @@ def test_invalid_request_line_still_gives_an_answerable_partial() -> None:
     with pytest.raises(SipParseError) as caught:
         parse_message(load("lwsstart"))
     partial = caught.value.partial
-    assert partial is not None and partial.method == "INVITE"
+    assert isinstance(partial, Request) and partial.method == "INVITE"
     assert partial.call_id == "lwsstart.dfknq234oi243099adsdfnawe3@example.com"
 
 
@@ -294,7 +294,7 @@ def test_insuf_is_400_with_an_answerable_partial() -> None:
     exc = caught.value
     assert exc.status == 400
     assert "From" in exc.detail and "To" in exc.detail and "Call-ID" in exc.detail
-    assert exc.partial is not None
+    assert isinstance(exc.partial, Request)
     response = make_response(exc.partial, 400)
     assert response.get_all("via") == ["SIP/2.0/UDP 192.0.2.95;branch=z9hG4bKkdj.insuf"]
     assert response.get("cseq") == "193942 INVITE"

@@ -1,0 +1,54 @@
+"""Where a message goes or came from, and the element's source of fresh identifiers.
+
+Both sit below the transaction layer and the dialogs, which share them: :class:`Address`
+(transport, host, port) with its one text form (:func:`address_text`, ``udp:192.0.2.7:5060``,
+the form logs, events and registrations use), and :class:`IdGenerator` (branches, tags and
+Call-IDs from an injected random source).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import NamedTuple
+
+__all__ = ["BRANCH_COOKIE", "Address", "IdGenerator", "address_text"]
+
+#: RFC 3261 section 8.1.1.7: every branch this element makes starts with the magic cookie
+BRANCH_COOKIE = "z9hG4bK"
+
+
+class Address(NamedTuple):
+    """Where a message goes or came from. ``transport`` is "udp", "tcp" or "tls"."""
+
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def reliable(self) -> bool:
+        """True for stream transports (no retransmissions, zero wait timers)."""
+        return self.transport != "udp"
+
+
+def address_text(address: Address) -> str:
+    """``udp:192.0.2.7:5060``: the one text form of an address (logs, events, bindings)."""
+    return f"{address.transport}:{address.host}:{address.port}"
+
+
+class IdGenerator:
+    """Branches, tags and Call-IDs from an injected random source."""
+
+    def __init__(self, rng: random.Random | None = None):
+        self._rng = rng or random.SystemRandom()
+
+    def token(self, nbytes: int = 8) -> str:
+        return f"{self._rng.getrandbits(nbytes * 8):0{nbytes * 2}x}"
+
+    def branch(self) -> str:
+        return BRANCH_COOKIE + self.token(8)
+
+    def tag(self) -> str:
+        return self.token(6)
+
+    def call_id(self, host: str) -> str:
+        return f"{self.token(10)}@{host}"
