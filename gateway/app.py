@@ -21,6 +21,7 @@ from gateway.b2bua.b2bua import B2BUA, CallObserver
 from gateway.b2bua.history import CallHistory
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
+from gateway.b2bua.tasks import CallTasks
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
 from gateway.emergency.service import EmergencyService
@@ -196,6 +197,7 @@ class Gateway:
             history = CallHistory(stores.cdrs, loop.time)
             history.start()
             stack.push_async_callback(history.close)
+            call_tasks = await stack.enter_async_context(CallTasks())
             b2bua = B2BUA(
                 layer,
                 router,
@@ -203,19 +205,18 @@ class Gateway:
                 via_for=endpoint.via_for,
                 contact_for=endpoint.contact_for,
                 clock=loop.time,
-                call_later=loop.call_later,
+                pump=endpoint.pump,
+                spawn=call_tasks.spawn,
                 user_agent=sip.user_agent,
+                emergency=emergency,
+                request_handlers={"REGISTER": registrar.handle},
             )
             queues = QueueManager(dialplan, presence, registrar.contacts, b2bua)
-            b2bua.queues = queues
-            b2bua.emergency = emergency
-            b2bua.spawn = loop.create_task
-            observers: list[CallObserver] = [queues, history]
+            b2bua.queues = queues  # the dispatcher places through the B2BUA: it comes second
+            observers: list[CallObserver] = [queues, history, emergency]
             b2bua.observers.extend(observers)
-            b2bua.request_handlers["REGISTER"] = registrar.handle
 
-            endpoint.on_event = b2bua.handle
-            b2bua.pump = endpoint.pump
+            endpoint.user = b2bua
             await endpoint.start()
             stack.push_async_callback(endpoint.close)
             if settings.gc_pacing:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import structlog
 
 from gateway.b2bua.call import Call
+from gateway.b2bua.decisions import CallObserverBase
 from gateway.stores.ports import Cdr, CdrStore
 
 __all__ = ["CallHistory", "cdr_of"]
@@ -50,7 +51,7 @@ def cdr_of(call: Call, wall_offset: float) -> Cdr:
     )
 
 
-class CallHistory:
+class CallHistory(CallObserverBase):
     """Writes a CDR for every ordinary call that ends."""
 
     def __init__(

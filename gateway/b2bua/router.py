@@ -46,8 +46,8 @@ from collections.abc import Callable
 
 import structlog
 
-from gateway.b2bua.b2bua import Decision, Emergency, Outbound, Queued, RouteRefusal
 from gateway.b2bua.call import NextHop
+from gateway.b2bua.decisions import Decision, Emergency, Outbound, Queued, RouteRefusal
 from gateway.b2bua.queues import best_binding, binding_address
 from gateway.config.dialplan import Dialplan, Site
 from gateway.emergency.callbacks import strip_untrusted_priority

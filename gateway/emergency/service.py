@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from gateway.b2bua.call import CallOutcome, LegFailure, NextHop
+from gateway.b2bua.call import Call, CallOutcome, EmergencyFacts, LegFailure, NextHop
 from gateway.config.dialplan import Dialplan, Location
 from gateway.emergency.callbacks import CallbackDecision, is_callback
 from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRule, EmergencyConfig
@@ -209,9 +209,11 @@ class EmergencyService:
         ]
 
     def decorate_b_invite(
-        self, emergency: EmergencyCall, hop: NextHop, invite: Request, host: str
+        self, emergency: EmergencyFacts, hop: NextHop, invite: Request, host: str
     ) -> None:
         """The emergency leg's identity and location (SPEC E-4, E-10); callbacks' priority."""
+        if not isinstance(emergency, EmergencyCall):
+            return  # not facts of ours (the router puts an EmergencyCall on every call)
         a_identity = emergency.did
         if a_identity is None and emergency.agent is not None:
             a_identity = self.dialplan.agents[emergency.agent].identity
@@ -278,7 +280,7 @@ class EmergencyService:
             log.error("location_by_value_failed", agent=emergency.agent, error=str(exc))
 
     def in_dialog_allowed(
-        self, emergency: EmergencyCall, from_agent: bool, request: Request
+        self, emergency: EmergencyFacts, from_agent: bool, request: Request
     ) -> tuple[bool, str]:
         """SPEC E-8: the agent may only end the call; the emergency side may do anything."""
         hold = False
@@ -297,10 +299,10 @@ class EmergencyService:
 
     # -- hooks -----------------------------------------------------------------------------
 
-    async def reserve(self, call_id: str, emergency: EmergencyCall) -> None:
+    async def reserve(self, call_id: str, emergency: EmergencyFacts) -> None:
         """Reserve (or renew) the agent's callback DID (SPEC E-4), bounded in time."""
         pool = list(self.config.callback.dids)
-        if emergency.agent is None or not pool:
+        if not isinstance(emergency, EmergencyCall) or emergency.agent is None or not pool:
             return
         try:
             reservation, reused = await asyncio.wait_for(
@@ -449,6 +451,28 @@ class EmergencyService:
                     "attempts": [attempt.as_event() for attempt in outcome.attempts],
                 },
             )
+
+    # -- call events (the B2BUA's CallObserver; other calls than emergency ones: ignored) --
+
+    def call_started(self, call: Call) -> None:
+        if isinstance(call.emergency, EmergencyCall):
+            self.started(call.id, call.emergency)
+
+    def attempt_tried(self, call: Call, hop: NextHop) -> None:
+        if isinstance(call.emergency, EmergencyCall):
+            self.b_leg_try(call.id, call.emergency, hop)
+
+    def attempt_failed(self, call: Call, failure: LegFailure) -> None:
+        if isinstance(call.emergency, EmergencyCall):
+            self.b_leg_failed(call.id, call.emergency, failure)
+
+    def call_answered(self, call: Call) -> None:
+        if isinstance(call.emergency, EmergencyCall):
+            self.answered(call.id, call.emergency)
+
+    def call_ended(self, call: Call) -> None:
+        if isinstance(call.emergency, EmergencyCall) and call.outcome is not None:
+            self.ended(call.id, call.emergency, call.outcome)
 
     def lockdown(self, agent: str, call_id: str | None, emergency: EmergencyCall | None) -> None:
         """Tell desktops, retained, that ``agent``'s phone is locked down by the emergency
