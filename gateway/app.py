@@ -23,6 +23,7 @@ from gateway.b2bua.b2bua import B2BUA, CallObserver
 from gateway.b2bua.history import CallHistory
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
+from gateway.b2bua.tasks import CallTasks
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
 from gateway.emergency.service import EmergencyService
@@ -113,8 +114,9 @@ class Gateway:
             history = CallHistory(stores.cdrs, loop.time)
             history.start()
             stack.push_async_callback(history.close)
+            call_tasks = await stack.enter_async_context(CallTasks())
             b2bua, queues = _call_layer(
-                dialplan, layer, ids, endpoint, registrar, presence, emergency, history
+                dialplan, layer, ids, endpoint, registrar, presence, emergency, history, call_tasks
             )
             await endpoint.start()
             stack.push_async_callback(endpoint.close)
@@ -290,6 +292,7 @@ def _call_layer(
     presence: PresenceService,
     emergency: EmergencyService,
     history: CallHistory,
+    call_tasks: CallTasks,
 ) -> tuple[B2BUA, QueueManager]:
     """The router, the B2BUA and the queues, wired to the endpoint."""
     loop = asyncio.get_running_loop()
@@ -307,20 +310,19 @@ def _call_layer(
         via_for=endpoint.via_for,
         contact_for=endpoint.contact_for,
         clock=loop.time,
-        call_later=loop.call_later,
+        pump=endpoint.pump,
+        spawn=call_tasks.spawn,
         user_agent=dialplan.sip.user_agent,
+        emergency=emergency,
+        request_handlers={"REGISTER": registrar.handle},
     )
-    # the B2BUA's collaborators below are still set after construction: its constructor
-    # belongs to the call-layer split (issue 9 part A), which takes them as arguments
+    # the queue manager places offers through the B2BUA, so it comes second; the B2BUA
+    # reaches it through this one port
     queues = QueueManager(dialplan, presence, registrar.contacts, b2bua)
     b2bua.queues = queues
-    b2bua.emergency = emergency
-    b2bua.spawn = loop.create_task
-    observers: list[CallObserver] = [queues, history]
+    observers: list[CallObserver] = [queues, history, emergency]
     b2bua.observers.extend(observers)
-    b2bua.request_handlers["REGISTER"] = registrar.handle
-    endpoint.on_event = b2bua.handle
-    b2bua.pump = endpoint.pump
+    endpoint.user = b2bua
     return b2bua, queues
 
 

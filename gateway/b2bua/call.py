@@ -10,20 +10,21 @@ response arrives in time, or, on emergency hops (``NextHop.setup_timeout``), whe
 Trying is followed by no 18x or 2xx in time (the stuck leg is CANCELled). Each failed
 attempt is a :class:`LegFailure`; how the call ended is a :class:`CallOutcome`.
 
-State of a call, and the step that moves it on:
+State of a call: :data:`CALL_TRANSITIONS`, state -> input -> next state, as in the
+transaction layer (an input missing from a state's row is absorbed: nothing changes).
+:meth:`Call.step` applies one input; the B2BUA parts do the actions around it:
 
-=========  ===========================  ==========
-state      step                         next state
-=========  ===========================  ==========
-routing    B-leg INVITE sent            trying
-trying     1xx from B (relayed to A)    early
-trying     failover step                trying (next gateway)
-early      2xx from B (relayed to A)    confirmed
-trying     final error, no more hops    ended
-early      final error                  ended
-any        CANCEL from A                ended (487 to A, CANCEL to B)
-confirmed  BYE from either leg          ended
-=========  ===========================  ==========
+=========  ===========  ==========  ==========================================
+state      input        next state  when
+=========  ===========  ==========  ==========================================
+routing    place        trying      the B-leg INVITE goes to a hop (or an agent)
+trying     place        trying      failover: the next gateway, the next agent
+trying     progress     early       a 1xx other than 100 from B (relayed to A)
+trying     answer       confirmed   a 2xx from B (relayed to A)
+early      place        trying      failover after ringing (a queue's next agent)
+early      answer       confirmed   a 2xx from B
+any        end          ended       final error, CANCEL from A, BYE, no ACK
+=========  ===========  ==========  ==========================================
 
 The legs have independent Call-IDs, tags and CSeqs; bodies (SDP, multipart) pass through
 untouched. Offer/answer: when A's INVITE carries the offer, B's 2xx is ACKed at once; when
@@ -32,25 +33,29 @@ A's INVITE has no body (delayed offer), the ACK to B waits for A's ACK and carri
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import Any
+from typing import Any, Literal, Protocol
 
+from gateway.b2bua.timers import Timer
 from gateway.sip.dialog import Dialog
 from gateway.sip.message import REASON_PHRASES, Request, Response
 from gateway.sip.transaction import Address, ClientTransaction, ServerTransaction
 
 __all__ = [
+    "CALL_TRANSITIONS",
     "Call",
+    "CallInput",
     "CallOutcome",
     "CallState",
+    "EmergencyFacts",
     "EndKind",
     "FailureKind",
     "Leg",
     "LegFailure",
     "NextHop",
     "RelayedRequest",
+    "Side",
 ]
 
 
@@ -60,6 +65,55 @@ class CallState(Enum):
     EARLY = "early"
     CONFIRMED = "confirmed"
     ENDED = "ended"
+
+
+class CallInput(Enum):
+    """What moves a call on (the inputs of :data:`CALL_TRANSITIONS`)."""
+
+    PLACE = "place"
+    PROGRESS = "progress"
+    ANSWER = "answer"
+    END = "end"
+
+
+#: state -> input -> next state (the table in this module's docstring)
+CALL_TRANSITIONS: dict[CallState, dict[CallInput, CallState]] = {
+    CallState.ROUTING: {CallInput.PLACE: CallState.TRYING, CallInput.END: CallState.ENDED},
+    CallState.TRYING: {
+        CallInput.PLACE: CallState.TRYING,
+        CallInput.PROGRESS: CallState.EARLY,
+        CallInput.ANSWER: CallState.CONFIRMED,
+        CallInput.END: CallState.ENDED,
+    },
+    CallState.EARLY: {
+        CallInput.PLACE: CallState.TRYING,
+        CallInput.ANSWER: CallState.CONFIRMED,
+        CallInput.END: CallState.ENDED,
+    },
+    CallState.CONFIRMED: {CallInput.END: CallState.ENDED},
+    CallState.ENDED: {},
+}
+
+#: which side of the call a leg is: "a" (we are its UAS) or "b" (we are its UAC)
+Side = Literal["a", "b"]
+
+
+class EmergencyFacts(Protocol):
+    """What the call layer reads of an emergency call's facts.
+
+    The emergency package's ``EmergencyCall`` has these (and more); the call layer hands
+    the object back to the emergency hooks and observers without looking further.
+    """
+
+    @property
+    def callback(self) -> bool:
+        """An emergency callback (services -> agent) rather than an agent's call."""
+        ...
+
+    @property
+    def agent(self) -> str | None:
+        """The agent on the call, when identified."""
+        ...
 
 
 class FailureKind(StrEnum):
@@ -212,11 +266,12 @@ class Leg:
     connection) or the gateway the B-leg went to.
     """
 
-    side: str  # "a" or "b"
+    side: Side
     call_id: str
     local_tag: str
     flow: Address
-    invite: Request | None = None
+    #: the INVITE of this leg: received (A) or sent (B)
+    invite: Request
     dialog: Dialog | None = None
     server_tx: ServerTransaction | None = None  # A-leg INVITE
     client_tx: ClientTransaction | None = None  # B-leg INVITE
@@ -259,7 +314,8 @@ class Call:
     ended_at: float | None = None
     result: str = ""
     ack_waits_for_a: bool = False
-    provisional_timer: asyncio.TimerHandle | None = None
+    #: the B-leg timer running now (provisional, setup or ring timeout)
+    provisional_timer: Timer | None = None
     attempts: list[str] = field(default_factory=list)
     #: every failed attempt, in order (the Warning of an emergency call that failed)
     failures: list[LegFailure] = field(default_factory=list)
@@ -277,7 +333,9 @@ class Call:
     #: emergency calls and callbacks: no call history, no recording (SPEC E-9)
     private: bool = False
     #: the emergency facts (gateway.emergency.service.EmergencyCall) of such a call
-    emergency: Any = None
+    emergency: EmergencyFacts | None = None
+    #: how the call ended, once it has (observers read it in ``call_ended``)
+    outcome: CallOutcome | None = None
 
     @property
     def current_hop(self) -> NextHop | None:
@@ -291,3 +349,12 @@ class Call:
     @property
     def ended(self) -> bool:
         return self.state is CallState.ENDED
+
+    @property
+    def is_emergency_callback(self) -> bool:
+        return self.emergency is not None and self.emergency.callback
+
+    def step(self, event: CallInput) -> CallState:
+        """Apply one input of :data:`CALL_TRANSITIONS`; a missing one is absorbed."""
+        self.state = CALL_TRANSITIONS[self.state].get(event, self.state)
+        return self.state

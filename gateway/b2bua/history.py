@@ -14,6 +14,7 @@ from collections.abc import Callable
 import structlog
 
 from gateway.b2bua.call import Call
+from gateway.b2bua.decisions import CallObserverBase
 from gateway.stores.ports import Cdr, CdrStore
 from gateway.tasks import WriteBehind
 
@@ -51,7 +52,7 @@ def cdr_of(call: Call, wall_offset: float) -> Cdr:
     )
 
 
-class CallHistory:
+class CallHistory(CallObserverBase):
     """Writes a CDR for every ordinary call that ends."""
 
     def __init__(

@@ -34,6 +34,7 @@ from typing import Protocol
 import structlog
 
 from gateway.b2bua.call import Call, NextHop
+from gateway.b2bua.decisions import CallObserverBase
 from gateway.config.dialplan import Dialplan
 from gateway.presence.service import PresenceService
 from gateway.presence.state import PresenceChanged
@@ -89,7 +90,7 @@ def binding_address(binding: Binding) -> Address:
     return Address(transport or "udp", host.strip("[]"), int(port))
 
 
-class QueueManager:
+class QueueManager(CallObserverBase):
     """All queues of one node."""
 
     def __init__(
@@ -140,6 +141,11 @@ class QueueManager:
             call.agent = agent
             self.presence.call_started(agent)
             log.info("queue_call_answered", call_id=call.id, queue=queued.queue, agent=agent)
+
+    def call_answered(self, call: Call) -> None:
+        """A call answered (observer): a queued one leaves its queue."""
+        if call.queue is not None:
+            self.answered(call)
 
     def offer_failed(self, call: Call, status: int) -> None:
         """The agent ringing for ``call`` refused or did not answer in time."""

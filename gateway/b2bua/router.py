@@ -46,8 +46,8 @@ from collections.abc import Callable
 
 import structlog
 
-from gateway.b2bua.b2bua import Decision, Emergency, Outbound, Queued, RouteRefusal
 from gateway.b2bua.call import NextHop
+from gateway.b2bua.decisions import Decision, Emergency, Outbound, Queued, RouteRefusal
 from gateway.b2bua.queues import best_binding, binding_address
 from gateway.config.dialplan import Dialplan, Site
 from gateway.emergency.callbacks import strip_untrusted_priority
@@ -204,19 +204,10 @@ class ContactCentreRouter:
             rewritten = ordinary.user
         site: tuple[str, Site] | None = None
         if agent is None:
-            if not open_network and self.authenticate is not None:
-                challenge = self.authenticate(request)
-                if isinstance(challenge, AuthRefusal):
-                    log.warning(
-                        "emergency_call_challenged",
-                        source=address_text(source),
-                        dialled=dialled[:64],
-                        status=challenge.status,
-                    )
-                    return refusal_of(challenge)
-                agent, identified_by = challenge, "credentials"
-            else:
-                site = self.dialplan.site_for(source.host)
+            found = self._unidentified(request, dialled, source, open_network)
+            if isinstance(found, RouteRefusal):
+                return found
+            agent, identified_by, site = found
         if agent is not None:
             location = self.dialplan.agents[agent].location
             country = location.country if location is not None else None
@@ -262,6 +253,24 @@ class ContactCentreRouter:
             )
             for hop in plan.hops
         ]
+
+    def _unidentified(
+        self, request: Request, dialled: str, source: Address, open_network: bool
+    ) -> tuple[str | None, str | None, tuple[str, Site] | None] | RouteRefusal:
+        """An emergency caller not known by its source (SPEC E-13): its credentials (a
+        407 challenge first, which is not a refusal), or on an open network its site."""
+        if not open_network and self.authenticate is not None:
+            challenge = self.authenticate(request)
+            if isinstance(challenge, AuthRefusal):
+                log.warning(
+                    "emergency_call_challenged",
+                    source=address_text(source),
+                    dialled=dialled[:64],
+                    status=challenge.status,
+                )
+                return refusal_of(challenge)
+            return challenge, "credentials", None
+        return None, None, self.dialplan.site_for(source.host)
 
     def _callback(self, agent_id: str, test: bool, dialled: str) -> Decision:
         """SPEC C-1, C-3: ring the agent at once, else its fallback destination."""

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from gateway.sip.address import Address
 
-__all__ = ["AttemptFacts", "HopFacts", "OutcomeFacts"]
+__all__ = ["AttemptFacts", "CallFacts", "HopFacts", "OutcomeFacts"]
 
 
 class HopFacts(Protocol):
@@ -48,3 +48,17 @@ class OutcomeFacts(Protocol):
 
     @property
     def attempts(self) -> Sequence[AttemptFacts]: ...
+
+
+class CallFacts(Protocol):
+    """A call as the emergency edge observes it (``gateway.b2bua.call.Call`` fits): its
+    id, the emergency facts the router put on it (if any), and how it ended."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def emergency(self) -> object: ...
+
+    @property
+    def outcome(self) -> OutcomeFacts | None: ...

@@ -33,7 +33,7 @@ import structlog
 from gateway.config.dialplan import Dialplan, Location
 from gateway.emergency.callbacks import CallbackDecision, is_callback
 from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRule, EmergencyConfig
-from gateway.emergency.facts import AttemptFacts, HopFacts, OutcomeFacts
+from gateway.emergency.facts import AttemptFacts, CallFacts, HopFacts, OutcomeFacts
 from gateway.emergency.lockdown import agent_request_allowed, is_hold_offer
 from gateway.emergency.numbers import Detection
 from gateway.emergency.reservations import choose_callback_did
@@ -201,9 +201,11 @@ class EmergencyService:
         return is_callback(dialled, trunk, trusted, reservation, now)
 
     def decorate_b_invite(
-        self, emergency: EmergencyCall, hop: HopFacts, invite: Request, host: str
+        self, emergency: object, hop: HopFacts, invite: Request, host: str
     ) -> None:
         """The emergency leg's identity and location (SPEC E-4, E-10); callbacks' priority."""
+        if not isinstance(emergency, EmergencyCall):
+            return  # not facts of ours (the router puts an EmergencyCall on every call)
         a_identity = emergency.did
         if a_identity is None and emergency.agent is not None:
             a_identity = self.dialplan.agents[emergency.agent].identity
@@ -270,7 +272,7 @@ class EmergencyService:
             log.error("location_by_value_failed", agent=emergency.agent, error=str(exc))
 
     def in_dialog_allowed(
-        self, emergency: EmergencyCall, from_agent: bool, request: Request
+        self, emergency: object, from_agent: bool, request: Request
     ) -> tuple[bool, str]:
         """SPEC E-8: the agent may only end the call; the emergency side may do anything."""
         hold = False
@@ -289,10 +291,10 @@ class EmergencyService:
 
     # -- hooks -----------------------------------------------------------------------------
 
-    async def reserve(self, call_id: str, emergency: EmergencyCall) -> None:
+    async def reserve(self, call_id: str, emergency: object) -> None:
         """Reserve (or renew) the agent's callback DID (SPEC E-4), bounded in time."""
         pool = list(self.config.callback.dids)
-        if emergency.agent is None or not pool:
+        if not isinstance(emergency, EmergencyCall) or emergency.agent is None or not pool:
             return
         try:
             reservation, reused = await asyncio.wait_for(
@@ -442,6 +444,28 @@ class EmergencyService:
                     "attempts": [attempt.as_event() for attempt in outcome.attempts],
                 },
             )
+
+    # -- call events (the B2BUA's CallObserver; other calls than emergency ones: ignored) --
+
+    def call_started(self, call: CallFacts) -> None:
+        if isinstance(call.emergency, EmergencyCall):
+            self.started(call.id, call.emergency)
+
+    def attempt_tried(self, call: CallFacts, hop: HopFacts) -> None:
+        if isinstance(call.emergency, EmergencyCall):
+            self.b_leg_try(call.id, call.emergency, hop)
+
+    def attempt_failed(self, call: CallFacts, failure: AttemptFacts) -> None:
+        if isinstance(call.emergency, EmergencyCall):
+            self.b_leg_failed(call.id, call.emergency, failure)
+
+    def call_answered(self, call: CallFacts) -> None:
+        if isinstance(call.emergency, EmergencyCall):
+            self.answered(call.id, call.emergency)
+
+    def call_ended(self, call: CallFacts) -> None:
+        if isinstance(call.emergency, EmergencyCall) and call.outcome is not None:
+            self.ended(call.id, call.emergency, call.outcome)
 
     def lockdown(self, agent: str, call_id: str | None, emergency: EmergencyCall | None) -> None:
         """Tell desktops, retained, that ``agent``'s phone is locked down by the emergency

@@ -25,7 +25,7 @@ import struct
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -40,6 +40,16 @@ __all__ = ["ListenSpec", "SipEndpoint"]
 log = structlog.get_logger("gateway.transport")
 
 EventHandler = Callable[[Any], None]
+
+
+class TransactionUser(Protocol):
+    """A sans-I/O transaction user (the B2BUA): events and timers with the time they come."""
+
+    def handle(self, event: Any, now: float) -> None: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +216,8 @@ class SipEndpoint:
 
     ``on_event`` is the transaction user: it receives every event of the layer and may call
     the layer (send_request, send_response, ...) from inside the callback; ``pump()`` runs
-    until nothing is left to send or dispatch.
+    until nothing is left to send or dispatch. A sans-I/O ``user`` (the B2BUA), when set,
+    gets the events instead, with the time, and its timers share the one loop timer.
     """
 
     def __init__(
@@ -222,6 +233,7 @@ class SipEndpoint:
         self.max_message_bytes = max_message_bytes
         self.loop = loop or asyncio.get_event_loop()
         self.on_event: EventHandler = lambda event: None
+        self.user: TransactionUser | None = None
         self._udp: dict[int, _UdpProtocol] = {}
         self._tcp_servers: list[asyncio.AbstractServer] = []
         self._connections: dict[Address, _TcpConnection] = {}
@@ -370,7 +382,10 @@ class SipEndpoint:
                 if event is None:
                     break
                 try:
-                    self.on_event(event)
+                    if self.user is not None:
+                        self.user.handle(event, self.loop.time())
+                    else:
+                        self.on_event(event)
                 except Exception:
                     log.exception("event_handler_failed", event_type=type(event).__name__)
         finally:
@@ -379,6 +394,10 @@ class SipEndpoint:
 
     def _arm_timer(self) -> None:
         deadline = self.layer.get_timer()
+        if self.user is not None:
+            user_deadline = self.user.get_timer()
+            if user_deadline is not None and (deadline is None or user_deadline < deadline):
+                deadline = user_deadline
         if deadline is None:
             if self._timer is not None:
                 self._timer.cancel()
@@ -395,10 +414,16 @@ class SipEndpoint:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        now = self.loop.time()
         try:
-            self.layer.handle_timer(self.loop.time())
+            self.layer.handle_timer(now)
         except Exception:
             log.exception("timer_failed")
+        if self.user is not None:
+            try:
+                self.user.handle_timer(now)
+            except Exception:
+                log.exception("user_timer_failed")
         self.pump()
 
     # -- output ------------------------------------------------------------------------

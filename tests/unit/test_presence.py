@@ -16,6 +16,7 @@ from gateway.events.ports import Topics
 from gateway.events.schema import MAX_NOTE_LENGTH, PresenceReason
 from gateway.presence.service import PresenceService
 from gateway.presence.state import AgentPresence, PresenceChanged, Status
+from gateway.sip.message import Request
 from gateway.sip.transaction import Address
 from gateway.stores.ports import Binding, PresenceRecord
 
@@ -232,7 +233,8 @@ def setup() -> tuple[QueueManager, PresenceService, FakePlacer, Clock]:
 
 
 def _call(n: int) -> Call:
-    leg = Leg("a", f"cid{n}", f"tag{n}", Address("udp", "127.0.0.2", 5060))
+    invite = Request("INVITE", "sip:+15555550100@127.0.0.1", [])
+    leg = Leg("a", f"cid{n}", f"tag{n}", Address("udp", "127.0.0.2", 5060), invite)
     return Call(id=f"call{n}", a=leg, dialled="+15555550100", started_at=0.0)
 
 

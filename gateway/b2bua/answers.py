@@ -1,0 +1,94 @@
+"""Out-of-dialog answers: what a request gets when it is not (yet) part of a call.
+
+Theory of operation
+-------------------
+RFC 3261 sections 8.2 and 12.2.2; the B2BUA sends every request that creates no call here:
+
+============================  ======================================
+request                       answer
+============================  ======================================
+OPTIONS (no To tag)           200 with Allow/Accept/Supported
+INVITE, Max-Forwards 0        483
+INVITE without Contact        400 (section 8.1.1.8)
+INVITE, no route              404 (or the router's refusal)
+in-dialog, unknown dialog     481
+CANCEL matching nothing       481
+BYE/UPDATE/INFO/PRACK         481 (no dialog without a To tag)
+REGISTER/SUBSCRIBE/...        405 with Allow
+unknown method                501
+============================  ======================================
+"""
+
+from __future__ import annotations
+
+from gateway.b2bua.core import ALLOW, CallCore, log
+from gateway.b2bua.decisions import RouteRefusal
+from gateway.b2bua.relay import KNOWN_METHODS
+from gateway.sip.errors import warning_value
+from gateway.sip.message import Request
+from gateway.sip.transaction import ServerTransaction
+from gateway.sip.uri import SipUri, TelUri
+
+__all__ = ["answer_out_of_dialog", "dialled_number", "refuse_invite", "unfit_invite"]
+
+
+def dialled_number(request: Request) -> str:
+    """The user part of the Request-URI (escapes decoded), or the whole URI when none."""
+    uri = request.uri
+    if isinstance(uri, (SipUri, TelUri)):
+        user = uri.user_unescaped
+        if user:
+            return user
+    return str(uri)
+
+
+def answer_out_of_dialog(core: CallCore, tx: ServerTransaction, method: str) -> None:
+    """Answer an out-of-dialog request other than INVITE and CANCEL."""
+    if method == "OPTIONS":
+        core.respond(
+            tx,
+            200,
+            extra=(
+                ("Allow", ALLOW),
+                ("Accept", "application/sdp"),
+                ("Supported", ""),
+                ("Server", core.user_agent),
+            ),
+        )
+    elif method == "ACK":
+        pass
+    elif method in ("BYE", "UPDATE", "INFO", "PRACK"):
+        core.respond(tx, 481)
+    elif method in KNOWN_METHODS:
+        core.respond(tx, 405, extra=(("Allow", ALLOW),))
+    else:
+        core.respond(tx, 501, extra=(("Allow", ALLOW),))
+
+
+def unfit_invite(core: CallCore, tx: ServerTransaction, request: Request) -> bool:
+    """Answer an INVITE that cannot start a call (483, 400); False when it can."""
+    max_forwards = request.max_forwards
+    if max_forwards is not None and max_forwards <= 0:
+        core.respond(tx, 483)
+        return True
+    if not request.contacts:
+        # RFC 3261 section 8.1.1.8: an INVITE must carry a Contact to reach the caller
+        core.respond(
+            tx,
+            400,
+            "Missing Contact",
+            extra=(("Warning", warning_value("INVITE without Contact")),),
+        )
+        return True
+    return False
+
+
+def refuse_invite(
+    core: CallCore, tx: ServerTransaction, refusal: RouteRefusal, dialled: str, to_tag: str
+) -> None:
+    """The router's refusal (404, a 407 challenge...), with its headers and Warning."""
+    log.info("call_refused", dialled=dialled, status=refusal.status, reason=refusal.reason)
+    extra = refusal.headers
+    if refusal.warning:
+        extra = (*extra, ("Warning", warning_value(refusal.warning)))
+    core.respond(tx, refusal.status, refusal.reason, to_tag=to_tag, extra=extra)
