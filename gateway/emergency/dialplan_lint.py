@@ -39,8 +39,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.config.dialplan import Dialplan, OutboundRule
-from gateway.emergency.config import CallbackPool, EmergencyConfig
+from gateway.config.dialplan import Dialplan, EmergencySettings, OutboundRule
 from gateway.emergency.numbers import DIAL_STRINGS, Detection, countries_supported, detect
 from gateway.emergency.routing import matching_rule
 from gateway.sip.errors import SipError
@@ -240,13 +239,12 @@ def _describe(probes: Iterable[tuple[str | None, Detection]]) -> str:
     return _examples(list(items))
 
 
-def _lint_direct_routing(config: EmergencyConfig) -> list[LintWarning]:
+def _lint_direct_routing(config: EmergencySettings) -> list[LintWarning]:
     warnings = []
     probes = _probes()
     rules = config.direct_routing
-    no_pool = CallbackPool(())
     for index, rule in enumerate(rules):
-        alone = EmergencyConfig(direct_routing=(rule,), direct_offer=None, callback=no_pool)
+        alone = EmergencySettings(direct_routing=(rule,))
         mine = [p for p in probes if matching_rule(p[1], p[0], alone) is not None]
         path: FieldPath = ("emergency", "direct_routing", index)
         who = f"emergency direct_routing rule {rule.name!r}"
@@ -280,7 +278,7 @@ def _lint_direct_routing(config: EmergencyConfig) -> list[LintWarning]:
     return warnings
 
 
-def lint_dialplan(dialplan: Dialplan, config: EmergencyConfig) -> list[LintWarning]:
+def lint_dialplan(dialplan: Dialplan, config: EmergencySettings) -> list[LintWarning]:
     """Every outbound and emergency direct-routing rule that meets emergency dial strings
     in a way an engineer should know about (see the module docstring). Warnings only."""
     warnings: list[LintWarning] = []

@@ -24,8 +24,7 @@ out on the best available path (SPEC E-3, E-11).
 
 from __future__ import annotations
 
-from gateway.config.dialplan import Agent, Dialplan
-from gateway.emergency.config import EmergencyConfig
+from gateway.config.dialplan import Agent, Dialplan, EmergencySettings
 from gateway.emergency.numbers import Detection, countries_supported, dial_strings
 from gateway.emergency.routing import choose_route
 
@@ -39,7 +38,7 @@ def _supported() -> str:
 def check_agent(
     agent_id: str,
     agent: Agent,
-    config: EmergencyConfig,
+    config: EmergencySettings,
     dialplan: Dialplan,
     *,
     mail_configured: bool,
@@ -109,7 +108,7 @@ def check_agent(
     return problems
 
 
-def check_config(config: EmergencyConfig, dialplan: Dialplan) -> list[str]:
+def check_config(config: EmergencySettings, dialplan: Dialplan) -> list[str]:
     """Problems of the emergency configuration itself, independent of agents (SPEC E-2, E-4).
 
     Reports rules naming undefined trunks, service URN calls (``urn:service:sos``) with no

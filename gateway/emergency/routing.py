@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 :func:`choose_route` turns a :class:`~gateway.emergency.numbers.Detection` into an ordered
 list of hops for the B2BUA's failover loop. It is a pure function of (detection, agent
-country, emergency config, trunks, trunk health): no I/O, no clock.
+country, the dialplan's emergency section, trunks, trunk health): no I/O, no clock.
 
 Order of the hops (SPEC E-2):
 
@@ -18,7 +18,7 @@ Order of the hops (SPEC E-2):
    is skipped while any healthy one remains, never dropped.
 
 Every hop carries the short emergency provisional timeout (the trunk's own
-``provisional_timeout_s`` capped at ``emergency_provisional_timeout_s``) and fails over on
+``provisional_timeout_s`` capped at the emergency section's) and fails over on
 408, 503 and 504 (RFC 3261 section 21; plus any other code the trunk lists), on a
 transport failure and on that timeout.
 
@@ -37,11 +37,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.emergency.config import DIRECT_OFFER, DirectRoutingRule, EmergencyConfig
+from gateway.config.dialplan import DirectRoutingRule, EmergencySettings
 from gateway.emergency.numbers import Detection, countries_supported, normalise_country
 
 __all__ = [
+    "DIRECT_OFFER",
     "EMERGENCY_FAILOVER_CODES",
+    "TEST_SERVICE_URN",
     "EmergencyHop",
     "GatewayLike",
     "RoutePlan",
@@ -49,6 +51,12 @@ __all__ = [
     "choose_route",
     "matching_rule",
 ]
+
+#: the name the direct-offer path goes by: in route names, and as its key in trunk health
+DIRECT_OFFER = "direct-offer"
+
+#: the Request-URI of a test call (933) on the direct-offer path (RFC 6881 section 15)
+TEST_SERVICE_URN = "urn:service:test.sos"
 
 #: The final responses that move an emergency call to the next gateway or path: every one.
 #: SPEC E-2 names 408, 503 and 504 for a trunk's gateway list, but an emergency call is
@@ -139,7 +147,7 @@ def _rule_applies(rule: DirectRoutingRule, country: str | None) -> bool:
 
 
 def matching_rule(
-    detection: Detection, country: str | None, config: EmergencyConfig
+    detection: Detection, country: str | None, config: EmergencySettings
 ) -> DirectRoutingRule | None:
     """The first direct-routing rule for this call, or ``None`` (SPEC E-2).
 
@@ -161,20 +169,20 @@ def _describe(detection: Detection, country: str | None) -> str:
 def choose_route(
     detection: Detection,
     country: str | None,
-    config: EmergencyConfig,
+    config: EmergencySettings,
     trunks: Mapping[str, TrunkLike],
     health: Mapping[str, bool] | None = None,
 ) -> RoutePlan:
     """The ordered hops of an emergency call (SPEC E-2). Never refuses (SPEC E-3).
 
-    ``health`` maps a trunk name (and :data:`~gateway.emergency.config.DIRECT_OFFER` for
+    ``health`` maps a trunk name (and :data:`DIRECT_OFFER` for
     the direct-offer path) to whether its OPTIONS keep-alives say it is up; a missing name
     is up. A down path is tried last rather than dropped (see the module docstring).
     There is deliberately no admission, capacity, presence or barring input.
     """
     code = normalise_country(country)
     health = health or {}
-    timeout_cap = config.emergency_provisional_timeout_s
+    timeout_cap = config.provisional_timeout_s
     healthy: list[EmergencyHop] = []
     down: list[EmergencyHop] = []
     notes: list[str] = []
@@ -219,14 +227,14 @@ def choose_route(
         if urn is not None:
             request_uri = urn  # RFC 5031 section 4.2: keep the sub-service (sos.fire)
         else:
-            request_uri = offer.test_request_uri if detection.test else offer.request_uri
+            request_uri = TEST_SERVICE_URN if detection.test else offer.request_uri
         (healthy if is_up else down).extend(
             EmergencyHop(
                 route=DIRECT_OFFER,
                 trunk=DIRECT_OFFER,
-                host=host,
-                port=port,
-                transport=transport,
+                host=gateway.host,
+                port=gateway.port,
+                transport=gateway.transport,
                 user=None,
                 request_uri=request_uri,
                 failover_codes=EMERGENCY_FAILOVER_CODES,
@@ -234,7 +242,7 @@ def choose_route(
                 accepts_location=offer.accepts_location,
                 last_resort=not is_up,
             )
-            for host, port, transport in offer.gateways
+            for gateway in offer.gateways
         )
 
     plan_hops = tuple(healthy + down)
