@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal, TypeVar
@@ -43,6 +43,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -184,9 +185,50 @@ TrunkName = Annotated[str, AfterValidator(_check_trunk_name)]
 
 
 def unknown_trunk_message(trunk: str, known: Iterable[str]) -> str:
-    """The error for a rule naming a trunk that is not defined (shared with the loader)."""
+    """The error for a rule naming a trunk that is not defined."""
     names = ", ".join(sorted(known)) or "none defined"
     return f"unknown trunk {trunk!r} (known: {names})"
+
+
+def _unknown_trunks(
+    known: Collection[str], references: Iterable[tuple[tuple[str | int, ...], str]]
+) -> list[InitErrorDetails]:
+    """An error for each (field location, trunk name) whose trunk is not in ``known``."""
+    return [
+        InitErrorDetails(
+            type=_problem("unknown_trunk", unknown_trunk_message(trunk, known)),
+            loc=loc,
+            input=trunk,
+        )
+        for loc, trunk in references
+        if trunk not in known
+    ]
+
+
+def _raw_outbound_trunks(data: Any) -> list[InitErrorDetails]:
+    """The unknown trunks of the outbound rules in unvalidated dialplan data (a mapping)."""
+    trunks = data.get("trunks") if isinstance(data, Mapping) else None
+    rules = data.get("outbound") if isinstance(data, Mapping) else None
+    if not isinstance(trunks, Mapping) or not isinstance(rules, list | tuple):
+        return []
+    references = [
+        (("outbound", index, "trunk"), rule["trunk"])
+        for index, rule in enumerate(rules)
+        if isinstance(rule, Mapping) and isinstance(rule.get("trunk"), str)
+    ]
+    return _unknown_trunks([str(name) for name in trunks], references)
+
+
+def _as_init_details(error: ValidationError) -> list[InitErrorDetails]:
+    """The errors of ``error`` as raisable details, each keeping its type, message and loc."""
+    return [
+        InitErrorDetails(
+            type=PydanticCustomError(detail["type"], detail["msg"]),
+            loc=detail["loc"],
+            input=detail["input"],
+        )
+        for detail in error.errors()
+    ]
 
 
 class NodeConfig(_Frozen):
@@ -810,21 +852,33 @@ class Dialplan(_Frozen):
             else:
                 first_index[rule.name] = index
         # Fields validate in declaration order, so "trunks" is in info.data unless it was
-        # itself invalid (then its own errors are reported and this check is skipped).
+        # itself invalid (then _every_unknown_trunk reports from the raw data).
         trunks = info.data.get("trunks")
         if trunks is not None:
             errors.extend(
-                InitErrorDetails(
-                    type=_problem("unknown_trunk", unknown_trunk_message(rule.trunk, trunks)),
-                    loc=(index, "trunk"),
-                    input=rule.trunk,
-                )
-                for index, rule in enumerate(value)
-                if rule.trunk not in trunks
+                _unknown_trunks(trunks, (((i, "trunk"), r.trunk) for i, r in enumerate(value)))
             )
         if errors:
             raise ValidationError.from_exception_data("outbound", errors)
         return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_unknown_trunk(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Dialplan]
+    ) -> Dialplan:
+        """One run reports every unknown trunk: pydantic skips the ``outbound`` check when
+        a rule or a trunk is itself invalid, so then the raw rules are checked here."""
+        try:
+            return handler(data)
+        except ValidationError as error:
+            reported = {tuple(detail["loc"]) for detail in error.errors()}
+            missed = [e for e in _raw_outbound_trunks(data) if tuple(e["loc"]) not in reported]
+            if not missed:
+                raise
+            raise ValidationError.from_exception_data(
+                error.title, [*_as_init_details(error), *missed]
+            ) from None
 
     @model_validator(mode="after")
     def _contact_centre_references(self) -> Dialplan:
