@@ -35,7 +35,6 @@ PENDING_FUNCTIONS = frozenset(
         "gateway/app.py running",
         "gateway/b2bua/router.py _emergency",
         "gateway/cli.py _cmd_cdr",
-        "gateway/location/conveyance.py add_location_by_value",
         "gateway/location/pidf.py pidf_lo",
         "gateway/notify/service.py _write",
         "gateway/registrar/digest.py parse_authorization",
