@@ -84,10 +84,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     # engineer can act on. These are warnings: such an agent's call still goes out on the
     # best available path (E-3), so the exit status stays 0.
     from gateway.emergency.prerequisites import check_agent, check_config
-    from gateway.emergency.service import config_from_dialplan
     from gateway.notify import check_contacts, check_template
 
-    config = config_from_dialplan(dialplan)
+    config = dialplan.emergency
     warnings = check_config(config, dialplan)
     mail = bool(settings.smtp_host)
     for agent_id, agent in dialplan.agents.items():

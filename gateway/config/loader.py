@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from gateway.config.dialplan import Dialplan, unknown_trunk_message
+from gateway.config.dialplan import Dialplan
 
 __all__ = ["DialplanError", "Problem", "field_lines", "load_dialplan", "load_dialplan_text"]
 
@@ -106,20 +106,12 @@ def load_dialplan(path: str | os.PathLike[str]) -> Dialplan:
 def load_dialplan_text(text: str, filename: str = "<string>") -> Dialplan:
     """Validate dialplan YAML ``text``; ``filename`` is only used in error messages."""
     data, positions, problems = _parse_yaml(text, filename)
-    marks = positions.marks
     try:
         dialplan = Dialplan.model_validate(data)
     except ValidationError as error:
-        found = [_problem_from_error(detail, filename, positions) for detail in error.errors()]
-        # pydantic skips the cross-reference check when a rule or trunk is itself invalid;
-        # repeat it on the raw data so that one run reports every unknown trunk.
-        reported = {problem.field for problem in found}
-        found.extend(
-            problem
-            for problem in _unknown_trunk_problems(data, filename, marks)
-            if problem.field not in reported
+        problems.extend(
+            _problem_from_error(detail, filename, positions) for detail in error.errors()
         )
-        problems.extend(found)
     if problems:
         problems.sort(key=lambda problem: (problem.line or 0, problem.column or 0))
         raise DialplanError(problems)
@@ -256,23 +248,6 @@ def _record_marks(
         for index, item in enumerate(node.value):
             marks[(*path, index)] = _mark_of(item)
             _record_marks(loader, item, (*path, index), positions, duplicates, filename)
-
-
-def _unknown_trunk_problems(
-    data: dict[Any, Any], filename: str, marks: dict[FieldPath, _Mark]
-) -> list[Problem]:
-    trunks, rules = data.get("trunks"), data.get("outbound")
-    if not isinstance(trunks, dict) or not isinstance(rules, list):
-        return []
-    problems = []
-    for index, rule in enumerate(rules):
-        trunk = rule.get("trunk") if isinstance(rule, dict) else None
-        if isinstance(trunk, str) and trunk not in trunks:
-            path: FieldPath = ("outbound", index, "trunk")
-            line, column = marks.get(path, marks[()])
-            message = unknown_trunk_message(trunk, map(str, trunks))
-            problems.append(Problem(filename, line, column, _dotted(path), message))
-    return problems
 
 
 # --- pydantic errors to problems --------------------------------------------------------

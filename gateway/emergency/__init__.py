@@ -8,8 +8,10 @@ One module per part of the SPEC, each function named after its rule:
 * :mod:`~gateway.emergency.reservations` -- which callback DID an agent gets (E-4), the
   rule every reservation store runs inside its atomic step;
 * :mod:`~gateway.emergency.lockdown` -- what the agent may do during the call (E-8);
-* :mod:`~gateway.emergency.prerequisites` -- ``gateway check`` of agents (E-11);
-* :mod:`~gateway.emergency.config` -- the emergency configuration they read.
+* :mod:`~gateway.emergency.prerequisites` -- ``gateway check`` of agents (E-11).
+
+The configuration they read is the dialplan's own emergency section
+(:class:`gateway.config.dialplan.EmergencySettings`), one type from file to policy.
 
 No I/O and no clock in these modules: time is a parameter. The one function that changes
 its argument is :func:`~gateway.emergency.callbacks.strip_untrusted_priority`.

@@ -37,10 +37,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from gateway.config.dialplan import Dialplan, OutboundRule
-from gateway.emergency.config import CallbackPool, EmergencyConfig
+from gateway.config.dialplan import Dialplan, EmergencySettings, OutboundRule
 from gateway.emergency.numbers import DIAL_STRINGS, Detection, countries_supported, detect
 from gateway.emergency.routing import matching_rule
 from gateway.sip.errors import SipError
@@ -132,71 +131,80 @@ def _examples(items: Sequence[str]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
-def _lint_outbound(index: int, rule: OutboundRule) -> list[LintWarning]:
-    as_dialled: dict[str, str] = {}
-    produced: list[str] = []
-    mangled: list[str] = []
+@dataclass(slots=True)
+class _OutboundMeetings:
+    """How one outbound rule meets the candidate strings: emergency strings it matches as
+    dialled (-> what it would send, "" when only with a prefix), strings it rewrites into
+    emergency strings, and outside-line prefixes it mangles (each "candidate -> result")."""
+
+    as_dialled: dict[str, str] = field(default_factory=dict)
+    produced: list[str] = field(default_factory=list)
+    mangled: list[str] = field(default_factory=list)
+
+
+def _mangles_prefix(rule: OutboundRule, prefix: str, candidate: str, result: str) -> bool:
+    """An outside-line prefix + emergency string rewritten so the string is lost."""
+    return (
+        rule.rewrite is not None
+        and prefix in _OUTSIDE_LINE
+        and result != candidate
+        and any(
+            _digits(result).endswith(d.digits)
+            for strings in DIAL_STRINGS.values()
+            for d in strings
+            if candidate.endswith(d.digits)
+        )
+    )
+
+
+def _meetings(rule: OutboundRule) -> _OutboundMeetings:
+    found = _OutboundMeetings()
     for prefix, candidate in candidate_strings():
         result = rule.apply(candidate)
         if result is None:
             continue
         dialled = _emergency(candidate)
         if dialled is not None:
-            as_dialled.setdefault(dialled.dialled, result if candidate == dialled.dialled else "")
-            continue
-        made = _emergency(result)
-        if made is not None:
-            produced.append(f"{candidate} -> {result}")
-        elif (
-            rule.rewrite is not None
-            and prefix in _OUTSIDE_LINE
-            and result != candidate
-            and any(
-                _digits(result).endswith(d.digits)
-                for strings in DIAL_STRINGS.values()
-                for d in strings
-                if candidate.endswith(d.digits)
-            )
-        ):
-            mangled.append(f"{candidate} -> {result}")
+            made = result if candidate == dialled.dialled else ""
+            found.as_dialled.setdefault(dialled.dialled, made)
+        elif _emergency(result) is not None:
+            found.produced.append(f"{candidate} -> {result}")
+        elif _mangles_prefix(rule, prefix, candidate, result):
+            found.mangled.append(f"{candidate} -> {result}")
+    return found
+
+
+def _lint_outbound(index: int, rule: OutboundRule) -> list[LintWarning]:
+    found = _meetings(rule)
     path: FieldPath = ("outbound", index)
     who = f"outbound rule {rule.name!r}"
-    warnings = []
-    if as_dialled:
+    messages = []
+    if found.as_dialled:
         strings = ", ".join(
             f"{s} ({_countries_of(s)})" + (f" -> {made}" if made and made != s else "")
-            for s, made in as_dialled.items()
+            for s, made in found.as_dialled.items()
         )
-        warnings.append(
-            LintWarning(
-                path,
-                f"{who} matches emergency dial strings as dialled: {strings}. An agent whose "
-                "country has the string makes an emergency call and never reaches this rule "
-                "(SPEC E-1); for any other agent (a GB agent dialling 911) this rule sends it "
-                f"to trunk {rule.trunk!r} as an ordinary call",
-            )
+        messages.append(
+            f"{who} matches emergency dial strings as dialled: {strings}. An agent whose "
+            "country has the string makes an emergency call and never reaches this rule "
+            "(SPEC E-1); for any other agent (a GB agent dialling 911) this rule sends it "
+            f"to trunk {rule.trunk!r} as an ordinary call"
         )
-    if produced:
-        warnings.append(
-            LintWarning(
-                path,
-                f"{who} rewrites dialled strings into emergency dial strings: "
-                f"{_examples(produced)}. Such calls are treated as emergency calls of the "
-                f"agent's country (SPEC E-1), not sent to trunk {rule.trunk!r}; a misdial "
-                "reaches emergency services",
-            )
+    if found.produced:
+        messages.append(
+            f"{who} rewrites dialled strings into emergency dial strings: "
+            f"{_examples(found.produced)}. Such calls are treated as emergency calls of the "
+            f"agent's country (SPEC E-1), not sent to trunk {rule.trunk!r}; a misdial "
+            "reaches emergency services"
         )
-    if mangled:
-        warnings.append(
-            LintWarning(
-                path,
-                f"{who} turns an outside-line prefix and an emergency dial string into "
-                f"something that is not one: {_examples(mangled)}. An agent who dials the "
-                f"prefix before the emergency number by habit reaches trunk {rule.trunk!r} "
-                "with a number no emergency service answers",
-            )
+    if found.mangled:
+        messages.append(
+            f"{who} turns an outside-line prefix and an emergency dial string into "
+            f"something that is not one: {_examples(found.mangled)}. An agent who dials the "
+            f"prefix before the emergency number by habit reaches trunk {rule.trunk!r} "
+            "with a number no emergency service answers"
         )
-    return warnings
+    return [LintWarning(path, message) for message in messages]
 
 
 def _probes() -> list[tuple[str | None, Detection]]:
@@ -240,13 +248,12 @@ def _describe(probes: Iterable[tuple[str | None, Detection]]) -> str:
     return _examples(list(items))
 
 
-def _lint_direct_routing(config: EmergencyConfig) -> list[LintWarning]:
+def _lint_direct_routing(config: EmergencySettings) -> list[LintWarning]:
     warnings = []
     probes = _probes()
     rules = config.direct_routing
-    no_pool = CallbackPool(())
     for index, rule in enumerate(rules):
-        alone = EmergencyConfig(direct_routing=(rule,), direct_offer=None, callback=no_pool)
+        alone = EmergencySettings(direct_routing=(rule,))
         mine = [p for p in probes if matching_rule(p[1], p[0], alone) is not None]
         path: FieldPath = ("emergency", "direct_routing", index)
         who = f"emergency direct_routing rule {rule.name!r}"
@@ -280,7 +287,7 @@ def _lint_direct_routing(config: EmergencyConfig) -> list[LintWarning]:
     return warnings
 
 
-def lint_dialplan(dialplan: Dialplan, config: EmergencyConfig) -> list[LintWarning]:
+def lint_dialplan(dialplan: Dialplan, config: EmergencySettings) -> list[LintWarning]:
     """Every outbound and emergency direct-routing rule that meets emergency dial strings
     in a way an engineer should know about (see the module docstring). Warnings only."""
     warnings: list[LintWarning] = []

@@ -24,8 +24,7 @@ out on the best available path (SPEC E-3, E-11).
 
 from __future__ import annotations
 
-from gateway.config.dialplan import Agent, Dialplan
-from gateway.emergency.config import EmergencyConfig
+from gateway.config.dialplan import Agent, Dialplan, EmergencySettings
 from gateway.emergency.numbers import Detection, countries_supported, dial_strings
 from gateway.emergency.routing import choose_route
 
@@ -39,7 +38,7 @@ def _supported() -> str:
 def check_agent(
     agent_id: str,
     agent: Agent,
-    config: EmergencyConfig,
+    config: EmergencySettings,
     dialplan: Dialplan,
     *,
     mail_configured: bool,
@@ -56,45 +55,7 @@ def check_agent(
             f"{who} has no outbound identity: set {where}.identity to its E.164 caller "
             "number (e.g. +15551230001)"
         )
-    location = agent.location
-    if location is None:
-        problems.append(
-            f"{who} has no location: set {where}.location to the civic address where the "
-            "agent sits (street, house_number, city, state, postcode, country, building, "
-            "floor, room) so emergency services can be dispatched there"
-        )
-    else:
-        missing = [name for name in ("street", "city", "postcode") if not getattr(location, name)]
-        if missing:
-            problems.append(
-                f"{who} has a location that is not dispatchable: set "
-                + ", ".join(f"{where}.location.{name}" for name in missing)
-            )
-        country = location.country
-        if country not in countries_supported():
-            problems.append(
-                f"{who} is in {country}, a country without emergency dial strings in this "
-                f"gateway (supported: {_supported()}); its calls to any supported "
-                "emergency number are still treated as emergency calls"
-            )
-        else:
-            for dial_string in dial_strings(country):
-                if dial_string.test:
-                    continue
-                probe = Detection(
-                    kind="dialstring",
-                    dialled=dial_string.digits,
-                    service="sos",
-                    country=country,
-                    test=False,
-                )
-                plan = choose_route(probe, country, config, dialplan.trunks)
-                if plan.empty:
-                    problems.append(
-                        f"{who} in {country} has no emergency path for {dial_string.digits}: "
-                        f"add an emergency direct_routing rule (match '^{dial_string.digits}$', "
-                        f"countries [{country}]) naming a defined trunk, or enable direct_offer"
-                    )
+    problems.extend(_location_problems(agent_id, agent, config, dialplan))
     if agent.contact_list and not mail_configured:
         problems.append(
             f"{who} has emergency contacts ({'; '.join(agent.contact_list)}) but no mail "
@@ -109,7 +70,62 @@ def check_agent(
     return problems
 
 
-def check_config(config: EmergencyConfig, dialplan: Dialplan) -> list[str]:
+def _location_problems(
+    agent_id: str, agent: Agent, config: EmergencySettings, dialplan: Dialplan
+) -> list[str]:
+    """The agent's location: present, dispatchable, in a supported country with a path."""
+    who, where = f"agent {agent_id!r}", f"agents.{agent_id}"
+    location = agent.location
+    if location is None:
+        return [
+            f"{who} has no location: set {where}.location to the civic address where the "
+            "agent sits (street, house_number, city, state, postcode, country, building, "
+            "floor, room) so emergency services can be dispatched there"
+        ]
+    problems: list[str] = []
+    missing = [name for name in ("street", "city", "postcode") if not getattr(location, name)]
+    if missing:
+        problems.append(
+            f"{who} has a location that is not dispatchable: set "
+            + ", ".join(f"{where}.location.{name}" for name in missing)
+        )
+    country = location.country
+    if country not in countries_supported():
+        problems.append(
+            f"{who} is in {country}, a country without emergency dial strings in this "
+            f"gateway (supported: {_supported()}); its calls to any supported "
+            "emergency number are still treated as emergency calls"
+        )
+    else:
+        problems.extend(_path_problems(who, country, config, dialplan))
+    return problems
+
+
+def _path_problems(
+    who: str, country: str, config: EmergencySettings, dialplan: Dialplan
+) -> list[str]:
+    """Each real emergency dial string of ``country`` that has no path (test strings may)."""
+    problems: list[str] = []
+    for dial_string in dial_strings(country):
+        if dial_string.test:
+            continue
+        probe = Detection(
+            kind="dialstring",
+            dialled=dial_string.digits,
+            service="sos",
+            country=country,
+            test=False,
+        )
+        if choose_route(probe, country, config, dialplan.trunks).empty:
+            problems.append(
+                f"{who} in {country} has no emergency path for {dial_string.digits}: "
+                f"add an emergency direct_routing rule (match '^{dial_string.digits}$', "
+                f"countries [{country}]) naming a defined trunk, or enable direct_offer"
+            )
+    return problems
+
+
+def check_config(config: EmergencySettings, dialplan: Dialplan) -> list[str]:
     """Problems of the emergency configuration itself, independent of agents (SPEC E-2, E-4).
 
     Reports rules naming undefined trunks, service URN calls (``urn:service:sos``) with no

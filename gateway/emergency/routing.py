@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 :func:`choose_route` turns a :class:`~gateway.emergency.numbers.Detection` into an ordered
 list of hops for the B2BUA's failover loop. It is a pure function of (detection, agent
-country, emergency config, trunks, trunk health): no I/O, no clock.
+country, the dialplan's emergency section, trunks, trunk health): no I/O, no clock.
 
 Order of the hops (SPEC E-2):
 
@@ -18,7 +18,7 @@ Order of the hops (SPEC E-2):
    is skipped while any healthy one remains, never dropped.
 
 Every hop carries the short emergency provisional timeout (the trunk's own
-``provisional_timeout_s`` capped at ``emergency_provisional_timeout_s``) and fails over on
+``provisional_timeout_s`` capped at the emergency section's) and fails over on
 408, 503 and 504 (RFC 3261 section 21; plus any other code the trunk lists), on a
 transport failure and on that timeout.
 
@@ -37,11 +37,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.emergency.config import DIRECT_OFFER, DirectRoutingRule, EmergencyConfig
+from gateway.config.dialplan import DirectOfferService, DirectRoutingRule, EmergencySettings
 from gateway.emergency.numbers import Detection, countries_supported, normalise_country
 
 __all__ = [
+    "DIRECT_OFFER",
     "EMERGENCY_FAILOVER_CODES",
+    "TEST_SERVICE_URN",
     "EmergencyHop",
     "GatewayLike",
     "RoutePlan",
@@ -49,6 +51,12 @@ __all__ = [
     "choose_route",
     "matching_rule",
 ]
+
+#: the name the direct-offer path goes by: in route names, and as its key in trunk health
+DIRECT_OFFER = "direct-offer"
+
+#: the Request-URI of a test call (933) on the direct-offer path (RFC 6881 section 15)
+TEST_SERVICE_URN = "urn:service:test.sos"
 
 #: The final responses that move an emergency call to the next gateway or path: every one.
 #: SPEC E-2 names 408, 503 and 504 for a trunk's gateway list, but an emergency call is
@@ -139,7 +147,7 @@ def _rule_applies(rule: DirectRoutingRule, country: str | None) -> bool:
 
 
 def matching_rule(
-    detection: Detection, country: str | None, config: EmergencyConfig
+    detection: Detection, country: str | None, config: EmergencySettings
 ) -> DirectRoutingRule | None:
     """The first direct-routing rule for this call, or ``None`` (SPEC E-2).
 
@@ -161,24 +169,22 @@ def _describe(detection: Detection, country: str | None) -> str:
 def choose_route(
     detection: Detection,
     country: str | None,
-    config: EmergencyConfig,
+    config: EmergencySettings,
     trunks: Mapping[str, TrunkLike],
     health: Mapping[str, bool] | None = None,
 ) -> RoutePlan:
     """The ordered hops of an emergency call (SPEC E-2). Never refuses (SPEC E-3).
 
-    ``health`` maps a trunk name (and :data:`~gateway.emergency.config.DIRECT_OFFER` for
-    the direct-offer path) to whether its OPTIONS keep-alives say it is up; a missing name
-    is up. A down path is tried last rather than dropped (see the module docstring).
-    There is deliberately no admission, capacity, presence or barring input.
+    ``health`` maps a trunk name (and :data:`DIRECT_OFFER` for the direct-offer path) to
+    whether its OPTIONS keep-alives say it is up; a missing name is up. A down path is
+    tried last rather than dropped (see the module docstring). There is deliberately no
+    admission, capacity, presence or barring input.
     """
     code = normalise_country(country)
     health = health or {}
-    timeout_cap = config.emergency_provisional_timeout_s
     healthy: list[EmergencyHop] = []
     down: list[EmergencyHop] = []
     notes: list[str] = []
-    urn = detection.dialled if detection.kind == "urn" else None
 
     rule = matching_rule(detection, code, config)
     if rule is not None:
@@ -192,23 +198,7 @@ def choose_route(
             is_up = health.get(rule.trunk, True)
             if not is_up:
                 notes.append(f"trunk {rule.trunk!r} is down; tried last")
-            route = f"direct-routing:{rule.trunk}"
-            hops = [
-                EmergencyHop(
-                    route=route,
-                    trunk=rule.trunk,
-                    host=gateway.host,
-                    port=gateway.port,
-                    transport=gateway.transport,
-                    user=None if urn else detection.dialled,
-                    request_uri=urn,
-                    failover_codes=EMERGENCY_FAILOVER_CODES | frozenset(trunk.failover_codes),
-                    provisional_timeout_s=min(trunk.provisional_timeout_s, timeout_cap),
-                    accepts_location=rule.accepts_location,
-                    last_resort=not is_up,
-                )
-                for gateway in trunk.gateways
-            ]
+            hops = _direct_routing_hops(detection, rule, trunk, config, last_resort=not is_up)
             (healthy if is_up else down).extend(hops)
 
     offer = config.direct_offer
@@ -216,41 +206,89 @@ def choose_route(
         is_up = health.get(DIRECT_OFFER, True)
         if not is_up:
             notes.append("direct offer is down; tried last")
-        if urn is not None:
-            request_uri = urn  # RFC 5031 section 4.2: keep the sub-service (sos.fire)
-        else:
-            request_uri = offer.test_request_uri if detection.test else offer.request_uri
-        (healthy if is_up else down).extend(
-            EmergencyHop(
-                route=DIRECT_OFFER,
-                trunk=DIRECT_OFFER,
-                host=host,
-                port=port,
-                transport=transport,
-                user=None,
-                request_uri=request_uri,
-                failover_codes=EMERGENCY_FAILOVER_CODES,
-                provisional_timeout_s=timeout_cap,
-                accepts_location=offer.accepts_location,
-                last_resort=not is_up,
-            )
-            for host, port, transport in offer.gateways
-        )
+        hops = _direct_offer_hops(detection, offer, config, last_resort=not is_up)
+        (healthy if is_up else down).extend(hops)
 
     plan_hops = tuple(healthy + down)
-    warning = None
-    if not plan_hops:
-        if rule is None:
-            why = "no direct-routing rule matches and direct offer is disabled"
-        else:
-            why = (
-                f"direct-routing rule {rule.name!r} has no usable trunk and direct offer "
-                "is disabled"
-            )
-        warning = f"no emergency route for {_describe(detection, code)}: {why}"
     return RoutePlan(
         hops=plan_hops,
         rule=rule.name if rule is not None else None,
         notes=tuple(notes),
-        warning=warning,
+        warning=None if plan_hops else _no_route_warning(detection, code, rule),
     )
+
+
+def _service_urn(detection: Detection) -> str | None:
+    """The URN a call arrived as (``urn:service:sos.fire``), or ``None`` for a dial string."""
+    return detection.dialled if detection.kind == "urn" else None
+
+
+def _direct_routing_hops(
+    detection: Detection,
+    rule: DirectRoutingRule,
+    trunk: TrunkLike,
+    config: EmergencySettings,
+    *,
+    last_resort: bool,
+) -> list[EmergencyHop]:
+    """The gateways of the rule's trunk, in the trunk's order: the carrier gets the dial
+    string as digits, or the service URN the call arrived as."""
+    urn = _service_urn(detection)
+    return [
+        EmergencyHop(
+            route=f"direct-routing:{rule.trunk}",
+            trunk=rule.trunk,
+            host=gateway.host,
+            port=gateway.port,
+            transport=gateway.transport,
+            user=None if urn else detection.dialled,
+            request_uri=urn,
+            failover_codes=EMERGENCY_FAILOVER_CODES | frozenset(trunk.failover_codes),
+            provisional_timeout_s=min(trunk.provisional_timeout_s, config.provisional_timeout_s),
+            accepts_location=rule.accepts_location,
+            last_resort=last_resort,
+        )
+        for gateway in trunk.gateways
+    ]
+
+
+def _direct_offer_hops(
+    detection: Detection,
+    offer: DirectOfferService,
+    config: EmergencySettings,
+    *,
+    last_resort: bool,
+) -> list[EmergencyHop]:
+    """The direct-offer gateways, each sent a service URN."""
+    urn = _service_urn(detection)
+    if urn is not None:
+        request_uri = urn  # RFC 5031 section 4.2: keep the sub-service (sos.fire)
+    else:
+        request_uri = TEST_SERVICE_URN if detection.test else offer.request_uri
+    return [
+        EmergencyHop(
+            route=DIRECT_OFFER,
+            trunk=DIRECT_OFFER,
+            host=gateway.host,
+            port=gateway.port,
+            transport=gateway.transport,
+            user=None,
+            request_uri=request_uri,
+            failover_codes=EMERGENCY_FAILOVER_CODES,
+            provisional_timeout_s=config.provisional_timeout_s,
+            accepts_location=offer.accepts_location,
+            last_resort=last_resort,
+        )
+        for gateway in offer.gateways
+    ]
+
+
+def _no_route_warning(
+    detection: Detection, country: str | None, rule: DirectRoutingRule | None
+) -> str:
+    """The Warning text of the 503 answered when an emergency call has no hop at all."""
+    if rule is None:
+        why = "no direct-routing rule matches and direct offer is disabled"
+    else:
+        why = f"direct-routing rule {rule.name!r} has no usable trunk and direct offer is disabled"
+    return f"no emergency route for {_describe(detection, country)}: {why}"

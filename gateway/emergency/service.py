@@ -32,7 +32,6 @@ import structlog
 
 from gateway.config.dialplan import Dialplan, Location
 from gateway.emergency.callbacks import CallbackDecision, is_callback
-from gateway.emergency.config import CallbackPool, DirectOffer, DirectRoutingRule, EmergencyConfig
 from gateway.emergency.facts import AttemptFacts, CallFacts, HopFacts, OutcomeFacts
 from gateway.emergency.lockdown import agent_request_allowed, is_hold_offer
 from gateway.emergency.numbers import Detection
@@ -53,34 +52,9 @@ from gateway.sip.address import address_text
 from gateway.sip.message import Request
 from gateway.stores.ports import Binding, Reservation, ReservationStore
 
-__all__ = ["EmergencyCall", "EmergencyService", "config_from_dialplan"]
+__all__ = ["EmergencyCall", "EmergencyService"]
 
 log = structlog.get_logger("gateway.emergency")
-
-
-def config_from_dialplan(dialplan: Dialplan) -> EmergencyConfig:
-    """The policy's configuration from the dialplan's ``emergency`` section."""
-    section = dialplan.emergency
-    offer = section.direct_offer
-    return EmergencyConfig(
-        direct_routing=tuple(
-            DirectRoutingRule(
-                rule.name, rule.match, rule.trunk, rule.countries, rule.accepts_location
-            )
-            for rule in section.direct_routing
-        ),
-        direct_offer=None
-        if offer is None
-        else DirectOffer(
-            offer.enabled,
-            tuple((gw.host, gw.port, gw.transport) for gw in offer.gateways),
-            offer.request_uri,
-            offer.accepts_location,
-        ),
-        callback=CallbackPool(section.callback.dids, section.callback.window_s),
-        emergency_provisional_timeout_s=section.provisional_timeout_s,
-        dnd_on_test_calls=section.dnd_on_test_calls,
-    )
 
 
 @dataclass(slots=True)
@@ -128,7 +102,7 @@ class EmergencyService:
         desktop_location: Callable[[str], Location | None] | None = None,
     ):
         self.dialplan = dialplan
-        self.config = config_from_dialplan(dialplan)
+        self.config = dialplan.emergency
         self.store = reservations
         self.presence = presence
         self.publisher = publisher

@@ -160,13 +160,32 @@ def add_location_by_value(
     """
     if has_location(request):
         return
+    content_id = _content_id(boundary_random, cid_domain)
+    document = pidf_lo(location, entity, now_iso=now_iso, method=method, device_id=device_id)
+    # everything is computed before the request is touched: an error leaves it as it was
+    new_body, new_content_type, moved = _body_with_location(
+        request, _pidf_part(document, content_id), boundary_random
+    )
+    for name in moved:
+        request.remove(name)
+    request.set_body(new_body, new_content_type)
+    if request.get("geolocation-routing") is None:
+        request.add("Geolocation-Routing", "yes")
+    request.add("Geolocation", f"<cid:{content_id}>")
+
+
+def _content_id(boundary_random: str, cid_domain: str) -> str:
+    """``boundary_random@cid_domain`` (RFC 2392), once both are checked."""
     if not _RANDOM.fullmatch(boundary_random):
         raise ValueError(f"boundary_random {boundary_random!r} is not 1-56 token characters")
     if not _DOMAIN.fullmatch(cid_domain):
         raise ValueError(f"cid_domain {cid_domain!r} is not a host name or IPv4 address")
-    content_id = f"{boundary_random}@{cid_domain}"
-    document = pidf_lo(location, entity, now_iso=now_iso, method=method, device_id=device_id)
-    pidf_part = encode_part(
+    return f"{boundary_random}@{cid_domain}"
+
+
+def _pidf_part(document: bytes, content_id: str) -> bytes:
+    """The PIDF-LO as a body part, named by ``content_id`` (RFC 6442 section 3.1)."""
+    return encode_part(
         (
             ("Content-Type", PIDF_CONTENT_TYPE),
             ("Content-ID", f"<{content_id}>"),
@@ -175,37 +194,31 @@ def add_location_by_value(
         document,
     )
 
-    # everything is computed before the request is touched: an error leaves it as it was
+
+def _body_with_location(
+    request: Request, pidf_part: bytes, boundary_random: str
+) -> tuple[bytes, str, list[str]]:
+    """The request's new body and Content-Type with ``pidf_part`` added, and the headers
+    that described the old body and move into its part (to remove from the request)."""
     body, content_type = request.body, request.content_type
-    merged = None
     if (
         body
         and content_type is not None
         and parse_content_type(content_type)[0] == "multipart/mixed"
     ):
         merged = insert_before_close(body, content_type, pidf_part)
-    moved: list[str] = []
-    if merged is not None and content_type is not None:
-        new_body, new_content_type = merged, content_type
-    else:
-        parts: list[bytes] = []
-        if body:
-            part_headers = [] if content_type is None else [("Content-Type", content_type)]
-            for name, spelling in _BODY_HEADERS:
-                value = request.get(name)
-                if value is not None:
-                    part_headers.append((spelling, value))
-            parts.append(encode_part(part_headers, body))
-        parts.append(pidf_part)
-        boundary = unique_boundary(f"gw-{boundary_random}", parts)
-        new_body = build_multipart(parts, boundary)
-        new_content_type = f"multipart/mixed;boundary={boundary}"
-        # they described the old body (now a part, or nothing): not the multipart
-        moved = [name for name, _ in _BODY_HEADERS if request.get(name) is not None]
-
-    for name in moved:
-        request.remove(name)
-    request.set_body(new_body, new_content_type)
-    if request.get("geolocation-routing") is None:
-        request.add("Geolocation-Routing", "yes")
-    request.add("Geolocation", f"<cid:{content_id}>")
+        if merged is not None:
+            return merged, content_type, []
+    parts: list[bytes] = []
+    if body:
+        part_headers = [] if content_type is None else [("Content-Type", content_type)]
+        for name, spelling in _BODY_HEADERS:
+            value = request.get(name)
+            if value is not None:
+                part_headers.append((spelling, value))
+        parts.append(encode_part(part_headers, body))
+    parts.append(pidf_part)
+    boundary = unique_boundary(f"gw-{boundary_random}", parts)
+    # they described the old body (now a part, or nothing): not the multipart
+    moved = [name for name, _ in _BODY_HEADERS if request.get(name) is not None]
+    return build_multipart(parts, boundary), f"multipart/mixed;boundary={boundary}", moved

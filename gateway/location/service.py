@@ -11,10 +11,10 @@ the call's path waits for the store or the broker.
 Commands (``<prefix>/agents/<agent>/location/set``) arrive through
 :meth:`command`: checked by :func:`~gateway.location.desktop.check_location_command`;
 a refused one is logged and answered on ``.../location/ack`` with the reason, and changes
-nothing. An accepted one is in use at once, then written by the one writer task (in
-order); once written, the ack (``accepted: true``) and the new retained state on
-``<prefix>/agents/<agent>/location`` are published: an accepted ack means the location
-survives a restart.
+nothing. An accepted one is in use at once, then written by the one writer task (a
+:class:`~gateway.tasks.WriteBehind`, in order); once written, the ack
+(``accepted: true``) and the new retained state on ``<prefix>/agents/<agent>/location`` are
+published: an accepted ack means the location survives a restart.
 
 The retained state (``agent-location.v1.json``) says which address an emergency call by
 the agent carries now (``desktop``, ``network_map``, ``static`` or ``none``; a phone's own
@@ -48,6 +48,7 @@ from gateway.location.desktop import (
     check_location_command,
 )
 from gateway.stores.ports import ConfirmedLocation, LocationStore
+from gateway.tasks import WriteBehind
 
 __all__ = ["AgentLocations", "describe_location"]
 
@@ -87,6 +88,10 @@ class _Write:
     request_id: str | None
 
 
+def _write_failed(write: _Write) -> None:
+    log.exception("location_write_failed", agent=write.agent)
+
+
 class AgentLocations:
     """Desktop-confirmed locations, registration addresses, and the agent location topic."""
 
@@ -108,14 +113,19 @@ class AgentLocations:
         self.registered_from: dict[str, str] = {}
         self._published: dict[str, dict[str, Any]] = {}
         self._warned: dict[str, str | None] = {}
-        self._writes: asyncio.Queue[_Write] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._writes: WriteBehind[_Write] = WriteBehind(
+            "location-writer", self._write, _write_failed
+        )
+        self._started = False
 
     # -- lifetime ------------------------------------------------------------------------------
 
-    async def start(self, registered_from: Mapping[str, str]) -> None:
+    async def start(
+        self, registered_from: Mapping[str, str], group: asyncio.TaskGroup | None = None
+    ) -> None:
         """Load the confirmed locations, take the restored registrations' sources
-        (agent -> ``transport:host:port``), publish every agent's state, start the writer."""
+        (agent -> ``transport:host:port``), publish every agent's state, start the writer
+        (in ``group`` when given)."""
         for record in await self.store.all():
             if record.agent_id not in self.dialplan.agents:
                 continue
@@ -131,16 +141,13 @@ class AgentLocations:
         log.info("agent_locations_loaded", confirmed=len(self.confirmed))
         for agent in self.dialplan.agents:
             self._publish_state(agent)
-        self._writer = asyncio.create_task(self._write_loop(), name="location-writer")
+        self._writes.start(group)
+        self._started = True
 
     async def close(self) -> None:
-        """Finish the pending writes, stop the writer."""
-        if self._writer is None:
-            return
-        await self._writes.join()
-        self._writer.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)
-        self._writer = None
+        """Finish the pending writes, stop the writer and await it."""
+        await self._writes.close()
+        self._started = False
 
     # -- what the emergency leg reads ----------------------------------------------------------
 
@@ -173,7 +180,7 @@ class AgentLocations:
         if self.registered_from.get(agent) == host:
             return
         self.registered_from[agent] = host
-        if self._writer is not None:  # before start, start() publishes everything
+        if self._started:  # before start, start() publishes everything
             self._publish_state(agent)
 
     def command(self, agent: str, payload: dict[str, Any] | str) -> None:
@@ -184,7 +191,7 @@ class AgentLocations:
             command = check_location_command(payload)
         if agent not in self.dialplan.agents:
             command = RefusedCommand(f"no agent {agent!r} in the dialplan", command.request_id)
-        elif self._writer is None:
+        elif not self._started:
             command = RefusedCommand("the gateway is starting: send it again", command.request_id)
         if isinstance(command, RefusedCommand):
             log.warning(
@@ -207,26 +214,24 @@ class AgentLocations:
         else:
             self.confirmed.pop(agent, None)
             log.info("location_withdrawn", agent=agent)
-        self._writes.put_nowait(_Write(agent, record, command.request_id))
+        self._writes.put(_Write(agent, record, command.request_id))
 
     # -- output --------------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        while True:
-            write = await self._writes.get()
-            reason: str | None = None
-            try:
-                if write.record is not None:
-                    await self.store.put(write.record)
-                else:
-                    await self.store.remove(write.agent)
-            except Exception as exc:
-                log.exception("location_store_failed", agent=write.agent)
-                reason = f"in use, but not stored ({exc}): it will be lost on a restart"
-            finally:
-                self._writes.task_done()
-            self._ack(write.agent, write.request_id, reason, accepted=True)
-            self._publish_state(write.agent)
+    async def _write(self, write: _Write) -> None:
+        """Store one accepted command, then acknowledge it and publish the new state; a
+        store failure is answered too (the location is in use, but not stored)."""
+        reason: str | None = None
+        try:
+            if write.record is not None:
+                await self.store.put(write.record)
+            else:
+                await self.store.remove(write.agent)
+        except Exception as exc:
+            log.exception("location_store_failed", agent=write.agent)
+            reason = f"in use, but not stored ({exc}): it will be lost on a restart"
+        self._ack(write.agent, write.request_id, reason, accepted=True)
+        self._publish_state(write.agent)
 
     def _ack(
         self, agent: str, request_id: str | None, reason: str | None, *, accepted: bool = False

@@ -7,10 +7,10 @@ from gateway.registrar.digest import (
     DigestParseError,
     NonceManager,
     challenge,
-    make_authorization,
     parse_authorization,
     verify,
 )
+from gateway.registrar.digest_client import make_authorization
 from gateway.registrar.registrar import BindingView, RegisterOutcome, Registrar
 
 __all__ = [

@@ -31,8 +31,9 @@ Algorithms: MD5 and SHA-256 with their ``-sess`` variants (RFC 7616 section 3.4.
 values (``H(username:realm:password)``) are stored, never passwords. qop ``auth`` only;
 ``auth-int``, ``userhash`` and ``username*`` are refused (not offered either).
 
-Client side: :func:`make_authorization` and :func:`authorization_for_challenge` build the
-header value a UAC sends (our tests, and later UAC authentication towards trunks).
+Client side (:mod:`gateway.registrar.digest_client`): :func:`make_authorization` and
+:func:`authorization_for_challenge` build the header value a UAC sends (our tests, and later
+UAC authentication towards trunks).
 
 Time (``now``, seconds) and randomness are injected; nothing here reads a clock.
 """
@@ -56,13 +57,13 @@ __all__ = [
     "DigestParseError",
     "NonceManager",
     "NonceState",
-    "authorization_for_challenge",
+    "canonical_algorithm",
     "challenge",
     "compute_ha1",
     "compute_response",
-    "make_authorization",
     "parse_authorization",
     "parse_challenge",
+    "quote_param",
     "verify",
 ]
 
@@ -84,7 +85,7 @@ def _h(hash_name: str, text: str) -> str:
     return hashlib.new(hash_name, text.encode("utf-8")).hexdigest()
 
 
-def _canonical_algorithm(name: str) -> str | None:
+def canonical_algorithm(name: str) -> str | None:
     return _BY_LOWER.get(name.lower())
 
 
@@ -98,7 +99,7 @@ def compute_ha1(algorithm: str, username: str, realm: str, password: str) -> str
     ``algorithm`` is ``"MD5"`` or ``"SHA-256"`` (a ``-sess`` suffix is ignored: the session
     key is derived from this value per request).
     """
-    canonical = _canonical_algorithm(algorithm)
+    canonical = canonical_algorithm(algorithm)
     if canonical is None:
         raise ValueError(f"unsupported digest algorithm {algorithm!r}")
     return _h(_ALGORITHMS[canonical][0], f"{username}:{realm}:{password}")
@@ -121,7 +122,7 @@ def compute_response(
     2069 compatibility): ``KD(HA1, nonce:H(method:uri))``. For ``-sess`` algorithms HA1 is
     first replaced by ``H(HA1:nonce:cnonce)``. ``nc`` is the 8-hex-digit text as sent.
     """
-    canonical = _canonical_algorithm(algorithm)
+    canonical = canonical_algorithm(algorithm)
     if canonical is None:
         raise ValueError(f"unsupported digest algorithm {algorithm!r}")
     hash_name, session = _ALGORITHMS[canonical]
@@ -159,7 +160,7 @@ class Credentials:
 
     def ha1(self, algorithm: str) -> str | None:
         """The stored HA1 serving ``algorithm`` (``MD5``, ``SHA-256`` or a ``-sess`` one)."""
-        canonical = _canonical_algorithm(algorithm)
+        canonical = canonical_algorithm(algorithm)
         if canonical is None:
             return None
         value = self.ha1_md5 if _ALGORITHMS[canonical][0] == "md5" else self.ha1_sha256
@@ -295,7 +296,7 @@ class DigestParseError(ValueError):
     """An Authorization/Proxy-Authorization (or challenge) value that is not valid Digest."""
 
 
-def _quote(value: str) -> str:
+def quote_param(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -315,7 +316,7 @@ def challenge(
     """
     names: list[str] = []
     for algorithm in algorithms:
-        canonical = _canonical_algorithm(algorithm)
+        canonical = canonical_algorithm(algorithm)
         if canonical is None:
             raise ValueError(f"unsupported digest algorithm {algorithm!r}")
         if canonical not in names:
@@ -325,7 +326,7 @@ def challenge(
     nonce = nonce_manager.make(now)
     tail = ", stale=true" if stale else ""
     return [
-        f'Digest realm={_quote(realm)}, nonce="{nonce}", algorithm={name}, qop="auth"{tail}'
+        f'Digest realm={quote_param(realm)}, nonce="{nonce}", algorithm={name}, qop="auth"{tail}'
         for name in names
     ]
 
@@ -456,40 +457,13 @@ def verify(
     but not compared with the Request-URI, which a proxy in front may have rewritten.
     """
     try:
-        params = parse_authorization(authorization_value)
+        fields = _digest_fields(parse_authorization(authorization_value), realm)
     except DigestParseError as exc:
         return _fail(None, f"malformed credentials: {exc}")
-    username = params.get("username")
-    if not username:
-        return _fail(None, "no username (username* and userhash are not supported)")
-    if params.get("userhash", "false").lower() != "false":
-        return _fail(username, "userhash is not supported")
-    if params.get("realm") != realm:
-        return _fail(username, f"realm {params.get('realm')!r} is not ours")
-    uri = params.get("uri")
-    nonce = params.get("nonce")
-    response = params.get("response")
-    if not uri:
-        return _fail(username, "no uri")
-    if not nonce:
-        return _fail(username, "no nonce")
-    if not response:
-        return _fail(username, "no response")
-    algorithm = _canonical_algorithm(params.get("algorithm", "MD5"))
-    if algorithm is None:
-        return _fail(username, f"unsupported algorithm {params.get('algorithm')!r}")
-    qop = params.get("qop")
-    if qop is None:
-        return _fail(username, "no qop (every challenge offers qop=auth)")
-    if qop.lower() != "auth":
-        return _fail(username, f"unsupported qop {qop!r}")
-    cnonce = params.get("cnonce")
-    nc_text = params.get("nc")
-    if not cnonce:
-        return _fail(username, "qop=auth without cnonce")
-    if nc_text is None or len(nc_text) != 8 or not _HEX.issuperset(nc_text):
-        return _fail(username, f"bad nonce-count {nc_text!r}")
-    nonce_state = nonce_manager.check(nonce, now)
+    if isinstance(fields, AuthResult):
+        return fields
+    username, algorithm, nc_text = fields.username, fields.algorithm, fields.nc
+    nonce_state = nonce_manager.check(fields.nonce, now)
     if nonce_state == "invalid":
         return _fail(username, "nonce not issued by us")
     credentials = credentials_lookup(username, realm)
@@ -498,13 +472,13 @@ def verify(
         algorithm=algorithm,
         ha1=ha1 if ha1 is not None else "0" * 64,  # same work for unknown users
         method=request_method,
-        uri=uri,
-        nonce=nonce,
+        uri=fields.uri,
+        nonce=fields.nonce,
         nc=nc_text,
-        cnonce=cnonce,
-        qop=qop,
+        cnonce=fields.cnonce,
+        qop=fields.qop,
     )
-    matches = hmac.compare_digest(expected.encode(), response.lower().encode("utf-8"))
+    matches = hmac.compare_digest(expected.encode(), fields.response.lower().encode("utf-8"))
     if credentials is None:
         return _fail(username, "unknown user")
     if ha1 is None:
@@ -513,105 +487,53 @@ def verify(
         return _fail(username, f"wrong {algorithm} response (bad password?)")
     if nonce_state == "stale":
         return _fail(username, "nonce is stale", stale=True)
-    if not nonce_manager.accept_nc(nonce, int(nc_text, 16)):
+    if not nonce_manager.accept_nc(fields.nonce, int(nc_text, 16)):
         return _fail(username, f"nonce-count {nc_text} replayed", stale=True)
     return AuthResult(True, username, False, f"authenticated with {algorithm}")
 
 
-# --------------------------------------------------------------------------------------------
-# Client side
+@dataclass(frozen=True, slots=True)
+class _DigestFields:
+    """The parameters of a Digest response that passed the syntax checks of :func:`verify`."""
+
+    username: str
+    uri: str
+    nonce: str
+    response: str
+    algorithm: str
+    qop: str
+    cnonce: str
+    nc: str
 
 
-def make_authorization(
-    *,
-    method: str,
-    uri: str,
-    username: str,
-    realm: str,
-    nonce: str,
-    cnonce: str,
-    password: str | None = None,
-    ha1: str | None = None,
-    nc: int = 1,
-    algorithm: str = "SHA-256",
-    qop: str | None = "auth",
-    opaque: str | None = None,
-) -> str:
-    """The ``Authorization``/``Proxy-Authorization`` value a UAC sends (RFC 3261 22.2, 22.3).
-
-    Give ``password`` or a precomputed ``ha1`` (of the algorithm's hash function).
-    ``qop=None`` builds the RFC 2069 form (for a challenge without qop).
-    """
-    canonical = _canonical_algorithm(algorithm)
-    if canonical is None:
-        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
-    if ha1 is None:
-        if password is None:
-            raise ValueError("make_authorization needs password or ha1")
-        ha1 = compute_ha1(canonical, username, realm, password)
-    nc_text = f"{nc:08x}"
-    response = compute_response(
-        algorithm=canonical,
-        ha1=ha1,
-        method=method,
-        uri=uri,
-        nonce=nonce,
-        nc=nc_text if qop else None,
-        cnonce=cnonce if qop else None,
-        qop=qop,
-    )
-    parts = [
-        f"username={_quote(username)}",
-        f"realm={_quote(realm)}",
-        f"nonce={_quote(nonce)}",
-        f"uri={_quote(uri)}",
-        f'response="{response}"',
-        f"algorithm={canonical}",
-    ]
-    if qop:
-        parts += [f"cnonce={_quote(cnonce)}", f"qop={qop}", f"nc={nc_text}"]
-    if opaque is not None:
-        parts.append(f"opaque={_quote(opaque)}")
-    return "Digest " + ", ".join(parts)
-
-
-def authorization_for_challenge(
-    challenge_value: str,
-    *,
-    method: str,
-    uri: str,
-    username: str,
-    password: str,
-    cnonce: str,
-    nc: int = 1,
-) -> str:
-    """Answer one ``WWW-Authenticate``/``Proxy-Authenticate`` value (UAC side).
-
-    Uses the challenge's realm, nonce, opaque and algorithm (MD5 when absent), and
-    ``qop=auth`` when offered. Raises :class:`DigestParseError` for a malformed challenge
-    and ValueError for an algorithm or qop we cannot answer.
-    """
-    params = parse_challenge(challenge_value)
-    realm = params.get("realm")
-    nonce = params.get("nonce")
-    if realm is None or nonce is None:
-        raise DigestParseError("challenge without realm or nonce")
-    qop: str | None = None
-    if "qop" in params:
-        offered = {item.strip().lower() for item in params["qop"].split(",")}
-        if "auth" not in offered:
-            raise ValueError(f"cannot answer qop {params['qop']!r}")
-        qop = "auth"
-    return make_authorization(
-        method=method,
-        uri=uri,
-        username=username,
-        realm=realm,
-        nonce=nonce,
-        cnonce=cnonce,
-        password=password,
-        nc=nc,
-        algorithm=params.get("algorithm", "MD5"),
-        qop=qop,
-        opaque=params.get("opaque"),
-    )
+def _digest_fields(params: dict[str, str], realm: str) -> _DigestFields | AuthResult:
+    """The checked parameters, or the failure of the first check that fails, in the order
+    :func:`verify` documents (syntax, realm, presence, algorithm, qop, cnonce, nc)."""
+    username = params.get("username")
+    if not username:
+        return _fail(None, "no username (username* and userhash are not supported)")
+    if params.get("userhash", "false").lower() != "false":
+        return _fail(username, "userhash is not supported")
+    if params.get("realm") != realm:
+        return _fail(username, f"realm {params.get('realm')!r} is not ours")
+    uri, nonce, response = params.get("uri"), params.get("nonce"), params.get("response")
+    if not uri:
+        return _fail(username, "no uri")
+    if not nonce:
+        return _fail(username, "no nonce")
+    if not response:
+        return _fail(username, "no response")
+    algorithm = canonical_algorithm(params.get("algorithm", "MD5"))
+    if algorithm is None:
+        return _fail(username, f"unsupported algorithm {params.get('algorithm')!r}")
+    qop = params.get("qop")
+    if qop is None:
+        return _fail(username, "no qop (every challenge offers qop=auth)")
+    if qop.lower() != "auth":
+        return _fail(username, f"unsupported qop {qop!r}")
+    cnonce, nc_text = params.get("cnonce"), params.get("nc")
+    if not cnonce:
+        return _fail(username, "qop=auth without cnonce")
+    if nc_text is None or len(nc_text) != 8 or not _HEX.issuperset(nc_text):
+        return _fail(username, f"bad nonce-count {nc_text!r}")
+    return _DigestFields(username, uri, nonce, response, algorithm, qop, cnonce, nc_text)

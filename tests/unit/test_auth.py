@@ -14,15 +14,14 @@ from gateway.registrar.digest import (
     DigestParseError,
     NonceManager,
     NonceState,
-    authorization_for_challenge,
     challenge,
     compute_ha1,
     compute_response,
-    make_authorization,
     parse_authorization,
     parse_challenge,
     verify,
 )
+from gateway.registrar.digest_client import authorization_for_challenge, make_authorization
 
 NOW = 1_700_000_000.0
 SECRET = bytes(range(32))

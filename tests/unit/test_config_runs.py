@@ -19,7 +19,6 @@ import pytest
 from gateway.config import DialplanError, load_dialplan_text
 from gateway.config.countries import ISO_3166_ALPHA_2
 from gateway.config.settings import SettingsError, load_settings
-from gateway.emergency.service import config_from_dialplan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,9 +70,9 @@ def problems(**changes: str) -> list[str]:
 
 def test_the_template_loads_and_builds_the_emergency_policy() -> None:
     dialplan = load_dialplan_text(string.Template(TEMPLATE).substitute(GOOD), "d.yaml")
-    # what `gateway run` builds next: this is where countries: [USA] used to crash
-    config = config_from_dialplan(dialplan)
-    assert config.direct_routing[0].countries == ("US", "CA")
+    # the policy reads this very section: this is where countries: [USA] used to crash
+    rule = dialplan.emergency.direct_routing[0]
+    assert rule.countries == ("US", "CA") and rule.matches("911", "sos")
 
 
 @pytest.mark.parametrize(
@@ -228,7 +227,7 @@ def test_direct_offer_request_uri_must_parse() -> None:
 
 
 def test_duplicate_direct_routing_names_are_refused_not_a_crash() -> None:
-    # EmergencyConfig raised ValueError on these at run time
+    # the policy's own config type used to raise ValueError on these at run time
     assert (
         "d.yaml:10: emergency.direct_routing[1].name: duplicate rule name 'sbc-911' "
         "(also emergency.direct_routing[0])"

@@ -222,6 +222,45 @@ def test_unknown_trunk_reported_even_when_the_rule_has_other_errors() -> None:
     ]
 
 
+def test_unknown_trunk_reported_even_when_a_trunk_is_invalid() -> None:
+    text = (
+        "version: 1\n"
+        "listen: [{ transport: udp, host: 127.0.0.1 }]\n"
+        "trunks: { carrier: { gateways: [{ host: 127.0.0.1, port: 0 }] } }\n"
+        "outbound:\n"
+        "  - { name: r, match: '.*', trunk: carier }\n"
+    )
+    with pytest.raises(DialplanError) as caught:
+        load_dialplan_text(text, "x.yaml")
+    assert [str(problem) for problem in caught.value.problems] == [
+        "x.yaml:3: trunks.carrier.gateways[0].port: Input should be greater than or equal to "
+        "1, got 0",
+        "x.yaml:5: outbound[0].trunk: unknown trunk 'carier' (known: carrier)",
+    ]
+
+
+def test_the_model_itself_reports_every_unknown_trunk() -> None:
+    # the check lives in Dialplan (one place), not in the loader: a dialplan built in
+    # Python gets the same errors, with the same locations
+    with pytest.raises(ValidationError) as caught:
+        Dialplan.model_validate(
+            {
+                "version": 1,
+                "listen": [{"transport": "udp", "host": "127.0.0.1"}],
+                "trunks": {"t": {"gateways": [{"host": "127.0.0.1"}]}},
+                "outbound": [
+                    {"name": "bad", "match": "((", "trunk": "x"},
+                    {"name": "ok", "match": ".*", "trunk": "y"},
+                ],
+            }
+        )
+    assert [(error["loc"], error["type"]) for error in caught.value.errors()] == [
+        (("outbound", 0, "match"), "regex"),
+        (("outbound", 0, "trunk"), "unknown_trunk"),
+        (("outbound", 1, "trunk"), "unknown_trunk"),
+    ]
+
+
 def test_regex_must_compile_and_error_shows_why() -> None:
     assert problems_of("bad-regex.yaml") == [
         "9: outbound[0].match: invalid regular expression '^9(\\d+$': "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from gateway.config import load_dialplan_text
 from gateway.emergency.dialplan_lint import LintWarning, candidate_strings, lint_dialplan
-from gateway.emergency.service import config_from_dialplan
 
 HEAD = """\
 version: 1
@@ -17,7 +16,7 @@ trunks:
 
 def lint(body: str) -> list[LintWarning]:
     dialplan = load_dialplan_text(HEAD + body, "d.yaml")
-    return lint_dialplan(dialplan, config_from_dialplan(dialplan))
+    return lint_dialplan(dialplan, dialplan.emergency)
 
 
 def test_candidates_cover_bare_strings_and_common_prefixes() -> None:

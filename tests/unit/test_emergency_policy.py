@@ -7,19 +7,21 @@ import inspect
 
 import pytest
 
-from gateway.config.dialplan import Agent, Dialplan, Location
+from gateway.config.dialplan import (
+    Agent,
+    CallbackPoolConfig,
+    Dialplan,
+    DirectOfferService,
+    DirectRoutingRule,
+    EmergencySettings,
+    GatewayAddress,
+    Location,
+)
 from gateway.config.loader import load_dialplan_text
 from gateway.emergency.callbacks import (
     is_callback,
     priority_headers_allowed,
     strip_untrusted_priority,
-)
-from gateway.emergency.config import (
-    DIRECT_OFFER,
-    CallbackPool,
-    DirectOffer,
-    DirectRoutingRule,
-    EmergencyConfig,
 )
 from gateway.emergency.lockdown import Verdict, agent_request_allowed, is_hold_offer
 from gateway.emergency.numbers import (
@@ -32,6 +34,7 @@ from gateway.emergency.numbers import (
 )
 from gateway.emergency.prerequisites import check_agent, check_config
 from gateway.emergency.routing import (
+    DIRECT_OFFER,
     EMERGENCY_FAILOVER_CODES,
     RoutePlan,
     choose_route,
@@ -259,26 +262,33 @@ agents:
 DIALPLAN: Dialplan = load_dialplan_text(TRUNKS_DIALPLAN)
 TRUNKS = DIALPLAN.trunks
 
-US_RULE = DirectRoutingRule("us-911", r"^9[13]{2}$", "us-sbc", countries=("US", "CA"))
-UK_RULE = DirectRoutingRule(
-    "uk", r"^(999|112)$", "uk-sbc", countries=("GB",), accepts_location=True
+
+def rule(name: str, match: str, trunk: str, **more: object) -> DirectRoutingRule:
+    return DirectRoutingRule.model_validate({"name": name, "match": match, "trunk": trunk, **more})
+
+
+US_RULE = rule("us-911", r"^9[13]{2}$", "us-sbc", countries=("US", "CA"))
+UK_RULE = rule("uk", r"^(999|112)$", "uk-sbc", countries=("GB",), accepts_location=True)
+OFFER = DirectOfferService(
+    enabled=True,
+    gateways=(
+        GatewayAddress(host="es.example.net", port=5061, transport="tcp"),
+        GatewayAddress(host="es2.example.net", port=5060, transport="udp"),
+    ),
 )
-OFFER = DirectOffer(
-    enabled=True, gateways=(("es.example.net", 5061, "tls"), ("es2.example.net", 5060, "udp"))
-)
-POOL = CallbackPool(dids=("+15555550900", "+15555550901"))
+POOL = CallbackPoolConfig(dids=("+15555550900", "+15555550901"))
 
 
 def config(
     rules: tuple[DirectRoutingRule, ...] = (US_RULE, UK_RULE),
-    offer: DirectOffer | None = OFFER,
+    offer: DirectOfferService | None = OFFER,
     timeout: float = 3.0,
-) -> EmergencyConfig:
-    return EmergencyConfig(
+) -> EmergencySettings:
+    return EmergencySettings(
         direct_routing=rules,
         direct_offer=offer,
         callback=POOL,
-        emergency_provisional_timeout_s=timeout,
+        provisional_timeout_s=timeout,
     )
 
 
@@ -298,7 +308,7 @@ def test_rule_matches_sbc_gateways_first_then_direct_offer() -> None:
     assert _route(plan) == [
         ("direct-routing:us-sbc", "192.0.2.1", 5060, "udp"),
         ("direct-routing:us-sbc", "192.0.2.2", 5070, "tcp"),
-        ("direct-offer", "es.example.net", 5061, "tls"),
+        ("direct-offer", "es.example.net", 5061, "tcp"),
         ("direct-offer", "es2.example.net", 5060, "udp"),
     ]
     sbc, _, offer, _ = plan.hops
@@ -345,8 +355,8 @@ def test_unknown_country_gets_the_best_path_whatever_the_rule_countries() -> Non
 def test_no_rule_and_no_direct_offer_is_an_empty_plan_with_a_warning() -> None:
     for offer in (
         None,
-        dataclasses.replace(OFFER, enabled=False),
-        dataclasses.replace(OFFER, gateways=()),
+        OFFER.model_copy(update={"enabled": False}),
+        OFFER.model_copy(update={"gateways": ()}),
     ):
         plan = choose_route(_detect("sip:112@gw", "DK"), "DK", config(offer=offer), TRUNKS)
         assert plan.empty and plan.hops == ()
@@ -362,7 +372,7 @@ def test_direct_offer_disabled_rule_matches_sbc_only() -> None:
 
 
 def test_rule_naming_an_unknown_trunk_falls_back_to_direct_offer() -> None:
-    rules = (DirectRoutingRule("typo", "^911$", "us-sbx"),)
+    rules = (rule("typo", "^911$", "us-sbx"),)
     plan = choose_route(_detect("sip:911@gw", "US"), "US", config(rules=rules), TRUNKS)
     assert plan.rule == "typo"
     assert [hop.route for hop in plan.hops] == [DIRECT_OFFER, DIRECT_OFFER]
@@ -405,7 +415,7 @@ def test_service_urns_keep_their_sub_service_on_direct_offer() -> None:
 
 
 def test_a_sos_rule_takes_urns_and_real_dial_strings_but_not_test_calls() -> None:
-    sos_rule = DirectRoutingRule("all-sos", "^sos", "us-sbc")
+    sos_rule = rule("all-sos", "^sos", "us-sbc")
     cfg = config(rules=(sos_rule,))
     urn_plan = choose_route(_detect("urn:service:sos.police", "US"), "US", cfg, TRUNKS)
     assert urn_plan.rule == "all-sos"
@@ -428,17 +438,22 @@ def test_route_choice_has_no_input_that_could_refuse_a_call() -> None:
 
 
 def test_config_validation() -> None:
+    # one type from file to policy: the dialplan's models refuse what the policy cannot run
     with pytest.raises(ValueError, match="invalid regular expression"):
-        DirectRoutingRule("bad", "^(911", "us-sbc")
+        rule("bad", "^(911", "us-sbc")
     with pytest.raises(ValueError, match="ISO 3166"):
-        DirectRoutingRule("bad", "^911$", "us-sbc", countries=("us",))
-    with pytest.raises(ValueError, match="duplicate"):
-        config(rules=(US_RULE, US_RULE))
+        rule("bad", "^911$", "us-sbc", countries=("us",))
+    with pytest.raises(ValueError, match="duplicate rule name 'us-911'"):
+        DIALPLAN.model_validate(
+            {**DIALPLAN.model_dump(), "emergency": {"direct_routing": [US_RULE, US_RULE]}}
+        )
     with pytest.raises(ValueError, match="transport"):
-        DirectOffer(enabled=True, gateways=(("es", 5060, "sctp"),))
-    with pytest.raises(ValueError, match="positive"):
-        CallbackPool(dids=(), window_s=0)
-    with pytest.raises(ValueError, match="positive"):
+        DirectOfferService.model_validate({"gateways": [{"host": "es", "transport": "sctp"}]})
+    with pytest.raises(ValueError, match="TLS is not supported"):
+        DirectOfferService.model_validate({"gateways": [{"host": "es", "transport": "tls"}]})
+    with pytest.raises(ValueError, match="greater than 0"):
+        CallbackPoolConfig(dids=(), window_s=0)
+    with pytest.raises(ValueError, match="greater than 0"):
         config(timeout=0)
 
 
@@ -722,7 +737,7 @@ def test_unsupported_country_and_undispatchable_location() -> None:
 def test_no_path_for_the_agents_country() -> None:
     gb = _agent(location=FULL_LOCATION.model_copy(update={"country": "GB"}))
     # only 999 covered, no direct offer: 112 has no path
-    rules = (DirectRoutingRule("uk-999", "^999$", "uk-sbc", countries=("GB",)),)
+    rules = (rule("uk-999", "^999$", "uk-sbc", countries=("GB",)),)
     problems = check_agent(
         "gina", gb, config(rules=rules, offer=None), DIALPLAN, mail_configured=True
     )
@@ -733,7 +748,7 @@ def test_no_path_for_the_agents_country() -> None:
     # direct offer covers every country
     assert check_agent("gina", gb, config(rules=rules), DIALPLAN, mail_configured=True) == []
     # a rule naming an unknown trunk is no path
-    typo = (DirectRoutingRule("uk", "^(999|112)$", "uk-sbx"),)
+    typo = (rule("uk", "^(999|112)$", "uk-sbx"),)
     problems = check_agent(
         "gina", gb, config(rules=typo, offer=None), DIALPLAN, mail_configured=True
     )
@@ -741,7 +756,7 @@ def test_no_path_for_the_agents_country() -> None:
 
 
 def test_test_numbers_need_no_path_and_contacts_need_mail_only_when_present() -> None:
-    rules = (DirectRoutingRule("us", "^911$", "us-sbc"),)  # 933 not covered
+    rules = (rule("us", "^911$", "us-sbc"),)  # 933 not covered
     agent = _agent(emergency_contacts="")
     assert (
         check_agent("al", agent, config(rules=rules, offer=None), DIALPLAN, mail_configured=False)
@@ -751,10 +766,11 @@ def test_test_numbers_need_no_path_and_contacts_need_mail_only_when_present() ->
 
 def test_check_config() -> None:
     assert check_config(config(), DIALPLAN) == []
-    bad = EmergencyConfig(
-        direct_routing=(DirectRoutingRule("typo", "^911$", "nowhere"),),
-        direct_offer=DirectOffer(enabled=True, gateways=()),
-        callback=CallbackPool(dids=()),
+    # a Dialplan refuses the first two; check_config still reports them if handed them
+    bad = EmergencySettings(
+        direct_routing=(rule("typo", "^911$", "nowhere"),),
+        direct_offer=OFFER.model_copy(update={"gateways": ()}),
+        callback=CallbackPoolConfig(dids=()),
     )
     assert check_config(bad, DIALPLAN) == [
         "emergency direct_routing rule 'typo' names trunk 'nowhere', which is not defined "

@@ -160,9 +160,7 @@ async def test_commands_are_stored_then_acknowledged_and_published() -> None:
         locations.command("alice", {"id": "r1", "location": civic})
         assert locations.desktop("alice") == HOME  # in use at once
         assert publisher.on("agents/alice/location/ack") == []  # acked once stored
-        await asyncio.sleep(0)
-        await locations._writes.join()
-        await asyncio.sleep(0)
+        await locations._writes.drain()
         ack = publisher.on("agents/alice/location/ack")[-1]
         assert (ack["id"], ack["accepted"], ack["reason"]) == ("r1", True, None)
         assert [r.civic for r in await store.all()] == [civic]
@@ -170,6 +168,28 @@ async def test_commands_are_stored_then_acknowledged_and_published() -> None:
         assert (state["source"], state["warning"]) == ("desktop", None)
     finally:
         await locations.close()
+
+
+class _BrokenStore(MemoryLocationStore):
+    async def put(self, record: Any) -> None:
+        raise OSError("disk full")
+
+
+async def test_a_store_failure_is_acknowledged_in_use_but_not_stored() -> None:
+    publisher = Recording()
+    locations = AgentLocations(DIALPLAN, _BrokenStore(), publisher, Topics("t", "gw1"))
+    await locations.start({})
+    civic = {"street": "Elm St", "city": "Shelbyville", "country": "US"}
+    locations.command("alice", {"id": "r9", "location": civic})
+    locations.command("alice", {"id": "r10", "location": None})  # the writer goes on
+    await locations.close()  # drains the writes, then stops and awaits the writer task
+    acks = publisher.on("agents/alice/location/ack")
+    assert [(a["id"], a["accepted"]) for a in acks] == [("r9", True), ("r10", True)]
+    assert "not stored (disk full)" in acks[0]["reason"] and acks[1]["reason"] is None
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "location-writer"]
+    locations.command("alice", {"id": "r11", "location": civic})  # closed: refused, not queued
+    refused = publisher.on("agents/alice/location/ack")[-1]
+    assert (refused["id"], refused["accepted"]) == ("r11", False)
 
 
 async def test_refusals_change_nothing_and_say_why() -> None:

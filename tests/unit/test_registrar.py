@@ -16,10 +16,10 @@ from gateway.registrar.digest import (
     AuthResult,
     Credentials,
     NonceManager,
-    authorization_for_challenge,
     compute_ha1,
     parse_challenge,
 )
+from gateway.registrar.digest_client import authorization_for_challenge
 from gateway.registrar.registrar import BindingView, RegisterOutcome, Registrar
 from gateway.registrar.service import RegistrarService
 from gateway.sip.message import Request, Response, parse_message
