@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from gateway.sip.address import Address, IdGenerator, address_text
 from gateway.sip.transaction import TimerConfig, TransactionLayer
 from gateway.stores import Stores, open_stores
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
+from gateway.transport.tls import server_context, tls_peers_from
 
 __all__ = ["Gateway", "NullPublisher", "run_gateway"]
 
@@ -91,6 +93,10 @@ class Gateway:
                 [ListenSpec(a.transport, a.host, a.port) for a in dialplan.listen],
                 max_message_bytes=dialplan.sip.max_message_bytes,
                 loop=loop,
+                tls_server=_tls_server(dialplan, settings),
+                tls_peers=tls_peers_from(dialplan, settings),
+                keepalive_interval=settings.tls_keepalive_s,
+                resolve_timeout=settings.dns_timeout_s,
             )
             locations = AgentLocations(dialplan, stores.locations, publisher, topics)
             desktop.deliver_locations(locations)
@@ -215,6 +221,17 @@ def _start_gc_pacer(stack: contextlib.AsyncExitStack, settings: Settings) -> Non
         pacer = GcPacer(full_interval=settings.gc_full_interval_s)
         pacer.start()
         stack.push_async_callback(pacer.stop)
+
+
+def _tls_server(dialplan: Dialplan, settings: Settings) -> ssl.SSLContext | None:
+    """The TLS listeners' context, when there is a tls listener (``gateway check`` has
+    already said what is missing: see ``gateway.transport.tls.tls_problems``)."""
+    if not any(a.transport == "tls" for a in dialplan.listen):
+        return None
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None  # the endpoint refuses the listener with a clear message
+    ca = settings.tls_ca_file if settings.tls_verify_clients else None
+    return server_context(settings.tls_cert_file, settings.tls_key_file, ca)
 
 
 def _transaction_layer(dialplan: Dialplan) -> tuple[TransactionLayer, IdGenerator]:

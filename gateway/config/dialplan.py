@@ -13,7 +13,8 @@ network happens here, so a file that loads is a file the gateway can run:
   only refers to groups that regex has;
 * every ``outbound[i].trunk`` names a trunk under ``trunks``;
 * nothing is accepted that the gateway cannot run (SPEC O-1: a file that loads is a file
-  that runs): ``transport: tls`` is refused until TLS is implemented, countries are
+  that runs): transports are udp, tcp or tls (TLS certificates come from the settings,
+  checked by ``gateway check``), countries are
   assigned ISO 3166 alpha-2 codes (and, in emergency direct routing, countries with
   emergency dial strings), next-hop URIs (``callback_fallback``, ``overflow.destination``)
   resolve to an address on a supported transport, and a ``rewrite`` template cannot put
@@ -78,6 +79,7 @@ __all__ = [
     "Site",
     "Transport",
     "Trunk",
+    "TrunkTls",
 ]
 
 DIALPLAN_FORMAT_VERSION = 1
@@ -86,22 +88,16 @@ DIALPLAN_FORMAT_VERSION = 1
 Transport = Literal["udp", "tcp", "tls"]
 """A SIP transport, RFC 3261 section 18."""
 
-#: the transports this gateway can send and listen on today (TLS comes with a later issue)
-SUPPORTED_TRANSPORTS: tuple[str, ...] = ("udp", "tcp")
-
-TLS_NOT_SUPPORTED = "TLS is not supported yet by this gateway; use udp or tcp"
+#: the transports this gateway can send and listen on
+SUPPORTED_TRANSPORTS: tuple[str, ...] = ("udp", "tcp", "tls")
 
 
 def _check_transport(value: Any) -> Any:
-    """Refuse ``tls`` (and any other transport the gateway cannot use) with a clear message.
-
-    Runs before the ``Literal`` check, so that ``tls`` is not reported as allowed."""
+    """Refuse a transport the gateway cannot use (``sctp``, ``ws``) with a clear message."""
     if isinstance(value, str) and value not in SUPPORTED_TRANSPORTS:
-        if value.strip().lower() == "tls":
-            raise _problem("transport", TLS_NOT_SUPPORTED)
         raise _problem(
             "transport",
-            f"transport {value!r} is not supported: use {' or '.join(SUPPORTED_TRANSPORTS)}",
+            f"transport {value!r} is not supported: use udp, tcp or tls",
         )
     return value
 
@@ -295,6 +291,35 @@ RuleName = Annotated[str, AfterValidator(_check_rule_name)]
 Network = Annotated[str, AfterValidator(_check_network)]
 
 
+class TrunkTls(_Frozen):
+    """How the gateway checks a TLS trunk and proves itself to it (RFC 5922, RFC 5630).
+
+    The trunk's certificate must chain to ``ca_file`` (default: ``GATEWAY_TLS_CA_FILE``,
+    else the system store) and name ``server_name`` (default: each gateway's host; also
+    sent as SNI). With ``mutual``, the gateway presents ``client_cert_file`` /
+    ``client_key_file`` (default: ``GATEWAY_TLS_CERT_FILE`` / ``GATEWAY_TLS_KEY_FILE``).
+    """
+
+    server_name: str | None = None
+    ca_file: str | None = None
+    mutual: bool = False
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+
+    @field_validator("server_name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_host(value)
+
+    @model_validator(mode="after")
+    def _key_with_cert(self) -> TrunkTls:
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise _problem(
+                "tls", "client_cert_file and client_key_file go together: give both or neither"
+            )
+        return self
+
+
 class Trunk(_Frozen):
     """A named group of gateways tried in order (SPEC E-2, R-2).
 
@@ -310,6 +335,8 @@ class Trunk(_Frozen):
     #: where this trunk's calls come from besides its gateways' own host:port: hosts or
     #: networks (CIDR); a request from there is an inbound call, routed by ``inbound``
     inbound_from: tuple[Network, ...] = ()
+    #: TLS verification and client certificate for the gateways whose transport is tls
+    tls: TrunkTls = TrunkTls()
 
 
 class OutboundRule(_Frozen):
@@ -445,12 +472,10 @@ def _check_next_hop(value: str | None) -> str | None:
             f"{value!r} is not a SIP URI the gateway can send to "
             f"(e.g. sip:security@192.0.2.10:5060): {error}",
         ) from None
-    if address.transport == "tls":
-        raise _problem("uri", f"{value!r}: {TLS_NOT_SUPPORTED} (sips: and transport=tls need it)")
     if address.transport not in SUPPORTED_TRANSPORTS:
         raise _problem(
             "uri",
-            f"{value!r}: transport {address.transport!r} is not supported: use udp or tcp",
+            f"{value!r}: transport {address.transport!r} is not supported: use udp, tcp or tls",
         )
     _check_host(address.host)
     return value
