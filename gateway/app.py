@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ from gateway.registrar.service import RegistrarService
 from gateway.sip.address import Address, IdGenerator, address_text
 from gateway.sip.transaction import TimerConfig, TransactionLayer
 from gateway.stores import Stores, open_stores
+from gateway.transport.dns import DnsQuery, TrunkResolver
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
+from gateway.transport.tls import TlsPeers, server_context, tls_peers_from
 
 __all__ = ["Gateway", "NullPublisher", "run_gateway"]
 
@@ -87,11 +90,17 @@ class Gateway:
             presence = await _start_presence(stack, dialplan, stores, publisher, topics)
             desktop.deliver_presence(presence)
             layer, ids = _transaction_layer(dialplan)
+            tls_peers = tls_peers_from(dialplan, settings)
+            resolver = await _start_resolver(stack, dialplan, settings, tls_peers)
             endpoint = SipEndpoint(
                 layer,
                 [ListenSpec(a.transport, a.host, a.port) for a in dialplan.listen],
                 max_message_bytes=dialplan.sip.max_message_bytes,
                 loop=loop,
+                tls_server=_tls_server(dialplan, settings),
+                tls_peers=tls_peers,
+                keepalive_interval=settings.tls_keepalive_s,
+                resolve_timeout=settings.dns_timeout_s,
             )
             locations = AgentLocations(dialplan, stores.locations, publisher, topics)
             desktop.deliver_locations(locations)
@@ -116,7 +125,16 @@ class Gateway:
             stack.push_async_callback(history.close)
             call_tasks = await stack.enter_async_context(CallTasks())
             b2bua, queues = _call_layer(
-                dialplan, layer, ids, endpoint, registrar, presence, emergency, history, call_tasks
+                dialplan,
+                layer,
+                ids,
+                endpoint,
+                registrar,
+                presence,
+                emergency,
+                history,
+                call_tasks,
+                resolver,
             )
             await endpoint.start()
             stack.push_async_callback(endpoint.close)
@@ -219,6 +237,41 @@ def _start_gc_pacer(stack: contextlib.AsyncExitStack, settings: Settings) -> Non
         stack.push_async_callback(pacer.stop)
 
 
+async def _start_resolver(
+    stack: contextlib.AsyncExitStack, dialplan: Dialplan, settings: Settings, tls: TlsPeers
+) -> TrunkResolver:
+    """Trunk host names resolved (RFC 3263) before the first call, then kept fresh."""
+    gateways = [gw for trunk in dialplan.trunks.values() for gw in trunk.gateways]
+    if dialplan.emergency.direct_offer is not None:
+        gateways += dialplan.emergency.direct_offer.gateways
+    queries = [
+        DnsQuery(Address(gw.transport, gw.host, gw.port), "port" in gw.model_fields_set)
+        for gw in gateways
+    ]
+    resolver = TrunkResolver(
+        queries,
+        nameserver=settings.dns_server,
+        timeout=settings.dns_timeout_s,
+        min_ttl=settings.dns_min_ttl_s,
+        clock=asyncio.get_running_loop().time,
+        on_resolved=tls.alias,
+    )
+    await resolver.start()
+    stack.push_async_callback(resolver.close)
+    return resolver
+
+
+def _tls_server(dialplan: Dialplan, settings: Settings) -> ssl.SSLContext | None:
+    """The TLS listeners' context, when there is a tls listener (``gateway check`` has
+    already said what is missing: see ``gateway.transport.tls.tls_problems``)."""
+    if not any(a.transport == "tls" for a in dialplan.listen):
+        return None
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None  # the endpoint refuses the listener with a clear message
+    ca = settings.tls_ca_file if settings.tls_verify_clients else None
+    return server_context(settings.tls_cert_file, settings.tls_key_file, ca)
+
+
 def _transaction_layer(dialplan: Dialplan) -> tuple[TransactionLayer, IdGenerator]:
     sip = dialplan.sip
     timers = TimerConfig(
@@ -293,6 +346,7 @@ def _call_layer(
     emergency: EmergencyService,
     history: CallHistory,
     call_tasks: CallTasks,
+    resolver: TrunkResolver,
 ) -> tuple[B2BUA, QueueManager]:
     """The router, the B2BUA and the queues, wired to the endpoint."""
     loop = asyncio.get_running_loop()
@@ -302,6 +356,7 @@ def _call_layer(
         emergency,
         registrar.contacts,
         registrar.agent_at,
+        resolver.targets,
     )
     b2bua = B2BUA(
         layer,

@@ -43,6 +43,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"gateway: cannot read dialplan: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    from gateway.transport.tls import tls_problems
+
+    problems = tls_problems(dialplan, settings)
+    for problem in problems:
+        print(f"gateway: TLS: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
     from gateway.app import run_gateway
 
     if settings.use_uvloop:
@@ -80,6 +87,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"{len(dialplan.outbound)} outbound rules, {len(dialplan.agents)} agents)"
     )
     status = 0
+    from gateway.transport.tls import tls_problems
+
+    for problem in tls_problems(dialplan, settings):
+        print(f"{args.file}: TLS: {problem}", file=sys.stderr)
+        status = 1
     # SPEC E-11: every agent that cannot place emergency calls properly, in words an
     # engineer can act on. These are warnings: such an agent's call still goes out on the
     # best available path (E-3), so the exit status stays 0.

@@ -16,7 +16,9 @@ anyone else                            must authenticate as an agent (407), then
 =====================================  =========================================
 
 Outbound routing is the first matching outbound rule; its trunk's gateways become the hop
-list, tried in order by the B2BUA.
+list, tried in order by the B2BUA. A gateway written as a host name becomes one hop per
+address DNS gave for it (``targets``: RFC 3263 NAPTR/SRV/A order, already resolved ahead
+of time by ``gateway/transport/dns.py``, so no call waits on DNS).
 
 Who is calling (SPEC E-13) is decided once, for every call from the agents' side: verified
 digest credentials on the request, else a live registration from the request's source
@@ -99,6 +101,7 @@ class ContactCentreRouter:
         emergency: EmergencyService | None = None,
         contacts: Callable[[str], list[Binding]] | None = None,
         agent_at: Callable[[Address], str | None] | None = None,
+        targets: Callable[[Address], list[Address]] | None = None,
     ):
         self.dialplan = dialplan
         self.authenticate = authenticate
@@ -106,6 +109,8 @@ class ContactCentreRouter:
         self.contacts = contacts
         #: the agent whose live registration came from a source (SPEC E-13)
         self.agent_at = agent_at
+        #: the addresses to try for a trunk gateway, in order (RFC 3263); none: as written
+        self.targets = targets or (lambda address: [address])
         self._trunk_by_address: dict[tuple[str, int], str] = {}
         self._trunk_networks: list[tuple[str, list[_Network]]] = []
         for name, trunk in dialplan.trunks.items():
@@ -243,7 +248,7 @@ class ContactCentreRouter:
         return [
             NextHop(
                 trunk=hop.route,
-                address=Address(hop.transport, hop.host, hop.port),
+                address=address,
                 user=hop.user or "",
                 failover_codes=hop.failover_codes,
                 provisional_timeout=hop.provisional_timeout_s,
@@ -252,6 +257,7 @@ class ContactCentreRouter:
                 setup_timeout=self.dialplan.emergency.setup_timeout_s,
             )
             for hop in plan.hops
+            for address in self.targets(Address(hop.transport, hop.host, hop.port))
         ]
 
     def _unidentified(
@@ -321,12 +327,13 @@ class ContactCentreRouter:
         hops = [
             NextHop(
                 trunk=decision.trunk_name,
-                address=Address(gw.transport, gw.host, gw.port),
+                address=address,
                 user=decision.user,
                 failover_codes=codes,
                 provisional_timeout=trunk.provisional_timeout_s,
             )
             for gw in trunk.gateways
+            for address in self.targets(Address(gw.transport, gw.host, gw.port))
         ]
         return Outbound(hops, agent)
 

@@ -13,7 +13,8 @@ network happens here, so a file that loads is a file the gateway can run:
   only refers to groups that regex has;
 * every ``outbound[i].trunk`` names a trunk under ``trunks``;
 * nothing is accepted that the gateway cannot run (SPEC O-1: a file that loads is a file
-  that runs): ``transport: tls`` is refused until TLS is implemented, countries are
+  that runs): transports are udp, tcp or tls (TLS certificates come from the settings,
+  checked by ``gateway check``), countries are
   assigned ISO 3166 alpha-2 codes (and, in emergency direct routing, countries with
   emergency dial strings), next-hop URIs (``callback_fallback``, ``overflow.destination``)
   resolve to an address on a supported transport, and a ``rewrite`` template cannot put
@@ -117,6 +118,7 @@ __all__ = [
     "Site",
     "Transport",
     "Trunk",
+    "TrunkTls",
 ]
 
 DIALPLAN_FORMAT_VERSION = 1
@@ -236,6 +238,35 @@ class SipSettings(Frozen):
 _USER_CHAR = re.compile(r"[A-Za-z0-9\-_.!~*'()%&=+$,;?/]")
 
 
+class TrunkTls(Frozen):
+    """How the gateway checks a TLS trunk and proves itself to it (RFC 5922, RFC 5630).
+
+    The trunk's certificate must chain to ``ca_file`` (default: ``GATEWAY_TLS_CA_FILE``,
+    else the system store) and name ``server_name`` (default: each gateway's host; also
+    sent as SNI). With ``mutual``, the gateway presents ``client_cert_file`` /
+    ``client_key_file`` (default: ``GATEWAY_TLS_CERT_FILE`` / ``GATEWAY_TLS_KEY_FILE``).
+    """
+
+    server_name: str | None = None
+    ca_file: str | None = None
+    mutual: bool = False
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+
+    @field_validator("server_name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_host(value)
+
+    @model_validator(mode="after")
+    def _key_with_cert(self) -> TrunkTls:
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise problem(
+                "tls", "client_cert_file and client_key_file go together: give both or neither"
+            )
+        return self
+
+
 class Trunk(Frozen):
     """A named group of gateways tried in order (SPEC E-2, R-2).
 
@@ -251,6 +282,8 @@ class Trunk(Frozen):
     #: where this trunk's calls come from besides its gateways' own host:port: hosts or
     #: networks (CIDR); a request from there is an inbound call, routed by ``inbound``
     inbound_from: tuple[Network, ...] = ()
+    #: TLS verification and client certificate for the gateways whose transport is tls
+    tls: TrunkTls = TrunkTls()
 
 
 class OutboundRule(Frozen):

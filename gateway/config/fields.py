@@ -32,22 +32,16 @@ _COUNTRY = re.compile(r"[A-Z]{2}")
 Transport = Literal["udp", "tcp", "tls"]
 """A SIP transport, RFC 3261 section 18."""
 
-#: the transports this gateway can send and listen on today (TLS comes with a later issue)
-SUPPORTED_TRANSPORTS: tuple[str, ...] = ("udp", "tcp")
-
-TLS_NOT_SUPPORTED = "TLS is not supported yet by this gateway; use udp or tcp"
+#: the transports this gateway can send and listen on
+SUPPORTED_TRANSPORTS: tuple[str, ...] = ("udp", "tcp", "tls")
 
 
 def check_transport(value: Any) -> Any:
-    """Refuse ``tls`` (and any other transport the gateway cannot use) with a clear message.
-
-    Runs before the ``Literal`` check, so that ``tls`` is not reported as allowed."""
+    """Refuse a transport the gateway cannot use (``sctp``, ``ws``) with a clear message."""
     if isinstance(value, str) and value not in SUPPORTED_TRANSPORTS:
-        if value.strip().lower() == "tls":
-            raise problem("transport", TLS_NOT_SUPPORTED)
         raise problem(
             "transport",
-            f"transport {value!r} is not supported: use {' or '.join(SUPPORTED_TRANSPORTS)}",
+            f"transport {value!r} is not supported: use udp, tcp or tls",
         )
     return value
 
@@ -231,12 +225,10 @@ def _check_next_hop(value: str | None) -> str | None:
             f"{value!r} is not a SIP URI the gateway can send to "
             f"(e.g. sip:security@192.0.2.10:5060): {error}",
         ) from None
-    if address.transport == "tls":
-        raise problem("uri", f"{value!r}: {TLS_NOT_SUPPORTED} (sips: and transport=tls need it)")
     if address.transport not in SUPPORTED_TRANSPORTS:
         raise problem(
             "uri",
-            f"{value!r}: transport {address.transport!r} is not supported: use udp or tcp",
+            f"{value!r}: transport {address.transport!r} is not supported: use udp, tcp or tls",
         )
     check_host(address.host)
     return value

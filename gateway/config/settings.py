@@ -98,6 +98,30 @@ class Settings(BaseSettings):
     """IANA time zone of the site (``America/Chicago``): notification times are shown in
     UTC and in this zone."""
 
+    # -- TLS (RFC 3261 section 26, RFC 5630) and DNS (RFC 3263) for trunks ---------------------
+    tls_cert_file: Path | None = None
+    """PEM certificate (chain) the gateway presents on its TLS listeners, and as its client
+    certificate to trunks set to ``mutual`` TLS; required when a listener is ``tls``."""
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file``."""
+    tls_ca_file: Path | None = None
+    """PEM CA bundle that trunk certificates are verified against (the system store when
+    unset), and that client certificates must chain to when ``tls_verify_clients`` is on."""
+    tls_verify_clients: bool = False
+    """Ask every TLS client for a certificate and refuse the connection without a valid one
+    (mutual TLS on the listeners)."""
+    tls_keepalive_s: Annotated[float, Field(ge=0)] = 30.0
+    """Seconds between RFC 5626 CRLF keep-alive pings on connections the gateway opened
+    (TCP and TLS); 0: no pings (a peer's pings are always answered)."""
+    dns_server: str = ""
+    """``host:port`` (``127.0.0.1:5353``, ``[::1]:53``) of the DNS server that trunk names
+    are resolved with (RFC 3263: NAPTR, SRV, A/AAAA); empty: the system's resolvers."""
+    dns_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    """Longest wait for one DNS lookup; an emergency call never waits longer than this."""
+    dns_min_ttl_s: Annotated[float, Field(ge=0)] = 5.0
+    """Shortest time a DNS answer is kept before it is refreshed (a TTL of 0 is not a
+    reason to query on every call)."""
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_upper(cls, value: Any) -> Any:
@@ -138,6 +162,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{value!r} is not an IANA time zone (such as UTC or America/Chicago)"
             ) from None
+        return value
+
+    @field_validator("dns_server")
+    @classmethod
+    def _dns_server(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            host, _, port = value.rpartition(":")
+            host = host.removeprefix("[").removesuffix("]")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{value!r} is not host:port (such as 127.0.0.1:53)")
         return value
 
     @field_validator("notify_retry_max_s")

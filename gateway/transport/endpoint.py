@@ -1,4 +1,4 @@
-"""The asyncio adapter around the sans-I/O SIP core: UDP and TCP on IPv4 and IPv6.
+"""The asyncio adapter around the sans-I/O SIP core: UDP, TCP and TLS on IPv4 and IPv6.
 
 Theory of operation
 -------------------
@@ -13,6 +13,17 @@ request with 400 (RFC 3261 section 21.4.1) and to keep the framing of stream tra
 Responses to UDP requests leave from the socket of the request's address family; TCP
 responses and in-dialog requests to a peer that connected to us reuse that connection
 (keyed by the peer's address, so a reply reaches a client behind NAT, RFC 3581 in spirit).
+
+TLS (RFC 3261 section 26.2) is the TCP code with an ssl context: listeners use the server
+context given, connections to a peer use the context and name :class:`TlsPeers` gives for
+it (``gateway/transport/tls.py``). A destination whose transport is ``tls`` is only ever
+reached over TLS: a failed handshake (a certificate for another name, an unknown CA) is
+logged as ``tls_handshake_failed`` and reported to the transaction layer as a transport
+failure, so the call fails over; it is never sent in clear text instead.
+
+Keep-alive (RFC 5626 section 3.5.1): a double CRLF "ping" on a stream is answered with a
+single CRLF "pong"; connections the gateway opened get a ping every ``keepalive_interval``
+seconds, so NATs and firewalls on the way keep them open for reuse.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import ssl
 import struct
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -34,6 +46,7 @@ from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, StreamFramer, make_response, parse_message
 from gateway.sip.transaction import TransactionLayer
+from gateway.transport.tls import TlsPeers
 
 __all__ = ["ListenSpec", "SipEndpoint"]
 
@@ -54,7 +67,7 @@ class TransactionUser(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ListenSpec:
-    """One listening socket: transport ("udp" or "tcp"), host literal, port."""
+    """One listening socket: transport ("udp", "tcp" or "tls"), host literal, port."""
 
     transport: str
     host: str
@@ -172,10 +185,17 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             self.endpoint.unreachable(destination, detail, refused=refused)
 
 
+#: RFC 5626 section 3.5.1: the keep-alive ping on a stream, and its pong
+CRLF_PING = b"\r\n\r\n"
+CRLF_PONG = b"\r\n"
+
+
 class _TcpConnection(asyncio.Protocol):
-    def __init__(self, endpoint: SipEndpoint, transport_name: str = "tcp"):
+    def __init__(self, endpoint: SipEndpoint, transport_name: str = "tcp", outbound: bool = False):
         self.endpoint = endpoint
         self.transport_name = transport_name
+        #: opened by the gateway (it sends the keep-alive pings on it)
+        self.outbound = outbound
         self.framer = StreamFramer(endpoint.max_message_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer: Address | None = None
@@ -192,6 +212,8 @@ class _TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None
+        if self.framer.pending == 0 and data.startswith(CRLF_PING):
+            self.write(CRLF_PONG)  # RFC 5626 section 3.5.1: pong; the framer skips the CRLFs
         try:
             messages = self.framer.feed(data)
         except SipParseError as exc:
@@ -227,8 +249,20 @@ class SipEndpoint:
         *,
         max_message_bytes: int = 65535,
         loop: asyncio.AbstractEventLoop | None = None,
+        tls_server: ssl.SSLContext | None = None,
+        tls_peers: TlsPeers | None = None,
+        keepalive_interval: float = 0.0,
+        resolve_timeout: float = 5.0,
     ):
         self.layer = layer
+        #: the listeners' TLS context (required by a tls listener)
+        self.tls_server = tls_server
+        #: context and expected name of each TLS peer we connect to
+        self.tls_peers = tls_peers or TlsPeers()
+        #: seconds between CRLF pings on connections we opened; 0: none
+        self.keepalive_interval = keepalive_interval
+        #: longest wait for the system resolver on a host name not resolved beforehand
+        self.resolve_timeout = resolve_timeout
         self.listeners = listeners
         self.max_message_bytes = max_message_bytes
         self.loop = loop or asyncio.get_event_loop()
@@ -270,9 +304,26 @@ class SipEndpoint:
                     reuse_address=True,
                 )
                 self._tcp_servers.append(server)
+            elif spec.transport == "tls":
+                if self.tls_server is None:
+                    raise ValueError(
+                        f"the tls listener {spec.sent_by} has no certificate "
+                        "(GATEWAY_TLS_CERT_FILE, GATEWAY_TLS_KEY_FILE)"
+                    )
+                server = await self.loop.create_server(
+                    lambda: _TcpConnection(self, "tls"),
+                    host=spec.host,
+                    port=spec.port,
+                    family=spec.family,
+                    reuse_address=True,
+                    ssl=self.tls_server,
+                )
+                self._tcp_servers.append(server)
             else:
                 raise ValueError(f"transport {spec.transport!r} is not supported yet")
             log.info("listening", transport=spec.transport, host=spec.host, port=spec.port)
+        if self.keepalive_interval > 0:
+            self._spawn(self._keepalive(), "sip-keepalive")
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -470,8 +521,10 @@ class SipEndpoint:
 
     async def _resolve_and_send(self, data: bytes, destination: Address) -> None:
         try:
-            infos = await self.loop.getaddrinfo(destination.host, destination.port)
-        except OSError as exc:
+            infos = await asyncio.wait_for(
+                self.loop.getaddrinfo(destination.host, destination.port), self.resolve_timeout
+            )
+        except (OSError, TimeoutError) as exc:
             self._fail(destination, f"cannot resolve {destination.host}: {exc}")
             self.pump()
             return
@@ -481,16 +534,43 @@ class SipEndpoint:
         self.pump()
 
     async def _connect(self, target: Address, reported_as: Address) -> None:
+        context: ssl.SSLContext | None = None
+        server_name: str | None = None
+        if target.transport == "tls":
+            peer = self.tls_peers.peer_for(target, reported_as)
+            context, server_name = peer.context, peer.server_name
         try:
             await self.loop.create_connection(
-                lambda: _TcpConnection(self, target.transport),
+                lambda: _TcpConnection(self, target.transport, outbound=True),
                 target.host,
                 target.port,
+                ssl=context,
+                server_hostname=server_name,
             )
+        except ssl.SSLError as exc:
+            # a refused certificate is a transport failure: fail over, never go plain
+            self._connecting.pop(target, None)
+            log.warning(
+                "tls_handshake_failed",
+                destination=address_text(reported_as),
+                server_name=server_name,
+                reason=getattr(exc, "verify_message", None) or exc.reason or str(exc),
+                detail=str(exc),
+            )
+            self._fail(reported_as, f"TLS handshake with {server_name} failed: {exc}")
+            self.pump()
         except OSError as exc:
             self._connecting.pop(target, None)
             self._fail(reported_as, str(exc), refused=isinstance(exc, ConnectionRefusedError))
             self.pump()
+
+    async def _keepalive(self) -> None:
+        """RFC 5626 section 3.5.1: a CRLF ping on each connection we opened, periodically."""
+        while True:
+            await asyncio.sleep(self.keepalive_interval)
+            for conn in list(self._connections.values()):
+                if conn.outbound:
+                    conn.write(CRLF_PING)
 
     def connection_opened(self, peer: Address, conn: _TcpConnection) -> None:
         self._connections[peer] = conn

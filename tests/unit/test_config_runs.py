@@ -1,7 +1,7 @@
 """A configuration that loads is one that runs (SPEC O-1, issue 8 hole 8).
 
 Each case here used to pass ``gateway check`` and then crash (or misbehave) at run time:
-``countries: [USA]``, ``transport: tls``, YAML 1.1 readings of unquoted values
+``countries: [USA]``, YAML 1.1 readings of unquoted values
 (``NO`` -> False, ``+15555550101`` -> an integer), next-hop URIs the gateway cannot send
 to, rewrite templates that build an unusable user part, and bad ``GATEWAY_*`` variables.
 """
@@ -124,32 +124,41 @@ def test_an_agent_in_a_valid_but_unsupported_country_loads() -> None:
     assert location is not None and location.country == "FR"
 
 
-TLS = "TLS is not supported yet by this gateway; use udp or tcp"
-
-
-@pytest.mark.parametrize(
-    ("changes", "expected"),
-    [
-        ({"listen_transport": "tls"}, f"d.yaml:2: listen[0].transport: {TLS}"),
-        ({"trunk_transport": "tls"}, f"d.yaml:4: trunks.sbc.gateways[0].transport: {TLS}"),
-        (
-            {"offer_transport": "tls"},
-            f"d.yaml:12: emergency.direct_offer.gateways[0].transport: {TLS}",
-        ),
-        (
-            {"fallback": "'sips:security@192.0.2.10'"},
-            f"d.yaml:18: agents.alice.callback_fallback: 'sips:security@192.0.2.10': {TLS}",
-        ),
-        (
-            {"destination": "'sip:o@192.0.2.11;transport=tls'"},
-            f"d.yaml:21: queues.q.overflow.destination: 'sip:o@192.0.2.11;transport=tls': {TLS}",
-        ),
-    ],
-)
-def test_tls_is_refused_everywhere_until_it_is_implemented(
-    changes: dict[str, str], expected: str
+def test_tls_loads_everywhere_and_check_asks_for_the_listener_certificate(
+    tmp_path: Path,
 ) -> None:
-    assert any(line.startswith(expected) for line in problems(**changes)), problems(**changes)
+    """Issue 13: tls is a transport like the others; what it needs beyond the file (the
+    listeners' certificate) is checked by ``gateway check`` against the settings."""
+    from gateway.transport.tls import tls_problems
+
+    changes = {
+        "listen_transport": "tls",
+        "trunk_transport": "tls",
+        "offer_transport": "tls",
+        "fallback": "'sips:security@192.0.2.10'",
+        "destination": "'sip:o@192.0.2.11;transport=tls'",
+    }
+    dialplan = load_dialplan_text(
+        string.Template(TEMPLATE).substitute({**GOOD, **changes}), "d.yaml"
+    )
+    assert dialplan.listen[0].transport == "tls"
+    assert dialplan.trunks["sbc"].gateways[0].transport == "tls"
+    settings = load_settings(data_dir=tmp_path)
+    assert tls_problems(dialplan, settings) == [
+        "listen: a tls listener (127.0.0.1:5060) needs a certificate: set "
+        "GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE (PEM files)"
+    ]
+
+
+def test_an_unknown_transport_is_refused_with_the_ones_that_work() -> None:
+    assert (
+        "d.yaml:4: trunks.sbc.gateways[0].transport: transport 'sctp' is not supported: "
+        "use udp, tcp or tls"
+    ) in problems(trunk_transport="sctp")
+    assert (
+        "d.yaml:18: agents.alice.callback_fallback: 'sip:s@192.0.2.10;transport=sctp': "
+        "transport 'sctp' is not supported: use udp, tcp or tls"
+    ) in problems(fallback="'sip:s@192.0.2.10;transport=sctp'")
 
 
 @pytest.mark.parametrize(
@@ -346,7 +355,6 @@ def test_check_refuses_countries_usa_with_file_and_line(tmp_path: Path) -> None:
     ("changes", "expected"),
     [
         ({"countries": "USA"}, ":9: emergency.direct_routing[0].countries[0]: 'USA'"),
-        ({"listen_transport": "tls"}, f":2: listen[0].transport: {TLS}"),
     ],
 )
 def test_run_refuses_what_used_to_crash_it(
@@ -358,3 +366,32 @@ def test_run_refuses_what_used_to_crash_it(
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("gateway: dialplan refused:\n")
     assert f"{path}{expected}" in result.stderr
+
+
+TLS_NEEDS_CERT = (
+    "a tls listener (127.0.0.1:5060) needs a certificate: set GATEWAY_TLS_CERT_FILE and "
+    "GATEWAY_TLS_KEY_FILE (PEM files)"
+)
+
+
+def test_check_and_run_refuse_a_tls_listener_without_a_certificate(tmp_path: Path) -> None:
+    path = _write(tmp_path, listen_transport="tls")
+    checked = _gateway(tmp_path, "check", str(path))
+    assert checked.returncode == 1, checked
+    assert f"{path}: TLS: listen: {TLS_NEEDS_CERT}" in checked.stderr.splitlines()
+    ran = _gateway(tmp_path, "run", "--dialplan", str(path))
+    assert ran.returncode == 2, ran
+    assert "Traceback" not in ran.stderr
+    assert ran.stderr.splitlines() == [f"gateway: TLS: listen: {TLS_NEEDS_CERT}"]
+
+
+def test_check_names_an_unusable_certificate_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, listen_transport="tls")
+    missing = tmp_path / "missing.pem"
+    env = {"GATEWAY_TLS_CERT_FILE": str(missing), "GATEWAY_TLS_KEY_FILE": str(missing)}
+    checked = _gateway(tmp_path, "check", str(path), env=env)
+    assert checked.returncode == 1, checked
+    assert (
+        f"{path}: TLS: GATEWAY_TLS_CERT_FILE / GATEWAY_TLS_KEY_FILE ({missing}, {missing}): "
+        "cannot be used as the listeners' certificate: [Errno 2] No such file or directory"
+    ) in checked.stderr

@@ -164,7 +164,7 @@ def test_dialplan_built_in_python_is_validated_too() -> None:
 
 def test_listen_transport_port_and_host() -> None:
     assert problems_of("bad-listen.yaml") == [
-        "3: listen[0].transport: transport 'sctp' is not supported: use udp or tcp",
+        "3: listen[0].transport: transport 'sctp' is not supported: use udp, tcp or tls",
         "4: listen[1].port: Input should be greater than or equal to 1, got 0",
         "5: listen[2].port: Input should be less than or equal to 65535, got 65536",
         "6: listen[3].host: 'not a host!' is neither an IP address nor a valid hostname",
@@ -282,7 +282,7 @@ def test_rewrite_must_fit_the_regex_groups() -> None:
 def test_trunk_gateways_codes_timeout_and_name() -> None:
     assert problems_of("bad-trunk.yaml") == [
         "7: trunks.carrier.gateways[0].transport: transport 'sctp' is not supported: "
-        "use udp or tcp",
+        "use udp, tcp or tls",
         "8: trunks.carrier.failover_codes[1]: Input should be greater than or equal to 300, "
         "got 299",
         "8: trunks.carrier.failover_codes[2]: Input should be less than or equal to 699, got 700",

@@ -26,6 +26,7 @@ from harness import (
 )
 
 RELAY_TEMPLATE = PROJECT_ROOT / "deploy" / "kamailio" / "kamailio-relay.cfg.tmpl"
+TLS_RELAY_TEMPLATE = PROJECT_ROOT / "deploy" / "kamailio" / "kamailio-tls-relay.cfg.tmpl"
 
 
 class KamailioFactory(Protocol):
@@ -60,6 +61,34 @@ def render_relay_config(listen_host: str, listen_port: int, next_hop: str) -> st
     )
 
 
+@dataclass(frozen=True)
+class KamailioTls:
+    """The TLS side of a relay (``kamailio-tls-relay.cfg.tmpl``): its port, PEM files,
+    whether its TLS clients must present a certificate, and where it relays to
+    (``sip:host:port;transport=udp|tls``)."""
+
+    tls_port: int
+    next_hop_uri: str
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    require_client_cert: bool = False
+
+
+def render_tls_relay_config(listen_host: str, listen_port: int, tls: KamailioTls) -> str:
+    """The TLS relay configuration (udp and tls listeners, relaying to ``tls.next_hop_uri``)."""
+    return TLS_RELAY_TEMPLATE.read_text().format(
+        listen_host=listen_host,
+        listen_port=listen_port,
+        tls_port=tls.tls_port,
+        next_hop_uri=tls.next_hop_uri,
+        cert_file=tls.cert_file,
+        key_file=tls.key_file,
+        ca_file=tls.ca_file,
+        require_client_cert=int(tls.require_client_cert),
+    )
+
+
 def start_kamailio(
     tmp_path: Path,
     listen_port: int,
@@ -67,6 +96,7 @@ def start_kamailio(
     *,
     listen_host: str = LOOPBACK,
     ready_timeout: float = 10.0,
+    tls: KamailioTls | None = None,
 ) -> KamailioProcess:
     """Start a Kamailio relay on udp ``listen_host:listen_port`` towards ``next_hop``.
 
@@ -74,12 +104,16 @@ def start_kamailio(
     in-dialog requests follow their Route (loose_route). Fails the test when the
     configuration does not check, or when the relay does not answer OPTIONS with 200
     within ``ready_timeout`` seconds (with the log's tail in the message).
+    With ``tls``, the TLS relay is run instead (``next_hop`` is then only a label).
     """
     binary = require_tool("kamailio")
     workdir = tmp_path
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "kamailio-relay.cfg"
-    config_path.write_text(render_relay_config(listen_host, listen_port, next_hop))
+    if tls is None:
+        config_path.write_text(render_relay_config(listen_host, listen_port, next_hop))
+    else:
+        config_path.write_text(render_tls_relay_config(listen_host, listen_port, tls))
     log_path = workdir / "kamailio.log"
 
     check = subprocess.run(

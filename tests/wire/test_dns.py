@@ -1,0 +1,54 @@
+"""A trunk found through RFC 3263 DNS (NAPTR -> SRV -> A), with failover between the SRV
+targets (issue 13). The DNS server is ``testkit.dnsserver.DnsServer`` on loopback; the
+gateway runs as a process pointed at it with ``GATEWAY_DNS_SERVER``."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from harness import LOOPBACK, GatewayFactory, Sipp
+
+from testkit.dnsserver import DnsServer
+
+SERVICE = "5551234"
+
+
+def test_second_srv_target_takes_the_call_when_the_first_does_not_answer(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    uas = sipp.uas("uas_basic.xml", calls=1, timeout=30)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    silent.bind((LOOPBACK, 0))
+    dead_port = int(silent.getsockname()[1])
+    records = {
+        ("carrier.test", "NAPTR"): (60, ['10 50 "s" "SIP+D2U" "" _sip._udp.carrier.test.']),
+        ("_sip._udp.carrier.test", "SRV"): (
+            60,
+            [f"10 0 {dead_port} sbc1.carrier.test.", f"20 0 {uas.port} sbc2.carrier.test."],
+        ),
+        ("sbc1.carrier.test", "A"): (60, [LOOPBACK]),
+        ("sbc2.carrier.test", "A"): (60, [LOOPBACK]),
+    }
+    with silent, DnsServer(records) as dns:
+        gw = gateway_factory(
+            "version: 1\n"
+            "listen: [ { transport: udp, host: ${listen_host}, port: ${listen_port} } ]\n"
+            "registrar: { unauthenticated_outbound_from: ['127.0.0.0/8'] }\n"
+            "trunks:\n"
+            "  carrier:\n"
+            "    gateways: [ { host: carrier.test } ]\n"
+            "    provisional_timeout_s: 1\n"
+            "outbound:\n"
+            "  - { name: all, match: '.*', trunk: carrier }\n",
+            env={"GATEWAY_DNS_SERVER": dns.address},
+        )
+        uac = sipp.uac("uac_basic.xml", gw.address, 1, 1, service=SERVICE, timeout=30)
+        uac.assert_calls(1)
+        uas.wait(timeout=20).assert_calls(1)
+        asked = set(dns.queries)
+    assert {("carrier.test", "NAPTR"), ("_sip._udp.carrier.test", "SRV")} <= asked
+    tries = [
+        json.loads(line)["gateway"] for line in gw.log_text().splitlines() if '"b_leg_try"' in line
+    ]
+    assert tries == [f"udp:{LOOPBACK}:{dead_port}", f"udp:{LOOPBACK}:{uas.port}"]
