@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA, CallObserver
 from gateway.b2bua.history import CallHistory
 from gateway.b2bua.queues import QueueManager
@@ -43,6 +44,7 @@ from gateway.sip.transaction import TimerConfig, TransactionLayer
 from gateway.stores import Stores, open_stores
 from gateway.transport.dns import DnsQuery, TrunkResolver
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
+from gateway.transport.load import LoadMeter
 from gateway.transport.tls import TlsPeers, server_context, tls_peers_from
 
 __all__ = ["Gateway", "NullPublisher", "run_gateway"]
@@ -138,6 +140,7 @@ class Gateway:
             )
             await endpoint.start()
             stack.push_async_callback(endpoint.close)
+            _start_load_meter(stack, dialplan, endpoint, b2bua)
             _start_gc_pacer(stack, settings)
             yield cls(
                 dialplan,
@@ -228,6 +231,22 @@ async def _start_presence(
     await presence.start()
     stack.push_async_callback(presence.close)
     return presence
+
+
+def _start_load_meter(
+    stack: contextlib.AsyncExitStack, dialplan: Dialplan, endpoint: SipEndpoint, b2bua: B2BUA
+) -> None:
+    """The loop lag and read burst, sampled into the B2BUA's overload control (O-4)."""
+    if b2bua.admission is None:
+        return
+    meter = LoadMeter(
+        endpoint.loop,
+        lambda: endpoint.received,
+        b2bua.admission.observe,
+        dialplan.overload.sample_interval_ms / 1000,
+    )
+    meter.start()
+    stack.callback(meter.close)
 
 
 def _start_gc_pacer(stack: contextlib.AsyncExitStack, settings: Settings) -> None:
@@ -370,6 +389,7 @@ def _call_layer(
         user_agent=dialplan.sip.user_agent,
         emergency=emergency,
         request_handlers={"REGISTER": registrar.handle},
+        admission=Admission(dialplan.overload),
     )
     # the queue manager places offers through the B2BUA, so it comes second; the B2BUA
     # reaches it through this one port

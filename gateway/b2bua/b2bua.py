@@ -40,6 +40,7 @@ from typing import Any
 
 import structlog
 
+from gateway.b2bua.admission import Admission
 from gateway.b2bua.answers import (
     answer_out_of_dialog,
     dialled_number,
@@ -128,6 +129,7 @@ class B2BUA:
         queues: QueuePort | None = None,
         request_handlers: dict[str, Callable[[RequestReceived], None]] | None = None,
         ring_timeout: float = 180.0,
+        admission: Admission | None = None,
     ):
         self.layer = layer
         self.router = router
@@ -143,12 +145,14 @@ class B2BUA:
             via_for=via_for,
             contact_for=contact_for,
             user_agent=user_agent,
-            observers=observers,
+            observers=[*observers, admission] if admission is not None else observers,
             emergency=emergency,
             queues=queues,
         )
         self.placement = Placement(self.core, ring_timeout=ring_timeout)
         self.relay = InDialogRelay(self.core)
+        #: overload control (SPEC O-4): asked about new ordinary calls only
+        self.admission = admission
         #: out-of-dialog methods handled elsewhere (REGISTER: the registrar)
         self.request_handlers = dict(request_handlers or {})
 
@@ -310,6 +314,8 @@ class B2BUA:
                 call.result = f"{decision.status}"
                 core.end_refused(call)
                 return
+            if self._shed(tx, call, decision):
+                return
             core.calls[call.id] = call
             core.legs[(a.call_id, a.local_tag)] = a
             a.dialog = Dialog.as_uas(request, a.local_tag, core.contact_for(a.flow))
@@ -321,6 +327,20 @@ class B2BUA:
                 self._start_outbound(call, decision)
         finally:
             structlog.contextvars.unbind_contextvars("call_id")
+
+    def _shed(self, tx: ServerTransaction, call: Call, decision: Decision) -> bool:
+        """SPEC O-4: a new ordinary call under overload gets 503 + Retry-After from its
+        server transaction (which absorbs the retransmissions); emergency calls and
+        callbacks (the ``Emergency`` decision) are never asked about."""
+        admission = self.admission
+        if admission is None or isinstance(decision, Emergency):
+            return False
+        if not admission.shed(self.core.now):
+            return False
+        self.core.respond(tx, 503, to_tag=call.a.local_tag, extra=admission.retry_after)
+        call.result = "503"
+        self.core.end_refused(call)
+        return True
 
     def _start_queued(self, call: Call, decision: Queued) -> None:
         """SPEC R-3: the caller waits in early dialog (182 Queued, RFC 3261 s. 21.1.4)."""

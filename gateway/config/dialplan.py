@@ -95,6 +95,7 @@ from gateway.config.fields import (
     duplicate_rule_name,
     problem,
 )
+from gateway.config.overload import OverloadSettings
 
 __all__ = [
     "DIALPLAN_FORMAT_VERSION",
@@ -420,6 +421,8 @@ class Dialplan(Frozen):
     queues: dict[QueueName, Queue] = Field(default_factory=dict)
     inbound: tuple[InboundRule, ...] = ()
     emergency: EmergencySettings = EmergencySettings()
+    #: overload control thresholds, SPEC O-4
+    overload: OverloadSettings = OverloadSettings()
     #: network map: subnets -> site (location, site callback number), SPEC E-10, E-13
     sites: dict[SiteName, Site] = Field(default_factory=dict)
 

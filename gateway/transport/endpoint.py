@@ -277,6 +277,7 @@ class SipEndpoint:
         self._timer_at: float | None = None
         self._pumping = False
         self.parse_errors = 0
+        self.received = 0  # messages read (the read burst of overload control, SPEC O-4)
         #: name resolutions and TCP connects under way: owned here, awaited on close
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -380,6 +381,7 @@ class SipEndpoint:
 
     def on_bytes(self, data: bytes, source: Address) -> None:
         """One datagram or one framed stream message from ``source``."""
+        self.received += 1
         if len(data) <= 4 and not data.strip():
             return  # keep-alive (RFC 5626 CRLF ping on UDP)
         try:

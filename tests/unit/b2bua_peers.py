@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA
 from gateway.b2bua.call import NextHop
 from gateway.b2bua.decisions import CallObserver, Decision, EmergencyHooks, Outbound, Router
@@ -176,6 +177,7 @@ class Net:
         emergency: EmergencyHooks | None = None,
         observers: Sequence[CallObserver] = (),
         spawn: Callable[[Coroutine[Any, Any, None], str], object] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.now = 1000.0
         ids = IdGenerator(random.Random(1))
@@ -193,6 +195,7 @@ class Net:
             spawn=spawn,
             emergency=emergency,
             observers=observers,
+            admission=admission,
         )
         self.peers: dict[Address, Peer] = {}
         #: every message that left the gateway or a peer: (source, destination, message)

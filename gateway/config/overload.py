@@ -1,0 +1,38 @@
+"""Overload control thresholds (SPEC O-4): the dialplan's ``overload`` section.
+
+Every limit has a default that leaves a healthy gateway alone; a limit of 0 switches that
+signal off. See ``gateway/b2bua/admission.py`` for how the signals decide.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from gateway.config.fields import Frozen
+
+__all__ = ["OverloadSettings"]
+
+
+class OverloadSettings(Frozen):
+    """When new ordinary calls are shed with 503 + Retry-After (SPEC O-4).
+
+    Emergency calls, emergency callbacks and everything inside an admitted call are never
+    shed; these limits only decide about new ordinary calls.
+    """
+
+    max_calls_in_setup: Annotated[int, Field(ge=0)] = 2000
+    """Calls whose B-leg is being placed (INVITE sent, no answer yet) beyond which new
+    ordinary calls are shed; 0: no limit."""
+    max_loop_lag_ms: Annotated[float, Field(ge=0)] = 50.0
+    """Smoothed lateness of the event loop (ms) beyond which new ordinary calls are shed:
+    the loop is the gateway's one CPU, and its lag is the first sign it cannot keep up;
+    0: not used."""
+    max_read_burst: Annotated[int, Field(ge=0)] = 0
+    """Datagrams read in one sampling interval beyond which new ordinary calls are shed
+    (the read backlog; machine-specific, so off by default); 0: not used."""
+    sample_interval_ms: Annotated[float, Field(gt=0)] = 20.0
+    """How often the loop lag and the read burst are sampled."""
+    retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 5
+    """Retry-After (seconds) on the 503 of a shed call (RFC 3261 section 20.33)."""
