@@ -235,6 +235,13 @@ class Placement:
             return
         hop = call.current_hop
         failure = core.failure(call, FailureKind.STATUS, response.reason, status)
+        if call.queue is not None and core.queues is not None:
+            # a queue offer the agent refused (486, 603...): the caller keeps waiting and
+            # the dispatcher offers the call to the next agent (SPEC R-3)
+            core.record_failure(call, failure)
+            core.drop_b_leg(call)
+            core.queues.offer_failed(call, status, refused=True)
+            return
         if hop is not None and status in hop.failover_codes and call.hop_index + 1 < len(call.hops):
             log.info("b_leg_failover", status=status, attempt=call.hop_index + 1)
             self.try_next_hop(call, failure)

@@ -123,6 +123,8 @@ class Queue(Frozen):
     ring_timeout_s: Annotated[float, Field(gt=0)] = 15.0
     max_wait_s: Annotated[float, Field(gt=0)] = 120.0
     overflow: Overflow = Overflow(status=480)
+    #: how long an agent who refused a call (486, 603...) is not offered it again
+    refused_rest_s: Annotated[float, Field(ge=0)] = 30.0
 
 
 class InboundRule(Frozen):

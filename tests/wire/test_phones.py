@@ -1,0 +1,132 @@
+"""What real phones and carriers trip over in ordinary calls (issue 15), with SIPp peers.
+
+SIPp plays the agents' phones (REGISTER with digest, then answering, refusing or calling
+from the registered port) and the carrier (calling a queue DID from 127.0.0.2, the trunk's
+inbound_from address, and answering outbound calls). Baresip-driven runs are left for a
+later increment; every behaviour here is proven against SIPp.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker import Mosquitto
+from harness import (
+    SCENARIO_DIR,
+    GatewayFactory,
+    GatewayProcess,
+    Sipp,
+    SippProcess,
+    free_port,
+    require_tool,
+)
+
+DID = "+15555550100"
+AGENTS = ("alice", "bob")
+
+
+def dialplan(*, carrier_gateway: str = "127.0.0.2:5999", extra_rules: str = "") -> str:
+    gw_host, _, gw_port = carrier_gateway.rpartition(":")
+    agents = "".join(
+        f"  {name}:\n"
+        f"    password: {name}-pw\n"
+        f'    identity: "+1555555020{i}"\n'
+        "    capacity: 1\n"
+        "    queues: [support]\n"
+        for i, name in enumerate(AGENTS)
+    )
+    return (
+        "version: 1\n"
+        "node: { name: gw1 }\n"
+        "listen:\n"
+        "  - { transport: udp, host: ${listen_host}, port: ${listen_port} }\n"
+        "  - { transport: tcp, host: ${listen_host}, port: ${listen_port} }\n"
+        "registrar: { realm: test, algorithms: [MD5], min_expires_s: 1 }\n"
+        "trunks:\n"
+        "  carrier:\n"
+        f"    gateways: [ {{ host: {gw_host}, port: {gw_port} }} ]\n"
+        "    inbound_from: ['127.0.0.2']\n"
+        "    trusted: true\n"
+        "outbound:\n"
+        f"{extra_rules}"
+        "  - { name: all, match: '.*', trunk: carrier }\n"
+        f"agents:\n{agents}"
+        "queues:\n"
+        "  support: { ring_timeout_s: 5, max_wait_s: 30, refused_rest_s: 30 }\n"
+        "inbound:\n"
+        "  - { name: support-line, match: '^\\+15555550100$', queue: support }\n"
+    )
+
+
+@pytest.fixture
+def carrier(tmp_path: Path) -> Iterator[Sipp]:
+    """SIPp on 127.0.0.2: the carrier's side of inbound calls."""
+    factory = Sipp(tmp_path / "carrier", binary=require_tool("sipp"), host="127.0.0.2")
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path / "mosquitto", free_port("tcp"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def register(sipp: Sipp, gw: GatewayProcess, agent: str, port: int) -> None:
+    """One REGISTER pair (401, then digest) from ``port``; fails the test unless 200."""
+    result = sipp.uac(
+        "agent_register.xml",
+        gw.address,
+        1,
+        1,
+        service=agent,
+        local_port=port,
+        timeout=10,
+        extra=["-au", agent, "-ap", f"{agent}-pw", "-key", "expires", "3600"],
+    )
+    result.assert_calls(1)
+
+
+def rejecting_phone(sipp: Sipp, port: int, status: int) -> SippProcess:
+    """An agent's phone that answers every INVITE with ``status`` (the agent rejects)."""
+    template = (SCENARIO_DIR / "uas_reject.xml").read_text()
+    path = sipp.workdir / f"uas_reject_{status}.xml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(template.replace("SIP/2.0 503 Service Unavailable", f"SIP/2.0 {status} Nope"))
+    return sipp.uas(path, port, calls=1, timeout=40)
+
+
+def log_events(gw: GatewayProcess, event: str) -> list[dict[str, object]]:
+    marker = f'"{event}"'
+    return [json.loads(line) for line in gw.log_text().splitlines() if marker in line]
+
+
+# -- hole 1: a refused queue offer ------------------------------------------------------------
+
+
+def test_an_agent_rejecting_a_queued_call_leaves_the_caller_waiting_and_the_next_agent_rings(
+    sipp: Sipp, carrier: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    gw = gateway_factory(dialplan())
+    ports = {agent: free_port() for agent in AGENTS}
+    for agent in AGENTS:
+        register(sipp, gw, agent, ports[agent])
+    # equal idle times go by agent id: alice is offered the call first, and rejects it
+    alice = rejecting_phone(sipp, ports["alice"], 486)
+    bob = sipp.uas("uas_basic.xml", ports["bob"], calls=1, timeout=40)
+    caller = carrier.uac("uac_queued.xml", gw.address, 1, 1, service=DID, timeout=30)
+    caller.assert_calls(1)
+    alice.wait(timeout=20).assert_calls(1)
+    bob.wait(timeout=20).assert_calls(1)
+    received = caller.files.messages.read_text()
+    assert "SIP/2.0 486" not in received, "the agent's refusal reached the caller"
+    assert [o["agent"] for o in log_events(gw, "queue_offer")] == ["alice", "bob"]
+    (failed,) = log_events(gw, "queue_offer_failed")
+    assert failed["status"] == 486 and failed["refused"] is True
