@@ -329,3 +329,22 @@ def test_an_agent_who_refused_is_not_offered_the_call_again_until_it_has_rested(
     assert len(placer.offers) == 3
     queues.offer_failed(call, 486, refused=True)  # bob says no: now he rests
     assert placer.offers[-1] == ("call1", "alice")
+
+
+def test_an_explicit_unregister_says_so_and_an_expiry_says_expired() -> None:
+    """Issue 15 hole 8: Expires 0 from the phone is ``unregistered``, not an expiry."""
+    publisher = FakePublisher()
+    presence = PresenceService(
+        {"alice": 1}, FakeStore(), publisher, Topics("p", "gw1"), "gw1", wall_clock=Clock()
+    )
+    presence.set_registered("alice", True)
+    presence.set_registered("alice", False, removed=True)
+    presence.set_registered("alice", True)
+    presence.set_registered("alice", False)
+    reasons = [(p["status"], p["reason"]) for _, p, _ in publisher.published]
+    assert reasons == [
+        ("Available", "registered"),
+        ("Offline", "unregistered"),
+        ("Available", "registered"),
+        ("Offline", "registration_expired"),
+    ]

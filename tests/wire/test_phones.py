@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto
+from broker import Mosquitto, Recorder
 from harness import (
     SCENARIO_DIR,
     GatewayFactory,
@@ -79,7 +79,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         broker.stop()
 
 
-def register(sipp: Sipp, gw: GatewayProcess, agent: str, port: int) -> None:
+def register(sipp: Sipp, gw: GatewayProcess, agent: str, port: int, *, expires: int = 3600) -> None:
     """One REGISTER pair (401, then digest) from ``port``; fails the test unless 200."""
     result = sipp.uac(
         "agent_register.xml",
@@ -89,7 +89,7 @@ def register(sipp: Sipp, gw: GatewayProcess, agent: str, port: int) -> None:
         service=agent,
         local_port=port,
         timeout=10,
-        extra=["-au", agent, "-ap", f"{agent}-pw", "-key", "expires", "3600"],
+        extra=["-au", agent, "-ap", f"{agent}-pw", "-key", "expires", str(expires)],
     )
     result.assert_calls(1)
 
@@ -130,3 +130,29 @@ def test_an_agent_rejecting_a_queued_call_leaves_the_caller_waiting_and_the_next
     assert [o["agent"] for o in log_events(gw, "queue_offer")] == ["alice", "bob"]
     (failed,) = log_events(gw, "queue_offer_failed")
     assert failed["status"] == 486 and failed["refused"] is True
+
+
+# -- hole 8: an explicit un-REGISTER ----------------------------------------------------------
+
+
+def test_an_unregister_is_published_as_unregistered(
+    sipp: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto
+) -> None:
+    prefix = "phones-unregister"
+    gw = gateway_factory(
+        dialplan(), env={"GATEWAY_MQTT_URL": mosquitto.url, "GATEWAY_MQTT_PREFIX": prefix}
+    )
+    topic = f"{prefix}/agents/alice/presence"
+    recorder = Recorder(mosquitto.port, topic)
+    try:
+        port = free_port()
+        register(sipp, gw, "alice", port)
+        recorder.wait_for(
+            lambda: recorder.on(topic)[-1:] and recorder.on(topic)[-1]["status"] == "Available",
+            "alice Available",
+        )
+        register(sipp, gw, "alice", port, expires=0)
+        recorder.wait_for(lambda: recorder.on(topic)[-1]["status"] == "Offline", "alice Offline")
+        assert recorder.on(topic)[-1]["reason"] == "unregistered"
+    finally:
+        recorder.close()
