@@ -156,3 +156,21 @@ def test_an_unregister_is_published_as_unregistered(
         assert recorder.on(topic)[-1]["reason"] == "unregistered"
     finally:
         recorder.close()
+
+
+# -- hole 4: Require ----------------------------------------------------------------------------
+
+
+def test_an_invite_requiring_100rel_is_answered_420_with_unsupported(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    trunk = sipp.uas("uas_basic.xml", calls=1, timeout=20)
+    gw = gateway_factory(dialplan(carrier_gateway=trunk.address))
+    port = free_port()
+    register(sipp, gw, "alice", port)
+    result = sipp.uac(
+        "uac_require_100rel.xml", gw.address, 1, 1, service="5551234", local_port=port, timeout=10
+    )
+    result.assert_calls(1)
+    assert "SIP/2.0 420 Bad Extension" in result.files.messages.read_text()
+    assert trunk.stop(grace=0.5).successful_calls == 0  # nothing reached the carrier
