@@ -9,6 +9,7 @@ later increment; every behaviour here is proven against SIPp.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,3 +175,30 @@ def test_an_invite_requiring_100rel_is_answered_420_with_unsupported(
     result.assert_calls(1)
     assert "SIP/2.0 420 Bad Extension" in result.files.messages.read_text()
     assert trunk.stop(grace=0.5).successful_calls == 0  # nothing reached the carrier
+
+
+# -- hole 6: the TCP keep-alive ---------------------------------------------------------------
+
+
+def test_a_crlf_ping_on_tcp_gets_a_single_crlf_pong_and_the_flow_still_carries_sip(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """RFC 5626 section 3.5.1 over plain TCP, as a phone's outbound keep-alive sends it."""
+    gw = gateway_factory(dialplan())
+    with socket.create_connection((gw.listen_host, gw.listen_port), timeout=5) as flow:
+        local_host, local_port = flow.getsockname()[:2]
+        flow.sendall(b"\r\n\r\n")
+        assert flow.recv(64) == b"\r\n"
+        options = (
+            f"OPTIONS sip:{gw.address} SIP/2.0\r\n"
+            f"Via: SIP/2.0/TCP {local_host}:{local_port};branch=z9hG4bK-crlf-1\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:probe@{local_host}>;tag=crlf\r\n"
+            f"To: <sip:{gw.address}>\r\n"
+            "Call-ID: crlf-ping-1\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        flow.sendall(options.encode())
+        answer = flow.recv(4096)
+        assert answer.startswith(b"SIP/2.0 200 "), answer[:80]
