@@ -372,6 +372,7 @@ class B2BUA:
     def _start_outbound(self, call: Call, decision: Outbound) -> None:
         call.hops = decision.hops
         call.agent = decision.agent
+        call.caller_id = decision.caller_id
         log.info(
             "call_start",
             direction="outbound",

@@ -202,3 +202,65 @@ def test_a_crlf_ping_on_tcp_gets_a_single_crlf_pong_and_the_flow_still_carries_s
         flow.sendall(options.encode())
         answer = flow.recv(4096)
         assert answer.startswith(b"SIP/2.0 200 "), answer[:80]
+
+
+# -- holes 2 and 3: an agent's outbound call: capacity, presence, caller ID --------------------
+
+
+def test_an_agent_on_an_outbound_call_is_busy_offered_nothing_and_presents_its_own_number(
+    sipp: Sipp, carrier: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto
+) -> None:
+    """alice calls out from her registered phone (identified by its registration, no
+    credentials) with a forged From and P-Asserted-Identity: the carrier sees her own
+    E.164 identity in both, she is Busy (capacity 1), and the queued call goes to bob."""
+    prefix = "phones-outbound"
+    trunk = sipp.uas("uas_basic.xml", calls=1, timeout=40)
+    gw = gateway_factory(
+        dialplan(carrier_gateway=trunk.address),
+        env={"GATEWAY_MQTT_URL": mosquitto.url, "GATEWAY_MQTT_PREFIX": prefix},
+    )
+    recorder = Recorder(mosquitto.port, f"{prefix}/agents/+/presence")
+
+    def status(agent: str, wanted: str) -> None:
+        topic = f"{prefix}/agents/{agent}/presence"
+        recorder.wait_for(
+            lambda: any(p.get("status") == wanted for p in recorder.on(topic)[-1:]),
+            f"{agent} {wanted}",
+        )
+
+    try:
+        ports = {agent: free_port() for agent in AGENTS}
+        for agent in AGENTS:
+            register(sipp, gw, agent, ports[agent])
+            status(agent, "Available")
+        bob = sipp.uas("uas_basic.xml", ports["bob"], calls=1, timeout=40)
+        outbound = sipp.start_uac(
+            "uac_forged_from.xml",
+            gw.address,
+            1,
+            1,
+            service="5551234",
+            local_port=ports["alice"],
+            timeout=30,
+            call_length=4.0,
+            extra=["-key", "from_user", "+19995550000"],
+        )
+        status("alice", "Busy")
+        carrier.uac("uac_queued.xml", gw.address, 1, 1, service=DID, timeout=20).assert_calls(1)
+        bob.wait(timeout=20).assert_calls(1)
+        outbound.wait(timeout=20).assert_calls(1)
+        trunk.wait(timeout=20).assert_calls(1)
+        status("alice", "Available")
+        assert [o["agent"] for o in log_events(gw, "queue_offer")] == ["bob"]
+        received = trunk.result().files.messages.read_text()
+        invite = received[received.index("INVITE sip:5551234@") :].split("\n\n")[0]
+        headers = {
+            line.split(":", 1)[0].strip().lower(): line.split(":", 1)[1].strip()
+            for line in invite.splitlines()[1:]
+            if ":" in line
+        }
+        assert "<sip:+15555550200@" in headers["from"], invite
+        assert "<sip:+15555550200@" in headers["p-asserted-identity"], invite
+        assert "+19995550000" not in invite
+    finally:
+        recorder.close()
