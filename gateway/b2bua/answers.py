@@ -10,6 +10,8 @@ request                       answer
 OPTIONS (no To tag)           200 with Allow/Accept/Supported
 INVITE, Max-Forwards 0        483
 INVITE without Contact        400 (section 8.1.1.8)
+Require: an unsupported tag   420 + Unsupported (8.2.2.3); an emergency
+                              INVITE is placed anyway (SPEC E-3, see below)
 INVITE, no route              404 (or the router's refusal)
 in-dialog, unknown dialog     481
 CANCEL matching nothing       481
@@ -17,6 +19,17 @@ BYE/UPDATE/INFO/PRACK         481 (no dialog without a To tag)
 REGISTER/SUBSCRIBE/...        405 with Allow
 unknown method                501
 ============================  ======================================
+
+Extensions (RFC 3261 section 8.2.2.3). :data:`SUPPORTED` lists the option tags the B2BUA
+honours end to end; it is empty: no reliable provisional responses (100rel, RFC 3262), no
+session timers (timer, RFC 4028), no Replaces, Path or SIP Outbound. Any request but ACK and
+CANCEL (which are never refused on Require) that requires another tag gets 420 Bad
+Extension with ``Unsupported`` naming the tags; in a dialog it is the same (the call
+goes on). The one exception is an emergency call or callback (its INVITE and the
+requests in its dialog): SPEC E-3 says it is never refused, and a 420 would leave the
+caller without a path to help, so it is placed as if the Require were absent (the
+B-leg never carries the A-leg's Require) and the ignored tags are logged. A phone that
+required 100rel then simply gets unreliable 18x, which RFC 3262 UACs handle.
 """
 
 from __future__ import annotations
@@ -29,7 +42,18 @@ from gateway.sip.message import Request
 from gateway.sip.transaction import ServerTransaction
 from gateway.sip.uri import SipUri, TelUri
 
-__all__ = ["answer_out_of_dialog", "dialled_number", "refuse_invite", "unfit_invite"]
+__all__ = [
+    "SUPPORTED",
+    "answer_out_of_dialog",
+    "dialled_number",
+    "refuse_extensions",
+    "refuse_invite",
+    "unfit_invite",
+    "unsupported_extensions",
+]
+
+#: option tags the B2BUA supports end to end (the ``Supported`` header); none yet
+SUPPORTED: tuple[str, ...] = ()
 
 
 def dialled_number(request: Request) -> str:
@@ -51,7 +75,7 @@ def answer_out_of_dialog(core: CallCore, tx: ServerTransaction, method: str) -> 
             extra=(
                 ("Allow", ALLOW),
                 ("Accept", "application/sdp"),
-                ("Supported", ""),
+                ("Supported", ", ".join(SUPPORTED)),
                 ("Server", core.user_agent),
             ),
         )
@@ -92,3 +116,30 @@ def refuse_invite(
     if refusal.warning:
         extra = (*extra, ("Warning", warning_value(refusal.warning)))
     core.respond(tx, refusal.status, refusal.reason, to_tag=to_tag, extra=extra)
+
+
+def unsupported_extensions(request: Request) -> list[str]:
+    """The option tags in ``Require`` that we do not support (RFC 3261 section 8.2.2.3);
+    ACK and CANCEL are never refused on Require, so theirs are not looked at."""
+    if request.method in ("ACK", "CANCEL"):
+        return []
+    tags: list[str] = []
+    for value in request.get_all("require"):
+        for tag in value.split(","):
+            tag = tag.strip()
+            if tag and tag.lower() not in SUPPORTED and tag not in tags:
+                tags.append(tag)
+    return tags
+
+
+def refuse_extensions(
+    core: CallCore, tx: ServerTransaction, tags: list[str], to_tag: str | None = None
+) -> None:
+    """420 Bad Extension naming ``tags`` in Unsupported, and what we do support."""
+    log.info("bad_extension", method=tx.request.method, unsupported=tags)
+    core.respond(
+        tx,
+        420,
+        to_tag=to_tag,
+        extra=(("Unsupported", ", ".join(tags)), ("Supported", ", ".join(SUPPORTED))),
+    )

@@ -44,8 +44,10 @@ from gateway.b2bua.admission import Admission
 from gateway.b2bua.answers import (
     answer_out_of_dialog,
     dialled_number,
+    refuse_extensions,
     refuse_invite,
     unfit_invite,
+    unsupported_extensions,
 )
 from gateway.b2bua.call import (
     Call,
@@ -278,7 +280,7 @@ class B2BUA:
             leg = self.core.legs.get((request.call_id, to_tag))
             if leg is None:
                 self.core.respond(tx, 481)
-            else:
+            elif not self._refused_extensions(tx, request, self.core.call_of(leg), to_tag):
                 self.relay.on_request(leg, tx, request)
             return
         handler = self.request_handlers.get(method)
@@ -286,8 +288,24 @@ class B2BUA:
             handler(ev)
         elif method == "INVITE":
             self._on_new_invite(tx, request, ev.source)
-        else:
+        elif not self._refused_extensions(tx, request, None, None):
             answer_out_of_dialog(self.core, tx, method)
+
+    def _refused_extensions(
+        self, tx: ServerTransaction, request: Request, call: Call | None, to_tag: str | None
+    ) -> bool:
+        """RFC 3261 s. 8.2.2.3: 420 for a required extension we lack (True: answered).
+
+        An emergency call's requests are never refused for it (SPEC E-3): the Require is
+        ignored, logged, and not passed on (see :mod:`.answers`)."""
+        tags = unsupported_extensions(request)
+        if not tags:
+            return False
+        if call is not None and call.emergency is not None:
+            log.warning("require_ignored_on_emergency_call", method=request.method, tags=tags)
+            return False
+        refuse_extensions(self.core, tx, tags, to_tag)
+        return True
 
     def _on_cancel(self, tx: ServerTransaction, cancelled: ServerTransaction | None) -> None:
         if cancelled is None or not isinstance(cancelled.owner, Call):
@@ -309,6 +327,14 @@ class B2BUA:
             decision = self.router.route(request, dialled, source)
             if isinstance(decision, list):
                 decision = Outbound(decision)
+            tags = unsupported_extensions(request)
+            if tags and not isinstance(decision, Emergency):
+                refuse_extensions(core, tx, tags, a.local_tag)
+                call.result = "420"
+                core.end_refused(call)
+                return
+            if tags:
+                log.warning("require_ignored_on_emergency_call", method="INVITE", tags=tags)
             if isinstance(decision, RouteRefusal):
                 refuse_invite(core, tx, decision, dialled, a.local_tag)
                 call.result = f"{decision.status}"
@@ -366,6 +392,7 @@ class B2BUA:
     def _start_outbound(self, call: Call, decision: Outbound) -> None:
         call.hops = decision.hops
         call.agent = decision.agent
+        call.caller_id = decision.caller_id
         log.info(
             "call_start",
             direction="outbound",

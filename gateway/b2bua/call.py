@@ -250,6 +250,8 @@ class NextHop:
     #: after a 100 Trying, longest wait for an 18x or 2xx before the next hop (emergency
     #: hops, SPEC E-2); None: a 100 is progress enough (ordinary calls)
     setup_timeout: float | None = None
+    #: a trusted trunk: P-Asserted-Identity goes there even with Privacy: id (RFC 3325)
+    trusted: bool = False
 
     @property
     def gateway(self) -> str:
@@ -326,6 +328,9 @@ class Call:
     queue: str | None = None
     #: the agent on this call: the caller (outbound) or the one who answered (inbound)
     agent: str | None = None
+    #: the E.164 number an ordinary outbound call presents (From, P-Asserted-Identity);
+    #: None: anonymous. Chosen by the dialplan, never taken from the phone's headers
+    caller_id: str | None = None
     #: the trunk an inbound call came from
     source_trunk: str | None = None
     #: the first queue an inbound call waited in (kept for the call history)

@@ -57,10 +57,12 @@ class RouteRefusal:
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """Place the B-leg at these hops, in order; ``agent`` is the calling agent, if any."""
+    """Place the B-leg at these hops, in order; ``agent`` is the calling agent, if any;
+    ``caller_id`` the E.164 number to present (None: anonymous)."""
 
     hops: list[NextHop]
     agent: str | None = None
+    caller_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,4 +162,4 @@ class QueuePort(Protocol):
 
     def enqueue(self, call: Call, queue: str, priority: int) -> None: ...
 
-    def offer_failed(self, call: Call, status: int) -> None: ...
+    def offer_failed(self, call: Call, status: int, *, refused: bool = False) -> None: ...

@@ -124,15 +124,13 @@ class Placement:
         transport = "" if dest.transport == "udp" else f";transport={dest.transport}"
         user = hop.user
         ruri = hop.request_uri or f"sip:{user}@{target}{transport}"
-        a_from = a_invite.from_
-        from_user = _user_of(a_from)
-        display = f"{a_from.display} " if a_from.display else ""
+        from_value, identity = _presented_identity(call, hop, our_host, tag)
         max_forwards = a_invite.max_forwards
         mf = 70 if max_forwards is None else max(max_forwards - 1, 0)
         headers: list[tuple[str, str, str]] = [
             ("via", "Via", str(core.via_for(dest, core.ids.branch()))),
             ("max-forwards", "Max-Forwards", str(mf)),
-            ("from", "From", f"{display}<sip:{from_user}@{our_host}>;tag={tag}"),
+            ("from", "From", from_value),
             ("to", "To", f"<{hop.request_uri}>" if hop.request_uri else f"<sip:{user}@{target}>"),
             ("call-id", "Call-ID", call_id),
             ("cseq", "CSeq", "1 INVITE"),
@@ -141,6 +139,8 @@ class Placement:
             ("user-agent", "User-Agent", core.user_agent),
         ]
         invite = Request("INVITE", ruri, headers)
+        for name, value in identity:
+            invite.add(name, value)
         # kept only when the router let them through (trusted trunks, SPEC C-2)
         for name in ("Priority", "Resource-Priority", "Geolocation", "Geolocation-Routing"):
             for value in a_invite.get_all(name):
@@ -235,6 +235,13 @@ class Placement:
             return
         hop = call.current_hop
         failure = core.failure(call, FailureKind.STATUS, response.reason, status)
+        if call.queue is not None and core.queues is not None:
+            # a queue offer the agent refused (486, 603...): the caller keeps waiting and
+            # the dispatcher offers the call to the next agent (SPEC R-3)
+            core.record_failure(call, failure)
+            core.drop_b_leg(call)
+            core.queues.offer_failed(call, status, refused=True)
+            return
         if hop is not None and status in hop.failover_codes and call.hop_index + 1 < len(call.hops):
             log.info("b_leg_failover", status=status, attempt=call.hop_index + 1)
             self.try_next_hop(call, failure)
@@ -422,3 +429,44 @@ def _user_of(name_addr: NameAddr) -> str:
     if isinstance(uri, (SipUri, TelUri)) and uri.user:
         return uri.user
     return "anonymous"
+
+
+#: Privacy values (RFC 3323 section 4.2, RFC 3325 section 9.3) that hide the caller's identity
+_PRIVATE = frozenset({"id", "user", "header"})
+ANONYMOUS_FROM = '"Anonymous" <sip:anonymous@anonymous.invalid>'
+
+
+def _wants_privacy(request: Request) -> bool:
+    values = (v.strip().lower() for h in request.get_all("privacy") for v in h.split(";"))
+    return any(v in _PRIVATE for v in values)
+
+
+def _presented_identity(
+    call: Call, hop: NextHop, host: str, tag: str
+) -> tuple[str, list[tuple[str, str]]]:
+    """The B-leg's From and identity headers.
+
+    An inbound call keeps its carrier's calling number. An ordinary outbound call presents
+    ``call.caller_id`` (the dialplan's choice, never the phone's From, PAI or PPI) in From
+    and P-Asserted-Identity (RFC 3325); none: anonymous. With ``Privacy: id`` (RFC 3323)
+    From is anonymous, and the PAI goes, with ``Privacy: id``, to a trusted trunk only.
+    An emergency call's identity (the callback DID, E-4) is set by its hook afterwards.
+    """
+    a_invite = call.a.invite
+    if call.direction != "outbound" or call.emergency is not None:
+        a_from = a_invite.from_
+        display = f"{a_from.display} " if a_from.display else ""
+        return f"{display}<sip:{_user_of(a_from)}@{host}>;tag={tag}", []
+    number = call.caller_id
+    private = _wants_privacy(a_invite)
+    asserted = f"<sip:{number}@{host};user=phone>"
+    if number is None or private:
+        from_value = f"{ANONYMOUS_FROM};tag={tag}"
+    else:
+        from_value = f"{asserted};tag={tag}"
+    identity: list[tuple[str, str]] = []
+    if number is not None and (not private or hop.trusted):
+        identity.append(("P-Asserted-Identity", asserted))
+        if private:
+            identity.append(("Privacy", "id"))
+    return from_value, identity

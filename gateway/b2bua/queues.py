@@ -16,9 +16,12 @@ Offering a call places its B-leg at the agent's most recent registration with th
 ``ring_timeout_s`` as Timer C. When the agent answers, the call leaves the queue; when the
 agent refuses or the ring times out, the agent is remembered as tried and the call waits
 for the next one (when every agent has been tried, the set is cleared so they get another
-turn). The dispatcher runs again after every event that can free an agent or a call:
-enqueue, presence change, call end, refusal. After ``max_wait_s`` the call overflows to
-another queue (keeping its priority), to a fixed destination, or gets the final status.
+turn). An agent who *refused* (486 Busy Here, 603 Decline...) also rests: it is not offered
+that call again for the queue's ``refused_rest_s``, even when it is the only one left.
+The dispatcher runs again after every event that can free an agent or a call: enqueue,
+presence change, call end, refusal, the end of a rest. After ``max_wait_s`` the call
+overflows to another queue (keeping its priority), to a fixed destination, or gets the
+final status.
 
 The dispatcher never sends SIP itself: it asks the B2BUA through the :class:`CallPlacer`
 port.
@@ -70,6 +73,8 @@ class QueuedCall:
     priority: int
     seq: int
     tried: set[str] = field(default_factory=set)
+    #: agents who refused this call and are not offered it again yet
+    resting: set[str] = field(default_factory=set)
     ringing: str | None = None
     wait_timer: object | None = None
 
@@ -147,8 +152,9 @@ class QueueManager(CallObserverBase):
         if call.queue is not None:
             self.answered(call)
 
-    def offer_failed(self, call: Call, status: int) -> None:
-        """The agent ringing for ``call`` refused or did not answer in time."""
+    def offer_failed(self, call: Call, status: int, *, refused: bool = False) -> None:
+        """The agent ringing for ``call`` did not answer in time, or ``refused`` it with a
+        final ``status``: the call waits for the next agent; a refusing agent rests."""
         queued = self.waiting.get(call.id)
         if queued is None:
             return
@@ -157,8 +163,26 @@ class QueueManager(CallObserverBase):
             self.ringing.pop(agent, None)
             queued.tried.add(agent)
             queued.ringing = None
-            log.info("queue_offer_failed", call_id=call.id, agent=agent, status=status)
+            log.info(
+                "queue_offer_failed", call_id=call.id, agent=agent, status=status, refused=refused
+            )
+            if refused:
+                self._rest(queued, agent)
         self.dispatch()
+
+    def _rest(self, queued: QueuedCall, agent: str) -> None:
+        """``agent`` refused ``queued``: not offered it again for ``refused_rest_s``."""
+        rest = self.dialplan.queues[queued.queue].refused_rest_s
+        if rest <= 0:
+            return
+        queued.resting.add(agent)
+
+        def wake() -> None:
+            queued.resting.discard(agent)
+            if self.waiting.get(queued.call.id) is queued:
+                self.dispatch()
+
+        self.placer.call_later(rest, wake)
 
     def call_ended(self, call: Call) -> None:
         """Any call ended: a waiting one leaves the queue; an agent's call frees the agent."""
@@ -230,7 +254,7 @@ class QueueManager(CallObserverBase):
 
     def _choose_agent(self, queued: QueuedCall, free: set[str]) -> str | None:
         agents = self.dialplan.agents
-        serving = [a for a in free if queued.queue in agents[a].queues]
+        serving = [a for a in free if queued.queue in agents[a].queues and a not in queued.resting]
         candidates = [a for a in serving if a not in queued.tried]
         if not candidates and serving and queued.tried:
             # every eligible agent let it ring out: give them another turn

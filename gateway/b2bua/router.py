@@ -165,7 +165,7 @@ class ContactCentreRouter:
         if emergency is not None and emergency.agent_busy_with_emergency(agent):
             # SPEC E-8: while an agent's emergency call is up, no other outbound call
             return RouteRefusal(403, "Forbidden", "agent is on an emergency call")
-        return self.outbound(dialled, agent)
+        return self.outbound(dialled, agent, source)
 
     def _identify(self, request: Request, source: Address) -> tuple[str | None, str | None]:
         """The agent behind a request and how it is known (SPEC E-13): verified digest
@@ -318,7 +318,7 @@ class ContactCentreRouter:
         call = EmergencyCall(None, agent_id, None, test, callback=True, did=dialled)
         return Emergency(call, hops, "the agent is unreachable and has no callback_fallback")
 
-    def outbound(self, dialled: str, agent: str | None) -> Decision:
+    def outbound(self, dialled: str, agent: str | None, source: Address | None = None) -> Decision:
         decision = self.dialplan.route(dialled)
         if decision is None:
             return RouteRefusal(404, "Not Found", f"no outbound rule matches {dialled[:64]}")
@@ -331,11 +331,28 @@ class ContactCentreRouter:
                 user=decision.user,
                 failover_codes=codes,
                 provisional_timeout=trunk.provisional_timeout_s,
+                trusted=trunk.trusted,
             )
             for gw in trunk.gateways
             for address in self.targets(Address(gw.transport, gw.host, gw.port))
         ]
-        return Outbound(hops, agent)
+        return Outbound(hops, agent, self.caller_id(decision.rule, agent, source))
+
+    def caller_id(self, rule_name: str, agent: str | None, source: Address | None) -> str | None:
+        """The E.164 number an outbound call presents, as the rule's ``caller_id`` says:
+        the identified agent's ``identity``, a queue's, the caller's site's callback
+        number, or none. Never a header of the phone's (From, P-Asserted-Identity and
+        P-Preferred-Identity are the phone's own claims)."""
+        rule = next(r for r in self.dialplan.outbound if r.name == rule_name)
+        kind, _, name = rule.caller_id.partition(":")
+        if kind == "agent":
+            return self.dialplan.agents[agent].identity if agent is not None else None
+        if kind == "queue":
+            return self.dialplan.queues[name].identity
+        if kind == "site" and source is not None:
+            site = self.dialplan.site_for(source.host)
+            return site[1].callback_number if site is not None else None
+        return None
 
 
 class DialplanRouter(ContactCentreRouter):

@@ -123,6 +123,15 @@ class Queue(Frozen):
     ring_timeout_s: Annotated[float, Field(gt=0)] = 15.0
     max_wait_s: Annotated[float, Field(gt=0)] = 120.0
     overflow: Overflow = Overflow(status=480)
+    #: how long an agent who refused a call (486, 603...) is not offered it again
+    refused_rest_s: Annotated[float, Field(ge=0)] = 30.0
+    #: the queue's E.164 number, presented by outbound rules with ``caller_id: queue:<name>``
+    identity: str | None = None
+
+    @field_validator("identity")
+    @classmethod
+    def _identity_is_e164(cls, value: str | None) -> str | None:
+        return check_e164(value)
 
 
 class InboundRule(Frozen):
@@ -213,4 +222,22 @@ def inbound_errors(rules: Sequence[InboundRule], queues: Collection[str]) -> lis
             first = f"inbound[{names[rule.name]}]"
             errors.append(duplicate_rule_name(rule.name, first, ("inbound", index, "name")))
         names.setdefault(rule.name, index)
+    return errors
+
+
+def caller_id_errors(
+    caller_ids: Sequence[tuple[int, str]], queues: Mapping[str, Queue]
+) -> list[InitErrorDetails]:
+    """Outbound rules' ``caller_id: queue:<name>`` name a queue that has an identity."""
+    errors: list[InitErrorDetails] = []
+    for index, caller_id in caller_ids:
+        kind, _, name = caller_id.partition(":")
+        if kind != "queue":
+            continue
+        loc: FieldLoc = ("outbound", index, "caller_id")
+        if name not in queues:
+            errors.append(_unknown_queue(name, loc, queues))
+        elif queues[name].identity is None:
+            message = f"queue {name!r} has no identity (an E.164 number) to present"
+            errors.append(field_error("no_identity", message, loc, caller_id))
     return errors

@@ -64,6 +64,7 @@ from gateway.config.contact_centre import (
     Queue,
     RegistrarSettings,
     agent_errors,
+    caller_id_errors,
     inbound_errors,
     overflow_errors,
 )
@@ -87,6 +88,7 @@ from gateway.config.fields import (
     SiteName,
     Transport,
     TrunkName,
+    check_caller_id,
     check_e164,
     check_host,
     check_name,
@@ -296,6 +298,9 @@ class OutboundRule(Frozen):
     match: Regex
     rewrite: str | None = None
     trunk: str
+    #: the calling number presented to the trunk: the agent's ``identity``, a queue's
+    #: (``queue:<name>``), the caller's site's ``callback_number``, or ``none`` (anonymous)
+    caller_id: Annotated[str, AfterValidator(check_caller_id)] = "agent"
 
     @field_validator("rewrite")
     @classmethod
@@ -521,6 +526,7 @@ class Dialplan(Frozen):
             *agent_errors(self.agents, self.queues),
             *overflow_errors(self.queues),
             *inbound_errors(self.inbound, self.queues),
+            *caller_id_errors([(i, r.caller_id) for i, r in enumerate(self.outbound)], self.queues),
             *_direct_routing_errors(self.emergency.direct_routing, self.trunks),
         ]
         if errors:

@@ -260,3 +260,11 @@ def field_error(kind: str, message: str, loc: FieldLoc, value: str) -> InitError
 
 def duplicate_rule_name(name: str, first: str, loc: FieldLoc) -> InitErrorDetails:
     return field_error("duplicate", f"duplicate rule name {name!r} (also {first})", loc, name)
+
+
+def check_caller_id(value: str) -> str:
+    """An outbound rule's ``caller_id``: ``agent``, ``site``, ``none`` or ``queue:<name>``."""
+    kind, colon, name = value.partition(":")
+    if value in ("agent", "site", "none") or (kind == "queue" and colon and name):
+        return value
+    raise problem("caller_id", "caller_id must be agent, site, none or queue:<name>")

@@ -128,10 +128,12 @@ class PresenceService:
         self._after(agent, change, persist=True)
         return True
 
-    def set_registered(self, agent_id: str, registered: bool) -> None:
+    def set_registered(self, agent_id: str, registered: bool, *, removed: bool = False) -> None:
+        """The agent has a live registration or not; ``removed``: its phone unregistered."""
         agent = self.agents.get(agent_id)
         if agent is not None and agent.registered != registered:
-            self._after(agent, agent.set_registered(registered, self.wall_clock()))
+            change = agent.set_registered(registered, self.wall_clock(), removed=removed)
+            self._after(agent, change)
 
     def call_started(self, agent_id: str) -> None:
         agent = self.agents.get(agent_id)

@@ -118,11 +118,18 @@ class AgentPresence:
         self.chosen = status
         return self._update(reason, now, note)
 
-    def set_registered(self, registered: bool, now: float) -> PresenceChanged | None:
+    def set_registered(
+        self, registered: bool, now: float, *, removed: bool = False
+    ) -> PresenceChanged | None:
+        """Registered or not; ``removed``: the phone itself unregistered (Expires 0)."""
         self.registered = registered
-        return self._update(
-            PresenceReason.REGISTERED if registered else PresenceReason.REGISTRATION_EXPIRED, now
-        )
+        if registered:
+            reason = PresenceReason.REGISTERED
+        elif removed:
+            reason = PresenceReason.UNREGISTERED
+        else:
+            reason = PresenceReason.REGISTRATION_EXPIRED
+        return self._update(reason, now)
 
     def call_started(self, now: float) -> PresenceChanged | None:
         self.active_calls += 1

@@ -226,7 +226,8 @@ class RegistrarService:
                 self.on_registered(agent, source_text)
             except Exception:
                 log.exception("on_registered_failed", agent=agent)
-        self.presence.set_registered(agent, bool(self.contacts(agent)))
+        # an accepted REGISTER that leaves no binding is the phone's own un-REGISTER
+        self.presence.set_registered(agent, bool(self.contacts(agent)), removed=True)
 
     # -- background ----------------------------------------------------------------------------
 

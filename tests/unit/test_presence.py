@@ -309,3 +309,42 @@ def test_caller_hangs_up_while_waiting(setup: Any) -> None:
     queues.call_ended(call)
     presence.set_registered("alice", True)
     assert placer.offers == []
+
+
+def test_an_agent_who_refused_is_not_offered_the_call_again_until_it_has_rested(
+    setup: Any,
+) -> None:
+    queues, presence, placer, _clock = setup
+    presence.set_registered("alice", True)
+    call = _call(1)
+    queues.enqueue(call, "support", 0)
+    assert placer.offers == [("call1", "alice")]
+    queues.offer_failed(call, 486, refused=True)
+    assert placer.offers == [("call1", "alice")]  # the only agent, and she said no
+    presence.set_registered("bob", True)
+    assert placer.offers[-1] == ("call1", "bob")  # another agent gets it at once
+    queues.offer_failed(call, 408)  # bob lets it ring out: alice still rests
+    assert placer.offers[1:] == [("call1", "bob"), ("call1", "bob")]
+    placer.timers[1]()  # alice's rest is over (bob is ringing: nothing moves yet)
+    assert len(placer.offers) == 3
+    queues.offer_failed(call, 486, refused=True)  # bob says no: now he rests
+    assert placer.offers[-1] == ("call1", "alice")
+
+
+def test_an_explicit_unregister_says_so_and_an_expiry_says_expired() -> None:
+    """Issue 15 hole 8: Expires 0 from the phone is ``unregistered``, not an expiry."""
+    publisher = FakePublisher()
+    presence = PresenceService(
+        {"alice": 1}, FakeStore(), publisher, Topics("p", "gw1"), "gw1", wall_clock=Clock()
+    )
+    presence.set_registered("alice", True)
+    presence.set_registered("alice", False, removed=True)
+    presence.set_registered("alice", True)
+    presence.set_registered("alice", False)
+    reasons = [(p["status"], p["reason"]) for _, p, _ in publisher.published]
+    assert reasons == [
+        ("Available", "registered"),
+        ("Offline", "unregistered"),
+        ("Available", "registered"),
+        ("Offline", "registration_expired"),
+    ]
