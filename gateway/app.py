@@ -32,6 +32,7 @@ from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Publisher, Topics
 from gateway.gcpolicy import GcPacer
+from gateway.lifecycle import Lifecycle
 from gateway.location.choice import current_registration
 from gateway.location.service import AgentLocations
 from gateway.notify import Notifier
@@ -382,7 +383,7 @@ def _call_layer(
 
 
 async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM."""
+    """Run until SIGINT/SIGTERM, then drain (``gateway.lifecycle``) and close."""
     loop = asyncio.get_running_loop()
     async with Gateway.running(dialplan, settings) as gw:
         log.info(
@@ -394,8 +395,15 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
             data_dir=str(settings.data_dir),
             agents=len(dialplan.agents),
         )
-        stop = asyncio.Event()
+        lifecycle = Lifecycle(
+            gw.b2bua,
+            gw.layer,
+            gw.endpoint.pump,
+            loop.time,
+            drain_s=settings.drain_s,
+            retry_after=settings.retry_after_s,
+        )
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+            loop.add_signal_handler(sig, lifecycle.signalled)
+        await lifecycle.run()
         log.info("gateway_stopping", calls_in_progress=len(gw.b2bua.calls))
