@@ -22,6 +22,7 @@ import structlog
 
 from gateway.b2bua.b2bua import B2BUA, CallObserver
 from gateway.b2bua.history import CallHistory
+from gateway.b2bua.metrics import CallMetrics, node_metrics
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.b2bua.tasks import CallTasks
@@ -35,6 +36,7 @@ from gateway.gcpolicy import GcPacer
 from gateway.lifecycle import Lifecycle
 from gateway.location.choice import current_registration
 from gateway.location.service import AgentLocations
+from gateway.metrics import MetricsServer, parse_addr
 from gateway.notify import Notifier
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
@@ -74,6 +76,8 @@ class Gateway:
     endpoint: SipEndpoint
     b2bua: B2BUA
     mqtt_url: str | None
+    #: the call counters and live levels behind ``/metrics`` (SPEC O-3)
+    metrics: CallMetrics | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -137,6 +141,7 @@ class Gateway:
                 call_tasks,
                 resolver,
             )
+            metrics = _metrics(b2bua, registrar, publisher)
             await endpoint.start()
             stack.push_async_callback(endpoint.close)
             _start_gc_pacer(stack, settings)
@@ -153,6 +158,7 @@ class Gateway:
                 endpoint,
                 b2bua,
                 mqtt_url,
+                metrics,
             )
 
 
@@ -382,6 +388,18 @@ def _call_layer(
     return b2bua, queues
 
 
+def _metrics(b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher) -> CallMetrics:
+    """The node's metrics: a call observer, and gauges read at scrape time."""
+    stats = getattr(publisher, "stats", None)
+    metrics = node_metrics(
+        lambda: len(b2bua.calls),
+        lambda: sum(len(bindings) for bindings in registrar.bindings.values()),
+        (lambda: (stats.queued, stats.dropped)) if stats is not None else None,
+    )
+    b2bua.observers.append(metrics)
+    return metrics
+
+
 async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then drain (``gateway.lifecycle``) and close."""
     loop = asyncio.get_running_loop()
@@ -405,5 +423,31 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
         )
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lifecycle.signalled)
-        await lifecycle.run()
+        server = await _start_metrics_server(settings, gw, lifecycle)
+        try:
+            await lifecycle.run()
+        finally:
+            if server is not None:
+                await server.close()
         log.info("gateway_stopping", calls_in_progress=len(gw.b2bua.calls))
+
+
+async def _start_metrics_server(
+    settings: Settings, gw: Gateway, lifecycle: Lifecycle
+) -> MetricsServer | None:
+    """``/metrics`` and ``/healthz`` on ``GATEWAY_METRICS_ADDR`` (``off``: none)."""
+    if gw.metrics is None or settings.metrics_addr.strip().lower() == "off":
+        return None
+    host, port = parse_addr(settings.metrics_addr)
+    server = MetricsServer(
+        gw.metrics.registry,
+        host,
+        port,
+        health=lambda: None if lifecycle.serving else lifecycle.state.value,
+    )
+    try:
+        await server.start()
+    except OSError as exc:  # metrics are a side task: the calls go on without them
+        log.error("metrics_not_listening", address=settings.metrics_addr, error=str(exc))
+        return None
+    return server

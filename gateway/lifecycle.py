@@ -21,15 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
+from typing import Protocol
 
 import structlog
 
-from gateway.b2bua.b2bua import B2BUA
 from gateway.sip.transaction import TransactionLayer
 
-__all__ = ["BYE_WAIT_S", "Lifecycle", "NodeState"]
+__all__ = ["BYE_WAIT_S", "Drainable", "Lifecycle", "NodeState"]
 
 log = structlog.get_logger("gateway.lifecycle")
 
@@ -37,6 +37,19 @@ log = structlog.get_logger("gateway.lifecycle")
 BYE_WAIT_S = 2.0
 #: how often the drain looks at the calls in progress
 _POLL_S = 0.05
+
+
+class Drainable(Protocol):
+    """What the stop sequence needs of the call layer (``gateway.b2bua.b2bua.B2BUA``)."""
+
+    @property
+    def calls(self) -> Mapping[str, object]: ...
+
+    def drain(self, retry_after: int = 30) -> None: ...
+
+    def ordinary_calls(self) -> int: ...
+
+    def hang_up(self, now: float, *, emergency: bool = False) -> int: ...
 
 
 class NodeState(StrEnum):
@@ -50,7 +63,7 @@ class Lifecycle:
 
     def __init__(
         self,
-        b2bua: B2BUA,
+        b2bua: Drainable,
         layer: TransactionLayer,
         pump: Callable[[], None],
         clock: Callable[[], float],

@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     """``host:port`` of the Prometheus ``/metrics`` and the ``/healthz`` endpoint;
     ``off``: none."""
 
+    @field_validator("metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() != "off":
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{value!r} is not host:port (such as 127.0.0.1:9464) or off")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_upper(cls, value: Any) -> Any:

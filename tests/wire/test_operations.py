@@ -12,9 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
-from harness import PROJECT_ROOT, GatewayFactory, GatewayProcess, Sipp, SippProcess
+from harness import PROJECT_ROOT, GatewayFactory, GatewayProcess, Sipp, SippProcess, free_port
+from prometheus_client.parser import text_string_to_metric_families
 
 ORDINARY = "5551234"
 SITE_NUMBER = "+15555550180"
@@ -149,3 +152,56 @@ def test_a_second_sigterm_stops_at_once_with_byes_on_every_leg(
     sos.wait(timeout=10).assert_calls(1)
     carrier.wait(timeout=10).assert_calls(2)
     sbc.wait(timeout=10).assert_calls(1)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """``GET path`` on the metrics listener: (status, body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text ``text`` (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+def test_metrics_move_with_calls_and_healthz_turns_503_on_drain(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    carrier = sipp.uas("uas_basic.xml", calls=4, timeout=30)
+    sbc = sipp.uas("uas_basic.xml", calls=1, timeout=30)
+    port = free_port("tcp")
+    gw = gateway_factory(
+        dialplan(carrier.address, sbc.address),
+        env={"GATEWAY_METRICS_ADDR": f"127.0.0.1:{port}", "GATEWAY_DRAIN_S": "5"},
+    )
+    assert http_get(port, "/healthz") == (200, "serving\n")
+    status, before = http_get(port, "/metrics")
+    assert status == 200
+    assert sample(before, "gateway_calls_total", kind="ordinary", result="completed") == 0
+    sipp.uac("uac_basic.xml", gw.address, 3, 10, service=ORDINARY).assert_calls(3)
+    sipp.uac("uac_basic.xml", gw.address, 1, service="911").assert_calls(1)
+    carrier.wait_bound()
+    _, after = http_get(port, "/metrics")
+    assert sample(after, "gateway_calls_total", kind="ordinary", result="completed") == 3
+    assert sample(after, "gateway_calls_total", kind="emergency", result="completed") == 1
+    route = {"route": "direct-routing:carrier-sbc", "result": "completed"}
+    assert sample(after, "gateway_emergency_calls_total", **route) == 1
+    assert sample(after, "gateway_call_setup_seconds_count", kind="ordinary") == 3
+    assert sample(after, "gateway_calls_in_progress") == 0
+    assert "gateway_event_loop_lag_seconds" in after
+    # a call up keeps the node draining (not stopped): /healthz says so
+    calls = sipp.start_uac("uac_callee_hangup.xml", gw.address, 1, service=ORDINARY)
+    wait_for(lambda: len(log_events(gw, "call_start")) == 4, "the fourth call")
+    gw.popen.send_signal(signal.SIGTERM)
+    wait_for(lambda: http_get(port, "/healthz")[0] == 503, "healthz 503")
+    assert http_get(port, "/healthz") == (503, "draining\n")
+    calls.wait(timeout=15).assert_calls(1)
+    assert gw.popen.wait(timeout=10) == 0, gw.log_tail()
