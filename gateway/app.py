@@ -41,6 +41,7 @@ from gateway.notify import Notifier
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
 from gateway.registrar.service import RegistrarService
+from gateway.reload import Reloader, write_pid_file
 from gateway.sip.address import Address, IdGenerator, address_text
 from gateway.sip.transaction import TimerConfig, TransactionLayer
 from gateway.stores import Stores, open_stores
@@ -78,6 +79,8 @@ class Gateway:
     mqtt_url: str | None
     #: the call counters and live levels behind ``/metrics`` (SPEC O-3)
     metrics: CallMetrics | None = None
+    #: the emergency edge (a reload hands it the new dialplan)
+    emergency: EmergencyService | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -159,7 +162,18 @@ class Gateway:
                 b2bua,
                 mqtt_url,
                 metrics,
+                emergency,
             )
+
+    def use_dialplan(self, dialplan: Dialplan) -> None:
+        """A reloaded dialplan (``gateway.reload``): new calls are routed with it; calls in
+        progress keep their hops. One step: no SIP event runs in between."""
+        router = self.b2bua.router
+        if isinstance(router, ContactCentreRouter):
+            self.b2bua.router = router.with_dialplan(dialplan)
+        if self.emergency is not None:
+            self.emergency.use_dialplan(dialplan)
+        self.dialplan = dialplan
 
 
 class DesktopCommands:
@@ -423,10 +437,14 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
         )
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lifecycle.signalled)
+        reloader = Reloader(settings.dialplan, dialplan, gw.use_dialplan, gw.publisher)
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+        pid_file = write_pid_file(settings.data_dir)
         server = await _start_metrics_server(settings, gw, lifecycle)
         try:
             await lifecycle.run()
         finally:
+            pid_file.unlink(missing_ok=True)
             if server is not None:
                 await server.close()
         log.info("gateway_stopping", calls_in_progress=len(gw.b2bua.calls))

@@ -205,3 +205,65 @@ def test_metrics_move_with_calls_and_healthz_turns_503_on_drain(
     assert http_get(port, "/healthz") == (503, "draining\n")
     calls.wait(timeout=15).assert_calls(1)
     assert gw.popen.wait(timeout=10) == 0, gw.log_tail()
+
+
+def gateway_reload(gw: GatewayProcess) -> subprocess.CompletedProcess[str]:
+    """``gateway reload`` as an operator runs it, beside the running node."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "reload", "--dialplan", str(gw.dialplan_path)],
+        capture_output=True,
+        text=True,
+        env={"GATEWAY_DATA_DIR": str(gw.data_dir), "PATH": "/usr/bin:/bin"},
+        cwd=PROJECT_ROOT,
+        timeout=30,
+    )
+
+
+def test_reload_during_100_calls_keeps_them_and_refuses_a_bad_file(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    """SIGHUP / ``gateway reload`` with 100 calls in progress (SPEC O-1): 0 failed.
+
+    A bad file is refused (non-zero exit, the reason logged) and the old plan kept; a
+    good one is applied: the calls in progress stay on the old carrier, new calls go to
+    the new one.
+    """
+    calls = 100
+    old = sipp.uas("uas_basic.xml", calls=calls, timeout=60, trace_messages=False)
+    new = sipp.uas("uas_basic.xml", calls=1, timeout=60)
+    sbc = sipp.uas("uas_basic.xml", calls=1, timeout=60)
+    gw = gateway_factory(dialplan(old.address, sbc.address))
+    running = sipp.start_uac(
+        "uac_basic.xml",
+        gw.address,
+        calls,
+        100,
+        service=ORDINARY,
+        call_length=3,
+        timeout=40,
+        trace_messages=False,
+    )
+    wait_for(lambda: len(log_events(gw, "call_start")) >= calls // 2, "calls in progress")
+    good_text = gw.dialplan_path.read_text()
+    gw.dialplan_path.write_text(good_text.replace("match: '^\\d+$'", "match: '^(\\d+'"))
+    refused = gateway_reload(gw)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "dialplan refused" in refused.stderr
+    # the node itself refuses the same file on SIGHUP, says why, and keeps the old plan
+    gw.popen.send_signal(signal.SIGHUP)
+    wait_for(lambda: bool(log_events(gw, "dialplan_reload_refused")), "the refusal")
+    (refusal,) = log_events(gw, "dialplan_reload_refused")
+    assert "dialplan.yaml" in str(refusal["problems"])
+    # a good file: the new carrier for new calls
+    carrier = old.address.rpartition(":")[2]
+    moved = good_text.replace(f"port: {carrier} }}", f"port: {new.address.rpartition(':')[2]} }}")
+    assert moved != good_text
+    gw.dialplan_path.write_text(moved)
+    applied = gateway_reload(gw)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    wait_for(lambda: bool(log_events(gw, "dialplan_reloaded")), "the reload")
+    running.wait(timeout=40).assert_calls(calls)  # every call in progress went on
+    old.wait(timeout=20).assert_calls(calls)
+    sipp.uac("uac_basic.xml", gw.address, 1, service=ORDINARY).assert_calls(1)
+    new.wait(timeout=20).assert_calls(1)
+    assert gw.running and "Traceback" not in gw.log_text(), gw.log_tail(80)
