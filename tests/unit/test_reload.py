@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import jsonschema
 
 from gateway.config.dialplan import Dialplan
 from gateway.config.loader import load_dialplan_text
 from gateway.reload import Reloader, restart_sections
 
+SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "docs" / "schemas" / "node-dialplan.v1.json").read_text()
+)
 BASE = """version: 1
 node: { name: gw1 }
 listen: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]
@@ -46,6 +52,7 @@ def test_a_good_file_is_applied_and_published(tmp_path: Path) -> None:
     assert applied[0].trunks["carrier"].gateways[0].host == "192.0.2.22"
     ((topic, payload, retain),) = published.messages
     assert (topic, payload["result"], retain) == ("nodes/gw1/dialplan", "applied", True)
+    jsonschema.validate(payload, SCHEMA)
 
 
 def test_a_bad_file_keeps_the_old_plan_and_names_the_line(tmp_path: Path) -> None:
@@ -55,6 +62,7 @@ def test_a_bad_file_keeps_the_old_plan_and_names_the_line(tmp_path: Path) -> Non
     assert applied == [] and reloader.current is old
     ((_, payload, _),) = published.messages
     assert payload["result"] == "refused"
+    jsonschema.validate(payload, SCHEMA)
     assert "dialplan.yaml:" in payload["problems"][0]
 
 
