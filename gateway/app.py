@@ -23,6 +23,7 @@ import structlog
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA, CallObserver
 from gateway.b2bua.history import CallHistory
+from gateway.b2bua.metrics import CallMetrics, node_metrics
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.b2bua.tasks import CallTasks
@@ -33,12 +34,15 @@ from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Publisher, Topics
 from gateway.gcpolicy import GcPacer
+from gateway.lifecycle import Lifecycle
 from gateway.location.choice import current_registration
 from gateway.location.service import AgentLocations
+from gateway.metrics import MetricsServer, parse_addr
 from gateway.notify import Notifier
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
 from gateway.registrar.service import RegistrarService
+from gateway.reload import Reloader, write_pid_file
 from gateway.sip.address import Address, IdGenerator, address_text
 from gateway.sip.transaction import TimerConfig, TransactionLayer
 from gateway.stores import Stores, open_stores
@@ -75,6 +79,10 @@ class Gateway:
     endpoint: SipEndpoint
     b2bua: B2BUA
     mqtt_url: str | None
+    #: the call counters and live levels behind ``/metrics`` (SPEC O-3)
+    metrics: CallMetrics | None = None
+    #: the emergency edge (a reload hands it the new dialplan)
+    emergency: EmergencyService | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -138,6 +146,7 @@ class Gateway:
                 call_tasks,
                 resolver,
             )
+            metrics = _metrics(b2bua, registrar, publisher)
             await endpoint.start()
             stack.push_async_callback(endpoint.close)
             _start_load_meter(stack, dialplan, endpoint, b2bua)
@@ -155,7 +164,19 @@ class Gateway:
                 endpoint,
                 b2bua,
                 mqtt_url,
+                metrics,
+                emergency,
             )
+
+    def use_dialplan(self, dialplan: Dialplan) -> None:
+        """A reloaded dialplan (``gateway.reload``): new calls are routed with it; calls in
+        progress keep their hops. One step: no SIP event runs in between."""
+        router = self.b2bua.router
+        if isinstance(router, ContactCentreRouter):
+            self.b2bua.router = router.with_dialplan(dialplan)
+        if self.emergency is not None:
+            self.emergency.use_dialplan(dialplan)
+        self.dialplan = dialplan
 
 
 class DesktopCommands:
@@ -401,8 +422,20 @@ def _call_layer(
     return b2bua, queues
 
 
+def _metrics(b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher) -> CallMetrics:
+    """The node's metrics: a call observer, and gauges read at scrape time."""
+    stats = getattr(publisher, "stats", None)
+    metrics = node_metrics(
+        lambda: len(b2bua.calls),
+        lambda: sum(len(bindings) for bindings in registrar.bindings.values()),
+        (lambda: (stats.queued, stats.dropped)) if stats is not None else None,
+    )
+    b2bua.observers.append(metrics)
+    return metrics
+
+
 async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM."""
+    """Run until SIGINT/SIGTERM, then drain (``gateway.lifecycle``) and close."""
     loop = asyncio.get_running_loop()
     async with Gateway.running(dialplan, settings) as gw:
         log.info(
@@ -414,8 +447,45 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
             data_dir=str(settings.data_dir),
             agents=len(dialplan.agents),
         )
-        stop = asyncio.Event()
+        lifecycle = Lifecycle(
+            gw.b2bua,
+            gw.layer,
+            gw.endpoint.pump,
+            loop.time,
+            drain_s=settings.drain_s,
+            retry_after=settings.retry_after_s,
+        )
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+            loop.add_signal_handler(sig, lifecycle.signalled)
+        reloader = Reloader(settings.dialplan, dialplan, gw.use_dialplan, gw.publisher)
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+        pid_file = write_pid_file(settings.data_dir)
+        server = await _start_metrics_server(settings, gw, lifecycle)
+        try:
+            await lifecycle.run()
+        finally:
+            pid_file.unlink(missing_ok=True)
+            if server is not None:
+                await server.close()
         log.info("gateway_stopping", calls_in_progress=len(gw.b2bua.calls))
+
+
+async def _start_metrics_server(
+    settings: Settings, gw: Gateway, lifecycle: Lifecycle
+) -> MetricsServer | None:
+    """``/metrics`` and ``/healthz`` on ``GATEWAY_METRICS_ADDR`` (``off``: none)."""
+    if gw.metrics is None or settings.metrics_addr.strip().lower() == "off":
+        return None
+    host, port = parse_addr(settings.metrics_addr)
+    server = MetricsServer(
+        gw.metrics.registry,
+        host,
+        port,
+        health=lambda: None if lifecycle.serving else lifecycle.state.value,
+    )
+    try:
+        await server.start()
+    except OSError as exc:  # metrics are a side task: the calls go on without them
+        log.error("metrics_not_listening", address=settings.metrics_addr, error=str(exc))
+        return None
+    return server

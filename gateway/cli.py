@@ -1,4 +1,4 @@
-"""Command line: ``gateway run``, ``gateway check``."""
+"""Command line: ``gateway run``, ``gateway check``, ``gateway reload``."""
 
 from __future__ import annotations
 
@@ -219,6 +219,36 @@ def _cmd_reservations(args: argparse.Namespace) -> int:
     return asyncio.run(read())
 
 
+def _cmd_reload(args: argparse.Namespace) -> int:
+    """Check the dialplan, then SIGHUP the node whose pid file is in the data directory."""
+    import os
+    import signal
+
+    from gateway.reload import PID_FILE
+
+    overrides = {"dialplan": Path(args.dialplan)} if args.dialplan else {}
+    settings = _settings_or_report(**overrides)
+    if settings is None:
+        return EXIT_CONFIG
+    try:
+        load_dialplan(settings.dialplan)
+    except DialplanError as exc:
+        print(f"gateway: dialplan refused, the running one is kept:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"gateway: cannot read dialplan: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    pid_path = settings.data_dir / PID_FILE
+    try:
+        pid = int(pid_path.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"gateway: no running gateway found through {pid_path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"gateway: reload requested (pid {pid}); its log says whether it was applied")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     cdr.add_argument("--limit", type=int, default=20)
     cdr.add_argument("--json", action="store_true", help="one JSON object per line")
     cdr.set_defaults(func=_cmd_cdr)
+    reload = sub.add_parser("reload", help="check the dialplan and make the running node reload it")
+    reload.add_argument("--dialplan", help="dialplan YAML file (default: $GATEWAY_DIALPLAN)")
+    reload.set_defaults(func=_cmd_reload)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -463,9 +463,10 @@ def start_gateway(
     """Write the dialplan into ``workdir`` and start the gateway on it.
 
     Runs ``[sys.executable, -m, gateway, run, --dialplan, PATH, *args]`` from the project
-    root with ``GATEWAY_DATA_DIR=workdir/data``, ``GATEWAY_LOG_FORMAT=json`` and
-    unbuffered output, then ``env`` on top; with ``inherit_gateway_env=False`` the
-    ``GATEWAY_*`` variables of this process are not passed on. stdout and stderr go to
+    root with ``GATEWAY_DATA_DIR=workdir/data``, ``GATEWAY_LOG_FORMAT=json``,
+    ``GATEWAY_METRICS_ADDR=off`` and unbuffered output, then ``env`` on top; with
+    ``inherit_gateway_env=False`` the ``GATEWAY_*`` variables of this process are not
+    passed on. stdout and stderr go to
     files in ``workdir``. The dialplan must make the gateway listen on
     ``listen_host:listen_port``: readiness is an OPTIONS over UDP to that address
     answered with 200 within ``ready_timeout`` seconds. Otherwise the process is stopped
@@ -487,6 +488,7 @@ def start_gateway(
         **inherited,
         "GATEWAY_DATA_DIR": str(data_dir),
         "GATEWAY_LOG_FORMAT": "json",
+        "GATEWAY_METRICS_ADDR": "off",  # a test that scrapes gives its own free port
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }

@@ -157,6 +157,10 @@ class B2BUA:
         self.admission = admission
         #: out-of-dialog methods handled elsewhere (REGISTER: the registrar)
         self.request_handlers = dict(request_handlers or {})
+        #: stopping (SPEC O-7): new ordinary calls get 503 + Retry-After
+        self.draining = False
+        #: the Retry-After (seconds) of the drain's 503s
+        self.retry_after = 30
 
     # -- what the parts share, for the adapter, tests and benchmarks ----------------------
 
@@ -327,14 +331,10 @@ class B2BUA:
             decision = self.router.route(request, dialled, source)
             if isinstance(decision, list):
                 decision = Outbound(decision)
-            tags = unsupported_extensions(request)
-            if tags and not isinstance(decision, Emergency):
-                refuse_extensions(core, tx, tags, a.local_tag)
-                call.result = "420"
-                core.end_refused(call)
+            if self._refuse_unsupported_invite(tx, call, decision):
                 return
-            if tags:
-                log.warning("require_ignored_on_emergency_call", method="INVITE", tags=tags)
+            if self.draining and isinstance(decision, (Outbound, Queued)):
+                decision = self._drain_refusal()
             if isinstance(decision, RouteRefusal):
                 refuse_invite(core, tx, decision, dialled, a.local_tag)
                 call.result = f"{decision.status}"
@@ -353,6 +353,22 @@ class B2BUA:
                 self._start_outbound(call, decision)
         finally:
             structlog.contextvars.unbind_contextvars("call_id")
+
+    def _refuse_unsupported_invite(
+        self, tx: ServerTransaction, call: Call, decision: Decision
+    ) -> bool:
+        """RFC 3261 section 8.2.2.3: a new call requiring an extension we do not support
+        gets 420; an emergency call is placed anyway (E-3), the tags logged and dropped."""
+        tags = unsupported_extensions(call.a.invite)
+        if not tags:
+            return False
+        if isinstance(decision, Emergency):
+            log.warning("require_ignored_on_emergency_call", method="INVITE", tags=tags)
+            return False
+        refuse_extensions(self.core, tx, tags, call.a.local_tag)
+        call.result = "420"
+        self.core.end_refused(call)
+        return True
 
     def _shed(self, tx: ServerTransaction, call: Call, decision: Decision) -> bool:
         """SPEC O-4: a new ordinary call under overload gets 503 + Retry-After from its
@@ -449,6 +465,39 @@ class B2BUA:
         except Exception:
             log.exception("emergency_b_leg_failed", call_id=call.id)
         self.pump()
+
+    # -- stopping (SPEC O-7) ----------------------------------------------------------------
+
+    def drain(self, retry_after: int = 30) -> None:
+        """Stop taking new ordinary calls: 503 + ``Retry-After`` from now on. Emergency calls
+        and callbacks are still admitted (SPEC E-3); in-dialog requests are still served."""
+        self.draining = True
+        self.retry_after = retry_after
+
+    def ordinary_calls(self) -> int:
+        """Calls in progress that a drain may end (neither emergency calls nor callbacks)."""
+        return sum(1 for call in self.core.calls.values() if call.emergency is None)
+
+    def hang_up(self, now: float, *, emergency: bool = False) -> int:
+        """End every ordinary call from our side (every call, emergency ones too, with
+        ``emergency``: a second stop signal); each ends ``drained``. Returns how many."""
+        core = self.core
+        core.now = now
+        calls = [c for c in core.calls.values() if emergency or c.emergency is None]
+        for call in calls:
+            try:
+                core.hang_up(call, self.retry_after)
+            except Exception:
+                log.exception("hang_up_failed", call_id=call.id)
+        return len(calls)
+
+    def _drain_refusal(self) -> RouteRefusal:
+        return RouteRefusal(
+            503,
+            "Service Unavailable",
+            "gateway stopping: try another",
+            (("Retry-After", str(self.retry_after)),),
+        )
 
     # -- responses and transaction failures ----------------------------------------------
 

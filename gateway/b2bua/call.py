@@ -205,6 +205,9 @@ class EndKind(StrEnum):
     CANCELLED = "cancelled"
     FAILED = "failed"
     NO_ACK = "no_ack"
+    #: the gateway hung up on stopping (ordinary calls after the drain time, SPEC O-7;
+    #: every call on a second stop signal)
+    DRAINED = "drained"
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,6 +259,30 @@ class CallCore:
             except Exception:
                 log.exception("observer_failed")
 
+    def hang_up(self, call: Call, retry_after: int) -> None:
+        """End a live call from our side (SPEC O-7 drain): BYE to every answered leg, 503 +
+        Retry-After to a caller still waiting, CANCEL to a B-leg still ringing (a B-leg
+        with no answer yet is abandoned: a late 1xx is CANCELled, a late 2xx ACKed and
+        BYEd)."""
+        a, b = call.a, call.b
+        tx = a.server_tx
+        if tx is not None and answerable(tx):
+            out = make_response(a.invite, 503, to_tag=a.local_tag)
+            out.add("Retry-After", str(retry_after))
+            out.add("Warning", warning_value("gateway stopping"))
+            self.layer.send_response(tx, out, self.now)
+        else:
+            self.send_bye(a)
+        if b is not None:
+            if b.got_final:
+                self.send_bye(b)
+            else:
+                call.cancelled = True
+                if b.got_provisional:
+                    self.send_cancel(call)
+        log.info("call_hung_up_on_stop", call_id=call.id, emergency=call.emergency is not None)
+        self.end(call, CallOutcome(EndKind.DRAINED))
+
     @staticmethod
     def end_refused(call: Call) -> None:
         """The router refused the call: it ends before it started (no observer hears)."""

@@ -120,6 +120,17 @@ class ContactCentreRouter:
                 self._trunk_networks.append((name, _networks(trunk.inbound_from)))
         self._open = _networks(dialplan.registrar.unauthenticated_outbound_from)
 
+    def with_dialplan(self, dialplan: Dialplan) -> ContactCentreRouter:
+        """The same router over a reloaded ``dialplan`` (its indexes built afresh)."""
+        return ContactCentreRouter(
+            dialplan,
+            self.authenticate,
+            self.emergency,
+            self.contacts,
+            self.agent_at,
+            self.targets,
+        )
+
     def trunk_of(self, source: Address) -> str | None:
         """The trunk a request from ``source`` belongs to, if any."""
         name = self._trunk_by_address.get((source.host, source.port))

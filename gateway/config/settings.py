@@ -122,6 +122,25 @@ class Settings(BaseSettings):
     """Shortest time a DNS answer is kept before it is refreshed (a TTL of 0 is not a
     reason to query on every call)."""
 
+    drain_s: Annotated[float, Field(ge=0)] = 30.0
+    """On SIGTERM, seconds ordinary calls are given to end before both legs get a BYE
+    (SPEC O-7); emergency calls and callbacks are never cut by a drain."""
+    retry_after_s: Annotated[int, Field(ge=0)] = 30
+    """The ``Retry-After`` of the 503 that new ordinary calls get while draining."""
+    metrics_addr: str = "127.0.0.1:9464"
+    """``host:port`` of the Prometheus ``/metrics`` and the ``/healthz`` endpoint;
+    ``off``: none."""
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() != "off":
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{value!r} is not host:port (such as 127.0.0.1:9464) or off")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_upper(cls, value: Any) -> Any:

@@ -120,6 +120,11 @@ class EmergencyService:
         #: agents on an emergency call now (E-8: no other outbound call meanwhile)
         self.active_agents: dict[str, int] = {}
 
+    def use_dialplan(self, dialplan: Dialplan) -> None:
+        """A reloaded dialplan for new emergency calls (calls in progress keep their plan)."""
+        self.dialplan = dialplan
+        self.config = dialplan.emergency
+
     def _now(self) -> datetime:
         """The injected wall clock as an aware UTC datetime (events, PIDF-LO timestamps)."""
         return datetime.fromtimestamp(self.wall_clock(), UTC)

@@ -626,6 +626,11 @@ class TransactionLayer:
         return len(self._clients)
 
     @property
+    def awaiting_response(self) -> int:
+        """Client transactions still waiting for a final response (a BYE sent on stopping)."""
+        return sum(1 for tx in self._clients.values() if tx.state in (CALLING, TRYING, PROCEEDING))
+
+    @property
     def server_count(self) -> int:
         """Live server transactions."""
         return len(self._servers)
