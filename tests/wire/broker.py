@@ -125,3 +125,8 @@ class Recorder:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+#: MQTT recorders that helpers opened for a test (``test_emergency.open_site`` and the
+#: like); the ``_close_recorders`` fixture of conftest.py closes them after each test
+OPEN_RECORDERS: list[Recorder] = []

@@ -3,6 +3,8 @@
 - ``sipp``: a ``Sipp`` factory; SIPp processes still running at teardown are stopped.
 - ``gateway_factory``: starts gateways (``start_gateway``); stopped at teardown.
 - ``kamailio_factory``: starts Kamailio relays (``start_kamailio``); stopped at teardown.
+- ``mosquitto``: a Mosquitto broker of this test's own on a free port; stopped at teardown.
+- MQTT recorders registered in ``broker.OPEN_RECORDERS`` are closed after every test.
 
 A peer that cannot start (a tool missing, a port never bound, a gateway that does not
 answer) raises ``testkit``'s ``HarnessError``; the hooks below turn it into a failed test
@@ -16,6 +18,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from broker import OPEN_RECORDERS, Mosquitto
 from harness import (
     LOOPBACK,
     GatewayFactory,
@@ -127,3 +130,22 @@ def kamailio_factory(tmp_path: Path) -> Iterator[KamailioFactory]:
     finally:
         for relay in started:
             relay.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker of this test's own (a free port, its own directory), stopped afterwards."""
+    broker = Mosquitto(tmp_path / "mosquitto", free_port("tcp"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _close_recorders() -> Iterator[None]:
+    """Every MQTT recorder a test's helpers opened (OPEN_RECORDERS) is closed after it."""
+    yield
+    while OPEN_RECORDERS:
+        OPEN_RECORDERS.pop().close()

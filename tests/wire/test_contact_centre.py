@@ -76,16 +76,6 @@ def dialplan(
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto", free_port("tcp"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
 def prefix() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from broker import Mosquitto, Recorder
+from broker import OPEN_RECORDERS, Mosquitto, Recorder
 from harness import (
     LOOPBACK,
     PROJECT_ROOT,
@@ -97,27 +97,6 @@ def dialplan(
     return "\n".join(lines) + "\n"
 
 
-_OPEN_RECORDERS: list[Recorder] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_recorders() -> Iterator[None]:
-    """Every MQTT recorder a test opened through open_site is closed after it."""
-    yield
-    while _OPEN_RECORDERS:
-        _OPEN_RECORDERS.pop().close()
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto", free_port("tcp"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 @pytest.fixture
 def carrier(tmp_path: Path) -> Iterator[Sipp]:
     factory = Sipp(tmp_path / "carrier", binary=require_tool("sipp"), host="127.0.0.2")
@@ -157,7 +136,7 @@ def open_site(
         text, env={"GATEWAY_MQTT_URL": mosquitto.url, "GATEWAY_MQTT_PREFIX": prefix}
     )
     recorder = Recorder(mosquitto.port, f"{prefix}/#")
-    _OPEN_RECORDERS.append(recorder)
+    OPEN_RECORDERS.append(recorder)
     port = free_port()
     site = Site(gw, recorder, prefix, port)
     if register:

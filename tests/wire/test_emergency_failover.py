@@ -8,9 +8,7 @@ carries the emergency events, which must validate against the published schema.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -19,27 +17,9 @@ from broker import Mosquitto
 from harness import LOOPBACK, GatewayFactory, GatewayProcess, Sipp, free_port
 from test_b2bua_wire import SERVICE
 from test_b2bua_wire import dialplan as trunk_dialplan
-from test_emergency import _OPEN_RECORDERS, SCHEMA, Site, dial, dialplan, open_site
+from test_emergency import SCHEMA, Site, dial, dialplan, open_site
 
 SBC_PATH = "direct-routing:carrier-sbc"
-
-
-@pytest.fixture(autouse=True)
-def _close_recorders() -> Iterator[None]:
-    """Every MQTT recorder a test opened through open_site is closed after it."""
-    yield
-    while _OPEN_RECORDERS:
-        _OPEN_RECORDERS.pop().close()
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto", free_port("tcp"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def emergency_dialplan(

@@ -26,12 +26,10 @@ from test_emergency import (  # the fixtures are used by name
     DIDS,
     SCHEMA,
     Site,
-    _close_recorders,  # noqa: F401
     carrier,  # noqa: F401
     dial,
     dialplan,
     invite_to,
-    mosquitto,  # noqa: F401
     open_site,
 )
 

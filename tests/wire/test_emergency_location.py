@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 from broker import Mosquitto, Recorder
 from harness import PROJECT_ROOT, GatewayFactory, GatewayProcess, Sipp, SippProcess, free_port
 from test_emergency import (
-    _OPEN_RECORDERS,
     SCHEMA,
     Site,
     dial,
@@ -39,24 +36,6 @@ HOME = {
     "postcode": "62565",
     "country": "US",
 }
-
-
-@pytest.fixture(autouse=True)
-def _close_recorders() -> Iterator[None]:
-    """Every MQTT recorder a test opened through open_site is closed after it."""
-    yield
-    while _OPEN_RECORDERS:
-        _OPEN_RECORDERS.pop().close()
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto", free_port("tcp"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def _schema(path: Path) -> dict[str, Any]:

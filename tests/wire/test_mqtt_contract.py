@@ -9,36 +9,16 @@ documented kinds and a desktop's own words come back as ``note``. Site helpers c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
-from broker import Mosquitto, Recorder
-from harness import PROJECT_ROOT, GatewayFactory, Sipp, free_port
-from test_emergency import _OPEN_RECORDERS, dial, dialplan, open_site
+from broker import OPEN_RECORDERS, Mosquitto, Recorder
+from harness import PROJECT_ROOT, GatewayFactory, Sipp
+from test_emergency import dial, dialplan, open_site
 
 SCHEMAS = PROJECT_ROOT / "docs" / "schemas"
 LOCKDOWN = json.loads((SCHEMAS / "lockdown.v1.json").read_text())
 PRESENCE = json.loads((SCHEMAS / "presence.v1.json").read_text())
-
-
-@pytest.fixture(autouse=True)
-def _close_recorders() -> Iterator[None]:
-    yield
-    while _OPEN_RECORDERS:
-        _OPEN_RECORDERS.pop().close()
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto", free_port("tcp"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def test_lockdown_goes_active_on_911_and_inactive_after_it_with_the_desktop_note_kept(
@@ -98,6 +78,6 @@ def test_lockdown_goes_active_on_911_and_inactive_after_it_with_the_desktop_note
 
     # a desktop connecting now gets the retained, lifted lock-down at once
     late = Recorder(mosquitto.port, lockdown_topic)
-    _OPEN_RECORDERS.append(late)
+    OPEN_RECORDERS.append(late)
     late.wait_for(lambda: bool(late.messages), "the retained lock-down")
     assert late.messages[0].retain and late.messages[0].payload == lifted

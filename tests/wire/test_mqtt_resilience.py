@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -120,16 +119,6 @@ class TimedRecorder(Recorder):
             self.publish(probe, {"probe": True})
             time.sleep(0.05)
         assert self.on(probe), "the recorder never subscribed"
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto", free_port("tcp"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture

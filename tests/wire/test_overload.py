@@ -17,11 +17,9 @@ import time
 from broker import Mosquitto
 from harness import GatewayFactory, Sipp
 from test_emergency import (  # the fixtures are used by name
-    _close_recorders,  # noqa: F401
     carrier,  # noqa: F401
     dial,
     dialplan,
-    mosquitto,  # noqa: F401
     open_site,
 )
 

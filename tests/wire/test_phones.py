@@ -70,16 +70,6 @@ def carrier(tmp_path: Path) -> Iterator[Sipp]:
     factory.close()
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto", free_port("tcp"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 def register(sipp: Sipp, gw: GatewayProcess, agent: str, port: int, *, expires: int = 3600) -> None:
     """One REGISTER pair (401, then digest) from ``port``; fails the test unless 200."""
     result = sipp.uac(
