@@ -31,7 +31,7 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 SIP = HERE / "gateway" / "sip"
 #: compiled modules, in import order; keep in step with gateway/sip/__init__.py
-COMPILED = ("uri", "headers", "message")
+COMPILED = ("uri", "names", "headers", "model", "message")
 #: the shared library mypyc builds for the group (``<group>__mypyc``)
 GROUP = "gateway.sip._native"
 #: source hashes of a compiled build, read by gateway/sip/__init__.py

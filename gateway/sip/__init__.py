@@ -19,7 +19,7 @@ from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 
 #: the compiled modules, in import order (setup.py keeps the same list)
-_COMPILED = ("uri", "headers", "message")
+_COMPILED = ("uri", "names", "headers", "model", "message")
 _HERE = Path(__file__).resolve().parent
 
 
