@@ -1,8 +1,9 @@
 """Build script: compiles the SIP parser with mypyc. The metadata lives in pyproject.toml.
 
-``gateway/sip/uri.py``, ``headers.py`` and ``message.py`` are compiled to C extension
-modules (one shared library, ``gateway/sip/_native__mypyc``, plus one small module per
-source) at install time, ``pip install -e .`` included: parsing is then about twice as fast.
+``gateway/sip/uri.py``, ``names.py``, ``headers.py``, ``model.py`` and ``message.py`` are
+compiled to C extension modules (one shared library, ``gateway/sip/_native__mypyc``, plus
+one small module per source) at install time, ``pip install -e .`` included: parsing is
+then about twice as fast.
 The .py sources stay the reference and the fallback:
 
 * ``GATEWAY_PURE_PYTHON=1`` at install time builds no extension (and removes the ones an

@@ -1,10 +1,10 @@
 """SIP core: URIs, headers, messages, transactions, dialogs.
 
-``uri``, ``headers`` and ``message`` are compiled by mypyc at install time (see setup.py);
-their .py files stay the reference. The compiled modules are used only while they match
-those sources: when a source has changed since it was compiled (an editable install
-that was not rebuilt), or when ``GATEWAY_PURE_PYTHON=1`` is set, the three modules are
-loaded from their .py files here, before anything imports them.
+``uri``, ``names``, ``headers``, ``model`` and ``message`` are compiled by mypyc at install
+time (see setup.py); their .py files stay the reference. The compiled modules are used
+only while they match those sources: when a source has changed since it was compiled (an
+editable install that was not rebuilt), or when ``GATEWAY_PURE_PYTHON=1`` is set, the five
+modules are loaded from their .py files here, before anything imports them.
 """
 
 from __future__ import annotations

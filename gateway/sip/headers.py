@@ -9,6 +9,9 @@ Each parser has a fast path, one precompiled regular expression for the shape ne
 message has (``SIP/2.0/UDP host:port;branch=...``, ``"Name" <sip:...>;tag=...``), and a
 careful path for everything else that checks the grammar piece by piece. Malformed values
 raise :class:`SipParseError` (400), never another exception.
+
+Header names (compact forms, the conventional spelling, comma-list headers and
+:func:`split_list`) live in :mod:`gateway.sip.names` and are re-exported here.
 """
 
 from __future__ import annotations
