@@ -1,8 +1,9 @@
 """Build script: compiles the SIP parser with mypyc. The metadata lives in pyproject.toml.
 
-``gateway/sip/uri.py``, ``headers.py`` and ``message.py`` are compiled to C extension
-modules (one shared library, ``gateway/sip/_native__mypyc``, plus one small module per
-source) at install time, ``pip install -e .`` included: parsing is then about twice as fast.
+``gateway/sip/uri.py``, ``names.py``, ``headers.py``, ``model.py`` and ``message.py`` are
+compiled to C extension modules (one shared library, ``gateway/sip/_native__mypyc``, plus
+one small module per source) at install time, ``pip install -e .`` included: parsing is
+then about twice as fast.
 The .py sources stay the reference and the fallback:
 
 * ``GATEWAY_PURE_PYTHON=1`` at install time builds no extension (and removes the ones an
@@ -31,7 +32,7 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 SIP = HERE / "gateway" / "sip"
 #: compiled modules, in import order; keep in step with gateway/sip/__init__.py
-COMPILED = ("uri", "headers", "message")
+COMPILED = ("uri", "names", "headers", "model", "message")
 #: the shared library mypyc builds for the group (``<group>__mypyc``)
 GROUP = "gateway.sip._native"
 #: source hashes of a compiled build, read by gateway/sip/__init__.py

@@ -102,34 +102,15 @@ class Gateway:
             layer, ids = _transaction_layer(dialplan)
             tls_peers = tls_peers_from(dialplan, settings)
             resolver = await _start_resolver(stack, dialplan, settings, tls_peers)
-            endpoint = SipEndpoint(
-                layer,
-                [ListenSpec(a.transport, a.host, a.port) for a in dialplan.listen],
-                max_message_bytes=dialplan.sip.max_message_bytes,
-                loop=loop,
-                tls_server=_tls_server(dialplan, settings),
-                tls_peers=tls_peers,
-                keepalive_interval=settings.tls_keepalive_s,
-                resolve_timeout=settings.dns_timeout_s,
-            )
+            endpoint = _endpoint(dialplan, settings, layer, loop, tls_peers)
             locations = AgentLocations(dialplan, stores.locations, publisher, topics)
             desktop.deliver_locations(locations)
             registrar = await _start_registrar(stack, dialplan, layer, stores, presence, locations)
             presence.announce()
             notifier = await _start_notifier(stack, settings, stores, publisher, topics)
-            emergency = EmergencyService(
-                dialplan,
-                stores.reservations,
-                presence,
-                publisher,
-                topics,
-                registrar.contacts,
-                wall_clock=time.time,
-                token=secrets.token_hex,
-                notify=notifier.notify if notifier is not None else None,
-                desktop_location=locations.desktop,
+            emergency = await _start_emergency(
+                dialplan, stores, presence, publisher, topics, registrar, notifier, locations
             )
-            await emergency.start()
             history = CallHistory(stores.cdrs, loop.time)
             history.start()
             stack.push_async_callback(history.close)
@@ -310,6 +291,53 @@ def _tls_server(dialplan: Dialplan, settings: Settings) -> ssl.SSLContext | None
         return None  # the endpoint refuses the listener with a clear message
     ca = settings.tls_ca_file if settings.tls_verify_clients else None
     return server_context(settings.tls_cert_file, settings.tls_key_file, ca)
+
+
+def _endpoint(
+    dialplan: Dialplan,
+    settings: Settings,
+    layer: TransactionLayer,
+    loop: asyncio.AbstractEventLoop,
+    tls_peers: TlsPeers,
+) -> SipEndpoint:
+    """The transport adapter over the listeners of the dialplan (not started yet)."""
+    return SipEndpoint(
+        layer,
+        [ListenSpec(a.transport, a.host, a.port) for a in dialplan.listen],
+        max_message_bytes=dialplan.sip.max_message_bytes,
+        loop=loop,
+        tls_server=_tls_server(dialplan, settings),
+        tls_peers=tls_peers,
+        keepalive_interval=settings.tls_keepalive_s,
+        resolve_timeout=settings.dns_timeout_s,
+    )
+
+
+async def _start_emergency(
+    dialplan: Dialplan,
+    stores: Stores,
+    presence: PresenceService,
+    publisher: Publisher,
+    topics: Topics,
+    registrar: RegistrarService,
+    notifier: Notifier | None,
+    locations: AgentLocations,
+) -> EmergencyService:
+    """The emergency edge, started (wall clock and tokens of the real world)."""
+    emergency = EmergencyService(
+        dialplan,
+        stores.reservations,
+        presence,
+        publisher,
+        topics,
+        registrar.contacts,
+        wall_clock=time.time,
+        token=secrets.token_hex,
+        notify=notifier.notify if notifier is not None else None,
+        desktop_location=locations.desktop,
+    )
+    await emergency.start()
+    return emergency
 
 
 def _transaction_layer(dialplan: Dialplan) -> tuple[TransactionLayer, IdGenerator]:

@@ -6,10 +6,14 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config.loader import DialplanError, load_dialplan
 from gateway.config.settings import Settings, SettingsError, load_settings
 from gateway.logs import configure_logging
+
+if TYPE_CHECKING:
+    from gateway.stores.ports import Cdr
 
 __all__ = ["main"]
 
@@ -127,18 +131,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_cdr(args: argparse.Namespace) -> int:
     """Print the most recent call detail records from the store."""
-    from datetime import UTC, datetime
-
     from gateway.stores import open_stores
 
     settings = _settings_or_report()
     if settings is None:
         return EXIT_CONFIG
-
-    def when(ts: float | None) -> str:
-        if ts is None:
-            return "-"
-        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
     async def read() -> int:
         stores = await open_stores(settings.store, settings.data_dir)
@@ -153,41 +150,53 @@ def _cmd_cdr(args: argparse.Namespace) -> int:
             for row in rows:
                 print(json.dumps(dataclasses.asdict(row)))
             return 0
-        header = (
-            "started (UTC)",
-            "dir",
-            "caller",
-            "callee",
-            "queue",
-            "agent",
-            "answered",
-            "ended",
-            "result",
-            "route",
-        )
-        table = [header] + [
-            (
-                when(r.started_at),
-                r.direction,
-                r.caller,
-                r.callee,
-                r.queue or "-",
-                r.agent or "-",
-                when(r.answered_at),
-                when(r.ended_at),
-                r.result,
-                r.route or "-",
-            )
-            for r in rows
-        ]
-        widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
-        for line in table:
-            print("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+        _print_cdr_table(rows)
         if not rows:
             print(f"(no call history in {settings.data_dir})")
         return 0
 
     return asyncio.run(read())
+
+
+def _print_cdr_table(rows: list[Cdr]) -> None:
+    """The records as aligned columns, times in UTC, "-" for what is missing."""
+    from datetime import UTC, datetime
+
+    def when(ts: float | None) -> str:
+        if ts is None:
+            return "-"
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    header = (
+        "started (UTC)",
+        "dir",
+        "caller",
+        "callee",
+        "queue",
+        "agent",
+        "answered",
+        "ended",
+        "result",
+        "route",
+    )
+    table = [header] + [
+        (
+            when(r.started_at),
+            r.direction,
+            r.caller,
+            r.callee,
+            r.queue or "-",
+            r.agent or "-",
+            when(r.answered_at),
+            when(r.ended_at),
+            r.result,
+            r.route or "-",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
 
 
 def _cmd_reservations(args: argparse.Namespace) -> int:

@@ -59,21 +59,20 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
 from gateway.events.buffer import Backoff, EventBuffer
+from gateway.events.commands import decode_command_object, decode_presence_command
+from gateway.events.mqtt_settings import BrokerAddress, MqttSettings, parse_broker_url
 from gateway.events.ports import Topics
 from gateway.events.retained import Republish, RetainedState, stale_topics
-from gateway.events.schema import AGENT_SETTABLE_STATUSES, check_note, node_status_payload
+from gateway.events.schema import node_status_payload
 from gateway.logs import get_logger
 
 __all__ = [
@@ -95,91 +94,9 @@ object, or the reason it could not be read (not JSON, too large, retained) so th
 receiver can answer it (SPEC E-10)."""
 
 QOS: Final = 1
-MAX_COMMAND_BYTES: Final = 4096
 _TOPIC_FORBIDDEN: Final = frozenset("+#\x00")
 
 log = get_logger(__name__)
-
-
-class BrokerAddress(NamedTuple):
-    """Where the broker is, parsed from ``mqtt://`` / ``mqtts://`` URLs."""
-
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse ``mqtt://[user:pass@]host[:port]`` or ``mqtts://...`` (default ports 1883/8883).
-
-    User and password may be percent-encoded. Raises :class:`ValueError` when the URL is
-    not usable.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"MQTT broker URL must start with mqtt:// or mqtts://, not {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"MQTT broker URL takes no path, query or fragment: {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"MQTT broker URL has no host: {url!r}")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"MQTT broker URL has a bad port: {url!r}") from exc
-    tls = scheme == "mqtts"
-    return BrokerAddress(
-        host=parts.hostname,
-        port=port if port is not None else (8883 if tls else 1883),
-        username=unquote(parts.username) if parts.username is not None else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-        tls=tls,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class MqttSettings:
-    """How to reach the broker and how hard to try. Validated on construction."""
-
-    url: str
-    """``mqtt://[user:pass@]host:port`` or ``mqtts://...`` (TLS)."""
-    ca_file: Path | None = None
-    """CA bundle for ``mqtts``; the system trust store when ``None``."""
-    keepalive: int = 30
-    """MQTT keepalive in seconds; the broker fires the last will after 1.5 times this."""
-    buffer_size: int = 10_000
-    """Events kept while the broker is unreachable; beyond that the oldest are dropped."""
-    reconnect_base: float = 0.5
-    """First reconnect delay ceiling in seconds (doubles per failed attempt)."""
-    reconnect_max: float = 30.0
-    """Largest reconnect delay ceiling in seconds."""
-    operation_timeout: float = 10.0
-    """Seconds to wait for a CONNACK, SUBACK or PUBACK before treating the link as dead."""
-    shutdown_timeout: float = 5.0
-    """Seconds allowed on exit to drain the buffer and publish ``offline``."""
-    in_flight: int = 200
-    """Events published concurrently (pipelined) before waiting for their PUBACKs."""
-    broker: BrokerAddress = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "broker", parse_broker_url(self.url))
-        if self.buffer_size < 1:
-            raise ValueError("buffer_size must be at least 1")
-        if not 1 <= self.in_flight <= 1000:
-            raise ValueError("in_flight must be between 1 and 1000")
-        if self.keepalive < 1:
-            raise ValueError("keepalive must be at least 1 second")
-        if self.ca_file is not None and not self.broker.tls:
-            raise ValueError("ca_file is only used with an mqtts:// URL")
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        """A verifying client TLS context for ``mqtts``, else ``None``."""
-        if not self.broker.tls:
-            return None
-        cafile = str(self.ca_file) if self.ca_file is not None else None
-        return ssl.create_default_context(cafile=cafile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,7 +504,7 @@ class MqttPublisher:
             # a retained command would be replayed on every reconnect: never act on one
             payload = "retained commands are ignored (publish with retain=false)"
         else:
-            payload = _decode_object(raw)
+            payload = decode_command_object(raw)
         try:
             self._on_location(agent, payload)
         except Exception:
@@ -603,7 +520,7 @@ class MqttPublisher:
             # A retained command would be replayed on every reconnect: never act on one.
             self._log.warning("presence_command_ignored", agent=agent, error="retained")
             return
-        payload = _decode_command(raw)
+        payload = decode_presence_command(raw)
         if isinstance(payload, str):
             self._log.warning("presence_command_ignored", agent=agent, error=payload)
             return
@@ -630,49 +547,6 @@ def _refused(code: object) -> bool:
     if isinstance(is_failure, bool):
         return is_failure
     return code == 0x80
-
-
-def _decode_command(raw: object) -> dict[str, Any] | str:
-    """The checked command (see ``presence-set.v1.json``), or why it was refused."""
-    if not isinstance(raw, bytes | bytearray):
-        return "payload is not bytes"
-    if len(raw) > MAX_COMMAND_BYTES:
-        return f"payload larger than {MAX_COMMAND_BYTES} bytes"
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        return f"payload is not JSON: {exc}"
-    if not isinstance(payload, dict):
-        return "payload is not a JSON object"
-    version = payload.get("version", 1)
-    if version != 1 or isinstance(version, bool):
-        return f"unsupported version {version!r}"
-    status = payload.get("status")
-    if status not in AGENT_SETTABLE_STATUSES:
-        return (
-            f"status {status!r} cannot be set by an agent "
-            f"(allowed: {', '.join(AGENT_SETTABLE_STATUSES)})"
-        )
-    try:
-        check_note(payload.get("reason"), "reason")  # the desktop's own words, bounded
-    except ValueError as exc:
-        return str(exc)
-    return payload
-
-
-def _decode_object(raw: object) -> dict[str, Any] | str:
-    """A command payload as a JSON object, or why it is not one."""
-    if not isinstance(raw, bytes | bytearray):
-        return "payload is not bytes"
-    if len(raw) > MAX_COMMAND_BYTES:
-        return f"payload larger than {MAX_COMMAND_BYTES} bytes"
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        return f"payload is not JSON: {exc}"
-    if not isinstance(payload, dict):
-        return "payload is not a JSON object"
-    return payload
 
 
 def _describe(exc: BaseException) -> str:

@@ -131,12 +131,7 @@ def pidf_lo(
     character XML 1.0 cannot carry (a control character): such a location should be
     refused when the dialplan is checked, not discovered on an emergency call.
     """
-    if not _URI.fullmatch(entity):
-        raise ValueError(f"PIDF entity {entity!r} is not a URI (pres:user@host)")
-    if device_id is not None and not _URI.fullmatch(device_id):
-        raise ValueError(f"device id {device_id!r} is not a URI (urn:uuid:..., mac:...)")
-    if not _METHOD.fullmatch(method):
-        raise ValueError(f"location method {method!r} is not a method token")
+    _check_names(entity, device_id, method)
     now = _parse_timestamp(now_iso)
 
     presence = ET.Element("presence", dict(_NAMESPACES))
@@ -145,12 +140,7 @@ def pidf_lo(
     status = ET.SubElement(tuple_, "status")
     geopriv = ET.SubElement(status, "gp:geopriv")
     # RFC 4119 section 2.2.1 location-info; RFC 5139 section 4 civicAddress
-    location_info = ET.SubElement(geopriv, "gp:location-info")
-    civic = ET.SubElement(location_info, "ca:civicAddress")
-    for field, element in _CIVIC_FIELDS:
-        value = _civic_value(field, getattr(location, field))
-        if value:
-            ET.SubElement(civic, f"ca:{element}").text = value
+    _add_civic_address(ET.SubElement(geopriv, "gp:location-info"), location)
     # RFC 4119 section 2.2.2 usage-rules, in the basicPolicy namespace
     usage_rules = ET.SubElement(geopriv, "gp:usage-rules")
     ET.SubElement(usage_rules, "gbp:retransmission-allowed").text = "false"
@@ -167,6 +157,25 @@ def pidf_lo(
     # (RFC 3261 section 18.1.1) where it can
     document: bytes = ET.tostring(presence, encoding="utf-8", xml_declaration=True)
     return document
+
+
+def _check_names(entity: str, device_id: str | None, method: str) -> None:
+    """Raise ValueError unless the presentity and device are URIs and the method a token."""
+    if not _URI.fullmatch(entity):
+        raise ValueError(f"PIDF entity {entity!r} is not a URI (pres:user@host)")
+    if device_id is not None and not _URI.fullmatch(device_id):
+        raise ValueError(f"device id {device_id!r} is not a URI (urn:uuid:..., mac:...)")
+    if not _METHOD.fullmatch(method):
+        raise ValueError(f"location method {method!r} is not a method token")
+
+
+def _add_civic_address(location_info: ET.Element, location: Location) -> None:
+    """The RFC 5139 ``<ca:civicAddress>`` of ``location``, its blank fields left out."""
+    civic = ET.SubElement(location_info, "ca:civicAddress")
+    for field, element in _CIVIC_FIELDS:
+        value = _civic_value(field, getattr(location, field))
+        if value:
+            ET.SubElement(civic, f"ca:{element}").text = value
 
 
 def _civic_value(field: str, value: str | None) -> str | None:

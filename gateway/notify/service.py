@@ -289,50 +289,11 @@ class Notifier:
 
     async def _write(self, notice: EmergencyNotice, *, schedule: bool) -> None:
         """Validate, render and store ``notice``: one pending row per valid recipient."""
-        recipients, invalid = split_recipients(notice.recipients)
-        for address, problem in invalid:
-            log.error(
-                "notification_contact_invalid",
-                call_id=notice.call_id,
-                agent=notice.agent_id,
-                contact=address,
-                problem=problem,
-            )
-            self._publish_failed(
-                notice, recipient=address, reason=f"invalid address: {problem}", permanent=True
-            )
+        recipients = self._valid_recipients(notice)
         if not recipients:
             return
-        site_timezone = self.settings.site_timezone
-        try:
-            subject, text, html = render(notice, self.templates_dir, site_timezone)
-        except Exception as error:
-            log.error(
-                "notification_template_failed",
-                call_id=notice.call_id,
-                templates_dir=str(self.templates_dir),
-                error=f"{type(error).__name__}: {error}",
-                detail="sending the built-in text instead; run 'gateway check'",
-            )
-            subject, text, html = render_fallback(notice, site_timezone)
         now = self._clock()
-        give_up_at = min(notice.at, now) + self.settings.notify_give_up_s
-        drafts = [
-            MailDraft(
-                call_id=notice.call_id,
-                agent_id=notice.agent_id,
-                recipient=recipient,
-                subject=subject,
-                text_body=text,
-                html_body=html,
-                test=notice.test,
-                did=notice.callback_did,
-                route=notice.route,
-                message_id_domain=self._domain,
-                give_up_at=give_up_at,
-            )
-            for recipient in recipients
-        ]
+        drafts = self._drafts(notice, recipients, now)
         try:
             mails = await self.outbox.add(drafts, now)
         except Exception as error:
@@ -357,6 +318,56 @@ class Notifier:
         if schedule:
             for mail in mails:
                 self._schedule(mail, mail.next_attempt_at)
+
+    def _valid_recipients(self, notice: EmergencyNotice) -> list[str]:
+        """The recipients that are mail addresses; each other one is logged and published."""
+        recipients, invalid = split_recipients(notice.recipients)
+        for address, problem in invalid:
+            log.error(
+                "notification_contact_invalid",
+                call_id=notice.call_id,
+                agent=notice.agent_id,
+                contact=address,
+                problem=problem,
+            )
+            self._publish_failed(
+                notice, recipient=address, reason=f"invalid address: {problem}", permanent=True
+            )
+        return recipients
+
+    def _drafts(
+        self, notice: EmergencyNotice, recipients: list[str], now: float
+    ) -> list[MailDraft]:
+        """One mail per recipient, rendered from the templates (the built-in text on error)."""
+        site_timezone = self.settings.site_timezone
+        try:
+            subject, text, html = render(notice, self.templates_dir, site_timezone)
+        except Exception as error:
+            log.error(
+                "notification_template_failed",
+                call_id=notice.call_id,
+                templates_dir=str(self.templates_dir),
+                error=f"{type(error).__name__}: {error}",
+                detail="sending the built-in text instead; run 'gateway check'",
+            )
+            subject, text, html = render_fallback(notice, site_timezone)
+        give_up_at = min(notice.at, now) + self.settings.notify_give_up_s
+        return [
+            MailDraft(
+                call_id=notice.call_id,
+                agent_id=notice.agent_id,
+                recipient=recipient,
+                subject=subject,
+                text_body=text,
+                html_body=html,
+                test=notice.test,
+                did=notice.callback_did,
+                route=notice.route,
+                message_id_domain=self._domain,
+                give_up_at=give_up_at,
+            )
+            for recipient in recipients
+        ]
 
     def _schedule(self, mail: OutboxMail, at: float) -> None:
         self._scheduled[mail.id] = (at, mail)

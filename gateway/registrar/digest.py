@@ -371,31 +371,9 @@ def parse_authorization(value: str) -> dict[str, str]:
         while i < n and text[i] in _LWS:
             i += 1
         if i < n and text[i] == '"':
-            i += 1
-            chars: list[str] = []
-            while True:
-                if i >= n:
-                    raise DigestParseError(f"unterminated quoted value of {name!r}")
-                c = text[i]
-                if c == "\\":
-                    if i + 1 >= n:
-                        raise DigestParseError(f"unterminated quoted value of {name!r}")
-                    chars.append(text[i + 1])
-                    i += 2
-                elif c == '"':
-                    i += 1
-                    break
-                else:
-                    chars.append(c)
-                    i += 1
-            param_value = "".join(chars)
+            param_value, i = _quoted_value(text, i + 1, name)
         else:
-            start = i
-            while i < n and text[i] not in _LWS and text[i] not in ',"':
-                i += 1
-            param_value = text[start:i]
-            if not param_value:
-                raise DigestParseError(f"parameter {name!r} has an empty value")
+            param_value, i = _token_value(text, i, name)
         while i < n and text[i] in _LWS:
             i += 1
         if i < n and text[i] != ",":
@@ -404,6 +382,37 @@ def parse_authorization(value: str) -> dict[str, str]:
             raise DigestParseError(f"parameter {name!r} appears twice")
         params[name] = param_value
     return params
+
+
+def _quoted_value(text: str, i: int, name: str) -> tuple[str, int]:
+    """The quoted-string value of ``name`` whose text starts at ``i`` (after the opening
+    quote), quoted-pairs unescaped; and the index after its closing quote."""
+    n = len(text)
+    chars: list[str] = []
+    while True:
+        if i >= n:
+            raise DigestParseError(f"unterminated quoted value of {name!r}")
+        c = text[i]
+        if c == "\\":
+            if i + 1 >= n:
+                raise DigestParseError(f"unterminated quoted value of {name!r}")
+            chars.append(text[i + 1])
+            i += 2
+        elif c == '"':
+            return "".join(chars), i + 1
+        else:
+            chars.append(c)
+            i += 1
+
+
+def _token_value(text: str, i: int, name: str) -> tuple[str, int]:
+    """The unquoted value of ``name`` starting at ``i``, and the index after it."""
+    start = i
+    while i < len(text) and text[i] not in _LWS and text[i] not in ',"':
+        i += 1
+    if i == start:
+        raise DigestParseError(f"parameter {name!r} has an empty value")
+    return text[start:i], i
 
 
 #: challenges have the same syntax as credentials (RFC 3261 section 25.1 ``digest-cln``)

@@ -469,15 +469,24 @@ class Registrar:
                     instance=contact.instance,
                 )
             )
-        if len(live) > self.max_contacts:
-            named = {c.key for c in contacts}
-            spare = sorted((k for k in live if k not in named), key=lambda k: live[k].expires_at)
-            for key in spare[: len(live) - self.max_contacts]:
-                removed.append(live.pop(key))
-            if len(live) > self.max_contacts:
-                raise _Reject(403, f"At most {self.max_contacts} contacts per agent")
+        removed.extend(self._over_the_limit(live, contacts))
         current = [
             (b.contact_uri, math.ceil(b.expires_at - now))
             for b in sorted(live.values(), key=lambda b: b.contact_uri)
         ]
         return added, removed, current
+
+    def _over_the_limit(
+        self, live: dict[tuple[object, ...], BindingView], contacts: Sequence[_ContactRequest]
+    ) -> list[BindingView]:
+        """Drop from ``live`` the bindings past ``max_contacts`` that this request did not
+        name, soonest to expire first, and return them; 403 if those named are too many."""
+        dropped: list[BindingView] = []
+        if len(live) > self.max_contacts:
+            named = {c.key for c in contacts}
+            spare = sorted((k for k in live if k not in named), key=lambda k: live[k].expires_at)
+            for key in spare[: len(live) - self.max_contacts]:
+                dropped.append(live.pop(key))
+            if len(live) > self.max_contacts:
+                raise _Reject(403, f"At most {self.max_contacts} contacts per agent")
+        return dropped

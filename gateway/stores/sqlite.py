@@ -1,45 +1,18 @@
 """Embedded SQLite adapter of the store ports (SPEC O-2): the single-node default.
 
-Theory of operation
--------------------
-All the stores share one database file (``<data_dir>/gateway.sqlite3`` by default) and one
-:class:`SqliteDatabase`, which owns a single worker thread
-(:class:`concurrent.futures.ThreadPoolExecutor` with ``max_workers=1``) and the only
-:class:`sqlite3.Connection`, created *in* that thread. Every store method packages its work
-as a plain function of the connection and awaits it with ``loop.run_in_executor``, so the
-event loop never blocks on disk, and because there is one worker the operations of this
-process run one at a time, in the order they were submitted.
-
-Durability and concurrency:
-
-* ``journal_mode=WAL`` with ``synchronous=NORMAL``: a committed transaction survives the
-  process being killed (``kill -9``); only a power loss or OS crash can lose the last few.
-* Operations that read then write (``reserve``, ``purge_expired``, migrations) run as one
-  ``BEGIN IMMEDIATE`` transaction, which takes the write lock before the first read, so
-  they stay atomic even against another process using the same file. ``busy_timeout``
-  makes such a process wait for the lock instead of failing.
-* A single-statement write runs in autocommit mode, which SQLite already makes atomic.
-
-The schema is described by :data:`MIGRATIONS`, a list of SQL scripts applied in order.
-The ``schema_version`` table records each applied script (version, description, time), so
-a database file says by itself which schema it holds; a file written by a newer gateway is
-refused rather than misread.
-
-If the task awaiting an operation is cancelled, the operation still completes in the
-worker thread (a write is not half-done); only its result is dropped.
+The stores of the ports on one :class:`~gateway.stores.sqlite_database.SqliteDatabase`
+(the worker thread, durability and the schema migrations are described there; the e-mail
+outbox store is in :mod:`gateway.stores.sqlite_outbox`, on a database file of its own), and
+:func:`open_sqlite_stores`, which opens both files and hands back the :class:`Stores`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from gateway.stores.ports import (
     Binding,
@@ -48,15 +21,18 @@ from gateway.stores.ports import (
     ConfirmedLocation,
     DidChooser,
     EmptyPoolError,
-    MailDraft,
-    OutboxMail,
-    OutboxState,
     PresenceRecord,
     Reservation,
-    StoreClosedError,
-    StoreError,
     Stores,
 )
+from gateway.stores.sqlite_database import (
+    DEFAULT_BUSY_TIMEOUT,
+    MIGRATIONS,
+    Migration,
+    SqliteDatabase,
+    immediate_transaction,
+)
+from gateway.stores.sqlite_outbox import SqliteOutboxStore
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
@@ -72,290 +48,6 @@ __all__ = [
     "open_sqlite_stores",
 ]
 
-T = TypeVar("T")
-
-DEFAULT_BUSY_TIMEOUT = 5.0
-"""Seconds a connection waits for another process's write lock before failing."""
-
-MEMORY = ":memory:"
-"""Path of a private in-memory database (tests); nothing survives :meth:`close`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One step of the schema: version ``n`` is ``MIGRATIONS[n - 1]``."""
-
-    description: str
-    script: str
-
-
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        description="initial schema: registrations, presence, cdrs, reservations",
-        script="""
-        CREATE TABLE registrations (
-            agent_id    TEXT    NOT NULL,
-            contact_uri TEXT    NOT NULL,
-            expires_at  REAL    NOT NULL,   -- unix seconds
-            call_id     TEXT    NOT NULL,
-            cseq        INTEGER NOT NULL,
-            source      TEXT    NOT NULL,   -- "transport:host:port"
-            user_agent  TEXT    NOT NULL,
-            q           REAL    NOT NULL,
-            instance    TEXT,               -- +sip.instance (RFC 5626)
-            PRIMARY KEY (agent_id, contact_uri)
-        ) WITHOUT ROWID;
-        CREATE INDEX registrations_expires_at ON registrations (expires_at);
-
-        CREATE TABLE presence (
-            agent_id               TEXT PRIMARY KEY,
-            chosen                 TEXT NOT NULL,
-            effective              TEXT NOT NULL,
-            previous               TEXT,
-            reason                 TEXT NOT NULL,
-            updated_at             REAL NOT NULL,
-            saved_before_emergency TEXT
-        ) WITHOUT ROWID;
-
-        CREATE TABLE cdrs (
-            id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order
-            call_id     TEXT NOT NULL,
-            direction   TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
-            caller      TEXT NOT NULL,
-            callee      TEXT NOT NULL,
-            queue       TEXT,
-            agent       TEXT,
-            route       TEXT,
-            started_at  REAL NOT NULL,
-            answered_at REAL,
-            ended_at    REAL NOT NULL,
-            result      TEXT NOT NULL
-        );
-        CREATE INDEX cdrs_call_id ON cdrs (call_id);
-
-        -- One row per DID ever reserved; expired rows are kept because their reserved_at
-        -- orders the next choice (least recently reserved first).
-        CREATE TABLE reservations (
-            did         TEXT    PRIMARY KEY,
-            agent_id    TEXT    NOT NULL,
-            reserved_at REAL    NOT NULL,
-            expires_at  REAL    NOT NULL,
-            call_id     TEXT    NOT NULL,
-            test        INTEGER NOT NULL CHECK (test IN (0, 1))
-        ) WITHOUT ROWID;
-        CREATE INDEX reservations_agent_id ON reservations (agent_id);
-        CREATE INDEX reservations_expires_at ON reservations (expires_at);
-        """,
-    ),
-    Migration(
-        description="notification outbox (SPEC E-6)",
-        script="""
-        -- One row per notification e-mail and recipient, written before the first attempt.
-        -- AUTOINCREMENT: an id is never reused, even after purging, because the Message-ID
-        -- is derived from it.
-        CREATE TABLE outbox (
-            id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-            call_id            TEXT    NOT NULL,
-            agent_id           TEXT    NOT NULL,
-            recipient          TEXT    NOT NULL,
-            subject            TEXT    NOT NULL,
-            text_body          TEXT    NOT NULL,
-            html_body          TEXT    NOT NULL,
-            test               INTEGER NOT NULL CHECK (test IN (0, 1)),
-            did                TEXT,
-            route              TEXT,
-            message_id_domain  TEXT    NOT NULL,
-            created_at         REAL    NOT NULL,   -- unix seconds
-            give_up_at         REAL    NOT NULL,
-            next_attempt_at    REAL    NOT NULL,
-            attempts           INTEGER NOT NULL DEFAULT 0,
-            attempt_started_at REAL,               -- set while an attempt is in flight
-            state              TEXT    NOT NULL DEFAULT 'pending'
-                                       CHECK (state IN ('pending', 'sent', 'failed')),
-            last_error         TEXT,
-            finished_at        REAL
-        );
-        CREATE INDEX outbox_state_next_attempt_at ON outbox (state, next_attempt_at);
-        CREATE INDEX outbox_call_id ON outbox (call_id);
-        """,
-    ),
-    Migration(
-        description="desktop-confirmed agent locations (SPEC E-10)",
-        script="""
-        -- One row per agent whose desktop confirmed a civic address; deleted on withdrawal.
-        CREATE TABLE agent_locations (
-            agent_id     TEXT PRIMARY KEY,
-            civic        TEXT NOT NULL,   -- JSON object: civic field -> value
-            confirmed_at REAL NOT NULL    -- unix seconds
-        ) WITHOUT ROWID;
-        """,
-    ),
-)
-
-_SCHEMA_VERSION_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_version (
-    version     INTEGER PRIMARY KEY,
-    description TEXT NOT NULL,
-    applied_at  REAL NOT NULL
-)
-"""
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers run in the worker thread.
-
-
-def _split_statements(script: str) -> Iterator[str]:
-    """Split an SQL script into statements, keeping ``;`` inside trigger bodies and strings.
-
-    ``Connection.executescript`` would commit the enclosing transaction first, so migrations
-    run their statements one by one instead.
-    """
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \t\r\n;"):
-                yield pending
-            pending = ""
-    if pending.strip(" \t\r\n;"):
-        raise StoreError(f"incomplete SQL statement in migration: {pending.strip()[:80]!r}")
-
-
-@contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """Run the body as one ``BEGIN IMMEDIATE`` transaction: commit on success, else roll back."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> int:
-    """Bring the schema up to ``len(migrations)``; return the resulting version."""
-    with _immediate(conn):
-        conn.execute(_SCHEMA_VERSION_TABLE)
-        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-        current = int(row[0])
-        if current > len(migrations):
-            raise StoreError(
-                f"database schema version {current} is newer than this gateway supports "
-                f"({len(migrations)}); upgrade the gateway or use another data directory"
-            )
-        for version in range(current + 1, len(migrations) + 1):
-            migration = migrations[version - 1]
-            for statement in _split_statements(migration.script):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_version (version, description, applied_at) "
-                "VALUES (?, ?, (julianday('now') - 2440587.5) * 86400.0)",
-                (version, migration.description),
-            )
-    return len(migrations)
-
-
-# --------------------------------------------------------------------------------------------
-# The database: one file, one thread, one connection.
-
-
-class SqliteDatabase:
-    """One SQLite file served by one dedicated worker thread.
-
-    Create with :meth:`open`; pass to the store classes; :meth:`close` when done.
-    """
-
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-        migrations: Sequence[Migration] = MIGRATIONS,
-    ) -> None:
-        self.path = path if path == MEMORY else Path(path)
-        self._busy_timeout = busy_timeout
-        self._migrations = tuple(migrations)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-        self.journal_mode = ""
-        """The journal mode SQLite accepted (``"wal"`` for a file, ``"memory"`` in memory)."""
-        self.schema_version = 0
-        """The schema version after migration."""
-
-    @classmethod
-    async def open(
-        cls,
-        path: Path | str,
-        *,
-        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-        migrations: Sequence[Migration] = MIGRATIONS,
-    ) -> SqliteDatabase:
-        """Open (creating its directory if needed) and migrate the database at ``path``."""
-        database = cls(path, busy_timeout=busy_timeout, migrations=migrations)
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(database._executor, database._open_in_thread)
-        except BaseException:
-            # Also on cancellation: the open may still finish in the thread, so close after it.
-            database._closed = True
-            database._executor.submit(database._close_in_thread)
-            database._executor.shutdown(wait=False)
-            raise
-        return database
-
-    def _open_in_thread(self) -> None:
-        if isinstance(self.path, Path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout,
-            isolation_level=None,  # autocommit; transactions are explicit BEGIN IMMEDIATE
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            self.journal_mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self.schema_version = _migrate(conn, self._migrations)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    async def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``operation(connection)`` in the worker thread and return its result."""
-        if self._closed:
-            raise StoreClosedError(f"the store at {self.path} is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, operation)
-
-    def _call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
-        if conn is None:
-            raise StoreClosedError(f"the store at {self.path} is closed")
-        return operation(conn)
-
-    async def close(self) -> None:
-        """Finish the queued operations, close the connection and stop the thread."""
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._close_in_thread)
-        finally:
-            # The worker is idle now (or the loop is going away): let the thread end on its own.
-            self._executor.shutdown(wait=False)
-
-    def _close_in_thread(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-
 # --------------------------------------------------------------------------------------------
 # Row mapping.
 
@@ -370,11 +62,6 @@ _CDR_COLUMNS = (
     "started_at, answered_at, ended_at, result"
 )
 _RESERVATION_COLUMNS = "did, agent_id, reserved_at, expires_at, call_id, test"
-_OUTBOX_COLUMNS = (
-    "id, call_id, agent_id, recipient, subject, text_body, html_body, test, did, route, "
-    "message_id_domain, created_at, give_up_at, next_attempt_at, attempts, "
-    "attempt_started_at, state, last_error, finished_at"
-)
 
 
 def _binding(row: tuple[Any, ...]) -> Binding:
@@ -427,30 +114,6 @@ def _reservation(row: tuple[Any, ...]) -> Reservation:
         expires_at=float(row[3]),
         call_id=row[4],
         test=bool(row[5]),
-    )
-
-
-def _outbox_mail(row: tuple[Any, ...]) -> OutboxMail:
-    return OutboxMail(
-        id=int(row[0]),
-        call_id=row[1],
-        agent_id=row[2],
-        recipient=row[3],
-        subject=row[4],
-        text_body=row[5],
-        html_body=row[6],
-        test=bool(row[7]),
-        did=row[8],
-        route=row[9],
-        message_id_domain=row[10],
-        created_at=float(row[11]),
-        give_up_at=float(row[12]),
-        next_attempt_at=float(row[13]),
-        attempts=int(row[14]),
-        attempt_started_at=None if row[15] is None else float(row[15]),
-        state=cast(OutboxState, row[16]),
-        last_error=row[17],
-        finished_at=None if row[18] is None else float(row[18]),
     )
 
 
@@ -535,7 +198,7 @@ class SqliteRegistrationStore:
         """Atomically delete the expired bindings and return them."""
 
         def operation(conn: sqlite3.Connection) -> list[Binding]:
-            with _immediate(conn):
+            with immediate_transaction(conn):
                 rows = conn.execute(
                     f"SELECT {_BINDING_COLUMNS} FROM registrations "
                     "WHERE expires_at <= ? ORDER BY agent_id, q DESC, contact_uri",
@@ -668,7 +331,7 @@ class SqliteReservationStore:
             raise ValueError(f"reservation ttl must be positive, not {ttl!r}")
 
         def operation(conn: sqlite3.Connection) -> tuple[Reservation, bool]:
-            with _immediate(conn):
+            with immediate_transaction(conn):
                 # The table holds one row per DID ever reserved, so reading it whole is cheap
                 # and avoids a statement with one parameter per pool DID.
                 rows = conn.execute(f"SELECT {_RESERVATION_COLUMNS} FROM reservations")
@@ -714,157 +377,6 @@ class SqliteReservationStore:
                 (now,),
             ).fetchall()
             return [_reservation(row) for row in rows]
-
-        return await self._db.run(operation)
-
-
-class SqliteOutboxStore:
-    """:class:`~gateway.stores.ports.OutboxStore` on SQLite.
-
-    Every state change is one autocommitted statement, so it is on disk (WAL) when the
-    awaiting coroutine resumes: :meth:`mark_sent` returning means a restart will not send
-    the mail again.
-    """
-
-    def __init__(self, database: SqliteDatabase) -> None:
-        self._db = database
-
-    async def add(self, drafts: Sequence[MailDraft], now: float) -> list[OutboxMail]:
-        """Write ``drafts`` in one transaction as pending rows due at ``now``."""
-        drafts = list(drafts)
-        if not drafts:
-            return []
-
-        def operation(conn: sqlite3.Connection) -> list[OutboxMail]:
-            ids: list[int] = []
-            with _immediate(conn):
-                for draft in drafts:
-                    cursor = conn.execute(
-                        "INSERT INTO outbox (call_id, agent_id, recipient, subject, text_body, "
-                        "html_body, test, did, route, message_id_domain, created_at, "
-                        "give_up_at, next_attempt_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            draft.call_id,
-                            draft.agent_id,
-                            draft.recipient,
-                            draft.subject,
-                            draft.text_body,
-                            draft.html_body,
-                            int(draft.test),
-                            draft.did,
-                            draft.route,
-                            draft.message_id_domain,
-                            now,
-                            draft.give_up_at,
-                            now,
-                        ),
-                    )
-                    assert cursor.lastrowid is not None
-                    ids.append(cursor.lastrowid)
-            return [
-                OutboxMail(
-                    id=mail_id,
-                    call_id=draft.call_id,
-                    agent_id=draft.agent_id,
-                    recipient=draft.recipient,
-                    subject=draft.subject,
-                    text_body=draft.text_body,
-                    html_body=draft.html_body,
-                    test=draft.test,
-                    did=draft.did,
-                    route=draft.route,
-                    message_id_domain=draft.message_id_domain,
-                    created_at=now,
-                    give_up_at=draft.give_up_at,
-                    next_attempt_at=now,
-                    attempts=0,
-                    attempt_started_at=None,
-                    state="pending",
-                    last_error=None,
-                    finished_at=None,
-                )
-                for mail_id, draft in zip(ids, drafts, strict=True)
-            ]
-
-        return await self._db.run(operation)
-
-    async def get(self, mail_id: int) -> OutboxMail | None:
-        """The row ``mail_id``, or ``None``."""
-
-        def operation(conn: sqlite3.Connection) -> OutboxMail | None:
-            row = conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = ?", (mail_id,)
-            ).fetchone()
-            return None if row is None else _outbox_mail(row)
-
-        return await self._db.run(operation)
-
-    async def pending(self) -> list[OutboxMail]:
-        """Every pending row, earliest ``next_attempt_at`` first, then by id."""
-
-        def operation(conn: sqlite3.Connection) -> list[OutboxMail]:
-            rows = conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' "
-                "ORDER BY next_attempt_at, id"
-            ).fetchall()
-            return [_outbox_mail(row) for row in rows]
-
-        return await self._db.run(operation)
-
-    async def begin_attempt(self, mail_id: int, now: float) -> bool:
-        """Count an attempt and mark it in flight; ``False`` if the row is not pending."""
-
-        def operation(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, attempt_started_at = ? "
-                "WHERE id = ? AND state = 'pending'",
-                (now, mail_id),
-            )
-            return cursor.rowcount == 1
-
-        return await self._db.run(operation)
-
-    async def retry_at(self, mail_id: int, next_attempt_at: float, error: str) -> None:
-        """The attempt failed and will be retried at ``next_attempt_at``."""
-
-        def operation(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE outbox SET next_attempt_at = ?, last_error = ?, "
-                "attempt_started_at = NULL WHERE id = ? AND state = 'pending'",
-                (next_attempt_at, error, mail_id),
-            )
-
-        await self._db.run(operation)
-
-    async def mark_sent(self, mail_id: int, now: float) -> None:
-        """The server accepted the mail: it must never be sent again."""
-        await self._finish(mail_id, "sent", now, None)
-
-    async def mark_failed(self, mail_id: int, now: float, error: str) -> None:
-        """Delivery was abandoned (permanent refusal, or given up)."""
-        await self._finish(mail_id, "failed", now, error)
-
-    async def _finish(
-        self, mail_id: int, state: OutboxState, now: float, error: str | None
-    ) -> None:
-        def operation(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE outbox SET state = ?, finished_at = ?, attempt_started_at = NULL, "
-                "last_error = coalesce(?, last_error) WHERE id = ? AND state = 'pending'",
-                (state, now, error, mail_id),
-            )
-
-        await self._db.run(operation)
-
-    async def purge_finished(self, before: float) -> int:
-        """Delete sent and failed rows finished before ``before``; return how many."""
-
-        def operation(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "DELETE FROM outbox WHERE state != 'pending' AND finished_at < ?", (before,)
-            )
-            return cursor.rowcount
 
         return await self._db.run(operation)
 

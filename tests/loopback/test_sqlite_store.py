@@ -29,8 +29,8 @@ from gateway.stores.sqlite import (
     Migration,
     SqliteCdrStore,
     SqliteDatabase,
-    _split_statements,
 )
+from gateway.stores.sqlite_database import _split_statements
 
 pytestmark = pytest.mark.loopback
 

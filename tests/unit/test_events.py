@@ -17,10 +17,10 @@ import jsonschema
 import pytest
 
 from gateway.events.buffer import Backoff, EventBuffer, backoff_delay
+from gateway.events.commands import decode_presence_command
 from gateway.events.mqtt import (
     MqttPublisher,
     MqttSettings,
-    _decode_command,
     parse_broker_url,
 )
 from gateway.events.ports import Publisher, Topics
@@ -402,7 +402,7 @@ def test_rfc3339_is_utc_with_milliseconds() -> None:
     ],
 )
 def test_presence_command_checks_agree_with_the_schema(raw: bytes, accepted: bool) -> None:
-    decoded = _decode_command(raw)
+    decoded = decode_presence_command(raw)
     assert isinstance(decoded, dict) is accepted
     try:
         document: Any = json.loads(raw)
@@ -412,9 +412,9 @@ def test_presence_command_checks_agree_with_the_schema(raw: bytes, accepted: boo
 
 
 def test_presence_command_size_and_depth_limits() -> None:
-    assert isinstance(_decode_command(b" " * 5000 + b'{"status":"Away"}'), str)
-    assert isinstance(_decode_command(b"[" * 3000), str)
-    assert isinstance(_decode_command("not bytes"), str)
+    assert isinstance(decode_presence_command(b" " * 5000 + b'{"status":"Away"}'), str)
+    assert isinstance(decode_presence_command(b"[" * 3000), str)
+    assert isinstance(decode_presence_command("not bytes"), str)
 
 
 # -- topics ----------------------------------------------------------------------------------
