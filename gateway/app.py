@@ -111,9 +111,7 @@ class Gateway:
             emergency = await _start_emergency(
                 dialplan, stores, presence, publisher, topics, registrar, notifier, locations
             )
-            history = CallHistory(stores.cdrs, loop.time)
-            history.start()
-            stack.push_async_callback(history.close)
+            history = _start_history(stack, stores, loop)
             call_tasks = await stack.enter_async_context(CallTasks())
             b2bua, queues = _call_layer(
                 dialplan,
@@ -128,8 +126,7 @@ class Gateway:
                 resolver,
             )
             metrics = _metrics(b2bua, registrar, publisher)
-            await endpoint.start()
-            stack.push_async_callback(endpoint.close)
+            await _start_endpoint(stack, endpoint)
             _start_load_meter(stack, dialplan, endpoint, b2bua)
             _start_gc_pacer(stack, settings)
             yield cls(
@@ -158,6 +155,22 @@ class Gateway:
         if self.emergency is not None:
             self.emergency.use_dialplan(dialplan)
         self.dialplan = dialplan
+
+
+def _start_history(
+    stack: contextlib.AsyncExitStack, stores: Stores, loop: asyncio.AbstractEventLoop
+) -> CallHistory:
+    """The call history's writer (SPEC R-5), drained on close."""
+    history = CallHistory(stores.cdrs, loop.time)
+    history.start()
+    stack.push_async_callback(history.close)
+    return history
+
+
+async def _start_endpoint(stack: contextlib.AsyncExitStack, endpoint: SipEndpoint) -> None:
+    """The listeners open last, once every part behind them is up."""
+    await endpoint.start()
+    stack.push_async_callback(endpoint.close)
 
 
 class DesktopCommands:
