@@ -57,7 +57,7 @@ from gateway.emergency.numbers import detect, detect_rewritten
 from gateway.emergency.routing import RoutePlan
 from gateway.emergency.service import EmergencyCall, EmergencyService
 from gateway.registrar.service import AuthRefusal
-from gateway.sip.address import Address, address_text
+from gateway.sip.address import Address, address_text, ip_of
 from gateway.sip.message import Request
 from gateway.sip.routing import resolve_next_hop
 from gateway.stores.ports import Binding
@@ -84,9 +84,8 @@ def _networks(items: tuple[str, ...]) -> list[_Network]:
 def _in(host: str, networks: list[_Network]) -> bool:
     if not networks:
         return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = ip_of(host)
+    if address is None:
         return False
     return any(address in network for network in networks)
 

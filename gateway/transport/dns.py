@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ import dns.rdatatype
 import dns.resolver
 import structlog
 
-from gateway.sip.address import Address, address_text
+from gateway.sip.address import Address, address_text, is_ip_literal
 from gateway.sip.routing import DEFAULT_PORTS
 
 __all__ = ["DnsQuery", "TrunkResolver", "order_srv"]
@@ -69,12 +68,7 @@ class DnsQuery:
     port_given: bool
 
 
-def is_numeric(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+is_numeric = is_ip_literal  # a numeric address skips DNS (RFC 3263 section 4.2)
 
 
 def order_srv(

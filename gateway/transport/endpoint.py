@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import ssl
 import struct
@@ -41,7 +40,7 @@ from typing import Any, Protocol, cast
 
 import structlog
 
-from gateway.sip.address import Address, address_text
+from gateway.sip.address import Address, address_text, is_ip_literal
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, StreamFramer, make_response, parse_message
@@ -81,14 +80,6 @@ class ListenSpec:
     def sent_by(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _family_of(host: str) -> int:
@@ -348,7 +339,7 @@ class SipEndpoint:
 
     def listener_for(self, destination: Address) -> ListenSpec:
         """The listener whose address we present to ``destination`` (same transport/family)."""
-        family = _family_of(destination.host) if _is_ip_literal(destination.host) else None
+        family = _family_of(destination.host) if is_ip_literal(destination.host) else None
         fallback: ListenSpec | None = None
         for spec in self.listeners:
             if spec.transport != destination.transport:
@@ -483,7 +474,7 @@ class SipEndpoint:
 
     def _send(self, data: bytes, destination: Address) -> None:
         """Send to ``destination``; failures are reported against it as given."""
-        if _is_ip_literal(destination.host):
+        if is_ip_literal(destination.host):
             self._send_to(data, destination, destination)
             return
         resolved = self._resolved.get(destination.host)

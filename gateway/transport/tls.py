@@ -19,14 +19,13 @@ a transport failure: the call fails over, it is never retried in clear text.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config.dialplan import Dialplan, TrunkTls
 from gateway.config.settings import Settings
-from gateway.sip.address import Address
+from gateway.sip.address import Address, is_ip_literal
 
 __all__ = [
     "TlsPeer",
@@ -78,14 +77,6 @@ class TlsPeer:
     server_name: str
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 class TlsPeers:
     """The TLS peer to use for an address the gateway connects to (see the module doc).
 
@@ -104,7 +95,7 @@ class TlsPeers:
     def alias(self, resolved: Address, original: Address) -> None:
         """``resolved`` (an address DNS gave for ``original``) is the same peer."""
         peer = self._peers.get((original.host, original.port))
-        if peer is None and not _is_ip(original.host) and self._default is not None:
+        if peer is None and not is_ip_literal(original.host) and self._default is not None:
             peer = TlsPeer(self._default, original.host)
         if peer is not None:
             self._peers[(resolved.host, resolved.port)] = peer
