@@ -154,13 +154,22 @@ def test_a_second_sigterm_stops_at_once_with_byes_on_every_leg(
     sbc.wait(timeout=10).assert_calls(1)
 
 
-def http_get(port: int, path: str) -> tuple[int, str]:
-    """``GET path`` on the metrics listener: (status, body)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+def http_get(port: int, path: str, *, wait: float = 10.0) -> tuple[int, str]:
+    """``GET path`` on the metrics listener: (status, body). The listener opens just after
+    the SIP ports (which is when the harness hands the gateway over): a refused connection
+    is tried again for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except urllib.error.URLError as error:
+            refused = isinstance(error.reason, ConnectionRefusedError)
+            if not refused or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def sample(text: str, name: str, **labels: str) -> float:
