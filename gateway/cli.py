@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -277,7 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     reload.add_argument("--dialplan", help="dialplan YAML file (default: $GATEWAY_DIALPLAN)")
     reload.set_defaults(func=_cmd_reload)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # the reader went away (``gateway cdr | head``): what it read was printed; no
+        # traceback, and no second error when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

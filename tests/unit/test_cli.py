@@ -83,3 +83,23 @@ def test_check_warns_that_9_911_becomes_an_emergency_call(
         "emergency dial strings: "
     ) in out
     assert "9911 -> 911" in out and "treated as emergency calls of the agent's country" in out
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """``gateway check ... | head``: the reader leaves before the gateway writes (its end of
+    the pipe is closed before the child has even imported); no BrokenPipe traceback."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "check", "dialplans/example.yaml"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    stderr = child.stderr.read()
+    assert child.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
