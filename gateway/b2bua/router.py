@@ -240,7 +240,7 @@ class ContactCentreRouter:
                 source=address_text(source),
                 site=site[0] if site is not None else None,
                 detail="no registration from this source and no credentials: placed as "
-                + (f"site {site[0]!r}'s call" if site is not None else "a call of no site"),
+                + (f"the call of site {site[0]!r}" if site is not None else "a call of no site"),
             )
         call = self.emergency.emergency_call(
             detection,
