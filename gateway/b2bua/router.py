@@ -51,7 +51,7 @@ import structlog
 from gateway.b2bua.call import NextHop
 from gateway.b2bua.decisions import Decision, Emergency, Outbound, Queued, RouteRefusal
 from gateway.b2bua.queues import best_binding, binding_address
-from gateway.config.dialplan import Dialplan, Site
+from gateway.config.dialplan import Dialplan, RouteDecision, Site
 from gateway.emergency.callbacks import strip_untrusted_priority
 from gateway.emergency.numbers import detect, detect_rewritten
 from gateway.emergency.routing import RoutePlan
@@ -158,9 +158,14 @@ class ContactCentreRouter:
             return RouteRefusal(404, "Not Found", f"no inbound rule matches {dialled[:64]}")
         open_network = _in(source.host, self._open)
         agent, identified_by = self._identify(request, source)
+        # the ordinary rules are run once: emergency detection looks at their rewrite, and
+        # an ordinary call is routed with it
+        ordinary = self.dialplan.route(dialled)
         if emergency is not None:
             # SPEC E-1: before every other rule, and never refused (E-3)
-            decision = self._emergency(request, dialled, source, agent, identified_by, open_network)
+            decision = self._emergency(
+                request, dialled, source, agent, identified_by, open_network, ordinary
+            )
             if decision is not None:
                 return decision
         if agent is None and not open_network:
@@ -175,7 +180,7 @@ class ContactCentreRouter:
         if emergency is not None and emergency.agent_busy_with_emergency(agent):
             # SPEC E-8: while an agent's emergency call is up, no other outbound call
             return RouteRefusal(403, "Forbidden", "agent is on an emergency call")
-        return self.outbound(dialled, agent, source)
+        return self.outbound(dialled, agent, source, ordinary)
 
     def _identify(self, request: Request, source: Address) -> tuple[str | None, str | None]:
         """The agent behind a request and how it is known (SPEC E-13): verified digest
@@ -200,6 +205,7 @@ class ContactCentreRouter:
         agent: str | None,
         identified_by: str | None,
         open_network: bool,
+        ordinary: RouteDecision | None,
     ) -> Decision | None:
         """An emergency call from the agents' side (SPEC E-1, E-13), or None.
 
@@ -213,7 +219,6 @@ class ContactCentreRouter:
         assert self.emergency is not None
         rewritten: str | None = None
         if detect(request.uri, None) is None:
-            ordinary = self.dialplan.route(dialled)
             if ordinary is None or detect_rewritten(ordinary.user, dialled, None) is None:
                 return None  # not an emergency string in any country
             rewritten = ordinary.user
@@ -328,8 +333,17 @@ class ContactCentreRouter:
         call = EmergencyCall(None, agent_id, None, test, callback=True, did=dialled)
         return Emergency(call, hops, "the agent is unreachable and has no callback_fallback")
 
-    def outbound(self, dialled: str, agent: str | None, source: Address | None = None) -> Decision:
-        decision = self.dialplan.route(dialled)
+    def outbound(
+        self,
+        dialled: str,
+        agent: str | None,
+        source: Address | None = None,
+        decision: RouteDecision | None = None,
+    ) -> Decision:
+        """The ordinary call's hops by the outbound rules (``decision``: their result for
+        ``dialled``, when the caller already has it)."""
+        if decision is None:
+            decision = self.dialplan.route(dialled)
         if decision is None:
             return RouteRefusal(404, "Not Found", f"no outbound rule matches {dialled[:64]}")
         trunk = decision.trunk

@@ -18,16 +18,9 @@ MAX_COMMAND_BYTES: Final = 4096
 
 def decode_presence_command(raw: object) -> dict[str, Any] | str:
     """The checked command (see ``presence-set.v1.json``), or why it was refused."""
-    if not isinstance(raw, bytes | bytearray):
-        return "payload is not bytes"
-    if len(raw) > MAX_COMMAND_BYTES:
-        return f"payload larger than {MAX_COMMAND_BYTES} bytes"
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        return f"payload is not JSON: {exc}"
-    if not isinstance(payload, dict):
-        return "payload is not a JSON object"
+    payload = decode_command_object(raw)
+    if isinstance(payload, str):
+        return payload
     version = payload.get("version", 1)
     if version != 1 or isinstance(version, bool):
         return f"unsupported version {version!r}"

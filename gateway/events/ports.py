@@ -140,14 +140,7 @@ class Topics:
 
     def agent_from_location_set_topic(self, topic: str) -> str | None:
         """The agent id in a ``.../agents/<agent>/location/set`` topic, or ``None``."""
-        head = f"{self.prefix}/agents/"
-        tail = "/location/set"
-        if not (topic.startswith(head) and topic.endswith(tail)):
-            return None
-        agent = topic[len(head) : len(topic) - len(tail)]
-        if not agent or any(ch in _FORBIDDEN_IN_SEGMENT for ch in agent):
-            return None
-        return agent
+        return self._agent_in(topic, "/location/set")
 
     def emergency_topic(self, call: str) -> str:
         """``<prefix>/emergency/<call>``."""
@@ -160,8 +153,11 @@ class Topics:
 
     def agent_from_set_topic(self, topic: str) -> str | None:
         """The agent id in a ``.../agents/<agent>/presence/set`` topic, or ``None``."""
+        return self._agent_in(topic, "/presence/set")
+
+    def _agent_in(self, topic: str, tail: str) -> str | None:
+        """The agent id of ``<prefix>/agents/<agent><tail>``, or ``None``."""
         head = f"{self.prefix}/agents/"
-        tail = "/presence/set"
         if not (topic.startswith(head) and topic.endswith(tail)):
             return None
         agent = topic[len(head) : len(topic) - len(tail)]
