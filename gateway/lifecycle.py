@@ -136,4 +136,5 @@ class Lifecycle:
                 await asyncio.sleep(_POLL_S)
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._second.wait(), _POLL_S)
+                    async with asyncio.timeout(_POLL_S):
+                        await self._second.wait()

@@ -252,7 +252,10 @@ class Notifier:
     # -- the worker ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        # ``while not self._closed`` and ``asyncio.timeout`` (not ``wait_for``): on Python
+        # 3.11 ``wait_for`` can swallow a cancel that arrives as the event is set, and the
+        # worker then idled for a minute while close() waited for it.
+        while not self._closed:
             self._wake.clear()
             try:
                 await self._drain_intake(schedule=True)
@@ -266,7 +269,8 @@ class Notifier:
             if self._intake:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._idle_wait())
+                async with asyncio.timeout(self._idle_wait()):
+                    await self._wake.wait()
 
     def _idle_wait(self) -> float:
         if not self._due:
@@ -378,8 +382,10 @@ class Notifier:
         while self._due and self._due[0][0] <= now:
             at, mail_id = heapq.heappop(self._due)
             entry = self._scheduled.get(mail_id)
-            if entry is None or entry[0] != at or mail_id in self._tasks:
+            if entry is None or entry[0] != at:
                 continue  # superseded by a later schedule
+            if mail_id in self._tasks:
+                continue  # its last attempt is still finishing: _forget puts it back
             del self._scheduled[mail_id]
             task = asyncio.create_task(self._attempt(entry[1]), name=f"notify-mail-{mail_id}")
             self._tasks[mail_id] = task
@@ -389,6 +395,11 @@ class Notifier:
         for mail_id, known in list(self._tasks.items()):
             if known is task:
                 del self._tasks[mail_id]
+                entry = self._scheduled.get(mail_id)
+                if entry is not None and not self._closed:
+                    # a retry that fell due while this attempt was still finishing
+                    heapq.heappush(self._due, (entry[0], mail_id))
+                    self._wake.set()
 
     # -- one attempt -----------------------------------------------------------------------
 

@@ -674,3 +674,21 @@ async def test_notify_never_raises(stores: Stores) -> None:
     notifier.notify(_now_notice(call_id="late"))  # after close: reported, not raised
     [failed] = publisher.named("notification_failed")
     assert failed["call"] == "late"
+
+
+async def test_close_right_after_a_notice_does_not_wait_for_the_idle_timer(
+    stores: Stores,
+) -> None:
+    # A notice sets the worker's wake-up event; a close in the same loop turn cancels the
+    # worker. On Python 3.11, asyncio.wait_for returned the event's result and dropped that
+    # cancel, so close() waited for the worker's one-minute idle timer (a CI run timed out
+    # on it). The notice is still stored: close() writes what the worker did not.
+    publisher = FakePublisher()
+    notifier, _sender = _notifier(stores, publisher)
+    await notifier.start()
+    await asyncio.sleep(0.05)  # the worker is idle, waiting on its wake-up event
+    notifier.notify(_now_notice(call_id="closing"))
+    closing = asyncio.create_task(notifier.close())
+    done, _ = await asyncio.wait({closing}, timeout=3.0)  # not the 60-second idle timer
+    assert done, "close() is stuck behind the worker's idle wait"
+    assert {mail.call_id for mail in await stores.outbox.pending()} <= {"closing"}
