@@ -22,6 +22,7 @@ import structlog
 
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA, CallObserver
+from gateway.b2bua.gate import OverloadGate
 from gateway.b2bua.history import CallHistory
 from gateway.b2bua.metrics import CallMetrics, node_metrics
 from gateway.b2bua.queues import QueueManager
@@ -45,6 +46,7 @@ from gateway.registrar.service import RegistrarService
 from gateway.reload import Reloader, write_pid_file
 from gateway.sip.address import Address, IdGenerator, address_text
 from gateway.sip.transaction import TimerConfig, TransactionLayer
+from gateway.sip.uri import Uri
 from gateway.stores import Stores, open_stores
 from gateway.transport.dns import DnsQuery, TrunkResolver
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
@@ -262,6 +264,17 @@ def _start_load_meter(
     )
     meter.start()
     stack.callback(meter.close)
+    admission = b2bua.admission
+
+    def priority(uri: Uri, source: Address) -> bool:
+        # the router of the moment (a reload replaces it); a router that cannot tell
+        # passes everything to the call layer
+        check = getattr(b2bua.router, "may_be_priority", None)
+        return True if check is None else bool(check(uri, source))
+
+    gate = OverloadGate(admission, priority, dialplan.sip.user_agent)
+    endpoint.gate = gate.screen
+    stack.callback(setattr, endpoint, "gate", None)
 
 
 def _start_gc_pacer(stack: contextlib.AsyncExitStack, settings: Settings) -> None:

@@ -48,7 +48,7 @@ from gateway.b2bua.call import Call, LegFailure, NextHop
 from gateway.b2bua.decisions import CallObserverBase
 from gateway.config.overload import OverloadSettings
 
-__all__ = ["Admission", "OverloadSignal"]
+__all__ = ["Admission", "OverloadSignal", "RateControl"]
 
 log = structlog.get_logger("gateway.overload")
 
@@ -82,6 +82,7 @@ class Admission(CallObserverBase):
         #: the signal over its limit while shedding, None while admitting
         self.shedding: str | None = None
         self._shed_at_start = 0
+        self.rate = RateControl(self.settings)
 
     # -- signals -------------------------------------------------------------------------
 
@@ -89,6 +90,7 @@ class Admission(CallObserverBase):
         """One sample of the adapter: the loop's lateness (s) and datagrams read since."""
         self.loop_lag += LAG_SMOOTHING * (max(lag, 0.0) - self.loop_lag)
         self.read_burst = reads
+        self.rate.observe(self.loop_lag, now)
         if self.shedding is not None:
             self._update(now)
 
@@ -107,7 +109,7 @@ class Admission(CallObserverBase):
     # -- the decision --------------------------------------------------------------------
 
     def over_limit(self) -> str | None:
-        """The first signal over its limit, or None."""
+        """The first hard signal over its limit, or None (the rate control aside)."""
         limits = self.settings
         if limits.max_calls_in_setup and len(self.in_setup) >= limits.max_calls_in_setup:
             return OverloadSignal.CALLS_IN_SETUP
@@ -118,11 +120,22 @@ class Admission(CallObserverBase):
         return None
 
     def shed(self, now: float) -> bool:
-        """Is a new ordinary call to be shed now? (Counted when it is.)"""
-        if not self._update(now):
-            return False
+        """Is a new ordinary call to be shed now? (Counted when it is; an admitted call
+        takes its token from the rate control.)"""
+        if self._update(now) or not self.rate.take(now):
+            self.count_shed()
+            return True
+        return False
+
+    def would_shed(self, now: float) -> bool:
+        """Would :meth:`shed` shed a new ordinary call now? Nothing is taken or counted:
+        the overload gate asks this before it parses a datagram."""
+        return self._update(now) or not self.rate.has_token(now)
+
+    def count_shed(self) -> None:
+        """One more new ordinary call shed (by :meth:`shed` or by the overload gate)."""
         self.shed_calls += 1
-        return True
+        self.rate.shed_since += 1
 
     def _update(self, now: float) -> bool:
         signal = self.over_limit()
@@ -140,3 +153,88 @@ class Admission(CallObserverBase):
                 log.warning("overload_over", shed=self.shed_calls - self._shed_at_start)
             self.shedding = signal
         return signal is not None
+
+
+class RateControl:
+    """The admission rate of new ordinary calls, steered to keep the loop lag low.
+
+    Additive increase, multiplicative decrease on the smoothed loop lag, adjusted every
+    ``adjust_interval_ms``: over ``target_loop_lag_ms`` the rate limit is set to nine tenths
+    of what was admitted (or of itself); under half the target it grows by a twentieth; once
+    nothing has been shed for ``LIFT_AFTER`` adjustments it is lifted. Calls are admitted
+    from a token bucket filled at the limit (a burst of ``BURST_S`` worth), and never
+    below ``min_admit_rate``. Sans-I/O: the time comes with each call.
+    """
+
+    DECREASE = 0.9
+    INCREASE = 1.05
+    BURST_S = 0.05
+    LIFT_AFTER = 15
+
+    def __init__(self, settings: OverloadSettings) -> None:
+        self.target = settings.target_loop_lag_ms / 1000
+        self.floor = settings.min_admit_rate
+        self.interval = settings.adjust_interval_ms / 1000
+        #: calls per second admitted at most, None while unlimited
+        self.limit: float | None = None
+        #: calls shed since the last adjustment (the gate's and the call layer's)
+        self.shed_since = 0
+        self._admitted = 0
+        self._window_start: float | None = None
+        self._calm = 0
+        self._tokens = 0.0
+        self._filled_at = 0.0
+
+    def observe(self, lag: float, now: float) -> None:
+        """A smoothed lag sample; adjusts the limit once per interval."""
+        if not self.target:
+            return
+        if self._window_start is None:
+            self._window_start = now
+            return
+        elapsed = now - self._window_start
+        if elapsed < self.interval:
+            return
+        admitted_rate = self._admitted / elapsed
+        self._adjust(lag, admitted_rate)
+        self._window_start, self._admitted, self.shed_since = now, 0, 0
+
+    def _adjust(self, lag: float, admitted_rate: float) -> None:
+        if lag > self.target:
+            base = admitted_rate if self.limit is None else min(self.limit, admitted_rate * 1.1)
+            if self.limit is None:
+                log.warning(
+                    "overload_rate_limited",
+                    loop_lag_ms=round(lag * 1000, 1),
+                    admitted_per_s=round(admitted_rate, 1),
+                )
+            self.limit = max(self.floor, base * self.DECREASE)
+            self._calm = 0
+        elif self.limit is not None and lag < self.target / 2:
+            self.limit *= self.INCREASE
+            self._calm = self._calm + 1 if self.shed_since == 0 else 0
+            if self._calm >= self.LIFT_AFTER:
+                log.warning("overload_rate_lifted", limit_per_s=round(self.limit, 1))
+                self.limit = None
+
+    def has_token(self, now: float) -> bool:
+        """Is a call admitted now, without taking its token?"""
+        if self.limit is None:
+            return True
+        self._fill(now)
+        return self._tokens >= 1.0
+
+    def take(self, now: float) -> bool:
+        """Admit a call (taking its token) or not."""
+        if not self.has_token(now):
+            return False
+        if self.limit is not None:
+            self._tokens -= 1.0
+        self._admitted += 1
+        return True
+
+    def _fill(self, now: float) -> None:
+        assert self.limit is not None
+        burst = max(1.0, self.limit * self.BURST_S)
+        self._tokens = min(burst, self._tokens + (now - self._filled_at) * self.limit)
+        self._filled_at = now

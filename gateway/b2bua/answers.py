@@ -40,7 +40,7 @@ from gateway.b2bua.relay import KNOWN_METHODS
 from gateway.sip.errors import warning_value
 from gateway.sip.message import Request
 from gateway.sip.transaction import ServerTransaction
-from gateway.sip.uri import SipUri, TelUri
+from gateway.sip.uri import SipUri, TelUri, Uri
 
 __all__ = [
     "SUPPORTED",
@@ -50,6 +50,7 @@ __all__ = [
     "refuse_invite",
     "unfit_invite",
     "unsupported_extensions",
+    "uri_dialled",
 ]
 
 #: option tags the B2BUA supports end to end (the ``Supported`` header); none yet
@@ -58,7 +59,11 @@ SUPPORTED: tuple[str, ...] = ()
 
 def dialled_number(request: Request) -> str:
     """The user part of the Request-URI (escapes decoded), or the whole URI when none."""
-    uri = request.uri
+    return uri_dialled(request.uri)
+
+
+def uri_dialled(uri: Uri) -> str:
+    """The user part of ``uri`` (escapes decoded), or the whole URI when it has none."""
     if isinstance(uri, (SipUri, TelUri)):
         user = uri.user_unescaped
         if user:

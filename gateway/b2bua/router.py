@@ -48,6 +48,7 @@ from collections.abc import Callable
 
 import structlog
 
+from gateway.b2bua.answers import uri_dialled
 from gateway.b2bua.call import NextHop
 from gateway.b2bua.decisions import Decision, Emergency, Outbound, Queued, RouteRefusal
 from gateway.b2bua.queues import best_binding, binding_address
@@ -60,6 +61,7 @@ from gateway.registrar.service import AuthRefusal
 from gateway.sip.address import Address, address_text, ip_of
 from gateway.sip.message import Request
 from gateway.sip.routing import resolve_next_hop
+from gateway.sip.uri import Uri
 from gateway.stores.ports import Binding
 
 log = structlog.get_logger("gateway.router")
@@ -139,6 +141,22 @@ class ContactCentreRouter:
             if _in(source.host, networks):
                 return trunk
         return None
+
+    def may_be_priority(self, uri: Uri, source: Address) -> bool:
+        """Might a new INVITE to ``uri`` from ``source`` be an emergency call or an
+        emergency callback? The overload gate asks before it sheds (SPEC O-4): cheap, and
+        erring towards yes; :meth:`route` decides, on identity, as always."""
+        emergency = self.emergency
+        if emergency is None:
+            return False
+        dialled = uri_dialled(uri)
+        trunk = self.trunk_of(source)
+        if trunk is not None:
+            return emergency.callback_for(dialled, trunk).callback
+        if detect(uri, None) is not None:
+            return True
+        ordinary = self.dialplan.route(dialled)
+        return ordinary is not None and detect_rewritten(ordinary.user, dialled, None) is not None
 
     def route(self, request: Request, dialled: str, source: Address) -> Decision:
         trunk = self.trunk_of(source)

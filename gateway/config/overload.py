@@ -30,6 +30,17 @@ class OverloadSettings(Frozen):
     the loop is the gateway's one CPU, and its lag is the first sign it cannot keep up;
     0: not used. The default is well above the start-up and collection pauses of a busy
     shared machine (50 ms shed ordinary calls at start-up in tests), to be tuned per box."""
+    target_loop_lag_ms: Annotated[float, Field(ge=0)] = 15.0
+    """The loop lag (ms, smoothed) that the admission rate of new ordinary calls is steered
+    to: above it the rate is cut by a tenth every ``adjust_interval_ms``, below half of it
+    raised by a twentieth, and lifted altogether once nothing has been shed for a few
+    seconds (additive-increase, multiplicative-decrease, like RFC 7339's loss-based
+    control). Emergency set-up time is about this lag, so keep it low; 0: no rate control."""
+    min_admit_rate: Annotated[float, Field(ge=0)] = 50.0
+    """New ordinary calls per second that the rate control always admits: a brief pause of a
+    quiet gateway (start-up, a collection) never sheds its few calls."""
+    adjust_interval_ms: Annotated[float, Field(gt=0)] = 200.0
+    """How often the admission rate is adjusted to the loop lag."""
     max_read_burst: Annotated[int, Field(ge=0)] = 0
     """Datagrams read in one sampling interval beyond which new ordinary calls are shed
     (the read backlog; machine-specific, so off by default); 0: not used."""

@@ -259,6 +259,9 @@ class SipEndpoint:
         self.loop = loop or asyncio.get_event_loop()
         self.on_event: EventHandler = lambda event: None
         self.user: TransactionUser | None = None
+        #: looks at each message before it is parsed (the overload gate, SPEC O-4): None to
+        #: go on, ``b""`` to drop it, or the bytes of a response to send back at once
+        self.gate: Callable[[bytes, Address, float], bytes | None] | None = None
         self._udp: dict[int, _UdpProtocol] = {}
         self._tcp_servers: list[asyncio.AbstractServer] = []
         self._connections: dict[Address, _TcpConnection] = {}
@@ -375,6 +378,13 @@ class SipEndpoint:
         self.received += 1
         if len(data) <= 4 and not data.strip():
             return  # keep-alive (RFC 5626 CRLF ping on UDP)
+        gate = self.gate
+        if gate is not None:
+            reply = gate(data, source, self.loop.time())
+            if reply is not None:
+                if reply:
+                    self._send(reply, source)
+                return
         try:
             message = parse_message(data, max_size=self.max_message_bytes)
         except SipParseError as exc:

@@ -1,0 +1,170 @@
+"""The overload gate: new ordinary INVITEs shed before they are parsed (SPEC O-4).
+
+Theory of operation
+-------------------
+Under overload the cost of saying no decides whether the gateway keeps serving: a shed call
+that goes through the parser, a server transaction, the router and a retransmitted 503
+costs a good part of an admitted call, and at three times the capacity those refusals alone
+fill the one CPU. Emergency INVITEs then wait behind them in the socket buffer, or are
+dropped there, and take seconds to set up. The gate answers the calls to be shed for a few
+microseconds each, as RFC 3261 section 8.2.7 allows a stateless UAS to:
+
+1. The endpoint hands it every datagram (or framed stream message) before parsing.
+   :meth:`OverloadGate.screen` returns None (parse and handle it as usual), ``b""`` (drop
+   it) or the bytes of a response to send back to the source.
+2. While :meth:`~gateway.b2bua.admission.Admission.would_shed` says no, every INVITE passes:
+   the call layer decides as always. Otherwise a new INVITE (no To tag) is scanned, not
+   parsed: the request line and the Via, From, To, Call-ID and CSeq lines.
+3. It passes when it may be an emergency call or an emergency callback: the router's
+   :meth:`~gateway.b2bua.router.ContactCentreRouter.may_be_priority` looks at the
+   Request-URI and the source (a trunk's call to a live callback DID; from the agents' side
+   an emergency dial string, as received or as the ordinary rules rewrite it). The call
+   layer then decides on identity that cannot be forged, exactly as without load: the gate
+   only ever passes more than it sheds.
+4. Everything else gets ``503 Service Unavailable`` with Retry-After, built from the copied
+   lines and a To tag derived from the Call-ID and From (a retransmission gets the same
+   answer). The ACK of that 503 is dropped on sight by its tag; an INVITE the scan cannot
+   read is left to the parser.
+
+In-dialog requests, responses and every other method pass untouched: an admitted call is
+never lost to overload.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Final
+
+from gateway.b2bua.admission import Admission
+from gateway.sip.errors import SipParseError
+from gateway.sip.transaction import Address
+from gateway.sip.uri import Uri, parse_uri
+
+__all__ = ["SHED_TAG_PREFIX", "OverloadGate", "scan_invite"]
+
+SHED_TAG_PREFIX: Final = "gw503-"
+"""The To tag of every 503 the gate sends: its ACK is recognised by it."""
+_SHED_MARK: Final = b"tag=" + SHED_TAG_PREFIX.encode()
+_HEADERS: Final = {
+    b"via": 0,
+    b"v": 0,
+    b"from": 1,
+    b"f": 1,
+    b"to": 2,
+    b"t": 2,
+    b"call-id": 3,
+    b"i": 3,
+    b"cseq": 4,
+}
+
+
+class InviteHead:
+    """What the gate reads of an INVITE: its Request-URI and the lines a response copies."""
+
+    __slots__ = ("call_id", "cseq", "from_", "to", "uri", "vias")
+
+    def __init__(
+        self, uri: bytes, vias: list[bytes], from_: bytes, to: bytes, call_id: bytes, cseq: bytes
+    ) -> None:
+        self.uri = uri
+        self.vias = vias
+        self.from_ = from_
+        self.to = to
+        self.call_id = call_id
+        self.cseq = cseq
+
+    @property
+    def in_dialog(self) -> bool:
+        """Does the To header carry a tag (a re-INVITE)?"""
+        value = self.to.partition(b":")[2]
+        return b"tag=" in value.lower().replace(b" ", b"")
+
+
+def scan_invite(data: bytes) -> InviteHead | None:
+    """The head of an INVITE, or None when it is not one the gate can read at a glance
+    (folded or missing lines, an odd request line): the parser then has it."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = data[:end].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[0] != b"INVITE" or parts[2] != b"SIP/2.0":
+        return None
+    found: list[list[bytes]] = [[], [], [], [], []]
+    for line in lines[1:]:
+        colon = line.find(b":")
+        if colon <= 0 or line[0] in b" \t":
+            return None
+        slot = _HEADERS.get(line[:colon].rstrip().lower())
+        if slot is not None:
+            found[slot].append(line.rstrip())
+    vias, froms, tos, call_ids, cseqs = found
+    if not vias or len(froms) != 1 or len(tos) != 1 or len(call_ids) != 1 or len(cseqs) != 1:
+        return None
+    return InviteHead(parts[1], vias, froms[0], tos[0], call_ids[0], cseqs[0])
+
+
+class OverloadGate:
+    """Sheds new ordinary INVITEs statelessly while the admission control says so.
+
+    ``priority(uri, source)`` is the router's cheap "may this be an emergency call or
+    callback?"; ``server`` the Server header value of the 503s.
+    """
+
+    def __init__(
+        self,
+        admission: Admission,
+        priority: Callable[[Uri, Address], bool],
+        server: str,
+    ) -> None:
+        self.admission = admission
+        self.priority = priority
+        self._tail = (
+            f"Retry-After: {admission.settings.retry_after_s}\r\n"
+            f"Server: {server}\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        #: INVITEs answered 503 by the gate, and ACKs of those 503s dropped
+        self.shed = 0
+        self.acks_dropped = 0
+
+    def screen(self, data: bytes, source: Address, now: float) -> bytes | None:
+        """None: parse ``data`` as usual; ``b""``: drop it; else the response to send."""
+        if data[:4] == b"ACK ":
+            if _SHED_MARK in data:
+                self.acks_dropped += 1
+                return b""
+            return None
+        if data[:7] != b"INVITE " or not self.admission.would_shed(now):
+            return None
+        head = scan_invite(data)
+        if head is None or head.in_dialog:
+            return None
+        try:
+            uri = parse_uri(head.uri.decode("utf-8"))
+        except (SipParseError, UnicodeDecodeError):
+            return None  # the parser answers it 400
+        if self.priority(uri, source):
+            return None
+        self.admission.count_shed()
+        self.shed += 1
+        return self._refusal(head)
+
+    def _refusal(self, head: InviteHead) -> bytes:
+        tag = zlib.crc32(head.call_id + head.from_) & 0xFFFFFFFF
+        return b"".join(
+            (
+                b"SIP/2.0 503 Service Unavailable\r\n",
+                b"\r\n".join(head.vias),
+                b"\r\n",
+                head.from_,
+                b"\r\n",
+                head.to,
+                b";tag=%s%08x\r\n" % (SHED_TAG_PREFIX.encode(), tag),
+                head.call_id,
+                b"\r\n",
+                head.cseq,
+                b"\r\n",
+                self._tail,
+            )
+        )
