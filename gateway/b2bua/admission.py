@@ -32,7 +32,14 @@ calls in set-up        ``max_calls_in_setup`` B-legs are ringing or trying (exac
 loop lag               the smoothed lateness of the adapter's sampling timer exceeds
                        ``max_loop_lag_ms``: the one CPU is behind
 read burst             more than ``max_read_burst`` datagrams were read in one sample
+admission rate         the loop lag is over ``target_loop_lag_ms`` and the token bucket of
+                       :class:`RateControl` is empty: new ordinary calls are admitted at the
+                       rate the loop keeps up with, never below ``min_admit_rate``
 =====================  =====================================================================
+
+The overload gate (``gateway/b2bua/gate.py``) asks :meth:`Admission.would_shed` before a
+datagram is parsed and answers the new ordinary INVITEs to be shed statelessly; the call
+layer's :meth:`Admission.shed` then takes a token for each call the gate passed.
 
 A shed call costs one 503 from the server transaction that took the INVITE, which also
 absorbs the caller's retransmissions (RFC 3261 section 17.2.1): no B-leg, no dialog, no
@@ -160,7 +167,8 @@ class RateControl:
 
     Additive increase, multiplicative decrease on the smoothed loop lag, adjusted every
     ``adjust_interval_ms``: over ``target_loop_lag_ms`` the rate limit is set to nine tenths
-    of what was admitted (or of itself); under half the target it grows by a twentieth; once
+    of what was admitted (or of itself); under three quarters of the target it grows by a
+    twentieth and a fifth of the floor; once
     nothing has been shed for ``LIFT_AFTER`` adjustments it is lifted. Calls are admitted
     from a token bucket filled at the limit (a burst of ``BURST_S`` worth), and never
     below ``min_admit_rate``. Sans-I/O: the time comes with each call.
@@ -168,6 +176,10 @@ class RateControl:
 
     DECREASE = 0.9
     INCREASE = 1.05
+    #: the additive part of an increase, as a share of the floor
+    STEP = 0.2
+    #: the share of the target under which the loop counts as calm
+    CALM = 0.75
     BURST_S = 0.05
     LIFT_AFTER = 15
 
@@ -210,8 +222,8 @@ class RateControl:
                 )
             self.limit = max(self.floor, base * self.DECREASE)
             self._calm = 0
-        elif self.limit is not None and lag < self.target / 2:
-            self.limit *= self.INCREASE
+        elif self.limit is not None and lag < self.target * self.CALM:
+            self.limit = self.limit * self.INCREASE + self.floor * self.STEP
             self._calm = self._calm + 1 if self.shed_since == 0 else 0
             if self._calm >= self.LIFT_AFTER:
                 log.warning("overload_rate_lifted", limit_per_s=round(self.limit, 1))

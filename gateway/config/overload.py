@@ -32,8 +32,8 @@ class OverloadSettings(Frozen):
     shared machine (50 ms shed ordinary calls at start-up in tests), to be tuned per box."""
     target_loop_lag_ms: Annotated[float, Field(ge=0)] = 15.0
     """The loop lag (ms, smoothed) that the admission rate of new ordinary calls is steered
-    to: above it the rate is cut by a tenth every ``adjust_interval_ms``, below half of it
-    raised by a twentieth, and lifted altogether once nothing has been shed for a few
+    to: above it the rate is cut by a tenth every ``adjust_interval_ms``, below three quarters
+    of it raised by a twentieth, and lifted altogether once nothing has been shed for a few
     seconds (additive-increase, multiplicative-decrease, like RFC 7339's loss-based
     control). Emergency set-up time is about this lag, so keep it low; 0: no rate control."""
     min_admit_rate: Annotated[float, Field(ge=0)] = 50.0
