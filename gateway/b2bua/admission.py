@@ -165,23 +165,25 @@ class Admission(CallObserverBase):
 class RateControl:
     """The admission rate of new ordinary calls, steered to keep the loop lag low.
 
-    Additive increase, multiplicative decrease on the smoothed loop lag, adjusted every
-    ``adjust_interval_ms``: over ``target_loop_lag_ms`` the rate limit is set to nine tenths
-    of what was admitted (or of itself); under three quarters of the target it grows by a
-    twentieth and a fifth of the floor; once
+    Multiplicative increase and decrease on the smoothed loop lag, adjusted every
+    ``adjust_interval_ms``: over ``target_loop_lag_ms`` (twice in a row for a first limit)
+    the rate limit is set to nine tenths of what was admitted (or of itself); under three
+    quarters of the target it grows by a fifth plus a fifth of the floor; once
     nothing has been shed for ``LIFT_AFTER`` adjustments it is lifted. Calls are admitted
     from a token bucket filled at the limit (a burst of ``BURST_S`` worth), and never
     below ``min_admit_rate``. Sans-I/O: the time comes with each call.
     """
 
     DECREASE = 0.9
-    INCREASE = 1.05
+    INCREASE = 1.2
+    #: adjustments in a row over the target before a first limit is set
+    SUSTAINED = 2
     #: the additive part of an increase, as a share of the floor
     STEP = 0.2
     #: the share of the target under which the loop counts as calm
     CALM = 0.75
     BURST_S = 0.05
-    LIFT_AFTER = 15
+    LIFT_AFTER = 10
 
     def __init__(self, settings: OverloadSettings) -> None:
         self.target = settings.target_loop_lag_ms / 1000
@@ -194,6 +196,7 @@ class RateControl:
         self._admitted = 0
         self._window_start: float | None = None
         self._calm = 0
+        self._hot = 0
         self._tokens = 0.0
         self._filled_at = 0.0
 
@@ -213,6 +216,10 @@ class RateControl:
 
     def _adjust(self, lag: float, admitted_rate: float) -> None:
         if lag > self.target:
+            self._hot += 1
+            self._calm = 0
+            if self.limit is None and self._hot < self.SUSTAINED:
+                return  # one slow interval (a collection, a start-up) is not overload
             base = admitted_rate if self.limit is None else min(self.limit, admitted_rate * 1.1)
             if self.limit is None:
                 log.warning(
@@ -221,8 +228,9 @@ class RateControl:
                     admitted_per_s=round(admitted_rate, 1),
                 )
             self.limit = max(self.floor, base * self.DECREASE)
-            self._calm = 0
-        elif self.limit is not None and lag < self.target * self.CALM:
+            return
+        self._hot = 0
+        if self.limit is not None and lag < self.target * self.CALM:
             self.limit = self.limit * self.INCREASE + self.floor * self.STEP
             self._calm = self._calm + 1 if self.shed_since == 0 else 0
             if self._calm >= self.LIFT_AFTER:

@@ -30,12 +30,12 @@ class OverloadSettings(Frozen):
     the loop is the gateway's one CPU, and its lag is the first sign it cannot keep up;
     0: not used. The default is well above the start-up and collection pauses of a busy
     shared machine (50 ms shed ordinary calls at start-up in tests), to be tuned per box."""
-    target_loop_lag_ms: Annotated[float, Field(ge=0)] = 15.0
+    target_loop_lag_ms: Annotated[float, Field(ge=0)] = 25.0
     """The loop lag (ms, smoothed) that the admission rate of new ordinary calls is steered
-    to: above it the rate is cut by a tenth every ``adjust_interval_ms``, below three quarters
-    of it raised by a twentieth, and lifted altogether once nothing has been shed for a few
-    seconds (additive-increase, multiplicative-decrease, like RFC 7339's loss-based
-    control). Emergency set-up time is about this lag, so keep it low; 0: no rate control."""
+    to: above it (twice in a row, the first time) the rate is cut by a tenth every
+    ``adjust_interval_ms``, below three quarters of it raised by a fifth, and lifted once
+    nothing has been shed for two seconds (like RFC 7339's loss-based control). Emergency
+    set-up time under load is about this lag, so keep it low; 0: no rate control."""
     min_admit_rate: Annotated[float, Field(ge=0)] = 50.0
     """New ordinary calls per second that the rate control always admits: a brief pause of a
     quiet gateway (start-up, a collection) never sheds its few calls."""

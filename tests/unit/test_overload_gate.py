@@ -151,19 +151,23 @@ def test_a_lag_over_the_target_limits_the_rate_to_nine_tenths_of_what_was_admitt
     control = RateControl(OverloadSettings(target_loop_lag_ms=10, min_admit_rate=50))
     control.observe(0.0, 0.0)
     assert _offer(control, 1000, 0.0, 0.2) == 200  # no limit yet: all admitted
-    control.observe(0.030, 0.2)  # the loop fell 30 ms behind
+    control.observe(0.030, 0.2)  # the loop fell 30 ms behind: once is not overload
+    assert control.limit is None
+    assert _offer(control, 1000, 0.2, 0.2) == 200
+    control.observe(0.030, 0.4)  # twice in a row is
     assert control.limit is not None and abs(control.limit - 900) < 1
-    admitted = _offer(control, 2000, 0.2, 1.0)
+    admitted = _offer(control, 2000, 0.4, 1.0)
     assert 850 <= admitted <= 960  # the limit (plus its small burst), not the offer
-    control.observe(0.030, 1.2)  # still behind: cut again
+    control.observe(0.030, 1.4)  # still behind: cut again
     assert control.limit < 900
 
 
 def test_the_rate_never_falls_below_the_floor_so_a_quiet_gateway_is_not_shed() -> None:
     control = RateControl(OverloadSettings(target_loop_lag_ms=10, min_admit_rate=50))
     control.observe(0.0, 0.0)
-    _offer(control, 2, 0.0, 0.5)  # one call a second, then a start-up pause
+    _offer(control, 2, 0.0, 0.5)  # one call a second, then a long pause
     control.observe(0.200, 0.5)
+    control.observe(0.200, 0.75)
     assert control.limit == 50
     assert _offer(control, 10, 0.5, 2.0) == 20  # a quiet gateway's calls all go through
 
@@ -174,6 +178,7 @@ def test_the_limit_grows_while_the_loop_is_calm_and_is_lifted_when_nothing_is_sh
     control.observe(0.0, 0.0)
     _offer(control, 500, 0.0, 0.1)
     control.observe(0.050, 0.1)
+    control.observe(0.050, 0.21)
     limit = control.limit
     assert limit is not None
     now = 0.1
@@ -200,12 +205,13 @@ def test_the_gate_sheds_on_the_rate_limit_and_the_call_layer_takes_the_tokens() 
     admission.observe(0.0, 0, 0.0)
     for i in range(100):
         assert not admission.shed(i / 500)  # 500 calls/s admitted, no limit
-    admission.observe(1.0, 0, 0.2)  # a long stall: smoothed lag 300 ms
+    admission.observe(1.0, 0, 0.2)  # a long stall: smoothed lag 300 ms, then more
+    admission.observe(1.0, 0, 0.4)
     gate = _gate(admission)
     assert admission.rate.limit is not None
     passed = shed = 0
     for i in range(200):  # 1,000 calls/s offered for 0.2 s
-        now = 0.2 + i / 1000
+        now = 0.4 + i / 1000
         reply = gate.screen(invite(str(5550000 + i)), PHONE, now)
         if reply is None:
             passed += 1
