@@ -353,7 +353,7 @@ class SqliteReservationStore:
                 )
             return reservation, taken_over
 
-        return await self._db.run(operation)
+        return await self._db.run(operation, urgent=True)  # the emergency call waits on it
 
     async def lookup(self, did: str, now: float) -> Reservation | None:
         """The unexpired reservation of ``did``, or ``None``."""

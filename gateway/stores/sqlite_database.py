@@ -4,11 +4,12 @@ Theory of operation
 -------------------
 All the stores share one database file (``<data_dir>/gateway.sqlite3`` by default) and one
 :class:`SqliteDatabase`, which owns a single worker thread
-(:class:`concurrent.futures.ThreadPoolExecutor` with ``max_workers=1``) and the only
+(:class:`_Worker`, with a lane for urgent work) and the only
 :class:`sqlite3.Connection`, created *in* that thread. Every store method packages its work
-as a plain function of the connection and awaits it with ``loop.run_in_executor``, so the
+as a plain function of the connection and awaits its future, so the
 event loop never blocks on disk, and because there is one worker the operations of this
-process run one at a time, in the order they were submitted.
+process run one at a time, in the order they were submitted; an urgent one (an emergency
+call's callback DID) goes ahead of those still waiting.
 
 Durability and concurrency:
 
@@ -32,13 +33,17 @@ worker thread (a write is not half-done); only its result is dropped.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.stores.ports import StoreClosedError, StoreError
 
@@ -52,12 +57,47 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_Item = tuple[int, int, "Callable[[], Any] | None", "Future[Any] | None"]
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 """Seconds a connection waits for another process's write lock before failing."""
 
 MEMORY = ":memory:"
 """Path of a private in-memory database (tests); nothing survives :meth:`close`."""
+
+
+class _Worker:
+    """The one worker thread: runs submitted work one item at a time, urgent items first,
+    each lane in the order it was submitted."""
+
+    _STOP = 2
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T], *, urgent: bool = False) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((0 if urgent else 1, next(self._seq), fn, future))
+        return future
+
+    def shutdown(self) -> None:
+        """Let the thread end once the work queued before this is done."""
+        self._queue.put((self._STOP, next(self._seq), None, None))
+
+    def _serve(self) -> None:
+        while True:
+            _lane, _seq, work, future = self._queue.get()
+            if work is None or future is None:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(work())
+            except BaseException as error:  # handed to the awaiting task
+                future.set_exception(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +297,7 @@ class SqliteDatabase:
         self.path = path if path == MEMORY else Path(path)
         self._busy_timeout = busy_timeout
         self._migrations = tuple(migrations)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
+        self._executor = _Worker("gateway-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self.journal_mode = ""
@@ -275,14 +315,13 @@ class SqliteDatabase:
     ) -> SqliteDatabase:
         """Open (creating its directory if needed) and migrate the database at ``path``."""
         database = cls(path, busy_timeout=busy_timeout, migrations=migrations)
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(database._executor, database._open_in_thread)
+            await asyncio.wrap_future(database._executor.submit(database._open_in_thread))
         except BaseException:
             # Also on cancellation: the open may still finish in the thread, so close after it.
             database._closed = True
             database._executor.submit(database._close_in_thread)
-            database._executor.shutdown(wait=False)
+            database._executor.shutdown()
             raise
         return database
 
@@ -304,12 +343,17 @@ class SqliteDatabase:
             raise
         self._conn = conn
 
-    async def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``operation(connection)`` in the worker thread and return its result."""
+    async def run(self, operation: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
+        """Run ``operation(connection)`` in the worker thread and return its result.
+
+        ``urgent`` operations (an emergency call's callback DID) go ahead of every queued
+        one that is not: under load the history and presence writes queue up in the one
+        thread, and an emergency call must not wait behind them.
+        """
         if self._closed:
             raise StoreClosedError(f"the store at {self.path} is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, operation)
+        work = functools.partial(self._call, operation)
+        return await asyncio.wrap_future(self._executor.submit(work, urgent=urgent))
 
     def _call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -322,12 +366,11 @@ class SqliteDatabase:
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._close_in_thread)
+            await asyncio.wrap_future(self._executor.submit(self._close_in_thread))
         finally:
             # The worker is idle now (or the loop is going away): let the thread end on its own.
-            self._executor.shutdown(wait=False)
+            self._executor.shutdown()
 
     def _close_in_thread(self) -> None:
         conn, self._conn = self._conn, None

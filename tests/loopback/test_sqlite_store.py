@@ -12,6 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -227,3 +229,27 @@ async def test_two_connections_never_hand_out_the_same_did(tmp_path: Path) -> No
     finally:
         await first.close()
         await second.close()
+
+
+async def test_urgent_work_goes_ahead_of_the_queued_writes(tmp_path: Path) -> None:
+    # Under load the history and presence writes queue up in the one worker thread; an
+    # emergency call's callback DID (urgent) must not wait behind them.
+    database = await SqliteDatabase.open(tmp_path / "gateway.sqlite3")
+    release = threading.Event()
+    order: list[str] = []
+
+    def blocking(conn: sqlite3.Connection) -> None:
+        release.wait(5)
+
+    def record(name: str) -> Callable[[sqlite3.Connection], None]:
+        return lambda conn: order.append(name)
+
+    busy = asyncio.ensure_future(database.run(blocking))
+    await asyncio.sleep(0.05)  # the worker is inside ``blocking`` now
+    queued = [asyncio.ensure_future(database.run(record(f"cdr-{i}"))) for i in range(5)]
+    urgent = asyncio.ensure_future(database.run(record("did"), urgent=True))
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(busy, *queued, urgent)
+    assert order == ["did"] + [f"cdr-{i}" for i in range(5)]
+    await database.close()
