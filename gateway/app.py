@@ -50,7 +50,7 @@ from gateway.sip.uri import Uri
 from gateway.stores import Stores, open_stores
 from gateway.transport.dns import DnsQuery, TrunkResolver
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
-from gateway.transport.load import LoadMeter
+from gateway.transport.load import Backlog, LoadMeter
 from gateway.transport.tls import TlsPeers, server_context, tls_peers_from
 
 __all__ = ["Gateway", "NullPublisher", "run_gateway"]
@@ -256,15 +256,20 @@ def _start_load_meter(
     """The loop lag and read burst, sampled into the B2BUA's overload control (O-4)."""
     if b2bua.admission is None:
         return
+    admission = b2bua.admission
+
+    def report(lag: float, reads: int, now: float, backlog: Backlog) -> None:
+        admission.observe(lag, reads, now, backlog.fill, backlog.drops)
+
     meter = LoadMeter(
         endpoint.loop,
         lambda: endpoint.received,
-        b2bua.admission.observe,
+        report,
         dialplan.overload.sample_interval_ms / 1000,
+        endpoint.udp_sockets,
     )
     meter.start()
     stack.callback(meter.close)
-    admission = b2bua.admission
 
     def priority(uri: Uri, source: Address) -> bool:
         # the router of the moment (a reload replaces it); a router that cannot tell

@@ -31,8 +31,12 @@ signal                 over its limit when
 calls in set-up        ``max_calls_in_setup`` B-legs are ringing or trying (exact count)
 loop lag               the smoothed lateness of the adapter's sampling timer exceeds
                        ``max_loop_lag_ms``: the one CPU is behind
+read backlog           a UDP receive queue is ``max_read_backlog`` full, or the kernel dropped
+                       datagrams since the last sample (the gateway is behind: the loop lag
+                       stays small while uvloop reads a few dozen datagrams per turn)
 read burst             more than ``max_read_burst`` datagrams were read in one sample
-admission rate         the loop lag is over ``target_loop_lag_ms`` and the token bucket of
+admission rate         the loop lag is over ``target_loop_lag_ms`` (or the read backlog
+                       was over its limit) and the token bucket of
                        :class:`RateControl` is empty: new ordinary calls are admitted at the
                        rate the loop keeps up with, never below ``min_admit_rate``
 =====================  =====================================================================
@@ -68,6 +72,7 @@ class OverloadSignal:
 
     CALLS_IN_SETUP = "calls_in_setup"
     LOOP_LAG = "loop_lag"
+    READ_BACKLOG = "read_backlog"
     READ_BURST = "read_burst"
 
 
@@ -84,6 +89,11 @@ class Admission(CallObserverBase):
         self.loop_lag = 0.0
         #: datagrams read in the last sample
         self.read_burst = 0
+        #: the fullest UDP receive queue at the last sample (share of its buffer), and
+        #: whether the kernel dropped datagrams since the sample before
+        self.read_backlog = 0.0
+        self.dropping = False
+        self._drops: int | None = None
         #: new ordinary calls answered 503 so far
         self.shed_calls = 0
         #: the signal over its limit while shedding, None while admitting
@@ -93,11 +103,19 @@ class Admission(CallObserverBase):
 
     # -- signals -------------------------------------------------------------------------
 
-    def observe(self, lag: float, reads: int, now: float) -> None:
-        """One sample of the adapter: the loop's lateness (s) and datagrams read since."""
+    def observe(
+        self, lag: float, reads: int, now: float, backlog: float = 0.0, drops: int = 0
+    ) -> None:
+        """One sample of the adapter: the loop's lateness (s), datagrams read since, the
+        fullest receive queue (share of its buffer) and the kernel's drop count so far."""
         self.loop_lag += LAG_SMOOTHING * (max(lag, 0.0) - self.loop_lag)
         self.read_burst = reads
-        self.rate.observe(self.loop_lag, now)
+        self.read_backlog = backlog
+        self.dropping = self._drops is not None and drops > self._drops
+        self._drops = drops
+        limit = self.settings.max_read_backlog
+        behind = bool(limit) and (backlog >= limit or self.dropping)
+        self.rate.observe(self.loop_lag, now, behind=behind)
         if self.shedding is not None:
             self._update(now)
 
@@ -122,6 +140,10 @@ class Admission(CallObserverBase):
             return OverloadSignal.CALLS_IN_SETUP
         if limits.max_loop_lag_ms and self.loop_lag * 1000 > limits.max_loop_lag_ms:
             return OverloadSignal.LOOP_LAG
+        if limits.max_read_backlog and (
+            self.read_backlog >= limits.max_read_backlog or self.dropping
+        ):
+            return OverloadSignal.READ_BACKLOG
         if limits.max_read_burst and self.read_burst > limits.max_read_burst:
             return OverloadSignal.READ_BURST
         return None
@@ -155,6 +177,8 @@ class Admission(CallObserverBase):
                     calls_in_setup=len(self.in_setup),
                     loop_lag_ms=round(self.loop_lag * 1000, 1),
                     read_burst=self.read_burst,
+                    read_backlog=round(self.read_backlog, 2),
+                    kernel_dropping=self.dropping,
                 )
             elif signal is None:
                 log.warning("overload_over", shed=self.shed_calls - self._shed_at_start)
@@ -197,13 +221,16 @@ class RateControl:
         self._window_start: float | None = None
         self._calm = 0
         self._hot = 0
+        self._behind = False
         self._tokens = 0.0
         self._filled_at = 0.0
 
-    def observe(self, lag: float, now: float) -> None:
-        """A smoothed lag sample; adjusts the limit once per interval."""
+    def observe(self, lag: float, now: float, *, behind: bool = False) -> None:
+        """A smoothed lag sample, and whether the read backlog says the gateway is behind;
+        adjusts the limit once per interval."""
         if not self.target:
             return
+        self._behind = self._behind or behind
         if self._window_start is None:
             self._window_start = now
             return
@@ -211,14 +238,15 @@ class RateControl:
         if elapsed < self.interval:
             return
         admitted_rate = self._admitted / elapsed
-        self._adjust(lag, admitted_rate)
+        self._adjust(lag, admitted_rate, self._behind)
         self._window_start, self._admitted, self.shed_since = now, 0, 0
+        self._behind = False
 
-    def _adjust(self, lag: float, admitted_rate: float) -> None:
-        if lag > self.target:
+    def _adjust(self, lag: float, admitted_rate: float, behind: bool) -> None:
+        if lag > self.target or behind:
             self._hot += 1
             self._calm = 0
-            if self.limit is None and self._hot < self.SUSTAINED:
+            if self.limit is None and self._hot < self.SUSTAINED and not behind:
                 return  # one slow interval (a collection, a start-up) is not overload
             base = admitted_rate if self.limit is None else min(self.limit, admitted_rate * 1.1)
             if self.limit is None:

@@ -259,8 +259,7 @@ class SipEndpoint:
         self.loop = loop or asyncio.get_event_loop()
         self.on_event: EventHandler = lambda event: None
         self.user: TransactionUser | None = None
-        #: looks at each message before it is parsed (the overload gate, SPEC O-4): None to
-        #: go on, ``b""`` to drop it, or the bytes of a response to send back at once
+        #: sees each message before parsing (overload gate): None, b"" (drop) or a response
         self.gate: Callable[[bytes, Address, float], bytes | None] | None = None
         self._udp: dict[int, _UdpProtocol] = {}
         self._tcp_servers: list[asyncio.AbstractServer] = []
@@ -340,6 +339,10 @@ class SipEndpoint:
 
     # -- addresses for Via and Contact -------------------------------------------------
 
+    def udp_sockets(self) -> list[socket.socket]:
+        """The listening UDP sockets (their read backlog is an overload signal)."""
+        return [proto.sock for proto in self._udp.values()]
+
     def listener_for(self, destination: Address) -> ListenSpec:
         """The listener whose address we present to ``destination`` (same transport/family)."""
         family = _family_of(destination.host) if is_ip_literal(destination.host) else None
@@ -378,13 +381,11 @@ class SipEndpoint:
         self.received += 1
         if len(data) <= 4 and not data.strip():
             return  # keep-alive (RFC 5626 CRLF ping on UDP)
-        gate = self.gate
-        if gate is not None:
-            reply = gate(data, source, self.loop.time())
-            if reply is not None:
-                if reply:
-                    self._send(reply, source)
-                return
+        reply = None if self.gate is None else self.gate(data, source, self.loop.time())
+        if reply is not None:
+            if reply:  # else dropped
+                self._send(reply, source)
+            return
         try:
             message = parse_message(data, max_size=self.max_message_bytes)
         except SipParseError as exc:

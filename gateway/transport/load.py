@@ -4,8 +4,11 @@ Theory of operation
 -------------------
 :class:`LoadMeter` arms one ``loop.call_at`` every ``interval`` seconds. When it fires, how
 late it fired is the loop's lag (the time the loop spent on other callbacks past the
-deadline: the gateway's one CPU falling behind), and the endpoint's datagram counter since
-the previous sample is the read burst. Both go to ``report(lag, reads, now)`` (the sans-I/O
+deadline: the gateway's one CPU falling behind), the endpoint's datagram counter since
+the previous sample is the read burst, and the UDP sockets' receive queues (how full, and
+the kernel's drops) are the read backlog: with uvloop reading a few dozen datagrams per
+loop turn, the lag stays small while the kernel queue overflows, so the backlog is the
+signal that the gateway is behind. All go to ``report(lag, reads, now, backlog)`` (the sans-I/O
 :class:`~gateway.b2bua.admission.Admission`). It is a timer, not a task: nothing to await,
 :meth:`LoadMeter.close` cancels it.
 """
@@ -13,9 +16,43 @@ the previous sample is the read burst. Both go to ``report(lag, reads, now)`` (t
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import Callable
+from typing import Final
 
-__all__ = ["LoadMeter"]
+__all__ = ["Backlog", "LoadMeter", "read_backlog"]
+
+_SO_MEMINFO: Final = 55  # Linux: struct of SK_MEMINFO_* counters
+_MEMINFO: Final = struct.Struct("9I")
+_RMEM_ALLOC, _RCVBUF, _DROPS = 0, 1, 8
+
+
+class Backlog:
+    """The read backlog of the listening UDP sockets at one sample."""
+
+    __slots__ = ("drops", "fill")
+
+    def __init__(self, fill: float = 0.0, drops: int = 0) -> None:
+        #: the fullest socket's receive queue, as a share of its buffer (0 to 1)
+        self.fill = fill
+        #: datagrams the kernel dropped on them so far (a full buffer), all sockets
+        self.drops = drops
+
+
+def read_backlog(sockets: list[socket.socket]) -> Backlog:
+    """How full the receive queues of ``sockets`` are, and the kernel's drop count
+    (``SO_MEMINFO``, Linux 4.6 and later; elsewhere an empty backlog)."""
+    backlog = Backlog()
+    for sock in sockets:
+        try:
+            info = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))
+        except (OSError, struct.error):
+            continue
+        if info[_RCVBUF]:
+            backlog.fill = max(backlog.fill, info[_RMEM_ALLOC] / info[_RCVBUF])
+        backlog.drops += info[_DROPS]
+    return backlog
 
 
 class LoadMeter:
@@ -25,13 +62,15 @@ class LoadMeter:
         self,
         loop: asyncio.AbstractEventLoop,
         received: Callable[[], int],
-        report: Callable[[float, int, float], None],
+        report: Callable[[float, int, float, Backlog], None],
         interval: float = 0.02,
+        sockets: Callable[[], list[socket.socket]] = list,
     ) -> None:
         self.loop = loop
         self.received = received
         self.report = report
         self.interval = interval
+        self.sockets = sockets
         self._due = 0.0
         self._last_count = 0
         self._handle: asyncio.TimerHandle | None = None
@@ -56,6 +95,6 @@ class LoadMeter:
         count = self.received()
         reads, self._last_count = count - self._last_count, count
         try:
-            self.report(now - self._due, reads, now)
+            self.report(now - self._due, reads, now, read_backlog(self.sockets()))
         finally:
             self._arm(now)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from test_b2bua_emergency import DID, _parts
 
-from gateway.b2bua.admission import Admission, RateControl
+from gateway.b2bua.admission import Admission, OverloadSignal, RateControl
 from gateway.b2bua.call import Call, Leg, NextHop
 from gateway.b2bua.gate import SHED_TAG_PREFIX, OverloadGate, scan_invite
 from gateway.config.overload import OverloadSettings
@@ -220,3 +220,22 @@ def test_the_gate_sheds_on_the_rate_limit_and_the_call_layer_takes_the_tokens() 
             shed += 1
     assert passed + shed == 200 and shed > 100
     assert admission.shed_calls == shed == gate.shed
+
+
+# -- the read backlog ---------------------------------------------------------------------
+
+
+def test_a_full_receive_queue_or_kernel_drops_shed_at_once() -> None:
+    admission = Admission(OverloadSettings(max_read_backlog=0.5))
+    admission.observe(0.0, 0, 0.0, backlog=0.1, drops=7)
+    assert admission.over_limit() is None  # the first drop count is the baseline
+    admission.observe(0.0, 0, 0.02, backlog=0.6, drops=7)
+    assert admission.over_limit() == OverloadSignal.READ_BACKLOG
+    admission.observe(0.0, 0, 0.04, backlog=0.1, drops=9)  # drained, but it dropped
+    assert admission.over_limit() == OverloadSignal.READ_BACKLOG
+    admission.observe(0.0, 0, 0.06, backlog=0.1, drops=9)
+    assert admission.over_limit() is None
+    # and the rate control limits at once (no second interval): this is not a pause
+    assert admission.rate.limit is None
+    admission.observe(0.0, 0, 0.25, backlog=0.7, drops=9)
+    assert admission.rate.limit is not None
