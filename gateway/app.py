@@ -50,6 +50,8 @@ from gateway.transport.dns import DnsQuery, TrunkResolver
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
 from gateway.transport.load import LoadMeter
 from gateway.transport.tls import TlsPeers, server_context, tls_peers_from
+from gateway.web import WebServer, broker_access, start_web, web_users
+from gateway.web.users import WebUser
 
 __all__ = ["Gateway", "NullPublisher", "run_gateway"]
 
@@ -83,6 +85,8 @@ class Gateway:
     metrics: CallMetrics | None = None
     #: the emergency edge (a reload hands it the new dialplan)
     emergency: EmergencyService | None = None
+    #: the wallboard and desktop pages (SPEC W-1), when served
+    web: WebServer | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -94,8 +98,9 @@ class Gateway:
             stores = await open_stores(settings.store, settings.data_dir)
             stack.push_async_callback(stores.close)
             desktop = DesktopCommands()
-            publisher, mqtt_url = await _open_publisher(
-                stack, settings, topics, desktop, dialplan.agents.__contains__
+            users = web_users(settings, dialplan.agents)
+            publisher, mqtt_url, broker = await _open_publisher(
+                stack, settings, topics, desktop, dialplan.agents.__contains__, users
             )
             presence = await _start_presence(stack, dialplan, stores, publisher, topics)
             desktop.deliver_presence(presence)
@@ -129,6 +134,7 @@ class Gateway:
             await _start_endpoint(stack, endpoint)
             _start_load_meter(stack, dialplan, endpoint, b2bua)
             _start_gc_pacer(stack, settings)
+            web = await start_web(stack, settings, users, topics.prefix, broker)
             yield cls(
                 dialplan,
                 settings,
@@ -144,6 +150,7 @@ class Gateway:
                 mqtt_url,
                 metrics,
                 emergency,
+                web,
             )
 
     def use_dialplan(self, dialplan: Dialplan) -> None:
@@ -210,15 +217,24 @@ async def _open_publisher(
     topics: Topics,
     desktop: DesktopCommands,
     is_current_agent: Callable[[str], bool],
-) -> tuple[Publisher, str | None]:
-    """The MQTT publisher (an embedded broker when none is configured), or none at all."""
+    web_users: tuple[WebUser, ...] | None = None,
+) -> tuple[Publisher, str | None, EmbeddedBroker | None]:
+    """The MQTT publisher (an embedded broker when none is configured, with access control
+    when there are web users), or none at all."""
     if settings.mqtt_url.strip().lower() == "off":
-        return NullPublisher(), None
+        return NullPublisher(), None, None
     mqtt_url = settings.mqtt_url
+    broker = None
     if not mqtt_url:
-        broker = await stack.enter_async_context(EmbeddedBroker(settings.mqtt_embedded_port))
+        broker = await stack.enter_async_context(
+            EmbeddedBroker(
+                settings.mqtt_embedded_port,
+                websockets_port=settings.mqtt_embedded_ws_port or None,
+                access=broker_access(web_users, topics.prefix) if web_users else None,
+            )
+        )
         mqtt_url = broker.url
-        log.info("embedded_mqtt_broker", url=mqtt_url, backend=broker.backend)
+        log.info("embedded_mqtt_broker", url=broker.address, backend=broker.backend)
     mqtt = MqttPublisher(
         MqttSettings(mqtt_url, ca_file=settings.mqtt_ca_file, buffer_size=settings.mqtt_buffer),
         topics,
@@ -226,7 +242,8 @@ async def _open_publisher(
         on_location=desktop.location,
         is_current_agent=is_current_agent,
     )
-    return await stack.enter_async_context(mqtt), mqtt_url
+    shown = broker.address if broker is not None else mqtt_url  # no password in the logs
+    return await stack.enter_async_context(mqtt), shown, broker
 
 
 async def _start_presence(
