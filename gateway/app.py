@@ -14,7 +14,7 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,6 @@ from gateway.transport.endpoint import ListenSpec, SipEndpoint
 from gateway.transport.load import LoadMeter
 from gateway.transport.tls import TlsPeers, server_context, tls_peers_from
 from gateway.web import WebServer, broker_access, start_web, web_users
-from gateway.web.users import WebUser
 
 __all__ = ["Gateway", "NullPublisher", "run_gateway"]
 
@@ -98,9 +97,8 @@ class Gateway:
             stores = await open_stores(settings.store, settings.data_dir)
             stack.push_async_callback(stores.close)
             desktop = DesktopCommands()
-            users = web_users(settings, dialplan.agents)
-            publisher, mqtt_url, broker = await _open_publisher(
-                stack, settings, topics, desktop, dialplan.agents.__contains__, users
+            publisher, mqtt_url, web = await _open_publisher(
+                stack, settings, topics, desktop, dialplan.agents
             )
             presence = await _start_presence(stack, dialplan, stores, publisher, topics)
             desktop.deliver_presence(presence)
@@ -134,7 +132,6 @@ class Gateway:
             await _start_endpoint(stack, endpoint)
             _start_load_meter(stack, dialplan, endpoint, b2bua)
             _start_gc_pacer(stack, settings)
-            web = await start_web(stack, settings, users, topics.prefix, broker)
             yield cls(
                 dialplan,
                 settings,
@@ -216,13 +213,14 @@ async def _open_publisher(
     settings: Settings,
     topics: Topics,
     desktop: DesktopCommands,
-    is_current_agent: Callable[[str], bool],
-    web_users: tuple[WebUser, ...] | None = None,
-) -> tuple[Publisher, str | None, EmbeddedBroker | None]:
+    agents: Collection[str],
+) -> tuple[Publisher, str | None, WebServer | None]:
     """The MQTT publisher (an embedded broker when none is configured, with access control
-    when there are web users), or none at all."""
+    when there are web users), or none at all; and the web pages (SPEC W-1) on that
+    broker, a side task beside it."""
     if settings.mqtt_url.strip().lower() == "off":
         return NullPublisher(), None, None
+    users = web_users(settings, agents)
     mqtt_url = settings.mqtt_url
     broker = None
     if not mqtt_url:
@@ -230,7 +228,7 @@ async def _open_publisher(
             EmbeddedBroker(
                 settings.mqtt_embedded_port,
                 websockets_port=settings.mqtt_embedded_ws_port or None,
-                access=broker_access(web_users, topics.prefix) if web_users else None,
+                access=broker_access(users, topics.prefix) if users else None,
             )
         )
         mqtt_url = broker.url
@@ -240,10 +238,12 @@ async def _open_publisher(
         topics,
         on_command=desktop.status,
         on_location=desktop.location,
-        is_current_agent=is_current_agent,
+        is_current_agent=agents.__contains__,
     )
+    publisher = await stack.enter_async_context(mqtt)
+    web = await start_web(stack, settings, users, topics.prefix, broker)
     shown = broker.address if broker is not None else mqtt_url  # no password in the logs
-    return await stack.enter_async_context(mqtt), shown, broker
+    return publisher, shown, web
 
 
 async def _start_presence(
