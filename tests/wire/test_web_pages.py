@@ -10,6 +10,7 @@ delivers. Screenshots of both pages during the call go to ``tmp_path``, or to do
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -89,10 +90,17 @@ def sign_in(browser: Any, web: str, page_name: str, user: str) -> Any:
 
 def retained(port: int, topic: str) -> dict[str, Any]:
     """The retained message on ``topic``, read by a fresh subscriber (the wallboard user)."""
-    recorder = Recorder(port, topic, login=("sup", PASSWORDS["sup"]))
-    OPEN_RECORDERS.append(recorder)
-    recorder.wait_for(lambda: recorder.on(topic), f"the retained {topic}", timeout=5)
-    return recorder.on(topic)[-1]
+    login = ["-u", "sup", "-P", PASSWORDS["sup"]]
+    once = ["-C", "1", "-W", "5", "--retained-only"]
+    out = subprocess.run(
+        [_tool("mosquitto_sub"), "-h", LOOPBACK, "-p", str(port), *login, "-t", topic, *once],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert out.returncode == 0, f"no retained message on {topic}: {out.stderr}"
+    payload: dict[str, Any] = json.loads(out.stdout)
+    return payload
 
 
 def shots_dir(tmp_path: Path) -> Path:
@@ -214,13 +222,18 @@ def _events(recorder: Recorder, name: str) -> list[dict[str, Any]]:
         ]
 
 
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: install 'mosquitto-clients'", pytrace=False)
+    return found
+
+
 def _publish_as(user: str, port: int, topic: str, payload: str) -> None:
-    binary = shutil.which("mosquitto_pub")
-    if binary is None:
-        pytest.fail("mosquitto_pub not found: install 'mosquitto-clients'", pytrace=False)
     login = ["-u", user, "-P", PASSWORDS[user]]
+    message = ["-t", topic, "-m", payload, "-q", "1"]
     subprocess.run(
-        [binary, "-h", LOOPBACK, "-p", str(port), *login, "-t", topic, "-m", payload, "-q", "1"],
+        [_tool("mosquitto_pub"), "-h", LOOPBACK, "-p", str(port), *login, *message],
         check=True,
         timeout=10,
     )
