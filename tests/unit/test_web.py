@@ -170,3 +170,21 @@ async def test_the_server_answers_over_http() -> None:
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert b"X-Content-Type-Options: nosniff" in head
     assert json.loads(payload)["role"] == "wallboard"
+
+
+def test_gateway_check_reports_the_users_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.cli import main
+
+    example = Path(__file__).resolve().parents[2] / "dialplans" / "example.yaml"
+    users = write(
+        tmp_path,
+        f'users:\n  - {{ name: carol, role: desktop, password_hash: "{MOSQUITTO_HASH}" }}\n',
+    )
+    monkeypatch.setenv("GATEWAY_WEB_USERS_FILE", str(users))
+    assert main(["check", str(example)]) == 1
+    assert "desktop user 'carol' is not an agent of the dialplan" in capsys.readouterr().err
+    users.write_text(users.read_text().replace("carol", "alice"))
+    assert main(["check", str(example)]) == 0
+    assert f"{users}: OK (1 wallboard and desktop logins)" in capsys.readouterr().out
