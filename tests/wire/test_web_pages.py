@@ -193,10 +193,21 @@ def test_wallboard_and_desktop_follow_a_911_call_and_the_acl_holds(
         lambda: [p["status"] for p in watcher.on(alice_presence)][-1:] == ["Available"],
         "alice's presence restored after the call",
     )
-    desktop.get_by_role("button", name="Away").click()
+    desktop.get_by_role("button", name="Away").focus()
+    desktop.keyboard.press("Enter")  # keyboard use
     expect(desktop.locator("#presence")).to_have_text("Away", timeout=10_000)
+    expect(desktop.get_by_role("button", name="Away")).to_have_attribute("aria-pressed", "true")
     away = retained(mqtt_port, alice_presence)
     assert (away["status"], away["reason"]) == ("Away", "desktop")
+
+    # -- a location confirmed on the desktop goes through the location command topic --------
+    form = desktop.locator("#location-form")
+    for name, value in {"house_number": "12", "street": "Elm St", "city": "Springfield"}.items():
+        form.locator(f"input[name={name}]").fill(value)
+    form.locator("input[name=country]").fill("US")
+    form.get_by_role("button", name="Confirm this location").click()
+    expect(desktop.locator("#location-ack")).to_have_text("The gateway stored your location.")
+    expect(desktop.locator("#location-now")).to_contain_text("12 Elm St, Springfield, US (desktop")
 
     # -- bob's desktop cannot set alice's presence, a wallboard cannot publish at all ----------
     alice_commands = f"{prefix}/agents/alice/presence/set"
