@@ -37,7 +37,9 @@ function showLockdown() {
   if (active) {
     const l = desk.lockdown;
     const kind = l.reason === "emergency_callback" ? "EMERGENCY CALLBACK" : "EMERGENCY CALL";
-    document.getElementById("lockdown-kind").textContent = `${l.test ? "TEST " : ""}${kind}`;
+    const shown = document.getElementById("lockdown-kind");
+    const text = `${l.test ? "TEST " : ""}${kind}`;
+    if (shown.textContent !== text) shown.textContent = text; // an alert: change it only once
     document.getElementById("lockdown-elapsed").textContent = since(l.since);
   }
 }

@@ -151,8 +151,10 @@ class MqttClient {
         this._ping = setInterval(() => this._send(new Uint8Array([0xc0, 0x00])), keepalive / 2);
         waiting.resolve();
       } else {
+        const socket = this._socket;
+        this._socket = null; // the rejection is the one report of this failure, not onclose
         waiting.reject(new Error(MQTT_CONNACK_ERRORS[code] || `refused (${code})`));
-        this._socket.close();
+        socket.close();
       }
     } else if (type === 3) {
       const qos = (first >> 1) & 3;

@@ -14,9 +14,21 @@ const board = {
 
 const ENDS = new Set(["ended", "failed"]);
 
+// a new call is announced once (role=alert); the alerts themselves are redrawn every
+// second for the elapsed time, so they are not a live region
 function call(id) {
-  if (!board.calls.has(id)) board.calls.set(id, { call: id, state: "dialled" });
+  if (!board.calls.has(id)) {
+    board.calls.set(id, { call: id, state: "dialled" });
+    setTimeout(() => announce(board.calls.get(id)), 0); // once the message's fields are in
+  }
   return board.calls.get(id);
+}
+
+function announce(known) {
+  if (!known) return;
+  const kind = known.callback ? "emergency callback" : "emergency call";
+  document.getElementById("announce").textContent =
+    `${known.test ? "Test" : "Real"} ${kind}: ${known.agent || "unidentified phone"}, ${known.dialled || ""}`;
 }
 
 function onEmergencyEvent(event) {
