@@ -188,3 +188,37 @@ def test_gateway_check_reports_the_users_file(
     users.write_text(users.read_text().replace("carol", "alice"))
     assert main(["check", str(example)]) == 0
     assert f"{users}: OK (1 wallboard and desktop logins)" in capsys.readouterr().out
+
+
+def test_embedded_mosquitto_config_with_access_control(tmp_path: Path) -> None:
+    from gateway.events.embedded import EmbeddedBroker
+
+    access = broker_access(USERS, "p")
+    broker = EmbeddedBroker(0, websockets_port=0, access=access)
+    broker.port = 1884
+    lines = broker._mosquitto_conf(tmp_path).splitlines()
+    assert lines[0] == "listener 1884 127.0.0.1"
+    assert lines[1:3] == [f"listener {broker.websockets_port} 127.0.0.1", "protocol websockets"]
+    assert broker.websockets_port not in (None, 1884)
+    assert "allow_anonymous false" in lines and "allow_anonymous true" not in lines
+    assert f"password_file {tmp_path / 'passwords'}" in lines
+    assert (tmp_path / "acl").read_text() == access.acl_file
+    assert (tmp_path / "passwords").stat().st_mode & 0o077 == 0  # private
+    assert broker.access_enforced
+    plain = EmbeddedBroker(0)
+    plain.port = 1884
+    assert plain._mosquitto_conf(tmp_path).splitlines() == [
+        "listener 1884 127.0.0.1",
+        "allow_anonymous true",
+        "persistence false",
+    ]
+    assert plain.websockets_port is None and not plain.access_enforced
+
+
+def test_web_settings_are_checked() -> None:
+    assert Settings().web_addr == "127.0.0.1:8088"  # loopback by default
+    with pytest.raises(ValueError, match="ws:// or wss://"):
+        Settings(web_mqtt_url="http://broker:9001")
+    with pytest.raises(ValueError, match="host:port"):
+        Settings(web_addr="8088")
+    assert Settings(web_mqtt_url=" wss://b:9001 ").web_mqtt_url == "wss://b:9001"
