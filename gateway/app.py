@@ -227,7 +227,8 @@ async def _open_publisher(
         broker = await stack.enter_async_context(
             EmbeddedBroker(
                 settings.mqtt_embedded_port,
-                websockets_port=settings.mqtt_embedded_ws_port or None,
+                # the browsers' listener only for the pages: one port less to race for
+                websockets_port=(settings.mqtt_embedded_ws_port or None) if users else None,
                 access=broker_access(users, topics.prefix) if users else None,
             )
         )

@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     """Port of the embedded broker (the next free one when taken); 1884 so that a system
     Mosquitto on 1883 is left alone."""
     mqtt_embedded_ws_port: Annotated[int, Field(ge=0, le=65535)] = 1885
-    """Port of the embedded broker's MQTT-over-WebSockets listener for the web pages (the
-    next free one when taken); 0: none."""
+    """Port of the embedded broker's MQTT-over-WebSockets listener, opened for the web
+    pages (with ``web_users_file``; the next free one when taken); 0: none."""
     mqtt_buffer: int = 10_000
     """Events kept while the broker is unreachable (the oldest dropped beyond)."""
     gc_pacing: bool = True
