@@ -204,7 +204,7 @@ class EmbeddedBroker:
         log.info(
             "embedded_mqtt_broker_started",
             backend=self.backend,
-            port=self.port,
+            url=self.address,
             websockets=self.websockets_url,
             access_control=self.access_enforced,
         )
