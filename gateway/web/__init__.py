@@ -15,6 +15,7 @@ and a failure only costs the pages.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import secrets
 from collections.abc import Iterable
 
@@ -94,6 +95,13 @@ async def start_web(
         )
         return None
     host, port = parse_addr(settings.web_addr)
+    if not settings.web_mqtt_url and not _is_loopback(host):
+        log.warning(
+            "web_broker_on_loopback_only",
+            detail=f"pages on {host}, but the embedded broker's websockets listener is on "
+            "loopback: other machines' browsers cannot reach it (use deploy/mosquitto and "
+            "GATEWAY_WEB_MQTT_URL)",
+        )
     server = WebServer(WebPages(users, prefix=prefix, mqtt_ws_url=ws_url), host, port)
     try:
         await server.start()
@@ -102,3 +110,10 @@ async def start_web(
         return None
     stack.push_async_callback(server.close)
     return server
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
