@@ -55,7 +55,9 @@ function onEmergencyEvent(event) {
 
 function onLockdown(agent, lockdown) {
   if (lockdown.active) {
+    const fresh = !board.calls.has(lockdown.call);
     const known = call(lockdown.call);
+    if (fresh) known.joined = true; // this page opened during the call: earlier events unseen
     known.agent = agent;
     known.test = lockdown.test;
     known.started = known.started || lockdown.since;
@@ -86,11 +88,12 @@ function alertFor(known) {
   if (!known.shownAt) known.shownAt = Date.now();
   const kind = known.callback ? "Emergency callback" : "Emergency call";
   const where = board.locations.get(known.agent);
+  const unseen = known.joined ? "not seen (this page opened during the call)" : null;
   const rows = [
     ["Agent", known.agent || (known.site ? `site ${known.site}` : "unidentified phone")],
-    ["Dialled", known.dialled || "—"],
-    ["Route", known.route || "not chosen yet"],
-    ["Callback DID", known.did || "not reserved yet"],
+    ["Dialled", known.dialled || unseen || "—"],
+    ["Route", known.route || unseen || "not chosen yet"],
+    ["Callback DID", known.did || unseen || "not reserved yet"],
     ["Location", where ? `${formatLocation(where.location)} (${where.source})` : "no location published"],
     ["Elapsed", known.started ? since(known.started) : "—"],
     ["State", known.state],
