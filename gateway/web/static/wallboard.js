@@ -53,11 +53,11 @@ function onEmergencyEvent(event) {
   else if (known.state !== "answered") known.state = event.event.replace("_", " ");
 }
 
-function onLockdown(agent, lockdown) {
+function onLockdown(agent, lockdown, retained) {
   if (lockdown.active) {
     const fresh = !board.calls.has(lockdown.call);
     const known = call(lockdown.call);
-    if (fresh) known.joined = true; // this page opened during the call: earlier events unseen
+    if (fresh && retained) known.joined = true; // opened during the call: earlier events unseen
     known.agent = agent;
     known.test = lockdown.test;
     known.started = known.started || lockdown.since;
@@ -69,13 +69,13 @@ function onLockdown(agent, lockdown) {
   }
 }
 
-function onMessage(topic, payload) {
+function onMessage(topic, payload, retained) {
   const level = topic.slice(board.prefix.length + 1).split("/");
   if (level[0] === "agents" && level.length === 3) {
     const [, agent, kind] = level;
     if (kind === "presence") payload ? board.agents.set(agent, payload) : board.agents.delete(agent);
     if (kind === "location") payload ? board.locations.set(agent, payload) : board.locations.delete(agent);
-    if (kind === "lockdown" && payload) onLockdown(agent, payload);
+    if (kind === "lockdown" && payload) onLockdown(agent, payload, retained);
   } else if (level[0] === "emergency" && payload) {
     onEmergencyEvent(payload);
   } else if (level[0] === "nodes" && level[2] === "status") {
