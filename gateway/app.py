@@ -14,7 +14,7 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ from gateway.transport.dns import DnsQuery, TrunkResolver
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
 from gateway.transport.load import Backlog, LoadMeter
 from gateway.transport.tls import TlsPeers, server_context, tls_peers_from
+from gateway.web import WebServer, broker_access, start_web, web_users
 
 __all__ = ["Gateway", "NullPublisher", "run_gateway"]
 
@@ -85,6 +86,8 @@ class Gateway:
     metrics: CallMetrics | None = None
     #: the emergency edge (a reload hands it the new dialplan)
     emergency: EmergencyService | None = None
+    #: the wallboard and desktop pages (SPEC W-1), when served
+    web: WebServer | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -96,8 +99,8 @@ class Gateway:
             stores = await open_stores(settings.store, settings.data_dir)
             stack.push_async_callback(stores.close)
             desktop = DesktopCommands()
-            publisher, mqtt_url = await _open_publisher(
-                stack, settings, topics, desktop, dialplan.agents.__contains__
+            publisher, mqtt_url, web = await _open_publisher(
+                stack, settings, topics, desktop, dialplan.agents
             )
             presence = await _start_presence(stack, dialplan, stores, publisher, topics)
             desktop.deliver_presence(presence)
@@ -146,6 +149,7 @@ class Gateway:
                 mqtt_url,
                 metrics,
                 emergency,
+                web,
             )
 
     def use_dialplan(self, dialplan: Dialplan) -> None:
@@ -211,24 +215,38 @@ async def _open_publisher(
     settings: Settings,
     topics: Topics,
     desktop: DesktopCommands,
-    is_current_agent: Callable[[str], bool],
-) -> tuple[Publisher, str | None]:
-    """The MQTT publisher (an embedded broker when none is configured), or none at all."""
+    agents: Collection[str],
+) -> tuple[Publisher, str | None, WebServer | None]:
+    """The MQTT publisher (an embedded broker when none is configured, with access control
+    when there are web users), or none at all; and the web pages (SPEC W-1) on that
+    broker, a side task beside it."""
     if settings.mqtt_url.strip().lower() == "off":
-        return NullPublisher(), None
+        return NullPublisher(), None, None
+    users = web_users(settings, agents)
     mqtt_url = settings.mqtt_url
+    broker = None
     if not mqtt_url:
-        broker = await stack.enter_async_context(EmbeddedBroker(settings.mqtt_embedded_port))
+        broker = await stack.enter_async_context(
+            EmbeddedBroker(
+                settings.mqtt_embedded_port,
+                # the browsers' listener only for the pages: one port less to race for
+                websockets_port=(settings.mqtt_embedded_ws_port or None) if users else None,
+                access=broker_access(users, topics.prefix) if users else None,
+            )
+        )
         mqtt_url = broker.url
-        log.info("embedded_mqtt_broker", url=mqtt_url, backend=broker.backend)
+        log.info("embedded_mqtt_broker", url=broker.address, backend=broker.backend)
     mqtt = MqttPublisher(
         MqttSettings(mqtt_url, ca_file=settings.mqtt_ca_file, buffer_size=settings.mqtt_buffer),
         topics,
         on_command=desktop.status,
         on_location=desktop.location,
-        is_current_agent=is_current_agent,
+        is_current_agent=agents.__contains__,
     )
-    return await stack.enter_async_context(mqtt), mqtt_url
+    publisher = await stack.enter_async_context(mqtt)
+    web = await start_web(stack, settings, users, topics.prefix, broker)
+    shown = broker.address if broker is not None else mqtt_url  # no password in the logs
+    return publisher, shown, web
 
 
 async def _start_presence(

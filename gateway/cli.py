@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,7 +128,23 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"{where}: warning: {lint.message}")
     if dialplan.agents and not warnings:
         print(f"{args.file}: emergency: every agent can place emergency calls")
-    return status
+    return max(status, _check_web_users(settings, dialplan.agents))
+
+
+def _check_web_users(settings: Settings, agents: Iterable[str]) -> int:
+    """The wallboard/desktop logins (SPEC W-1), when a users file is set: 1 if unusable
+    (the gateway would run without the pages)."""
+    if settings.web_users_file is None:
+        return 0
+    from gateway.web.users import WebUsersError, load_users
+
+    try:
+        users = load_users(settings.web_users_file, agents)
+    except WebUsersError as exc:
+        print(f"web: {exc}", file=sys.stderr)
+        return 1
+    print(f"{settings.web_users_file}: OK ({len(users)} wallboard and desktop logins)")
+    return 0
 
 
 def _cmd_cdr(args: argparse.Namespace) -> int:

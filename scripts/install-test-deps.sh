@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages that the wire-level tests need (SIPp, Kamailio and its TLS
-# module, Mosquitto, Redis). Runs unattended (CI has no standard input) and skips what is already present.
+# module, Mosquitto, Redis, Chromium). Runs unattended (CI has no standard input) and skips what is already present.
 set -euo pipefail
 
 need=()
@@ -8,6 +8,10 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# a headless browser and MQTT command-line clients for the wallboard and desktop tests
+# (tests/wire/test_web_pages.py)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 # the TLS module of Kamailio (tests/wire/test_tls.py: Kamailio as a TLS peer)
 compgen -G '/usr/lib/*/kamailio/modules/tls.so' >/dev/null || need+=(kamailio-tls-modules)
 

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     mqtt_embedded_port: int = 1884
     """Port of the embedded broker (the next free one when taken); 1884 so that a system
     Mosquitto on 1883 is left alone."""
+    mqtt_embedded_ws_port: Annotated[int, Field(ge=0, le=65535)] = 1885
+    """Port of the embedded broker's MQTT-over-WebSockets listener, opened for the web
+    pages (with ``web_users_file``; the next free one when taken); 0: none."""
     mqtt_buffer: int = 10_000
     """Events kept while the broker is unreachable (the oldest dropped beyond)."""
     gc_pacing: bool = True
@@ -131,7 +134,25 @@ class Settings(BaseSettings):
     """``host:port`` of the Prometheus ``/metrics`` and the ``/healthz`` endpoint;
     ``off``: none."""
 
-    @field_validator("metrics_addr")
+    # -- the wallboard and agent desktop pages (SPEC W-1, docs/web.md) ---------------------
+    web_users_file: Path | None = None
+    """YAML file of the pages' logins (name, role desktop/wallboard, mosquitto_passwd hash);
+    unset: no pages are served."""
+    web_addr: str = "127.0.0.1:8088"
+    """``host:port`` the pages are served on (with ``web_users_file``); ``off``: none."""
+    web_mqtt_url: str = ""
+    """``ws://`` or ``wss://`` URL of the broker's websockets listener that the browsers
+    connect to; empty: the embedded broker's (``mqtt_embedded_ws_port``)."""
+
+    @field_validator("web_mqtt_url")
+    @classmethod
+    def _web_mqtt_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.lower().startswith(("ws://", "wss://")):
+            raise ValueError(f"{value!r} is not a ws:// or wss:// URL")
+        return value
+
+    @field_validator("metrics_addr", "web_addr")
     @classmethod
     def _metrics_addr(cls, value: str) -> str:
         value = value.strip()

@@ -23,6 +23,14 @@ Which broker (``backend="auto"``, the default):
    filters the session itself subscribed to. If amqtt's internals ever change so that the
    work-around cannot apply, a warning says that its routing of overlapping subscriptions
    is unreliable and to install mosquitto.
+
+For the web pages (``gateway.web``, SPEC W-1) the Mosquitto broker also offers a
+``websockets`` listener (``websockets_port``) on the same host, and with ``access`` it
+refuses anonymous clients and enforces a password file and an ACL (both given as text,
+written to its private directory). amqtt is never used with ``access``: if Mosquitto
+cannot start then, the broker falls back to amqtt *without* the websockets listener and
+without access control, and ``access_enforced`` is ``False`` (the caller then serves no
+pages: they would be open to anyone).
 """
 
 from __future__ import annotations
@@ -30,16 +38,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import pwd
 import shutil
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
+from urllib.parse import quote
 
 from gateway.logs import get_logger
 
-__all__ = ["DEFAULT_EMBEDDED_PORT", "EmbeddedBroker", "find_mosquitto", "pick_port"]
+__all__ = [
+    "DEFAULT_EMBEDDED_PORT",
+    "BrokerAccess",
+    "EmbeddedBroker",
+    "find_mosquitto",
+    "pick_port",
+]
 
 DEFAULT_EMBEDDED_PORT: Final = 1884
 _MOSQUITTO_PLACES: Final = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -49,6 +67,17 @@ _CHATTY_LOGGERS: Final = ("amqtt", "transitions")
 Backend = Literal["auto", "amqtt", "mosquitto"]
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAccess:
+    """Access control for the embedded Mosquitto: its ``password_file`` and ``acl_file``
+    contents, and the login the gateway itself uses (which both must grant)."""
+
+    password_file: str
+    acl_file: str
+    username: str
+    password: str
 
 
 def pick_port(host: str, preferred: int | None, *, tries: int = 10) -> int:
@@ -93,8 +122,16 @@ class EmbeddedBroker:
         *,
         host: str = "127.0.0.1",
         backend: Backend = "auto",
+        websockets_port: int | None = None,
+        access: BrokerAccess | None = None,
     ) -> None:
         self._preferred_port = port
+        self._preferred_ws_port = websockets_port
+        self.websockets_port: int | None = None
+        """The websockets listener's port (Mosquitto only, when asked for)."""
+        self._access = access
+        self.access_enforced = False
+        """Whether clients must log in and the ACL applies (Mosquitto with ``access``)."""
         self.host = host
         self.port = 0
         self._backend_choice: Backend = backend
@@ -105,11 +142,31 @@ class EmbeddedBroker:
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
-    def url(self) -> str:
-        """``mqtt://host:port`` of the running broker."""
+    def address(self) -> str:
+        """``mqtt://host:port`` of the running broker, without the gateway's login."""
         if self.backend is None:
             raise RuntimeError("the embedded broker is not running")
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``mqtt://[user:password@]host:port``: what the gateway connects with (its own
+        login when access control is enforced)."""
+        if self.backend is None:
+            raise RuntimeError("the embedded broker is not running")
+        if self.access_enforced and self._access is not None:
+            login = (
+                f"{quote(self._access.username, safe='')}:{quote(self._access.password, safe='')}"
+            )
+            return f"mqtt://{login}@{self.host}:{self.port}"
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def websockets_url(self) -> str | None:
+        """``ws://host:port`` of the websockets listener, when there is one."""
+        if self.backend != "mosquitto" or self.websockets_port is None:
+            return None
+        return f"ws://{self.host}:{self.websockets_port}"
 
     async def __aenter__(self) -> Self:
         """Start the broker and wait until it accepts connections."""
@@ -123,6 +180,8 @@ class EmbeddedBroker:
             except Exception as exc:
                 if choice == "mosquitto":
                     raise
+                self.websockets_port = None
+                self.access_enforced = False
                 log.warning(
                     "embedded_mqtt_mosquitto_failed_trying_amqtt",
                     error=f"{type(exc).__name__}: {exc}",
@@ -142,7 +201,13 @@ class EmbeddedBroker:
                 await self._stop_amqtt()
                 raise
             self.backend = "amqtt"
-        log.info("embedded_mqtt_broker_started", backend=self.backend, url=self.url)
+        log.info(
+            "embedded_mqtt_broker_started",
+            backend=self.backend,
+            url=self.address,
+            websockets=self.websockets_url,
+            access_control=self.access_enforced,
+        )
         return self
 
     async def __aexit__(
@@ -195,10 +260,7 @@ class EmbeddedBroker:
             )
         self._workdir = tempfile.TemporaryDirectory(prefix="gateway-mqtt-")
         conf = Path(self._workdir.name) / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n",
-            encoding="utf-8",
-        )
+        conf.write_text(self._mosquitto_conf(Path(self._workdir.name)), encoding="utf-8")
         log.info("embedded_mqtt_using_mosquitto", binary=binary, port=self.port)
         self._process = await asyncio.create_subprocess_exec(
             binary,
@@ -212,6 +274,34 @@ class EmbeddedBroker:
         except BaseException:
             await self._stop_mosquitto()
             raise
+
+    def _mosquitto_conf(self, workdir: Path) -> str:
+        """The config: the TCP listener, the websockets one, and access control if asked."""
+        lines = [f"listener {self.port} {self.host}"]
+        if self._preferred_ws_port is not None:
+            self.websockets_port = pick_port(self.host, self._preferred_ws_port or None)
+            if self.websockets_port == self.port:  # neither is bound yet: keep them apart
+                self.websockets_port = pick_port(self.host, self.port + 1)
+            lines += [f"listener {self.websockets_port} {self.host}", "protocol websockets"]
+        if self._access is None:
+            lines.append("allow_anonymous true")
+        else:
+            passwords, acl = workdir / "passwords", workdir / "acl"
+            passwords.write_text(self._access.password_file, encoding="utf-8")
+            acl.write_text(self._access.acl_file, encoding="utf-8")
+            passwords.chmod(0o600)
+            acl.chmod(0o600)
+            # run as the gateway's own user: Mosquitto started as root would otherwise switch
+            # to the 'mosquitto' user, which cannot read the gateway's private directory
+            lines += [
+                f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+                "allow_anonymous false",
+                f"password_file {passwords}",
+                f"acl_file {acl}",
+            ]
+            self.access_enforced = True
+        lines.append("persistence false")
+        return "\n".join(lines) + "\n"
 
     async def _stop_mosquitto(self) -> None:
         process, self._process = self._process, None

@@ -84,13 +84,15 @@ class Received:
 class Recorder:
     """Subscribes to ``filters`` and keeps every message (JSON payloads)."""
 
-    def __init__(self, port: int, *filters: str):
+    def __init__(self, port: int, *filters: str, login: tuple[str, str] | None = None):
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"recorder-{uuid.uuid4().hex[:8]}"
         )
         self.client.on_message = self._on_message
+        if login is not None:  # a broker with access control (user name, password)
+            self.client.username_pw_set(*login)
         self.client.connect(LOOPBACK, port)
         for topic_filter in filters:
             self.client.subscribe(topic_filter, qos=1)
