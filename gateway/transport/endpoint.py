@@ -6,9 +6,8 @@ The adapter only moves bytes and time (aioquic style). Bytes from a socket are p
 fed to the :class:`TransactionLayer`; after every input (a datagram, a stream chunk, a timer,
 a call from the transaction user) ``pump()`` drains what the layer wants sent, hands its
 events to the transaction user, and re-arms a single ``loop.call_at`` for the layer's
-earliest timer. Nothing here interprets SIP beyond what it takes to answer a malformed
-request with 400 (RFC 3261 section 21.4.1) and to keep the framing of stream transports
-(section 18.3).
+earliest timer. Nothing here interprets SIP beyond answering a malformed request with 400
+(RFC 3261 section 21.4.1) and the framing of stream transports (section 18.3).
 
 Responses to UDP requests leave from the socket of the request's address family; TCP
 responses and in-dialog requests to a peer that connected to us reuse that connection
@@ -21,9 +20,8 @@ reached over TLS: a failed handshake (a certificate for another name, an unknown
 logged as ``tls_handshake_failed`` and reported to the transaction layer as a transport
 failure, so the call fails over; it is never sent in clear text instead.
 
-Keep-alive (RFC 5626 section 3.5.1): a double CRLF "ping" on a stream is answered with a
-single CRLF "pong"; connections the gateway opened get a ping every ``keepalive_interval``
-seconds, so NATs and firewalls on the way keep them open for reuse.
+Keep-alive (RFC 5626 section 3.5.1): a double CRLF "ping" on a stream gets a CRLF "pong";
+connections the gateway opened are pinged every ``keepalive_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -45,6 +43,7 @@ from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, StreamFramer, make_response, parse_message
 from gateway.sip.transaction import TransactionLayer
+from gateway.transport.load import size_receive_buffer
 from gateway.transport.tls import TlsPeers
 
 __all__ = ["ListenSpec", "SipEndpoint"]
@@ -122,6 +121,7 @@ def _udp_socket(spec: ListenSpec) -> socket.socket:
                     sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
                 else:
                     sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        size_receive_buffer(sock)  # room for a burst while overload control sheds
         sock.setblocking(False)
         sock.bind((spec.host, spec.port))
     except OSError:

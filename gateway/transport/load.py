@@ -21,11 +21,32 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["Backlog", "LoadMeter", "read_backlog"]
+__all__ = ["RECEIVE_BUFFER", "Backlog", "LoadMeter", "read_backlog", "size_receive_buffer"]
 
 _SO_MEMINFO: Final = 55  # Linux: struct of SK_MEMINFO_* counters
 _MEMINFO: Final = struct.Struct("9I")
 _RMEM_ALLOC, _RCVBUF, _DROPS = 0, 1, 8
+
+
+RECEIVE_BUFFER: Final = 256 * 1024
+"""Bytes asked for each listening UDP socket's receive queue (the kernel doubles it for its
+bookkeeping: about 220 datagrams of a loopback INVITE's 2.3 KB). Room for a burst while the
+read backlog signal sheds at half of it, and no more: a longer queue is set-up time for the
+emergency INVITEs waiting in it. Capped at ``net.core.rmem_max`` unless the process may
+force it (CAP_NET_ADMIN); the kernel's default is 208 KB."""
+_SO_RCVBUFFORCE: Final = 33
+
+
+def size_receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> int:
+    """Ask for a ``size``-byte receive queue on ``sock`` (forced where allowed); the size the
+    kernel granted (it doubles the request for its bookkeeping)."""
+    for option in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            break
+        except OSError:
+            continue
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
 class Backlog:
