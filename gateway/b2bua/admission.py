@@ -31,7 +31,8 @@ signal                 over its limit when
 calls in set-up        ``max_calls_in_setup`` B-legs are ringing or trying (exact count)
 loop lag               the smoothed lateness of the adapter's sampling timer exceeds
                        ``max_loop_lag_ms``: the one CPU is behind
-read backlog           a UDP receive queue is ``max_read_backlog`` full, or the kernel dropped
+read backlog           a UDP receive queue is ``max_read_backlog`` full at two samples in a
+                       row, or the kernel dropped
                        datagrams since the last sample (the gateway is behind: the loop lag
                        stays small while uvloop reads a few dozen datagrams per turn)
 read burst             more than ``max_read_burst`` datagrams were read in one sample
@@ -94,6 +95,7 @@ class Admission(CallObserverBase):
         self.read_backlog = 0.0
         self.dropping = False
         self._drops: int | None = None
+        self._was_full = False
         #: new ordinary calls answered 503 so far
         self.shed_calls = 0
         #: the signal over its limit while shedding, None while admitting
@@ -110,11 +112,15 @@ class Admission(CallObserverBase):
         fullest receive queue (share of its buffer) and the kernel's drop count so far."""
         self.loop_lag += LAG_SMOOTHING * (max(lag, 0.0) - self.loop_lag)
         self.read_burst = reads
-        self.read_backlog = backlog
+        limit = self.settings.max_read_backlog
+        # a full queue twice in a row: one stall (a collection) that the next turns drain
+        # is not overload; a datagram the kernel dropped always is
+        full = bool(limit) and backlog >= limit
+        self.read_backlog = backlog if full and self._was_full else min(backlog, limit * 0.99)
+        self._was_full = full
         self.dropping = self._drops is not None and drops > self._drops
         self._drops = drops
-        limit = self.settings.max_read_backlog
-        behind = bool(limit) and (backlog >= limit or self.dropping)
+        behind = bool(limit) and (self.read_backlog >= limit or self.dropping)
         self.rate.observe(self.loop_lag, now, behind=behind)
         if self.shedding is not None:
             self._update(now)

@@ -36,17 +36,17 @@ class OverloadSettings(Frozen):
     ``adjust_interval_ms``, below three quarters of it raised by a fifth, and lifted once
     nothing has been shed for two seconds (like RFC 7339's loss-based control). Emergency
     set-up time under load is about this lag, so keep it low; 0: no rate control."""
-    min_admit_rate: Annotated[float, Field(ge=0)] = 50.0
-    """New ordinary calls per second that the rate control always admits: a brief pause of a
-    quiet gateway (start-up, a collection) never sheds its few calls."""
+    min_admit_rate: Annotated[float, Field(ge=0)] = 200.0
+    """New ordinary calls per second that the rate control always admits (the hard signals
+    above still shed): pauses of a busy shared machine never shed a moderate load."""
     adjust_interval_ms: Annotated[float, Field(gt=0)] = 200.0
     """How often the admission rate is adjusted to the loop lag."""
     max_read_backlog: Annotated[float, Field(ge=0, le=1)] = 0.5
-    """How full a UDP socket's receive queue may be (a share of its buffer) before new
-    ordinary calls are shed; a datagram the kernel dropped for a full queue sheds too. This
-    is the signal that the gateway is behind (the loop lag stays small while uvloop reads a
-    few dozen datagrams per turn): past it the kernel drops INVITEs blindly, emergency ones
-    among them. Linux only (SO_MEMINFO); 0: not used."""
+    """How full a UDP socket's receive queue may be (a share of its buffer, at two samples
+    in a row) before new ordinary calls are shed; a datagram the kernel dropped for a full
+    queue sheds too. This is the signal that the gateway is behind (the loop lag stays small
+    while uvloop reads a few dozen datagrams per turn): past it the kernel drops INVITEs
+    blindly, emergency ones among them. Linux only (SO_MEMINFO); 0: not used."""
     max_read_burst: Annotated[int, Field(ge=0)] = 0
     """Datagrams read in one sampling interval beyond which new ordinary calls are shed
     (the read backlog; machine-specific, so off by default); 0: not used."""

@@ -230,6 +230,8 @@ def test_a_full_receive_queue_or_kernel_drops_shed_at_once() -> None:
     admission.observe(0.0, 0, 0.0, backlog=0.1, drops=7)
     assert admission.over_limit() is None  # the first drop count is the baseline
     admission.observe(0.0, 0, 0.02, backlog=0.6, drops=7)
+    assert admission.over_limit() is None  # once: a stall the next turns may drain
+    admission.observe(0.0, 0, 0.03, backlog=0.6, drops=7)
     assert admission.over_limit() == OverloadSignal.READ_BACKLOG
     admission.observe(0.0, 0, 0.04, backlog=0.1, drops=9)  # drained, but it dropped
     assert admission.over_limit() == OverloadSignal.READ_BACKLOG
