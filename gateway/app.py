@@ -24,7 +24,7 @@ from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA, CallObserver
 from gateway.b2bua.gate import OverloadGate
 from gateway.b2bua.history import CallHistory
-from gateway.b2bua.metrics import CallMetrics, node_metrics
+from gateway.b2bua.metrics import CallMetrics, level_gauge, node_metrics
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.b2bua.tasks import CallTasks
@@ -508,6 +508,31 @@ def _metrics(b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher) ->
         (lambda: (stats.queued, stats.dropped)) if stats is not None else None,
     )
     b2bua.observers.append(metrics)
+    admission = b2bua.admission
+    if admission is not None:  # SPEC O-4: what overload control sees and does
+        for name, text, read in (
+            (
+                "gateway_calls_shed",
+                "New ordinary calls shed with 503 since start",
+                lambda: admission.shed_calls,
+            ),
+            (
+                "gateway_overload_shedding",
+                "1 while a hard overload signal sheds",
+                lambda: admission.shedding is not None,
+            ),
+            (
+                "gateway_overload_read_backlog",
+                "Fullest UDP receive queue (share)",
+                lambda: admission.read_backlog,
+            ),
+            (
+                "gateway_overload_admit_limit",
+                "Admission rate limit, calls/s (0: none)",
+                lambda: admission.rate.limit or 0.0,
+            ),
+        ):
+            level_gauge(metrics.registry, name, text, read)
     return metrics
 
 

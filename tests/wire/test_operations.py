@@ -206,6 +206,8 @@ def test_metrics_move_with_calls_and_healthz_turns_503_on_drain(
     assert sample(after, "gateway_call_setup_seconds_count", kind="ordinary") == 3
     assert sample(after, "gateway_calls_in_progress") == 0
     assert "gateway_event_loop_lag_seconds" in after
+    assert sample(after, "gateway_calls_shed") == 0  # overload control (O-4) has its gauges
+    assert sample(after, "gateway_overload_admit_limit") == 0
     # a call up keeps the node draining (not stopped): /healthz says so
     calls = sipp.start_uac("uac_callee_hangup.xml", gw.address, 1, service=ORDINARY)
     wait_for(lambda: len(log_events(gw, "call_start")) == 4, "the fourth call")
