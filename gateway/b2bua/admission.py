@@ -223,6 +223,9 @@ class RateControl:
         self.limit: float | None = None
         #: calls shed since the last adjustment (the gate's and the call layer's)
         self.shed_since = 0
+        #: the share of new ordinary calls shed in the last interval, percent (what RFC 7339's
+        #: loss-based ``oc`` asks an upstream that supports it to hold back)
+        self.loss = 0
         self._admitted = 0
         self._window_start: float | None = None
         self._calm = 0
@@ -244,6 +247,8 @@ class RateControl:
         if elapsed < self.interval:
             return
         admitted_rate = self._admitted / elapsed
+        offered = self._admitted + self.shed_since
+        self.loss = round(100 * self.shed_since / offered) if offered else 0
         self._adjust(lag, admitted_rate, self._behind)
         self._window_start, self._admitted, self.shed_since = now, 0, 0
         self._behind = False

@@ -24,7 +24,8 @@ microseconds each, as RFC 3261 section 8.2.7 allows a stateless UAS to:
 4. Everything else gets ``503 Service Unavailable`` with Retry-After, built from the copied
    lines and a To tag derived from the Call-ID and From (a retransmission gets the same
    answer). The ACK of that 503 is dropped on sight by its tag; an INVITE the scan cannot
-   read is left to the parser.
+   read is left to the parser. An upstream that announced RFC 7339 support (``oc`` in its
+   top Via) reads in that Via the loss-based ``oc`` share to hold back.
 
 In-dialog requests, responses and every other method pass untouched: an admitted call is
 never lost to overload.
@@ -32,6 +33,8 @@ never lost to overload.
 
 from __future__ import annotations
 
+import re
+import time
 import zlib
 from collections.abc import Callable
 from typing import Final
@@ -41,11 +44,14 @@ from gateway.sip.errors import SipParseError
 from gateway.sip.transaction import Address
 from gateway.sip.uri import Uri, parse_uri
 
-__all__ = ["SHED_TAG_PREFIX", "OverloadGate", "scan_invite"]
+__all__ = ["OC_VALIDITY_MS", "SHED_TAG_PREFIX", "OverloadGate", "scan_invite"]
 
 SHED_TAG_PREFIX: Final = "gw503-"
 """The To tag of every 503 the gate sends: its ACK is recognised by it."""
 _SHED_MARK: Final = b"tag=" + SHED_TAG_PREFIX.encode()
+_OC_SUPPORTED: Final = re.compile(rb";\s*oc\s*(?:[;,]|$)", re.IGNORECASE)
+OC_VALIDITY_MS: Final = 1000
+"""How long an upstream applies the ``oc`` loss of one 503 (RFC 7339 section 5.2)."""
 _HEADERS: Final = {
     b"via": 0,
     b"v": 0,
@@ -117,9 +123,11 @@ class OverloadGate:
         admission: Admission,
         priority: Callable[[Uri, Address], bool],
         server: str,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.admission = admission
         self.priority = priority
+        self.wall_clock = wall_clock
         self._tail = (
             f"Retry-After: {admission.settings.retry_after_s}\r\n"
             f"Server: {server}\r\nContent-Length: 0\r\n\r\n"
@@ -150,12 +158,26 @@ class OverloadGate:
         self.shed += 1
         return self._refusal(head)
 
+    def _overload_control(self) -> bytes:
+        """RFC 7339 loss-based feedback for an upstream that put ``oc`` in its Via: the share
+        of its new calls to hold back (never its emergency calls, section 5.10.1), valid for
+        ``OC_VALIDITY_MS``; ``oc-seq`` is the wall clock, so it grows across restarts."""
+        loss = max(self.admission.rate.loss, 1)
+        return b';oc=%d;oc-algo="loss";oc-validity=%d;oc-seq=%.3f' % (
+            loss,
+            OC_VALIDITY_MS,
+            self.wall_clock(),
+        )
+
     def _refusal(self, head: InviteHead) -> bytes:
         tag = zlib.crc32(head.call_id + head.from_) & 0xFFFFFFFF
+        vias = head.vias
+        if _OC_SUPPORTED.search(vias[0]):
+            vias = [vias[0] + self._overload_control(), *vias[1:]]
         return b"".join(
             (
                 b"SIP/2.0 503 Service Unavailable\r\n",
-                b"\r\n".join(head.vias),
+                b"\r\n".join(vias),
                 b"\r\n",
                 head.from_,
                 b"\r\n",

@@ -241,3 +241,21 @@ def test_a_full_receive_queue_or_kernel_drops_shed_at_once() -> None:
     assert admission.rate.limit is None
     admission.observe(0.0, 0, 0.25, backlog=0.7, drops=9)
     assert admission.rate.limit is not None
+
+
+def test_an_upstream_that_supports_rfc_7339_is_told_the_loss_in_its_via() -> None:
+    admission = _full()
+    admission.rate.loss = 40
+    gate = OverloadGate(admission, lambda uri, source: False, "gw", wall_clock=lambda: 1700.5)
+    with_oc = invite().replace(b"branch=z9hG4bK-1;rport", b"branch=z9hG4bK-1;rport;oc")
+    reply = gate.screen(with_oc, PHONE, 1.0)
+    assert reply
+    response = parse_message(reply)
+    assert isinstance(response, Response)
+    top = response.vias[0]
+    assert top.params["oc"] == "40" and top.params["oc-algo"] == '"loss"'
+    assert top.params["oc-validity"] == "1000" and top.params["oc-seq"] == "1700.500"
+    assert "oc" not in response.vias[1].params
+    # an upstream that did not announce it gets a plain 503
+    plain = gate.screen(invite(), PHONE, 1.0)
+    assert plain and b"oc=" not in plain
