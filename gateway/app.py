@@ -91,7 +91,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         topics = Topics(settings.mqtt_prefix, dialplan.node.name)
         async with contextlib.AsyncExitStack() as stack:
-            stores = await open_stores(settings.store, settings.data_dir)
+            stores = await _open_stores(settings)
             stack.push_async_callback(stores.close)
             desktop = DesktopCommands()
             publisher, mqtt_url = await _open_publisher(
@@ -202,6 +202,11 @@ class DesktopCommands:
     def location(self, agent: str, payload: dict[str, Any] | str) -> None:
         if self._locations is not None:
             self._locations.command(agent, payload)
+
+
+async def _open_stores(settings: Settings) -> Stores:
+    """The stores of ``GATEWAY_STORE``; Redis commands bounded by ``GATEWAY_STORE_TIMEOUT_S``."""
+    return await open_stores(settings.store, settings.data_dir, timeout=settings.store_timeout_s)
 
 
 async def _open_publisher(

@@ -51,7 +51,11 @@ class Settings(BaseSettings):
     use_uvloop: bool = True
     """Run the asyncio loop on uvloop when it is installed."""
     store: str = "sqlite"
-    """``sqlite`` (file in ``data_dir``), ``sqlite:///path``, or ``redis://host:port/db``."""
+    """``sqlite`` (file in ``data_dir``), ``sqlite:///path``, or ``redis://host:port/db``
+    (the cluster store, shared by every node; the mail outbox stays in ``data_dir``)."""
+    store_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.2
+    """Seconds one Redis connect or command may take before the store counts as down
+    (a Redis outage must fail fast: it never holds an emergency call)."""
     mqtt_url: str = ""
     """Broker ``mqtt://[user:pass@]host:port`` or ``mqtts://...``; empty: start an embedded
     broker on 127.0.0.1 (``mqtt_embedded_port``); ``off``: publish nothing."""
