@@ -91,8 +91,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         topics = Topics(settings.mqtt_prefix, dialplan.node.name)
         async with contextlib.AsyncExitStack() as stack:
-            stores = await _open_stores(settings)
-            stack.push_async_callback(stores.close)
+            stores = await _open_stores(stack, settings)
             desktop = DesktopCommands()
             publisher, mqtt_url = await _open_publisher(
                 stack, settings, topics, desktop, dialplan.agents.__contains__
@@ -105,7 +104,9 @@ class Gateway:
             endpoint = _endpoint(dialplan, settings, layer, loop, tls_peers)
             locations = AgentLocations(dialplan, stores.locations, publisher, topics)
             desktop.deliver_locations(locations)
-            registrar = await _start_registrar(stack, dialplan, layer, stores, presence, locations)
+            registrar = await _start_registrar(
+                stack, dialplan, layer, stores, presence, locations, settings.nonce_secret_bytes()
+            )
             presence.announce()
             notifier = await _start_notifier(stack, settings, stores, publisher, topics)
             emergency = await _start_emergency(
@@ -204,9 +205,15 @@ class DesktopCommands:
             self._locations.command(agent, payload)
 
 
-async def _open_stores(settings: Settings) -> Stores:
+async def _open_stores(stack: contextlib.AsyncExitStack, settings: Settings) -> Stores:
     """The stores of ``GATEWAY_STORE``; Redis commands bounded by ``GATEWAY_STORE_TIMEOUT_S``."""
-    return await open_stores(settings.store, settings.data_dir, timeout=settings.store_timeout_s)
+    stores = await open_stores(settings.store, settings.data_dir, timeout=settings.store_timeout_s)
+    stack.push_async_callback(stores.close)
+    if settings.store.startswith(("redis", "unix")) and settings.nonce_secret_bytes() is None:
+        log.warning(  # a nonce from one node would be refused by the others
+            "nonce_secret_not_shared", hint="set GATEWAY_NONCE_SECRET on every node"
+        )
+    return stores
 
 
 async def _open_publisher(
@@ -378,6 +385,7 @@ async def _start_registrar(
     stores: Stores,
     presence: PresenceService,
     locations: AgentLocations,
+    nonce_secret: bytes | None,
 ) -> RegistrarService:
     """The registrar, then the locations it feeds (restored from the live registrations)."""
     registrar = RegistrarService(
@@ -386,6 +394,7 @@ async def _start_registrar(
         stores.registrations,
         presence,
         loop_clock=asyncio.get_running_loop().time,
+        secret=nonce_secret,
         on_registered=locations.registered,
     )
     await registrar.start()
