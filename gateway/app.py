@@ -27,6 +27,7 @@ from gateway.b2bua.metrics import CallMetrics, node_metrics
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.b2bua.tasks import CallTasks
+from gateway.cluster import open_node_stores, store_gauges, use_dialplan_for_stores
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
 from gateway.emergency.service import EmergencyService
@@ -45,7 +46,7 @@ from gateway.registrar.service import RegistrarService
 from gateway.reload import Reloader, write_pid_file
 from gateway.sip.address import Address, IdGenerator, address_text
 from gateway.sip.transaction import TimerConfig, TransactionLayer
-from gateway.stores import Stores, open_stores
+from gateway.stores import Stores
 from gateway.transport.dns import DnsQuery, TrunkResolver
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
 from gateway.transport.load import LoadMeter
@@ -91,11 +92,11 @@ class Gateway:
         loop = asyncio.get_running_loop()
         topics = Topics(settings.mqtt_prefix, dialplan.node.name)
         async with contextlib.AsyncExitStack() as stack:
-            stores = await _open_stores(stack, settings)
             desktop = DesktopCommands()
             publisher, mqtt_url = await _open_publisher(
                 stack, settings, topics, desktop, dialplan.agents.__contains__
             )
+            stores = await open_node_stores(stack, settings, dialplan, publisher, topics)
             presence = await _start_presence(stack, dialplan, stores, publisher, topics)
             desktop.deliver_presence(presence)
             layer, ids = _transaction_layer(dialplan)
@@ -126,7 +127,7 @@ class Gateway:
                 call_tasks,
                 resolver,
             )
-            metrics = _metrics(b2bua, registrar, publisher)
+            metrics = _metrics(b2bua, registrar, publisher, stores)
             await _start_endpoint(stack, endpoint)
             _start_load_meter(stack, dialplan, endpoint, b2bua)
             _start_gc_pacer(stack, settings)
@@ -155,6 +156,7 @@ class Gateway:
             self.b2bua.router = router.with_dialplan(dialplan)
         if self.emergency is not None:
             self.emergency.use_dialplan(dialplan)
+        use_dialplan_for_stores(self.stores, dialplan)
         self.dialplan = dialplan
 
 
@@ -203,17 +205,6 @@ class DesktopCommands:
     def location(self, agent: str, payload: dict[str, Any] | str) -> None:
         if self._locations is not None:
             self._locations.command(agent, payload)
-
-
-async def _open_stores(stack: contextlib.AsyncExitStack, settings: Settings) -> Stores:
-    """The stores of ``GATEWAY_STORE``; Redis commands bounded by ``GATEWAY_STORE_TIMEOUT_S``."""
-    stores = await open_stores(settings.store, settings.data_dir, timeout=settings.store_timeout_s)
-    stack.push_async_callback(stores.close)
-    if settings.store.startswith(("redis", "unix")) and settings.nonce_secret_bytes() is None:
-        log.warning(  # a nonce from one node would be refused by the others
-            "nonce_secret_not_shared", hint="set GATEWAY_NONCE_SECRET on every node"
-        )
-    return stores
 
 
 async def _open_publisher(
@@ -477,7 +468,9 @@ def _call_layer(
     return b2bua, queues
 
 
-def _metrics(b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher) -> CallMetrics:
+def _metrics(
+    b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher, stores: Stores
+) -> CallMetrics:
     """The node's metrics: a call observer, and gauges read at scrape time."""
     stats = getattr(publisher, "stats", None)
     metrics = node_metrics(
@@ -485,6 +478,7 @@ def _metrics(b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher) ->
         lambda: sum(len(bindings) for bindings in registrar.bindings.values()),
         (lambda: (stats.queued, stats.dropped)) if stats is not None else None,
     )
+    store_gauges(metrics.registry, stores)
     b2bua.observers.append(metrics)
     return metrics
 
