@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import jsonschema
 import pytest
 from broker import Mosquitto
-from harness import PROJECT_ROOT, GatewayFactory, HarnessError, Sipp
+from harness import PROJECT_ROOT, GatewayFactory, GatewayProcess, HarnessError, Sipp
 from test_emergency import DIDS, dial, dialplan, open_site
 
 from gateway.stores import Reservation, open_stores
@@ -69,15 +69,24 @@ def test_redis_stopped_during_a_911_call_then_the_next_one_still_gets_a_did(
         f"window_s: 3600, outage_dids: [{', '.join(repr(d) for d in OUTAGE_DIDS)}] }}",
     )
     assert "outage_dids" in text
-    factory = gateway_factory
-    site = open_site(
-        sipp,
-        lambda t, env=None, **kw: factory(
-            t, env={**(env or {}), "GATEWAY_STORE": redis_server.url}, **kw
-        ),
-        mosquitto,
-        text,
-    )
+
+    def on_redis(
+        dialplan_text: str,
+        *,
+        listen_port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        ready_timeout: float = 10.0,
+    ) -> GatewayProcess:
+        return gateway_factory(
+            dialplan_text,
+            listen_port=listen_port,
+            env={**(env or {}), "GATEWAY_STORE": redis_server.url},
+            args=args,
+            ready_timeout=ready_timeout,
+        )
+
+    site = open_site(sipp, on_redis, mosquitto, text)
     store_topic = f"{site.prefix}/nodes/gw1/store"
     site.recorder.wait_for(lambda: site.recorder.on(store_topic), "the store's state")
 
