@@ -381,9 +381,12 @@ class _Reservations:
         local = guard.local.get(did)
         if local is not None and local.expires_at > now:
             return local
-        if not guard.up:
-            return None
-        return await guard.bounded(guard.shared.reservations.lookup(did, now))
+        if guard.up:
+            try:
+                return await guard.bounded(guard.shared.reservations.lookup(did, now))
+            except (StoreUnavailableError, TimeoutError) as exc:
+                guard.went_down(exc)
+        return None
 
     async def live(self, now: float) -> list[Reservation]:
         guard = self._guard

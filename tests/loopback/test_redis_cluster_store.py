@@ -212,3 +212,23 @@ async def test_without_an_outage_share_the_call_learns_the_store_is_down(
             await guard.stores.reservations.reserve(
                 "alice", POOL, NOW, TTL, "c1", False, choose=choose_callback_did
             )
+
+
+async def test_a_full_journal_drops_the_oldest_write_and_counts_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    health = Health()
+    shared = await open_stores(redis_server.url, tmp_path / "n", timeout=0.2)
+    guard = OutageGuard(
+        shared, outage_dids=[], timeout=0.2, probe_interval=0.05, journal_size=2, on_change=health
+    )
+    async with guard:
+        redis_server.stop()
+        for n, status in enumerate(("Away", "Busy", "Available")):
+            await guard.stores.presence.put(presence(f"agent-{n}", status, NOW + n))
+        assert (guard.health.pending, guard.health.dropped) == (2, 1)
+        assert await guard.stores.reservations.lookup(POOL[0], NOW) is None  # no wait, no error
+        redis_server.run()
+        await health.wait_up()
+        async with await open_stores(redis_server.url, tmp_path / "o", timeout=5) as other:
+            assert [r.agent_id for r in await other.presence.all()] == ["agent-1", "agent-2"]
