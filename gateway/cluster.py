@@ -38,7 +38,7 @@ log = structlog.get_logger("gateway")
 
 def is_shared_store(url: str) -> bool:
     """Whether ``GATEWAY_STORE`` names the cluster's shared store (Redis)."""
-    return url.split(":", 1)[0].lower() in ("redis", "rediss", "unix")
+    return url.split(":", 1)[0].lower() in ("redis", "rediss", "unix", "redis+sentinel")
 
 
 def store_suffix(node: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from testkit.processes import LOOPBACK, Child, HarnessError, free_port, require_tool
 
-__all__ = ["RedisServer"]
+__all__ = ["RedisSentinel", "RedisServer"]
 
 
 def _ping(port: int, timeout: float = 0.5) -> bool:
@@ -48,11 +48,9 @@ class RedisServer:
         server.run()
         return server
 
-    def run(self) -> None:
-        """(Re)start the process on this server's port; ``HarnessError`` if it never answers."""
-        binary = require_tool("redis-server")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        command = [
+    def command(self, binary: str) -> list[str]:
+        """The command line of this server."""
+        return [
             binary,
             "--port", str(self.port),
             "--bind", LOOPBACK,
@@ -61,6 +59,12 @@ class RedisServer:
             "--dir", str(self.directory),
             "--protected-mode", "yes",
         ]  # fmt: skip
+
+    def run(self) -> None:
+        """(Re)start the process on this server's port; ``HarnessError`` if it never answers."""
+        binary = require_tool("redis-server")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = self.command(binary)
         self.child = Child(command, self.directory, self.directory / f"redis-{self.port}.log")
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
@@ -93,3 +97,34 @@ class RedisServer:
         if self.child is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.child.send(signal.SIGCONT)
+
+
+class RedisSentinel(RedisServer):
+    """A Sentinel (``redis-server --sentinel``) watching ``master`` as service ``mymaster``."""
+
+    service = "mymaster"
+
+    def __init__(self, directory: Path, port: int, master: RedisServer) -> None:
+        super().__init__(directory, port)
+        self.master = master
+
+    @classmethod
+    def watching(cls, directory: Path, master: RedisServer) -> RedisSentinel:
+        """Start a Sentinel of ``master`` on a free port and wait for PONG."""
+        sentinel = cls(directory, free_port("tcp"), master)
+        sentinel.run()
+        return sentinel
+
+    @property
+    def url(self) -> str:
+        """The store URL of the watched master, through this Sentinel."""
+        return f"redis+sentinel://{LOOPBACK}:{self.port}/{self.service}/0"
+
+    def command(self, binary: str) -> list[str]:
+        config = self.directory / f"sentinel-{self.port}.conf"  # Sentinel rewrites it
+        config.write_text(
+            f"port {self.port}\nbind {LOOPBACK}\ndir {self.directory}\n"
+            f"sentinel monitor {self.service} {LOOPBACK} {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+        )
+        return [binary, str(config), "--sentinel"]

@@ -5,8 +5,9 @@ Store URLs:
 * ``"sqlite"`` (the default) -- ``<data_dir>/gateway.sqlite3``;
 * ``"sqlite:///abs/path.sqlite3"`` -- that file; ``"sqlite://rel/path.sqlite3"`` -- a path
   relative to ``data_dir``; ``"sqlite://:memory:"`` -- a private in-memory database (tests);
-* ``"redis://[user:pass@]host:port/db"`` / ``"rediss://..."`` / ``"unix:///path.sock"`` --
-  the cluster adapter (:mod:`gateway.stores.redis_store`); the e-mail outbox stays on a
+* ``"redis://[user:pass@]host:port/db"`` / ``"rediss://..."`` / ``"unix:///path.sock"``, or
+  ``"redis+sentinel://host:port[,host:port...]/service[/db]"`` (the master the Sentinels
+  name) -- the cluster adapter (:mod:`gateway.stores.redis_store`); the e-mail outbox stays on a
   node-local SQLite file, ``<data_dir>/gateway-outbox.sqlite3``.
 """
 
@@ -91,7 +92,7 @@ async def open_stores(url: str, data_dir: Path, *, timeout: float = 0.25) -> Sto
     unknown URL, and :class:`StoreError` for a database this gateway cannot use.
     """
     scheme = url.split(":", 1)[0].lower()
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
         from gateway.stores.redis_store import open_redis_stores
 
         data_dir.mkdir(parents=True, exist_ok=True)

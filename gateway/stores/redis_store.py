@@ -48,9 +48,10 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, WatchError
 from redis.retry import Retry
@@ -71,6 +72,7 @@ from gateway.stores.ports import (
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "SENTINEL_SCHEME",
     "RedisCdrStore",
     "RedisLocationStore",
     "RedisPresenceStore",
@@ -372,16 +374,50 @@ class RedisLocationStore:
         return sorted((_load(ConfirmedLocation, v) for v in values), key=lambda r: r.agent_id)
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+"""``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``: the master that
+the Sentinels name ``service`` (Redis high availability)."""
+
+
+def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
+    """The Sentinels, service name, database and password of a ``redis+sentinel`` URL."""
+    rest = url.split("://", 1)[1]
+    credentials, _, rest = rest.rpartition("@")
+    password = (credentials.split(":", 1)[-1] or None) if credentials else None
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    if not hosts or not service:
+        raise ValueError("expected redis+sentinel://host:port[,host:port...]/service[/db]")
+    sentinels = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{item!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    if db and not db.isdigit():
+        raise ValueError(f"database {db!r} is not a number")
+    return sentinels, service, int(db or 0), password
+
+
 def redis_client(url: str, timeout: float) -> aioredis.Redis:
     """A client for ``url`` whose every connect and command gives up after ``timeout``
-    seconds, with no retry: a dead Redis must fail fast, never hold a call."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
+    seconds, with no retry: a dead Redis must fail fast, never hold a call. A
+    ``redis+sentinel`` URL gives a client of the master the Sentinels name now (asked
+    again on each new connection, so a failover is followed)."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if url.split(":", 1)[0].lower() != SENTINEL_SCHEME:
+        return aioredis.Redis.from_url(url, **options)
+    sentinels, service, db, password = _sentinel_parts(url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
     )
+    return cast(aioredis.Redis, sentinel.master_for(service, db=db, password=password, **options))
 
 
 def _safe(url: str) -> str:

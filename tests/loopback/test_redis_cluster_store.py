@@ -23,7 +23,7 @@ from gateway.emergency.reservations import choose_callback_did
 from gateway.stores import PresenceRecord, Stores, StoreUnavailableError, open_stores
 from gateway.stores.outage import OutageGuard, StoreHealth
 from testkit.processes import HarnessError
-from testkit.redisserver import RedisServer
+from testkit.redisserver import RedisSentinel, RedisServer
 
 pytestmark = pytest.mark.loopback
 
@@ -232,3 +232,32 @@ async def test_a_full_journal_drops_the_oldest_write_and_counts_it(
         await health.wait_up()
         async with await open_stores(redis_server.url, tmp_path / "o", timeout=5) as other:
             assert [r.agent_id for r in await other.presence.all()] == ["agent-1", "agent-2"]
+
+
+async def test_a_sentinel_url_reaches_the_master_it_names(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    try:
+        sentinel = RedisSentinel.watching(tmp_path / "sentinel", redis_server)
+    except HarnessError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        async with await open_stores(sentinel.url, tmp_path / "s", timeout=5) as via_sentinel:
+            await via_sentinel.presence.put(presence("alice", "Away", NOW))
+        async with await open_stores(redis_server.url, tmp_path / "d", timeout=5) as direct:
+            assert await direct.presence.get("alice") == presence("alice", "Away", NOW)
+    finally:
+        sentinel.stop()
+
+
+def test_sentinel_urls_are_checked() -> None:
+    from gateway.stores.redis_store import redis_client
+
+    for bad in (
+        "redis+sentinel://",
+        "redis+sentinel://h:1",
+        "redis+sentinel://h/x",
+        "redis+sentinel://h:1/m/x",
+    ):
+        with pytest.raises(ValueError):
+            redis_client(bad, 1.0)
