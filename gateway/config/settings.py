@@ -57,9 +57,11 @@ class Settings(BaseSettings):
     """The key of the digest nonces' HMAC (at least 16 characters, never logged). Every node
     of a cluster needs the same one, so that a nonce issued by one node verifies on
     another; empty: a random key per process (a single node)."""
-    store_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.2
+    store_timeout_s: Annotated[float, Field(gt=0, le=0.2)] = 0.2
     """Seconds one Redis connect or command may take before the store counts as down
-    (a Redis outage must fail fast: it never holds an emergency call)."""
+    (a Redis outage must fail fast: it never holds an emergency call). At most 0.2: the
+    emergency call waits 0.25 s at most for its callback DID, and an outage must be seen
+    inside that time for the node's outage share to answer."""
     mqtt_url: str = ""
     """Broker ``mqtt://[user:pass@]host:port`` or ``mqtts://...``; empty: start an embedded
     broker on 127.0.0.1 (``mqtt_embedded_port``); ``off``: publish nothing."""

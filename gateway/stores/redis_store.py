@@ -9,7 +9,7 @@ prefix (``gateway:`` by default, so several gateways can share one Redis):
 key                         type              holds
 ==========================  ================  =============================================
 ``<p>reg:<agent>``          hash              contact URI -> binding
-``<p>reg:expiry``           sorted set        ``[agent, contact]`` scored by ``expires_at``
+``<p>reg:expiry``           sorted set        agent, newline, contact scored by ``expires_at``
 ``<p>presence``             hash              agent -> presence record
 ``<p>reservation``          hash              DID -> its latest reservation (live or not)
 ``<p>location``             hash              agent -> desktop-confirmed location
@@ -96,8 +96,8 @@ _Record = TypeVar("_Record")
 _LIVE_BINDINGS = """
 local out = {}
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf')) do
-  local pair = cjson.decode(member)
-  local value = redis.call('HGET', ARGV[1] .. pair[1], pair[2])
+  local cut = string.find(member, '\\n', 1, true)
+  local value = redis.call('HGET', ARGV[1] .. member:sub(1, cut - 1), member:sub(cut + 1))
   if value then out[#out + 1] = value end
 end
 return out
@@ -107,10 +107,11 @@ return out
 _PURGE_EXPIRED = """
 local out = {}
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])) do
-  local pair = cjson.decode(member)
-  local value = redis.call('HGET', ARGV[1] .. pair[1], pair[2])
+  local cut = string.find(member, '\\n', 1, true)
+  local key, contact = ARGV[1] .. member:sub(1, cut - 1), member:sub(cut + 1)
+  local value = redis.call('HGET', key, contact)
   if value then out[#out + 1] = value end
-  redis.call('HDEL', ARGV[1] .. pair[1], pair[2])
+  redis.call('HDEL', key, contact)
   redis.call('ZREM', KEYS[1], member)
 end
 return out
@@ -119,7 +120,7 @@ return out
 # KEYS[1] the expiry index, KEYS[2] the agent's binding hash; ARGV[1] the agent.
 _REMOVE_ALL = """
 for _, contact in ipairs(redis.call('HKEYS', KEYS[2])) do
-  redis.call('ZREM', KEYS[1], cjson.encode({ARGV[1], contact}))
+  redis.call('ZREM', KEYS[1], ARGV[1] .. '\\n' .. contact)
 end
 return redis.call('DEL', KEYS[2])
 """
@@ -134,8 +135,9 @@ def _load(kind: type[_Record], text: str | bytes) -> _Record:
 
 
 def _member(agent_id: str, contact_uri: str) -> str:
-    # Lua's cjson.encode of {agent, contact} must give the same text (see _REMOVE_ALL)
-    return json.dumps([agent_id, contact_uri], separators=(",", ":"))
+    # "agent\ncontact": an agent id has no newline (a dialplan name), and the Lua scripts
+    # split at the first one (no JSON here: cjson escapes differently from Python)
+    return f"{agent_id}\n{contact_uri}"
 
 
 def _binding_order(binding: Binding) -> tuple[str, float, str]:

@@ -170,6 +170,17 @@ async def test_remove_all_touches_only_that_agent(stores: Stores) -> None:
     assert await stores.registrations.all_bindings(NOW) == [bob]
 
 
+async def test_contacts_with_quotes_slashes_and_non_ascii_round_trip(stores: Stores) -> None:
+    odd = binding(contact='sip:ålice@192.0.2.10;x="a/b"\\c', expires_at=NOW + 5)
+    await stores.registrations.put(odd)
+    assert await stores.registrations.all_bindings(NOW) == [odd]
+    assert await stores.registrations.purge_expired(NOW + 5) == [odd]
+    await stores.registrations.put(odd)
+    await stores.registrations.remove_all("alice")
+    assert await stores.registrations.purge_expired(NOW + 5) == []
+    assert await stores.registrations.all_bindings(0) == []
+
+
 async def test_all_bindings_by_agent_then_q(stores: Stores) -> None:
     bob = binding(agent="bob", contact="sip:bob@192.0.2.20")
     alice_low = binding(contact="sip:alice@192.0.2.10", q=0.1)
