@@ -27,7 +27,12 @@ from gateway.b2bua.metrics import CallMetrics, node_metrics
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.b2bua.tasks import CallTasks
-from gateway.cluster import open_node_stores, store_gauges, use_dialplan_for_stores
+from gateway.cluster import (
+    open_node_stores,
+    start_reservation_sync,
+    store_gauges,
+    use_dialplan_for_stores,
+)
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
 from gateway.emergency.service import EmergencyService
@@ -111,7 +116,7 @@ class Gateway:
             presence.announce()
             notifier = await _start_notifier(stack, settings, stores, publisher, topics)
             emergency = await _start_emergency(
-                dialplan, stores, presence, publisher, topics, registrar, notifier, locations
+                stack, dialplan, stores, presence, publisher, topics, registrar, notifier, locations
             )
             history = _start_history(stack, stores, loop)
             call_tasks = await stack.enter_async_context(CallTasks())
@@ -330,6 +335,7 @@ def _endpoint(
 
 
 async def _start_emergency(
+    stack: contextlib.AsyncExitStack,
     dialplan: Dialplan,
     stores: Stores,
     presence: PresenceService,
@@ -353,6 +359,7 @@ async def _start_emergency(
         desktop_location=locations.desktop,
     )
     await emergency.start()
+    await start_reservation_sync(stack, stores, emergency)
     return emergency
 
 

@@ -10,8 +10,10 @@ metrics (:func:`store_gauges`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -19,14 +21,17 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
+from gateway.emergency.service import EmergencyService
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import rfc3339
 from gateway.stores import Stores, open_stores
 from gateway.stores.outage import OutageGuard, StoreHealth, guard_of
 
 __all__ = [
+    "ReservationSync",
     "is_shared_store",
     "open_node_stores",
+    "start_reservation_sync",
     "store_gauges",
     "store_health_payload",
     "store_suffix",
@@ -124,3 +129,46 @@ def use_dialplan_for_stores(stores: Stores, dialplan: Dialplan) -> None:
     guard = guard_of(stores)
     if guard is not None:
         guard.use_outage_dids(dialplan.emergency.callback.outage_dids)
+
+
+class ReservationSync:
+    """Every ``interval`` seconds, the emergency service takes in the callback reservations
+    other nodes made (:meth:`EmergencyService.refresh_reservations`), so that a PSAP's
+    callback is recognised on whichever node the front hands it to. An async context
+    manager: it owns its task."""
+
+    def __init__(self, emergency: EmergencyService, interval: float = 1.0) -> None:
+        self.emergency = emergency
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ReservationSync:
+        self._task = asyncio.create_task(self._run(), name="reservation-sync")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.emergency.refresh_reservations()
+            except Exception as exc:  # the store is down: the guard says so; try again
+                log.debug("reservation_sync_failed", error=repr(exc))
+
+
+async def start_reservation_sync(
+    stack: contextlib.AsyncExitStack, stores: Stores, emergency: EmergencyService
+) -> None:
+    """On a shared store, keep the node's callback reservations in step with the others'."""
+    if guard_of(stores) is not None:
+        await stack.enter_async_context(ReservationSync(emergency))

@@ -14,12 +14,17 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import jsonschema
 import pytest
 
 from gateway.cluster import store_health_payload
+from gateway.config.loader import load_dialplan_text
 from gateway.emergency.reservations import choose_callback_did
+from gateway.emergency.service import EmergencyCall, EmergencyService
+from gateway.events.ports import Topics
+from gateway.presence.service import PresenceService
 from gateway.stores import PresenceRecord, Stores, StoreUnavailableError, open_stores
 from gateway.stores.outage import OutageGuard, StoreHealth
 from testkit.processes import HarnessError
@@ -261,3 +266,51 @@ def test_sentinel_urls_are_checked() -> None:
     ):
         with pytest.raises(ValueError):
             redis_client(bad, 1.0)
+
+
+CLUSTER_DIALPLAN = """
+version: 1
+listen: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]
+trunks:
+  carrier:
+    gateways: [ { host: 192.0.2.20, port: 5060 } ]
+    trusted: true
+emergency:
+  callback: { dids: ['+15550000001', '+15550000002'] }
+agents:
+  alice: { password: pw }
+"""
+
+
+class Published:
+    def publish(self, topic_suffix: str, payload: dict[str, Any], *, retain: bool) -> None:
+        pass
+
+
+def emergency_node(stores: Stores, clock: list[float]) -> EmergencyService:
+    return EmergencyService(
+        load_dialplan_text(CLUSTER_DIALPLAN),
+        stores.reservations,
+        cast(PresenceService, None),
+        Published(),
+        Topics("t", "gw"),
+        lambda agent: [],
+        wall_clock=lambda: clock[0],
+    )
+
+
+async def test_a_callback_is_recognised_on_the_node_that_did_not_reserve(
+    two_nodes: list[Stores],
+) -> None:
+    clock = [NOW]
+    first, second = (emergency_node(node, clock) for node in two_nodes)
+    call = EmergencyCall(None, "alice", None, False)
+    await first.reserve("call-1", call)
+    assert call.did == "+15550000001"
+    assert not second.callback_for("+15550000001", "carrier").callback  # not yet seen
+    await second.refresh_reservations()
+    decision = second.callback_for("+15550000001", "carrier")
+    assert (decision.callback, decision.agent_id) == (True, "alice")
+    clock[0] = NOW + 3601  # the window is over: dropped on the next refresh
+    await second.refresh_reservations()
+    assert second.live == {}
