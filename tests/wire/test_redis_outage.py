@@ -46,12 +46,15 @@ def from_users(messages: str) -> list[str]:
     return re.findall(r"^INVITE .*?^From: <sip:([^@>]+)@", messages, re.M | re.S)
 
 
-def stored(server: RedisServer, tmp_path: Path) -> tuple[list[Reservation], str | None]:
-    async def read() -> tuple[list[Reservation], str | None]:
+def stored(server: RedisServer, tmp_path: Path) -> tuple[list[Reservation], str | None, int]:
+    """The live reservations, alice's presence and the number of CDRs, read from Redis."""
+
+    async def read() -> tuple[list[Reservation], str | None, int]:
         async with await open_stores(server.url, tmp_path / "reader", timeout=5) as stores:
             presence = await stores.presence.get("alice")
             live = await stores.reservations.live(0)
-            return live, presence.effective if presence is not None else None
+            cdrs = await stores.cdrs.recent(10)
+            return live, presence.effective if presence is not None else None, len(cdrs)
 
     return asyncio.run(read())
 
@@ -64,7 +67,12 @@ def test_redis_stopped_during_a_911_call_then_the_next_one_still_gets_a_did(
     tmp_path: Path,
 ) -> None:
     sbc = sipp.uas("uas_basic.xml", calls=2, timeout=60)
-    text = dialplan(sbc=(sbc.address,)).replace(
+    carrier = sipp.uas("uas_basic.xml", calls=1, timeout=60)  # ordinary calls go there
+    host, _, port = carrier.address.rpartition(":")
+    text = dialplan(sbc=(sbc.address,))
+    assert "{ host: 127.0.0.2, port: 5999 }" in text
+    text = text.replace("{ host: 127.0.0.2, port: 5999 }", f"{{ host: {host}, port: {port} }}")
+    text = text.replace(
         "window_s: 3600 }",
         f"window_s: 3600, outage_dids: [{', '.join(repr(d) for d in OUTAGE_DIDS)}] }}",
     )
@@ -108,6 +116,9 @@ def test_redis_stopped_during_a_911_call_then_the_next_one_still_gets_a_did(
     assert site.names().count("callback_reserved") == 2
     states = [p["state"] for p in site.recorder.on(store_topic)]
     assert states[-1] == "down"
+    # an ordinary call does not wait for Redis either; its CDR waits in the journal
+    dial(sipp, site, "915555550123", call_length=0.3).assert_calls(1)
+    carrier.wait(timeout=30).assert_calls(1)
 
     redis_server.resume()
     site.recorder.wait_for(
@@ -116,7 +127,9 @@ def test_redis_stopped_during_a_911_call_then_the_next_one_still_gets_a_did(
     for payload in site.recorder.on(store_topic):
         jsonschema.validate(payload, SCHEMA)
     assert site.recorder.on(store_topic)[-1]["pending"] == 0
-    live, presence = stored(redis_server, tmp_path)
-    # Reconciled: the outage reservation is shared now, and so is alice's restored presence.
+    live, presence, cdrs = stored(redis_server, tmp_path)
+    # Reconciled: the outage reservation is shared now, and so are alice's restored presence
+    # and the ordinary call's CDR (the emergency calls have none, E-9).
     assert {r.did: r.agent_id for r in live} == {DIDS[0]: "alice", OUTAGE_DIDS[0]: "alice"}
     assert presence == "Available"
+    assert cdrs == 1
