@@ -241,6 +241,9 @@ class OutageGuard:
             except (StoreUnavailableError, TimeoutError) as exc:
                 log.debug("store_still_down", error=repr(exc))
                 continue
+            except Exception:  # the probe must outlive anything: try again later
+                log.exception("store_probe_failed")
+                continue
             self._down.clear()
             duration = self.wall_clock() - self.health.since
             log.info("store_outage_ended", duration_s=round(duration, 3))
@@ -250,7 +253,12 @@ class OutageGuard:
         """Replay the journal in order; a failure stops it (the rest waits)."""
         replayed = 0
         while self._journal:
-            await self.bounded(self._journal[0](self.shared))
+            try:
+                await self.bounded(self._journal[0](self.shared))
+            except (StoreUnavailableError, TimeoutError):
+                raise
+            except Exception:  # one bad write must not hold back the others forever
+                log.exception("store_outage_replay_failed")
             self._journal.popleft()
             replayed += 1
         if replayed:

@@ -314,3 +314,22 @@ async def test_a_callback_is_recognised_on_the_node_that_did_not_reserve(
     clock[0] = NOW + 3601  # the window is over: dropped on the next refresh
     await second.refresh_reservations()
     assert second.live == {}
+
+
+async def test_a_write_that_fails_on_replay_is_dropped_and_the_rest_go_through(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    health = Health()
+    shared = await open_stores(redis_server.url, tmp_path / "n", timeout=0.2)
+    guard = OutageGuard(shared, outage_dids=[], timeout=0.2, probe_interval=0.05, on_change=health)
+    async with guard:
+        redis_server.stop()
+        await guard.stores.presence.put(presence("alice", "Busy", NOW))  # meets the outage
+        unwritable = presence("bob", "Away", NOW)
+        object.__setattr__(unwritable, "reason", object())  # no JSON for it
+        await guard.stores.presence.put(unwritable)
+        await guard.stores.presence.put(presence("carol", "Away", NOW))
+        redis_server.run()
+        await health.wait_up()
+        async with await open_stores(redis_server.url, tmp_path / "o", timeout=5) as other:
+            assert [r.agent_id for r in await other.presence.all()] == ["alice", "carol"]
