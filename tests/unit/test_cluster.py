@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import jsonschema
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from gateway.cli import main
 from gateway.cluster import (
     is_shared_store,
     store_gauges,
@@ -76,3 +78,15 @@ async def test_the_embedded_store_has_no_guard_and_no_gauges(tmp_path: Path) -> 
         store_gauges(registry, stores)
         assert b"gateway_store" not in generate_latest(registry)
         use_dialplan_for_stores(stores, load_dialplan_text(DIALPLAN))  # nothing to do
+
+
+def test_the_cli_says_in_one_line_that_redis_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GATEWAY_STORE", "redis://u:secret@127.0.0.1:1/0")  # nothing there
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path))
+    for command in ("cdr", "reservations"):
+        assert main([command]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("gateway: the store cannot be read: ") and "secret" not in err
+        assert err.count("\n") == 1
