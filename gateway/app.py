@@ -22,12 +22,18 @@ import structlog
 
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA, CallObserver
-from gateway.b2bua.gate import OverloadGate
+from gateway.b2bua.gate import OverloadGate, routers_priority
 from gateway.b2bua.history import CallHistory
-from gateway.b2bua.metrics import CallMetrics, level_gauge, node_metrics
+from gateway.b2bua.metrics import CallMetrics, node_metrics, overload_gauges
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.b2bua.tasks import CallTasks
+from gateway.cluster import (
+    open_node_stores,
+    start_reservation_sync,
+    store_gauges,
+    use_dialplan_for_stores,
+)
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
 from gateway.emergency.service import EmergencyService
@@ -46,8 +52,7 @@ from gateway.registrar.service import RegistrarService
 from gateway.reload import Reloader, write_pid_file
 from gateway.sip.address import Address, IdGenerator, address_text
 from gateway.sip.transaction import TimerConfig, TransactionLayer
-from gateway.sip.uri import Uri
-from gateway.stores import Stores, open_stores
+from gateway.stores import Stores
 from gateway.transport.dns import DnsQuery, TrunkResolver
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
 from gateway.transport.load import Backlog, LoadMeter
@@ -96,12 +101,11 @@ class Gateway:
         loop = asyncio.get_running_loop()
         topics = Topics(settings.mqtt_prefix, dialplan.node.name)
         async with contextlib.AsyncExitStack() as stack:
-            stores = await open_stores(settings.store, settings.data_dir)
-            stack.push_async_callback(stores.close)
             desktop = DesktopCommands()
             publisher, mqtt_url, web = await _open_publisher(
                 stack, settings, topics, desktop, dialplan.agents
             )
+            stores = await open_node_stores(stack, settings, dialplan, publisher, topics)
             presence = await _start_presence(stack, dialplan, stores, publisher, topics)
             desktop.deliver_presence(presence)
             layer, ids = _transaction_layer(dialplan)
@@ -110,11 +114,13 @@ class Gateway:
             endpoint = _endpoint(dialplan, settings, layer, loop, tls_peers)
             locations = AgentLocations(dialplan, stores.locations, publisher, topics)
             desktop.deliver_locations(locations)
-            registrar = await _start_registrar(stack, dialplan, layer, stores, presence, locations)
+            registrar = await _start_registrar(
+                stack, dialplan, layer, stores, presence, locations, settings.nonce_secret_bytes()
+            )
             presence.announce()
             notifier = await _start_notifier(stack, settings, stores, publisher, topics)
             emergency = await _start_emergency(
-                dialplan, stores, presence, publisher, topics, registrar, notifier, locations
+                stack, dialplan, stores, presence, publisher, topics, registrar, notifier, locations
             )
             history = _start_history(stack, stores, loop)
             call_tasks = await stack.enter_async_context(CallTasks())
@@ -130,10 +136,9 @@ class Gateway:
                 call_tasks,
                 resolver,
             )
-            metrics = _metrics(b2bua, registrar, publisher)
-            await _start_endpoint(stack, endpoint)
-            _start_load_meter(stack, dialplan, endpoint, b2bua)
-            _start_gc_pacer(stack, settings)
+            metrics = await _serve(
+                stack, dialplan, settings, endpoint, b2bua, registrar, publisher, stores
+            )
             yield cls(
                 dialplan,
                 settings,
@@ -160,6 +165,7 @@ class Gateway:
             self.b2bua.router = router.with_dialplan(dialplan)
         if self.emergency is not None:
             self.emergency.use_dialplan(dialplan)
+        use_dialplan_for_stores(self.stores, dialplan)
         self.dialplan = dialplan
 
 
@@ -268,6 +274,24 @@ async def _start_presence(
     return presence
 
 
+async def _serve(
+    stack: contextlib.AsyncExitStack,
+    dialplan: Dialplan,
+    settings: Settings,
+    endpoint: SipEndpoint,
+    b2bua: B2BUA,
+    registrar: RegistrarService,
+    publisher: Publisher,
+    stores: Stores,
+) -> CallMetrics:
+    """The metrics, then the sockets open, overload control and the collector's pacing."""
+    metrics = _metrics(b2bua, registrar, publisher, stores)
+    await _start_endpoint(stack, endpoint)
+    _start_load_meter(stack, dialplan, endpoint, b2bua)
+    _start_gc_pacer(stack, settings)
+    return metrics
+
+
 def _start_load_meter(
     stack: contextlib.AsyncExitStack, dialplan: Dialplan, endpoint: SipEndpoint, b2bua: B2BUA
 ) -> None:
@@ -289,13 +313,7 @@ def _start_load_meter(
     meter.start()
     stack.callback(meter.close)
 
-    def priority(uri: Uri, source: Address) -> bool:
-        # the router of the moment (a reload replaces it); a router that cannot tell
-        # passes everything to the call layer
-        check = getattr(b2bua.router, "may_be_priority", None)
-        return True if check is None else bool(check(uri, source))
-
-    gate = OverloadGate(admission, priority, dialplan.sip.user_agent)
+    gate = OverloadGate(admission, routers_priority(b2bua), dialplan.sip.user_agent)
     endpoint.gate = gate.screen
     stack.callback(setattr, endpoint, "gate", None)
 
@@ -363,6 +381,7 @@ def _endpoint(
 
 
 async def _start_emergency(
+    stack: contextlib.AsyncExitStack,
     dialplan: Dialplan,
     stores: Stores,
     presence: PresenceService,
@@ -386,6 +405,7 @@ async def _start_emergency(
         desktop_location=locations.desktop,
     )
     await emergency.start()
+    await start_reservation_sync(stack, stores, emergency)
     return emergency
 
 
@@ -409,6 +429,7 @@ async def _start_registrar(
     stores: Stores,
     presence: PresenceService,
     locations: AgentLocations,
+    nonce_secret: bytes | None,
 ) -> RegistrarService:
     """The registrar, then the locations it feeds (restored from the live registrations)."""
     registrar = RegistrarService(
@@ -417,6 +438,7 @@ async def _start_registrar(
         stores.registrations,
         presence,
         loop_clock=asyncio.get_running_loop().time,
+        secret=nonce_secret,
         on_registered=locations.registered,
     )
     await registrar.start()
@@ -499,7 +521,9 @@ def _call_layer(
     return b2bua, queues
 
 
-def _metrics(b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher) -> CallMetrics:
+def _metrics(
+    b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher, stores: Stores
+) -> CallMetrics:
     """The node's metrics: a call observer, and gauges read at scrape time."""
     stats = getattr(publisher, "stats", None)
     metrics = node_metrics(
@@ -507,32 +531,10 @@ def _metrics(b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher) ->
         lambda: sum(len(bindings) for bindings in registrar.bindings.values()),
         (lambda: (stats.queued, stats.dropped)) if stats is not None else None,
     )
+    store_gauges(metrics.registry, stores)
     b2bua.observers.append(metrics)
-    admission = b2bua.admission
-    if admission is not None:  # SPEC O-4: what overload control sees and does
-        for name, text, read in (
-            (
-                "gateway_calls_shed",
-                "New ordinary calls shed with 503 since start",
-                lambda: admission.shed_calls,
-            ),
-            (
-                "gateway_overload_shedding",
-                "1 while a hard overload signal sheds",
-                lambda: admission.shedding is not None,
-            ),
-            (
-                "gateway_overload_read_backlog",
-                "Fullest UDP receive queue (share)",
-                lambda: admission.read_backlog,
-            ),
-            (
-                "gateway_overload_admit_limit",
-                "Admission rate limit, calls/s (0: none)",
-                lambda: admission.rate.limit or 0.0,
-            ),
-        ):
-            level_gauge(metrics.registry, name, text, read)
+    if b2bua.admission is not None:
+        overload_gauges(metrics.registry, b2bua.admission)
     return metrics
 
 

@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.loader import DialplanError, load_dialplan
 from gateway.config.settings import Settings, SettingsError, load_settings
@@ -156,7 +156,7 @@ def _cmd_cdr(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     async def read() -> int:
-        stores = await open_stores(settings.store, settings.data_dir)
+        stores = await open_stores(settings.store, settings.data_dir, timeout=5.0)
         try:
             rows = await stores.cdrs.recent(args.limit)
         finally:
@@ -170,10 +170,10 @@ def _cmd_cdr(args: argparse.Namespace) -> int:
             return 0
         _print_cdr_table(rows)
         if not rows:
-            print(f"(no call history in {settings.data_dir})")
+            print(f"(no call history in {_store_name(settings)})")
         return 0
 
-    return asyncio.run(read())
+    return _run_reading(read)
 
 
 def _print_cdr_table(rows: list[Cdr]) -> None:
@@ -229,7 +229,7 @@ def _cmd_reservations(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     async def read() -> int:
-        stores = await open_stores(settings.store, settings.data_dir)
+        stores = await open_stores(settings.store, settings.data_dir, timeout=5.0)
         try:
             rows = await stores.reservations.live(time.time())
         finally:
@@ -240,10 +240,28 @@ def _cmd_reservations(args: argparse.Namespace) -> int:
             test = " (test)" if r.test else ""
             print(f"{r.did}  agent={r.agent_id}  until={until} UTC  ({left} s left){test}")
         if not rows:
-            print(f"(no live callback reservations in {settings.data_dir})")
+            print(f"(no live callback reservations in {_store_name(settings)})")
         return 0
 
-    return asyncio.run(read())
+    return _run_reading(read)
+
+
+def _store_name(settings: Settings) -> str:
+    """Where the store is, for a message: the data directory, or Redis without credentials."""
+    if settings.store.startswith("sqlite"):
+        return str(settings.data_dir)
+    return settings.store.split("@")[-1]
+
+
+def _run_reading(read: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a command that reads the store; a store it cannot reach is one line, exit 1."""
+    from gateway.stores import StoreError
+
+    try:
+        return asyncio.run(read())
+    except StoreError as exc:
+        print(f"gateway: the store cannot be read: {exc}", file=sys.stderr)
+        return 1
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ answers OPTIONS, run SIPp bounded in time and read back its statistics.
                 time is known when it ends), ``start_gateway`` / ``GatewayProcess``
     sipp        ``Sipp``: SIPp runs, each bounded by ``-m`` and ``-timeout``, with their
                 trace files; ``SippResult``; readers for SIPp's statistics and rtt CSVs
+    redisserver ``RedisServer``: a redis-server on a free loopback port (stores, cluster)
     ladder      the benchmarks' rising-rate steps: one step's figures (``LadderStep``),
                 CPU over a step (``CpuMeter``), the pass rule, the rate ladder, tables
 

@@ -40,6 +40,7 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "sipp": "sip-tester",
     "kamailio": "kamailio",
     "mosquitto": "mosquitto",
+    "redis-server": "redis-server",
 }
 
 PortKind = Literal["udp", "tcp"]

@@ -44,7 +44,13 @@ from gateway.sip.errors import SipParseError
 from gateway.sip.transaction import Address
 from gateway.sip.uri import Uri, parse_uri
 
-__all__ = ["OC_VALIDITY_MS", "SHED_TAG_PREFIX", "OverloadGate", "scan_invite"]
+__all__ = [
+    "OC_VALIDITY_MS",
+    "SHED_TAG_PREFIX",
+    "OverloadGate",
+    "routers_priority",
+    "scan_invite",
+]
 
 SHED_TAG_PREFIX: Final = "gw503-"
 """The To tag of every 503 the gate sends: its ACK is recognised by it."""
@@ -190,3 +196,14 @@ class OverloadGate:
                 self._tail,
             )
         )
+
+
+def routers_priority(b2bua: object) -> Callable[[Uri, Address], bool]:
+    """The gate's ``priority`` from the router ``b2bua`` has at the moment (a reload
+    replaces it); a router that cannot tell lets every INVITE through to the call layer."""
+
+    def priority(uri: Uri, source: Address) -> bool:
+        check = getattr(getattr(b2bua, "router", None), "may_be_priority", None)
+        return True if check is None else bool(check(uri, source))
+
+    return priority

@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.b2bua.admission import Admission
 from gateway.b2bua.call import Call, LegFailure, NextHop
 from gateway.b2bua.decisions import CallObserverBase
 
-__all__ = ["CallMetrics", "level_gauge", "node_metrics"]
+__all__ = ["CallMetrics", "level_gauge", "node_metrics", "overload_gauges"]
 
 
 def _kind(call: Call) -> str:
@@ -115,3 +116,31 @@ def level_gauge(
     gauge = Gauge(name, text, registry=registry)
     gauge.set_function(read)
     return gauge
+
+
+def overload_gauges(registry: CollectorRegistry, admission: Admission) -> None:
+    """What overload control (SPEC O-4) sees and does, read at scrape time."""
+    level_gauge(
+        registry,
+        "gateway_calls_shed",
+        "New ordinary calls shed with 503 since start",
+        lambda: admission.shed_calls,
+    )
+    level_gauge(
+        registry,
+        "gateway_overload_shedding",
+        "1 while a hard overload signal sheds",
+        lambda: admission.shedding is not None,
+    )
+    level_gauge(
+        registry,
+        "gateway_overload_read_backlog",
+        "Fullest UDP receive queue, share of its buffer",
+        lambda: admission.read_backlog,
+    )
+    level_gauge(
+        registry,
+        "gateway_overload_admit_limit",
+        "Admission rate limit in calls/s, 0 for none",
+        lambda: admission.rate.limit or 0.0,
+    )

@@ -13,7 +13,7 @@ import re
 from functools import cached_property
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from gateway.config.fields import (
     EmergencyCountry,
@@ -82,6 +82,18 @@ class CallbackPoolConfig(Frozen):
 
     dids: tuple[Annotated[str, AfterValidator(check_e164_required)], ...] = ()
     window_s: Annotated[float, Field(gt=0)] = 3600.0
+    #: this node's own share, lent only while the shared store (Redis) is down (issue #12):
+    #: disjoint from ``dids`` and from every other node's share
+    outage_dids: tuple[Annotated[str, AfterValidator(check_e164_required)], ...] = ()
+
+    @model_validator(mode="after")
+    def _outage_share_is_set_aside(self) -> CallbackPoolConfig:
+        shared = sorted(set(self.dids) & set(self.outage_dids))
+        if shared:
+            raise ValueError(
+                f"outage_dids must be set aside from dids; in both: {', '.join(shared)}"
+            )
+        return self
 
 
 class EmergencySettings(Frozen):

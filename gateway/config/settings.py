@@ -51,7 +51,17 @@ class Settings(BaseSettings):
     use_uvloop: bool = True
     """Run the asyncio loop on uvloop when it is installed."""
     store: str = "sqlite"
-    """``sqlite`` (file in ``data_dir``), ``sqlite:///path``, or ``redis://host:port/db``."""
+    """``sqlite`` (file in ``data_dir``), ``sqlite:///path``, or ``redis://host:port/db``
+    (the cluster store, shared by every node; the mail outbox stays in ``data_dir``)."""
+    nonce_secret: SecretStr = SecretStr("")
+    """The key of the digest nonces' HMAC (at least 16 characters, never logged). Every node
+    of a cluster needs the same one, so that a nonce issued by one node verifies on
+    another; empty: a random key per process (a single node)."""
+    store_timeout_s: Annotated[float, Field(gt=0, le=0.2)] = 0.2
+    """Seconds one Redis connect or command may take before the store counts as down
+    (a Redis outage must fail fast: it never holds an emergency call). At most 0.2: the
+    emergency call waits 0.25 s at most for its callback DID, and an outage must be seen
+    inside that time for the node's outage share to answer."""
     mqtt_url: str = ""
     """Broker ``mqtt://[user:pass@]host:port`` or ``mqtts://...``; empty: start an embedded
     broker on 127.0.0.1 (``mqtt_embedded_port``); ``off``: publish nothing."""
@@ -162,6 +172,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"{value!r} is not host:port (such as 127.0.0.1:9464) or off")
         return value
 
+    @field_validator("nonce_secret")
+    @classmethod
+    def _nonce_secret_length(cls, value: SecretStr) -> SecretStr:
+        size = len(value.get_secret_value().encode())
+        if 0 < size < 16:
+            raise ValueError(f"needs at least 16 characters (has {size}), or none")
+        return value
+
+    def nonce_secret_bytes(self) -> bytes | None:
+        """The shared nonce key, or ``None`` for a random one per process."""
+        return self.nonce_secret.get_secret_value().encode() or None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_upper(cls, value: Any) -> Any:
@@ -244,6 +266,9 @@ def _env_value(name: str, environ: Mapping[str, str]) -> str | None:
     return None
 
 
+_SECRET_FIELDS = frozenset({"smtp_password", "nonce_secret"})
+
+
 def _settings_problems(
     error: ValidationError, overrides: Mapping[str, Any], environ: Mapping[str, str]
 ) -> list[str]:
@@ -253,13 +278,15 @@ def _settings_problems(
         message = detail["msg"].removeprefix("Value error, ")
         if message.startswith("Input should be "):
             message = "expected " + message.removeprefix("Input should be ")
+        secret = field in _SECRET_FIELDS  # a secret's value is never echoed
         if field in overrides:
-            problems.append(f"{field}={overrides[field]!r}: {message}")
+            shown = "'**********'" if secret else repr(overrides[field])
+            problems.append(f"{field}={shown}: {message}")
             continue
         name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
         raw = _env_value(name, environ)
         value = raw if raw is not None else detail.get("input")
-        problems.append(f"{name}={value!r}: {message}")
+        problems.append(f"{name}={'**********' if secret else value!r}: {message}")
     return problems
 
 

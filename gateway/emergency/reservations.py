@@ -1,8 +1,8 @@
 """Which callback DID an agent gets (SPEC E-4): the choice, as a pure function.
 
 The reservation store runs :func:`choose_callback_did` inside its own atomic step (the
-SQLite store in one ``BEGIN IMMEDIATE`` transaction; a Redis store would run it between
-``WATCH`` and ``EXEC``): the emergency service passes it to
+SQLite store in one ``BEGIN IMMEDIATE`` transaction; the Redis store between ``WATCH``
+and ``EXEC``, again if another node wrote in between): the emergency service passes it to
 :meth:`~gateway.stores.ports.ReservationStore.reserve`, so every store applies the same
 rule and none holds a copy of it.
 

@@ -136,6 +136,17 @@ class EmergencyService:
         for agent_id in self.dialplan.agents:  # E-8: no emergency call survives a restart
             self.lockdown(agent_id, None, None)
 
+    async def refresh_reservations(self) -> None:
+        """Take in the callback reservations the other nodes of a cluster made (issue #12):
+        the PSAP's callback may reach any node (SPEC C-1). The store's live reservations
+        replace this node's copies; expired ones are dropped. One the store does not list
+        is kept (during a store outage the store lists only this node's own)."""
+        now = self.wall_clock()
+        for reservation in await self.store.live(now):
+            self.live[reservation.did] = reservation
+        for did in [did for did, held in self.live.items() if held.expires_at <= now]:
+            del self.live[did]
+
     # -- classification --------------------------------------------------------------------
 
     def emergency_call(

@@ -5,7 +5,10 @@ Store URLs:
 * ``"sqlite"`` (the default) -- ``<data_dir>/gateway.sqlite3``;
 * ``"sqlite:///abs/path.sqlite3"`` -- that file; ``"sqlite://rel/path.sqlite3"`` -- a path
   relative to ``data_dir``; ``"sqlite://:memory:"`` -- a private in-memory database (tests);
-* ``"redis://..."`` / ``"rediss://..."`` -- the cluster adapter, not implemented yet.
+* ``"redis://[user:pass@]host:port/db"`` / ``"rediss://..."`` / ``"unix:///path.sock"``, or
+  ``"redis+sentinel://host:port[,host:port...]/service[/db]"`` (the master the Sentinels
+  name) -- the cluster adapter (:mod:`gateway.stores.redis_store`); the e-mail outbox stays on a
+  node-local SQLite file, ``<data_dir>/gateway-outbox.sqlite3``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from gateway.stores.ports import (
     StoreClosedError,
     StoreError,
     Stores,
+    StoreUnavailableError,
 )
 
 __all__ = [
@@ -52,6 +56,7 @@ __all__ = [
     "ReservationStore",
     "StoreClosedError",
     "StoreError",
+    "StoreUnavailableError",
     "Stores",
     "open_stores",
     "sqlite_path",
@@ -78,19 +83,21 @@ def sqlite_path(url: str, data_dir: Path) -> Path | str:
     return path if path.is_absolute() else data_dir / path
 
 
-async def open_stores(url: str, data_dir: Path) -> Stores:
+async def open_stores(url: str, data_dir: Path, *, timeout: float = 0.25) -> Stores:
     """Open the stores named by ``url``; the SQLite file lives under ``data_dir`` by default.
 
     The returned :class:`Stores` must be closed (``await stores.close()`` or
-    ``async with``). Raises :class:`NotImplementedError` for Redis, :class:`ValueError` for
-    an unknown URL, and :class:`StoreError` for a database this gateway cannot use.
+    ``async with``). ``timeout`` bounds every Redis connect and command (a Redis outage
+    fails fast with :class:`StoreUnavailableError`). Raises :class:`ValueError` for an
+    unknown URL, and :class:`StoreError` for a database this gateway cannot use.
     """
     scheme = url.split(":", 1)[0].lower()
-    if scheme in ("redis", "rediss"):
-        raise NotImplementedError(
-            f"the Redis store ({url.split('@')[-1]!r}) is not implemented yet; "
-            "use the embedded store (store url 'sqlite') on a single node"
-        )
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
+        from gateway.stores.redis_store import open_redis_stores
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        outbox = data_dir / DEFAULT_SQLITE_FILE.replace(".", "-outbox.", 1)
+        return await open_redis_stores(url, outbox, timeout=timeout)
     if scheme != "sqlite":
         raise ValueError(f"unknown store url {url!r}: expected 'sqlite', 'sqlite://PATH' or redis")
     from gateway.stores.sqlite import open_sqlite_stores

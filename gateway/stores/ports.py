@@ -4,12 +4,12 @@ Theory of operation
 -------------------
 The call layer and the policy code (registrar, presence, emergency) depend only on these
 :class:`typing.Protocol` ports; an adapter is chosen once at start-up by
-:func:`gateway.stores.open_stores`. Two adapters are planned:
+:func:`gateway.stores.open_stores`. Two adapters exist:
 
 * **SQLite** (:mod:`gateway.stores.sqlite`) -- the embedded default, one file under the
   data directory, so a single node needs no other server.
-* **Redis** -- the cluster adapter, so registrations, presence and callback reservations are
-  shared by every node.
+* **Redis** (:mod:`gateway.stores.redis_store`) -- the cluster adapter, so registrations,
+  presence and callback reservations are shared by every node.
 
 Every port method is one self-contained operation. No method needs a transaction that spans
 several calls, so each can be a single SQL transaction in SQLite or a single ``MULTI``/Lua
@@ -52,6 +52,7 @@ __all__ = [
     "ReservationStore",
     "StoreClosedError",
     "StoreError",
+    "StoreUnavailableError",
     "Stores",
 ]
 
@@ -69,6 +70,10 @@ class StoreError(Exception):
 
 class StoreClosedError(StoreError):
     """A store was used after :meth:`Stores.close`."""
+
+
+class StoreUnavailableError(StoreError):
+    """The backend cannot be reached or did not answer in time (a Redis outage)."""
 
 
 class EmptyPoolError(StoreError, ValueError):
