@@ -172,8 +172,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         failures = list(icmp_errors(self.sock)) if _ICMP_ERRORS else []
         if not failures:
             log.debug("udp_error", error=str(exc))
+        # next turn: a send from inside uvloop's error callback segfaulted at shutdown later
         for destination, detail, refused in failures:
-            self.endpoint.unreachable(destination, detail, refused=refused)
+            self.endpoint.loop.call_soon(self.endpoint.unreachable, destination, detail, refused)
 
 
 #: RFC 5626 section 3.5.1: the keep-alive ping on a stream, and its pong
@@ -590,7 +591,7 @@ class SipEndpoint:
         self.layer.transport_error(destination, self.loop.time(), why, refused=refused)
         # pump() is called by whoever triggered the send
 
-    def unreachable(self, destination: Address, detail: str, *, refused: bool) -> None:
+    def unreachable(self, destination: Address, detail: str, refused: bool) -> None:
         """An ICMP error for a datagram we sent to ``destination`` (an IP literal)."""
         self._fail(destination, detail, refused=refused)
         for name, resolved in list(self._resolved.items()):
