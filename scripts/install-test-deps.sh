@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages that the wire-level tests need (SIPp, Kamailio and its TLS
-# module, Mosquitto, Redis). Runs unattended (CI has no standard input) and skips what is already present.
+# module, Mosquitto, Redis, baresip). Runs unattended (CI has no standard input) and skips what is already present.
 set -euo pipefail
 
 need=()
@@ -8,6 +8,8 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# a real softphone (tests/wire/test_baresip.py: baresip 1.0 driven headless)
+command -v baresip >/dev/null 2>&1 || need+=(baresip)
 # the TLS module of Kamailio (tests/wire/test_tls.py: Kamailio as a TLS peer)
 compgen -G '/usr/lib/*/kamailio/modules/tls.so' >/dev/null || need+=(kamailio-tls-modules)
 
