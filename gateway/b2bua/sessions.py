@@ -171,7 +171,7 @@ class SessionTimers:
         if got is None:
             interval = current.interval if current else self.config.session_expires
             return LegSession(interval, True, allows, stated=bool(current and current.stated))
-        interval = max(got.interval, MIN_SE_FLOOR)
+        interval = max(got.interval, self.config.min_se)
         return LegSession(interval, got.refresher != "uas", allows, stated=True)
 
     def answer_headers(self, session: LegSession) -> tuple[tuple[str, str], ...]:
@@ -185,10 +185,12 @@ class SessionTimers:
             headers.append(("Require", "timer"))
         return tuple(headers)
 
-    def request_headers(self, leg: Leg) -> tuple[tuple[str, str], ...]:
-        """What a re-INVITE or UPDATE we send on ``leg`` carries (section 7.4)."""
+    def request_headers(self, leg: Leg, *, own: bool = False) -> tuple[tuple[str, str], ...]:
+        """What a re-INVITE or UPDATE we send on ``leg`` carries (section 7.4): the interval
+        once the peer was told it, and always on our own refresh (a peer that supports the
+        extension may adopt it; one that finds it too small answers 422 with its Min-SE)."""
         session = leg.session
-        if session is None or not session.stated:
+        if session is None or not (session.stated or own):
             return (("Supported", "timer"),)
         refresher = "uac" if session.we_refresh else "uas"
         return (
@@ -225,7 +227,8 @@ class SessionTimers:
         if leg.side == "a":
             self._replace(call, leg, self._as_uas(request, leg.session))
         else:
-            self._replace(call, leg, _renegotiated_as_uas(request, leg.session))
+            renegotiated = _renegotiated_as_uas(request, leg.session, self.config.min_se)
+            self._replace(call, leg, renegotiated)
 
     def refreshed_by_us(self, call: Call, leg: Leg, response: Response) -> None:
         """A re-INVITE/UPDATE we sent on ``leg`` got a 2xx: re-negotiated and re-armed."""
@@ -285,7 +288,7 @@ class SessionTimers:
                 core.ids,
                 body=leg.sdp_sent if reinvite else b"",
                 content_type="application/sdp" if reinvite else None,
-                extra_headers=self.request_headers(leg),
+                extra_headers=self.request_headers(leg, own=True),
             )
         except ValueError:
             return  # the dialog is over
@@ -325,11 +328,16 @@ class SessionTimers:
         self._arm(call, leg)
 
     def on_tx_failure(self, refresh: SessionRefresh, kind: FailureKind) -> None:
-        """Our refresh got no answer (Timer B/F) or could not be sent: the leg is dead."""
-        if not refresh.call.ended:
-            self._leg_dead(refresh.call, refresh.leg, f"refresh failed: {kind.value}")
+        """Our refresh got no answer (Timer B/F) or could not be sent: the leg is dead.
 
-    def _leg_dead(self, call: Call, leg: Leg, why: str) -> None:
+        A refresh refused by the network (ICMP port unreachable, no route) gets no BYE on
+        that leg: nothing listens there to take one (and a send to that destination from
+        inside uvloop's error callback crashes the loop, see the commit message)."""
+        if not refresh.call.ended:
+            reachable = kind is FailureKind.TIMEOUT
+            self._leg_dead(refresh.call, refresh.leg, f"refresh failed: {kind.value}", reachable)
+
+    def _leg_dead(self, call: Call, leg: Leg, why: str, bye_it: bool = True) -> None:
         """RFC 4028 section 10: BYE on expiry; an emergency call needs both legs dead."""
         session = leg.session
         if session is None or call.ended:
@@ -345,18 +353,18 @@ class SessionTimers:
                     self._arm(call, leg)  # go on probing: an answer revives the leg
                 return
         core = self.core
-        core.send_bye(call.a)
-        if call.b is not None:
-            core.send_bye(call.b)
+        for each in (call.a, call.b):
+            if each is not None and (bye_it or each is not leg):
+                core.send_bye(each)
         core.end(call, CallOutcome(EndKind.SESSION_EXPIRED))
 
 
-def _renegotiated_as_uas(request: Request, current: LegSession) -> LegSession:
+def _renegotiated_as_uas(request: Request, current: LegSession, min_se: int) -> LegSession:
     """The B-leg's session from a request the far end sent us (we answer as its UAS)."""
     asked = parse_session_expires(request)
     if asked is None:
         return LegSession(current.interval, current.we_refresh, current.allows_update, True)
-    interval = max(asked.interval, MIN_SE_FLOOR)
+    interval = max(asked.interval, min_se)
     return LegSession(interval, asked.refresher != "uac", current.allows_update, True)
 
 
