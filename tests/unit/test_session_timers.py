@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from b2bua_peers import ANSWER, CALLER, GATEWAY, GW1, SDP, FixedRouter, Net, Peer, hop, outbound
 
 from gateway.b2bua.call import Call, EndKind
 from gateway.b2bua.decisions import Emergency
 from gateway.b2bua.sessions import parse_session_expires
+from gateway.config.loader import DialplanError, load_dialplan_text
 from gateway.sip.message import Request, Response, make_response, parse_message
 from gateway.sip.transaction import ClientTransaction, RequestReceived
 
@@ -253,3 +255,31 @@ def test_parse_session_expires_reads_the_compact_form_and_refuses_junk() -> None
     assert got is not None and (got.interval, got.refresher) == (300, "uas")
     junk = Response(200, "OK", [("session-expires", "Session-Expires", "soon")])
     assert parse_session_expires(junk) is None
+
+
+def test_a_422_to_our_refresh_raises_the_interval_to_its_min_se() -> None:
+    net = Net(outbound(hop(GW1)))
+    _, call = _connect(net, b_headers=(("Allow", "INVITE, ACK, BYE, UPDATE"),))
+    callee = net.peer(GW1)
+    net.advance(901)
+    update = callee.requests("UPDATE")[-1]
+    contact = ("Contact", f"<sip:peer@{GW1.host}:{GW1.port}>")
+    too_small = make_response(update.request, 422, to_tag=callee.tag, extra=(contact,))
+    too_small.add("Min-SE", "3600")
+    callee.layer.send_response(update.transaction, too_small, net.now)
+    net.exchange()
+    assert call.b is not None and call.b.session is not None
+    assert call.b.session.interval == 3600 and not call.ended
+    net.advance(1801)
+    assert callee.requests("UPDATE")[-1].request.get("session-expires") == "3600;refresher=uac"
+
+
+def test_the_dialplan_refuses_an_interval_below_its_min_se() -> None:
+    text = (
+        "version: 1\n"
+        "listen: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]\n"
+        "sip: { min_se_s: 120, session_expires_s: 100 }\n"
+    )
+    with pytest.raises(DialplanError) as caught:
+        load_dialplan_text(text, "dialplan.yaml")
+    assert "session_expires_s" in str(caught.value)
