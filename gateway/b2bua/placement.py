@@ -40,6 +40,7 @@ from gateway.b2bua.call import (
 )
 from gateway.b2bua.core import ALLOW, Abandoned, CallCore, answerable, log, note_sdp_sent
 from gateway.b2bua.sessions import SessionTimers
+from gateway.b2bua.sessions import describe as describe_sessions
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr
@@ -228,6 +229,7 @@ class Placement:
             "call_answered",
             status=response.status,
             setup_ms=round((call.answered_at - call.started_at) * 1000, 1),
+            session_timers=describe_sessions(call),
         )
 
     def _on_error(self, call: Call, b: Leg, response: Response) -> None:

@@ -56,6 +56,7 @@ __all__ = [
     "SessionRefresh",
     "SessionTimerConfig",
     "SessionTimers",
+    "describe",
     "parse_session_expires",
 ]
 
@@ -214,11 +215,6 @@ class SessionTimers:
             self._arm(call, b)
         if call.a.session is not None:
             self._arm(call, call.a)
-        log.info(
-            "session_timers",
-            a=_describe(call.a.session),
-            b=_describe(b.session if b is not None else None),
-        )
 
     def refreshed_by_peer(self, call: Call, leg: Leg, request: Request) -> None:
         """``leg`` sent a re-INVITE/UPDATE that succeeds: re-negotiated and re-armed."""
@@ -366,6 +362,12 @@ def _renegotiated_as_uas(request: Request, current: LegSession, min_se: int) -> 
         return LegSession(current.interval, current.we_refresh, current.allows_update, True)
     interval = max(asked.interval, min_se)
     return LegSession(interval, asked.refresher != "uac", current.allows_update, True)
+
+
+def describe(call: Call) -> str:
+    """Both legs' session timers in a few words (the ``call_answered`` log line)."""
+    b = call.b.session if call.b is not None else None
+    return f"a {_describe(call.a.session)}, b {_describe(b)}"
 
 
 def _describe(session: LegSession | None) -> str:
