@@ -152,7 +152,9 @@ class SessionTimers:
         """The A-leg's session from a request the phone sent (we answer it)."""
         asked = parse_session_expires(request)
         supports = _has_tag(request, "supported", "timer") or _has_tag(request, "require", "timer")
-        allows_update = _has_tag(request, "allow", "update")
+        allows_update = _has_tag(request, "allow", "update") or bool(
+            current and current.allows_update  # a refresh often carries no Allow
+        )
         if asked is None:
             interval = current.interval if current else self.config.session_expires
             interval = max(interval, _min_se(request), self.config.min_se)
