@@ -27,6 +27,7 @@ from gateway.b2bua.history import CallHistory
 from gateway.b2bua.metrics import CallMetrics, node_metrics, overload_gauges
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
+from gateway.b2bua.sessions import SessionTimerConfig
 from gateway.b2bua.tasks import CallTasks
 from gateway.cluster import (
     open_node_stores,
@@ -510,6 +511,7 @@ def _call_layer(
         emergency=emergency,
         request_handlers={"REGISTER": registrar.handle},
         admission=Admission(dialplan.overload),
+        session_timer=SessionTimerConfig(dialplan.sip.session_expires_s, dialplan.sip.min_se_s),
     )
     # the queue manager places offers through the B2BUA, so it comes second; the B2BUA
     # reaches it through this one port

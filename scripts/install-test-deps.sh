@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages that the wire-level tests need (SIPp, Kamailio and its TLS
-# module, Mosquitto, Redis, Chromium). Runs unattended (CI has no standard input) and skips what is already present.
+# module, Mosquitto, Redis, Chromium, baresip). Runs unattended (CI has no standard input) and
+# skips what is already present.
 set -euo pipefail
 
 need=()
@@ -12,6 +13,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # (tests/wire/test_web_pages.py)
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+# a real softphone (tests/wire/test_baresip.py: baresip 1.0 driven headless)
+command -v baresip >/dev/null 2>&1 || need+=(baresip)
 # the TLS module of Kamailio (tests/wire/test_tls.py: Kamailio as a TLS peer)
 compgen -G '/usr/lib/*/kamailio/modules/tls.so' >/dev/null || need+=(kamailio-tls-modules)
 

@@ -21,12 +21,12 @@ unknown method                501
 ============================  ======================================
 
 Extensions (RFC 3261 section 8.2.2.3). :data:`SUPPORTED` lists the option tags the B2BUA
-honours end to end; it is empty: no reliable provisional responses (100rel, RFC 3262), no
-session timers (timer, RFC 4028), no Replaces, Path or SIP Outbound. Any request but ACK and
-CANCEL (which are never refused on Require) that requires another tag gets 420 Bad
-Extension with ``Unsupported`` naming the tags; in a dialog it is the same (the call
-goes on). The one exception is an emergency call or callback (its INVITE and the
-requests in its dialog): SPEC E-3 says it is never refused, and a 420 would leave the
+honours: ``timer`` (session timers, RFC 4028, run on each leg by :mod:`.sessions`); no
+reliable provisional responses (100rel, RFC 3262), no Replaces, Path or SIP Outbound.
+Any request but ACK and CANCEL (which are never refused on Require) that requires
+another tag gets 420 Bad Extension with ``Unsupported`` naming the tags; in a dialog it
+is the same (the call goes on). The one exception is an emergency call or callback (its
+INVITE and the requests in its dialog): SPEC E-3 says it is never refused, and a 420 would leave the
 caller without a path to help, so it is placed as if the Require were absent (the
 B-leg never carries the A-leg's Require) and the ignored tags are logged. A phone that
 required 100rel then simply gets unreliable 18x, which RFC 3262 UACs handle.
@@ -53,8 +53,8 @@ __all__ = [
     "uri_dialled",
 ]
 
-#: option tags the B2BUA supports end to end (the ``Supported`` header); none yet
-SUPPORTED: tuple[str, ...] = ()
+#: option tags the B2BUA supports (the ``Supported`` header): session timers, RFC 4028
+SUPPORTED: tuple[str, ...] = ("timer",)
 
 
 def dialled_number(request: Request) -> str:

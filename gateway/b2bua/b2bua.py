@@ -73,6 +73,7 @@ from gateway.b2bua.decisions import (
 )
 from gateway.b2bua.placement import Placement
 from gateway.b2bua.relay import InDialogRelay
+from gateway.b2bua.sessions import SessionRefresh, SessionTimerConfig, SessionTimers
 from gateway.b2bua.timers import Timer
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError, warning_value
@@ -132,6 +133,7 @@ class B2BUA:
         request_handlers: dict[str, Callable[[RequestReceived], None]] | None = None,
         ring_timeout: float = 180.0,
         admission: Admission | None = None,
+        session_timer: SessionTimerConfig | None = None,
     ):
         self.layer = layer
         self.router = router
@@ -151,8 +153,9 @@ class B2BUA:
             emergency=emergency,
             queues=queues,
         )
-        self.placement = Placement(self.core, ring_timeout=ring_timeout)
-        self.relay = InDialogRelay(self.core)
+        self.sessions = SessionTimers(self.core, session_timer)
+        self.placement = Placement(self.core, ring_timeout=ring_timeout, sessions=self.sessions)
+        self.relay = InDialogRelay(self.core, self.sessions)
         #: overload control (SPEC O-4): asked about new ordinary calls only
         self.admission = admission
         #: out-of-dialog methods handled elsewhere (REGISTER: the registrar)
@@ -332,6 +335,8 @@ class B2BUA:
             if isinstance(decision, list):
                 decision = Outbound(decision)
             if self._refuse_unsupported_invite(tx, call, decision):
+                return
+            if self.sessions.refuse_too_small(tx, call, isinstance(decision, Emergency)):
                 return
             if self.draining and isinstance(decision, (Outbound, Queued)):
                 decision = self._drain_refusal()
@@ -514,6 +519,8 @@ class B2BUA:
             self.relay.on_response(owner, tx, ev.response)
         elif isinstance(owner, Abandoned):
             self.placement.on_abandoned_response(owner, tx, ev.response)
+        elif isinstance(owner, SessionRefresh):
+            self.sessions.on_response(owner, tx, ev.response)
 
     def _on_tx_failure(
         self, tx: ClientTransaction | ServerTransaction, kind: FailureKind, detail: str
@@ -525,6 +532,8 @@ class B2BUA:
             self.placement.on_tx_failure(owner, tx, kind, detail)
         elif isinstance(owner, RelayedRequest):
             self.relay.on_tx_failure(owner, kind)
+        elif isinstance(owner, SessionRefresh):
+            self.sessions.on_tx_failure(owner, kind)
 
     def _on_ack_timeout(self, tx: ServerTransaction) -> None:
         owner = tx.owner

@@ -53,6 +53,7 @@ __all__ = [
     "FailureKind",
     "Leg",
     "LegFailure",
+    "LegSession",
     "NextHop",
     "RelayedRequest",
     "Side",
@@ -208,6 +209,9 @@ class EndKind(StrEnum):
     #: the gateway hung up on stopping (ordinary calls after the drain time, SPEC O-7;
     #: every call on a second stop signal)
     DRAINED = "drained"
+    #: a leg's session expired unrefreshed, or its refresh failed (RFC 4028 section 10):
+    #: the far end vanished, BYE on both legs (an emergency call: only both legs dead)
+    SESSION_EXPIRED = "session_expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +267,24 @@ class NextHop:
 
 
 @dataclass(slots=True)
+class LegSession:
+    """The session timer of one leg (RFC 4028; :mod:`gateway.b2bua.sessions`).
+
+    ``interval`` is the negotiated Session-Expires in seconds; ``we_refresh``: we send the
+    refreshes (else the peer does and we watch for them). ``timer`` is the refresh or the
+    expiry deadline; ``dead``: the leg expired or a refresh of ours failed (408, 481, no
+    answer). ``stated``: the peer was told the interval (so our requests repeat it).
+    """
+
+    interval: int
+    we_refresh: bool
+    allows_update: bool
+    stated: bool
+    timer: Timer | None = None
+    dead: bool = False
+
+
+@dataclass(slots=True)
 class Leg:
     """One side of a call and its dialog.
 
@@ -285,6 +307,10 @@ class Leg:
     got_progress: bool = False
     got_final: bool = False
     hop: NextHop | None = None
+    #: the session timer of the leg once the call is answered (RFC 4028)
+    session: LegSession | None = None
+    #: the last SDP we sent on this leg (a refresh re-INVITE repeats it unchanged)
+    sdp_sent: bytes = b""
 
 
 @dataclass(slots=True)

@@ -40,7 +40,7 @@ from gateway.sip.transaction import (
     TransactionLayer,
 )
 
-__all__ = ["ALLOW", "Abandoned", "CallCore", "answerable"]
+__all__ = ["ALLOW", "Abandoned", "CallCore", "answerable", "note_sdp_sent"]
 
 log = structlog.get_logger("gateway.b2bua")
 
@@ -48,6 +48,12 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REFER, NOTIFY"
 
 #: server transaction states in which a response can still be sent
 _ANSWERABLE = frozenset({"trying", "proceeding"})
+
+
+def note_sdp_sent(leg: Leg, body: bytes, content_type: str | None) -> None:
+    """Keep the SDP last sent on ``leg`` (a refresh re-INVITE repeats it, RFC 4028 s. 7.4)."""
+    if body and (content_type or "").split(";")[0].strip().lower() == "application/sdp":
+        leg.sdp_sent = body
 
 
 def answerable(tx: ServerTransaction) -> bool:
@@ -161,10 +167,14 @@ class CallCore:
         ack.push_via(self.via_for(dest, self.ids.branch()))
         if body:
             ack.set_body(body, content_type)
+            note_sdp_sent(b, body, content_type)
         self.layer.send_ack(b.client_tx, ack, dest, self.now)
 
-    def relay_response_to_a(self, call: Call, response: Response) -> None:
-        """Pass B's 1xx/2xx to the caller (our own tag, Contact, Allow)."""
+    def relay_response_to_a(
+        self, call: Call, response: Response, extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        """Pass B's 1xx/2xx to the caller (our own tag, Contact, Allow; ``extra`` headers:
+        the session timer's on a 2xx)."""
         a = call.a
         tx = a.server_tx
         if tx is None or not answerable(tx):
@@ -174,8 +184,11 @@ class CallCore:
         if response.status >= 200:
             out.add("Allow", ALLOW)
         out.add("Server", self.user_agent)
+        for name, value in extra:
+            out.add(name, value)
         if response.body:
             out.set_body(response.body, response.content_type)
+            note_sdp_sent(a, response.body, response.content_type)
         if a.dialog is None:
             a.dialog = Dialog.as_uas(a.invite, a.local_tag, self.contact_for(a.flow))
         if response.status >= 200:
@@ -298,6 +311,10 @@ class CallCore:
         call.outcome = outcome
         call.ended_at = self.now
         self.stop_timer(call)
+        for leg in (call.a, call.b):  # the session timers (RFC 4028, sessions.py)
+            if leg is not None and leg.session is not None and leg.session.timer is not None:
+                leg.session.timer.cancel()
+                leg.session.timer = None
         self.calls.pop(call.id, None)
         self.legs.pop((call.a.call_id, call.a.local_tag), None)
         if call.b is not None:

@@ -38,7 +38,9 @@ from gateway.b2bua.call import (
     LegFailure,
     NextHop,
 )
-from gateway.b2bua.core import ALLOW, Abandoned, CallCore, answerable, log
+from gateway.b2bua.core import ALLOW, Abandoned, CallCore, answerable, log, note_sdp_sent
+from gateway.b2bua.sessions import SessionTimers
+from gateway.b2bua.sessions import describe as describe_sessions
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr
@@ -52,8 +54,10 @@ __all__ = ["Placement"]
 class Placement:
     """Places B-legs for the calls of one :class:`CallCore`."""
 
-    def __init__(self, core: CallCore, *, ring_timeout: float):
+    def __init__(self, core: CallCore, *, ring_timeout: float, sessions: SessionTimers):
         self.core = core
+        #: the session timers (RFC 4028): offered on each B-leg, negotiated on the answer
+        self.sessions = sessions
         #: Timer C (RFC 3261 section 16.6 step 11): longest a B-leg may ring after a 1xx
         self.ring_timeout = ring_timeout
 
@@ -86,6 +90,7 @@ class Placement:
         call_id, tag = core.ids.call_id(our_host), core.ids.tag()
         invite = self._build_b_invite(call, call_id, tag, hop, our_host)
         b = Leg("b", call_id, tag, dest, invite, hop=hop)
+        note_sdp_sent(b, invite.body, invite.content_type)
         call.b = b
         call.step(CallInput.PLACE)
         call.attempts.append(f"{hop.trunk}:{dest.host}:{dest.port}")
@@ -139,7 +144,7 @@ class Placement:
             ("user-agent", "User-Agent", core.user_agent),
         ]
         invite = Request("INVITE", ruri, headers)
-        for name, value in identity:
+        for name, value in (*identity, *self.sessions.offer_headers()):
             invite.add(name, value)
         # kept only when the router let them through (trusted trunks, SPEC C-2)
         for name in ("Priority", "Resource-Priority", "Geolocation", "Geolocation-Routing"):
@@ -210,9 +215,10 @@ class Placement:
             core.ack_b(call, response, b"", None)
         else:
             call.pending_b_2xx = response
-        core.relay_response_to_a(call, response)
+        core.relay_response_to_a(call, response, self.sessions.a_answer_headers(call))
         call.step(CallInput.ANSWER)
         call.answered_at = core.now
+        self.sessions.answered(call, response)
         for observer in core.observers:
             try:
                 observer.call_answered(call)
@@ -223,6 +229,7 @@ class Placement:
             "call_answered",
             status=response.status,
             setup_ms=round((call.answered_at - call.started_at) * 1000, 1),
+            session_timers=describe_sessions(call),
         )
 
     def _on_error(self, call: Call, b: Leg, response: Response) -> None:

@@ -26,7 +26,8 @@ with the held 2xx's ACK (``Call.pending_b_2xx``).
 from __future__ import annotations
 
 from gateway.b2bua.call import Call, CallOutcome, EndKind, FailureKind, Leg, RelayedRequest
-from gateway.b2bua.core import ALLOW, CallCore, answerable, log
+from gateway.b2bua.core import ALLOW, CallCore, answerable, log, note_sdp_sent
+from gateway.b2bua.sessions import SessionTimers
 from gateway.sip.dialog import DialogError
 from gateway.sip.errors import warning_value
 from gateway.sip.message import Request, Response, make_response
@@ -69,8 +70,10 @@ _COPIED_HEADERS = (
 class InDialogRelay:
     """Relays the in-dialog requests of the calls of one :class:`CallCore`."""
 
-    def __init__(self, core: CallCore):
+    def __init__(self, core: CallCore, sessions: SessionTimers):
         self.core = core
+        #: the session timers (RFC 4028): a relayed re-INVITE/UPDATE refreshes both legs
+        self.sessions = sessions
 
     def on_request(self, leg: Leg, tx: ServerTransaction, request: Request) -> None:
         core = self.core
@@ -86,6 +89,8 @@ class InDialogRelay:
         except DialogError as exc:
             core.respond(tx, exc.status, exc.reason, to_tag=leg.local_tag)
             return
+        if self.sessions.answer_update(call, leg, tx):
+            return  # a body-less UPDATE: only a session refresh (RFC 4028), answered here
         if not self._allowed(call, leg, tx, request):
             return
         other = call.other(leg)
@@ -148,6 +153,10 @@ class InDialogRelay:
             value = request.get(name)
             if value is not None:
                 out.set(name, value)
+        if method in ("INVITE", "UPDATE"):
+            for name, value in self.sessions.request_headers(other):
+                out.add(name, value)
+            note_sdp_sent(other, out.body, out.content_type)
         dest = core.next_hop(other)
         out.push_via(core.via_for(dest, core.ids.branch()))
         relay = RelayedRequest(call, tx, other, leg, out)
@@ -181,14 +190,30 @@ class InDialogRelay:
         )
         if method in ("INVITE", "UPDATE") and status < 300:
             out.add("Contact", core.contact_for(relay.from_leg.flow))
+            self._refreshed(relay, response, out)
         if response.body:
             out.set_body(response.body, response.content_type)
+            note_sdp_sent(relay.from_leg, response.body, response.content_type)
         for name in ("Warning", "Retry-After"):
             for value in response.get_all(name):
                 out.add(name, value)
         core.layer.send_response(server_tx, out, core.now)
         if status >= 200 and (method != "INVITE" or relay.acked or status >= 300):
             _release_relay(relay, tx)
+
+    def _refreshed(self, relay: RelayedRequest, response: Response, out: Response) -> None:
+        """A relayed re-INVITE/UPDATE succeeded: a refresh of both legs' sessions; the
+        answer to its sender carries the sender's session (RFC 4028 section 9)."""
+        if response.status < 200:
+            return
+        sessions, call = self.sessions, relay.call
+        sessions.refreshed_by_us(call, relay.to_leg, response)
+        assert relay.server_tx is not None
+        sessions.refreshed_by_peer(call, relay.from_leg, relay.server_tx.request)
+        session = relay.from_leg.session
+        if session is not None:
+            for name, value in sessions.answer_headers(session):
+                out.add(name, value)
 
     def on_tx_failure(self, relay: RelayedRequest, kind: FailureKind) -> None:
         """The relayed request got no answer (408) or could not be sent (503)."""
@@ -225,6 +250,7 @@ class InDialogRelay:
         ack.push_via(core.via_for(dest, core.ids.branch()))
         if body:
             ack.set_body(body, content_type)
+            note_sdp_sent(leg, body, content_type)
         client_tx = relay.client_tx
         if client_tx is not None:
             core.layer.send_ack(client_tx, ack, dest, core.now)

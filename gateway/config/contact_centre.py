@@ -68,11 +68,22 @@ class Agent(Frozen):
     location: Location | None = None
     emergency_contacts: str = ""
     callback_fallback: NextHopUri = None
+    #: digest algorithms challenged for and accepted for this agent, most preferred first;
+    #: None: the registrar's ``algorithms``. [MD5] keeps a phone that answers only the
+    #: first challenge and has no SHA-256 (baresip 1.0) working (issue 15 hole 7)
+    digest_algorithms: tuple[Literal["SHA-256", "MD5"], ...] | None = None
 
     @field_validator("identity")
     @classmethod
     def _identity_is_e164(cls, value: str | None) -> str | None:
         return check_e164(value)
+
+    @field_validator("digest_algorithms")
+    @classmethod
+    def _some_digest_algorithm(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            raise problem("empty", "needs at least 1 algorithm")
+        return value
 
     @field_validator("ha1_md5")
     @classmethod

@@ -204,6 +204,9 @@ class SipSettings(Frozen):
 
     ``timer_b_ms`` (INVITE client transaction timeout) and ``timer_f_ms`` (non-INVITE client
     transaction timeout) default to ``64 * t1_ms`` (RFC 3261 sections 17.1.1.2, 17.1.2.2).
+    ``session_expires_s`` is the session interval (RFC 4028) the gateway runs on a leg whose
+    peer names none; ``min_se_s`` the least it accepts (a smaller one gets 422). RFC 4028
+    section 4 puts both at 90 s or more; smaller values are for lab tests only.
     """
 
     t1_ms: PositiveMs = 500
@@ -213,6 +216,8 @@ class SipSettings(Frozen):
     timer_f_ms: PositiveMs = 64 * 500
     max_message_bytes: Annotated[int, Field(gt=0)] = 65535
     user_agent: Annotated[str, Field(min_length=1)] = "gateway/0.1"
+    min_se_s: Annotated[int, Field(ge=1, le=86400)] = 90
+    session_expires_s: Annotated[int, Field(ge=1, le=86400)] = 1800
 
     @model_validator(mode="before")
     @classmethod
@@ -227,6 +232,16 @@ class SipSettings(Frozen):
                 derived.setdefault("timer_f_ms", 64 * t1)
                 return derived
         return data
+
+    @field_validator("session_expires_s")
+    @classmethod
+    def _interval_not_below_min_se(cls, value: int, info: ValidationInfo) -> int:
+        min_se = info.data.get("min_se_s")
+        if min_se is not None and min_se > value:
+            raise problem(
+                "timer_order", f"session_expires_s ({value}) must not be less than min_se_s"
+            )
+        return value
 
     @field_validator("t2_ms")
     @classmethod

@@ -140,13 +140,16 @@ class Credentials:
     """What the server stores for one user: HA1 per hash function, never the password.
 
     Either HA1 may be missing (an agent configured with ``ha1_md5`` only); that user then
-    cannot authenticate with the other algorithm.
+    cannot authenticate with the other algorithm. ``offered`` is the user's own list of
+    algorithms (the agent's ``digest_algorithms``, issue 15 hole 7): only those are
+    challenged for and accepted; None: the registrar's list.
     """
 
     username: str
     realm: str
     ha1_md5: str | None = None
     ha1_sha256: str | None = None
+    offered: tuple[str, ...] | None = None
 
     @classmethod
     def from_password(cls, username: str, realm: str, password: str) -> Credentials:
@@ -163,7 +166,12 @@ class Credentials:
         canonical = canonical_algorithm(algorithm)
         if canonical is None:
             return None
-        value = self.ha1_md5 if _ALGORITHMS[canonical][0] == "md5" else self.ha1_sha256
+        hash_name = _ALGORITHMS[canonical][0]
+        if self.offered is not None and not any(
+            _ALGORITHMS[name][0] == hash_name for name in self.offered if name in _ALGORITHMS
+        ):
+            return None  # an algorithm this user is not allowed (a downgrade)
+        value = self.ha1_md5 if hash_name == "md5" else self.ha1_sha256
         return value.lower() if value else None
 
     @property

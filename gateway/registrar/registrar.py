@@ -47,6 +47,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import Literal
 
 from gateway.registrar.digest import (
     ALGORITHMS,
@@ -192,6 +193,15 @@ class _ContactRequest:
     instance: str | None
 
 
+def _user_hint(request: Request, header: Literal["from", "to"]) -> str | None:
+    """The user part of From or To: which user's algorithm list to challenge with."""
+    try:
+        uri = request.from_.uri if header == "from" else request.to.uri
+        return uri.user_unescaped if isinstance(uri, SipUri) else None
+    except (SipParseError, ValueError, AttributeError):
+        return None
+
+
 class Registrar:
     """REGISTER processing and agent authentication for one realm (SPEC R-1).
 
@@ -263,14 +273,19 @@ class Registrar:
             )
         return result
 
-    def _challenges(self, result: AuthResult, now: float) -> list[str]:
-        """Challenge values; after a failed try, only algorithms the user has HA1s for."""
+    def _challenges(self, result: AuthResult, now: float, hint: str | None = None) -> list[str]:
+        """Challenge values: the user's own algorithm list when it has one (else ours), only
+        those it has HA1s for. The user is the one that failed, else ``hint`` (the To user
+        of a REGISTER, the From user of another request: only a hint of which list to
+        offer; the credentials are still verified against the user they name)."""
         offer = self.algorithms
-        if result.username is not None:
-            found = self.credentials_lookup(result.username, self.realm)
-            if found is not None:
-                usable = tuple(a for a in offer if found[0].ha1(a) is not None)
-                offer = usable or offer
+        user = result.username if result.username is not None else hint
+        found = self.credentials_lookup(user, self.realm) if user else None
+        if found is not None:
+            creds = found[0]
+            wanted = creds.offered if creds.offered is not None else offer
+            usable = tuple(a for a in wanted if creds.ha1(a) is not None)
+            offer = usable or offer
         return challenge(self.realm, self.nonce_manager, now, stale=result.stale, algorithms=offer)
 
     def _response(
@@ -300,7 +315,7 @@ class Registrar:
         result = self._authenticate(request.get_all("proxy-authorization"), request.method, now)
         if result.ok:
             return result
-        challenges = self._challenges(result, now)
+        challenges = self._challenges(result, now, _user_hint(request, "from"))
         return self._response(
             request, 407, extra=[("Proxy-Authenticate", c) for c in challenges], to_tag=to_tag
         )
@@ -325,7 +340,8 @@ class Registrar:
             self._check_to(request)
             auth = self._authenticate(request.get_all("authorization"), "REGISTER", now)
             if not auth.ok:
-                extra = [("WWW-Authenticate", c) for c in self._challenges(auth, now)]
+                hint = _user_hint(request, "to")
+                extra = [("WWW-Authenticate", c) for c in self._challenges(auth, now, hint)]
                 return RegisterOutcome(
                     self._response(request, 401, extra=extra), reason=auth.reason, auth=auth
                 )

@@ -14,7 +14,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -45,6 +45,8 @@ def credentials_from_dialplan(
             creds = Credentials.from_password(username, realm, agent.password)
         else:
             creds = Credentials(username, realm, agent.ha1_md5, agent.ha1_sha256)
+        if agent.digest_algorithms is not None:  # the agent's own list (issue 15 hole 7)
+            creds = replace(creds, offered=agent.digest_algorithms)
         table[username] = (creds, agent_id)
 
     def lookup(username: str, asked_realm: str) -> tuple[Credentials, str] | None:

@@ -2,8 +2,8 @@
 
 SIPp plays the agents' phones (REGISTER with digest, then answering, refusing or calling
 from the registered port) and the carrier (calling a queue DID from 127.0.0.2, the trunk's
-inbound_from address, and answering outbound calls). Baresip-driven runs are left for a
-later increment; every behaviour here is proven against SIPp.
+inbound_from address, and answering outbound calls). The real softphone (baresip) is in
+test_baresip.py, session timers over the wire in test_session_expiry.py.
 """
 
 from __future__ import annotations
