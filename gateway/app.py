@@ -22,7 +22,7 @@ import structlog
 
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA, CallObserver
-from gateway.b2bua.gate import OverloadGate, routers_priority
+from gateway.b2bua.gate import gate_for
 from gateway.b2bua.history import CallHistory
 from gateway.b2bua.metrics import CallMetrics, node_metrics, overload_gauges
 from gateway.b2bua.queues import QueueManager
@@ -314,7 +314,7 @@ def _start_load_meter(
     meter.start()
     stack.callback(meter.close)
 
-    gate = OverloadGate(admission, routers_priority(b2bua), dialplan.sip.user_agent)
+    gate = gate_for(b2bua, admission, dialplan.overload, dialplan.sip.user_agent)
     endpoint.gate = gate.screen
     stack.callback(setattr, endpoint, "gate", None)
 

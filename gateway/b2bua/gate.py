@@ -28,7 +28,8 @@ microseconds each, as RFC 3261 section 8.2.7 allows a stateless UAS to:
    top Via) reads in that Via the loss-based ``oc`` share to hold back.
 
 In-dialog requests, responses and every other method pass untouched: an admitted call is
-never lost to overload.
+never lost to overload. Apart from overload, the gate also drops a stranger's requests past
+its per-source limit (``gateway/b2bua/flood.py``, SPEC O-6) before they are parsed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from collections.abc import Callable
 from typing import Final
 
 from gateway.b2bua.admission import Admission
+from gateway.b2bua.flood import SourceLimits
+from gateway.config.overload import OverloadSettings
 from gateway.sip.errors import SipParseError
 from gateway.sip.transaction import Address
 from gateway.sip.uri import Uri, parse_uri
@@ -48,7 +51,9 @@ __all__ = [
     "OC_VALIDITY_MS",
     "SHED_TAG_PREFIX",
     "OverloadGate",
+    "gate_for",
     "routers_priority",
+    "routers_trust",
     "scan_invite",
 ]
 
@@ -130,10 +135,16 @@ class OverloadGate:
         priority: Callable[[Uri, Address], bool],
         server: str,
         wall_clock: Callable[[], float] = time.time,
+        *,
+        limits: SourceLimits | None = None,
+        trusted: Callable[[Address], bool] = lambda source: True,
     ) -> None:
         self.admission = admission
         self.priority = priority
         self.wall_clock = wall_clock
+        #: per-source limits for strangers (SPEC O-6), and who is not a stranger
+        self.limits = limits
+        self.trusted = trusted
         self._tail = (
             f"Retry-After: {admission.settings.retry_after_s}\r\n"
             f"Server: {server}\r\nContent-Length: 0\r\n\r\n"
@@ -144,6 +155,11 @@ class OverloadGate:
 
     def screen(self, data: bytes, source: Address, now: float) -> bytes | None:
         """None: parse ``data`` as usual; ``b""``: drop it; else the response to send."""
+        if data[:8] == b"SIP/2.0 ":
+            return None  # a response: the transaction layer knows whether it is ours
+        limits = self.limits
+        if limits is not None and not self.trusted(source) and not limits.allow(source.host, now):
+            return b""  # a stranger's flood: unanswered
         if data[:4] == b"ACK ":
             if _SHED_MARK in data:
                 self.acks_dropped += 1
@@ -198,6 +214,17 @@ class OverloadGate:
         )
 
 
+def routers_trust(b2bua: object) -> Callable[[Address], bool]:
+    """The gate's ``trusted`` from the router ``b2bua`` has at the moment; a router that
+    cannot tell trusts every source."""
+
+    def trusted(source: Address) -> bool:
+        check = getattr(getattr(b2bua, "router", None), "trusted_source", None)
+        return True if check is None else bool(check(source))
+
+    return trusted
+
+
 def routers_priority(b2bua: object) -> Callable[[Uri, Address], bool]:
     """The gate's ``priority`` from the router ``b2bua`` has at the moment (a reload
     replaces it); a router that cannot tell lets every INVITE through to the call layer."""
@@ -207,3 +234,19 @@ def routers_priority(b2bua: object) -> Callable[[Uri, Address], bool]:
         return True if check is None else bool(check(uri, source))
 
     return priority
+
+
+def gate_for(
+    b2bua: object, admission: Admission, overload: OverloadSettings, server: str
+) -> OverloadGate:
+    """The gate of a running node: the router of the moment decides priority and trust."""
+    limits = None
+    if overload.per_source_rate:
+        limits = SourceLimits(overload.per_source_rate, overload.per_source_burst)
+    return OverloadGate(
+        admission,
+        routers_priority(b2bua),
+        server,
+        limits=limits,
+        trusted=routers_trust(b2bua),
+    )

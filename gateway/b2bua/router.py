@@ -142,6 +142,13 @@ class ContactCentreRouter:
                 return trunk
         return None
 
+    def trusted_source(self, source: Address) -> bool:
+        """Is ``source`` a trunk, a registered agent's phone or on a network trusted for
+        unauthenticated phones? (Strangers' requests are rate-limited, SPEC O-6.)"""
+        if self.trunk_of(source) is not None or _in(source.host, self._open):
+            return True
+        return self.agent_at is not None and self.agent_at(source) is not None
+
     def may_be_priority(self, uri: Uri, source: Address) -> bool:
         """Might a new INVITE to ``uri`` from ``source`` be an emergency call or an
         emergency callback? The overload gate asks before it sheds (SPEC O-4): cheap, and

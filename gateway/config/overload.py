@@ -50,6 +50,12 @@ class OverloadSettings(Frozen):
     max_read_burst: Annotated[int, Field(ge=0)] = 0
     """Datagrams read in one sampling interval beyond which new ordinary calls are shed
     (the read backlog; machine-specific, so off by default); 0: not used."""
+    per_source_rate: Annotated[float, Field(ge=0)] = 30.0
+    """Requests per second from one stranger's address (not a trunk, not a registered
+    agent's phone, not on a network trusted for unauthenticated phones) past which its
+    requests are dropped unanswered (SPEC O-6, like Kamailio's pike); 0: no limit."""
+    per_source_burst: Annotated[int, Field(ge=1)] = 60
+    """Requests a stranger may send at once before ``per_source_rate`` applies."""
     sample_interval_ms: Annotated[float, Field(gt=0)] = 20.0
     """How often the loop lag and the read burst are sampled."""
     retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 5
