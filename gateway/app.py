@@ -34,6 +34,7 @@ from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Publisher, Topics
 from gateway.gcpolicy import GcPacer
+from gateway.health.service import TrunkHealth
 from gateway.lifecycle import Lifecycle
 from gateway.location.choice import current_registration
 from gateway.location.service import AgentLocations
@@ -83,6 +84,8 @@ class Gateway:
     metrics: CallMetrics | None = None
     #: the emergency edge (a reload hands it the new dialplan)
     emergency: EmergencyService | None = None
+    #: OPTIONS keep-alives to the trunk gateways (SPEC O-3; a reload hands it the new plan)
+    trunk_health: TrunkHealth | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -97,19 +100,18 @@ class Gateway:
             publisher, mqtt_url = await _open_publisher(
                 stack, settings, topics, desktop, dialplan.agents.__contains__
             )
-            presence = await _start_presence(stack, dialplan, stores, publisher, topics)
-            desktop.deliver_presence(presence)
+            presence = await _start_presence(stack, dialplan, stores, publisher, topics, desktop)
             layer, ids = _transaction_layer(dialplan)
+            pings = TrunkHealth(dialplan, layer, ids, publisher, clock=loop.time)
             tls_peers = tls_peers_from(dialplan, settings)
             resolver = await _start_resolver(stack, dialplan, settings, tls_peers)
             endpoint = _endpoint(dialplan, settings, layer, loop, tls_peers)
             locations = AgentLocations(dialplan, stores.locations, publisher, topics)
             desktop.deliver_locations(locations)
             registrar = await _start_registrar(stack, dialplan, layer, stores, presence, locations)
-            presence.announce()
             notifier = await _start_notifier(stack, settings, stores, publisher, topics)
             emergency = await _start_emergency(
-                dialplan, stores, presence, publisher, topics, registrar, notifier, locations
+                dialplan, stores, presence, publisher, topics, registrar, notifier, locations, pings
             )
             history = _start_history(stack, stores, loop)
             call_tasks = await stack.enter_async_context(CallTasks())
@@ -124,11 +126,11 @@ class Gateway:
                 history,
                 call_tasks,
                 resolver,
+                pings,
             )
-            metrics = _metrics(b2bua, registrar, publisher)
-            await _start_endpoint(stack, endpoint)
-            _start_load_meter(stack, dialplan, endpoint, b2bua)
-            _start_gc_pacer(stack, settings)
+            metrics = _metrics(b2bua, registrar, publisher, pings)
+            await _start_endpoint(stack, endpoint, pings, resolver)
+            _start_load_meter(stack, dialplan, endpoint, b2bua, settings)
             yield cls(
                 dialplan,
                 settings,
@@ -144,6 +146,7 @@ class Gateway:
                 mqtt_url,
                 metrics,
                 emergency,
+                pings,
             )
 
     def use_dialplan(self, dialplan: Dialplan) -> None:
@@ -154,6 +157,8 @@ class Gateway:
             self.b2bua.router = router.with_dialplan(dialplan)
         if self.emergency is not None:
             self.emergency.use_dialplan(dialplan)
+        if self.trunk_health is not None:
+            self.trunk_health.use_dialplan(dialplan)
         self.dialplan = dialplan
 
 
@@ -167,10 +172,19 @@ def _start_history(
     return history
 
 
-async def _start_endpoint(stack: contextlib.AsyncExitStack, endpoint: SipEndpoint) -> None:
-    """The listeners open last, once every part behind them is up."""
+async def _start_endpoint(
+    stack: contextlib.AsyncExitStack,
+    endpoint: SipEndpoint,
+    trunk_health: TrunkHealth,
+    resolver: TrunkResolver,
+) -> None:
+    """The listeners open last, once every part behind them is up; then the keep-alives."""
     await endpoint.start()
     stack.push_async_callback(endpoint.close)
+    await trunk_health.start(
+        endpoint.via_for, endpoint.contact_for, endpoint.pump, resolver.targets
+    )
+    stack.push_async_callback(trunk_health.close)
 
 
 class DesktopCommands:
@@ -235,6 +249,7 @@ async def _start_presence(
     stores: Stores,
     publisher: Publisher,
     topics: Topics,
+    desktop: DesktopCommands,
 ) -> PresenceService:
     presence = PresenceService(
         {agent_id: agent.capacity for agent_id, agent in dialplan.agents.items()},
@@ -245,13 +260,20 @@ async def _start_presence(
     )
     await presence.start()
     stack.push_async_callback(presence.close)
+    desktop.deliver_presence(presence)
     return presence
 
 
 def _start_load_meter(
-    stack: contextlib.AsyncExitStack, dialplan: Dialplan, endpoint: SipEndpoint, b2bua: B2BUA
+    stack: contextlib.AsyncExitStack,
+    dialplan: Dialplan,
+    endpoint: SipEndpoint,
+    b2bua: B2BUA,
+    settings: Settings,
 ) -> None:
-    """The loop lag and read burst, sampled into the B2BUA's overload control (O-4)."""
+    """The loop lag and read burst, sampled into the B2BUA's overload control (O-4); and
+    the garbage collector's pacing, which keeps that lag low."""
+    _start_gc_pacer(stack, settings)
     if b2bua.admission is None:
         return
     meter = LoadMeter(
@@ -335,6 +357,7 @@ async def _start_emergency(
     registrar: RegistrarService,
     notifier: Notifier | None,
     locations: AgentLocations,
+    trunk_health: TrunkHealth,
 ) -> EmergencyService:
     """The emergency edge, started (wall clock and tokens of the real world)."""
     emergency = EmergencyService(
@@ -348,6 +371,7 @@ async def _start_emergency(
         token=secrets.token_hex,
         notify=notifier.notify if notifier is not None else None,
         desktop_location=locations.desktop,
+        health=trunk_health.health,
     )
     await emergency.start()
     return emergency
@@ -392,6 +416,7 @@ async def _start_registrar(
     }
     await locations.start(restored)
     stack.push_async_callback(locations.close)
+    presence.announce()
     return registrar
 
 
@@ -428,6 +453,7 @@ def _call_layer(
     history: CallHistory,
     call_tasks: CallTasks,
     resolver: TrunkResolver,
+    trunk_health: TrunkHealth,
 ) -> tuple[B2BUA, QueueManager]:
     """The router, the B2BUA and the queues, wired to the endpoint."""
     loop = asyncio.get_running_loop()
@@ -438,6 +464,7 @@ def _call_layer(
         registrar.contacts,
         registrar.agent_at,
         resolver.targets,
+        trunk_health.health,
     )
     b2bua = B2BUA(
         layer,
@@ -463,7 +490,9 @@ def _call_layer(
     return b2bua, queues
 
 
-def _metrics(b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher) -> CallMetrics:
+def _metrics(
+    b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher, trunk_health: TrunkHealth
+) -> CallMetrics:
     """The node's metrics: a call observer, and gauges read at scrape time."""
     stats = getattr(publisher, "stats", None)
     metrics = node_metrics(
@@ -472,6 +501,7 @@ def _metrics(b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher) ->
         (lambda: (stats.queued, stats.dropped)) if stats is not None else None,
     )
     b2bua.observers.append(metrics)
+    trunk_health.register_metrics(metrics.registry)
     return metrics
 
 

@@ -78,6 +78,7 @@ from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, make_response
+from gateway.sip.owners import ClientOwner
 from gateway.sip.transaction import (
     AckReceived,
     AckTimeout,
@@ -514,6 +515,8 @@ class B2BUA:
             self.relay.on_response(owner, tx, ev.response)
         elif isinstance(owner, Abandoned):
             self.placement.on_abandoned_response(owner, tx, ev.response)
+        elif isinstance(owner, ClientOwner):
+            owner.on_response(ev.response, self.core.now)
 
     def _on_tx_failure(
         self, tx: ClientTransaction | ServerTransaction, kind: FailureKind, detail: str
@@ -525,6 +528,8 @@ class B2BUA:
             self.placement.on_tx_failure(owner, tx, kind, detail)
         elif isinstance(owner, RelayedRequest):
             self.relay.on_tx_failure(owner, kind)
+        elif isinstance(owner, ClientOwner):
+            owner.on_failure(detail, self.core.now)
 
     def _on_ack_timeout(self, tx: ServerTransaction) -> None:
         owner = tx.owner
