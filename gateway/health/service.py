@@ -145,6 +145,7 @@ class TrunkHealth:
         self._targets: Callable[[Address], list[Address]] = lambda address: [address]
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     @property
     def health(self) -> Mapping[str, bool]:
@@ -185,13 +186,14 @@ class TrunkHealth:
         self._task = asyncio.create_task(self._run(), name="trunk-keepalives")
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _run(self) -> None:
-        while True:
+        while not self._closed:
             now = self.clock()
             try:
                 self.prober.handle_timer(now)
@@ -202,8 +204,10 @@ class TrunkHealth:
             deadline = self.prober.get_timer()
             delay = 60.0 if deadline is None else max(0.0, deadline - self.clock())
             self._wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     # -- probes ----------------------------------------------------------------------------
 

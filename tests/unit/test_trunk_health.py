@@ -3,16 +3,34 @@ hand-moved clock, the targets the dialplan gives it, and the route choice that r
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
 
+import jsonschema
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.b2bua.b2bua import B2BUA
 from gateway.b2bua.decisions import Outbound, RouteRefusal
-from gateway.b2bua.router import ContactCentreRouter
+from gateway.b2bua.router import ContactCentreRouter, DialplanRouter
 from gateway.config.keepalive import Keepalive
 from gateway.config.loader import DialplanError, load_dialplan_text
 from gateway.emergency.numbers import detect
 from gateway.emergency.routing import DIRECT_OFFER, choose_route
 from gateway.health.prober import GatewayState, HealthProber, ProbeTarget, targets_of
+from gateway.health.service import TrunkHealth
+from gateway.sip.address import Address, IdGenerator
+from gateway.sip.headers import Via
+from gateway.sip.message import Request, parse_message
+from gateway.sip.transaction import TimerConfig, TransactionLayer
 from gateway.sip.uri import parse_uri
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "docs/schemas/trunk-gateway.v1.json").read_text()
+)
+FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
 
 KEEPALIVE = Keepalive(interval_s=10, timeout_s=2, down_after=3, up_after=2)
 
@@ -201,3 +219,90 @@ def test_emergency_calls_try_a_down_gateway_after_every_up_path_never_drop_it() 
     plan = choose_route(detection, "US", dialplan.emergency, dialplan.trunks, everything)
     assert [hop.host for hop in plan.hops] == ["192.0.2.1", "192.0.2.2", "198.51.100.7"]
     assert all(hop.last_resort for hop in plan.hops) and not plan.empty
+
+
+class Recorder:
+    """A publisher that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any], bool]] = []
+
+    def publish(self, topic_suffix: str, payload: dict[str, Any], *, retain: bool) -> None:
+        self.published.append((topic_suffix, payload, retain))
+
+
+async def test_the_edge_sends_options_and_publishes_each_change_to_the_schema() -> None:
+    """The keep-alive edge over a real transaction layer: an OPTIONS leaves for each probed
+    gateway; its failure comes back through the owner; each state is published retained
+    (validated against docs/schemas/trunk-gateway.v1.json) and shown by the gauge."""
+    dialplan = load_dialplan_text(DIALPLAN)
+    layer = TransactionLayer(TimerConfig(), IdGenerator())
+    publisher = Recorder()
+    clock = [100.0]
+    health = TrunkHealth(
+        dialplan, layer, IdGenerator(), publisher, clock=lambda: clock[0], wall_clock=lambda: 0.0
+    )
+    registry = CollectorRegistry()
+    health.register_metrics(registry)
+
+    def via_for(address: Address, branch: str) -> Via:
+        return Via("UDP", "127.0.0.1", 5060, {"branch": branch, "rport": None})
+
+    await health.start(
+        via_for, lambda address: "<sip:gw@127.0.0.1:5060>", lambda: None, lambda a: [a]
+    )
+    try:
+        await asyncio.sleep(0.01)  # the task's first step: every gateway is due
+        sent = []
+        while (out := layer.next_outgoing()) is not None:
+            sent.append((out.destination, parse_message(out.data)))
+        assert sorted(f"{d.transport}:{d.host}:{d.port}" for d, _ in sent) == [
+            "udp:192.0.2.1:5060", "udp:192.0.2.2:5070", "udp:198.51.100.7:5060"
+        ]  # fmt: skip
+        request = sent[0][1]
+        assert isinstance(request, Request) and request.method == "OPTIONS"
+        assert request.get("Max-Forwards") == "70" and request.get("CSeq") == "1 OPTIONS"
+        starting = [(topic, p["state"], p["reason"]) for topic, p, _ in publisher.published]
+        assert ("nodes/gw1/trunks/backup/udp:192.0.2.2:5070", "up", "not probed yet") in starting
+        assert len(starting) == 4  # the shared gateway once per trunk
+        # two ICMP errors take the carrier's first gateway down (down_after: 2), handed
+        # back by the B2BUA as it hands back any transaction event
+        b2bua = B2BUA(
+            layer, DialplanRouter(dialplan), IdGenerator(), via_for=via_for,
+            contact_for=lambda a: "<sip:gw@127.0.0.1>", clock=lambda: clock[0],
+        )  # fmt: skip
+        first = Address("udp", "192.0.2.1", 5060)
+        for _ in range(2):
+            layer.transport_error(first, clock[0], "ICMP port unreachable", refused=True)
+            while (event := layer.next_event()) is not None:
+                b2bua.handle(event, clock[0])
+            clock[0] += 5.0
+            health.prober.handle_timer(clock[0])
+            health._send_probes(clock[0])
+        topic, payload, retain = [
+            item for item in publisher.published if "udp:192.0.2.1:5060" in item[0]
+        ][-1]
+        assert topic == "nodes/gw1/trunks/carrier/udp:192.0.2.1:5060" and retain
+        assert payload["state"] == "down" and payload["previous"] == "up"
+        assert payload["reason"] == "ICMP port unreachable"
+        validator = jsonschema.Draft202012Validator(SCHEMA, format_checker=FORMATS)
+        for _, payload, _ in publisher.published:
+            validator.validate(payload)
+        assert health.health == {
+            "udp:192.0.2.1:5060": False,
+            "udp:192.0.2.2:5070": False,  # no answer within its 1 s, twice
+            "udp:198.51.100.7:5060": True,  # one probe late; down_after is 3
+        }
+        up = {
+            (sample.labels["trunk"], sample.labels["gateway"]): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == "gateway_trunk_gateway_up"
+        }
+        assert up[("carrier", "udp:192.0.2.1:5060")] == 0.0
+        assert up[("backup", "udp:192.0.2.2:5070")] == 0.0
+        assert up[("direct-offer", "udp:198.51.100.7:5060")] == 1.0
+        (status,) = [s for s in health.statuses() if s["gateway"] == "udp:192.0.2.1:5060"]
+        assert status["state"] == "down" and status["failures"] == 2
+    finally:
+        await health.close()
