@@ -26,9 +26,11 @@ from gateway.b2bua.history import CallHistory
 from gateway.b2bua.metrics import CallMetrics, node_metrics
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
+from gateway.b2bua.snapshot import call_rows
 from gateway.b2bua.tasks import CallTasks
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
+from gateway.control import ControlServer, live_snapshots
 from gateway.emergency.service import EmergencyService
 from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
@@ -532,12 +534,15 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
         loop.add_signal_handler(signal.SIGHUP, reloader.reload)
         pid_file = write_pid_file(settings.data_dir)
         server = await _start_metrics_server(settings, gw, lifecycle)
+        control = await _start_control(settings, gw)
         try:
             await lifecycle.run()
         finally:
             pid_file.unlink(missing_ok=True)
             if server is not None:
                 await server.close()
+            if control is not None:
+                await control.close()
         log.info("gateway_stopping", calls_in_progress=len(gw.b2bua.calls))
 
 
@@ -558,5 +563,26 @@ async def _start_metrics_server(
         await server.start()
     except OSError as exc:  # metrics are a side task: the calls go on without them
         log.error("metrics_not_listening", address=settings.metrics_addr, error=str(exc))
+        return None
+    return server
+
+
+async def _start_control(settings: Settings, gw: Gateway) -> ControlServer | None:
+    """The control socket of ``gateway calls | registrations | presence | trunks``."""
+    clock = asyncio.get_running_loop().time
+    server = ControlServer(
+        settings.data_dir,
+        live_snapshots(
+            gw.registrar,
+            gw.presence,
+            gw.trunk_health,
+            lambda: gw.dialplan,
+            lambda: call_rows(list(gw.b2bua.calls.values()), clock()),
+        ),
+    )
+    try:
+        await server.start()
+    except OSError as exc:  # a side task: the calls go on without it
+        log.error("control_socket_not_listening", path=str(server.path), error=str(exc))
         return None
     return server

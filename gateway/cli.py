@@ -1,4 +1,6 @@
-"""Command line: ``gateway run``, ``gateway check``, ``gateway reload``."""
+"""Command line: ``gateway run``, ``gateway check``, ``gateway reload``, and the listings of
+a node's store (``cdr``, ``reservations``) and of a running node's live state
+(``registrations``, ``calls``, ``presence``, ``trunks``, through its control socket)."""
 
 from __future__ import annotations
 
@@ -130,6 +132,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
+def _store_missing(settings: Settings) -> str | None:
+    """Why the node's store cannot be read here (no data directory, no database), or None.
+
+    A listing must not create an empty database in the wrong directory."""
+    from gateway.stores import sqlite_path
+
+    if not settings.store.lower().startswith("sqlite"):
+        return None
+    path = sqlite_path(settings.store, settings.data_dir)
+    if isinstance(path, str) or path.exists():
+        return None
+    if not path.parent.is_dir():
+        return f"no data directory {path.parent} (set GATEWAY_DATA_DIR)"
+    return f"no gateway database in {path.parent} (no {path.name}; set GATEWAY_DATA_DIR)"
+
+
 def _cmd_cdr(args: argparse.Namespace) -> int:
     """Print the most recent call detail records from the store."""
     from gateway.stores import open_stores
@@ -137,6 +155,10 @@ def _cmd_cdr(args: argparse.Namespace) -> int:
     settings = _settings_or_report()
     if settings is None:
         return EXIT_CONFIG
+    missing = _store_missing(settings)
+    if missing is not None:
+        print(f"gateway: {missing}", file=sys.stderr)
+        return 1
 
     async def read() -> int:
         stores = await open_stores(settings.store, settings.data_dir)
@@ -210,6 +232,10 @@ def _cmd_reservations(args: argparse.Namespace) -> int:
     settings = _settings_or_report()
     if settings is None:
         return EXIT_CONFIG
+    missing = _store_missing(settings)
+    if missing is not None:
+        print(f"gateway: {missing}", file=sys.stderr)
+        return 1
 
     async def read() -> int:
         stores = await open_stores(settings.store, settings.data_dir)
@@ -217,6 +243,13 @@ def _cmd_reservations(args: argparse.Namespace) -> int:
             rows = await stores.reservations.live(time.time())
         finally:
             await stores.close()
+        if args.json:
+            import dataclasses
+            import json
+
+            for row in rows:
+                print(json.dumps(dataclasses.asdict(row)))
+            return 0
         for r in rows:
             until = datetime.fromtimestamp(r.expires_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
             left = int(r.expires_at - time.time())
@@ -259,8 +292,41 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_live(args: argparse.Namespace) -> int:
+    """Ask the running node (its control socket in the data directory) for a listing."""
+    import json
+
+    from gateway.control import ControlError, ask, print_rows
+
+    settings = _settings_or_report()
+    if settings is None:
+        return EXIT_CONFIG
+    try:
+        rows = ask(settings.data_dir, args.command)
+    except ControlError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print_rows(rows, f"(no {args.command})")
+    return 0
+
+
+_LIVE = {
+    "registrations": "live registered contacts of the running gateway",
+    "calls": "calls in progress on the running gateway (both legs' Call-IDs)",
+    "presence": "agents' presence on the running gateway",
+    "trunks": "trunk gateways and their OPTIONS keep-alive state",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from gateway import __version__
+
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the gateway")
     run.add_argument("--dialplan", help="dialplan YAML file (default: $GATEWAY_DIALPLAN)")
@@ -269,7 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file")
     check.set_defaults(func=_cmd_check)
     res = sub.add_parser("reservations", help="print live callback DID reservations")
+    res.add_argument("--json", action="store_true", help="one JSON object per line")
     res.set_defaults(func=_cmd_reservations)
+    for name, text in _LIVE.items():
+        live = sub.add_parser(name, help=text)
+        live.add_argument("--json", action="store_true", help="one JSON object per line")
+        live.set_defaults(func=_cmd_live)
     cdr = sub.add_parser("cdr", help="print recent call history (GATEWAY_DATA_DIR)")
     cdr.add_argument("--limit", type=int, default=20)
     cdr.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -3,16 +3,20 @@
 The carrier's SBC (SIPp) answers the gateway's OPTIONS, then stops answering (a second
 SIPp on the same port receives them and says nothing): the gateway marks it down within
 the dialplan's threshold, says so in its log and in ``/metrics``, and the next 911 call
-goes straight to the direct-offer service, the SBC never seeing its INVITE.
+goes straight to the direct-offer service, the SBC never seeing its INVITE. ``gateway
+trunks`` and ``gateway calls`` show it through the node's control socket.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
+from typing import Any
 
-from harness import GatewayFactory, Sipp, free_port
+from harness import PROJECT_ROOT, GatewayFactory, GatewayProcess, Sipp, free_port
 from prometheus_client.parser import text_string_to_metric_families
 from test_operations import log_events, wait_for
 
@@ -69,6 +73,20 @@ def gateway_up(metrics_port: int, gateway: str) -> float | None:
     return None
 
 
+def live(gw: GatewayProcess, listing: str) -> list[dict[str, Any]]:
+    """``gateway <listing> --json`` against the running node (its control socket)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", listing, "--json"],
+        capture_output=True,
+        text=True,
+        env={"GATEWAY_DATA_DIR": str(gw.data_dir), "PATH": "/usr/bin:/bin"},
+        cwd=PROJECT_ROOT,
+        timeout=30,
+        check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
 def test_a_trunk_that_stops_answering_options_is_down_and_911_goes_straight_to_the_next_path(
     sipp: Sipp, gateway_factory: GatewayFactory
 ) -> None:
@@ -97,9 +115,18 @@ def test_a_trunk_that_stops_answering_options_is_down_and_911_goes_straight_to_t
     assert down["reason"] == f"no answer within {TIMEOUT_S:g} s" and down["level"] == "warning"
     assert gateway_up(metrics_port, sbc_key) == 0.0
 
+    trunks = {row["trunk"]: row for row in live(gw, "trunks")}
+    assert trunks["carrier-sbc"]["state"] == "down" and trunks["carrier-sbc"]["failures"] >= 2
+    assert trunks["direct-offer"]["state"] == "not probed"
+
     dialled = time.monotonic()
-    sipp.uac("uac_basic.xml", gw.address, 1, service="911", timeout=20).assert_calls(1)
-    assert time.monotonic() - dialled < 3.0  # no 3 s provisional timeout at the SBC
+    caller = sipp.start_uac("uac_basic.xml", gw.address, 1, service="911", call_length=1.5)
+    wait_for(lambda: bool(log_events(gw, "b_leg_try")), "the B-leg INVITE")
+    (call,) = live(gw, "calls")  # both legs' Call-IDs, for matching a carrier's trace
+    assert call["kind"] == "emergency" and call["gateway"] == f"udp:{offer.address}"
+    assert call["a_call_id"] and call["b_call_id"] and call["a_call_id"] != call["b_call_id"]
+    caller.wait(timeout=20).assert_calls(1)
+    assert time.monotonic() - dialled < 1.5 + 3.0  # no 3 s provisional timeout at the SBC
     offer.wait(timeout=20).assert_calls(1)
     tries = [
         json.loads(line)
