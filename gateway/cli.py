@@ -41,7 +41,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings_or_report(**overrides)
     if settings is None:
         return EXIT_CONFIG
-    configure_logging(settings.log_format, settings.log_level)
     try:
         dialplan = load_dialplan(settings.dialplan)
     except DialplanError as exc:
@@ -50,6 +49,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"gateway: cannot read dialplan: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    configure_logging(settings.log_format, settings.log_level, node=dialplan.node.name)
     from gateway.transport.tls import tls_problems
 
     problems = tls_problems(dialplan, settings)

@@ -10,6 +10,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # the TLS module of Kamailio (tests/wire/test_tls.py: Kamailio as a TLS peer)
 compgen -G '/usr/lib/*/kamailio/modules/tls.so' >/dev/null || need+=(kamailio-tls-modules)
+# fail2ban-regex checks the shipped filter against real log lines (tests/unit/test_logs_ops.py)
+command -v fail2ban-regex >/dev/null 2>&1 || need+=(fail2ban)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

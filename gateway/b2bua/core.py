@@ -13,6 +13,7 @@ send on a leg, answer the caller, end a call. Ending is the one place observers 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import structlog
 
@@ -40,7 +41,7 @@ from gateway.sip.transaction import (
     TransactionLayer,
 )
 
-__all__ = ["ALLOW", "Abandoned", "CallCore", "answerable"]
+__all__ = ["ALLOW", "Abandoned", "CallCore", "answerable", "call_context"]
 
 log = structlog.get_logger("gateway.b2bua")
 
@@ -48,6 +49,17 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REFER, NOTIFY"
 
 #: server transaction states in which a response can still be sent
 _ANSWERABLE = frozenset({"trying", "proceeding"})
+
+
+def call_context(call: Call) -> AbstractContextManager[None]:
+    """Bind the call's ids to every log line of this step (SPEC O-3): ``call_id`` (ours),
+    ``a_call_id`` and ``b_call_id`` (both legs' SIP Call-IDs, to match a phone's or a
+    carrier's trace; ``b_call_id`` is null until the B-leg leaves). The previous values
+    come back on exit."""
+    b = call.b
+    return structlog.contextvars.bound_contextvars(
+        call_id=call.id, a_call_id=call.a.call_id, b_call_id=b.call_id if b is not None else None
+    )
 
 
 def answerable(tx: ServerTransaction) -> bool:
@@ -309,6 +321,8 @@ class CallCore:
         log.info(
             "call_end",
             call_id=call.id,
+            a_call_id=call.a.call_id,
+            b_call_id=call.b.call_id if call.b is not None else None,
             result=result,
             duration_s=round(call.ended_at - call.answered_at, 3) if call.answered_at else 0.0,
             attempts=call.attempts,

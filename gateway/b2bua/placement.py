@@ -38,7 +38,7 @@ from gateway.b2bua.call import (
     LegFailure,
     NextHop,
 )
-from gateway.b2bua.core import ALLOW, Abandoned, CallCore, answerable, log
+from gateway.b2bua.core import ALLOW, Abandoned, CallCore, answerable, call_context, log
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr
@@ -96,6 +96,7 @@ class Placement:
             gateway=hop.gateway,
             attempt=len(call.attempts),
             call_id=call.id,
+            b_call_id=call_id,
         )
         for observer in core.observers:
             try:
@@ -111,7 +112,7 @@ class Placement:
         """(Re)arm the B-leg's one timer: ``fire()`` after ``delay`` seconds."""
         core = self.core
         core.stop_timer(call)
-        call.provisional_timer = core.timers.at(core.now + delay, lambda _now: fire())
+        call.provisional_timer = core.timers.at(core.now + delay, lambda _now: _in(call, fire))
 
     def _build_b_invite(
         self, call: Call, call_id: str, tag: str, hop: NextHop, our_host: str
@@ -470,3 +471,9 @@ def _presented_identity(
         if private:
             identity.append(("Privacy", "id"))
     return from_value, identity
+
+
+def _in(call: Call, fire: Callable[[], None]) -> None:
+    """A call's timer fires with the call's ids on its log lines."""
+    with call_context(call):
+        fire()

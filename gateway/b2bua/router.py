@@ -57,7 +57,7 @@ from gateway.emergency.callbacks import strip_untrusted_priority
 from gateway.emergency.numbers import detect, detect_rewritten
 from gateway.emergency.routing import RoutePlan
 from gateway.emergency.service import EmergencyCall, EmergencyService
-from gateway.registrar.service import AuthRefusal
+from gateway.registrar.service import AuthRefusal, log_auth_failed
 from gateway.sip.address import Address, address_text, ip_of
 from gateway.sip.message import Request
 from gateway.sip.routing import resolve_next_hop
@@ -196,6 +196,8 @@ class ContactCentreRouter:
             outcome = self.authenticate(request)
             if isinstance(outcome, str):
                 return outcome, "credentials"
+            if not any("stale=true" in value for _, value in outcome.headers):
+                log_auth_failed(request, source, "proxy-authorization")
         if self.agent_at is not None:
             agent = self.agent_at(source)
             if agent is not None:

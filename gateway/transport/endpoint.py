@@ -40,6 +40,7 @@ from typing import Any, Protocol, cast
 
 import structlog
 
+from gateway.logs import LineBudget
 from gateway.sip.address import Address, address_text, is_ip_literal
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
@@ -268,6 +269,7 @@ class SipEndpoint:
         self._timer_at: float | None = None
         self._pumping = False
         self.parse_errors = 0
+        self._malformed_lines = LineBudget(lines=10, interval_s=60.0)  # O-6: no log flood
         self.received = 0  # messages read (the read burst of overload control, SPEC O-4)
         #: name resolutions and TCP connects under way: owned here, awaited on close
         self._tasks: set[asyncio.Task[None]] = set()
@@ -391,12 +393,15 @@ class SipEndpoint:
     def _reject_malformed(self, exc: SipParseError, source: Address) -> None:
         self.parse_errors += 1
         partial = getattr(exc, "partial", None)
-        log.info(
-            "malformed_message",
-            source=address_text(source),
-            status=exc.status,
-            error=exc.detail,
-        )
+        dropped = self._malformed_lines.allow(self.loop.time())
+        if dropped is not None:
+            log.info(
+                "malformed_message",
+                source=address_text(source),
+                status=exc.status,
+                error=exc.detail,
+                not_logged_before=dropped,
+            )
         if not isinstance(partial, Request) or partial.method == "ACK":
             return
         try:
