@@ -115,7 +115,7 @@ class Gateway:
             emergency = await _start_emergency(
                 dialplan, stores, presence, publisher, topics, registrar, notifier, locations, pings
             )
-            history = _start_history(stack, stores, loop)
+            history = _start_history(stack, stores, loop, settings)
             call_tasks = await stack.enter_async_context(CallTasks())
             b2bua, queues = _call_layer(
                 dialplan,
@@ -165,10 +165,14 @@ class Gateway:
 
 
 def _start_history(
-    stack: contextlib.AsyncExitStack, stores: Stores, loop: asyncio.AbstractEventLoop
+    stack: contextlib.AsyncExitStack,
+    stores: Stores,
+    loop: asyncio.AbstractEventLoop,
+    settings: Settings,
 ) -> CallHistory:
-    """The call history's writer (SPEC R-5), drained on close."""
-    history = CallHistory(stores.cdrs, loop.time)
+    """The call history's writer (SPEC R-5), drained on close; purged past the retention."""
+    retention_s = settings.cdr_retention_days * 86400
+    history = CallHistory(stores.cdrs, loop.time, retention_s=retention_s)
     history.start()
     stack.push_async_callback(history.close)
     return history

@@ -132,6 +132,26 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
+def _when(text: str) -> float:
+    """A ``--since``/``--until`` value as unix time (see the option's help)."""
+    import re
+    import time
+    from datetime import UTC, datetime
+
+    age = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if age is not None:
+        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
+        return time.time() - float(age.group(1)) * seconds
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO date/time (2025-01-31, 2025-01-31T12:00) nor an "
+            "age (30m, 12h, 7d)"
+        ) from None
+    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
+
+
 def _store_missing(settings: Settings) -> str | None:
     """Why the node's store cannot be read here (no data directory, no database), or None.
 
@@ -163,7 +183,7 @@ def _cmd_cdr(args: argparse.Namespace) -> int:
     async def read() -> int:
         stores = await open_stores(settings.store, settings.data_dir)
         try:
-            rows = await stores.cdrs.recent(args.limit)
+            rows = await stores.cdrs.recent(args.limit, since=args.since, until=args.until)
         finally:
             await stores.close()
         if args.json:
@@ -200,7 +220,9 @@ def _print_cdr_table(rows: list[Cdr]) -> None:
         "answered",
         "ended",
         "result",
+        "code",
         "route",
+        "b-leg Call-ID",
     )
     table = [header] + [
         (
@@ -213,7 +235,9 @@ def _print_cdr_table(rows: list[Cdr]) -> None:
             when(r.answered_at),
             when(r.ended_at),
             r.result,
+            "-" if r.sip_code is None else str(r.sip_code),
             r.route or "-",
+            r.b_call_id or "-",
         )
         for r in rows
     ]
@@ -344,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     cdr = sub.add_parser("cdr", help="print recent call history (GATEWAY_DATA_DIR)")
     cdr.add_argument("--limit", type=int, default=20)
     cdr.add_argument("--json", action="store_true", help="one JSON object per line")
+    for bound, text in (("since", "ended at or after"), ("until", "ended before")):
+        cdr.add_argument(
+            f"--{bound}",
+            type=_when,
+            help=f"only calls that {text} WHEN: an ISO date or time (UTC unless it says), "
+            "or an age such as 30m, 12h, 7d",
+        )
     cdr.set_defaults(func=_cmd_cdr)
     reload = sub.add_parser("reload", help="check the dialplan and make the running node reload it")
     reload.add_argument("--dialplan", help="dialplan YAML file (default: $GATEWAY_DIALPLAN)")

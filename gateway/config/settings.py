@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     metrics_addr: str = "127.0.0.1:9464"
     """``host:port`` of the Prometheus ``/metrics`` and the ``/healthz`` endpoint;
     ``off``: none."""
+    cdr_retention_days: Annotated[float, Field(ge=0)] = 0.0
+    """Call history rows older than this many days (by end time) are purged, at start and
+    every hour; 0 keeps every row."""
 
     @field_validator("metrics_addr")
     @classmethod
