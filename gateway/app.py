@@ -30,7 +30,7 @@ from gateway.b2bua.snapshot import call_rows
 from gateway.b2bua.tasks import CallTasks
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
-from gateway.control import ControlServer, live_snapshots
+from gateway.control import live_snapshots, start_control
 from gateway.emergency.service import EmergencyService
 from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
@@ -46,6 +46,7 @@ from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
 from gateway.registrar.service import RegistrarService
 from gateway.reload import Reloader, write_pid_file
+from gateway.sdnotify import SystemdNotifier
 from gateway.sip.address import Address, IdGenerator, address_text
 from gateway.sip.transaction import TimerConfig, TransactionLayer
 from gateway.stores import Stores, open_stores
@@ -524,6 +525,7 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
             data_dir=str(settings.data_dir),
             agents=len(dialplan.agents),
         )
+        systemd = SystemdNotifier.from_environment()
         lifecycle = Lifecycle(
             gw.b2bua,
             gw.layer,
@@ -531,23 +533,41 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
             loop.time,
             drain_s=settings.drain_s,
             retry_after=settings.retry_after_s,
+            on_stop=systemd.stopping,
         )
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lifecycle.signalled)
         reloader = Reloader(settings.dialplan, dialplan, gw.use_dialplan, gw.publisher)
         loop.add_signal_handler(signal.SIGHUP, reloader.reload)
         pid_file = write_pid_file(settings.data_dir)
-        server = await _start_metrics_server(settings, gw, lifecycle)
-        control = await _start_control(settings, gw)
-        try:
-            await lifecycle.run()
-        finally:
-            pid_file.unlink(missing_ok=True)
-            if server is not None:
-                await server.close()
-            if control is not None:
-                await control.close()
+        async with contextlib.AsyncExitStack() as side:
+            await _start_side_services(side, settings, gw, lifecycle, systemd)
+            try:
+                await lifecycle.run()
+            finally:
+                pid_file.unlink(missing_ok=True)
         log.info("gateway_stopping", calls_in_progress=len(gw.b2bua.calls))
+
+
+async def _start_side_services(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    gw: Gateway,
+    lifecycle: Lifecycle,
+    systemd: SystemdNotifier,
+) -> None:
+    """Metrics, the control socket, then READY=1 to systemd; closed in reverse order."""
+    server = await _start_metrics_server(settings, gw, lifecycle)
+    if server is not None:
+        stack.push_async_callback(server.close)
+    clock = asyncio.get_running_loop().time
+    calls = lambda: call_rows(list(gw.b2bua.calls.values()), clock())  # noqa: E731
+    live = live_snapshots(gw.registrar, gw.presence, gw.trunk_health, lambda: gw.dialplan, calls)
+    control = await start_control(settings.data_dir, live)
+    if control is not None:
+        stack.push_async_callback(control.close)
+    systemd.ready()
+    stack.push_async_callback(systemd.close)
 
 
 async def _start_metrics_server(
@@ -567,26 +587,5 @@ async def _start_metrics_server(
         await server.start()
     except OSError as exc:  # metrics are a side task: the calls go on without them
         log.error("metrics_not_listening", address=settings.metrics_addr, error=str(exc))
-        return None
-    return server
-
-
-async def _start_control(settings: Settings, gw: Gateway) -> ControlServer | None:
-    """The control socket of ``gateway calls | registrations | presence | trunks``."""
-    clock = asyncio.get_running_loop().time
-    server = ControlServer(
-        settings.data_dir,
-        live_snapshots(
-            gw.registrar,
-            gw.presence,
-            gw.trunk_health,
-            lambda: gw.dialplan,
-            lambda: call_rows(list(gw.b2bua.calls.values()), clock()),
-        ),
-    )
-    try:
-        await server.start()
-    except OSError as exc:  # a side task: the calls go on without it
-        log.error("control_socket_not_listening", path=str(server.path), error=str(exc))
         return None
     return server

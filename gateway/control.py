@@ -44,6 +44,7 @@ __all__ = [
     "ask",
     "live_snapshots",
     "print_rows",
+    "start_control",
     "trunk_rows",
 ]
 
@@ -157,6 +158,17 @@ def ask(data_dir: Path, request: str, timeout: float = 5.0) -> list[dict[str, An
         raise ControlError(str(answer.get("error", "refused")))
     items = answer.get("items", [])
     return list(items) if isinstance(items, list) else []
+
+
+async def start_control(data_dir: Path, snapshots: Mapping[str, Snapshot]) -> ControlServer | None:
+    """The control socket, listening; None (logged) when it cannot: a side service."""
+    server = ControlServer(data_dir, snapshots)
+    try:
+        await server.start()
+    except OSError as exc:  # the calls go on without it
+        log.error("control_socket_not_listening", path=str(server.path), error=str(exc))
+        return None
+    return server
 
 
 def live_snapshots(
