@@ -40,6 +40,8 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "sipp": "sip-tester",
     "kamailio": "kamailio",
     "mosquitto": "mosquitto",
+    "fail2ban-regex": "fail2ban",
+    "systemd-analyze": "systemd",
 }
 
 PortKind = Literal["udp", "tcp"]
