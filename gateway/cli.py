@@ -66,9 +66,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             uvloop.install()
         except ImportError:
             pass
+    from gateway.events.embedded import NoBrokerError
+
     try:
         asyncio.run(run_gateway(dialplan, settings))
-    except OSError as exc:
+    except (OSError, NoBrokerError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
