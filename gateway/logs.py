@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from typing import Any, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor
 
-__all__ = ["LineBudget", "bind_call", "configure_logging", "get_logger"]
+__all__ = ["LineBudget", "LogScope", "bind_call", "configure_logging", "get_logger"]
+
+#: the fields of the call being handled, read when a line is written (see :class:`LogScope`)
+_SCOPE: ContextVar[Callable[[], Mapping[str, Any]] | None] = ContextVar("log_scope", default=None)
 
 _HANDLER_NAME = "gateway"
 
@@ -57,15 +62,7 @@ def configure_logging(
     if fmt == "auto":
         fmt = "console" if _is_tty(output) else "json"
 
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
-    ]
-    if node is not None:
-        shared.insert(1, _add_node(node))
+    shared = _shared_processors(node)
     renderer = _renderer(fmt, output)
 
     structlog.configure(
@@ -90,6 +87,21 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(level_number)
+
+
+def _shared_processors(node: str | None) -> list[Processor]:
+    """What every line goes through, structlog's or a stdlib logger's."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        _merge_scope,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    if node is not None:
+        shared.insert(1, _add_node(node))
+    return shared
 
 
 def _renderer(fmt: str, output: TextIO) -> list[Processor]:
@@ -154,3 +166,32 @@ class LineBudget:
         self._count += 1
         dropped, self._dropped = self._dropped, 0
         return dropped
+
+
+class LogScope:
+    """``with LogScope(fields):`` every line logged inside carries ``fields()`` (unless the
+    line names the field itself). ``fields`` is called only when a line is written, so a
+    scope costs one context variable set and reset on the hot path, and a field that
+    changes inside the scope (a B-leg's Call-ID once it leaves) is logged as it is now."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, fields: Callable[[], Mapping[str, Any]]):
+        self._fields = fields
+        self._token: Token[Callable[[], Mapping[str, Any]] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _SCOPE.set(self._fields)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _SCOPE.reset(self._token)
+            self._token = None
+
+
+def _merge_scope(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    fields = _SCOPE.get()
+    if fields is not None:
+        for key, value in fields().items():
+            event_dict.setdefault(key, value)
+    return event_dict

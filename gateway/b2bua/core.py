@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 
 import structlog
 
@@ -28,6 +29,7 @@ from gateway.b2bua.call import (
 )
 from gateway.b2bua.decisions import CallObserver, EmergencyHooks, QueuePort
 from gateway.b2bua.timers import TimerHeap
+from gateway.logs import LogScope
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
@@ -52,14 +54,20 @@ _ANSWERABLE = frozenset({"trying", "proceeding"})
 
 
 def call_context(call: Call) -> AbstractContextManager[None]:
-    """Bind the call's ids to every log line of this step (SPEC O-3): ``call_id`` (ours),
+    """The call's ids on every log line of this step (SPEC O-3): ``call_id`` (ours),
     ``a_call_id`` and ``b_call_id`` (both legs' SIP Call-IDs, to match a phone's or a
-    carrier's trace; ``b_call_id`` is null until the B-leg leaves). The previous values
-    come back on exit."""
+    carrier's trace; ``b_call_id`` is null until the B-leg leaves). Read when a line is
+    written (``gateway.logs.LogScope``): nothing is built for a step that logs nothing."""
+    return LogScope(partial(_call_fields, call))
+
+
+def _call_fields(call: Call) -> dict[str, str | None]:
     b = call.b
-    return structlog.contextvars.bound_contextvars(
-        call_id=call.id, a_call_id=call.a.call_id, b_call_id=b.call_id if b is not None else None
-    )
+    return {
+        "call_id": call.id,
+        "a_call_id": call.a.call_id,
+        "b_call_id": b.call_id if b is not None else None,
+    }
 
 
 def answerable(tx: ServerTransaction) -> bool:

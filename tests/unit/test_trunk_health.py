@@ -306,3 +306,9 @@ async def test_the_edge_sends_options_and_publishes_each_change_to_the_schema() 
         assert status["state"] == "down" and status["failures"] == 2
     finally:
         await health.close()
+
+
+def test_the_schema_names_the_states_the_prober_has() -> None:
+    states = [state.value for state in GatewayState]
+    assert SCHEMA["properties"]["state"]["enum"] == states
+    assert SCHEMA["properties"]["previous"]["enum"] == states
