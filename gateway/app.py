@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import secrets
 import signal
-import ssl
 import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
@@ -22,12 +21,12 @@ import structlog
 
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA, CallObserver
-from gateway.b2bua.gate import gate_for
 from gateway.b2bua.history import CallHistory
 from gateway.b2bua.metrics import CallMetrics, node_metrics, overload_gauges
 from gateway.b2bua.queues import QueueManager
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.b2bua.sessions import SessionTimerConfig
+from gateway.b2bua.snapshot import call_rows
 from gateway.b2bua.tasks import CallTasks
 from gateway.cluster import (
     open_node_stores,
@@ -37,27 +36,35 @@ from gateway.cluster import (
 )
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
+from gateway.control import live_snapshots, start_control
 from gateway.emergency.service import EmergencyService
 from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Publisher, Topics
-from gateway.gcpolicy import GcPacer
+from gateway.health.service import TrunkHealth
 from gateway.lifecycle import Lifecycle
 from gateway.location.choice import current_registration
 from gateway.location.service import AgentLocations
 from gateway.metrics import MetricsServer, parse_addr
+from gateway.node_sip import (
+    make_endpoint,
+    start_endpoint,
+    start_load_meter,
+    start_resolver,
+    transaction_layer,
+)
 from gateway.notify import Notifier
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
 from gateway.registrar.service import RegistrarService
 from gateway.reload import Reloader, write_pid_file
+from gateway.sdnotify import SystemdNotifier
 from gateway.sip.address import Address, IdGenerator, address_text
-from gateway.sip.transaction import TimerConfig, TransactionLayer
+from gateway.sip.transaction import TransactionLayer
 from gateway.stores import Stores
-from gateway.transport.dns import DnsQuery, TrunkResolver
-from gateway.transport.endpoint import ListenSpec, SipEndpoint
-from gateway.transport.load import Backlog, LoadMeter
-from gateway.transport.tls import TlsPeers, server_context, tls_peers_from
+from gateway.transport.dns import TrunkResolver
+from gateway.transport.endpoint import SipEndpoint
+from gateway.transport.tls import tls_peers_from
 from gateway.web import WebServer, broker_access, start_web, web_users
 
 __all__ = ["Gateway", "NullPublisher", "run_gateway"]
@@ -94,6 +101,8 @@ class Gateway:
     emergency: EmergencyService | None = None
     #: the wallboard and desktop pages (SPEC W-1), when served
     web: WebServer | None = None
+    #: OPTIONS keep-alives to the trunk gateways (SPEC O-3; a reload hands it the new plan)
+    trunk_health: TrunkHealth | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -107,56 +116,38 @@ class Gateway:
                 stack, settings, topics, desktop, dialplan.agents
             )
             stores = await open_node_stores(stack, settings, dialplan, publisher, topics)
-            presence = await _start_presence(stack, dialplan, stores, publisher, topics)
-            desktop.deliver_presence(presence)
-            layer, ids = _transaction_layer(dialplan)
+            presence = await _start_presence(stack, dialplan, stores, publisher, topics, desktop)
+            layer, ids = transaction_layer(dialplan)
+            pings = TrunkHealth(dialplan, layer, ids, publisher, clock=loop.time)
             tls_peers = tls_peers_from(dialplan, settings)
-            resolver = await _start_resolver(stack, dialplan, settings, tls_peers)
-            endpoint = _endpoint(dialplan, settings, layer, loop, tls_peers)
+            resolver = await start_resolver(stack, dialplan, settings, tls_peers)
+            endpoint = make_endpoint(dialplan, settings, layer, loop, tls_peers)
             locations = AgentLocations(dialplan, stores.locations, publisher, topics)
             desktop.deliver_locations(locations)
             registrar = await _start_registrar(
                 stack, dialplan, layer, stores, presence, locations, settings.nonce_secret_bytes()
             )
-            presence.announce()
             notifier = await _start_notifier(stack, settings, stores, publisher, topics)
+            # fmt: off
             emergency = await _start_emergency(
-                stack, dialplan, stores, presence, publisher, topics, registrar, notifier, locations
+                stack, dialplan, stores, presence, publisher, topics, registrar, notifier,
+                locations, pings,
             )
-            history = _start_history(stack, stores, loop)
+            history = _start_history(stack, stores, loop, settings)
             call_tasks = await stack.enter_async_context(CallTasks())
             b2bua, queues = _call_layer(
-                dialplan,
-                layer,
-                ids,
-                endpoint,
-                registrar,
-                presence,
-                emergency,
-                history,
-                call_tasks,
-                resolver,
+                dialplan, layer, ids, endpoint, registrar, presence, emergency, history,
+                call_tasks, resolver, pings,
             )
             metrics = await _serve(
-                stack, dialplan, settings, endpoint, b2bua, registrar, publisher, stores
+                stack, dialplan, settings, endpoint, b2bua, registrar, publisher, stores, pings,
+                resolver,
             )
             yield cls(
-                dialplan,
-                settings,
-                stores,
-                publisher,
-                presence,
-                registrar,
-                queues,
-                history,
-                layer,
-                endpoint,
-                b2bua,
-                mqtt_url,
-                metrics,
-                emergency,
-                web,
+                dialplan, settings, stores, publisher, presence, registrar, queues, history,
+                layer, endpoint, b2bua, mqtt_url, metrics, emergency, web, pings,
             )
+            # fmt: on
 
     def use_dialplan(self, dialplan: Dialplan) -> None:
         """A reloaded dialplan (``gateway.reload``): new calls are routed with it; calls in
@@ -167,23 +158,23 @@ class Gateway:
         if self.emergency is not None:
             self.emergency.use_dialplan(dialplan)
         use_dialplan_for_stores(self.stores, dialplan)
+        if self.trunk_health is not None:
+            self.trunk_health.use_dialplan(dialplan)
         self.dialplan = dialplan
 
 
 def _start_history(
-    stack: contextlib.AsyncExitStack, stores: Stores, loop: asyncio.AbstractEventLoop
+    stack: contextlib.AsyncExitStack,
+    stores: Stores,
+    loop: asyncio.AbstractEventLoop,
+    settings: Settings,
 ) -> CallHistory:
-    """The call history's writer (SPEC R-5), drained on close."""
-    history = CallHistory(stores.cdrs, loop.time)
+    """The call history's writer (SPEC R-5), drained on close; purged past the retention."""
+    retention_s = settings.cdr_retention_days * 86400
+    history = CallHistory(stores.cdrs, loop.time, retention_s=retention_s)
     history.start()
     stack.push_async_callback(history.close)
     return history
-
-
-async def _start_endpoint(stack: contextlib.AsyncExitStack, endpoint: SipEndpoint) -> None:
-    """The listeners open last, once every part behind them is up."""
-    await endpoint.start()
-    stack.push_async_callback(endpoint.close)
 
 
 class DesktopCommands:
@@ -262,6 +253,7 @@ async def _start_presence(
     stores: Stores,
     publisher: Publisher,
     topics: Topics,
+    desktop: DesktopCommands,
 ) -> PresenceService:
     presence = PresenceService(
         {agent_id: agent.capacity for agent_id, agent in dialplan.agents.items()},
@@ -272,6 +264,7 @@ async def _start_presence(
     )
     await presence.start()
     stack.push_async_callback(presence.close)
+    desktop.deliver_presence(presence)
     return presence
 
 
@@ -284,101 +277,15 @@ async def _serve(
     registrar: RegistrarService,
     publisher: Publisher,
     stores: Stores,
+    trunk_health: TrunkHealth,
+    resolver: TrunkResolver,
 ) -> CallMetrics:
-    """The metrics, then the sockets open, overload control and the collector's pacing."""
-    metrics = _metrics(b2bua, registrar, publisher, stores)
-    await _start_endpoint(stack, endpoint)
-    _start_load_meter(stack, dialplan, endpoint, b2bua)
-    _start_gc_pacer(stack, settings)
+    """The metrics, then the sockets open (and the trunk keep-alives), overload control
+    and the collector's pacing."""
+    metrics = _metrics(b2bua, registrar, publisher, stores, trunk_health)
+    await start_endpoint(stack, endpoint, trunk_health, resolver)
+    start_load_meter(stack, dialplan, endpoint, b2bua, settings)
     return metrics
-
-
-def _start_load_meter(
-    stack: contextlib.AsyncExitStack, dialplan: Dialplan, endpoint: SipEndpoint, b2bua: B2BUA
-) -> None:
-    """The loop lag and read burst, sampled into the B2BUA's overload control (O-4)."""
-    if b2bua.admission is None:
-        return
-    admission = b2bua.admission
-
-    def report(lag: float, reads: int, now: float, backlog: Backlog) -> None:
-        admission.observe(lag, reads, now, backlog.fill, backlog.drops)
-
-    meter = LoadMeter(
-        endpoint.loop,
-        lambda: endpoint.received,
-        report,
-        dialplan.overload.sample_interval_ms / 1000,
-        endpoint.udp_sockets,
-    )
-    meter.start()
-    stack.callback(meter.close)
-
-    gate = gate_for(b2bua, admission, dialplan.overload, dialplan.sip.user_agent)
-    endpoint.gate = gate.screen
-    stack.callback(setattr, endpoint, "gate", None)
-
-
-def _start_gc_pacer(stack: contextlib.AsyncExitStack, settings: Settings) -> None:
-    if settings.gc_pacing:
-        pacer = GcPacer(full_interval=settings.gc_full_interval_s)
-        pacer.start()
-        stack.push_async_callback(pacer.stop)
-
-
-async def _start_resolver(
-    stack: contextlib.AsyncExitStack, dialplan: Dialplan, settings: Settings, tls: TlsPeers
-) -> TrunkResolver:
-    """Trunk host names resolved (RFC 3263) before the first call, then kept fresh."""
-    gateways = [gw for trunk in dialplan.trunks.values() for gw in trunk.gateways]
-    if dialplan.emergency.direct_offer is not None:
-        gateways += dialplan.emergency.direct_offer.gateways
-    queries = [
-        DnsQuery(Address(gw.transport, gw.host, gw.port), "port" in gw.model_fields_set)
-        for gw in gateways
-    ]
-    resolver = TrunkResolver(
-        queries,
-        nameserver=settings.dns_server,
-        timeout=settings.dns_timeout_s,
-        min_ttl=settings.dns_min_ttl_s,
-        clock=asyncio.get_running_loop().time,
-        on_resolved=tls.alias,
-    )
-    await resolver.start()
-    stack.push_async_callback(resolver.close)
-    return resolver
-
-
-def _tls_server(dialplan: Dialplan, settings: Settings) -> ssl.SSLContext | None:
-    """The TLS listeners' context, when there is a tls listener (``gateway check`` has
-    already said what is missing: see ``gateway.transport.tls.tls_problems``)."""
-    if not any(a.transport == "tls" for a in dialplan.listen):
-        return None
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None  # the endpoint refuses the listener with a clear message
-    ca = settings.tls_ca_file if settings.tls_verify_clients else None
-    return server_context(settings.tls_cert_file, settings.tls_key_file, ca)
-
-
-def _endpoint(
-    dialplan: Dialplan,
-    settings: Settings,
-    layer: TransactionLayer,
-    loop: asyncio.AbstractEventLoop,
-    tls_peers: TlsPeers,
-) -> SipEndpoint:
-    """The transport adapter over the listeners of the dialplan (not started yet)."""
-    return SipEndpoint(
-        layer,
-        [ListenSpec(a.transport, a.host, a.port) for a in dialplan.listen],
-        max_message_bytes=dialplan.sip.max_message_bytes,
-        loop=loop,
-        tls_server=_tls_server(dialplan, settings),
-        tls_peers=tls_peers,
-        keepalive_interval=settings.tls_keepalive_s,
-        resolve_timeout=settings.dns_timeout_s,
-    )
 
 
 async def _start_emergency(
@@ -391,6 +298,7 @@ async def _start_emergency(
     registrar: RegistrarService,
     notifier: Notifier | None,
     locations: AgentLocations,
+    trunk_health: TrunkHealth,
 ) -> EmergencyService:
     """The emergency edge, started (wall clock and tokens of the real world)."""
     emergency = EmergencyService(
@@ -404,23 +312,11 @@ async def _start_emergency(
         token=secrets.token_hex,
         notify=notifier.notify if notifier is not None else None,
         desktop_location=locations.desktop,
+        health=trunk_health.health,
     )
     await emergency.start()
     await start_reservation_sync(stack, stores, emergency)
     return emergency
-
-
-def _transaction_layer(dialplan: Dialplan) -> tuple[TransactionLayer, IdGenerator]:
-    sip = dialplan.sip
-    timers = TimerConfig(
-        t1=sip.t1_ms / 1000,
-        t2=sip.t2_ms / 1000,
-        t4=sip.t4_ms / 1000,
-        timer_b=sip.timer_b_ms / 1000,
-        timer_f=sip.timer_f_ms / 1000,
-    )
-    ids = IdGenerator()
-    return TransactionLayer(timers, ids), ids
 
 
 async def _start_registrar(
@@ -451,6 +347,7 @@ async def _start_registrar(
     }
     await locations.start(restored)
     stack.push_async_callback(locations.close)
+    presence.announce()
     return registrar
 
 
@@ -487,6 +384,7 @@ def _call_layer(
     history: CallHistory,
     call_tasks: CallTasks,
     resolver: TrunkResolver,
+    trunk_health: TrunkHealth,
 ) -> tuple[B2BUA, QueueManager]:
     """The router, the B2BUA and the queues, wired to the endpoint."""
     loop = asyncio.get_running_loop()
@@ -497,6 +395,7 @@ def _call_layer(
         registrar.contacts,
         registrar.agent_at,
         resolver.targets,
+        trunk_health.health,
     )
     b2bua = B2BUA(
         layer,
@@ -524,7 +423,11 @@ def _call_layer(
 
 
 def _metrics(
-    b2bua: B2BUA, registrar: RegistrarService, publisher: Publisher, stores: Stores
+    b2bua: B2BUA,
+    registrar: RegistrarService,
+    publisher: Publisher,
+    stores: Stores,
+    trunk_health: TrunkHealth,
 ) -> CallMetrics:
     """The node's metrics: a call observer, and gauges read at scrape time."""
     stats = getattr(publisher, "stats", None)
@@ -537,6 +440,7 @@ def _metrics(
     b2bua.observers.append(metrics)
     if b2bua.admission is not None:
         overload_gauges(metrics.registry, b2bua.admission)
+    trunk_health.register_metrics(metrics.registry)
     return metrics
 
 
@@ -553,6 +457,7 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
             data_dir=str(settings.data_dir),
             agents=len(dialplan.agents),
         )
+        systemd = SystemdNotifier.from_environment()
         lifecycle = Lifecycle(
             gw.b2bua,
             gw.layer,
@@ -560,20 +465,41 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
             loop.time,
             drain_s=settings.drain_s,
             retry_after=settings.retry_after_s,
+            on_stop=systemd.stopping,
         )
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lifecycle.signalled)
         reloader = Reloader(settings.dialplan, dialplan, gw.use_dialplan, gw.publisher)
         loop.add_signal_handler(signal.SIGHUP, reloader.reload)
         pid_file = write_pid_file(settings.data_dir)
-        server = await _start_metrics_server(settings, gw, lifecycle)
-        try:
-            await lifecycle.run()
-        finally:
-            pid_file.unlink(missing_ok=True)
-            if server is not None:
-                await server.close()
+        async with contextlib.AsyncExitStack() as side:
+            await _start_side_services(side, settings, gw, lifecycle, systemd)
+            try:
+                await lifecycle.run()
+            finally:
+                pid_file.unlink(missing_ok=True)
         log.info("gateway_stopping", calls_in_progress=len(gw.b2bua.calls))
+
+
+async def _start_side_services(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    gw: Gateway,
+    lifecycle: Lifecycle,
+    systemd: SystemdNotifier,
+) -> None:
+    """Metrics, the control socket, then READY=1 to systemd; closed in reverse order."""
+    server = await _start_metrics_server(settings, gw, lifecycle)
+    if server is not None:
+        stack.push_async_callback(server.close)
+    clock = asyncio.get_running_loop().time
+    calls = lambda: call_rows(list(gw.b2bua.calls.values()), clock())  # noqa: E731
+    live = live_snapshots(gw.registrar, gw.presence, gw.trunk_health, lambda: gw.dialplan, calls)
+    control = await start_control(settings.data_dir, live)
+    if control is not None:
+        stack.push_async_callback(control.close)
+    systemd.ready()
+    stack.push_async_callback(systemd.close)
 
 
 async def _start_metrics_server(

@@ -1,4 +1,6 @@
-"""Command line: ``gateway run``, ``gateway check``, ``gateway reload``."""
+"""Command line: ``gateway run``, ``gateway check``, ``gateway reload``, and the listings of
+a node's store (``cdr``, ``reservations``) and of a running node's live state
+(``registrations``, ``calls``, ``presence``, ``trunks``, through its control socket)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings_or_report(**overrides)
     if settings is None:
         return EXIT_CONFIG
-    configure_logging(settings.log_format, settings.log_level)
     try:
         dialplan = load_dialplan(settings.dialplan)
     except DialplanError as exc:
@@ -49,6 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"gateway: cannot read dialplan: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    configure_logging(settings.log_format, settings.log_level, node=dialplan.node.name)
     from gateway.transport.tls import tls_problems
 
     problems = tls_problems(dialplan, settings)
@@ -65,9 +67,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             uvloop.install()
         except ImportError:
             pass
+    from gateway.events.embedded import NoBrokerError
+
     try:
         asyncio.run(run_gateway(dialplan, settings))
-    except OSError as exc:
+    except (OSError, NoBrokerError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -147,6 +151,42 @@ def _check_web_users(settings: Settings, agents: Iterable[str]) -> int:
     return 0
 
 
+def _when(text: str) -> float:
+    """A ``--since``/``--until`` value as unix time (see the option's help)."""
+    import re
+    import time
+    from datetime import UTC, datetime
+
+    age = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if age is not None:
+        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
+        return time.time() - float(age.group(1)) * seconds
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO date/time (2025-01-31, 2025-01-31T12:00) nor an "
+            "age (30m, 12h, 7d)"
+        ) from None
+    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _store_missing(settings: Settings) -> str | None:
+    """Why the node's store cannot be read here (no data directory, no database), or None.
+
+    A listing must not create an empty database in the wrong directory."""
+    from gateway.stores import sqlite_path
+
+    if not settings.store.lower().startswith("sqlite"):
+        return None
+    path = sqlite_path(settings.store, settings.data_dir)
+    if isinstance(path, str) or path.exists():
+        return None
+    if not path.parent.is_dir():
+        return f"no data directory {path.parent} (set GATEWAY_DATA_DIR)"
+    return f"no gateway database in {path.parent} (no {path.name}; set GATEWAY_DATA_DIR)"
+
+
 def _cmd_cdr(args: argparse.Namespace) -> int:
     """Print the most recent call detail records from the store."""
     from gateway.stores import open_stores
@@ -154,11 +194,15 @@ def _cmd_cdr(args: argparse.Namespace) -> int:
     settings = _settings_or_report()
     if settings is None:
         return EXIT_CONFIG
+    missing = _store_missing(settings)
+    if missing is not None:
+        print(f"gateway: {missing}", file=sys.stderr)
+        return 1
 
     async def read() -> int:
         stores = await open_stores(settings.store, settings.data_dir, timeout=5.0)
         try:
-            rows = await stores.cdrs.recent(args.limit)
+            rows = await stores.cdrs.recent(args.limit, since=args.since, until=args.until)
         finally:
             await stores.close()
         if args.json:
@@ -195,7 +239,9 @@ def _print_cdr_table(rows: list[Cdr]) -> None:
         "answered",
         "ended",
         "result",
+        "code",
         "route",
+        "b-leg Call-ID",
     )
     table = [header] + [
         (
@@ -208,7 +254,9 @@ def _print_cdr_table(rows: list[Cdr]) -> None:
             when(r.answered_at),
             when(r.ended_at),
             r.result,
+            "-" if r.sip_code is None else str(r.sip_code),
             r.route or "-",
+            r.b_call_id or "-",
         )
         for r in rows
     ]
@@ -227,6 +275,10 @@ def _cmd_reservations(args: argparse.Namespace) -> int:
     settings = _settings_or_report()
     if settings is None:
         return EXIT_CONFIG
+    missing = _store_missing(settings)
+    if missing is not None:
+        print(f"gateway: {missing}", file=sys.stderr)
+        return 1
 
     async def read() -> int:
         stores = await open_stores(settings.store, settings.data_dir, timeout=5.0)
@@ -234,6 +286,13 @@ def _cmd_reservations(args: argparse.Namespace) -> int:
             rows = await stores.reservations.live(time.time())
         finally:
             await stores.close()
+        if args.json:
+            import dataclasses
+            import json
+
+            for row in rows:
+                print(json.dumps(dataclasses.asdict(row)))
+            return 0
         for r in rows:
             until = datetime.fromtimestamp(r.expires_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
             left = int(r.expires_at - time.time())
@@ -294,8 +353,41 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_live(args: argparse.Namespace) -> int:
+    """Ask the running node (its control socket in the data directory) for a listing."""
+    import json
+
+    from gateway.control import ControlError, ask, print_rows
+
+    settings = _settings_or_report()
+    if settings is None:
+        return EXIT_CONFIG
+    try:
+        rows = ask(settings.data_dir, args.command)
+    except ControlError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print_rows(rows, f"(no {args.command})")
+    return 0
+
+
+_LIVE = {
+    "registrations": "live registered contacts of the running gateway",
+    "calls": "calls in progress on the running gateway (both legs' Call-IDs)",
+    "presence": "agents' presence on the running gateway",
+    "trunks": "trunk gateways and their OPTIONS keep-alive state",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from gateway import __version__
+
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the gateway")
     run.add_argument("--dialplan", help="dialplan YAML file (default: $GATEWAY_DIALPLAN)")
@@ -304,10 +396,22 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file")
     check.set_defaults(func=_cmd_check)
     res = sub.add_parser("reservations", help="print live callback DID reservations")
+    res.add_argument("--json", action="store_true", help="one JSON object per line")
     res.set_defaults(func=_cmd_reservations)
+    for name, text in _LIVE.items():
+        live = sub.add_parser(name, help=text)
+        live.add_argument("--json", action="store_true", help="one JSON object per line")
+        live.set_defaults(func=_cmd_live)
     cdr = sub.add_parser("cdr", help="print recent call history (GATEWAY_DATA_DIR)")
     cdr.add_argument("--limit", type=int, default=20)
     cdr.add_argument("--json", action="store_true", help="one JSON object per line")
+    for bound, text in (("since", "ended at or after"), ("until", "ended before")):
+        cdr.add_argument(
+            f"--{bound}",
+            type=_when,
+            help=f"only calls that {text} WHEN: an ISO date or time (UTC unless it says), "
+            "or an age such as 30m, 12h, 7d",
+        )
     cdr.set_defaults(func=_cmd_cdr)
     reload = sub.add_parser("reload", help="check the dialplan and make the running node reload it")
     reload.add_argument("--dialplan", help="dialplan YAML file (default: $GATEWAY_DIALPLAN)")

@@ -70,6 +70,7 @@ class Lifecycle:
         *,
         drain_s: float,
         retry_after: int,
+        on_stop: Callable[[], None] = lambda: None,
     ):
         self.b2bua = b2bua
         self.layer = layer
@@ -77,6 +78,8 @@ class Lifecycle:
         self.clock = clock
         self.drain_s = drain_s
         self.retry_after = retry_after
+        #: told once, at the first stop signal (systemd's STOPPING=1)
+        self.on_stop = on_stop
         self.state = NodeState.SERVING
         self._first = asyncio.Event()
         self._second = asyncio.Event()
@@ -91,6 +94,7 @@ class Lifecycle:
         if self.state is NodeState.SERVING:
             self.state = NodeState.DRAINING
             self.b2bua.drain(self.retry_after)
+            self.on_stop()
             log.info(
                 "gateway_draining",
                 drain_s=self.drain_s,

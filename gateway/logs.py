@@ -5,7 +5,8 @@ Theory of operation
 Every event, whether it comes from ``structlog.get_logger()`` or from a library's
 ``logging.getLogger()``, ends up as a stdlib ``LogRecord`` handled by one root handler whose
 :class:`structlog.stdlib.ProcessorFormatter` renders it as JSON (production) or as coloured
-console text (development). Both paths share the same processors, with
+console text (development; ``auto``, the default, picks console on a terminal and JSON
+otherwise, so a journal or a pipe always gets JSON). Both paths share the same processors, with
 ``merge_contextvars`` first, so a ``call_id`` bound with :func:`bind_call` appears on every
 line logged while the call is handled, including lines from the stdlib loggers.
 
@@ -18,13 +19,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from typing import Any, TextIO, cast
 
 import structlog
-from structlog.typing import FilteringBoundLogger, Processor
+from structlog.typing import EventDict, FilteringBoundLogger, Processor
 
-__all__ = ["bind_call", "configure_logging", "get_logger"]
+__all__ = ["LineBudget", "LogScope", "bind_call", "configure_logging", "get_logger"]
+
+#: the fields of the call being handled, read when a line is written (see :class:`LogScope`)
+_SCOPE: ContextVar[Callable[[], Mapping[str, Any]] | None] = ContextVar("log_scope", default=None)
 
 _HANDLER_NAME = "gateway"
 
@@ -35,34 +41,29 @@ def configure_logging(
     *,
     stream: TextIO | None = None,
     cache_loggers: bool = True,
+    node: str | None = None,
 ) -> None:
     """Configure structlog and stdlib logging for the whole process.
 
-    ``fmt`` is ``"json"`` or ``"console"``; ``level`` a stdlib level name (any case).
+    ``fmt`` is ``"json"``, ``"console"`` or ``"auto"`` (console when ``stream`` is a
+    terminal, else JSON); ``level`` a stdlib level name (any case). ``node``, when given,
+    is on every line (``"node": "gw1"``), so lines of several nodes can be told apart.
     Output goes to ``stream`` (default: ``sys.stderr`` at call time). Calling it again
     replaces the previous configuration. With ``cache_loggers`` (the default, for speed)
     a structlog logger keeps the configuration it first logged with; tests that call this
     function more than once should pass ``cache_loggers=False``.
     """
-    if fmt not in ("json", "console"):
-        raise ValueError(f"log format must be 'json' or 'console', not {fmt!r}")
+    if fmt not in ("json", "console", "auto"):
+        raise ValueError(f"log format must be 'json', 'console' or 'auto', not {fmt!r}")
     level_number = logging.getLevelNamesMapping().get(level.strip().upper())
     if level_number is None:
         raise ValueError(f"unknown log level {level!r}")
     output = sys.stderr if stream is None else stream
+    if fmt == "auto":
+        fmt = "console" if _is_tty(output) else "json"
 
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
-    ]
-    renderer: list[Processor]
-    if fmt == "json":
-        renderer = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
-    else:
-        renderer = [structlog.dev.ConsoleRenderer(colors=_is_tty(output))]
+    shared = _shared_processors(node)
+    renderer = _renderer(fmt, output)
 
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -88,6 +89,27 @@ def configure_logging(
     root.setLevel(level_number)
 
 
+def _shared_processors(node: str | None) -> list[Processor]:
+    """What every line goes through, structlog's or a stdlib logger's."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        _merge_scope,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    if node is not None:
+        shared.insert(1, _add_node(node))
+    return shared
+
+
+def _renderer(fmt: str, output: TextIO) -> list[Processor]:
+    if fmt == "json":
+        return [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+    return [structlog.dev.ConsoleRenderer(colors=_is_tty(output))]
+
+
 def get_logger(name: str | None = None, **initial_values: Any) -> FilteringBoundLogger:
     """Return a structlog logger (named after the calling module unless ``name`` is given)."""
     args = () if name is None else (name,)
@@ -106,3 +128,70 @@ def bind_call(call_id: str, **fields: Any) -> AbstractContextManager[None]:
 def _is_tty(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
+
+
+def _add_node(node: str) -> Processor:
+    """A processor that puts the node's name on every line (a bound value wins)."""
+
+    def add(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("node", node)
+        return event_dict
+
+    return add
+
+
+class LineBudget:
+    """At most ``lines`` log lines per ``interval_s`` for one kind of event (a flood of
+    malformed packets must not flood the log, SPEC O-6). Sans-I/O: time comes in.
+
+    ``allow(now)`` is None while the budget is spent (the line is dropped and counted),
+    else the number of lines dropped since the last one allowed (log it with the line).
+    """
+
+    __slots__ = ("_count", "_dropped", "_window_start", "interval_s", "lines")
+
+    def __init__(self, lines: int = 10, interval_s: float = 60.0):
+        self.lines = lines
+        self.interval_s = interval_s
+        self._window_start = float("-inf")
+        self._count = 0
+        self._dropped = 0
+
+    def allow(self, now: float) -> int | None:
+        if now - self._window_start >= self.interval_s:
+            self._window_start, self._count = now, 0
+        if self._count >= self.lines:
+            self._dropped += 1
+            return None
+        self._count += 1
+        dropped, self._dropped = self._dropped, 0
+        return dropped
+
+
+class LogScope:
+    """``with LogScope(fields):`` every line logged inside carries ``fields()`` (unless the
+    line names the field itself). ``fields`` is called only when a line is written, so a
+    scope costs one context variable set and reset on the hot path, and a field that
+    changes inside the scope (a B-leg's Call-ID once it leaves) is logged as it is now."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, fields: Callable[[], Mapping[str, Any]]):
+        self._fields = fields
+        self._token: Token[Callable[[], Mapping[str, Any]] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _SCOPE.set(self._fields)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _SCOPE.reset(self._token)
+            self._token = None
+
+
+def _merge_scope(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    fields = _SCOPE.get()
+    if fields is not None:
+        for key, value in fields().items():
+            event_dict.setdefault(key, value)
+    return event_dict

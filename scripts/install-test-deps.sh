@@ -17,6 +17,10 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v baresip >/dev/null 2>&1 || need+=(baresip)
 # the TLS module of Kamailio (tests/wire/test_tls.py: Kamailio as a TLS peer)
 compgen -G '/usr/lib/*/kamailio/modules/tls.so' >/dev/null || need+=(kamailio-tls-modules)
+# fail2ban-regex checks the shipped filter against real log lines (tests/unit/test_logs_ops.py)
+command -v fail2ban-regex >/dev/null 2>&1 || need+=(fail2ban)
+# systemd-analyze verifies the shipped unit (tests/unit/test_deploy.py)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

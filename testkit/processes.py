@@ -41,6 +41,8 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "kamailio": "kamailio",
     "mosquitto": "mosquitto",
     "redis-server": "redis-server",
+    "fail2ban-regex": "fail2ban",
+    "systemd-analyze": "systemd",
 }
 
 PortKind = Literal["udp", "tcp"]

@@ -35,10 +35,9 @@ and asks the adapter to ``pump``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
-
-import structlog
 
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.answers import (
@@ -59,7 +58,7 @@ from gateway.b2bua.call import (
     NextHop,
     RelayedRequest,
 )
-from gateway.b2bua.core import Abandoned, CallCore, answerable, log
+from gateway.b2bua.core import Abandoned, CallCore, answerable, call_context, log
 from gateway.b2bua.decisions import (
     CallObserver,
     Decision,
@@ -79,6 +78,7 @@ from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, make_response
+from gateway.sip.owners import ClientOwner
 from gateway.sip.transaction import (
     AckReceived,
     AckTimeout,
@@ -287,8 +287,8 @@ class B2BUA:
             leg = self.core.legs.get((request.call_id, to_tag))
             if leg is None:
                 self.core.respond(tx, 481)
-            elif not self._refused_extensions(tx, request, self.core.call_of(leg), to_tag):
-                self.relay.on_request(leg, tx, request)
+            else:
+                self._in_dialog(leg, tx, request, to_tag)
             return
         handler = self.request_handlers.get(method)
         if handler is not None:
@@ -297,6 +297,12 @@ class B2BUA:
             self._on_new_invite(tx, request, ev.source)
         elif not self._refused_extensions(tx, request, None, None):
             answer_out_of_dialog(self.core, tx, method)
+
+    def _in_dialog(self, leg: Leg, tx: ServerTransaction, request: Request, to_tag: str) -> None:
+        call = self.core.call_of(leg)
+        with call_context(call) if call is not None else contextlib.nullcontext():
+            if not self._refused_extensions(tx, request, call, to_tag):
+                self.relay.on_request(leg, tx, request)
 
     def _refused_extensions(
         self, tx: ServerTransaction, request: Request, call: Call | None, to_tag: str | None
@@ -329,35 +335,38 @@ class B2BUA:
         dialled = dialled_number(request)
         call = Call(id=self.ids.token(6), a=a, dialled=dialled, started_at=core.now)
         tx.owner = call
-        structlog.contextvars.bind_contextvars(call_id=call.id)
-        try:
-            decision = self.router.route(request, dialled, source)
-            if isinstance(decision, list):
-                decision = Outbound(decision)
-            if self._refuse_unsupported_invite(tx, call, decision):
-                return
-            if self.sessions.refuse_too_small(tx, call, isinstance(decision, Emergency)):
-                return
-            if self.draining and isinstance(decision, (Outbound, Queued)):
-                decision = self._drain_refusal()
-            if isinstance(decision, RouteRefusal):
-                refuse_invite(core, tx, decision, dialled, a.local_tag)
-                call.result = f"{decision.status}"
-                core.end_refused(call)
-                return
-            if self._shed(tx, call, decision):
-                return
-            core.calls[call.id] = call
-            core.legs[(a.call_id, a.local_tag)] = a
-            a.dialog = Dialog.as_uas(request, a.local_tag, core.contact_for(a.flow))
-            if isinstance(decision, Emergency):
-                self._start_emergency(call, decision)
-            elif isinstance(decision, Queued):
-                self._start_queued(call, decision)
-            else:
-                self._start_outbound(call, decision)
-        finally:
-            structlog.contextvars.unbind_contextvars("call_id")
+        with call_context(call):
+            self._route_new_call(tx, call, request, source)
+
+    def _route_new_call(
+        self, tx: ServerTransaction, call: Call, request: Request, source: Address
+    ) -> None:
+        core, a, dialled = self.core, call.a, call.dialled
+        decision = self.router.route(request, dialled, source)
+        if isinstance(decision, list):
+            decision = Outbound(decision)
+        if self._refuse_unsupported_invite(tx, call, decision):
+            return
+        if self.sessions.refuse_too_small(tx, call, isinstance(decision, Emergency)):
+            return
+        if self.draining and isinstance(decision, (Outbound, Queued)):
+            decision = self._drain_refusal()
+        if isinstance(decision, RouteRefusal):
+            refuse_invite(core, tx, decision, dialled, a.local_tag)
+            call.result = f"{decision.status}"
+            core.end_refused(call)
+            return
+        if self._shed(tx, call, decision):
+            return
+        core.calls[call.id] = call
+        core.legs[(a.call_id, a.local_tag)] = a
+        a.dialog = Dialog.as_uas(request, a.local_tag, core.contact_for(a.flow))
+        if isinstance(decision, Emergency):
+            self._start_emergency(call, decision)
+        elif isinstance(decision, Queued):
+            self._start_queued(call, decision)
+        else:
+            self._start_outbound(call, decision)
 
     def _refuse_unsupported_invite(
         self, tx: ServerTransaction, call: Call, decision: Decision
@@ -510,17 +519,16 @@ class B2BUA:
         tx = ev.transaction
         owner = tx.owner
         if isinstance(owner, Call):
-            structlog.contextvars.bind_contextvars(call_id=owner.id)
-            try:
+            with call_context(owner):
                 self.placement.on_response(owner, tx, ev.response)
-            finally:
-                structlog.contextvars.unbind_contextvars("call_id")
         elif isinstance(owner, RelayedRequest):
             self.relay.on_response(owner, tx, ev.response)
         elif isinstance(owner, Abandoned):
             self.placement.on_abandoned_response(owner, tx, ev.response)
         elif isinstance(owner, SessionRefresh):
             self.sessions.on_response(owner, tx, ev.response)
+        elif isinstance(owner, ClientOwner):
+            owner.on_response(ev.response, self.core.now)
 
     def _on_tx_failure(
         self, tx: ClientTransaction | ServerTransaction, kind: FailureKind, detail: str
@@ -529,11 +537,14 @@ class B2BUA:
         if not isinstance(tx, ClientTransaction):
             return
         if isinstance(owner, Call):
-            self.placement.on_tx_failure(owner, tx, kind, detail)
+            with call_context(owner):
+                self.placement.on_tx_failure(owner, tx, kind, detail)
         elif isinstance(owner, RelayedRequest):
             self.relay.on_tx_failure(owner, kind)
         elif isinstance(owner, SessionRefresh):
             self.sessions.on_tx_failure(owner, kind)
+        elif isinstance(owner, ClientOwner):
+            owner.on_failure(detail, self.core.now)
 
     def _on_ack_timeout(self, tx: ServerTransaction) -> None:
         owner = tx.owner
@@ -550,7 +561,8 @@ class B2BUA:
     def offer(self, call: Call, hop: NextHop) -> None:
         """Ring one agent for a queued call."""
         self.core.now = self.clock()
-        self.placement.offer(call, hop)
+        with call_context(call):
+            self.placement.offer(call, hop)
         self.pump()
 
     def abandon_offer(self, call: Call) -> None:
@@ -562,7 +574,8 @@ class B2BUA:
     def overflow_to(self, call: Call, hops: list[NextHop]) -> None:
         """Send a call that waited too long to fixed hops."""
         self.core.now = self.clock()
-        self.placement.overflow_to(call, hops)
+        with call_context(call):
+            self.placement.overflow_to(call, hops)
         self.pump()
 
     def fail_caller(self, call: Call, status: int, reason: str | None) -> None:

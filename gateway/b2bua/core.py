@@ -13,6 +13,8 @@ send on a leg, answer the caller, end a call. Ending is the one place observers 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from functools import partial
 
 import structlog
 
@@ -27,6 +29,7 @@ from gateway.b2bua.call import (
 )
 from gateway.b2bua.decisions import CallObserver, EmergencyHooks, QueuePort
 from gateway.b2bua.timers import TimerHeap
+from gateway.logs import LogScope
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
@@ -40,7 +43,7 @@ from gateway.sip.transaction import (
     TransactionLayer,
 )
 
-__all__ = ["ALLOW", "Abandoned", "CallCore", "answerable", "note_sdp_sent"]
+__all__ = ["ALLOW", "Abandoned", "CallCore", "answerable", "call_context", "note_sdp_sent"]
 
 log = structlog.get_logger("gateway.b2bua")
 
@@ -54,6 +57,23 @@ def note_sdp_sent(leg: Leg, body: bytes, content_type: str | None) -> None:
     """Keep the SDP last sent on ``leg`` (a refresh re-INVITE repeats it, RFC 4028 s. 7.4)."""
     if body and (content_type or "").split(";")[0].strip().lower() == "application/sdp":
         leg.sdp_sent = body
+
+
+def call_context(call: Call) -> AbstractContextManager[None]:
+    """The call's ids on every log line of this step (SPEC O-3): ``call_id`` (ours),
+    ``a_call_id`` and ``b_call_id`` (both legs' SIP Call-IDs, to match a phone's or a
+    carrier's trace; ``b_call_id`` is null until the B-leg leaves). Read when a line is
+    written (``gateway.logs.LogScope``): nothing is built for a step that logs nothing."""
+    return LogScope(partial(_call_fields, call))
+
+
+def _call_fields(call: Call) -> dict[str, str | None]:
+    b = call.b
+    return {
+        "call_id": call.id,
+        "a_call_id": call.a.call_id,
+        "b_call_id": b.call_id if b is not None else None,
+    }
 
 
 def answerable(tx: ServerTransaction) -> bool:
@@ -326,6 +346,8 @@ class CallCore:
         log.info(
             "call_end",
             call_id=call.id,
+            a_call_id=call.a.call_id,
+            b_call_id=call.b.call_id if call.b is not None else None,
             result=result,
             duration_s=round(call.ended_at - call.answered_at, 3) if call.answered_at else 0.0,
             attempts=call.attempts,

@@ -8,17 +8,21 @@ callbacks never produce a row (SPEC E-9): a call marked ``private`` is skipped h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
 import structlog
 
-from gateway.b2bua.call import Call
+from gateway.b2bua.call import Call, EndKind
 from gateway.b2bua.decisions import CallObserverBase
 from gateway.stores.ports import Cdr, CdrStore
 from gateway.tasks import WriteBehind
 
-__all__ = ["CallHistory", "cdr_of"]
+__all__ = ["PURGE_INTERVAL_S", "CallHistory", "cdr_of", "final_sip_code"]
+
+#: how often rows past the retention are purged (and once at start)
+PURGE_INTERVAL_S = 3600.0
 
 log = structlog.get_logger("gateway.history")
 
@@ -49,7 +53,24 @@ def cdr_of(call: Call, wall_offset: float) -> Cdr:
         answered_at=answered,
         ended_at=ended,
         result=call.result,
+        a_call_id=call.a.call_id,
+        b_call_id=call.b.call_id if call.b is not None else None,
+        sip_code=final_sip_code(call),
     )
+
+
+def final_sip_code(call: Call) -> int | None:
+    """The final SIP status of the call's setup: 200 when answered, the status the caller
+    got when it failed or was refused, 487 when the caller cancelled (RFC 3261 section
+    9.2); None when no final response was sent (the caller never answered our 2xx...)."""
+    if call.answered_at is not None:
+        return 200
+    outcome = call.outcome
+    if outcome is not None and outcome.status is not None:
+        return outcome.status
+    if outcome is not None and outcome.kind is EndKind.CANCELLED:
+        return 487
+    return int(call.result) if call.result.isdigit() else None
 
 
 class CallHistory(CallObserverBase):
@@ -60,20 +81,51 @@ class CallHistory(CallObserverBase):
         store: CdrStore,
         loop_clock: Callable[[], float],
         wall_clock: Callable[[], float] = time.time,
+        *,
+        retention_s: float = 0.0,
     ):
         self.store = store
         self.loop_clock = loop_clock
         self.wall_clock = wall_clock
+        #: rows of calls that ended longer ago are purged (0: kept for ever)
+        self.retention_s = retention_s
         self._rows: WriteBehind[Cdr] = WriteBehind("cdr-writer", self._add, _write_failed)
+        self._purger: asyncio.Task[None] | None = None
         self.written = 0
+        self.purged = 0
 
     def start(self, group: asyncio.TaskGroup | None = None) -> None:
-        """Start the ordered writer (in ``group`` when given)."""
+        """Start the ordered writer (in ``group`` when given), and the purge when a
+        retention is set."""
         self._rows.start(group)
+        if self.retention_s > 0:
+            self._purger = asyncio.create_task(
+                self._purge_every(PURGE_INTERVAL_S), name="cdr-purge"
+            )
 
     async def close(self) -> None:
-        """Write what is queued, then stop the writer."""
+        """Write what is queued, then stop the writer (and the purge)."""
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
         await self._rows.close()
+
+    async def purge(self) -> int:
+        """Delete the rows older than the retention now; how many went."""
+        removed = await self.store.purge(self.wall_clock() - self.retention_s)
+        self.purged += removed
+        if removed:
+            log.info("cdrs_purged", rows=removed, retention_days=self.retention_s / 86400)
+        return removed
+
+    async def _purge_every(self, interval_s: float) -> None:
+        while True:
+            try:
+                await self.purge()
+            except Exception:  # a side task: the calls go on, the next purge may work
+                log.exception("cdr_purge_failed")
+            await asyncio.sleep(interval_s)
 
     def call_started(self, call: Call) -> None:
         pass

@@ -38,7 +38,15 @@ from gateway.b2bua.call import (
     LegFailure,
     NextHop,
 )
-from gateway.b2bua.core import ALLOW, Abandoned, CallCore, answerable, log, note_sdp_sent
+from gateway.b2bua.core import (
+    ALLOW,
+    Abandoned,
+    CallCore,
+    answerable,
+    call_context,
+    log,
+    note_sdp_sent,
+)
 from gateway.b2bua.sessions import SessionTimers
 from gateway.b2bua.sessions import describe as describe_sessions
 from gateway.sip.dialog import Dialog
@@ -101,6 +109,7 @@ class Placement:
             gateway=hop.gateway,
             attempt=len(call.attempts),
             call_id=call.id,
+            b_call_id=call_id,
         )
         for observer in core.observers:
             try:
@@ -116,7 +125,7 @@ class Placement:
         """(Re)arm the B-leg's one timer: ``fire()`` after ``delay`` seconds."""
         core = self.core
         core.stop_timer(call)
-        call.provisional_timer = core.timers.at(core.now + delay, lambda _now: fire())
+        call.provisional_timer = core.timers.at(core.now + delay, lambda _now: _in(call, fire))
 
     def _build_b_invite(
         self, call: Call, call_id: str, tag: str, hop: NextHop, our_host: str
@@ -477,3 +486,9 @@ def _presented_identity(
         if private:
             identity.append(("Privacy", "id"))
     return from_value, identity
+
+
+def _in(call: Call, fire: Callable[[], None]) -> None:
+    """A call's timer fires with the call's ids on its log lines."""
+    with call_context(call):
+        fire()

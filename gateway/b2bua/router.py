@@ -44,7 +44,7 @@ unidentified, anywhere else            challenged (407); with valid credentials,
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -53,11 +53,12 @@ from gateway.b2bua.call import NextHop
 from gateway.b2bua.decisions import Decision, Emergency, Outbound, Queued, RouteRefusal
 from gateway.b2bua.queues import best_binding, binding_address
 from gateway.config.dialplan import Dialplan, RouteDecision, Site
+from gateway.config.keepalive import gateway_key
 from gateway.emergency.callbacks import strip_untrusted_priority
 from gateway.emergency.numbers import detect, detect_rewritten
 from gateway.emergency.routing import RoutePlan
 from gateway.emergency.service import EmergencyCall, EmergencyService
-from gateway.registrar.service import AuthRefusal
+from gateway.registrar.service import AuthRefusal, log_auth_failed
 from gateway.sip.address import Address, address_text, ip_of
 from gateway.sip.message import Request
 from gateway.sip.routing import resolve_next_hop
@@ -103,6 +104,7 @@ class ContactCentreRouter:
         contacts: Callable[[str], list[Binding]] | None = None,
         agent_at: Callable[[Address], str | None] | None = None,
         targets: Callable[[Address], list[Address]] | None = None,
+        health: Mapping[str, bool] | None = None,
     ):
         self.dialplan = dialplan
         self.authenticate = authenticate
@@ -112,6 +114,8 @@ class ContactCentreRouter:
         self.agent_at = agent_at
         #: the addresses to try for a trunk gateway, in order (RFC 3263); none: as written
         self.targets = targets or (lambda address: [address])
+        #: trunk gateway health from OPTIONS keep-alives (``gateway_key -> up``, SPEC O-3)
+        self.health: Mapping[str, bool] = health if health is not None else {}
         self._trunk_by_address: dict[tuple[str, int], str] = {}
         self._trunk_networks: list[tuple[str, list[_Network]]] = []
         for name, trunk in dialplan.trunks.items():
@@ -130,6 +134,7 @@ class ContactCentreRouter:
             self.contacts,
             self.agent_at,
             self.targets,
+            self.health,
         )
 
     def trunk_of(self, source: Address) -> str | None:
@@ -216,6 +221,8 @@ class ContactCentreRouter:
             outcome = self.authenticate(request)
             if isinstance(outcome, str):
                 return outcome, "credentials"
+            if not any("stale=true" in value for _, value in outcome.headers):
+                log_auth_failed(request, source, "proxy-authorization")
         if self.agent_at is not None:
             agent = self.agent_at(source)
             if agent is not None:
@@ -373,6 +380,11 @@ class ContactCentreRouter:
             return RouteRefusal(404, "Not Found", f"no outbound rule matches {dialled[:64]}")
         trunk = decision.trunk
         codes = frozenset(trunk.failover_codes)
+        health = self.health
+        gateways = [gw for gw in trunk.gateways if health.get(gateway_key(gw), True)]
+        if not gateways:  # SPEC O-3: down gateways are skipped for ordinary calls
+            warning = f"every gateway of trunk {decision.trunk_name} is down (OPTIONS keep-alives)"
+            return RouteRefusal(503, "Service Unavailable", warning)
         hops = [
             NextHop(
                 trunk=decision.trunk_name,
@@ -382,7 +394,7 @@ class ContactCentreRouter:
                 provisional_timeout=trunk.provisional_timeout_s,
                 trusted=trunk.trusted,
             )
-            for gw in trunk.gateways
+            for gw in gateways
             for address in self.targets(Address(gw.transport, gw.host, gw.port))
         ]
         return Outbound(hops, agent, self.caller_id(decision.rule, agent, source))

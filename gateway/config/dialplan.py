@@ -97,6 +97,7 @@ from gateway.config.fields import (
     duplicate_rule_name,
     problem,
 )
+from gateway.config.keepalive import Keepalive
 from gateway.config.overload import OverloadSettings
 
 __all__ = [
@@ -109,6 +110,7 @@ __all__ = [
     "EmergencySettings",
     "GatewayAddress",
     "InboundRule",
+    "Keepalive",
     "ListenAddress",
     "Location",
     "NodeConfig",
@@ -302,6 +304,8 @@ class Trunk(Frozen):
     inbound_from: tuple[Network, ...] = ()
     #: TLS verification and client certificate for the gateways whose transport is tls
     tls: TrunkTls = TrunkTls()
+    #: OPTIONS keep-alives to each gateway (SPEC O-3); none: never probed, always up
+    keepalive: Keepalive | None = None
 
 
 class OutboundRule(Frozen):

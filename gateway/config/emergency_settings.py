@@ -25,6 +25,7 @@ from gateway.config.fields import (
     check_not_empty,
     check_request_uri,
 )
+from gateway.config.keepalive import Keepalive
 
 
 class DirectRoutingRule(Frozen):
@@ -74,6 +75,8 @@ class DirectOfferService(Frozen):
     gateways: Annotated[tuple[GatewayAddress, ...], AfterValidator(check_not_empty)]
     request_uri: Annotated[str, AfterValidator(check_request_uri)] = "urn:service:sos"
     accepts_location: bool = True
+    #: OPTIONS keep-alives to each gateway (SPEC O-3); none: never probed, always up
+    keepalive: Keepalive | None = None
 
 
 class CallbackPoolConfig(Frozen):

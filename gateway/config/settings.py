@@ -29,7 +29,7 @@ __all__ = [
 ENV_PREFIX = "GATEWAY_"
 """Every setting is read from the environment variable ``GATEWAY_<FIELD>``."""
 
-LogFormat = Literal["json", "console"]
+LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 SmtpSecurity = Literal["starttls", "tls", "none"]
 
@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     """Dialplan YAML file to load."""
     data_dir: Path = Path("./data")
     """Directory for the embedded SQLite store and other state."""
-    log_format: LogFormat = "json"
-    """``json`` (one object per line, for production) or ``console`` (for humans)."""
+    log_format: LogFormat = "auto"
+    """``json`` (one object per line, for production), ``console`` (for humans), or
+    ``auto``: console on a terminal, JSON otherwise (a journal, a file, a pipe)."""
     log_level: LogLevel = "INFO"
     """Lowest level written; accepts any case (``debug``)."""
     use_uvloop: bool = True
@@ -143,6 +144,9 @@ class Settings(BaseSettings):
     metrics_addr: str = "127.0.0.1:9464"
     """``host:port`` of the Prometheus ``/metrics`` and the ``/healthz`` endpoint;
     ``off``: none."""
+    cdr_retention_days: Annotated[float, Field(ge=0)] = 0.0
+    """Call history rows older than this many days (by end time) are purged, at start and
+    every hour; 0 keeps every row."""
 
     # -- the wallboard and agent desktop pages (SPEC W-1, docs/web.md) ---------------------
     web_users_file: Path | None = None

@@ -12,10 +12,11 @@ Order of the hops (SPEC E-2):
    SBC), in the trunk's order;
 2. then the direct-offer gateways, when direct offer is enabled: they are the route when no
    rule matches and the fallback when every direct-routing gateway fails;
-3. last, as a last resort, the hops of any path whose health is *down*. OPTIONS
-   keep-alives are a guess made seconds ago; trying a "down" gateway costs one short
-   provisional timeout, answering 503 to an emergency call may cost a life. So a down path
-   is skipped while any healthy one remains, never dropped.
+3. last, as a last resort, the hops of any path or gateway whose health is *down*
+   (``gateway.health``: OPTIONS keep-alives), in the same order. Keep-alives are a guess
+   made seconds ago; trying a "down" gateway costs one short provisional timeout,
+   answering 503 to an emergency call may cost a life. So a down gateway is skipped while
+   any healthy one remains, never dropped.
 
 Every hop carries the short emergency provisional timeout (the trunk's own
 ``provisional_timeout_s`` capped at the emergency section's) and fails over on
@@ -34,10 +35,11 @@ refuse the call here; and no outcome is 404 or 424.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.config.dialplan import DirectOfferService, DirectRoutingRule, EmergencySettings
+from gateway.config.keepalive import gateway_key
 from gateway.emergency.numbers import Detection, countries_supported, normalise_country
 
 __all__ = [
@@ -175,10 +177,11 @@ def choose_route(
 ) -> RoutePlan:
     """The ordered hops of an emergency call (SPEC E-2). Never refuses (SPEC E-3).
 
-    ``health`` maps a trunk name (and :data:`DIRECT_OFFER` for the direct-offer path) to
-    whether its OPTIONS keep-alives say it is up; a missing name is up. A down path is
-    tried last rather than dropped (see the module docstring). There is deliberately no
-    admission, capacity, presence or barring input.
+    ``health`` maps a trunk name (and :data:`DIRECT_OFFER` for the direct-offer path), or
+    one gateway (``transport:host:port``, :func:`~gateway.config.keepalive.gateway_key`),
+    to whether its OPTIONS keep-alives say it is up; a missing name is up. A down path or
+    gateway is tried last rather than dropped (see the module docstring). There is
+    deliberately no admission, capacity, presence or barring input.
     """
     code = normalise_country(country)
     health = health or {}
@@ -195,19 +198,13 @@ def choose_route(
                 "not defined; skipped"
             )
         else:
-            is_up = health.get(rule.trunk, True)
-            if not is_up:
-                notes.append(f"trunk {rule.trunk!r} is down; tried last")
-            hops = _direct_routing_hops(detection, rule, trunk, config, last_resort=not is_up)
-            (healthy if is_up else down).extend(hops)
+            hops = _direct_routing_hops(detection, rule, trunk, config)
+            _sort_by_health(hops, rule.trunk, health, healthy, down, notes)
 
     offer = config.direct_offer
     if offer is not None and config.direct_offer_enabled:
-        is_up = health.get(DIRECT_OFFER, True)
-        if not is_up:
-            notes.append("direct offer is down; tried last")
-        hops = _direct_offer_hops(detection, offer, config, last_resort=not is_up)
-        (healthy if is_up else down).extend(hops)
+        hops = _direct_offer_hops(detection, offer, config)
+        _sort_by_health(hops, DIRECT_OFFER, health, healthy, down, notes)
 
     plan_hops = tuple(healthy + down)
     return RoutePlan(
@@ -216,6 +213,32 @@ def choose_route(
         notes=tuple(notes),
         warning=None if plan_hops else _no_route_warning(detection, code, rule),
     )
+
+
+def _sort_by_health(
+    hops: list[EmergencyHop],
+    path: str,
+    health: Mapping[str, bool],
+    healthy: list[EmergencyHop],
+    down: list[EmergencyHop],
+    notes: list[str],
+) -> None:
+    """Each hop of ``path`` to ``healthy`` or (marked last resort) to ``down``."""
+    path_up = health.get(path, True)
+    if not path_up:
+        notes.append(f"{_path_name(path)} is down; tried last")
+    for hop in hops:
+        key = gateway_key(hop)
+        if path_up and health.get(key, True):
+            healthy.append(hop)
+            continue
+        if path_up:
+            notes.append(f"gateway {key} of {_path_name(path)} is down; tried last")
+        down.append(replace(hop, last_resort=True))
+
+
+def _path_name(path: str) -> str:
+    return "direct offer" if path == DIRECT_OFFER else f"trunk {path!r}"
 
 
 def _service_urn(detection: Detection) -> str | None:
@@ -228,8 +251,6 @@ def _direct_routing_hops(
     rule: DirectRoutingRule,
     trunk: TrunkLike,
     config: EmergencySettings,
-    *,
-    last_resort: bool,
 ) -> list[EmergencyHop]:
     """The gateways of the rule's trunk, in the trunk's order: the carrier gets the dial
     string as digits, or the service URN the call arrived as."""
@@ -246,7 +267,6 @@ def _direct_routing_hops(
             failover_codes=EMERGENCY_FAILOVER_CODES | frozenset(trunk.failover_codes),
             provisional_timeout_s=min(trunk.provisional_timeout_s, config.provisional_timeout_s),
             accepts_location=rule.accepts_location,
-            last_resort=last_resort,
         )
         for gateway in trunk.gateways
     ]
@@ -256,8 +276,6 @@ def _direct_offer_hops(
     detection: Detection,
     offer: DirectOfferService,
     config: EmergencySettings,
-    *,
-    last_resort: bool,
 ) -> list[EmergencyHop]:
     """The direct-offer gateways, each sent a service URN."""
     urn = _service_urn(detection)
@@ -277,7 +295,6 @@ def _direct_offer_hops(
             failover_codes=EMERGENCY_FAILOVER_CODES,
             provisional_timeout_s=config.provisional_timeout_s,
             accepts_location=offer.accepts_location,
-            last_resort=last_resort,
         )
         for gateway in offer.gateways
     ]

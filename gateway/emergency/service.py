@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -100,6 +100,7 @@ class EmergencyService:
         reserve_timeout: float = 0.25,
         notify: Callable[[EmergencyNotice], None] | None = None,
         desktop_location: Callable[[str], Location | None] | None = None,
+        health: Mapping[str, bool] | None = None,
     ):
         self.dialplan = dialplan
         self.config = dialplan.emergency
@@ -116,6 +117,8 @@ class EmergencyService:
         self.notify = notify
         #: E-10: the location an agent's desktop confirmed (AgentLocations.desktop)
         self.desktop_location = desktop_location
+        #: trunk gateway health from OPTIONS keep-alives (SPEC O-3): down ones tried last
+        self.health: Mapping[str, bool] = health if health is not None else {}
         self.live: dict[str, Reservation] = {}  # DID -> live reservation
         #: agents on an emergency call now (E-8: no other outbound call meanwhile)
         self.active_agents: dict[str, int] = {}
@@ -165,7 +168,9 @@ class EmergencyService:
         for unauthenticated phones places the call for its ``site``: the site's callback
         number is presented and its location sent (an MLTS desk phone).
         """
-        plan = choose_route(detection, detection.country, self.config, self.dialplan.trunks)
+        plan = choose_route(
+            detection, detection.country, self.config, self.dialplan.trunks, self.health
+        )
         for note in plan.notes:
             log.warning("emergency_route_note", note=note)
         call = EmergencyCall(

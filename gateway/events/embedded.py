@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_EMBEDDED_PORT",
     "BrokerAccess",
     "EmbeddedBroker",
+    "NoBrokerError",
     "find_mosquitto",
     "pick_port",
 ]
@@ -320,12 +321,22 @@ class EmbeddedBroker:
 _BROKER_CLASS: list[tuple[type[Any], bool]] = []
 
 
+class NoBrokerError(RuntimeError):
+    """No broker can be embedded here (no mosquitto binary, amqtt not installed)."""
+
+
 def _amqtt_broker_class() -> tuple[type[Any], bool]:
     """amqtt's ``Broker`` with the retained-message routing work-around, and whether the
     work-around applies to the installed amqtt (its private hooks are where expected)."""
     if _BROKER_CLASS:
         return _BROKER_CLASS[0]
-    from amqtt.broker import Broker  # type: ignore[import-untyped,unused-ignore]  # no types
+    try:
+        from amqtt.broker import Broker  # type: ignore[import-untyped,unused-ignore]  # no types
+    except ImportError:  # a development broker, not a runtime dependency (pip install .[dev])
+        raise NoBrokerError(
+            "no MQTT broker: set GATEWAY_MQTT_URL (or 'off'), install mosquitto, or "
+            "pip install 'gateway[dev]' for the in-process development broker"
+        ) from None
 
     hook = "_publish_retained_messages_for_subscription"
     if not callable(getattr(Broker, hook, None)):

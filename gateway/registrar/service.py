@@ -20,7 +20,7 @@ import structlog
 
 from gateway.config.dialplan import Dialplan
 from gateway.presence.service import PresenceService
-from gateway.registrar.digest import Credentials, NonceManager
+from gateway.registrar.digest import Credentials, NonceManager, parse_authorization
 from gateway.registrar.registrar import BindingView, Registrar
 from gateway.sip.address import Address, address_text
 from gateway.sip.message import Request, Response
@@ -28,9 +28,32 @@ from gateway.sip.transaction import RequestReceived, TransactionLayer
 from gateway.stores.ports import Binding, RegistrationStore
 from gateway.tasks import WriteBehind, start_task, stop_task
 
-__all__ = ["AuthRefusal", "RegistrarService", "credentials_from_dialplan"]
+__all__ = ["AuthRefusal", "RegistrarService", "credentials_from_dialplan", "log_auth_failed"]
 
 log = structlog.get_logger("gateway.registrar")
+
+
+def log_auth_failed(request: Request, source: Address, header: str, reason: str = "") -> None:
+    """A request carried digest credentials that did not verify: a warning with the source
+    address, the claimed user and the method (what fail2ban needs: deploy/fail2ban/).
+
+    A request without credentials (the first, challenged attempt) and a stale nonce (the
+    hash was right) are not failures and must not be passed here."""
+    user = ""
+    value = request.get(header)
+    if value is not None:
+        try:
+            user = parse_authorization(value).get("username", "")
+        except ValueError:
+            user = ""
+    log.warning(
+        "auth_failed",
+        source_ip=source.host,
+        source=address_text(source),
+        user=user[:64],
+        method=request.method,
+        reason=reason or "credentials do not verify",
+    )
 
 
 def credentials_from_dialplan(
@@ -205,13 +228,17 @@ class RegistrarService:
         outcome = self.registrar.handle_register(request, source_text, self.wall_clock(), views)
         self.layer.send_response(event.transaction, outcome.response, self.loop_clock())
         if outcome.response.status != 200 or outcome.agent_id is None:
+            auth = outcome.auth
             if outcome.response.status not in (401, 407):
                 log.info(
                     "register_refused",
                     username=username,
+                    source=source_text,
                     status=outcome.response.status,
                     reason=outcome.reason,
                 )
+            elif request.get("authorization") is not None and auth is not None and not auth.stale:
+                log_auth_failed(request, source, "authorization", outcome.reason)
             return
         agent = outcome.agent_id
         contacts = self.bindings.setdefault(agent, {})

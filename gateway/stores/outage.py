@@ -329,8 +329,13 @@ class _Cdrs:
     async def add(self, cdr: Cdr) -> None:
         await self._guard.write(lambda s: s.cdrs.add(cdr))
 
-    async def recent(self, limit: int) -> list[Cdr]:
-        return await self._guard.shared.cdrs.recent(limit)
+    async def recent(
+        self, limit: int, *, since: float | None = None, until: float | None = None
+    ) -> list[Cdr]:
+        return await self._guard.shared.cdrs.recent(limit, since=since, until=until)
+
+    async def purge(self, before: float) -> int:
+        return await self._guard.shared.cdrs.purge(before)
 
 
 class _Locations:

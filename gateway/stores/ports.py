@@ -138,6 +138,12 @@ class Cdr:
     answered_at: float | None
     ended_at: float
     result: str
+    #: the caller's leg's SIP Call-ID (matches the phone's or carrier's trace)
+    a_call_id: str | None = None
+    #: the SIP Call-ID of the last B-leg tried, if any
+    b_call_id: str | None = None
+    #: the final SIP status of the call's setup (200 when answered), if any
+    sip_code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,8 +290,15 @@ class CdrStore(Protocol):
         """Append one record; records are never updated."""
         ...
 
-    async def recent(self, limit: int) -> list[Cdr]:
-        """Up to ``limit`` records, most recently added first."""
+    async def recent(
+        self, limit: int, *, since: float | None = None, until: float | None = None
+    ) -> list[Cdr]:
+        """Up to ``limit`` records, most recently added first; with ``since``/``until``
+        (unix seconds) only calls that ended in ``[since, until)``."""
+        ...
+
+    async def purge(self, before: float) -> int:
+        """Delete the records of calls that ended before ``before``; how many went."""
         ...
 
 

@@ -256,12 +256,40 @@ class RedisCdrStore:
         async with self._conn.guard() as client:
             await client.lpush(self._key, _dump(cdr))
 
-    async def recent(self, limit: int) -> list[Cdr]:
+    async def recent(
+        self, limit: int, *, since: float | None = None, until: float | None = None
+    ) -> list[Cdr]:
+        """Up to ``limit`` records, most recently added first, ended in [since, until)."""
         if limit <= 0:
             return []
+        window = since is not None or until is not None
         async with self._conn.guard() as client:
-            values = await client.lrange(self._key, 0, limit - 1)
-        return [_load(Cdr, value) for value in values]
+            values = await client.lrange(self._key, 0, -1 if window else limit - 1)
+        rows = [_load(Cdr, value) for value in values]
+        low = float("-inf") if since is None else since
+        high = float("inf") if until is None else until
+        return [row for row in rows if low <= row.ended_at < high][:limit]
+
+    async def purge(self, before: float) -> int:
+        """Delete the records of calls that ended before ``before``; how many went. Every
+        node may purge: the list is rewritten in one transaction."""
+        async with self._conn.guard() as client:
+            while True:  # WATCH: a row another node adds meanwhile makes it start again
+                async with client.pipeline(transaction=True) as pipe:
+                    await pipe.watch(self._key)
+                    values = await pipe.lrange(self._key, 0, -1)
+                    keep = [value for value in values if _load(Cdr, value).ended_at >= before]
+                    if len(keep) == len(values):
+                        return 0
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.delete(self._key)
+                    if keep:
+                        pipe.rpush(self._key, *keep)
+                    try:
+                        await pipe.execute()
+                    except WatchError:
+                        continue
+                return len(values) - len(keep)
 
 
 class RedisReservationStore:

@@ -59,7 +59,7 @@ _PRESENCE_COLUMNS = (
 )
 _CDR_COLUMNS = (
     "call_id, direction, caller, callee, queue, agent, route, "
-    "started_at, answered_at, ended_at, result"
+    "started_at, answered_at, ended_at, result, a_call_id, b_call_id, sip_code"
 )
 _RESERVATION_COLUMNS = "did, agent_id, reserved_at, expires_at, call_id, test"
 
@@ -103,6 +103,9 @@ def _cdr(row: tuple[Any, ...]) -> Cdr:
         answered_at=None if row[8] is None else float(row[8]),
         ended_at=float(row[9]),
         result=row[10],
+        a_call_id=row[11],
+        b_call_id=row[12],
+        sip_code=None if row[13] is None else int(row[13]),
     )
 
 
@@ -270,7 +273,7 @@ class SqliteCdrStore:
 
         def operation(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO cdrs ({_CDR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO cdrs ({_CDR_COLUMNS}) VALUES ({', '.join('?' * 14)})",
                 (
                     cdr.call_id,
                     cdr.direction,
@@ -283,21 +286,39 @@ class SqliteCdrStore:
                     cdr.answered_at,
                     cdr.ended_at,
                     cdr.result,
+                    cdr.a_call_id,
+                    cdr.b_call_id,
+                    cdr.sip_code,
                 ),
             )
 
         await self._db.run(operation)
 
-    async def recent(self, limit: int) -> list[Cdr]:
-        """Up to ``limit`` records, most recently added first."""
+    async def recent(
+        self, limit: int, *, since: float | None = None, until: float | None = None
+    ) -> list[Cdr]:
+        """Up to ``limit`` records, most recently added first, ended in [since, until)."""
         if limit <= 0:
             return []
+        low = float("-inf") if since is None else since
+        high = float("inf") if until is None else until
 
         def operation(conn: sqlite3.Connection) -> list[Cdr]:
             rows = conn.execute(
-                f"SELECT {_CDR_COLUMNS} FROM cdrs ORDER BY id DESC LIMIT ?", (limit,)
+                f"SELECT {_CDR_COLUMNS} FROM cdrs WHERE ended_at >= ? AND ended_at < ? "
+                "ORDER BY id DESC LIMIT ?",
+                (low, high, limit),
             ).fetchall()
             return [_cdr(row) for row in rows]
+
+        return await self._db.run(operation)
+
+    async def purge(self, before: float) -> int:
+        """Delete the records of calls that ended before ``before`` (retention)."""
+
+        def operation(conn: sqlite3.Connection) -> int:
+            with immediate_transaction(conn):
+                return conn.execute("DELETE FROM cdrs WHERE ended_at < ?", (before,)).rowcount
 
         return await self._db.run(operation)
 

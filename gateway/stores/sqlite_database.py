@@ -209,6 +209,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        description="cdrs: both SIP Call-IDs and the final SIP code; index for ranges and purge",
+        script="""
+        -- Rows written before this version keep NULL here (nothing to recover them from).
+        ALTER TABLE cdrs ADD COLUMN a_call_id TEXT;   -- the caller's leg's SIP Call-ID
+        ALTER TABLE cdrs ADD COLUMN b_call_id TEXT;   -- the last B-leg's SIP Call-ID
+        ALTER TABLE cdrs ADD COLUMN sip_code INTEGER; -- final SIP status of the call's setup
+        CREATE INDEX cdrs_ended_at ON cdrs (ended_at);
+        """,
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """

@@ -9,16 +9,13 @@ events to the transaction user, and re-arms a single ``loop.call_at`` for the la
 earliest timer. Nothing here interprets SIP beyond answering a malformed request with 400
 (RFC 3261 section 21.4.1) and the framing of stream transports (section 18.3).
 
-Responses to UDP requests leave from the socket of the request's address family; TCP
-responses and in-dialog requests to a peer that connected to us reuse that connection
-(keyed by the peer's address, so a reply reaches a client behind NAT, RFC 3581 in spirit).
+UDP responses leave from the socket of the request's address family; TCP ones and in-dialog
+requests to a peer that connected to us reuse its connection (RFC 3581 in spirit).
 
-TLS (RFC 3261 section 26.2) is the TCP code with an ssl context: listeners use the server
-context given, connections to a peer use the context and name :class:`TlsPeers` gives for
-it (``gateway/transport/tls.py``). A destination whose transport is ``tls`` is only ever
-reached over TLS: a failed handshake (a certificate for another name, an unknown CA) is
-logged as ``tls_handshake_failed`` and reported to the transaction layer as a transport
-failure, so the call fails over; it is never sent in clear text instead.
+TLS (RFC 3261 section 26.2) is the TCP code with an ssl context (the server's, or what
+:class:`TlsPeers` gives for a peer). A ``tls`` destination is only ever reached over TLS: a
+failed handshake is logged (``tls_handshake_failed``) and reported as a transport failure,
+so the call fails over; it is never sent in clear text instead.
 
 Keep-alive (RFC 5626 section 3.5.1): a double CRLF "ping" on a stream gets a CRLF "pong";
 connections the gateway opened are pinged every ``keepalive_interval`` seconds.
@@ -38,6 +35,7 @@ from typing import Any, Protocol, cast
 
 import structlog
 
+from gateway.logs import LineBudget
 from gateway.sip.address import Address, address_text, is_ip_literal
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
@@ -168,18 +166,16 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.endpoint.on_bytes(data, Address("udp", addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
-        # an ICMP error (see _ICMP_ERRORS): the error queue says which destination failed
+        # an ICMP error (see _ICMP_ERRORS): the error queue says which destination failed;
+        # handled next turn (a send from inside uvloop's callback segfaulted at shutdown)
         failures = list(icmp_errors(self.sock)) if _ICMP_ERRORS else []
         if not failures:
             log.debug("udp_error", error=str(exc))
-        # next turn: a send from inside uvloop's error callback segfaulted at shutdown later
         for destination, detail, refused in failures:
             self.endpoint.loop.call_soon(self.endpoint.unreachable, destination, detail, refused)
 
 
-#: RFC 5626 section 3.5.1: the keep-alive ping on a stream, and its pong
-CRLF_PING = b"\r\n\r\n"
-CRLF_PONG = b"\r\n"
+CRLF_PING, CRLF_PONG = b"\r\n\r\n", b"\r\n"  # RFC 5626 s. 3.5.1: a stream's ping and pong
 
 
 class _TcpConnection(asyncio.Protocol):
@@ -271,6 +267,7 @@ class SipEndpoint:
         self._timer_at: float | None = None
         self._pumping = False
         self.parse_errors = 0
+        self._malformed_lines = LineBudget(lines=10, interval_s=60.0)  # O-6: no log flood
         self.received = 0  # messages read (the read burst of overload control, SPEC O-4)
         #: name resolutions and TCP connects under way: owned here, awaited on close
         self._tasks: set[asyncio.Task[None]] = set()
@@ -403,12 +400,15 @@ class SipEndpoint:
     def _reject_malformed(self, exc: SipParseError, source: Address) -> None:
         self.parse_errors += 1
         partial = getattr(exc, "partial", None)
-        log.info(
-            "malformed_message",
-            source=address_text(source),
-            status=exc.status,
-            error=exc.detail,
-        )
+        dropped = self._malformed_lines.allow(self.loop.time())
+        if dropped is not None:
+            log.info(
+                "malformed_message",
+                source=address_text(source),
+                status=exc.status,
+                error=exc.detail,
+                not_logged_before=dropped,
+            )
         if not isinstance(partial, Request) or partial.method == "ACK":
             return
         try:

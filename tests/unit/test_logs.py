@@ -159,7 +159,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert str(settings.dialplan) == "dialplans/example.yaml"
     assert str(settings.data_dir) == "data"
-    assert settings.log_format == "json"
+    assert settings.log_format == "auto"  # console on a terminal, JSON otherwise
     assert settings.log_level == "INFO"
     assert settings.use_uvloop is True
 
