@@ -25,7 +25,7 @@ deps:
 	bash scripts/install-test-deps.sh
 
 test: deps venv
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
