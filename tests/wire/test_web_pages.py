@@ -41,6 +41,10 @@ trunks:
   carrier-sbc:
     gateways: [ { host: 127.0.0.1, port: ${sbc_port} } ]
     trusted: true
+  # nothing listens there: its keep-alives mark it down, and the wallboard says so
+  carrier:
+    gateways: [ { host: 127.0.0.2, port: 5999 } ]
+    keepalive: { interval_s: 1, timeout_s: 0.5, down_after: 1 }
 emergency:
   direct_routing:
     - { name: sbc-911, match: '^(911|933)$', trunk: carrier-sbc }
@@ -155,6 +159,9 @@ def test_wallboard_and_desktop_follow_a_911_call_and_the_acl_holds(
     wallboard = sign_in(browser, web, "wallboard", "sup")
     desktop = sign_in(browser, web, "desktop", "alice")
     expect(wallboard.locator("#agents tr[data-agent=alice]")).to_contain_text("Available")
+    trunk_row = wallboard.locator("#trunks tr[data-trunk=carrier]")
+    expect(trunk_row).to_contain_text("DOWN", timeout=10_000)  # the word, not only a colour
+    expect(trunk_row).to_contain_text("udp:127.0.0.2:5999")
     expect(desktop.locator("#presence")).to_have_text("Available")
 
     # -- alice dials 911: the wallboard alert within a second, the desktop locked down --------

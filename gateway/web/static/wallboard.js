@@ -10,6 +10,7 @@ const board = {
   calls: new Map(), // call id -> what the events said, and when this page first showed it
   reservations: new Map(), // DID -> {agent, expires}
   nodes: new Map(), // node -> status payload
+  trunks: new Map(), // node/trunk/gateway -> trunk gateway payload (docs/mqtt.md)
 };
 
 const ENDS = new Set(["ended", "failed"]);
@@ -80,6 +81,9 @@ function onMessage(topic, payload, retained) {
     onEmergencyEvent(payload);
   } else if (level[0] === "nodes" && level[2] === "status") {
     payload ? board.nodes.set(level[1], payload) : board.nodes.delete(level[1]);
+  } else if (level[0] === "nodes" && level[2] === "trunks" && level.length === 5) {
+    const key = level.slice(1).join("/");
+    payload ? board.trunks.set(key, payload) : board.trunks.delete(key);
   }
   render();
 }
@@ -139,9 +143,30 @@ function render() {
     ),
   );
 
+  renderTrunks();
   document.getElementById("nodes").replaceChildren(
     ...[...board.nodes.entries()].map(([node, s]) =>
       el("li", { "data-node": node }, el("strong", { text: node }), " ", el("span", { class: `node ${s.status}`, text: s.status }), ` since ${since(s.timestamp)}`),
+    ),
+  );
+}
+
+function renderTrunks() {
+  const rows = [...board.trunks.values()].sort((a, b) =>
+    `${a.trunk} ${a.gateway} ${a.node}`.localeCompare(`${b.trunk} ${b.gateway} ${b.node}`),
+  );
+  document.getElementById("trunks").replaceChildren(
+    ...rows.map((t) =>
+      el(
+        "tr",
+        { "data-trunk": t.trunk, "data-gateway": t.gateway },
+        el("th", { scope: "row", text: t.trunk }),
+        el("td", { text: t.gateway }),
+        el("td", { text: t.node }),
+        // the word, not only the colour (the class colours it)
+        el("td", {}, el("span", { class: `trunk ${t.state}`, text: t.state === "down" ? "⚠ DOWN" : "up" })),
+        el("td", { text: `${t.reason || ""}, since ${since(t.timestamp)}` }),
+      ),
     ),
   );
 }
@@ -151,7 +176,12 @@ document.addEventListener("DOMContentLoaded", () => {
     role: "wallboard",
     filters: (config) => {
       board.prefix = config.prefix;
-      return [`${config.prefix}/agents/+/+`, `${config.prefix}/emergency/+`, `${config.prefix}/nodes/+/status`];
+      return [
+        `${config.prefix}/agents/+/+`,
+        `${config.prefix}/emergency/+`,
+        `${config.prefix}/nodes/+/status`,
+        `${config.prefix}/nodes/+/trunks/#`,
+      ];
     },
     onmessage: onMessage,
     onconnect: () => {},
