@@ -24,6 +24,7 @@ from gateway.b2bua.call import (
     FailureKind,
     Leg,
     LegFailure,
+    RelayedRequest,
 )
 from gateway.b2bua.decisions import CallObserver, EmergencyHooks, QueuePort
 from gateway.b2bua.timers import TimerHeap
@@ -140,7 +141,10 @@ class CallCore:
         bye = leg.dialog.create_request("BYE", self.ids)
         dest = self.next_hop(leg)
         bye.push_via(self.via_for(dest, self.ids.branch()))
-        self.layer.send_request(bye, dest, self.now).owner = None
+        hop = leg.hop
+        # a trunk with credentials may challenge the BYE: kept to answer it (issue 13)
+        owner = RelayedRequest(None, None, leg, leg, bye) if hop and hop.credentials else None
+        self.layer.send_request(bye, dest, self.now).owner = owner
 
     def send_cancel(self, call: Call) -> None:
         """CANCEL the B-leg INVITE (once; RFC 3261 section 9.1: only after a provisional)."""

@@ -39,6 +39,7 @@ from gateway.b2bua.call import (
     NextHop,
 )
 from gateway.b2bua.core import ALLOW, Abandoned, CallCore, answerable, log
+from gateway.registrar.digest_client import authorized_retry
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr
@@ -228,6 +229,12 @@ class Placement:
     def _on_error(self, call: Call, b: Leg, response: Response) -> None:
         core = self.core
         status = response.status
+        if (
+            status in (401, 407)
+            and not call.cancelled
+            and self._answer_challenge(call, b, response)
+        ):
+            return
         b.got_final = True
         core.stop_timer(call)
         if call.cancelled:
@@ -248,6 +255,54 @@ class Placement:
             return
         core.record_failure(call, failure)
         core.fail_a(call, status, response.reason, response)
+
+    def _answer_challenge(self, call: Call, b: Leg, response: Response) -> bool:
+        """A trunk with credentials challenged the INVITE: send it again, once, with them.
+
+        RFC 3261 section 22.2: same Call-ID, From tag and To, CSeq one more, a new branch
+        (the challenged transaction is over; the layer ACKed the 401/407). This is not a
+        failover: the same hop is tried again, its timers from the start. A second
+        challenge, or one we cannot answer, is an ordinary final error (failover codes).
+        """
+        core = self.core
+        hop = b.hop
+        credentials = hop.credentials if hop is not None else None
+        if credentials is None or b.challenge_answered:
+            return False
+        retry = authorized_retry(
+            b.invite,
+            response,
+            username=credentials.username,
+            password=credentials.password,
+            realm=credentials.realm,
+            cnonce=core.ids.token(8),
+            cseq=b.invite.cseq.number + 1,
+        )
+        if retry is None or hop is None:
+            log.warning(
+                "trunk_challenge_unanswerable",
+                trunk=hop.trunk if hop else None,
+                status=response.status,
+                call_id=call.id,
+            )
+            return False
+        retry.push_via(core.via_for(b.flow, core.ids.branch()))
+        if b.client_tx is not None:
+            b.client_tx.owner = None  # the challenged transaction is over (ACKed by the layer)
+        b.invite, b.challenge_answered, b.dialog = retry, True, None
+        b.got_provisional = b.got_progress = b.got_final = False
+        log.info(
+            "trunk_challenge_answered",
+            trunk=hop.trunk,
+            status=response.status,
+            user=credentials.username,
+            call_id=call.id,
+        )
+        ctx = core.layer.send_request(retry, b.flow, core.now)
+        ctx.owner = call
+        b.client_tx = ctx
+        self._arm(call, hop.provisional_timeout, lambda: self._on_provisional_timeout(call, ctx))
+        return True
 
     def on_unusable_response(self, call: Call, tx: ClientTransaction, detail: str) -> None:
         """A response to the B-leg INVITE we could not parse: that attempt failed (502)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from gateway.b2bua.call import Call, CallOutcome, EndKind, FailureKind, Leg, RelayedRequest
 from gateway.b2bua.core import ALLOW, CallCore, answerable, log
+from gateway.registrar.digest_client import authorized_retry
 from gateway.sip.dialog import DialogError
 from gateway.sip.errors import warning_value
 from gateway.sip.message import Request, Response, make_response
@@ -161,6 +162,8 @@ class InDialogRelay:
         core = self.core
         server_tx = relay.server_tx
         status = response.status
+        if status in (401, 407) and self._answer_challenge(relay, tx, response):
+            return
         if status == 100 or server_tx is None:
             return
         method = relay.request.method
@@ -189,6 +192,38 @@ class InDialogRelay:
         core.layer.send_response(server_tx, out, core.now)
         if status >= 200 and (method != "INVITE" or relay.acked or status >= 300):
             _release_relay(relay, tx)
+
+    def _answer_challenge(
+        self, relay: RelayedRequest, tx: ClientTransaction, response: Response
+    ) -> bool:
+        """A trunk with credentials challenged an in-dialog request (re-INVITE, BYE...):
+        send it again once with them, CSeq from the dialog's count (RFC 3261 section 22)."""
+        core = self.core
+        leg = relay.to_leg
+        credentials = leg.hop.credentials if leg.hop is not None else None
+        if credentials is None or relay.challenge_answered or leg.dialog is None:
+            return False
+        retry = authorized_retry(
+            relay.request,
+            response,
+            username=credentials.username,
+            password=credentials.password,
+            realm=credentials.realm,
+            cnonce=core.ids.token(8),
+            cseq=leg.dialog.local_cseq + 1,
+        )
+        if retry is None:
+            return False
+        leg.dialog.local_cseq += 1
+        dest = core.next_hop(leg)
+        retry.push_via(core.via_for(dest, core.ids.branch()))
+        relay.request, relay.challenge_answered = retry, True
+        tx.owner = None
+        log.info("trunk_challenge_answered", method=retry.method, status=response.status)
+        ctx = core.layer.send_request(retry, dest, core.now)
+        ctx.owner = relay
+        relay.client_tx = ctx
+        return True
 
     def on_tx_failure(self, relay: RelayedRequest, kind: FailureKind) -> None:
         """The relayed request got no answer (408) or could not be sent (503)."""

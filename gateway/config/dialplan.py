@@ -98,6 +98,7 @@ from gateway.config.fields import (
     problem,
 )
 from gateway.config.overload import OverloadSettings
+from gateway.config.trunk_auth import TrunkAuth, TrunkRegister
 
 __all__ = [
     "DIALPLAN_FORMAT_VERSION",
@@ -287,6 +288,18 @@ class Trunk(Frozen):
     inbound_from: tuple[Network, ...] = ()
     #: TLS verification and client certificate for the gateways whose transport is tls
     tls: TrunkTls = TrunkTls()
+    #: digest credentials answering the trunk's 401/407 challenges (issue 13)
+    auth: TrunkAuth | None = None
+    #: ``register`` in the dialplan: REGISTER to the trunk's first gateway (registration-
+    #: based trunks); another name here, ``register`` being a class method of every model
+    registration: TrunkRegister | None = Field(default=None, alias="register")
+
+    @model_validator(mode="after")
+    def _register_user(self) -> Trunk:
+        reg = self.registration
+        if reg is not None and self.auth is None and reg.aor_user is None:
+            raise problem("register", "register needs auth or register.aor_user (who registers)")
+        return self
 
 
 class OutboundRule(Frozen):
