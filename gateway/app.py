@@ -23,8 +23,9 @@ import structlog
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA, CallObserver
 from gateway.b2bua.history import CallHistory
-from gateway.b2bua.metrics import CallMetrics, node_metrics
+from gateway.b2bua.metrics import CallMetrics, level_gauge, node_metrics
 from gateway.b2bua.queues import QueueManager
+from gateway.b2bua.registration import TrunkRegistrations, registration_plans
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.b2bua.tasks import CallTasks
 from gateway.config.dialplan import Dialplan
@@ -127,6 +128,7 @@ class Gateway:
             )
             metrics = _metrics(b2bua, registrar, publisher)
             await _start_endpoint(stack, endpoint)
+            _start_trunk_registrations(stack, dialplan, b2bua, endpoint, resolver.targets, metrics)
             _start_load_meter(stack, dialplan, endpoint, b2bua)
             _start_gc_pacer(stack, settings)
             yield cls(
@@ -171,6 +173,36 @@ async def _start_endpoint(stack: contextlib.AsyncExitStack, endpoint: SipEndpoin
     """The listeners open last, once every part behind them is up."""
     await endpoint.start()
     stack.push_async_callback(endpoint.close)
+
+
+def _start_trunk_registrations(
+    stack: contextlib.AsyncExitStack,
+    dialplan: Dialplan,
+    b2bua: B2BUA,
+    endpoint: SipEndpoint,
+    targets: Callable[[Address], list[Address]],
+    metrics: CallMetrics,
+) -> None:
+    """REGISTER to the registration-based trunks (issue 13), on the call layer's clock;
+    no call ever waits for it (an emergency call tries the trunk whatever its state)."""
+    router = b2bua.router
+    if not isinstance(router, ContactCentreRouter):
+        return
+    plans = registration_plans(dialplan.trunks, targets, router.credentials)
+    if not plans:
+        return
+    registrations = TrunkRegistrations(b2bua.core, plans)
+    now = endpoint.loop.time()
+    b2bua.core.now = now
+    registrations.start(now)
+    endpoint.pump()
+    stack.callback(registrations.stop)
+    level_gauge(
+        metrics.registry,
+        "gateway_trunk_registrations_up",
+        "Registration-based trunks with a granted binding now",
+        lambda: sum(registrations.registered(endpoint.loop.time()).values()),
+    )
 
 
 class DesktopCommands:

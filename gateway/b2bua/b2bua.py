@@ -68,6 +68,7 @@ from gateway.b2bua.decisions import (
     Outbound,
     Queued,
     QueuePort,
+    RequestOwner,
     Router,
     RouteRefusal,
 )
@@ -514,6 +515,8 @@ class B2BUA:
             self.relay.on_response(owner, tx, ev.response)
         elif isinstance(owner, Abandoned):
             self.placement.on_abandoned_response(owner, tx, ev.response)
+        elif isinstance(owner, RequestOwner):
+            owner.on_response(tx, ev.response, self.core.now)
 
     def _on_tx_failure(
         self, tx: ClientTransaction | ServerTransaction, kind: FailureKind, detail: str
@@ -525,6 +528,8 @@ class B2BUA:
             self.placement.on_tx_failure(owner, tx, kind, detail)
         elif isinstance(owner, RelayedRequest):
             self.relay.on_tx_failure(owner, kind)
+        elif isinstance(owner, RequestOwner):
+            owner.on_failure(tx, detail, self.core.now)
 
     def _on_ack_timeout(self, tx: ServerTransaction) -> None:
         owner = tx.owner

@@ -10,6 +10,7 @@ SIPp ends; a wrong password makes the carrier refuse (the same test, made to fai
 from __future__ import annotations
 
 import json
+import time
 
 from harness import GatewayFactory, Sipp, SippProcess
 
@@ -79,3 +80,36 @@ def test_a_wrong_password_is_refused_by_the_carrier(
     result = sipp.uac("uac_basic.xml", gw.address, 1, 1, service="5551234", timeout=20)
     assert result.failed_calls == 1, result.describe()
     assert uas.wait(timeout=20).successful_calls == 0
+
+
+def test_a_registration_based_trunk_is_registered_and_refreshed(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    """REGISTER challenged and accepted for 2 s; the refresh comes before they run out,
+    challenged and accepted again (SIPp checks the digest both times)."""
+    registrar = sipp.uas(
+        "uas_register_challenge.xml",
+        calls=1,
+        timeout=30,
+        extra=["-key", "carrier_user", "acme-trunk", "-key", "carrier_password", PASSWORD],
+    )
+    text = dialplan(registrar.address).replace(
+        "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n",
+        "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n"
+        "    register: { expires: 600, domain: carrier.test }\n",
+    )
+    gw = gateway_factory(text, env={"CARRIER_PASSWORD": PASSWORD})
+    registrar.wait(timeout=20).assert_calls(1)
+    deadline = time.monotonic() + 5.0
+    while True:  # the last 200 was SIPp's final step: the gateway may log it just after
+        states = [
+            json.loads(line)
+            for line in gw.log_text().splitlines()
+            if '"trunk_registration"' in line
+        ]
+        granted = [s["expires"] for s in states if s["state"] == "registered" and "error" not in s]
+        if len(granted) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert granted[:2] == [2, 600], states
+    assert PASSWORD not in gw.log_text()
