@@ -14,6 +14,7 @@ from b2bua_peers import ANSWER, CALLER, GATEWAY, GW1, GW2, Net, Peer, hop, outbo
 from pydantic import ValidationError
 
 from gateway.b2bua.call import NextHop
+from gateway.cli import main
 from gateway.config.trunk_auth import TrunkAuth, TrunkCredentials, TrunkRegister
 from gateway.registrar.digest import parse_authorization
 from gateway.registrar.digest_client import authorized_retry, chosen_challenge
@@ -251,3 +252,30 @@ def test_the_secret_comes_from_env_or_file_and_never_shows(
     assert missing.problem == "environment variable TRUNK_PW_UNSET_TEST is not set or empty"
     unreadable = TrunkAuth(username="acme", password_file=str(tmp_path / "absent"))
     assert unreadable.credentials is None and "cannot be read" in (unreadable.problem or "")
+
+
+def test_gateway_check_names_an_unreadable_secret_and_never_prints_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRUNK_A_PW", "printed-never-1")
+    monkeypatch.delenv("TRUNK_B_PW", raising=False)
+    path = tmp_path / "d.yaml"
+    path.write_text(
+        "version: 1\n"
+        "listen: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]\n"
+        "trunks:\n"
+        "  a:\n"
+        "    gateways: [ { host: 127.0.0.1, port: 5080 } ]\n"
+        "    auth: { username: acme, password_env: TRUNK_A_PW }\n"
+        "    register: { expires: 300 }\n"
+        "  b:\n"
+        "    gateways: [ { host: 127.0.0.1, port: 5081 } ]\n"
+        "    auth: { username: acme, password_env: TRUNK_B_PW }\n"
+        "outbound:\n"
+        "  - { name: all, match: '.*', trunk: a }\n"
+    )
+    assert main(["check", str(path)]) == 0  # a warning: b's calls still go out
+    captured = capsys.readouterr()
+    assert "trunk b: auth: environment variable TRUNK_B_PW is not set" in captured.out
+    assert "trunk a" not in captured.out
+    assert "printed-never-1" not in captured.out + captured.err
