@@ -74,6 +74,7 @@ from gateway.b2bua.decisions import (
 )
 from gateway.b2bua.placement import Placement
 from gateway.b2bua.relay import InDialogRelay
+from gateway.b2bua.sips import apply_sips_policy
 from gateway.b2bua.timers import Timer
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError, warning_value
@@ -332,6 +333,7 @@ class B2BUA:
             decision = self.router.route(request, dialled, source)
             if isinstance(decision, list):
                 decision = Outbound(decision)
+            decision = apply_sips_policy(request, source, decision, core.host_for(source))
             if self._refuse_unsupported_invite(tx, call, decision):
                 return
             if self.draining and isinstance(decision, (Outbound, Queued)):

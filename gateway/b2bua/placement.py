@@ -39,6 +39,7 @@ from gateway.b2bua.call import (
     NextHop,
 )
 from gateway.b2bua.core import ALLOW, Abandoned, CallCore, answerable, log
+from gateway.b2bua.sips import is_sips
 from gateway.registrar.digest_client import authorized_retry
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError
@@ -123,8 +124,11 @@ class Placement:
         host = f"[{dest.host}]" if ":" in dest.host else dest.host
         target = f"{host}:{dest.port}"
         transport = "" if dest.transport == "udp" else f";transport={dest.transport}"
+        # RFC 5630: a sips: call stays sips: on a TLS hop (the policy in .sips chose it)
+        secure = dest.transport == "tls" and is_sips(a_invite)
+        scheme, transport = ("sips", "") if secure else ("sip", transport)
         user = hop.user
-        ruri = hop.request_uri or f"sip:{user}@{target}{transport}"
+        ruri = hop.request_uri or f"{scheme}:{user}@{target}{transport}"
         from_value, identity = _presented_identity(call, hop, our_host, tag)
         max_forwards = a_invite.max_forwards
         mf = 70 if max_forwards is None else max(max_forwards - 1, 0)
@@ -132,10 +136,14 @@ class Placement:
             ("via", "Via", str(core.via_for(dest, core.ids.branch()))),
             ("max-forwards", "Max-Forwards", str(mf)),
             ("from", "From", from_value),
-            ("to", "To", f"<{hop.request_uri}>" if hop.request_uri else f"<sip:{user}@{target}>"),
+            ("to", "To", f"<{hop.request_uri or f'{scheme}:{user}@{target}'}>"),
             ("call-id", "Call-ID", call_id),
             ("cseq", "CSeq", "1 INVITE"),
-            ("contact", "Contact", core.contact_for(dest)),
+            (
+                "contact",
+                "Contact",
+                _sips_contact(core.contact_for(dest)) if secure else core.contact_for(dest),
+            ),
             ("allow", "Allow", ALLOW),
             ("user-agent", "User-Agent", core.user_agent),
         ]
@@ -474,6 +482,11 @@ class Placement:
         if call.b is not None and not call.b.got_final:
             self.abandon_offer(call)
         self.core.fail_a(call, status, reason or REASON_PHRASES.get(status, "Unavailable"))
+
+
+def _sips_contact(contact: str) -> str:
+    """Our Contact as a SIPS URI (RFC 3261 section 8.1.1.8: a sips: request has one)."""
+    return contact.replace("<sip:", "<sips:", 1).replace(";transport=tls", "")
 
 
 def _user_of(name_addr: NameAddr) -> str:
