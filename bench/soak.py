@@ -10,7 +10,8 @@ escaped exceptions in its log, its RSS before (after the first calls) and after,
 SIPp calls placed and completed on both ends. Exit status 0 when it passed.
 
     .venv/bin/python bench/soak.py [--messages 1000000] [--rate 4000] [--tcp-share 0.25]
-        [--call-rate 3] [--seed 4475] [--json out.json] [--workdir DIR] [--quick]
+        [--call-rate 3] [--seed 4475] [--call-transport udp|tcp] [--settle-s 40]
+        [--json out.json] [--workdir DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def main() -> int:
     parser.add_argument("--tcp-share", type=float, default=0.25)
     parser.add_argument("--call-rate", type=float, default=3.0, help="SIPp calls/s in all")
     parser.add_argument("--seed", type=int, default=4475)
+    parser.add_argument(
+        "--call-transport",
+        choices=("udp", "tcp"),
+        default="udp",
+        help="SIPp's calls and the trunk (tcp: the calls avoid the flooded UDP socket)",
+    )
+    parser.add_argument("--settle-s", type=float, default=40.0, help="RSS again after this")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--quick", action="store_true", help="20,000 messages: a smoke run")
@@ -46,6 +54,9 @@ def main() -> int:
         tcp_share=args.tcp_share,
         call_rate=args.call_rate,
         seed=args.seed,
+        call_transport=args.call_transport,
+        settle_s=args.settle_s,
+        progress=lambda count: print(f"  {count} messages sent", flush=True),
     )
     text = result.as_json()
     print(text)

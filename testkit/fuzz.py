@@ -265,14 +265,18 @@ class TcpSender:
         try:
             sock = self._connection(index)
             sock.sendall(data)
-            self.sent += 1
+        except OSError:
+            self.errors += 1
+            self._drop(index)
+            return
+        self.sent += 1
+        try:
             sock.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 while sock.recv(65536):
                     pass
             sock.settimeout(2.0)
-        except OSError:
-            self.errors += 1
+        except OSError:  # the gateway closed it after this message: a new one next time
             self._drop(index)
 
     def _drop(self, index: int) -> None:

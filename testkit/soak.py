@@ -9,10 +9,15 @@ Theory of operation
     ``messages`` mutated messages at the gateway, ``tcp_share`` of them over TCP and the
     rest over UDP, paced at ``rate`` per second (0: as fast as the sender goes).
 
+    With ``call_transport="tcp"`` SIPp's calls and the trunk use TCP, so that the UDP
+    flood (some 20 MB/s of mostly large datagrams at 4,000/s) does not overflow the
+    socket buffer their datagrams share: a flood limit is the transport's work (SPEC O-6),
+    not what the soak measures.
+
     Reported (:class:`SoakResult`): messages sent per transport and the rate achieved;
     whether the gateway still runs (a crash is an exit); escaped exceptions (log lines with
     a traceback, or an ``exception`` field: a handler that failed); the gateway's RSS
-    before the fuzzing (after its first calls) and after; and the SIPp calls placed,
+    before the fuzzing (after its first calls), right after, and ``settle_s`` later; and the SIPp calls placed,
     completed and failed on both ends. ``passed`` is the pass rule: no crash, no escaped
     exception, every SIPp call completed.
 """
@@ -22,12 +27,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from testkit.fuzz import Mutator, TcpSender, UdpSender, load_corpus
 from testkit.processes import LOOPBACK, GatewayProcess, free_port, require_tool, start_gateway
-from testkit.sipp import Sipp, SippProcess
+from testkit.sipp import Sipp, SippProcess, SippTransport
 
 ORDINARY = "5551234"
 EMERGENCY = "911"
@@ -39,7 +45,7 @@ listen:
   - {{ transport: udp, host: {host}, port: {port} }}
   - {{ transport: tcp, host: {host}, port: {port} }}
 trunks:
-  carrier: {{ gateways: [ {{ host: {host}, port: {carrier} }} ] }}
+  carrier: {{ gateways: [ {{ host: {host}, port: {carrier}, transport: {call_transport} }} ] }}
 registrar: {{ unauthenticated_outbound_from: ['127.0.0.0/8'] }}
 sites:
   hq:
@@ -65,6 +71,8 @@ class SoakResult:
     exception_samples: list[str]
     rss_before_kib: int
     rss_after_kib: int
+    #: RSS once ``settle_s`` passed after the fuzzing (finished transactions gone, 64*T1)
+    rss_settled_kib: int
     calls_placed: int
     calls_completed: int
     calls_failed: int
@@ -113,9 +121,15 @@ def escaped_exceptions(log_text: str) -> list[str]:
 
 
 def _fuzz(
-    gw: GatewayProcess, messages: int, rate: float, tcp_share: float, seed: int
+    gw: GatewayProcess,
+    messages: int,
+    rate: float,
+    tcp_share: float,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[UdpSender, TcpSender, float]:
-    """Send ``messages`` mutated messages, paced at ``rate``/s (0: unpaced)."""
+    """Send ``messages`` mutated messages, paced at ``rate``/s (0: unpaced); ``progress``
+    hears the count every 100,000."""
     mutator = Mutator(load_corpus(), seed)
     udp, tcp = UdpSender(LOOPBACK, gw.listen_port), TcpSender(LOOPBACK, gw.listen_port)
     every_tcp = max(1, round(1 / tcp_share)) if tcp_share > 0 else 0
@@ -127,6 +141,8 @@ def _fuzz(
                 tcp.send(data)
             else:
                 udp.send(data)
+            if progress is not None and index and index % 100_000 == 0:
+                progress(index)
             if rate > 0 and index % 64 == 0:
                 ahead = start + index / rate - time.monotonic()
                 if ahead > 0:
@@ -145,7 +161,12 @@ def call_counts(seconds: float, call_rate: float) -> tuple[int, int]:
 
 
 def _callers(
-    sipp: Sipp, gw: GatewayProcess, counts: tuple[int, int], call_rate: float, timeout: float
+    sipp: Sipp,
+    gw: GatewayProcess,
+    counts: tuple[int, int],
+    call_rate: float,
+    timeout: float,
+    transport: SippTransport,
 ) -> list[SippProcess]:
     """The ordinary and the 911 callers, started in the background."""
     return [
@@ -157,6 +178,7 @@ def _callers(
             service=number,
             timeout=timeout,
             trace_messages=False,
+            transport=transport,
         )
         for number, count, share in (
             (ORDINARY, counts[0], 2 / 3),
@@ -175,15 +197,31 @@ def run_soak(
     expected_seconds: float | None = None,
     seed: int = 4475,
     log_level: str = "WARNING",
+    call_transport: str = "udp",
+    progress: Callable[[int], None] | None = None,
+    settle_s: float = 0.0,
 ) -> SoakResult:
     """Run one soak (this module's docstring) and return its figures."""
     sipp = Sipp(workdir / "sipp", binary=require_tool("sipp"))
     seconds = expected_seconds or (messages / rate if rate > 0 else 10.0)
     counts = call_counts(seconds, call_rate)
     placed = sum(counts)
-    carrier = sipp.uas("uas_basic.xml", calls=placed, timeout=seconds + 90, trace_messages=False)
+    sipp_transport: SippTransport = "t1" if call_transport == "tcp" else "u1"
+    carrier = sipp.uas(
+        "uas_basic.xml",
+        calls=placed,
+        timeout=2 * seconds + 180,
+        trace_messages=False,
+        transport=sipp_transport,
+    )
     port = free_port()
-    text = DIALPLAN.format(host=LOOPBACK, port=port, carrier=carrier.port, ordinary=ORDINARY)
+    text = DIALPLAN.format(
+        host=LOOPBACK,
+        port=port,
+        carrier=carrier.port,
+        ordinary=ORDINARY,
+        call_transport=call_transport,
+    )
     gw = start_gateway(
         text,
         workdir / "gateway",
@@ -191,14 +229,17 @@ def run_soak(
         env={"GATEWAY_MQTT_URL": "off", "GATEWAY_LOG_LEVEL": log_level},
     )
     try:
-        callers = _callers(sipp, gw, counts, call_rate, seconds + 60)
+        callers = _callers(sipp, gw, counts, call_rate, 2 * seconds + 120, sipp_transport)
         time.sleep(1.0)  # the first calls are up: the gateway's working size
         rss_before = rss_kib(gw.pid)
-        udp, tcp, elapsed = _fuzz(gw, messages, rate, tcp_share, seed)
-        results = [caller.wait(timeout=seconds + 90) for caller in callers]
+        udp, tcp, elapsed = _fuzz(gw, messages, rate, tcp_share, seed, progress)
+        results = [caller.wait(timeout=2 * seconds + 150) for caller in callers]
         carrier_result = carrier.wait(timeout=30)
         running = gw.running
         rss_after = rss_kib(gw.pid) if running else 0
+        time.sleep(settle_s)
+        running = gw.running
+        rss_settled = rss_kib(gw.pid) if running else 0
         escaped = escaped_exceptions(gw.log_text())
     finally:
         gw.stop()
@@ -213,6 +254,7 @@ def run_soak(
         exception_samples=[line[:400] for line in escaped[:5]],
         rss_before_kib=rss_before,
         rss_after_kib=rss_after,
+        rss_settled_kib=rss_settled,
         calls_placed=placed,
         calls_completed=sum(r.successful_calls for r in results),
         calls_failed=sum(r.failed_calls for r in results),
