@@ -17,8 +17,8 @@ Theory of operation
     Reported (:class:`SoakResult`): messages sent per transport and the rate achieved;
     whether the gateway still runs (a crash is an exit); escaped exceptions (log lines with
     a traceback, or an ``exception`` field: a handler that failed); the gateway's RSS
-    before the fuzzing (after its first calls), right after, and ``settle_s`` later; and the SIPp calls placed,
-    completed and failed on both ends. ``passed`` is the pass rule: no crash, no escaped
+    before the fuzzing (after its first calls), right after, and ``settle_s`` later; and
+    the SIPp calls placed, completed and failed on both ends. ``passed`` is the pass rule: no crash, no escaped
     exception, every SIPp call completed.
 """
 
@@ -222,12 +222,17 @@ def run_soak(
         ordinary=ORDINARY,
         call_transport=call_transport,
     )
-    gw = start_gateway(
-        text,
-        workdir / "gateway",
-        listen_port=port,
-        env={"GATEWAY_MQTT_URL": "off", "GATEWAY_LOG_LEVEL": log_level},
-    )
+    try:
+        gw = start_gateway(
+            text,
+            workdir / "gateway",
+            listen_port=port,
+            env={"GATEWAY_MQTT_URL": "off", "GATEWAY_LOG_LEVEL": log_level},
+            ready_timeout=30.0,  # a loaded shared box starts it slowly
+        )
+    except BaseException:
+        sipp.close()
+        raise
     try:
         callers = _callers(sipp, gw, counts, call_rate, 2 * seconds + 120, sipp_transport)
         time.sleep(1.0)  # the first calls are up: the gateway's working size
