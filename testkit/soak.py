@@ -18,8 +18,8 @@ Theory of operation
     whether the gateway still runs (a crash is an exit); escaped exceptions (log lines with
     a traceback, or an ``exception`` field: a handler that failed); the gateway's RSS
     before the fuzzing (after its first calls), right after, and ``settle_s`` later; and
-    the SIPp calls placed, completed and failed on both ends. ``passed`` is the pass rule: no crash, no escaped
-    exception, every SIPp call completed.
+    the SIPp calls placed, completed and failed on both ends. ``passed`` is the pass rule:
+    no crash, no escaped exception, every SIPp call completed.
 """
 
 from __future__ import annotations
