@@ -56,6 +56,9 @@ outbound:
   - {{ name: service, match: '^{ordinary}$', trunk: carrier }}
 emergency:
   direct_routing: [ {{ name: sbc-911, match: '^911$', trunk: carrier }} ]
+# the soak measures robustness, not the overload policy (bench/overload_bench.py): on a
+# loaded shared box the loop-lag signal would shed ordinary calls with 503 (SPEC O-4)
+overload: {{ max_loop_lag_ms: 0 }}
 """
 
 
