@@ -76,6 +76,8 @@ class SoakResult:
     rss_after_kib: int
     #: RSS once ``settle_s`` passed after the fuzzing (finished transactions gone, 64*T1)
     rss_settled_kib: int
+    #: RSS every 100,000 messages: a plateau, not a slope, is bounded memory
+    rss_during_kib: list[int]
     calls_placed: int
     calls_completed: int
     calls_failed: int
@@ -240,7 +242,14 @@ def run_soak(
         callers = _callers(sipp, gw, counts, call_rate, 2 * seconds + 120, sipp_transport)
         time.sleep(1.0)  # the first calls are up: the gateway's working size
         rss_before = rss_kib(gw.pid)
-        udp, tcp, elapsed = _fuzz(gw, messages, rate, tcp_share, seed, progress)
+        during: list[int] = []
+
+        def sample(count: int) -> None:
+            during.append(rss_kib(gw.pid))
+            if progress is not None:
+                progress(count)
+
+        udp, tcp, elapsed = _fuzz(gw, messages, rate, tcp_share, seed, sample)
         results = [caller.wait(timeout=2 * seconds + 150) for caller in callers]
         carrier_result = carrier.wait(timeout=30)
         running = gw.running
@@ -263,6 +272,7 @@ def run_soak(
         rss_before_kib=rss_before,
         rss_after_kib=rss_after,
         rss_settled_kib=rss_settled,
+        rss_during_kib=during,
         calls_placed=placed,
         calls_completed=sum(r.successful_calls for r in results),
         calls_failed=sum(r.failed_calls for r in results),
