@@ -13,7 +13,7 @@ import contextlib
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,9 @@ import structlog
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA, CallObserver
 from gateway.b2bua.history import CallHistory
-from gateway.b2bua.metrics import CallMetrics, node_metrics, overload_gauges
+from gateway.b2bua.metrics import CallMetrics, level_gauge, node_metrics, overload_gauges
 from gateway.b2bua.queues import QueueManager
+from gateway.b2bua.registration import TrunkRegistrations, registration_plans
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.b2bua.sessions import SessionTimerConfig
 from gateway.b2bua.snapshot import call_rows
@@ -177,6 +178,36 @@ def _start_history(
     return history
 
 
+def _start_trunk_registrations(
+    stack: contextlib.AsyncExitStack,
+    dialplan: Dialplan,
+    b2bua: B2BUA,
+    endpoint: SipEndpoint,
+    targets: Callable[[Address], list[Address]],
+    metrics: CallMetrics,
+) -> None:
+    """REGISTER to the registration-based trunks (issue 13), on the call layer's clock;
+    no call ever waits for it (an emergency call tries the trunk whatever its state)."""
+    router = b2bua.router
+    if not isinstance(router, ContactCentreRouter):
+        return
+    plans = registration_plans(dialplan.trunks, targets, router.credentials)
+    if not plans:
+        return
+    registrations = TrunkRegistrations(b2bua.core, plans)
+    now = endpoint.loop.time()
+    b2bua.core.now = now
+    registrations.start(now)
+    endpoint.pump()
+    stack.callback(registrations.stop)
+    level_gauge(
+        metrics.registry,
+        "gateway_trunk_registrations_up",
+        "Registration-based trunks with a granted binding now",
+        lambda: sum(registrations.registered(endpoint.loop.time()).values()),
+    )
+
+
 class DesktopCommands:
     """The desktops' commands (presence, confirmed location) from MQTT, to their services.
 
@@ -284,6 +315,7 @@ async def _serve(
     and the collector's pacing."""
     metrics = _metrics(b2bua, registrar, publisher, stores, trunk_health)
     await start_endpoint(stack, endpoint, trunk_health, resolver)
+    _start_trunk_registrations(stack, dialplan, b2bua, endpoint, resolver.targets, metrics)
     start_load_meter(stack, dialplan, endpoint, b2bua, settings)
     return metrics
 

@@ -102,6 +102,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for problem in tls_problems(dialplan, settings):
         print(f"{args.file}: TLS: {problem}", file=sys.stderr)
         status = 1
+    # issue 13: a trunk whose secret cannot be read runs without credentials (a warning:
+    # its calls still go out); the secret itself is never printed
+    for name, trunk in dialplan.trunks.items():
+        if trunk.auth is not None and trunk.auth.credentials is None:
+            print(f"{args.file}: warning: trunk {name}: auth: {trunk.auth.problem}")
     # SPEC E-11: every agent that cannot place emergency calls properly, in words an
     # engineer can act on. These are warnings: such an agent's call still goes out on the
     # best available path (E-3), so the exit status stays 0.

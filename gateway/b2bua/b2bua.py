@@ -67,12 +67,14 @@ from gateway.b2bua.decisions import (
     Outbound,
     Queued,
     QueuePort,
+    RequestOwner,
     Router,
     RouteRefusal,
 )
 from gateway.b2bua.placement import Placement
 from gateway.b2bua.relay import InDialogRelay
 from gateway.b2bua.sessions import SessionRefresh, SessionTimerConfig, SessionTimers
+from gateway.b2bua.sips import apply_sips_policy
 from gateway.b2bua.timers import Timer
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError, warning_value
@@ -345,6 +347,7 @@ class B2BUA:
         decision = self.router.route(request, dialled, source)
         if isinstance(decision, list):
             decision = Outbound(decision)
+        decision = apply_sips_policy(request, source, decision, core.host_for(source))
         if self._refuse_unsupported_invite(tx, call, decision):
             return
         if self.sessions.refuse_too_small(tx, call, isinstance(decision, Emergency)):
@@ -529,6 +532,8 @@ class B2BUA:
             self.sessions.on_response(owner, tx, ev.response)
         elif isinstance(owner, ClientOwner):
             owner.on_response(ev.response, self.core.now)
+        elif isinstance(owner, RequestOwner):
+            owner.on_response(tx, ev.response, self.core.now)
 
     def _on_tx_failure(
         self, tx: ClientTransaction | ServerTransaction, kind: FailureKind, detail: str
@@ -545,6 +550,8 @@ class B2BUA:
             self.sessions.on_tx_failure(owner, kind)
         elif isinstance(owner, ClientOwner):
             owner.on_failure(detail, self.core.now)
+        elif isinstance(owner, RequestOwner):
+            owner.on_failure(tx, detail, self.core.now)
 
     def _on_ack_timeout(self, tx: ServerTransaction) -> None:
         owner = tx.owner

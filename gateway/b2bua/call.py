@@ -38,6 +38,7 @@ from enum import Enum, StrEnum
 from typing import Any, Literal, Protocol
 
 from gateway.b2bua.timers import Timer
+from gateway.config.trunk_auth import TrunkCredentials
 from gateway.sip.dialog import Dialog
 from gateway.sip.message import REASON_PHRASES, Request, Response
 from gateway.sip.transaction import Address, ClientTransaction, ServerTransaction
@@ -259,6 +260,8 @@ class NextHop:
     setup_timeout: float | None = None
     #: a trusted trunk: P-Asserted-Identity goes there even with Privacy: id (RFC 3325)
     trusted: bool = False
+    #: digest credentials for the trunk's 401/407 (answered once per request, issue 13)
+    credentials: TrunkCredentials | None = None
 
     @property
     def gateway(self) -> str:
@@ -311,13 +314,19 @@ class Leg:
     session: LegSession | None = None
     #: the last SDP we sent on this leg (a refresh re-INVITE repeats it unchanged)
     sdp_sent: bytes = b""
+    #: this leg's INVITE was challenged (401/407) and sent again with credentials
+    challenge_answered: bool = False
 
 
 @dataclass(slots=True)
 class RelayedRequest:
-    """Ties a client transaction on one leg to the server transaction it relays."""
+    """Ties a client transaction on one leg to the server transaction it relays.
 
-    call: Call
+    Without a server transaction (``server_tx`` None) it is a request of our own on the
+    leg (a BYE to a trunk with credentials), kept to answer a 401/407 to it (issue 13).
+    """
+
+    call: Call | None
     server_tx: ServerTransaction | None
     to_leg: Leg
     from_leg: Leg
@@ -325,6 +334,8 @@ class RelayedRequest:
     client_tx: ClientTransaction | None = None
     pending_2xx: Response | None = None
     acked: bool = False
+    #: the far end challenged the request and it went again with credentials (once)
+    challenge_answered: bool = False
 
 
 @dataclass(slots=True)

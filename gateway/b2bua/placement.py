@@ -49,6 +49,8 @@ from gateway.b2bua.core import (
 )
 from gateway.b2bua.sessions import SessionTimers
 from gateway.b2bua.sessions import describe as describe_sessions
+from gateway.b2bua.sips import is_sips
+from gateway.registrar.digest_client import authorized_retry
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr
@@ -136,8 +138,11 @@ class Placement:
         host = f"[{dest.host}]" if ":" in dest.host else dest.host
         target = f"{host}:{dest.port}"
         transport = "" if dest.transport == "udp" else f";transport={dest.transport}"
+        # RFC 5630: a sips: call stays sips: on a TLS hop (the policy in .sips chose it)
+        secure = dest.transport == "tls" and is_sips(a_invite)
+        scheme, transport = ("sips", "") if secure else ("sip", transport)
         user = hop.user
-        ruri = hop.request_uri or f"sip:{user}@{target}{transport}"
+        ruri = hop.request_uri or f"{scheme}:{user}@{target}{transport}"
         from_value, identity = _presented_identity(call, hop, our_host, tag)
         max_forwards = a_invite.max_forwards
         mf = 70 if max_forwards is None else max(max_forwards - 1, 0)
@@ -145,10 +150,14 @@ class Placement:
             ("via", "Via", str(core.via_for(dest, core.ids.branch()))),
             ("max-forwards", "Max-Forwards", str(mf)),
             ("from", "From", from_value),
-            ("to", "To", f"<{hop.request_uri}>" if hop.request_uri else f"<sip:{user}@{target}>"),
+            ("to", "To", f"<{hop.request_uri or f'{scheme}:{user}@{target}'}>"),
             ("call-id", "Call-ID", call_id),
             ("cseq", "CSeq", "1 INVITE"),
-            ("contact", "Contact", core.contact_for(dest)),
+            (
+                "contact",
+                "Contact",
+                _sips_contact(core.contact_for(dest)) if secure else core.contact_for(dest),
+            ),
             ("allow", "Allow", ALLOW),
             ("user-agent", "User-Agent", core.user_agent),
         ]
@@ -244,6 +253,12 @@ class Placement:
     def _on_error(self, call: Call, b: Leg, response: Response) -> None:
         core = self.core
         status = response.status
+        if (
+            status in (401, 407)
+            and not call.cancelled
+            and self._answer_challenge(call, b, response)
+        ):
+            return
         b.got_final = True
         core.stop_timer(call)
         if call.cancelled:
@@ -264,6 +279,54 @@ class Placement:
             return
         core.record_failure(call, failure)
         core.fail_a(call, status, response.reason, response)
+
+    def _answer_challenge(self, call: Call, b: Leg, response: Response) -> bool:
+        """A trunk with credentials challenged the INVITE: send it again, once, with them.
+
+        RFC 3261 section 22.2: same Call-ID, From tag and To, CSeq one more, a new branch
+        (the challenged transaction is over; the layer ACKed the 401/407). This is not a
+        failover: the same hop is tried again, its timers from the start. A second
+        challenge, or one we cannot answer, is an ordinary final error (failover codes).
+        """
+        core = self.core
+        hop = b.hop
+        credentials = hop.credentials if hop is not None else None
+        if credentials is None or b.challenge_answered:
+            return False
+        retry = authorized_retry(
+            b.invite,
+            response,
+            username=credentials.username,
+            password=credentials.password,
+            realm=credentials.realm,
+            cnonce=core.ids.token(8),
+            cseq=b.invite.cseq.number + 1,
+        )
+        if retry is None or hop is None:
+            log.warning(
+                "trunk_challenge_unanswerable",
+                trunk=hop.trunk if hop else None,
+                status=response.status,
+                call_id=call.id,
+            )
+            return False
+        retry.push_via(core.via_for(b.flow, core.ids.branch()))
+        if b.client_tx is not None:
+            b.client_tx.owner = None  # the challenged transaction is over (ACKed by the layer)
+        b.invite, b.challenge_answered, b.dialog = retry, True, None
+        b.got_provisional = b.got_progress = b.got_final = False
+        log.info(
+            "trunk_challenge_answered",
+            trunk=hop.trunk,
+            status=response.status,
+            user=credentials.username,
+            call_id=call.id,
+        )
+        ctx = core.layer.send_request(retry, b.flow, core.now)
+        ctx.owner = call
+        b.client_tx = ctx
+        self._arm(call, hop.provisional_timeout, lambda: self._on_provisional_timeout(call, ctx))
+        return True
 
     def on_unusable_response(self, call: Call, tx: ClientTransaction, detail: str) -> None:
         """A response to the B-leg INVITE we could not parse: that attempt failed (502)."""
@@ -435,6 +498,11 @@ class Placement:
         if call.b is not None and not call.b.got_final:
             self.abandon_offer(call)
         self.core.fail_a(call, status, reason or REASON_PHRASES.get(status, "Unavailable"))
+
+
+def _sips_contact(contact: str) -> str:
+    """Our Contact as a SIPS URI (RFC 3261 section 8.1.1.8: a sips: request has one)."""
+    return contact.replace("<sip:", "<sips:", 1).replace(";transport=tls", "")
 
 
 def _user_of(name_addr: NameAddr) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from gateway.b2bua.call import Call, CallOutcome, EndKind, FailureKind, Leg, RelayedRequest
 from gateway.b2bua.core import ALLOW, CallCore, answerable, log, note_sdp_sent
 from gateway.b2bua.sessions import SessionTimers
+from gateway.registrar.digest_client import authorized_retry
 from gateway.sip.dialog import DialogError
 from gateway.sip.errors import warning_value
 from gateway.sip.message import Request, Response, make_response
@@ -170,6 +171,8 @@ class InDialogRelay:
         core = self.core
         server_tx = relay.server_tx
         status = response.status
+        if status in (401, 407) and self._answer_challenge(relay, tx, response):
+            return
         if status == 100 or server_tx is None:
             return
         method = relay.request.method
@@ -204,9 +207,9 @@ class InDialogRelay:
     def _refreshed(self, relay: RelayedRequest, response: Response, out: Response) -> None:
         """A relayed re-INVITE/UPDATE succeeded: a refresh of both legs' sessions; the
         answer to its sender carries the sender's session (RFC 4028 section 9)."""
-        if response.status < 200:
-            return
         sessions, call = self.sessions, relay.call
+        if response.status < 200 or call is None:
+            return  # (a request of our own, a challenged BYE, has no call to refresh)
         sessions.refreshed_by_us(call, relay.to_leg, response)
         assert relay.server_tx is not None
         sessions.refreshed_by_peer(call, relay.from_leg, relay.server_tx.request)
@@ -214,6 +217,38 @@ class InDialogRelay:
         if session is not None:
             for name, value in sessions.answer_headers(session):
                 out.add(name, value)
+
+    def _answer_challenge(
+        self, relay: RelayedRequest, tx: ClientTransaction, response: Response
+    ) -> bool:
+        """A trunk with credentials challenged an in-dialog request (re-INVITE, BYE...):
+        send it again once with them, CSeq from the dialog's count (RFC 3261 section 22)."""
+        core = self.core
+        leg = relay.to_leg
+        credentials = leg.hop.credentials if leg.hop is not None else None
+        if credentials is None or relay.challenge_answered or leg.dialog is None:
+            return False
+        retry = authorized_retry(
+            relay.request,
+            response,
+            username=credentials.username,
+            password=credentials.password,
+            realm=credentials.realm,
+            cnonce=core.ids.token(8),
+            cseq=leg.dialog.local_cseq + 1,
+        )
+        if retry is None:
+            return False
+        leg.dialog.local_cseq += 1
+        dest = core.next_hop(leg)
+        retry.push_via(core.via_for(dest, core.ids.branch()))
+        relay.request, relay.challenge_answered = retry, True
+        tx.owner = None
+        log.info("trunk_challenge_answered", method=retry.method, status=response.status)
+        ctx = core.layer.send_request(retry, dest, core.now)
+        ctx.owner = relay
+        relay.client_tx = ctx
+        return True
 
     def on_tx_failure(self, relay: RelayedRequest, kind: FailureKind) -> None:
         """The relayed request got no answer (408) or could not be sent (503)."""

@@ -54,6 +54,7 @@ from gateway.b2bua.decisions import Decision, Emergency, Outbound, Queued, Route
 from gateway.b2bua.queues import best_binding, binding_address
 from gateway.config.dialplan import Dialplan, RouteDecision, Site
 from gateway.config.keepalive import gateway_key
+from gateway.config.trunk_auth import TrunkCredentials
 from gateway.emergency.callbacks import strip_untrusted_priority
 from gateway.emergency.numbers import detect, detect_rewritten
 from gateway.emergency.routing import RoutePlan
@@ -124,6 +125,11 @@ class ContactCentreRouter:
             if trunk.inbound_from:
                 self._trunk_networks.append((name, _networks(trunk.inbound_from)))
         self._open = _networks(dialplan.registrar.unauthenticated_outbound_from)
+        #: trunks whose unreadable secret was logged already (once per dialplan)
+        self._secret_warned: set[str] = set()
+        for name, trunk in dialplan.trunks.items():
+            if trunk.auth is not None:
+                self.credentials(name)  # read the secret now, not on the first call
 
     def with_dialplan(self, dialplan: Dialplan) -> ContactCentreRouter:
         """The same router over a reloaded ``dialplan`` (its indexes built afresh)."""
@@ -302,6 +308,7 @@ class ContactCentreRouter:
                 request_uri=hop.request_uri,
                 accepts_location=hop.accepts_location,
                 setup_timeout=self.dialplan.emergency.setup_timeout_s,
+                credentials=self.credentials(hop.trunk),
             )
             for hop in plan.hops
             for address in self.targets(Address(hop.transport, hop.host, hop.port))
@@ -393,11 +400,23 @@ class ContactCentreRouter:
                 failover_codes=codes,
                 provisional_timeout=trunk.provisional_timeout_s,
                 trusted=trunk.trusted,
+                credentials=self.credentials(decision.trunk_name),
             )
             for gw in gateways
             for address in self.targets(Address(gw.transport, gw.host, gw.port))
         ]
         return Outbound(hops, agent, self.caller_id(decision.rule, agent, source))
+
+    def credentials(self, trunk_name: str) -> TrunkCredentials | None:
+        """The digest credentials of a trunk (its ``auth``), None without or unreadable."""
+        trunk = self.dialplan.trunks.get(trunk_name)
+        if trunk is None or trunk.auth is None:
+            return None
+        credentials = trunk.auth.credentials
+        if credentials is None and trunk_name not in self._secret_warned:
+            self._secret_warned.add(trunk_name)
+            log.error("trunk_credentials_unavailable", trunk=trunk_name, detail=trunk.auth.problem)
+        return credentials
 
     def caller_id(self, rule_name: str, agent: str | None, source: Address | None) -> str | None:
         """The E.164 number an outbound call presents, as the rule's ``caller_id`` says:

@@ -47,6 +47,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BeforeValidator,
+    ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
@@ -99,6 +100,7 @@ from gateway.config.fields import (
 )
 from gateway.config.keepalive import Keepalive
 from gateway.config.overload import OverloadSettings
+from gateway.config.trunk_auth import TrunkAuth, TrunkRegister, TrunkTls
 
 __all__ = [
     "DIALPLAN_FORMAT_VERSION",
@@ -258,35 +260,6 @@ class SipSettings(Frozen):
 _USER_CHAR = re.compile(r"[A-Za-z0-9\-_.!~*'()%&=+$,;?/]")
 
 
-class TrunkTls(Frozen):
-    """How the gateway checks a TLS trunk and proves itself to it (RFC 5922, RFC 5630).
-
-    The trunk's certificate must chain to ``ca_file`` (default: ``GATEWAY_TLS_CA_FILE``,
-    else the system store) and name ``server_name`` (default: each gateway's host; also
-    sent as SNI). With ``mutual``, the gateway presents ``client_cert_file`` /
-    ``client_key_file`` (default: ``GATEWAY_TLS_CERT_FILE`` / ``GATEWAY_TLS_KEY_FILE``).
-    """
-
-    server_name: str | None = None
-    ca_file: str | None = None
-    mutual: bool = False
-    client_cert_file: str | None = None
-    client_key_file: str | None = None
-
-    @field_validator("server_name")
-    @classmethod
-    def _valid_name(cls, value: str | None) -> str | None:
-        return None if value is None else check_host(value)
-
-    @model_validator(mode="after")
-    def _key_with_cert(self) -> TrunkTls:
-        if (self.client_cert_file is None) != (self.client_key_file is None):
-            raise problem(
-                "tls", "client_cert_file and client_key_file go together: give both or neither"
-            )
-        return self
-
-
 class Trunk(Frozen):
     """A named group of gateways tried in order (SPEC E-2, R-2).
 
@@ -306,6 +279,21 @@ class Trunk(Frozen):
     tls: TrunkTls = TrunkTls()
     #: OPTIONS keep-alives to each gateway (SPEC O-3); none: never probed, always up
     keepalive: Keepalive | None = None
+    #: digest credentials answering the trunk's 401/407 challenges (issue 13)
+    auth: TrunkAuth | None = None
+    #: ``register`` in the dialplan: REGISTER to the trunk's first gateway (registration-
+    #: based trunks); another name here, ``register`` being a class method of every model
+    registration: TrunkRegister | None = Field(default=None, alias="register")
+
+    # ``registration`` is accepted too (a model_dump of the dialplan reads back)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _register_user(self) -> Trunk:
+        reg = self.registration
+        if reg is not None and self.auth is None and reg.aor_user is None:
+            raise problem("register", "register needs auth or register.aor_user (who registers)")
+        return self
 
 
 class OutboundRule(Frozen):

@@ -1,8 +1,10 @@
 """HTTP Digest for SIP, the client side (RFC 3261 sections 22.2 and 22.3, RFC 7616).
 
 :func:`make_authorization` and :func:`authorization_for_challenge` build the
-``Authorization``/``Proxy-Authorization`` value a UAC sends: our tests, and later UAC
-authentication towards trunks. The server side is :mod:`gateway.registrar.digest`.
+``Authorization``/``Proxy-Authorization`` value a UAC sends (our tests);
+:func:`authorized_retry` turns a request and the 401/407 it got into the same request with
+credentials (the B-leg INVITE, a BYE or re-INVITE, a REGISTER towards a trunk). The server
+side is :mod:`gateway.registrar.digest`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,17 @@ from gateway.registrar.digest import (
     parse_challenge,
     quote_param,
 )
+from gateway.sip.message import Request, Response
 
-__all__ = ["authorization_for_challenge", "make_authorization"]
+__all__ = [
+    "authorization_for_challenge",
+    "authorized_retry",
+    "chosen_challenge",
+    "make_authorization",
+]
+
+#: RFC 8760 section 2.4: of several challenges, answer the strongest we support
+_PREFERENCE = ("SHA-256", "MD5")
 
 
 def make_authorization(
@@ -112,3 +123,69 @@ def authorization_for_challenge(
         qop=qop,
         opaque=params.get("opaque"),
     )
+
+
+def chosen_challenge(response: Response, realm: str | None = None) -> str | None:
+    """The challenge of a 401 (``WWW-Authenticate``) or 407 (``Proxy-Authenticate``) to
+    answer: SHA-256 before MD5 (RFC 8760 section 2.4), of ``realm`` when one is given
+    (None: any realm). None: no challenge we can answer (unknown algorithm, ``auth-int``
+    only, other realm, malformed)."""
+    name = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+    usable: dict[str, str] = {}
+    for value in response.get_all(name):
+        if not value.lstrip().lower().startswith("digest"):
+            continue
+        try:
+            params = parse_challenge(value)
+        except DigestParseError:
+            continue
+        algorithm = canonical_algorithm(params.get("algorithm", "MD5"))
+        qops = {item.strip().lower() for item in params.get("qop", "auth").split(",")}
+        if algorithm not in _PREFERENCE or "auth" not in qops or "nonce" not in params:
+            continue
+        if realm is not None and params.get("realm") != realm:
+            continue
+        usable.setdefault(algorithm, value)
+    return next((usable[a] for a in _PREFERENCE if a in usable), None)
+
+
+def authorized_retry(
+    request: Request,
+    response: Response,
+    *,
+    username: str,
+    password: str,
+    realm: str | None,
+    cnonce: str,
+    cseq: int,
+) -> Request | None:
+    """``request`` again, answering the 401/407 ``response`` (RFC 3261 sections 8.1.3.5, 22).
+
+    Same Call-ID, From (tag included), To and body; CSeq ``cseq`` (one more than the
+    challenged request's, the caller's dialog or leg keeps count); no Via (the sender adds
+    one with a new branch); an ``Authorization`` (401) or ``Proxy-Authorization`` (407)
+    with qop=auth, nc=00000001 and ``cnonce`` when the challenge offers qop. None when no
+    challenge can be answered (see :func:`chosen_challenge`).
+    """
+    value = chosen_challenge(response, realm)
+    if value is None:
+        return None
+    uri = request.uri_text
+    try:
+        credentials = authorization_for_challenge(
+            value,
+            method=request.method,
+            uri=uri,
+            username=username,
+            password=password,
+            cnonce=cnonce,
+        )
+    except ValueError:  # DigestParseError included
+        return None
+    header = "Authorization" if response.status == 401 else "Proxy-Authorization"
+    retry = Request(request.method, uri, request.copy_headers(), request.body)
+    retry.remove("Via")
+    retry.remove(header)
+    retry.set("CSeq", f"{cseq} {request.method}")
+    retry.add(header, credentials)
+    return retry

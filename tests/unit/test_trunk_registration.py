@@ -1,0 +1,131 @@
+"""Outbound REGISTER to a registration-based trunk (issue 13), on a hand-moved clock.
+
+The registrar is a fake peer with its own transaction layer (``b2bua_peers``); the
+registration runs on the gateway's call-layer timer heap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from b2bua_peers import ANSWER, CALLER, GATEWAY, GW1, Net, Peer, hop, outbound
+
+from gateway.b2bua.registration import (
+    RegistrationPlan,
+    RegistrationState,
+    TrunkRegistration,
+)
+from gateway.config.trunk_auth import TrunkCredentials, TrunkRegister
+from gateway.registrar.digest import parse_authorization
+from gateway.sip.message import make_response
+from gateway.sip.transaction import RequestReceived
+
+CHALLENGE = 'Digest realm="carrier", nonce="n1", algorithm=SHA-256, qop="auth"'
+
+
+def _registration(net: Net, expires: int = 600) -> TrunkRegistration:
+    plan = RegistrationPlan(
+        trunk="carrier",
+        registrar=GW1,
+        aor_user="acme",
+        domain="carrier.test",
+        settings=TrunkRegister(expires=expires, retry_min_s=2, retry_max_s=10),
+        credentials=TrunkCredentials("acme", "pw", None),
+    )
+    registration = TrunkRegistration(net.b2bua.core, plan, random.Random(7))
+    net.b2bua.core.now = net.now
+    registration.start(net.now)
+    net.exchange()
+    return registration
+
+
+def _answer(peer: Peer, ev: RequestReceived, status: int, *extra: tuple[str, str]) -> None:
+    response = make_response(ev.request, status, to_tag="reg", extra=extra)
+    peer.layer.send_response(ev.transaction, response, peer.net.now)
+    peer.net.exchange()
+
+
+def test_challenged_register_is_answered_then_refreshed_before_expiry() -> None:
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    registration = _registration(net)
+    (first,) = registrar.requests("REGISTER")
+    assert first.request.uri_text == "sip:carrier.test:5060"
+    assert first.request.get("Expires") == "600"
+    _answer(registrar, first, 401, ("WWW-Authenticate", CHALLENGE))
+    second = registrar.requests("REGISTER")[1].request
+    assert second.call_id == first.request.call_id
+    assert second.cseq.number == first.request.cseq.number + 1
+    assert parse_authorization(second.get("Authorization") or "")["username"] == "acme"
+    contact = f"{first.request.get('Contact')};expires=120"
+    _answer(registrar, registrar.requests("REGISTER")[1], 200, ("Contact", contact))
+    assert registration.state is RegistrationState.REGISTERED
+    assert registration.granted == 120 and registration.registered(net.now)
+    net.advance(95.0)
+    assert len(registrar.requests("REGISTER")) == 2
+    net.advance(2.0)  # 0.8 of 120 s: the refresh, same Call-ID, next CSeq
+    refresh = registrar.requests("REGISTER")[2].request
+    assert refresh.call_id == first.request.call_id and refresh.cseq.number == 3
+    assert registration.state is RegistrationState.REGISTERED
+
+
+def test_failures_back_off_doubling_up_to_the_maximum() -> None:
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    registration = _registration(net)
+    times = []
+    for _ in range(5):
+        ev = registrar.requests("REGISTER")[-1]
+        times.append(net.now)
+        _answer(registrar, ev, 503)
+        assert registration.state is RegistrationState.FAILED
+        before = len(registrar.requests("REGISTER"))
+        while len(registrar.requests("REGISTER")) == before:
+            net.advance(0.1)
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(times)]
+    for gap, ceiling in zip(gaps, (2, 4, 8, 10), strict=True):
+        assert 0.8 * ceiling - 0.2 <= gap <= ceiling + 0.2, gaps
+
+
+def test_a_second_challenge_is_a_failure_not_a_loop() -> None:
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    registration = _registration(net)
+    _answer(registrar, registrar.requests("REGISTER")[0], 401, ("WWW-Authenticate", CHALLENGE))
+    _answer(registrar, registrar.requests("REGISTER")[1], 401, ("WWW-Authenticate", CHALLENGE))
+    assert registration.state is RegistrationState.FAILED
+    assert len(registrar.requests("REGISTER")) == 2
+
+
+def test_423_asks_again_for_min_expires() -> None:
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    _registration(net, expires=60)
+    _answer(registrar, registrar.requests("REGISTER")[0], 423, ("Min-Expires", "900"))
+    assert registrar.requests("REGISTER")[1].request.get("Expires") == "900"
+
+
+def test_a_silent_registrar_fails_after_timer_f_and_is_retried() -> None:
+    net = Net(outbound(hop(GW1)))
+    net.drop = lambda s, d, m: s == GW1
+    registration = _registration(net)
+    net.advance(31.0)
+    assert registration.state.value == "registering"
+    net.advance(2.0)  # Timer F, 64*T1 = 32 s
+    assert registration.state.value == "failed"
+
+
+def test_a_call_is_not_delayed_by_a_failed_registration() -> None:
+    """The trunk is tried at once (then the next path, as ever) while REGISTER fails."""
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    registration = _registration(net)
+    _answer(registrar, registrar.requests("REGISTER")[0], 403)
+    assert registration.state is RegistrationState.FAILED
+    caller = net.peer(CALLER)
+    caller.invite()
+    (invite,) = registrar.requests("INVITE")
+    registrar.answer(invite, 200, ANSWER)
+    assert caller.statuses() == [100, 200]
+    assert net.sent(GATEWAY, GW1, "INVITE")[0].uri_text.startswith("sip:15551230000@")

@@ -1,0 +1,115 @@
+"""Trunk authentication against a real carrier (issue 13): SIPp challenges and checks.
+
+SIPp plays the carrier (``uas_challenge.xml``: 401 to the INVITE, then the INVITE with
+credentials is checked and answered; 401 to the BYE, then the BYE with credentials is
+checked) and the agent's phone. The password reaches the gateway through the environment
+(``password_env``) and must not appear in its log. Pass rule: the call completes on both
+SIPp ends; a wrong password makes the carrier refuse (the same test, made to fail).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from harness import GatewayFactory, Sipp, SippProcess
+
+PASSWORD = "carrier-pw-7f3e"
+
+
+def dialplan(carrier: str) -> str:
+    """Ordinary calls and 911 both to the challenging carrier; the phones' network is open
+    (no agent credentials) and is a US site, so 911 is that site's emergency call."""
+    host, _, port = carrier.rpartition(":")
+    return (
+        "version: 1\n"
+        "listen:\n"
+        "  - { transport: udp, host: ${listen_host}, port: ${listen_port} }\n"
+        "trunks:\n"
+        "  carrier:\n"
+        f"    gateways: [ {{ host: {host}, port: {port} }} ]\n"
+        "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n"
+        "registrar: { unauthenticated_outbound_from: ['127.0.0.0/8'] }\n"
+        "sites:\n"
+        "  hq:\n"
+        "    networks: ['127.0.0.0/8']\n"
+        "    location: { street: Main St, city: Springfield, state: IL, postcode: '62701',"
+        " country: US }\n"
+        "    callback_number: '+15555550180'\n"
+        "outbound:\n"
+        "  - { name: all, match: '.*', trunk: carrier }\n"
+        "emergency:\n"
+        "  direct_routing:\n"
+        "    - { name: sbc-911, match: '^911$', trunk: carrier }\n"
+    )
+
+
+def carrier(sipp: Sipp, password: str, calls: int = 1) -> SippProcess:
+    return sipp.uas(
+        "uas_challenge.xml",
+        calls=calls,
+        timeout=30,
+        extra=["-key", "carrier_user", "acme-trunk", "-key", "carrier_password", password],
+    )
+
+
+def test_a_carrier_that_challenges_invite_and_bye_gets_the_credentials(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    """An ordinary call, then a 911 call (direct routing to the same carrier)."""
+    uas = carrier(sipp, PASSWORD, calls=2)
+    gw = gateway_factory(dialplan(uas.address), env={"CARRIER_PASSWORD": PASSWORD})
+    for number in ("5551234", "911"):
+        sipp.uac("uac_basic.xml", gw.address, 1, 1, service=number, timeout=20).assert_calls(1)
+    uas.wait(timeout=20).assert_calls(2)
+    log = gw.log_text()
+    assert log.count('"trunk_challenge_answered"') == 4  # INVITE and BYE of each call
+    tries = [json.loads(line) for line in log.splitlines() if '"b_leg_try"' in line]
+    assert [t["trunk"] for t in tries] == ["carrier", "direct-routing:carrier"]
+    assert '"b_leg_failover"' not in log and '"b_leg_failed"' not in log
+    assert PASSWORD not in log
+    assert "Traceback" not in log
+
+
+def test_a_wrong_password_is_refused_by_the_carrier(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    """The pass rule can fail: the carrier checks the digest, a wrong one gets 403."""
+    uas = carrier(sipp, "not-" + PASSWORD)
+    gw = gateway_factory(dialplan(uas.address), env={"CARRIER_PASSWORD": PASSWORD})
+    result = sipp.uac("uac_basic.xml", gw.address, 1, 1, service="5551234", timeout=20)
+    assert result.failed_calls == 1, result.describe()
+    assert uas.wait(timeout=20).successful_calls == 0
+
+
+def test_a_registration_based_trunk_is_registered_and_refreshed(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    """REGISTER challenged and accepted for 2 s; the refresh comes before they run out,
+    challenged and accepted again (SIPp checks the digest both times)."""
+    registrar = sipp.uas(
+        "uas_register_challenge.xml",
+        calls=1,
+        timeout=30,
+        extra=["-key", "carrier_user", "acme-trunk", "-key", "carrier_password", PASSWORD],
+    )
+    text = dialplan(registrar.address).replace(
+        "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n",
+        "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n"
+        "    register: { expires: 600, domain: carrier.test }\n",
+    )
+    gw = gateway_factory(text, env={"CARRIER_PASSWORD": PASSWORD})
+    registrar.wait(timeout=20).assert_calls(1)
+    deadline = time.monotonic() + 5.0
+    while True:  # the last 200 was SIPp's final step: the gateway may log it just after
+        states = [
+            json.loads(line)
+            for line in gw.log_text().splitlines()
+            if '"trunk_registration"' in line
+        ]
+        granted = [s["expires"] for s in states if s["state"] == "registered" and "error" not in s]
+        if len(granted) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert granted[:2] == [2, 600], states
+    assert PASSWORD not in gw.log_text()
