@@ -67,7 +67,6 @@ from gateway.b2bua.decisions import (
     Outbound,
     Queued,
     QueuePort,
-    RequestOwner,
     Router,
     RouteRefusal,
 )
@@ -531,8 +530,6 @@ class B2BUA:
         elif isinstance(owner, SessionRefresh):
             self.sessions.on_response(owner, tx, ev.response)
         elif isinstance(owner, ClientOwner):
-            owner.on_response(ev.response, self.core.now)
-        elif isinstance(owner, RequestOwner):
             owner.on_response(tx, ev.response, self.core.now)
 
     def _on_tx_failure(
@@ -549,8 +546,6 @@ class B2BUA:
         elif isinstance(owner, SessionRefresh):
             self.sessions.on_tx_failure(owner, kind)
         elif isinstance(owner, ClientOwner):
-            owner.on_failure(detail, self.core.now)
-        elif isinstance(owner, RequestOwner):
             owner.on_failure(tx, detail, self.core.now)
 
     def _on_ack_timeout(self, tx: ServerTransaction) -> None:

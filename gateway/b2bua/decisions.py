@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.b2bua.call import Call, EmergencyFacts, LegFailure, NextHop
-from gateway.sip.message import Request, Response
-from gateway.sip.transaction import Address, ClientTransaction
+from gateway.sip.message import Request
+from gateway.sip.transaction import Address
 
 __all__ = [
     "CallObserver",
@@ -40,7 +40,6 @@ __all__ = [
     "Outbound",
     "QueuePort",
     "Queued",
-    "RequestOwner",
     "RouteRefusal",
     "Router",
 ]
@@ -164,14 +163,3 @@ class QueuePort(Protocol):
     def enqueue(self, call: Call, queue: str, priority: int) -> None: ...
 
     def offer_failed(self, call: Call, status: int, *, refused: bool = False) -> None: ...
-
-
-class RequestOwner:
-    """Owner of a request the gateway sends on its own behalf (a REGISTER to a trunk): the
-    B2BUA hands it the responses and failures of its client transactions, with the time."""
-
-    def on_response(self, tx: ClientTransaction, response: Response, now: float) -> None:
-        """A response (1xx included) to the request of ``tx``."""
-
-    def on_failure(self, tx: ClientTransaction, detail: str, now: float) -> None:
-        """No response (Timer F) or the request could not be sent."""

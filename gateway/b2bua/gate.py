@@ -61,6 +61,9 @@ SHED_TAG_PREFIX: Final = "gw503-"
 """The To tag of every 503 the gate sends: its ACK is recognised by it."""
 _SHED_MARK: Final = b"tag=" + SHED_TAG_PREFIX.encode()
 _OC_SUPPORTED: Final = re.compile(rb";\s*oc\s*(?:[;,]|$)", re.IGNORECASE)
+TRUST_TTL_S: Final = 1.0
+"""How long the gate keeps a source's trust verdict (a new registration counts within it)."""
+_TRUST_ENTRIES: Final = 4096
 OC_VALIDITY_MS: Final = 1000
 """How long an upstream applies the ``oc`` loss of one 503 (RFC 7339 section 5.2)."""
 _HEADERS: Final = {
@@ -145,6 +148,7 @@ class OverloadGate:
         #: per-source limits for strangers (SPEC O-6), and who is not a stranger
         self.limits = limits
         self.trusted = trusted
+        self._trust: dict[Address, tuple[bool, float]] = {}
         self._tail = (
             f"Retry-After: {admission.settings.retry_after_s}\r\n"
             f"Server: {server}\r\nContent-Length: 0\r\n\r\n"
@@ -158,7 +162,8 @@ class OverloadGate:
         if data[:8] == b"SIP/2.0 ":
             return None  # a response: the transaction layer knows whether it is ours
         limits = self.limits
-        if limits is not None and not self.trusted(source) and not limits.allow(source.host, now):
+        stranger = limits is not None and not self._trusted(source, now)
+        if stranger and limits is not None and not limits.allow(source.host, now):
             return b""  # a stranger's flood: unanswered
         if data[:4] == b"ACK ":
             if _SHED_MARK in data:
@@ -179,6 +184,19 @@ class OverloadGate:
         self.admission.count_shed()
         self.shed += 1
         return self._refusal(head)
+
+    def _trusted(self, source: Address, now: float) -> bool:
+        """``trusted(source)``, remembered for ``TRUST_TTL_S``: the router's answer (trunks,
+        networks, live registrations) does not change per datagram, and this runs for every
+        request the gateway reads."""
+        known = self._trust.get(source)
+        if known is not None and known[1] > now:
+            return known[0]
+        if len(self._trust) >= _TRUST_ENTRIES:
+            self._trust.clear()
+        verdict = self.trusted(source)
+        self._trust[source] = (verdict, now + TRUST_TTL_S)
+        return verdict
 
     def _overload_control(self) -> bytes:
         """RFC 7339 loss-based feedback for an upstream that put ``oc`` in its Via: the share

@@ -6,7 +6,7 @@ A trunk with ``register`` in the dialplan gets one :class:`TrunkRegistration`: t
 registers an address-of-record (``sip:<aor_user>@<domain>``) at the trunk's first gateway
 and keeps it registered. It runs on the call layer's clock and timer heap (time comes in as
 ``now``; nothing is awaited) and sends through the transaction layer as the owner of its
-client transactions (:class:`~gateway.b2bua.decisions.RequestOwner`).
+client transactions (:class:`~gateway.sip.owners.ClientOwner`).
 
 ================  =============================  =========================================
 state             on                             then
@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.b2bua.core import CallCore, log
-from gateway.b2bua.decisions import RequestOwner
 from gateway.b2bua.timers import Timer
 from gateway.config.dialplan import Trunk
 from gateway.config.trunk_auth import TrunkCredentials, TrunkRegister
 from gateway.registrar.digest_client import authorized_retry
 from gateway.sip.message import Request, Response
+from gateway.sip.owners import ClientOwner
 from gateway.sip.transaction import Address, ClientTransaction
 
 __all__ = ["RegistrationPlan", "RegistrationState", "TrunkRegistration", "TrunkRegistrations"]
@@ -85,7 +85,7 @@ class RegistrationPlan:
         return f"sip:{self.aor_user}@{host}"
 
 
-class TrunkRegistration(RequestOwner):
+class TrunkRegistration(ClientOwner):
     """One trunk's registration (the table in this module's docstring)."""
 
     def __init__(self, core: CallCore, plan: RegistrationPlan, rng: random.Random):

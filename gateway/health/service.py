@@ -48,7 +48,7 @@ from gateway.sip.address import Address, IdGenerator
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, Response
 from gateway.sip.owners import ClientOwner
-from gateway.sip.transaction import TransactionLayer
+from gateway.sip.transaction import ClientTransaction, TransactionLayer
 
 __all__ = ["ProbeOwner", "TrunkHealth", "gateway_status", "trunk_gateway_suffix"]
 
@@ -87,12 +87,12 @@ class ProbeOwner(ClientOwner):
         self.health = health
         self.probe = probe
 
-    def on_response(self, response: Response, now: float) -> None:
+    def on_response(self, tx: ClientTransaction, response: Response, now: float) -> None:
         if response.status >= 200:
             self.health.prober.answered(self.probe, response.status, response.reason, now)
             self.health.changed()
 
-    def on_failure(self, detail: str, now: float) -> None:
+    def on_failure(self, tx: ClientTransaction, detail: str, now: float) -> None:
         self.health.prober.failed(self.probe, detail, now)
         self.health.changed()
 
