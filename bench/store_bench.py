@@ -4,12 +4,19 @@ What is measured: ``ReservationStore.reserve`` with the real policy
 (:func:`gateway.emergency.reservations.choose_callback_did`) as the emergency service calls
 it, ``--concurrency`` callers at a time for ``--seconds``, on
 
-* ``sqlite``: the embedded store, a file in a temporary directory;
+* ``sqlite``: the embedded store, a file in a temporary directory, as the command-line
+  tools open it (each choice a transaction in the store's worker thread);
+* ``sqlite-node``: the same file as a running node owns it (chosen in memory, written
+  behind: :class:`gateway.stores.sqlite.SqliteReservationStore`);
 * ``redis``: one node on a redis-server started here (WATCH/EXEC, one choice at a time);
 * ``redis-2``: two nodes (two clients) on the same server, the callers split between them,
   so that EXEC conflicts and retries happen as in a cluster;
 * ``outage``: the outage guard over a frozen Redis (SIGSTOP) once it has seen the outage,
   i.e. what an emergency call pays while Redis is down.
+
+Then ``busy loop``: the two SQLite rows again, one reservation every 5 ms, while the event
+loop (uvloop, as the gateway runs) is saturated by other work, as under overload. There the
+worker thread can starve for the GIL, and the thread row's maximum shows it.
 
 Each agent calls once per round, so renewals and takeovers both occur (the pool is smaller
 than the agents). Prints reservations/s and p50/p99/max latency in ms. The figures are the
@@ -75,6 +82,9 @@ async def main(args: argparse.Namespace) -> None:
         try:
             async with await open_stores("sqlite", root / "sqlite") as sqlite:
                 print("sqlite   ", await drive([sqlite], args.seconds, args.concurrency, pool))
+            node = await open_stores("sqlite", root / "sqlite-node", exclusive=True)
+            async with node:
+                print("sqlite-node", await drive([node], args.seconds, args.concurrency, pool))
             async with await open_stores(server.url, root / "r1", timeout=1.0) as one:
                 print("redis    ", await drive([one], args.seconds, args.concurrency, pool))
             first = await open_stores(server.url, root / "n1", timeout=1.0)
@@ -97,9 +107,58 @@ async def main(args: argparse.Namespace) -> None:
             server.stop()
 
 
+def saturate(stop: asyncio.Event) -> None:
+    """Keep the running loop busy: four callbacks of 0.3 ms of Python each, back to back."""
+    loop = asyncio.get_running_loop()
+
+    def work() -> None:
+        began = time.perf_counter()
+        while time.perf_counter() - began < 0.0003:
+            pass
+        if not stop.is_set():
+            loop.call_soon(work)
+
+    for _ in range(4):
+        loop.call_soon(work)
+
+
+async def busy(exclusive: bool, seconds: float, pool: list[str]) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with await open_stores("sqlite", Path(tmp), exclusive=exclusive) as stores:
+            stop = asyncio.Event()
+            saturate(stop)
+            latencies: list[float] = []
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                agent = f"agent-{len(latencies) % 10}"
+                await stores.reservations.reserve(
+                    agent, pool, time.time(), 3600, "c", False, choose=choose_callback_did
+                )
+                latencies.append(time.perf_counter() - started)
+                await asyncio.sleep(0.005)
+            stop.set()
+    ms = sorted(x * 1000 for x in latencies)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return (
+        f"p50 {statistics.median(ms):7.2f} ms  p99 {p99:8.2f} ms  max {ms[-1]:8.2f} ms  ({len(ms)})"
+    )
+
+
+def busy_rows(seconds: float, pool: list[str]) -> None:
+    import uvloop
+
+    print(f"busy loop (uvloop saturated, {seconds:.0f} s each):")
+    print("  sqlite      ", uvloop.run(busy(False, seconds, pool)))
+    print("  sqlite-node ", uvloop.run(busy(True, seconds, pool)))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--pool", type=int, default=20)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--busy-seconds", type=float, default=10.0)
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments))
+    busy_rows(arguments.busy_seconds, [f"+1555000{n:04d}" for n in range(arguments.pool)])

@@ -77,8 +77,11 @@ async def open_node_stores(
 ) -> Stores:
     """The node's stores, closed by ``stack``; a shared store behind its outage guard."""
     timeout = settings.store_timeout_s
-    stores = await open_stores(settings.store, settings.data_dir, timeout=timeout)
-    if not is_shared_store(settings.store):
+    shared = is_shared_store(settings.store)
+    stores = await open_stores(
+        settings.store, settings.data_dir, timeout=timeout, exclusive=not shared
+    )
+    if not shared:
         stack.push_async_callback(stores.close)
         return stores
     if settings.nonce_secret_bytes() is None:

@@ -83,13 +83,17 @@ def sqlite_path(url: str, data_dir: Path) -> Path | str:
     return path if path.is_absolute() else data_dir / path
 
 
-async def open_stores(url: str, data_dir: Path, *, timeout: float = 0.25) -> Stores:
+async def open_stores(
+    url: str, data_dir: Path, *, timeout: float = 0.25, exclusive: bool = False
+) -> Stores:
     """Open the stores named by ``url``; the SQLite file lives under ``data_dir`` by default.
 
     The returned :class:`Stores` must be closed (``await stores.close()`` or
     ``async with``). ``timeout`` bounds every Redis connect and command (a Redis outage
     fails fast with :class:`StoreUnavailableError`). Raises :class:`ValueError` for an
     unknown URL, and :class:`StoreError` for a database this gateway cannot use.
+    ``exclusive`` (a running node): an SQLite file is this process's alone (see
+    :func:`~gateway.stores.sqlite.open_sqlite_stores`); no effect on a shared store.
     """
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
@@ -102,4 +106,4 @@ async def open_stores(url: str, data_dir: Path, *, timeout: float = 0.25) -> Sto
         raise ValueError(f"unknown store url {url!r}: expected 'sqlite', 'sqlite://PATH' or redis")
     from gateway.stores.sqlite import open_sqlite_stores
 
-    return await open_sqlite_stores(sqlite_path(url, data_dir))
+    return await open_sqlite_stores(sqlite_path(url, data_dir), exclusive=exclusive)

@@ -8,7 +8,10 @@ outbox store is in :mod:`gateway.stores.sqlite_outbox`, on a database file of it
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +26,7 @@ from gateway.stores.ports import (
     EmptyPoolError,
     PresenceRecord,
     Reservation,
+    StoreError,
     Stores,
 )
 from gateway.stores.sqlite_database import (
@@ -323,11 +327,49 @@ class SqliteCdrStore:
         return await self._db.run(operation)
 
 
+def _write_reservation(reservation: Reservation, conn: sqlite3.Connection) -> None:
+    r = reservation
+    conn.execute(
+        f"INSERT OR REPLACE INTO reservations ({_RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        (r.did, r.agent_id, r.reserved_at, r.expires_at, r.call_id, int(r.test)),
+    )
+
+
 class SqliteReservationStore:
-    """:class:`~gateway.stores.ports.ReservationStore` on SQLite."""
+    """:class:`~gateway.stores.ports.ReservationStore` on SQLite.
+
+    Two ways to be atomic. By default each ``reserve`` is one ``BEGIN IMMEDIATE``
+    transaction in the worker thread, so two processes sharing the file never hand out one
+    DID twice. A node that *owns* the file (:func:`open_sqlite_stores` with
+    ``exclusive=True``: an exclusive lock, so no other gateway process can use it) keeps
+    the latest reservation of every DID in memory and chooses there, in the event loop, and
+    the write follows in the worker's urgent lane without the call waiting for it.
+
+    Why the owner does not wait: under a saturated event loop the worker thread can starve
+    for the GIL. uvloop releases and retakes the GIL on every loop turn, so a waiting thread
+    rarely sees the "no switch for 5 ms" condition that makes CPython hand it over; measured
+    here, a reservation that takes 0.1 ms in the thread sometimes took 2-13 **seconds** to
+    come back while the loop was busy. An emergency call waits on its DID (it goes in From
+    and P-Asserted-Identity), so the DID must not depend on another thread getting the GIL.
+    The cost: a crash in the milliseconds between the choice and the write loses that
+    reservation (a clean stop writes it: :meth:`SqliteDatabase.close` drains the queue).
+    """
 
     def __init__(self, database: SqliteDatabase) -> None:
         self._db = database
+        #: DID -> its latest reservation (expired ones too: they decide who gets it next);
+        #: None unless this process owns the file
+        self._latest: dict[str, Reservation] | None = None
+
+    async def own(self) -> None:
+        """Load every DID's latest reservation and choose in memory from now on (only for
+        a process that holds the file's exclusive lock)."""
+
+        def operation(conn: sqlite3.Connection) -> list[Reservation]:
+            rows = conn.execute(f"SELECT {_RESERVATION_COLUMNS} FROM reservations")
+            return [_reservation(row) for row in rows]
+
+        self._latest = {r.did: r for r in await self._db.run(operation)}
 
     async def reserve(
         self,
@@ -342,14 +384,24 @@ class SqliteReservationStore:
     ) -> tuple[Reservation, bool]:
         """Atomically give ``agent_id`` a callback DID from ``pool`` for ``ttl`` seconds.
 
-        One ``BEGIN IMMEDIATE`` transaction reads the pool's rows, runs ``choose`` and
-        writes, so no other task or process can choose between the read and the write.
+        Not owning the file: one ``BEGIN IMMEDIATE`` transaction reads the pool's rows, runs
+        ``choose`` and writes, so no other task or process can choose between the read and
+        the write. Owning it: ``choose`` runs on the in-memory rows with no await between
+        the read and the update, and the row is written behind.
         """
         unique_pool = tuple(dict.fromkeys(pool))
         if not unique_pool:
             raise EmptyPoolError("the callback DID pool is empty")
         if ttl <= 0:
             raise ValueError(f"reservation ttl must be positive, not {ttl!r}")
+        latest = self._latest
+        if latest is not None:
+            held = {did: latest[did] for did in unique_pool if did in latest}
+            did, taken_over = choose(agent_id, unique_pool, held, now)
+            reservation = Reservation(did, agent_id, now, now + ttl, call_id, test)
+            latest[did] = reservation
+            self._db.submit(functools.partial(_write_reservation, reservation), urgent=True)
+            return reservation, taken_over
 
         def operation(conn: sqlite3.Connection) -> tuple[Reservation, bool]:
             with immediate_transaction(conn):
@@ -359,19 +411,8 @@ class SqliteReservationStore:
                 pool_set = set(unique_pool)
                 held = {r.did: r for r in map(_reservation, rows) if r.did in pool_set}
                 did, taken_over = choose(agent_id, unique_pool, held, now)
-                reservation = Reservation(
-                    did=did,
-                    agent_id=agent_id,
-                    reserved_at=now,
-                    expires_at=now + ttl,
-                    call_id=call_id,
-                    test=test,
-                )
-                conn.execute(
-                    f"INSERT OR REPLACE INTO reservations ({_RESERVATION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (did, agent_id, now, now + ttl, call_id, int(test)),
-                )
+                reservation = Reservation(did, agent_id, now, now + ttl, call_id, test)
+                _write_reservation(reservation, conn)
             return reservation, taken_over
 
         return await self._db.run(operation, urgent=True)  # the emergency call waits on it
@@ -444,8 +485,32 @@ class SqliteLocationStore:
         return await self._db.run(operation)
 
 
+def lock_store_file(path: Path | str) -> int | None:
+    """Take the exclusive lock of the SQLite file at ``path`` (``<path>.lock``) for this
+    process, or raise :class:`StoreError` naming the process that holds it. None for an
+    in-memory database. The lock ends with the process, however it ends."""
+    text = str(path)
+    if text == ":memory:" or text.startswith("file::memory:"):
+        return None
+    lock_path = Path(f"{text}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StoreError(
+            f"{text} is in use by another gateway process (pid {holder}): one node, one "
+            "store file (a cluster shares a Redis store, docs/cluster.md)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 async def open_sqlite_stores(
-    path: Path | str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    path: Path | str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, exclusive: bool = False
 ) -> Stores:
     """Open the SQLite file at ``path`` (or ``":memory:"``) and return its stores.
 
@@ -453,8 +518,18 @@ async def open_sqlite_stores(
     its own worker thread: mail traffic (a slow SMTP server means many outbox writes in
     flight) must never queue in front of a callback DID reservation on the emergency call's
     path (SPEC E-6: sending never delays the call).
+
+    ``exclusive``: the running node's stores. The file is locked for this process (a second
+    node on the same file is refused) and callback DIDs are chosen in memory
+    (:class:`SqliteReservationStore`). The command-line tools open it without.
     """
-    database = await SqliteDatabase.open(path, busy_timeout=busy_timeout)
+    lock = lock_store_file(path) if exclusive else None
+    try:
+        database = await SqliteDatabase.open(path, busy_timeout=busy_timeout)
+    except BaseException:
+        if lock is not None:
+            os.close(lock)
+        raise
     text = str(path)
     if text == ":memory:" or text.startswith("file::memory:"):
         outbox_path: Path | str = ":memory:"
@@ -472,12 +547,21 @@ async def open_sqlite_stores(
             await outbox_db.close()
         finally:
             await database.close()
+            if lock is not None:
+                os.close(lock)
 
+    reservations = SqliteReservationStore(database)
+    if exclusive:
+        try:
+            await reservations.own()
+        except BaseException:
+            await close_both()
+            raise
     return Stores(
         registrations=SqliteRegistrationStore(database),
         presence=SqlitePresenceStore(database),
         cdrs=SqliteCdrStore(database),
-        reservations=SqliteReservationStore(database),
+        reservations=reservations,
         outbox=SqliteOutboxStore(outbox_db),
         closer=close_both,
         locations=SqliteLocationStore(database),

@@ -45,7 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from gateway.stores.ports import StoreClosedError, StoreError
+
+log = structlog.get_logger("gateway")
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
@@ -291,6 +295,12 @@ def _migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> int:
 # The database: one file, one thread, one connection.
 
 
+def _log_failed_write(future: Future[Any]) -> None:
+    error = None if future.cancelled() else future.exception()
+    if error is not None:
+        log.error("store_write_failed", error=repr(error))
+
+
 class SqliteDatabase:
     """One SQLite file served by one dedicated worker thread.
 
@@ -364,6 +374,14 @@ class SqliteDatabase:
             raise StoreClosedError(f"the store at {self.path} is closed")
         work = functools.partial(self._call, operation)
         return await asyncio.wrap_future(self._executor.submit(work, urgent=urgent))
+
+    def submit(self, operation: Callable[[sqlite3.Connection], object], *, urgent: bool) -> None:
+        """Queue ``operation(connection)`` without waiting for it (a write behind a decision
+        already made in memory); a failure is logged. :meth:`close` still waits for it."""
+        if self._closed:
+            raise StoreClosedError(f"the store at {self.path} is closed")
+        future = self._executor.submit(functools.partial(self._call, operation), urgent=urgent)
+        future.add_done_callback(_log_failed_write)
 
     def _call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn

@@ -8,6 +8,7 @@ too.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
@@ -253,3 +254,74 @@ async def test_urgent_work_goes_ahead_of_the_queued_writes(tmp_path: Path) -> No
     await asyncio.gather(busy, *queued, urgent)
     assert order == ["did"] + [f"cdr-{i}" for i in range(5)]
     await database.close()
+
+
+async def test_a_second_node_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    owner = await open_stores("sqlite", tmp_path, exclusive=True)
+    try:
+        with pytest.raises(
+            StoreError, match=rf"in use by another gateway process \(pid {os.getpid()}\)"
+        ):
+            await open_stores("sqlite", tmp_path, exclusive=True)
+        # the command-line tools still read it
+        async with await open_stores("sqlite", tmp_path) as reader:
+            assert await reader.reservations.live(NOW) == []
+    finally:
+        await owner.close()
+    again = await open_stores("sqlite", tmp_path, exclusive=True)  # the lock went with close
+    await again.close()
+
+
+async def test_the_owner_chooses_a_did_while_the_worker_thread_is_stuck(tmp_path: Path) -> None:
+    # The worker thread can starve for the GIL under a busy loop (seconds, measured): the
+    # node that owns the file must hand out the DID without waiting for that thread.
+    seed = await open_stores("sqlite", tmp_path)
+    await seed.reservations.reserve(
+        "bob", POOL, NOW - 10, TTL, "e-0", False, choose=choose_callback_did
+    )
+    await seed.close()
+    stores = await open_stores("sqlite", tmp_path, exclusive=True)
+    database = stores.reservations._db  # type: ignore[attr-defined]
+    release = threading.Event()
+    stuck = asyncio.ensure_future(database.run(lambda conn: release.wait(10)))
+    await asyncio.sleep(0.05)
+    try:
+        reservation, taken_over = await asyncio.wait_for(
+            stores.reservations.reserve(
+                "alice", POOL, NOW, TTL, "e-1", False, choose=choose_callback_did
+            ),
+            timeout=1.0,
+        )
+        # bob's live DID (read from the file at open) is not handed to alice
+        assert (reservation.did, reservation.agent_id, taken_over) == (POOL[1], "alice", False)
+        renewed, _ = await stores.reservations.reserve(
+            "alice", POOL, NOW + 5, TTL, "e-2", False, choose=choose_callback_did
+        )
+        assert renewed.did == POOL[1] and renewed.call_id == "e-2"
+    finally:
+        release.set()
+        await stuck
+        await stores.close()
+    # written behind, before close returned
+    async with await open_stores("sqlite", tmp_path) as reopened:
+        live = {r.did: (r.agent_id, r.call_id) for r in await reopened.reservations.live(NOW + 6)}
+        assert live == {POOL[0]: ("bob", "e-0"), POOL[1]: ("alice", "e-2")}
+
+
+async def test_the_owner_chooses_as_the_transaction_does(tmp_path: Path) -> None:
+    # The same policy on the in-memory rows as in the SQL transaction: same DIDs, same
+    # take-overs, over a sequence that exhausts a 3-DID pool and reuses expired ones.
+    pool = ["+15550000011", "+15550000012", "+15550000013"]
+    calls = [(f"agent-{n % 5}", NOW + 100 * n, 250.0 if n % 3 else TTL) for n in range(14)]
+    outcomes = []
+    for name, exclusive in (("shared", False), ("owned", True)):
+        async with await open_stores("sqlite", tmp_path / name, exclusive=exclusive) as stores:
+            seen = []
+            for n, (agent, now, ttl) in enumerate(calls):
+                r, taken = await stores.reservations.reserve(
+                    agent, pool, now, ttl, f"e-{n}", False, choose=choose_callback_did
+                )
+                seen.append((r.did, r.agent_id, taken))
+            outcomes.append(seen)
+    assert outcomes[0] == outcomes[1]
+    assert any(taken for _, _, taken in outcomes[0])  # the sequence does exhaust the pool
