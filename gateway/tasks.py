@@ -4,7 +4,10 @@
 call history): the hot path puts an item and goes on; one named task writes the items to
 the store in order; :meth:`WriteBehind.close` waits until every item put so far is written,
 then stops the task and awaits it. A failed write is logged by the owner's ``on_error`` and
-the loop goes on (a store outage never reaches a call).
+the loop goes on (a store outage never reaches a call). With ``write_batch`` the task takes
+every item waiting (up to ``batch_size``) in one write, e.g. one store transaction for the
+call records of a busy second instead of one thread hand-off and commit per call; a batch
+that fails is written again item by item, so one bad item loses only itself.
 
 Tasks are created in the :class:`asyncio.TaskGroup` given to ``start`` (the gateway's, so
 that a crash is not lost), or else as plain tasks whose references the owner keeps; either
@@ -49,10 +52,15 @@ class WriteBehind(Generic[T]):
         name: str,
         write: Callable[[T], Awaitable[None]],
         on_error: Callable[[T], None],
+        *,
+        write_batch: Callable[[list[T]], Awaitable[None]] | None = None,
+        batch_size: int = 200,
     ) -> None:
         self.name = name
         self._write = write
         self._on_error = on_error
+        self._write_batch = write_batch
+        self._batch_size = batch_size
         self._queue: asyncio.Queue[T] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -84,9 +92,34 @@ class WriteBehind(Generic[T]):
     async def _loop(self) -> None:
         while True:
             item = await self._queue.get()
+            if self._write_batch is None:
+                try:
+                    await self._one(item)
+                finally:
+                    self._queue.task_done()
+                continue
+            items = [item]
+            while len(items) < self._batch_size and not self._queue.empty():
+                items.append(self._queue.get_nowait())
             try:
-                await self._write(item)
-            except Exception:
-                self._on_error(item)
+                await self._batch(items)
             finally:
-                self._queue.task_done()
+                for _ in items:
+                    self._queue.task_done()
+
+    async def _one(self, item: T) -> None:
+        try:
+            await self._write(item)
+        except Exception:
+            self._on_error(item)
+
+    async def _batch(self, items: list[T]) -> None:
+        assert self._write_batch is not None
+        if len(items) > 1:
+            try:
+                await self._write_batch(items)
+                return
+            except Exception:
+                pass  # written again one by one below: only the bad item is lost
+        for item in items:
+            await self._one(item)

@@ -89,7 +89,9 @@ class CallHistory(CallObserverBase):
         self.wall_clock = wall_clock
         #: rows of calls that ended longer ago are purged (0: kept for ever)
         self.retention_s = retention_s
-        self._rows: WriteBehind[Cdr] = WriteBehind("cdr-writer", self._add, _write_failed)
+        self._rows: WriteBehind[Cdr] = WriteBehind(
+            "cdr-writer", self._add, _write_failed, write_batch=self._add_batch
+        )
         self._purger: asyncio.Task[None] | None = None
         self.written = 0
         self.purged = 0
@@ -139,6 +141,10 @@ class CallHistory(CallObserverBase):
     async def _add(self, row: Cdr) -> None:
         await self.store.add(row)
         self.written += 1
+
+    async def _add_batch(self, rows: list[Cdr]) -> None:
+        await self.store.add(*rows)
+        self.written += len(rows)
 
 
 def _write_failed(row: Cdr) -> None:

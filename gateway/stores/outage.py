@@ -326,8 +326,8 @@ class _Cdrs:
     def __init__(self, guard: OutageGuard) -> None:
         self._guard = guard
 
-    async def add(self, cdr: Cdr) -> None:
-        await self._guard.write(lambda s: s.cdrs.add(cdr))
+    async def add(self, *cdrs: Cdr) -> None:
+        await self._guard.write(lambda s: s.cdrs.add(*cdrs))
 
     async def recent(
         self, limit: int, *, since: float | None = None, until: float | None = None

@@ -286,8 +286,8 @@ class PresenceStore(Protocol):
 class CdrStore(Protocol):
     """Call history of ordinary calls (SPEC R-5)."""
 
-    async def add(self, cdr: Cdr) -> None:
-        """Append one record; records are never updated."""
+    async def add(self, *cdrs: Cdr) -> None:
+        """Append records, in order, all or none; records are never updated."""
         ...
 
     async def recent(

@@ -253,9 +253,12 @@ class RedisCdrStore:
         self._conn = connection
         self._key = connection.key("cdr")
 
-    async def add(self, cdr: Cdr) -> None:
+    async def add(self, *cdrs: Cdr) -> None:
+        if not cdrs:
+            return
         async with self._conn.guard() as client:
-            await client.lpush(self._key, _dump(cdr))
+            # one LPUSH of many values pushes each in turn: the last is the newest
+            await client.lpush(self._key, *(_dump(cdr) for cdr in cdrs))
 
     async def recent(
         self, limit: int, *, since: float | None = None, until: float | None = None

@@ -266,35 +266,43 @@ class SqlitePresenceStore:
         return await self._db.run(operation)
 
 
+def _cdr_row(cdr: Cdr) -> tuple[object, ...]:
+    """The values of ``_CDR_COLUMNS`` for ``cdr``, in order."""
+    return (
+        cdr.call_id,
+        cdr.direction,
+        cdr.caller,
+        cdr.callee,
+        cdr.queue,
+        cdr.agent,
+        cdr.route,
+        cdr.started_at,
+        cdr.answered_at,
+        cdr.ended_at,
+        cdr.result,
+        cdr.a_call_id,
+        cdr.b_call_id,
+        cdr.sip_code,
+    )
+
+
 class SqliteCdrStore:
     """:class:`~gateway.stores.ports.CdrStore` on SQLite."""
 
     def __init__(self, database: SqliteDatabase) -> None:
         self._db = database
 
-    async def add(self, cdr: Cdr) -> None:
-        """Append one record."""
+    async def add(self, *cdrs: Cdr) -> None:
+        """Append records in one transaction (a batch costs one commit)."""
+        if not cdrs:
+            return
 
         def operation(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT INTO cdrs ({_CDR_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-                (
-                    cdr.call_id,
-                    cdr.direction,
-                    cdr.caller,
-                    cdr.callee,
-                    cdr.queue,
-                    cdr.agent,
-                    cdr.route,
-                    cdr.started_at,
-                    cdr.answered_at,
-                    cdr.ended_at,
-                    cdr.result,
-                    cdr.a_call_id,
-                    cdr.b_call_id,
-                    cdr.sip_code,
-                ),
-            )
+            with immediate_transaction(conn):
+                conn.executemany(
+                    f"INSERT INTO cdrs ({_CDR_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                    [_cdr_row(cdr) for cdr in cdrs],
+                )
 
         await self._db.run(operation)
 

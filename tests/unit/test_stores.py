@@ -243,6 +243,13 @@ async def test_cdr_recent_is_newest_first_and_limited(stores: Stores) -> None:
     assert await stores.cdrs.recent(0) == []
 
 
+async def test_cdr_batch_is_appended_in_order(stores: Stores) -> None:
+    await stores.cdrs.add(cdr("c0"))
+    await stores.cdrs.add(cdr("c1"), cdr("c2"), cdr("c3"))
+    await stores.cdrs.add()  # nothing: no write
+    assert [r.call_id for r in await stores.cdrs.recent(10)] == ["c3", "c2", "c1", "c0"]
+
+
 async def test_cdr_rows_are_appended_even_with_the_same_call_id(stores: Stores) -> None:
     await stores.cdrs.add(cdr("same"))
     await stores.cdrs.add(replace(cdr("same"), result="failed"))

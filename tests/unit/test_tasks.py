@@ -45,6 +45,51 @@ async def test_a_failed_write_is_reported_and_the_loop_goes_on() -> None:
     assert (sink.written, sink.failed) == ([1, 3], [-2])
 
 
+class BatchSink(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[int]] = []
+
+    async def write_batch(self, items: list[int]) -> None:
+        await self.gate.wait()
+        if any(item < 0 for item in items):
+            raise OSError("constraint failed")
+        self.batches.append(items)
+        self.written.extend(items)
+
+
+async def test_a_batch_writer_takes_what_waits_in_one_write() -> None:
+    sink = BatchSink()
+    writer = WriteBehind(
+        "test-writer", sink.write, sink.failed.append, write_batch=sink.write_batch, batch_size=3
+    )
+    writer.start()
+    sink.gate.clear()
+    writer.put(0)
+    await asyncio.sleep(0)  # the writer takes 0 and waits on the store
+    for item in range(1, 6):
+        writer.put(item)
+    sink.gate.set()
+    await writer.close()
+    # a lone item goes through write (no batch of one); then at most batch_size at a time
+    assert sink.written == [0, 1, 2, 3, 4, 5]
+    assert sink.batches == [[1, 2, 3], [4, 5]]
+
+
+async def test_a_failed_batch_is_written_item_by_item_and_loses_only_the_bad_one() -> None:
+    sink = BatchSink()
+    writer = WriteBehind(
+        "test-writer", sink.write, sink.failed.append, write_batch=sink.write_batch
+    )
+    sink.gate.clear()
+    writer.start()
+    for item in (1, -2, 3):
+        writer.put(item)
+    sink.gate.set()
+    await writer.close()
+    assert (sink.written, sink.failed, sink.batches) == ([1, 3], [-2], [])
+
+
 async def test_the_writer_runs_named_in_the_given_task_group() -> None:
     sink = Sink()
     async with asyncio.TaskGroup() as group:
