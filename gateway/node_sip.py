@@ -19,6 +19,7 @@ from gateway.sip.address import Address, IdGenerator
 from gateway.sip.transaction import TimerConfig, TransactionLayer
 from gateway.transport.dns import DnsQuery, TrunkResolver
 from gateway.transport.endpoint import ListenSpec, SipEndpoint
+from gateway.transport.inbox import fifo
 from gateway.transport.load import Backlog, LoadMeter
 from gateway.transport.tls import TlsPeers, server_context
 
@@ -62,8 +63,11 @@ def start_load_meter(
         return
     admission = b2bua.admission
 
+    inbox = endpoint.intake.inbox
+
     def report(lag: float, reads: int, now: float, backlog: Backlog) -> None:
-        admission.observe(lag, reads, now, backlog.fill, backlog.drops)
+        # what waits to be handled: in the kernel's queues, or read ahead into the inbox
+        admission.observe(lag, reads, now, max(backlog.fill, inbox.fill), backlog.drops)
 
     meter = LoadMeter(
         endpoint.loop,
@@ -78,6 +82,8 @@ def start_load_meter(
     gate = gate_for(b2bua, admission, dialplan.overload, dialplan.sip.user_agent)
     endpoint.gate = gate.screen
     stack.callback(setattr, endpoint, "gate", None)
+    inbox.classify = gate.classify
+    stack.callback(setattr, inbox, "classify", fifo)
 
 
 def start_gc_pacer(stack: contextlib.AsyncExitStack, settings: Settings) -> None:

@@ -46,6 +46,7 @@ from gateway.config.overload import OverloadSettings
 from gateway.sip.errors import SipParseError
 from gateway.sip.transaction import Address
 from gateway.sip.uri import Uri, parse_uri
+from gateway.transport.inbox import ADMITTED, NEW, ORDINARY, PRIORITY, UNCLASSIFIED
 
 __all__ = [
     "OC_VALIDITY_MS",
@@ -64,6 +65,10 @@ _OC_SUPPORTED: Final = re.compile(rb";\s*oc\s*(?:[;,]|$)", re.IGNORECASE)
 TRUST_TTL_S: Final = 1.0
 """How long the gate keeps a source's trust verdict (a new registration counts within it)."""
 _TRUST_ENTRIES: Final = 4096
+#: methods only sent inside a dialog or a transaction the gateway already has (inbox lane 1)
+_IN_DIALOG_METHODS: Final = frozenset(
+    (b"ACK", b"BYE", b"CANCEL", b"PRACK", b"UPDATE", b"INFO", b"REFER", b"NOTIFY")
+)
 OC_VALIDITY_MS: Final = 1000
 """How long an upstream applies the ``oc`` loss of one 503 (RFC 7339 section 5.2)."""
 _HEADERS: Final = {
@@ -157,8 +162,12 @@ class OverloadGate:
         self.shed = 0
         self.acks_dropped = 0
 
-    def screen(self, data: bytes, source: Address, now: float) -> bytes | None:
-        """None: parse ``data`` as usual; ``b""``: drop it; else the response to send."""
+    def screen(
+        self, data: bytes, source: Address, now: float, lane: int = UNCLASSIFIED
+    ) -> bytes | None:
+        """None: parse ``data`` as usual; ``b""``: drop it; else the response to send.
+        ``lane`` is what :meth:`classify` said of it in the inbox (a UDP datagram), so a
+        new INVITE is not scanned for priority twice."""
         if data[:8] == b"SIP/2.0 ":
             return None  # a response: the transaction layer knows whether it is ours
         limits = self.limits
@@ -170,20 +179,44 @@ class OverloadGate:
                 self.acks_dropped += 1
                 return b""
             return None
-        if data[:7] != b"INVITE " or not self.admission.would_shed(now):
+        if data[:7] != b"INVITE " or lane == PRIORITY or not self.admission.would_shed(now):
             return None
         head = scan_invite(data)
         if head is None or head.in_dialog:
             return None
-        try:
-            uri = parse_uri(head.uri.decode("utf-8"))
-        except (SipParseError, UnicodeDecodeError):
-            return None  # the parser answers it 400
-        if self.priority(uri, source):
-            return None
+        if lane != ORDINARY:  # else classify found it is no emergency call nor a callback
+            try:
+                uri = parse_uri(head.uri.decode("utf-8"))
+            except (SipParseError, UnicodeDecodeError):
+                return None  # the parser answers it 400
+            if self.priority(uri, source):
+                return None
         self.admission.count_shed()
         self.shed += 1
         return self._refusal(head)
+
+    def classify(self, data: bytes, source: Address, now: float) -> int:
+        """The inbox lane of a datagram (``gateway/transport/inbox.py``): a new INVITE that
+        may be an emergency call or callback from a source that is not a stranger first,
+        then responses and in-dialog requests, then the rest. Cheap, like :meth:`screen`,
+        and erring towards the ordinary lanes: it only orders, the call layer decides."""
+        if data[:8] == b"SIP/2.0 ":
+            return ADMITTED
+        if data[:7] != b"INVITE ":
+            space = data.find(b" ", 0, 12)
+            return ADMITTED if data[:space] in _IN_DIALOG_METHODS else NEW
+        head = scan_invite(data)
+        if head is None:
+            return NEW
+        if head.in_dialog:
+            return ADMITTED
+        if not self._trusted(source, now):
+            return NEW
+        try:
+            uri = parse_uri(head.uri.decode("utf-8"))
+        except (SipParseError, UnicodeDecodeError):
+            return NEW
+        return PRIORITY if self.priority(uri, source) else ORDINARY
 
     def _trusted(self, source: Address, now: float) -> bool:
         """``trusted(source)``, remembered for ``TRUST_TTL_S``: the router's answer (trunks,

@@ -292,8 +292,10 @@ class EmergencyService:
         if not isinstance(emergency, EmergencyCall) or emergency.agent is None or not pool:
             return
         try:
-            reservation, reused = await asyncio.wait_for(
-                self.store.reserve(
+            # awaited in this task (asyncio.timeout, not wait_for's extra task): a store that
+            # answers at once (SQLite owned by the node) adds no loop turn to the set-up
+            async with asyncio.timeout(self.reserve_timeout):
+                reservation, reused = await self.store.reserve(
                     emergency.agent,
                     pool,
                     self.wall_clock(),
@@ -301,9 +303,7 @@ class EmergencyService:
                     call_id,
                     emergency.test,
                     choose=choose_callback_did,
-                ),
-                self.reserve_timeout,
-            )
+                )
         except Exception as exc:  # a slow or broken store must not hold the call
             log.error("callback_reservation_failed", call_id=call_id, error=repr(exc))
             return

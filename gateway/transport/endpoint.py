@@ -41,6 +41,8 @@ from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, StreamFramer, make_response, parse_message
 from gateway.sip.transaction import TransactionLayer
+from gateway.transport.inbox import UNCLASSIFIED
+from gateway.transport.intake import UdpIntake
 from gateway.transport.load import size_receive_buffer
 from gateway.transport.tls import TlsPeers
 
@@ -83,16 +85,12 @@ def _family_of(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-# ICMP errors on an unconnected UDP socket (RFC 3261 section 18.4: host, network, port or
-# protocol unreachable and parameter problem mean "the send failed"; source quench and time
-# exceeded are ignored). Linux reports ICMP errors to an *unconnected* UDP socket only when
-# IP_RECVERR / IPV6_RECVERR is set (ip(7), ipv6(7)); then each error waits in the socket's
-# error queue, and recvmsg(MSG_ERRQUEUE) returns a struct sock_extended_err with msg_name
-# set to the destination of the datagram that caused it: that address is how the error is
-# tied to the transactions sending there. The pending error also makes the socket readable,
-# and the event loop's read fails with it and calls error_received (asyncio and uvloop
-# alike), which drains the queue. Other systems do not report ICMP errors to unconnected
-# sockets at all: there the transactions' timers stay the only failure detection.
+# ICMP errors on an unconnected UDP socket (RFC 3261 section 18.4: unreachable and parameter
+# problem mean "the send failed"; source quench and time exceeded are ignored). Linux reports
+# them only with IP_RECVERR / IPV6_RECVERR (ip(7)): each waits in the error queue, where
+# recvmsg(MSG_ERRQUEUE) returns a sock_extended_err named by the destination that failed. It
+# fails the next read (the loop's or the intake's); error_received drains the queue. Other
+# systems do not report them: there the transactions' timers are the only failure detection.
 _ICMP_ERRORS = sys.platform.startswith("linux")
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 _IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
@@ -163,7 +161,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.endpoint.on_bytes(data, Address("udp", addr[0], addr[1]))
+        self.endpoint.intake.on_datagram(data, Address("udp", addr[0], addr[1]), self)
 
     def error_received(self, exc: Exception) -> None:
         # an ICMP error (see _ICMP_ERRORS): the error queue says which destination failed;
@@ -257,7 +255,7 @@ class SipEndpoint:
         self.on_event: EventHandler = lambda event: None
         self.user: TransactionUser | None = None
         #: sees each message before parsing (overload gate): None, b"" (drop) or a response
-        self.gate: Callable[[bytes, Address, float], bytes | None] | None = None
+        self.gate: Callable[[bytes, Address, float, int], bytes | None] | None = None
         self._udp: dict[int, _UdpProtocol] = {}
         self._tcp_servers: list[asyncio.AbstractServer] = []
         self._connections: dict[Address, _TcpConnection] = {}
@@ -269,6 +267,8 @@ class SipEndpoint:
         self.parse_errors = 0
         self._malformed_lines = LineBudget(lines=10, interval_s=60.0)  # O-6: no log flood
         self.received = 0  # messages read (the read burst of overload control, SPEC O-4)
+        #: UDP datagrams read ahead of the work, served emergency first (transport/intake.py)
+        self.intake = UdpIntake(self.loop, self.on_bytes, max_message_bytes)
         #: name resolutions and TCP connects under way: owned here, awaited on close
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -320,6 +320,7 @@ class SipEndpoint:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self.intake.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -374,12 +375,12 @@ class SipEndpoint:
 
     # -- input -------------------------------------------------------------------------
 
-    def on_bytes(self, data: bytes, source: Address) -> None:
-        """One datagram or one framed stream message from ``source``."""
+    def on_bytes(self, data: bytes, source: Address, lane: int = UNCLASSIFIED) -> None:
+        """One datagram (with its inbox lane) or framed stream message from ``source``."""
         self.received += 1
         if len(data) <= 4 and not data.strip():
             return  # keep-alive (RFC 5626 CRLF ping on UDP)
-        reply = None if self.gate is None else self.gate(data, source, self.loop.time())
+        reply = None if self.gate is None else self.gate(data, source, self.loop.time(), lane)
         if reply is not None:
             if reply:  # else dropped
                 self._send(reply, source)
