@@ -41,8 +41,7 @@ from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, StreamFramer, make_response, parse_message
 from gateway.sip.transaction import TransactionLayer
-from gateway.transport.inbox import UNCLASSIFIED
-from gateway.transport.intake import UdpIntake
+from gateway.transport.intake import UNCLASSIFIED, UdpIntake
 from gateway.transport.load import size_receive_buffer
 from gateway.transport.tls import TlsPeers
 

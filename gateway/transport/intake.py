@@ -19,9 +19,9 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from gateway.sip.address import Address
-from gateway.transport.inbox import Inbox
+from gateway.transport.inbox import UNCLASSIFIED, Inbox
 
-__all__ = ["READ_AHEAD_EVERY", "SERVE_SLICE_S", "UdpIntake", "UdpReader"]
+__all__ = ["READ_AHEAD_EVERY", "SERVE_SLICE_S", "UNCLASSIFIED", "UdpIntake", "UdpReader"]
 
 SERVE_SLICE_S: Final = 0.004
 """How long the intake serves its inbox before it lets the loop run other callbacks."""
