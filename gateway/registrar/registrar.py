@@ -58,9 +58,10 @@ from gateway.registrar.digest import (
     parse_authorization,
     verify,
 )
-from gateway.sip.errors import SipParseError
+from gateway.sip.errors import SipError, SipParseError
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import Request, Response, make_response
+from gateway.sip.routing import resolve_next_hop
 from gateway.sip.transaction import IdGenerator
 from gateway.sip.uri import SipUri, parse_uri
 from gateway.stores.ports import Binding
@@ -356,6 +357,8 @@ class Registrar:
                 auth=auth,
             )
         extra = [("Contact", f"<{uri}>;expires={seconds}") for uri, seconds in current]
+        # RFC 3327 section 5.3: the Path the bindings were stored with, in the same order
+        extra.extend(("Path", value) for value in request.get_all("path"))
         extra.append(("Date", formatdate(now, usegmt=True)))
         return RegisterOutcome(
             self._response(request, 200, extra=extra),
@@ -458,6 +461,14 @@ class Registrar:
 
         agent_id = auth.agent_id if auth.agent_id is not None else auth.username or ""
         user_agent = request.get("user-agent") or ""
+        # RFC 3327 section 5.3: the route set of requests to these contacts (the proxies
+        # between us and the phone, nearest first), stored with each binding
+        path = tuple(request.get_all("path"))
+        for value in path:
+            try:
+                resolve_next_hop(NameAddr.parse(value))
+            except (SipError, ValueError):
+                raise _Reject(400, "Bad Path") from None
         added: list[Binding] = []
         removed: list[BindingView] = []
         for contact in contacts:
@@ -483,6 +494,7 @@ class Registrar:
                     user_agent=user_agent,
                     q=contact.q,
                     instance=contact.instance,
+                    path=path,
                 )
             )
         removed.extend(self._over_the_limit(live, contacts))
