@@ -460,15 +460,7 @@ class Registrar:
             return [], list(live.values()), []
 
         agent_id = auth.agent_id if auth.agent_id is not None else auth.username or ""
-        user_agent = request.get("user-agent") or ""
-        # RFC 3327 section 5.3: the route set of requests to these contacts (the proxies
-        # between us and the phone, nearest first), stored with each binding
-        path = tuple(request.get_all("path"))
-        for value in path:
-            try:
-                resolve_next_hop(NameAddr.parse(value))
-            except (SipError, ValueError):
-                raise _Reject(400, "Bad Path") from None
+        user_agent, path = request.get("user-agent") or "", _path(request)  # Path: RFC 3327
         added: list[Binding] = []
         removed: list[BindingView] = []
         for contact in contacts:
@@ -518,3 +510,16 @@ class Registrar:
             if len(live) > self.max_contacts:
                 raise _Reject(403, f"At most {self.max_contacts} contacts per agent")
         return dropped
+
+
+def _path(request: Request) -> tuple[str, ...]:
+    """RFC 3327 section 5.3: the REGISTER's Path, the route set of requests to its contacts
+    (the proxies between us and the phone, nearest first), stored with each binding. A
+    value no request could be routed on gets 400."""
+    path = tuple(request.get_all("path"))
+    for value in path:
+        try:
+            resolve_next_hop(NameAddr.parse(value))
+        except (SipError, ValueError):
+            raise _Reject(400, "Bad Path") from None
+    return path
