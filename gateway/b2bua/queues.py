@@ -43,6 +43,7 @@ from gateway.presence.service import PresenceService
 from gateway.presence.state import PresenceChanged
 from gateway.sip.address import Address
 from gateway.sip.errors import SipError
+from gateway.sip.headers import NameAddr
 from gateway.sip.routing import resolve_next_hop
 from gateway.stores.ports import Binding
 
@@ -94,7 +95,7 @@ def binding_address(binding: Binding) -> Address:
     proxy it registered through, a cluster's front), else the flow the REGISTER came over."""
     if binding.path:
         try:
-            return resolve_next_hop(binding.path[0])
+            return resolve_next_hop(NameAddr.parse(binding.path[0]))
         except (SipError, ValueError):
             log.warning("binding_path_unusable", agent=binding.agent_id, path=binding.path[0])
     transport, _, rest = binding.source.partition(":")
