@@ -39,6 +39,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from typing import Final
 
 import structlog
@@ -89,9 +90,11 @@ def parse_front(text: str) -> tuple[str, int | None]:
     return ip.compressed, port
 
 
+@lru_cache(maxsize=4096)
 def parse_source(value: str) -> Address | None:
     """The address in an ``X-Gateway-Source`` value (``udp:192.0.2.7:5060``, IPv6 with or
-    without brackets), or None when it is not one."""
+    without brackets), or None when it is not one. Cached: every request of one phone
+    carries the same value."""
     transport, _, rest = value.strip().partition(":")
     host, _, port_text = rest.rpartition(":")
     transport = transport.lower()
@@ -136,13 +139,9 @@ class Fronts:
         An origin that is still a front's address (no usable header) identifies nobody."""
         if not self._exact and not self._any_port:
             return False
+        # a socket's address is in the compressed form the entries were normalised to
         host = source.host
-        if host in self._any_port or (host, source.port) in self._exact:
-            return True
-        ip = ip_of(host)  # another spelling of the same address (::ffff:, upper case)
-        if ip is None or ip.compressed == host:
-            return False
-        return ip.compressed in self._any_port or (ip.compressed, source.port) in self._exact
+        return host in self._any_port or (host, source.port) in self._exact
 
     def origin(
         self, source: Address, values: Sequence[str], *, method: str = "", quiet: bool = False
