@@ -154,11 +154,6 @@ class ContactCentreRouter:
             self.fronts,
         )
 
-    def origin(self, request: Request, source: Address) -> Address:
-        """The source a request from ``source`` is judged by: the one its front names, for a
-        request through a configured front (:mod:`gateway.fronts`), else ``source``."""
-        return self.fronts.origin_of(request, source)
-
     def trunk_of(self, source: Address) -> str | None:
         """The trunk a request from ``source`` (an origin) belongs to, if any; a front's
         own address is no trunk's."""

@@ -14,7 +14,8 @@ writes alice into From, the carrier (127.0.0.2) and the carrier's SBC:
 4. alice's own 911 through the front is hers (identified by her registration, her DID);
 5. the carrier's call to the support line, sent through the front (the carrier known by
    the address the front names), rings alice back through the front: her INVITE carries
-   the front's Via and Record-Route, because the node sent it along her Path.
+   the front's Via and Record-Route, because the node sent it along her Path;
+6. the PSAP's callback to alice's DID, through the front, rings her the same way.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def fronted(text: str, front_port: int) -> str:
     node = "node: { name: gw1 }"
     assert node in text
     return text.replace(node, f"node: {{ name: gw1, fronts: ['{LOOPBACK}:{front_port}'] }}")
+
+
+def assert_through_front(invite: str, via_front: str) -> None:
+    """The front's Via on top and its Record-Route: the INVITE passed the front."""
+    head = invite[: invite.index("\n\n")]
+    vias = re.findall(r"^Via: SIP/2\.0/UDP ([^;\s]+)", head, re.M)
+    assert vias[:1] == [via_front], head
+    assert re.search(rf"^Record-Route: <sip:{re.escape(via_front)};lr", head, re.M), head
 
 
 def test_identity_and_calls_through_the_front(
@@ -156,11 +165,19 @@ def test_identity_and_calls_through_the_front(
         ).assert_calls(1)
         phone.wait(timeout=20).assert_calls(1)
         ringing = invite_to(phone)
-        head = ringing[: ringing.index("\n\n")]
-        # the front's Via on top and its Record-Route: the INVITE passed the front
-        vias = re.findall(r"^Via: SIP/2\.0/UDP ([^;\s]+)", head, re.M)
-        assert vias[:1] == [via_front], head
-        assert re.search(rf"^Record-Route: <sip:{re.escape(via_front)};lr", head, re.M), head
+        assert_through_front(ringing, via_front)
+
+        # 6. the PSAP calls alice's DID back through the front (the carrier is trusted):
+        # the callback rings her along her Path too, its priority kept (C-1, C-2)
+        phone = sipp.uas("uas_basic.xml", site.port, calls=1, timeout=40)
+        carrier.uac(
+            "uac_psap_callback.xml", via_front, 1, 1, service=DIDS[0], timeout=30
+        ).assert_calls(1)
+        phone.wait(timeout=20).assert_calls(1)
+        rung = invite_to(phone)
+        assert_through_front(rung, via_front)
+        assert "Priority: psap-callback" in rung
+        site.recorder.wait_for(lambda: "callback_answered" in site.names(), "callback answered")
     finally:
         front.terminate()
         front.wait(timeout=10)
