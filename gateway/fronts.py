@@ -55,7 +55,9 @@ log = structlog.get_logger("gateway.fronts")
 SOURCE_HEADER: Final = "X-Gateway-Source"
 """The header a front writes with the real source of a request (and removes from senders)."""
 
-_TRANSPORTS: Final = frozenset({"udp", "tcp", "tls"})
+_TRANSPORTS: Final = frozenset({"udp", "tcp", "tls", "sctp", "ws", "wss"})
+"""What Kamailio's ``$pr`` can say: a phone on WebSocket behind the front is identified by
+its flow like any other (the node never sends to it directly: its Path leads there)."""
 _HEADER_LINE: Final = re.compile(rb"\r\nx-gateway-source[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
