@@ -42,6 +42,7 @@ from gateway.emergency.service import EmergencyService
 from gateway.events.embedded import EmbeddedBroker
 from gateway.events.mqtt import MqttPublisher, MqttSettings
 from gateway.events.ports import Publisher, Topics
+from gateway.fronts import Fronts
 from gateway.health.service import TrunkHealth
 from gateway.lifecycle import Lifecycle
 from gateway.location.choice import current_registration
@@ -369,6 +370,7 @@ async def _start_registrar(
         loop_clock=asyncio.get_running_loop().time,
         secret=nonce_secret,
         on_registered=locations.registered,
+        fronts=Fronts(dialplan.node.fronts),
     )
     await registrar.start()
     stack.push_async_callback(registrar.close)
@@ -428,6 +430,7 @@ def _call_layer(
         registrar.agent_at,
         resolver.targets,
         trunk_health.health,
+        registrar.fronts,  # one log budget for the front's unusable headers
     )
     b2bua = B2BUA(
         layer,

@@ -188,6 +188,8 @@ def live_snapshots(
                 "agent": binding.agent_id,
                 "contact": binding.contact_uri,
                 "source": binding.source,
+                # RFC 3327: the proxies calls to her go through (a cluster's front), if any
+                "path": ", ".join(binding.path),
                 "expires_in_s": max(0, round(binding.expires_at - now)),
                 "user_agent": binding.user_agent,
             }

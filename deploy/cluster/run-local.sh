@@ -63,8 +63,10 @@ pids+=($!)
 : >"$WORK/dispatcher.list"
 for n in 1 2; do
     port=${NODE_PORTS[$((n - 1))]}
-    # gwN on its own port, with its own share of DIDs for Redis outages
+    # gwN on its own port, with its own share of DIDs for Redis outages;
+    # the front is the node's only front: requests from it are judged by X-Gateway-Source
     sed -e "s/^  name: gw1$/  name: gw$n/" \
+        -e "s/^  # fronts: .*$/  fronts: ['127.0.0.1:$FRONT_PORT']/" \
         -e "s/port: 5060 }/port: $port }/" \
         -e "s/^    window_s: 3600$/    window_s: 3600\n    outage_dids: [\"+1555555029$n\"]/" \
         "$ROOT/dialplans/example.yaml" >"$WORK/gw$n.yaml"

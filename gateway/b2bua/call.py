@@ -262,6 +262,9 @@ class NextHop:
     trusted: bool = False
     #: digest credentials for the trunk's 401/407 (answered once per request, issue 13)
     credentials: TrunkCredentials | None = None
+    #: Route headers of the INVITE (a registered contact's Path, RFC 3327; ``address`` is
+    #: then their first hop)
+    route: tuple[str, ...] = ()
 
     @property
     def gateway(self) -> str:

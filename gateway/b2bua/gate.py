@@ -30,6 +30,11 @@ microseconds each, as RFC 3261 section 8.2.7 allows a stateless UAS to:
 In-dialog requests, responses and every other method pass untouched: an admitted call is
 never lost to overload. Apart from overload, the gate also drops a stranger's requests past
 its per-source limit (``gateway/b2bua/flood.py``, SPEC O-6) before they are parsed.
+
+"Source" is the origin of :mod:`gateway.fronts`: for a datagram from a cluster's front, the
+address its ``X-Gateway-Source`` header names (read from the raw head, nothing else), so
+that the limits, the trust cache and the priority check see the phone or trunk behind the
+front, not the front that every one of them shares.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from typing import Final
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.flood import SourceLimits
 from gateway.config.overload import OverloadSettings
+from gateway.fronts import Fronts
 from gateway.sip.errors import SipParseError
 from gateway.sip.transaction import Address
 from gateway.sip.uri import Uri, parse_uri
@@ -146,6 +152,7 @@ class OverloadGate:
         *,
         limits: SourceLimits | None = None,
         trusted: Callable[[Address], bool] = lambda source: True,
+        fronts: Fronts | None = None,
     ) -> None:
         self.admission = admission
         self.priority = priority
@@ -153,6 +160,9 @@ class OverloadGate:
         #: per-source limits for strangers (SPEC O-6), and who is not a stranger
         self.limits = limits
         self.trusted = trusted
+        #: the cluster's fronts (None: none configured): a datagram from one is judged by
+        #: the source it names (``X-Gateway-Source``), and the trust cache keys on that
+        self.fronts = fronts if fronts else None
         self._trust: dict[Address, tuple[bool, float]] = {}
         self._tail = (
             f"Retry-After: {admission.settings.retry_after_s}\r\n"
@@ -170,6 +180,9 @@ class OverloadGate:
         new INVITE is not scanned for priority twice."""
         if data[:8] == b"SIP/2.0 ":
             return None  # a response: the transaction layer knows whether it is ours
+        fronts = self.fronts
+        if fronts is not None:
+            source = fronts.origin_of_bytes(data, source)  # only for a front's datagrams
         limits = self.limits
         stranger = limits is not None and not self._trusted(source, now)
         if stranger and limits is not None and not limits.allow(source.host, now):
@@ -300,4 +313,5 @@ def gate_for(
         server,
         limits=limits,
         trusted=routers_trust(b2bua),
+        fronts=getattr(getattr(b2bua, "router", None), "fronts", None),
     )

@@ -161,6 +161,8 @@ class Placement:
             ("allow", "Allow", ALLOW),
             ("user-agent", "User-Agent", core.user_agent),
         ]
+        if hop.route:  # RFC 3327 section 5.3 / RFC 3261 section 8.1.2: the Path as route set
+            headers[1:1] = [("route", "Route", value) for value in hop.route]
         invite = Request("INVITE", ruri, headers)
         for name, value in (*identity, *self.sessions.offer_headers()):
             invite.add(name, value)

@@ -42,6 +42,8 @@ from gateway.config.dialplan import Dialplan
 from gateway.presence.service import PresenceService
 from gateway.presence.state import PresenceChanged
 from gateway.sip.address import Address
+from gateway.sip.errors import SipError
+from gateway.sip.headers import NameAddr
 from gateway.sip.routing import resolve_next_hop
 from gateway.stores.ports import Binding
 
@@ -89,7 +91,13 @@ def best_binding(bindings: list[Binding]) -> Binding | None:
 
 
 def binding_address(binding: Binding) -> Address:
-    """Where requests to a registered contact go: the flow the REGISTER came over."""
+    """Where requests to a registered contact go: the first hop of its Path (RFC 3327: the
+    proxy it registered through, a cluster's front), else the flow the REGISTER came over."""
+    if binding.path:
+        try:
+            return resolve_next_hop(NameAddr.parse(binding.path[0]))
+        except (SipError, ValueError):
+            log.warning("binding_path_unusable", agent=binding.agent_id, path=binding.path[0])
     transport, _, rest = binding.source.partition(":")
     host, _, port = rest.rpartition(":")
     return Address(transport or "udp", host.strip("[]"), int(port))
@@ -283,6 +291,7 @@ class QueueManager(CallObserverBase):
             request_uri=binding.contact_uri,
             ring_timeout=queue.ring_timeout_s,
             agent=agent_id,
+            route=binding.path,
         )
         self.placer.offer(queued.call, hop)
 

@@ -15,6 +15,11 @@ anyone else                            must authenticate as an agent (407), then
                                        outbound by the ``outbound`` rules
 =====================================  =========================================
 
+Behind a cluster's front (``node.fronts``) every request comes from the front's address;
+"source" above and below is then the address the front names in ``X-Gateway-Source``
+(:mod:`gateway.fronts`, the one place that reads it), and the front's own address is none
+of the rows (no trunk, no registration, no trusted network).
+
 Outbound routing is the first matching outbound rule; its trunk's gateways become the hop
 list, tried in order by the B2BUA. A gateway written as a host name becomes one hop per
 address DNS gave for it (``targets``: RFC 3263 NAPTR/SRV/A order, already resolved ahead
@@ -59,6 +64,7 @@ from gateway.emergency.callbacks import strip_untrusted_priority
 from gateway.emergency.numbers import detect, detect_rewritten
 from gateway.emergency.routing import RoutePlan
 from gateway.emergency.service import EmergencyCall, EmergencyService
+from gateway.fronts import Fronts
 from gateway.registrar.service import AuthRefusal, log_auth_failed
 from gateway.sip.address import Address, address_text, ip_of
 from gateway.sip.message import Request
@@ -106,8 +112,12 @@ class ContactCentreRouter:
         agent_at: Callable[[Address], str | None] | None = None,
         targets: Callable[[Address], list[Address]] | None = None,
         health: Mapping[str, bool] | None = None,
+        fronts: Fronts | None = None,
     ):
         self.dialplan = dialplan
+        #: the cluster's SIP fronts: a request from one is judged by the source it names
+        #: (``X-Gateway-Source``), never by the front's own address (issue #12)
+        self.fronts = fronts if fronts is not None else Fronts(dialplan.node.fronts)
         self.authenticate = authenticate
         self.emergency = emergency
         self.contacts = contacts
@@ -141,10 +151,14 @@ class ContactCentreRouter:
             self.agent_at,
             self.targets,
             self.health,
+            self.fronts,
         )
 
     def trunk_of(self, source: Address) -> str | None:
-        """The trunk a request from ``source`` belongs to, if any."""
+        """The trunk a request from ``source`` (an origin) belongs to, if any; a front's
+        own address is no trunk's."""
+        if self.fronts.is_front(source):
+            return None
         name = self._trunk_by_address.get((source.host, source.port))
         if name is not None:
             return name
@@ -154,11 +168,20 @@ class ContactCentreRouter:
         return None
 
     def trusted_source(self, source: Address) -> bool:
-        """Is ``source`` a trunk, a registered agent's phone or on a network trusted for
-        unauthenticated phones? (Strangers' requests are rate-limited, SPEC O-6.)"""
-        if self.trunk_of(source) is not None or _in(source.host, self._open):
+        """Is ``source`` (an origin) a trunk, a registered agent's phone or on a network
+        trusted for unauthenticated phones? (Strangers' requests are rate-limited, SPEC
+        O-6.) A front itself is not limited either: it carries every call's in-dialog
+        requests and its own OPTIONS probes, and limits floods itself (pike)."""
+        if self.fronts.is_front(source):
+            return True
+        if self.trunk_of(source) is not None or self._open_network(source):
             return True
         return self.agent_at is not None and self.agent_at(source) is not None
+
+    def _open_network(self, source: Address) -> bool:
+        """Is ``source`` (an origin) on a network trusted for unauthenticated phones? A
+        front's own address never is (every phone behind it shares it)."""
+        return _in(source.host, self._open) and not self.fronts.is_front(source)
 
     def may_be_priority(self, uri: Uri, source: Address) -> bool:
         """Might a new INVITE to ``uri`` from ``source`` be an emergency call or an
@@ -177,6 +200,7 @@ class ContactCentreRouter:
         return ordinary is not None and detect_rewritten(ordinary.user, dialled, None) is not None
 
     def route(self, request: Request, dialled: str, source: Address) -> Decision:
+        source = self.fronts.origin_of(request, source)
         trunk = self.trunk_of(source)
         if trunk is None or not self.dialplan.trunks[trunk].trusted:
             removed = strip_untrusted_priority(request)  # SPEC C-2
@@ -192,7 +216,7 @@ class ContactCentreRouter:
                 if rule.pattern.fullmatch(dialled):
                     return Queued(rule.queue, rule.priority, trunk)
             return RouteRefusal(404, "Not Found", f"no inbound rule matches {dialled[:64]}")
-        open_network = _in(source.host, self._open)
+        open_network = self._open_network(source)
         agent, identified_by = self._identify(request, source)
         # the ordinary rules are run once: emergency detection looks at their rewrite, and
         # an ordinary call is routed with it
@@ -229,7 +253,7 @@ class ContactCentreRouter:
                 return outcome, "credentials"
             if not any("stale=true" in value for _, value in outcome.headers):
                 log_auth_failed(request, source, "proxy-authorization")
-        if self.agent_at is not None:
+        if self.agent_at is not None and not self.fronts.is_front(source):
             agent = self.agent_at(source)
             if agent is not None:
                 return agent, "registration"
@@ -330,6 +354,8 @@ class ContactCentreRouter:
                 )
                 return refusal_of(challenge)
             return challenge, "credentials", None
+        if self.fronts.is_front(source):
+            return None, None, None  # the front's own address is no site's phone
         return None, None, self.dialplan.site_for(source.host)
 
     def _callback(self, agent_id: str, test: bool, dialled: str) -> Decision:
@@ -349,6 +375,7 @@ class ContactCentreRouter:
                     request_uri=best.contact_uri,
                     ring_timeout=self.dialplan.emergency.callback_ring_timeout_s,
                     agent=agent_id,
+                    route=best.path,
                 )
             )
         if agent.callback_fallback:
@@ -429,7 +456,7 @@ class ContactCentreRouter:
             return self.dialplan.agents[agent].identity if agent is not None else None
         if kind == "queue":
             return self.dialplan.queues[name].identity
-        if kind == "site" and source is not None:
+        if kind == "site" and source is not None and not self.fronts.is_front(source):
             site = self.dialplan.site_for(source.host)
             return site[1].callback_number if site is not None else None
         return None

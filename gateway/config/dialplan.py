@@ -101,6 +101,7 @@ from gateway.config.fields import (
 from gateway.config.keepalive import Keepalive
 from gateway.config.overload import OverloadSettings
 from gateway.config.trunk_auth import TrunkAuth, TrunkRegister, TrunkTls
+from gateway.fronts import parse_front
 
 __all__ = [
     "DIALPLAN_FORMAT_VERSION",
@@ -179,10 +180,25 @@ def _as_init_details(error: ValidationError) -> list[InitErrorDetails]:
     ]
 
 
+def _check_front(value: str) -> str:
+    try:
+        parse_front(value)
+    except ValueError as exc:
+        raise problem("front", str(exc)) from None
+    return value
+
+
 class NodeConfig(Frozen):
-    """This gateway node; ``name`` appears in logs, metrics and MQTT topics."""
+    """This gateway node; ``name`` appears in logs, metrics and MQTT topics.
+
+    ``fronts`` are the SIP fronts of a cluster (Kamailio, ``deploy/kamailio/cluster.cfg``),
+    ``ip`` or ``ip:port``: a request from one of them is judged by the source its
+    ``X-Gateway-Source`` header names (identity, trusted trunks and networks, flood
+    limits; see :mod:`gateway.fronts`), a request from anyone else by its own source.
+    """
 
     name: str = "gw1"
+    fronts: tuple[Annotated[str, AfterValidator(_check_front)], ...] = ()
 
     @field_validator("name")
     @classmethod

@@ -48,6 +48,7 @@ _SELF_DESCRIBING = frozenset(
     {
         "duplicate",
         "empty",
+        "front",
         "host",
         "name",
         "regex",

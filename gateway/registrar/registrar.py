@@ -58,9 +58,10 @@ from gateway.registrar.digest import (
     parse_authorization,
     verify,
 )
-from gateway.sip.errors import SipParseError
+from gateway.sip.errors import SipError, SipParseError
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import Request, Response, make_response
+from gateway.sip.routing import resolve_next_hop
 from gateway.sip.transaction import IdGenerator
 from gateway.sip.uri import SipUri, parse_uri
 from gateway.stores.ports import Binding
@@ -356,6 +357,8 @@ class Registrar:
                 auth=auth,
             )
         extra = [("Contact", f"<{uri}>;expires={seconds}") for uri, seconds in current]
+        # RFC 3327 section 5.3: the Path the bindings were stored with, in the same order
+        extra.extend(("Path", value) for value in request.get_all("path"))
         extra.append(("Date", formatdate(now, usegmt=True)))
         return RegisterOutcome(
             self._response(request, 200, extra=extra),
@@ -457,7 +460,7 @@ class Registrar:
             return [], list(live.values()), []
 
         agent_id = auth.agent_id if auth.agent_id is not None else auth.username or ""
-        user_agent = request.get("user-agent") or ""
+        user_agent, path = request.get("user-agent") or "", _path(request)  # Path: RFC 3327
         added: list[Binding] = []
         removed: list[BindingView] = []
         for contact in contacts:
@@ -483,6 +486,7 @@ class Registrar:
                     user_agent=user_agent,
                     q=contact.q,
                     instance=contact.instance,
+                    path=path,
                 )
             )
         removed.extend(self._over_the_limit(live, contacts))
@@ -506,3 +510,16 @@ class Registrar:
             if len(live) > self.max_contacts:
                 raise _Reject(403, f"At most {self.max_contacts} contacts per agent")
         return dropped
+
+
+def _path(request: Request) -> tuple[str, ...]:
+    """RFC 3327 section 5.3: the REGISTER's Path, the route set of requests to its contacts
+    (the proxies between us and the phone, nearest first), stored with each binding. A
+    value no request could be routed on gets 400."""
+    path = tuple(request.get_all("path"))
+    for value in path:
+        try:
+            resolve_next_hop(NameAddr.parse(value))
+        except (SipError, ValueError):
+            raise _Reject(400, "Bad Path") from None
+    return path

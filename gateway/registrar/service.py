@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from gateway.config.dialplan import Dialplan
+from gateway.fronts import Fronts
 from gateway.presence.service import PresenceService
 from gateway.registrar.digest import Credentials, NonceManager, parse_authorization
 from gateway.registrar.registrar import BindingView, Registrar
@@ -115,8 +116,12 @@ class RegistrarService:
         wall_clock: Callable[[], float] = time.time,
         secret: bytes | None = None,
         on_registered: Callable[[str, str], None] | None = None,
+        fronts: Fronts | None = None,
     ):
         settings = dialplan.registrar
+        #: the cluster's fronts: a REGISTER through one is bound to the source it names
+        #: (``X-Gateway-Source``: the phone, for identity, SPEC E-13), not to the front
+        self.fronts = fronts if fronts is not None else Fronts(dialplan.node.fronts)
         self.layer = layer
         self.store = store
         self.presence = presence
@@ -212,7 +217,7 @@ class RegistrarService:
 
     def handle(self, event: RequestReceived) -> None:
         request = event.request
-        source = event.source
+        source = self.fronts.origin_of(request, event.source)
         source_text = address_text(source)
         username = ""
         try:

@@ -91,6 +91,10 @@ class Binding:
     ``source`` is where the REGISTER came from, as ``"transport:host:port"`` (for example
     ``"udp:192.0.2.7:5060"``), so requests can be sent back over the same flow.
     ``instance`` is the ``+sip.instance`` value (RFC 5626), if the UA sent one.
+    ``path`` is the REGISTER's Path (RFC 3327), one name-addr per proxy, nearest to the
+    gateway first: the route set of requests to this contact, sent to its first hop.
+    Through a cluster's front, ``source`` is the phone's own address (the front's
+    ``X-Gateway-Source``, for identity, SPEC E-13) and the flow is the Path's first hop.
     """
 
     agent_id: str
@@ -102,6 +106,11 @@ class Binding:
     user_agent: str
     q: float = 1.0
     instance: str | None = None
+    path: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, tuple):  # a list read back from JSON (Redis)
+            object.__setattr__(self, "path", tuple(self.path))
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,7 @@ __all__ = [
 # Row mapping.
 
 _BINDING_COLUMNS = (
-    "agent_id, contact_uri, expires_at, call_id, cseq, source, user_agent, q, instance"
+    "agent_id, contact_uri, expires_at, call_id, cseq, source, user_agent, q, instance, path"
 )
 _PRESENCE_COLUMNS = (
     "agent_id, chosen, effective, previous, reason, updated_at, saved_before_emergency"
@@ -79,6 +79,7 @@ def _binding(row: tuple[Any, ...]) -> Binding:
         user_agent=row[6],
         q=float(row[7]),
         instance=row[8],
+        path=tuple(json.loads(row[9])),
     )
 
 
@@ -140,7 +141,7 @@ class SqliteRegistrationStore:
         def operation(conn: sqlite3.Connection) -> None:
             conn.execute(
                 f"INSERT OR REPLACE INTO registrations ({_BINDING_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     binding.agent_id,
                     binding.contact_uri,
@@ -151,6 +152,7 @@ class SqliteRegistrationStore:
                     binding.user_agent,
                     binding.q,
                     binding.instance,
+                    json.dumps(list(binding.path)),
                 ),
             )
 

@@ -223,6 +223,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX cdrs_ended_at ON cdrs (ended_at);
         """,
     ),
+    Migration(
+        description="registrations: the REGISTER's Path (RFC 3327), the route set to the contact",
+        script="""
+        -- JSON array of name-addrs, nearest proxy first; '[]' for a phone registered directly
+        -- (and for every binding written before this version).
+        ALTER TABLE registrations ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
+        """,
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """

@@ -10,6 +10,7 @@ meanwhile reach Redis when it is back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from typing import Any, cast
 
 import jsonschema
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.cluster import store_health_payload
 from gateway.config.loader import load_dialplan_text
@@ -25,7 +27,7 @@ from gateway.emergency.reservations import choose_callback_did
 from gateway.emergency.service import EmergencyCall, EmergencyService
 from gateway.events.ports import Topics
 from gateway.presence.service import PresenceService
-from gateway.stores import PresenceRecord, Stores, StoreUnavailableError, open_stores
+from gateway.stores import Binding, PresenceRecord, Stores, StoreUnavailableError, open_stores
 from gateway.stores.outage import OutageGuard, StoreHealth
 from testkit.processes import HarnessError
 from testkit.redisserver import RedisSentinel, RedisServer
@@ -333,3 +335,33 @@ async def test_a_write_that_fails_on_replay_is_dropped_and_the_rest_go_through(
         await health.wait_up()
         async with await open_stores(redis_server.url, tmp_path / "o", timeout=5) as other:
             assert [r.agent_id for r in await other.presence.all()] == ["alice", "carol"]
+
+
+async def test_a_bindings_path_is_shared_and_an_older_record_reads_without_one(
+    two_nodes: list[Stores], redis_server: RedisServer
+) -> None:
+    """RFC 3327: the Path a node stored is what the other node reads (the route set of its
+    calls to that contact); a record written before Path existed reads back with none."""
+    first, second = two_nodes
+    fronted = Binding(
+        agent_id="alice",
+        contact_uri="sip:alice@192.0.2.10:5060",
+        expires_at=NOW + 300,
+        call_id="reg-1",
+        cseq=1,
+        source="udp:192.0.2.10:5060",
+        user_agent="UA",
+        path=("<sip:192.0.2.5:5060;lr;received=sip:192.0.2.10:5060>",),
+    )
+    await first.registrations.put(fronted)
+    assert await second.registrations.bindings("alice", NOW) == [fronted]
+    older = {k: v for k, v in dataclasses.asdict(fronted).items() if k != "path"}
+    older["agent_id"], older["contact_uri"] = "bob", "sip:bob@192.0.2.11:5060"
+    client = aioredis.from_url(redis_server.url)
+    try:
+        await client.hset("gateway:reg:bob", older["contact_uri"], json.dumps(older))
+        await client.zadd("gateway:reg:expiry", {f"bob\n{older['contact_uri']}": NOW + 300})
+    finally:
+        await client.aclose()
+    [bob] = await second.registrations.bindings("bob", NOW)
+    assert bob.path == () and bob.source == fronted.source

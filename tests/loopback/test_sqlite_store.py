@@ -325,3 +325,44 @@ async def test_the_owner_chooses_as_the_transaction_does(tmp_path: Path) -> None
             outcomes.append(seen)
     assert outcomes[0] == outcomes[1]
     assert any(taken for _, _, taken in outcomes[0])  # the sequence does exhaust the pool
+
+
+async def test_a_file_from_before_path_is_upgraded_and_keeps_its_bindings(tmp_path: Path) -> None:
+    """Schema 5 (RFC 3327 Path) on a file written by schema 4: the registrations already
+    there read back with no Path, and a binding with a Path round-trips."""
+    path = tmp_path / "gw.sqlite3"
+    old = await SqliteDatabase.open(path, migrations=MIGRATIONS[:4])
+    await old.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO registrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                "alice",
+                "sip:alice@192.0.2.10",
+                NOW + 300,
+                "r",
+                1,
+                "udp:192.0.2.10:5060",
+                "UA",
+                1.0,
+                None,
+            ),
+        )
+    conn.close()
+    fronted = Binding(
+        agent_id="bob",
+        contact_uri="sip:bob@192.0.2.11:5060",
+        expires_at=NOW + 300,
+        call_id="reg-2",
+        cseq=1,
+        source="udp:192.0.2.11:5060",
+        user_agent="UA",
+        path=("<sip:192.0.2.5:5060;lr;received=sip:192.0.2.11:5060>", "<sip:edge.example;lr>"),
+    )
+    async with await open_stores(f"sqlite://{path}", tmp_path) as stores:
+        [before] = await stores.registrations.bindings("alice", NOW)
+        assert before.path == () and before.source == "udp:192.0.2.10:5060"
+        await stores.registrations.put(fronted)
+    assert _rows(path, "SELECT max(version) FROM schema_version") == [(len(MIGRATIONS),)]
+    async with await open_stores(f"sqlite://{path}", tmp_path) as stores:
+        assert await stores.registrations.bindings("bob", NOW) == [fronted]
