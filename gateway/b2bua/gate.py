@@ -223,6 +223,9 @@ class OverloadGate:
             return NEW
         if head.in_dialog:
             return ADMITTED
+        fronts = self.fronts
+        if fronts is not None:
+            source = fronts.origin_of_bytes(data, source)  # only for a front's datagrams
         if not self._trusted(source, now):
             return NEW
         try:

@@ -28,6 +28,7 @@ from gateway.fronts import Fronts, parse_front, parse_source
 from gateway.sip.message import Request, parse_message
 from gateway.sip.transaction import Address
 from gateway.stores.ports import Binding
+from gateway.transport.inbox import NEW, PRIORITY
 
 FRONT = Address("udp", "192.0.2.5", 5060)
 STRANGER = Address("udp", "198.51.100.9", 5070)
@@ -254,6 +255,25 @@ def test_the_gates_limits_and_trust_cache_key_on_the_source_behind_the_front() -
     for _ in range(5):  # nor is the front's own traffic (in-dialog requests, probes)
         assert gate.screen(invite("5551234567", ";tag=x"), FRONT, 1.0) is None
     assert asked == [STRANGER, CALLER, FRONT]  # one verdict per real source, cached
+
+
+def test_the_inbox_lane_of_a_911_through_the_front_follows_the_source_it_names() -> None:
+    route = router()
+    gate = OverloadGate(
+        _full(),
+        lambda uri, source: "911" in str(uri),
+        "gw",
+        trusted=route.trusted_source,
+        fronts=route.fronts,
+    )
+
+    def through_front(name: str) -> bytes:
+        data = invite("911")
+        return data.replace(b"Max-Forwards", f"X-Gateway-Source: {name}\r\nMax-Forwards".encode())
+
+    assert gate.classify(through_front("udp:192.0.2.10:5060"), FRONT, 1.0) == PRIORITY  # alice
+    # a stranger behind the front does not jump the queue (the gate still lets it through)
+    assert gate.classify(through_front("udp:198.51.100.9:5070"), FRONT, 1.0) == NEW
 
 
 # -- Path (RFC 3327) -----------------------------------------------------------------------------
