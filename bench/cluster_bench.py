@@ -346,6 +346,8 @@ class EmergencyRun:
     load_p99_ms: float | None = None
     node_cpu_pct: list[float | None] = field(default_factory=list)
     front_cpu_pct: float | None = None
+    #: per node: 911 calls it could not tie to alice's registration (E-13), from its log
+    unidentified: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     directory: str = ""
 
@@ -455,6 +457,9 @@ def run_emergency(
             for n, node in enumerate(setup.nodes, 1):
                 if not node.running:
                     result.problems.append(f"gw{n} exited ({node.popen.returncode})")
+                result.unidentified.append(
+                    node.log_text().count('"event": "emergency_caller_unidentified"')
+                )
     except HarnessError as exc:
         result.problems.append(str(exc).splitlines()[0])
     finally:
@@ -577,6 +582,11 @@ def summary(
             f"{e.load_failed + e.load_uas_failed} failed, p50/p99 {fmt_ms(e.load_p50_ms)}/"
             f"{fmt_ms(e.load_p99_ms)} ms; CPU% front "
             f"{fmt_pct(e.front_cpu_pct)}, nodes {'/'.join(map(fmt_pct, e.node_cpu_pct))}"
+        )
+        lines.append(
+            f"  at the SBC: {e.sbc_ok} ok, {e.sbc_failed} failed; not tied to alice's "
+            f"registration (logged emergency_caller_unidentified), per node: "
+            f"{'/'.join(map(str, e.unidentified)) or '-'}"
         )
         lines += [f"  problem: {p}" for p in e.problems]
     return lines

@@ -145,7 +145,7 @@ def start_front(
     destinations: Sequence[str],
     *,
     probe: bool = True,
-    shm_mb: int = 64,
+    shm_mb: int = 256,
     ready_timeout: float = 10.0,
 ) -> Kamailio:
     """``cluster.cfg`` on udp/tcp 127.0.0.1:``port`` before ``destinations`` (``host:port``,
@@ -164,7 +164,7 @@ def start_front(
 
 
 def start_relay(
-    workdir: Path, port: int, next_hop: str, *, shm_mb: int = 64, ready_timeout: float = 10.0
+    workdir: Path, port: int, next_hop: str, *, shm_mb: int = 256, ready_timeout: float = 10.0
 ) -> Kamailio:
     """The tm relay of ``kamailio-relay.cfg.tmpl`` on udp 127.0.0.1:``port``: initial
     requests record-routed and relayed statefully to ``next_hop`` (``host:port``)."""
