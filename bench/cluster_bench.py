@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -346,6 +347,8 @@ class EmergencyRun:
     load_p99_ms: float | None = None
     node_cpu_pct: list[float | None] = field(default_factory=list)
     front_cpu_pct: float | None = None
+    #: unexpected answers that failed ordinary calls (status line -> count), uac errors.log
+    load_answers: dict[str, int] = field(default_factory=dict)
     #: per node: 911 calls it could not tie to alice's registration (E-13), from its log
     unidentified: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -483,6 +486,7 @@ def run_emergency(
         result.load_ok = stat_int(load_stats, "SuccessfulCall(C)")
         result.load_failed = max(stat_int(load_stats, "FailedCall(C)"), load_calls - result.load_ok)
         result.load_uas_failed = stat_int(read_stats(load_dir / "uas_stat.csv"), "FailedCall(C)")
+        result.load_answers = unexpected_answers(load_dir / "uac_errors.log")
         load_values = sorted(v for _, v in read_rtt(load_dir))
         result.load_p50_ms = percentile(load_values, 50)
         result.load_p99_ms = percentile(load_values, 99)
@@ -492,6 +496,18 @@ def run_emergency(
             f"{result.sbc_failed} at the SBC"
         )
     return result
+
+
+def unexpected_answers(errors_log: Path) -> dict[str, int]:
+    """The responses SIPp aborted calls on, by status line (e.g. "403 Forbidden")."""
+    try:
+        text = errors_log.read_text(errors="replace")
+    except OSError:
+        return {}
+    found: dict[str, int] = {}
+    for status in re.findall(r"received 'SIP/2\.0 (\d{3} [^\r\n]*)", text):
+        found[status] = found.get(status, 0) + 1
+    return found
 
 
 # --------------------------------------------------------------------------- output
@@ -512,7 +528,7 @@ def ladder_table(results: dict[str, dict[str, Any]], rates: list[int]) -> str:
     names = [c for c in COLUMNS if c in results]
     header = ["rate"]
     for c in names:
-        header += [f"{COLUMNS[c]}: offered", "failed", "p50/p99 ms", "CPU% front/nodes"]
+        header += [f"{COLUMNS[c]}: offered", "failed", "p50/p99 ms", "CPU% front/nodes", "other%"]
     rows: list[Sequence[str]] = [header]
     by_rate = {c: {s["rate"]: s for s in results[c]["steps"]} for c in names}
     for rate in rates:
@@ -522,7 +538,7 @@ def ladder_table(results: dict[str, dict[str, Any]], rates: list[int]) -> str:
         for c in names:
             s = by_rate[c].get(rate)
             if s is None:
-                row += ["-", "-", "-", "-"]
+                row += ["-", "-", "-", "-", "-"]
                 continue
             cpu = "/".join([fmt_pct(s["front_cpu_pct"]), *map(fmt_pct, s["node_cpu_pct"])])
             mark = "" if s["passed"] else " X"
@@ -531,6 +547,7 @@ def ladder_table(results: dict[str, dict[str, Any]], rates: list[int]) -> str:
                 str(s["failed"] + s["uas_failed"]),
                 f"{fmt_ms(s['p50_ms'])}/{fmt_ms(s['p99_ms'])}{mark}",
                 cpu,
+                fmt_pct(s["other_cpu_pct"]),
             ]
         rows.append(row)
     return render_table(rows)
@@ -583,6 +600,9 @@ def summary(
             f"{fmt_ms(e.load_p99_ms)} ms; CPU% front "
             f"{fmt_pct(e.front_cpu_pct)}, nodes {'/'.join(map(fmt_pct, e.node_cpu_pct))}"
         )
+        if e.load_answers:
+            answers = ", ".join(f"{n} x {status}" for status, n in sorted(e.load_answers.items()))
+            lines.append(f"  ordinary calls failed on: {answers}")
         lines.append(
             f"  at the SBC: {e.sbc_ok} ok, {e.sbc_failed} failed; not tied to alice's "
             f"registration (logged emergency_caller_unidentified), per node: "
@@ -682,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(ladder_table(results, rates))
     print("(X: the step did not pass; CPU% over the step, 100 % = one core: front = Kamailio")
-    print(" and its workers, then each node)")
+    print(" and its workers, then each node; other% = the rest of the machine: other")
+    print(" processes than this set-up's, e.g. other work on a shared box)")
     for result in results.values():
         if result["diagnosis"]:
             print(result["diagnosis"])
