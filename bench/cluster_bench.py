@@ -683,6 +683,12 @@ def main(argv: list[str] | None = None) -> int:
             load_rate = args.load_rate
             if load_rate is None:
                 two = results.get("two", {}).get("sustained_cps", 0)
+                if not two:
+                    # no 2-node capacity measured (column not run, or no step passed):
+                    # the lowest step of the ladder stands in for it, so that 911 still
+                    # meets ordinary traffic
+                    two = rates[0]
+                    print(f"(no 2-node sustained rate: {args.load_pct:g} % of {two} calls/s)")
                 load_rate = round(two * args.load_pct / 100.0)
             print(
                 f"emergency: 911 at {args.emergency_rate:g}/s for {args.emergency_seconds:g} s "
