@@ -234,10 +234,6 @@ class Step(LadderStep):
     front_cpu_pct: float | None = None
 
 
-def _ticks(front: Kamailio) -> int | None:
-    return front.cpu_ticks()
-
-
 def run_step(setup: Cluster, rate: int, args: argparse.Namespace, directory: Path) -> Step:
     directory.mkdir(parents=True, exist_ok=True)
     calls = max(1, round(rate * args.step_seconds))
@@ -249,7 +245,7 @@ def run_step(setup: Cluster, rate: int, args: argparse.Namespace, directory: Pat
         max_recv_loops=1000, trace_messages=False,
     )  # fmt: skip
     meter = CpuMeter({f"gw{n}": node.pid for n, node in enumerate(setup.nodes, 1)})
-    front_before = _ticks(setup.front)
+    front_before = setup.front.cpu_ticks()
     uac = sipp.start_uac(
         UAC_SCENARIO, setup.front.address, calls, rate, timeout=uac_timeout,
         recv_timeout=5.0, max_recv_loops=1000, trace_messages=False,
@@ -257,7 +253,7 @@ def run_step(setup: Cluster, rate: int, args: argparse.Namespace, directory: Pat
     )  # fmt: skip
     uac.wait(uac_timeout + HARD_MARGIN_S)
     meter.stop()
-    front_after = _ticks(setup.front)
+    front_after = setup.front.cpu_ticks()
     uas.wait(UAS_TIMEWAIT_S + 3.0)
     front_s = (
         (front_after - front_before) / CLK_TCK
@@ -673,7 +669,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, dict[str, Any]] = {}
     emergency: EmergencyRun | None = None
-    redis = RedisServer.start(workdir / "redis")
+    try:
+        redis = RedisServer.start(workdir / "redis")
+    except HarnessError as exc:
+        print(f"redis-server did not start: {exc}", flush=True)
+        return 1
     try:
         for column in COLUMNS:
             if column in columns:
