@@ -432,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.setups != parser.get_default("setups"):
             parser.error("the kamailio set-up is udp only (kamailio-relay.cfg.tmpl)")
         setups.remove("kamailio")  # the default set, over TCP: without it
+        print("(the kamailio set-up is udp only: left out over tcp)", flush=True)
     args.setup_list = setups
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cps_bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
