@@ -168,6 +168,8 @@ class Cluster:
     nodes: list[GatewayProcess]
     uas_port: int
     sbc_port: int
+    #: the redis-server's pid: its CPU is the set-up's, not "other"
+    redis_pid: int | None = None
 
 
 def start_nodes(
@@ -216,7 +218,8 @@ def cluster(column: str, directory: Path, redis: RedisServer) -> Iterator[Cluste
         front = start_front(directory / "front", free_port(), destinations, probe=bool(nodes))
         if nodes:
             time.sleep(2.5)  # the first round of OPTIONS probes: every node known active
-        yield Cluster(column, front, nodes, uas_port, sbc_port)
+        redis_pid = redis.child.pid if redis.child is not None else None
+        yield Cluster(column, front, nodes, uas_port, sbc_port, redis_pid)
     finally:
         if front is not None:
             front.stop()
@@ -244,7 +247,9 @@ def run_step(setup: Cluster, rate: int, args: argparse.Namespace, directory: Pat
         UAS_SCENARIO, setup.uas_port, calls=calls, timeout=uac_timeout + 10.0,
         max_recv_loops=1000, trace_messages=False,
     )  # fmt: skip
-    meter = CpuMeter({f"gw{n}": node.pid for n, node in enumerate(setup.nodes, 1)})
+    meter = CpuMeter(
+        {"redis": setup.redis_pid, **{f"gw{n}": node.pid for n, node in enumerate(setup.nodes, 1)}}
+    )
     front_before = setup.front.cpu_ticks()
     uac = sipp.start_uac(
         UAC_SCENARIO, setup.front.address, calls, rate, timeout=uac_timeout,
@@ -261,7 +266,7 @@ def run_step(setup: Cluster, rate: int, args: argparse.Namespace, directory: Pat
         else None
     )
     node_s = [meter.seconds(f"gw{n}") for n in range(1, len(setup.nodes) + 1)]
-    measure(step, uac, uas, meter, also_ours=[front_s, *node_s])
+    measure(step, uac, uas, meter, also_ours=[front_s, meter.seconds("redis"), *node_s])
     wall = uac.elapsed
     step.node_cpu_pct = [None if s is None else round(100.0 * s / wall, 1) for s in node_s]
     step.front_cpu_pct = None if front_s is None else round(100.0 * front_s / wall, 1)
@@ -708,8 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(ladder_table(results, rates))
     print("(X: the step did not pass; CPU% over the step, 100 % = one core: front = Kamailio")
-    print(" and its workers, then each node; other% = the rest of the machine: other")
-    print(" processes than this set-up's, e.g. other work on a shared box)")
+    print(" and its workers, then each node; other% = the rest of the machine: all but")
+    print(" the two SIPp, the front, the nodes and Redis, e.g. other work on a shared box)")
     for result in results.values():
         if result["diagnosis"]:
             print(result["diagnosis"])
