@@ -1,9 +1,15 @@
-"""Calls per second: the gateway against SIPp talking straight to SIPp, in one run.
+"""Calls per second: the gateway against Kamailio and SIPp talking straight to SIPp, in one run.
 
-Two set-ups, each driven through rising call rates:
+Three set-ups, each driven through rising call rates:
 
     gateway      sipp uac  ->  gateway  ->  sipp uas
+    kamailio     sipp uac  ->  Kamailio tm relay  ->  sipp uas     (udp only)
     sipp->sipp   sipp uac  ->  sipp uas
+
+The Kamailio relay is ``deploy/kamailio/kamailio-relay.cfg.tmpl`` (the wire tests' relay:
+2 UDP workers, record-routing, stateful ``t_relay``), a fresh process per run; its CPU is
+that of its main process and workers (``testkit.kamailio``). It is the reference for "a
+SIP server in C doing the least a stateful proxy does", beside SIPp alone.
 
 Each step places ``rate * --step-seconds`` calls at ``rate`` calls/s with
 ``bench/scenarios/uac_rtd.xml`` (INVITE with SDP, [100] [180] 200, ACK, BYE, 200; no pause)
@@ -23,7 +29,8 @@ it) and the uac has -recv_timeout, so each step is bounded. The files of every r
 (SIPp statistics, errors, screens, rtt CSVs, gateway logs) stay under --workdir.
 
     .venv/bin/python bench/cps_bench.py [--max-rate 10000] [--step-seconds 6]
-        [--transport udp|tcp] [--rates 100,200,...] [--gateway-env KEY=VALUE]
+        [--transport udp|tcp] [--rates 100,200,...] [--setups gateway,kamailio,sipp]
+        [--gateway-env KEY=VALUE]
         [--json out.json]
 """
 
@@ -43,6 +50,7 @@ from typing import Any
 # run as `python bench/cps_bench.py`: the project root holds testkit/, the shared harness
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from testkit.kamailio import Kamailio, start_relay
 from testkit.ladder import (
     CpuMeter,
     LadderStep,
@@ -56,6 +64,7 @@ from testkit.ladder import (
     sustained,
 )
 from testkit.processes import (
+    CLK_TCK,
     LOOPBACK,
     Child,
     GatewayProcess,
@@ -83,6 +92,8 @@ SETTLE_S = 1.0
 #: Quick mode (--quick): one short step at each of these rates, both set-ups.
 QUICK_RATES = "100,200"
 QUICK_STEP_SECONDS = 2.0
+#: The set-ups, in the order they run, and their labels.
+SETUPS = {"gateway": "gateway", "kamailio": "kamailio", "sipp": "sipp->sipp"}
 
 
 DIALPLAN = """\
@@ -124,6 +135,8 @@ def start_bench_gateway(
 @dataclass(kw_only=True)
 class Step(LadderStep):
     setup: str
+    #: the Kamailio relay's CPU over the step (main process and workers), kamailio set-up
+    proxy_cpu_pct: float | None = None
 
 
 def run_step(
@@ -134,6 +147,7 @@ def run_step(
     target_port: int,
     uas_port: int,
     gateway: GatewayProcess | None,
+    proxy: Kamailio | None = None,
 ) -> Step:
     directory.mkdir(parents=True, exist_ok=True)
     calls = max(1, round(rate * args.step_seconds))
@@ -155,6 +169,7 @@ def run_step(
     )
     log_before = len(gateway.log_lines()) if gateway is not None else 0
     meter = CpuMeter({"gateway": gateway.pid if gateway is not None else None})
+    proxy_before = proxy.cpu_ticks() if proxy is not None else None
     uac = sipp.start_uac(
         UAC_SCENARIO,
         f"{HOST}:{target_port}",
@@ -167,12 +182,20 @@ def run_step(
     )
     uac.wait(uac_timeout + HARD_MARGIN_S)
     meter.stop()
+    proxy_after = proxy.cpu_ticks() if proxy is not None else None
     # the uas ends by itself one timewait after its last call; stop it if calls are missing
     uas.wait(UAS_TIMEWAIT_S + 3.0)
-    measure(step, uac, uas, meter, gateway=gateway)
+    proxy_s = None
+    if proxy_before is not None and proxy_after is not None:
+        proxy_s = (proxy_after - proxy_before) / CLK_TCK
+        step.proxy_cpu_pct = round(100.0 * proxy_s / uac.elapsed, 1) if uac.elapsed else None
+    measure(step, uac, uas, meter, gateway=gateway, also_ours=[proxy_s])
     if gateway is not None:
         step.gateway_log_lines = len(gateway.log_lines()) - log_before
     judge(step, args.p99_limit_ms, uac, gateway)
+    if proxy is not None and not proxy.running:
+        step.reasons.append("kamailio exited")
+        step.passed = False
     return step
 
 
@@ -198,7 +221,8 @@ def run_setup(
 ) -> dict[str, Any]:
     uas_port = free_port()
     gateway: GatewayProcess | None = None
-    directory = workdir / ("gateway" if setup == "gateway" else "sipp-sipp")
+    proxy: Kamailio | None = None
+    directory = workdir / {"gateway": "gateway", "kamailio": "kamailio"}.get(setup, "sipp-sipp")
     steps: list[Step] = []
     diagnosis = ""
     try:
@@ -210,12 +234,26 @@ def run_setup(
                 print(f"  [gateway] did not start: {exc}", flush=True)
                 rates, diagnosis = [], f"--- gateway did not start: {exc}"
             target = gateway.listen_port if gateway is not None else 0
+        elif setup == "kamailio":
+            try:
+                proxy = start_relay(directory / "relay", free_port(), f"{HOST}:{uas_port}")
+            except HarnessError as exc:
+                print(f"  [kamailio] did not start: {exc}", flush=True)
+                rates, diagnosis = [], f"--- kamailio did not start: {exc}"
+            target = proxy.port if proxy is not None else 0
         else:
             target = uas_port
         for rate in rates:
             try:
                 step = run_step(
-                    setup, rate, args, directory / f"{rate:05d}cps", target, uas_port, gateway
+                    setup,
+                    rate,
+                    args,
+                    directory / f"{rate:05d}cps",
+                    target,
+                    uas_port,
+                    gateway,
+                    proxy,
                 )
             except HarnessError as exc:
                 diagnosis = f"--- {setup} @ {rate} cps: {exc}"
@@ -228,6 +266,8 @@ def run_setup(
             time.sleep(SETTLE_S)
     finally:
         exit_code = gateway.stop() if gateway is not None else None
+        if proxy is not None:
+            proxy.stop()
     best = sustained(steps)
     return {
         "setup": setup,
@@ -252,6 +292,8 @@ _ms, _pct = fmt_ms, fmt_pct
 def format_progress(step: Step) -> str:
     verdict = "ok" if step.passed else "FAIL: " + "; ".join(step.reasons)
     gw = f" gw CPU {_pct(step.gateway_cpu_pct)}%" if step.gateway_cpu_pct is not None else ""
+    if step.proxy_cpu_pct is not None:
+        gw = f" kamailio CPU {_pct(step.proxy_cpu_pct)}%"
     return (
         f"  [{step.setup}] {step.rate} cps: {step.successful}/{step.calls} ok, "
         f"p50/p99 {_ms(step.p50_ms)}/{_ms(step.p99_ms)} ms,{gw} {verdict}"
@@ -260,7 +302,7 @@ def format_progress(step: Step) -> str:
 
 # fmt: off
 HEADER = ("rate", "achieved", "ok", "failed", "uas-fail", "retrans", "p50", "p99", "max",
-          "gw CPU%", "uac CPU%", "uas CPU%", "other CPU%", "verdict")
+          "gw CPU%", "kam CPU%", "uac CPU%", "uas CPU%", "other CPU%", "verdict")
 # fmt: on
 
 
@@ -272,14 +314,18 @@ def table(result: dict[str, Any]) -> str:
             str(s["rate"]), f"{s['achieved_cps']:.1f}", str(s["successful"]), str(s["failed"]),
             str(s["uas_failed"]), str(s["retransmissions"]),
             _ms(s["p50_ms"]), _ms(s["p99_ms"]), _ms(s["max_ms"]),
-            _pct(s["gateway_cpu_pct"]), _pct(s["uac_cpu_pct"]), _pct(s["uas_cpu_pct"]),
+            _pct(s["gateway_cpu_pct"]), _pct(s["proxy_cpu_pct"]),
+            _pct(s["uac_cpu_pct"]), _pct(s["uas_cpu_pct"]),
             _pct(s["other_cpu_pct"]), "ok" if s["passed"] else "FAIL",
         ))
         # fmt: on
-    return render_table(rows)
+    # the gateway's table has no Kamailio CPU, Kamailio's no gateway CPU
+    return render_table(rows, drop_empty=True)
 
 
-def summary(gw: dict[str, Any], ss: dict[str, Any], args: argparse.Namespace) -> list[str]:
+def summary(
+    gw: dict[str, Any], ss: dict[str, Any], args: argparse.Namespace, kam: dict[str, Any]
+) -> list[str]:
     def line(label: str, result: dict[str, Any]) -> str:
         rate = result["sustained_cps"]
         achieved = result["sustained_achieved_cps"]
@@ -291,14 +337,27 @@ def summary(gw: dict[str, Any], ss: dict[str, Any], args: argparse.Namespace) ->
             text += f" (highest rate tried: {args.top_rate}; limit not reached)"
         return text
 
-    ran_gw, ran_ss = "gateway" in args.setup_list, "sipp" in args.setup_list
-    lines = ([line("gateway", gw)] if ran_gw else []) + ([line("sipp->sipp", ss)] if ran_ss else [])
-    if ran_gw and ran_ss and ss["sustained_cps"]:
-        ratio = gw["sustained_cps"] / ss["sustained_cps"]
-        bound = "" if ss["limit_reached"] else " (at most: sipp->sipp did not reach its limit)"
-        lines.append(f"ratio gateway / sipp->sipp: {ratio:.3f}{bound}")
-    elif ran_gw and ran_ss:
-        lines.append("ratio gateway / sipp->sipp: n/a (sipp->sipp sustained no step)")
+    def ratio(label: str, reference: dict[str, Any]) -> str:
+        if not reference["sustained_cps"]:
+            return f"ratio gateway / {label}: n/a ({label} sustained no step)"
+        value = gw["sustained_cps"] / reference["sustained_cps"]
+        bound = "" if reference["limit_reached"] else f" (at most: {label} did not reach its limit)"
+        return f"ratio gateway / {label}: {value:.3f}{bound}"
+
+    ran = set(args.setup_list)
+    lines = [
+        line(label, result)
+        for key, label, result in (
+            ("gateway", "gateway", gw),
+            ("kamailio", "kamailio", kam),
+            ("sipp", "sipp->sipp", ss),
+        )
+        if key in ran
+    ]
+    if "gateway" in ran and "kamailio" in ran:
+        lines.append(ratio("kamailio", kam))
+    if "gateway" in ran and "sipp" in ran:
+        lines.append(ratio("sipp->sipp", ss))
     return lines
 
 
@@ -327,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a step passes only with set-up p99 below this, ms (default 50)",
     )
     parser.add_argument(
-        "--setups", default="gateway,sipp", help="which set-ups to run: gateway,sipp (default both)"
+        "--setups",
+        default="gateway,kamailio,sipp",
+        help="which set-ups to run: gateway,kamailio,sipp (default all three; kamailio: udp only)",
     )
     parser.add_argument(
         "--gateway-env",
@@ -365,8 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error("--gateway-env takes KEY=VALUE")
     setups = [s.strip() for s in args.setups.split(",") if s.strip()]
-    if not setups or set(setups) - {"gateway", "sipp"}:
-        parser.error("--setups takes gateway, sipp or gateway,sipp")
+    if not setups or set(setups) - set(SETUPS):
+        parser.error("--setups takes gateway, kamailio, sipp (comma-separated)")
+    if args.transport == "tcp" and "kamailio" in setups:
+        if args.setups != parser.get_default("setups"):
+            parser.error("the kamailio set-up is udp only (kamailio-relay.cfg.tmpl)")
+        setups.remove("kamailio")  # the default set, over TCP: without it
+        print("(the kamailio set-up is udp only: left out over tcp)", flush=True)
     args.setup_list = setups
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cps_bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -390,9 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         "diagnosis": "",
     }
     try:
-        for setup in ("gateway", "sipp"):
+        for setup in SETUPS:
             if setup in setups:
-                name = "gateway" if setup == "gateway" else "sipp->sipp"
+                name = SETUPS[setup]
                 print(f"{name}:", flush=True)
                 results[setup] = run_setup(setup, rates, args, workdir)
                 results[setup]["setup"] = name
@@ -404,23 +470,23 @@ def main(argv: list[str] | None = None) -> int:
                 child.stop(soft=signal.SIGTERM, grace=2.0)
 
     print()
-    for setup in ("gateway", "sipp"):
+    for setup in SETUPS:
         result = results[setup]
         if setup not in setups:
             continue
-        label = (
-            "gateway (sipp uac -> gateway -> sipp uas)"
-            if setup == "gateway"
-            else "sipp->sipp (sipp uac -> sipp uas)"
-        )
+        label = {
+            "gateway": "gateway (sipp uac -> gateway -> sipp uas)",
+            "kamailio": "kamailio (sipp uac -> Kamailio tm relay -> sipp uas)",
+            "sipp": "sipp->sipp (sipp uac -> sipp uas)",
+        }[setup]
         print(f"{label}, {args.transport}; set-up times in ms (SIPp response time 1)")
         print(table(result))
         print()
-    for setup in ("gateway", "sipp"):
+    for setup in SETUPS:
         if results[setup]["diagnosis"]:
             print(results[setup]["diagnosis"])
             print()
-    lines = summary(results["gateway"], results["sipp"], args)
+    lines = summary(results["gateway"], results["sipp"], args, results["kamailio"])
     for line in lines:
         print(line)
     elapsed = time.monotonic() - started
@@ -435,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             "rates": rates,
             "cpus": os.cpu_count(),
             "gateway": results["gateway"],
+            "kamailio": results["kamailio"],
             "sipp_sipp": results["sipp"],
             "summary": lines,
             "elapsed_s": round(elapsed, 1),

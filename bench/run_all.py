@@ -1,12 +1,15 @@
 """Run every benchmark with its defaults and print everything: what ``make bench`` does.
 
     1. bench/parse_bench.py     - SIP parse + serialise throughput, ours against sipmessage
-    2. bench/cps_bench.py       - calls/s and call set-up latency: gateway against sipp->sipp
+    2. bench/cps_bench.py       - calls/s and call set-up latency: gateway against a Kamailio
+                                  tm relay and sipp->sipp
     3. bench/presence_bench.py  - queued calls to 20 agents with presence published: MQTT
                                   off, on, and on with 20 subscribers, side by side
     4. bench/emergency_bench.py - 911 call set-up latency (INVITE in -> INVITE out), alone
                                   and under 400 ordinary calls/s, and with no, a fast and a
                                   slow (2 s per mail) SMTP server for the E-6 e-mails
+    5. bench/cluster_bench.py   - calls/s behind the Kamailio front: two nodes on Redis, one
+                                  node, the front alone; then 911 at 2/s under 80 % load
 
 Each runs as its own process (``sys.executable``, the project root as working directory),
 one after the other, so that they do not compete for the CPU. Extra arguments go to
@@ -43,6 +46,7 @@ def main() -> int:
         run("cps_bench", [python, str(BENCH / "cps_bench.py"), *sys.argv[1:]]),
         run("presence_bench", [python, str(BENCH / "presence_bench.py")]),
         run("emergency_bench", [python, str(BENCH / "emergency_bench.py")]),
+        run("cluster_bench", [python, str(BENCH / "cluster_bench.py")]),
     ]
     return next((code for code in codes if code != 0), 0)
 

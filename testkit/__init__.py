@@ -10,6 +10,8 @@ answers OPTIONS, run SIPp bounded in time and read back its statistics.
     sipp        ``Sipp``: SIPp runs, each bounded by ``-m`` and ``-timeout``, with their
                 trace files; ``SippResult``; readers for SIPp's statistics and rtt CSVs
     redisserver ``RedisServer``: a redis-server on a free loopback port (stores, cluster)
+    kamailio    Kamailio for the benchmarks: the cluster front (``cluster.cfg``) before
+                given destinations, or the tm relay; its CPU with its workers'
     ladder      the benchmarks' rising-rate steps: one step's figures (``LadderStep``),
                 CPU over a step (``CpuMeter``), the pass rule, the rate ladder, tables
 

@@ -18,6 +18,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${WORK:-$(mktemp -d /tmp/gateway-cluster.XXXXXX)}
+mkdir -p "$WORK"
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 FRONT_PORT=${FRONT_PORT:-5060}
 REDIS_PORT=${REDIS_PORT:-6390}

@@ -2,17 +2,23 @@
 verify`` and asks for what the gateway does (notify, watchdog, its own user, a state
 directory, hardening); the environment file holds only settings the gateway knows, with
 values it accepts; the container image is multi-stage, non-root, with a data volume and a
-health check; the compose file pairs it with Mosquitto; the wheel's data files exist."""
+health check; the compose file pairs it with Mosquitto; the cluster compose file (issue #12)
+wires the Kamailio front, two nodes, Redis and Mosquitto together (no Docker engine runs
+here, and ``docker compose`` may be missing: the YAML, the dialplans and the dispatcher
+list it mounts are read instead); the wheel's data files exist."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import subprocess
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from gateway.config.loader import load_dialplan
 from gateway.config.settings import Settings, load_settings
 from testkit.processes import require_tool
 
@@ -115,3 +121,98 @@ def test_the_wheel_data_files_exist() -> None:
         assert (ROOT / name).is_file(), name
     templates = {p.name for p in (ROOT / "dialplans" / "templates").iterdir()}
     assert {Path(name).name for name in files} >= templates  # every template ships
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+CONTAINER = DEPLOY / "container"
+NODES = ("gw1", "gw2")
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host file of a service's bind mounts (``./x:/y[:ro]``)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            mounts[target] = (CONTAINER / source).resolve()
+    return mounts
+
+
+def kamailio_defines(front: dict[str, Any]) -> dict[str, str]:
+    """The ``-A NAME=VALUE`` defines of the front's command line, quotes removed."""
+    command = [str(arg) for arg in front["command"]]
+    pairs = [command[i + 1] for i, arg in enumerate(command) if arg == "-A"]
+    return {name: value.strip('"') for name, _, value in (p.partition("=") for p in pairs)}
+
+
+def test_the_cluster_compose_file_wires_the_front_two_nodes_redis_and_mosquitto() -> None:
+    compose = yaml.safe_load((CONTAINER / "compose.cluster.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "mosquitto", "front", *NODES}
+    address = {
+        name: service["networks"]["cluster"]["ipv4_address"] for name, service in services.items()
+    }
+    assert len(set(address.values())) == len(address)  # one address per service
+    subnet = compose["networks"]["cluster"]["ipam"]["config"][0]["subnet"]
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network(subnet) for a in address.values())
+
+    # the nodes: the same Redis, nonce key and broker; each its own data volume and dialplan
+    envs = [services[node]["environment"] for node in NODES]
+    for env in envs:
+        assert env["GATEWAY_STORE"] == f"redis://{address['redis']}:6379/0"
+        assert env["GATEWAY_MQTT_URL"] == f"mqtt://{address['mosquitto']}:1883"
+        # compose refuses to start without it: never an empty (per-node random) key
+        assert env["GATEWAY_NONCE_SECRET"].startswith("${GATEWAY_NONCE_SECRET:?")
+        Settings(**{k.removeprefix("GATEWAY_").lower(): v for k, v in env.items()
+                    if k != "GATEWAY_NONCE_SECRET"})  # fmt: skip
+    assert envs[0] == envs[1]
+    data = [
+        next(v for v in services[n]["volumes"] if v.endswith(":/var/lib/gateway")) for n in NODES
+    ]
+    assert len(set(data)) == 2 and all(v.split(":")[0] in compose["volumes"] for v in data)
+    for node in NODES:
+        assert not any("5060" in port for port in services[node].get("ports", []))
+
+    dialplans = {}
+    for node in NODES:
+        path = bind_mounts(services[node])["/etc/gateway/dialplan.yaml"]
+        dialplan = load_dialplan(path)
+        assert dialplan.node.name == node
+        listeners = {(lst.transport, lst.host, lst.port) for lst in dialplan.listen}
+        assert ("udp", address[node], 5060) in listeners
+        dialplans[node] = (dialplan, yaml.safe_load(path.read_text()))
+    (plan1, raw1), (plan2, raw2) = dialplans["gw1"], dialplans["gw2"]
+    out1 = set(plan1.emergency.callback.outage_dids)
+    out2 = set(plan2.emergency.callback.outage_dids)
+    assert out1 and out2 and not out1 & out2  # each node its own outage share
+    assert not (out1 | out2) & set(plan1.emergency.callback.dids)
+    for raw in (raw1, raw2):  # otherwise the very same dialplan
+        del raw["node"], raw["listen"], raw["emergency"]["callback"]["outage_dids"]
+    assert raw1 == raw2
+
+    # the front: cluster.cfg with the dispatcher list that names the nodes' addresses
+    front = services["front"]
+    defines = kamailio_defines(front)
+    mounts = bind_mounts(front)
+    command = [str(arg) for arg in front["command"]]
+    config = command[command.index("-f") + 1]
+    assert mounts[config] == DEPLOY / "kamailio" / "cluster.cfg"
+    cfg = mounts[config].read_text()
+    for name in defines:
+        assert f"#!ifndef {name}\n" in cfg, f"cluster.cfg has no overridable {name}"
+    assert defines["FRONT_IP"] == address["front"]
+    dispatcher_path = defines.get("DISPATCHER_LIST", "/etc/kamailio/dispatcher.list")
+    entries = [
+        line.split()
+        for line in mounts[dispatcher_path].read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert sorted(entry[1] for entry in entries if entry[0] == "1") == sorted(
+        f"sip:{address[node]}:5060" for node in NODES
+    )
+    trusted = ipaddress.ip_network(defines["TRUSTED_NETS"])
+    assert all(ipaddress.ip_address(address[node]) in trusted for node in NODES)
+    assert ipaddress.ip_network(subnet).network_address not in trusted  # not every source
+    assert {"5060:5060/udp", "5060:5060/tcp"} <= set(front["ports"])
