@@ -31,6 +31,7 @@ from gateway.b2bua.snapshot import call_rows
 from gateway.b2bua.tasks import CallTasks
 from gateway.cluster import (
     open_node_stores,
+    start_cluster_sync,
     start_reservation_sync,
     store_gauges,
     use_dialplan_for_stores,
@@ -63,6 +64,7 @@ from gateway.sdnotify import SystemdNotifier
 from gateway.sip.address import Address, IdGenerator, address_text
 from gateway.sip.transaction import TransactionLayer
 from gateway.stores import Stores
+from gateway.stores.outage import guard_of
 from gateway.transport.dns import TrunkResolver
 from gateway.transport.endpoint import SipEndpoint
 from gateway.transport.tls import tls_peers_from
@@ -128,6 +130,7 @@ class Gateway:
             registrar = await _start_registrar(
                 stack, dialplan, layer, stores, presence, locations, settings.nonce_secret_bytes()
             )
+            await start_cluster_sync(stack, stores, registrar, presence)
             notifier = await _start_notifier(stack, settings, stores, publisher, topics)
             # fmt: off
             emergency = await _start_emergency(
@@ -369,6 +372,7 @@ async def _start_registrar(
         loop_clock=asyncio.get_running_loop().time,
         secret=nonce_secret,
         on_registered=locations.registered,
+        claim_expiry=guard_of(stores) is not None,  # a cluster: one node acts on expiry
     )
     await registrar.start()
     stack.push_async_callback(registrar.close)

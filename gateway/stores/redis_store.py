@@ -14,6 +14,9 @@ key                         type              holds
 ``<p>reservation``          hash              DID -> its latest reservation (live or not)
 ``<p>location``             hash              agent -> desktop-confirmed location
 ``<p>cdr``                  list              call detail records, newest first
+``<p>nodes``                hash              node -> its last heartbeat (unix seconds)
+``<p>changes``              pub/sub channel   ``{"node", "kind", "agent"}`` per registration
+                                              or presence write (in the write's ``MULTI``)
 ==========================  ================  =============================================
 
 Time is the gateway's: records carry ``expires_at`` and every read filters with the ``now``
@@ -43,6 +46,7 @@ on its own rows (see :func:`open_redis_stores`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
@@ -60,6 +64,8 @@ from redis.retry import Retry
 from gateway.stores.ports import (
     Binding,
     Cdr,
+    ChangeKind,
+    ClusterChange,
     ConfirmedLocation,
     DidChooser,
     EmptyPoolError,
@@ -75,6 +81,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "SENTINEL_SCHEME",
     "RedisCdrStore",
+    "RedisClusterFeed",
     "RedisLocationStore",
     "RedisPresenceStore",
     "RedisRegistrationStore",
@@ -148,13 +155,23 @@ def _binding_order(binding: Binding) -> tuple[str, float, str]:
 class _Connection:
     """The client and key prefix shared by the stores of one :func:`open_redis_stores`."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, node: str | None = None) -> None:
         self.client = client
         self.prefix = prefix
         self.closed = False
+        #: the writing node's name, announced with each registration and presence write
+        #: (issue #12); None (a reader such as the CLI) announces nothing
+        self.node = node
+        self.channel = prefix + "changes"
 
     def key(self, name: str) -> str:
         return self.prefix + name
+
+    def announce(self, pipe: Any, kind: ChangeKind, agent_id: str) -> None:
+        """Add to ``pipe`` the announcement of a write (the writer's node, what, whose)."""
+        if self.node is not None:
+            message = {"node": self.node, "kind": kind, "agent": agent_id}
+            pipe.publish(self.channel, json.dumps(message, separators=(",", ":")))
 
     @asynccontextmanager
     async def guard(self) -> AsyncIterator[aioredis.Redis]:
@@ -188,6 +205,7 @@ class RedisRegistrationStore:
         async with self._conn.guard() as client, client.pipeline(transaction=True) as pipe:
             pipe.hset(self._agent_prefix + binding.agent_id, binding.contact_uri, _dump(binding))
             pipe.zadd(self._index, {member: binding.expires_at})
+            self._conn.announce(pipe, "registration", binding.agent_id)
             await pipe.execute()
 
     async def remove(self, agent_id: str, contact_uri: str) -> None:
@@ -195,6 +213,7 @@ class RedisRegistrationStore:
         async with self._conn.guard() as client, client.pipeline(transaction=True) as pipe:
             pipe.hdel(self._agent_prefix + agent_id, contact_uri)
             pipe.zrem(self._index, _member(agent_id, contact_uri))
+            self._conn.announce(pipe, "registration", agent_id)
             await pipe.execute()
 
     async def remove_all(self, agent_id: str) -> None:
@@ -202,6 +221,7 @@ class RedisRegistrationStore:
         async with self._conn.guard() as client:
             keys = [self._index, self._agent_prefix + agent_id]
             await client.eval(_REMOVE_ALL, 2, *keys, agent_id)
+            await self._announce({agent_id})
 
     async def bindings(self, agent_id: str, now: float) -> list[Binding]:
         """The unexpired bindings of ``agent_id``, highest ``q`` first."""
@@ -215,8 +235,19 @@ class RedisRegistrationStore:
         return await self._script(_LIVE_BINDINGS, now)
 
     async def purge_expired(self, now: float) -> list[Binding]:
-        """Atomically delete the expired bindings and return them (one Lua step)."""
-        return await self._script(_PURGE_EXPIRED, now)
+        """Atomically delete the expired bindings and return them (one Lua step). Of
+        several nodes purging at once, each binding is returned to exactly one: the node
+        that acts on its expiry (issue #12: Offline is published once)."""
+        purged = await self._script(_PURGE_EXPIRED, now)
+        await self._announce({binding.agent_id for binding in purged})
+        return purged
+
+    async def _announce(self, agents: set[str]) -> None:
+        if agents and self._conn.node is not None:
+            async with self._conn.guard() as client, client.pipeline(transaction=False) as pipe:
+                for agent_id in sorted(agents):
+                    self._conn.announce(pipe, "registration", agent_id)
+                await pipe.execute()
 
     async def _script(self, script: str, now: float) -> list[Binding]:
         async with self._conn.guard() as client:
@@ -237,8 +268,10 @@ class RedisPresenceStore:
         return None if value is None else _load(PresenceRecord, value)
 
     async def put(self, record: PresenceRecord) -> None:
-        async with self._conn.guard() as client:
-            await client.hset(self._key, record.agent_id, _dump(record))
+        async with self._conn.guard() as client, client.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key, record.agent_id, _dump(record))
+            self._conn.announce(pipe, "presence", record.agent_id)
+            await pipe.execute()
 
     async def all(self) -> list[PresenceRecord]:
         async with self._conn.guard() as client:
@@ -416,6 +449,68 @@ class RedisLocationStore:
         return sorted((_load(ConfirmedLocation, v) for v in values), key=lambda r: r.agent_id)
 
 
+class _RedisSubscription:
+    """One pub/sub subscription to the change channel (:class:`RedisClusterFeed`)."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    async def next(self, timeout: float) -> ClusterChange | None:
+        try:
+            message = await self._pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=timeout
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailableError(f"redis pub/sub: {exc!r}") from exc
+        if message is None or message.get("type") != "message":
+            return None
+        try:
+            data = json.loads(message["data"])
+            kind = data["kind"]
+            if kind not in ("registration", "presence"):
+                return None
+            return ClusterChange(str(data["node"]), kind, str(data["agent"]))
+        except (ValueError, KeyError, TypeError):
+            return None  # not one of ours: another writer on the channel
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._pubsub.aclose()
+
+
+class RedisClusterFeed:
+    """:class:`~gateway.stores.ports.ClusterFeed` on Redis: the announcements are published
+    on ``<p>changes`` by the writes themselves (in their ``MULTI``), and the heartbeats are
+    a hash ``<p>nodes`` (node -> unix seconds)."""
+
+    def __init__(self, connection: _Connection, node: str) -> None:
+        self._conn = connection
+        self.node = node
+        self._nodes = connection.key("nodes")
+
+    async def subscribe(self) -> _RedisSubscription:
+        async with self._conn.guard() as client:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._conn.channel)
+            except BaseException:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                raise
+        return _RedisSubscription(pubsub)
+
+    async def heartbeat(self, now: float) -> None:
+        async with self._conn.guard() as client:
+            await client.hset(self._nodes, self.node, repr(now))
+
+    async def nodes_seen(self) -> dict[str, float]:
+        async with self._conn.guard() as client:
+            values = await client.hgetall(self._nodes)
+        return {
+            (name.decode() if isinstance(name, bytes) else str(name)): float(value)
+            for name, value in values.items()
+        }
+
+
 SENTINEL_SCHEME = "redis+sentinel"
 """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``: the master that
 the Sentinels name ``service`` (Redis high availability)."""
@@ -467,10 +562,17 @@ def _safe(url: str) -> str:
 
 
 async def open_redis_stores(
-    url: str, outbox_path: Path | str, *, timeout: float = 0.25, prefix: str = DEFAULT_PREFIX
+    url: str,
+    outbox_path: Path | str,
+    *,
+    timeout: float = 0.25,
+    prefix: str = DEFAULT_PREFIX,
+    node: str | None = None,
 ) -> Stores:
     """The stores on the Redis at ``url``; the e-mail outbox on the SQLite file
-    ``outbox_path`` (node-local: see the module docstring).
+    ``outbox_path`` (node-local: see the module docstring). A running ``node`` (its name)
+    announces its registration and presence writes and gets the cluster feed
+    (``stores.cluster``); without one (the CLI) nothing is announced.
 
     Redis need not be reachable at start-up (a node must come up during an outage); every
     operation that finds it down raises :class:`StoreUnavailableError`.
@@ -482,7 +584,7 @@ async def open_redis_stores(
         client = redis_client(url, timeout)
     except ValueError as exc:
         raise ValueError(f"bad redis store url {_safe(url)!r}: {exc}") from None
-    connection = _Connection(client, prefix)
+    connection = _Connection(client, prefix, node)
     outbox_db = await SqliteDatabase.open(outbox_path)
 
     async def close_both() -> None:
@@ -499,4 +601,5 @@ async def open_redis_stores(
         outbox=SqliteOutboxStore(outbox_db),
         closer=close_both,
         locations=RedisLocationStore(connection),
+        cluster=RedisClusterFeed(connection, node) if node is not None else None,
     )
