@@ -46,7 +46,6 @@ on its own rows (see :func:`open_redis_stores`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import random
@@ -65,7 +64,7 @@ from gateway.stores.ports import (
     Binding,
     Cdr,
     ChangeKind,
-    ClusterChange,
+    ClusterFeed,
     ConfirmedLocation,
     DidChooser,
     EmptyPoolError,
@@ -81,7 +80,6 @@ __all__ = [
     "DEFAULT_PREFIX",
     "SENTINEL_SCHEME",
     "RedisCdrStore",
-    "RedisClusterFeed",
     "RedisLocationStore",
     "RedisPresenceStore",
     "RedisRegistrationStore",
@@ -449,68 +447,6 @@ class RedisLocationStore:
         return sorted((_load(ConfirmedLocation, v) for v in values), key=lambda r: r.agent_id)
 
 
-class _RedisSubscription:
-    """One pub/sub subscription to the change channel (:class:`RedisClusterFeed`)."""
-
-    def __init__(self, pubsub: Any) -> None:
-        self._pubsub = pubsub
-
-    async def next(self, timeout: float) -> ClusterChange | None:
-        try:
-            message = await self._pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=timeout
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailableError(f"redis pub/sub: {exc!r}") from exc
-        if message is None or message.get("type") != "message":
-            return None
-        try:
-            data = json.loads(message["data"])
-            kind = data["kind"]
-            if kind not in ("registration", "presence"):
-                return None
-            return ClusterChange(str(data["node"]), kind, str(data["agent"]))
-        except (ValueError, KeyError, TypeError):
-            return None  # not one of ours: another writer on the channel
-
-    async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()
-
-
-class RedisClusterFeed:
-    """:class:`~gateway.stores.ports.ClusterFeed` on Redis: the announcements are published
-    on ``<p>changes`` by the writes themselves (in their ``MULTI``), and the heartbeats are
-    a hash ``<p>nodes`` (node -> unix seconds)."""
-
-    def __init__(self, connection: _Connection, node: str) -> None:
-        self._conn = connection
-        self.node = node
-        self._nodes = connection.key("nodes")
-
-    async def subscribe(self) -> _RedisSubscription:
-        async with self._conn.guard() as client:
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._conn.channel)
-            except BaseException:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-                raise
-        return _RedisSubscription(pubsub)
-
-    async def heartbeat(self, now: float) -> None:
-        async with self._conn.guard() as client:
-            await client.hset(self._nodes, self.node, repr(now))
-
-    async def nodes_seen(self) -> dict[str, float]:
-        async with self._conn.guard() as client:
-            values = await client.hgetall(self._nodes)
-        return {
-            (name.decode() if isinstance(name, bytes) else str(name)): float(value)
-            for name, value in values.items()
-        }
-
-
 SENTINEL_SCHEME = "redis+sentinel"
 """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``: the master that
 the Sentinels name ``service`` (Redis high availability)."""
@@ -557,6 +493,12 @@ def redis_client(url: str, timeout: float) -> aioredis.Redis:
     return cast(aioredis.Redis, sentinel.master_for(service, db=db, password=password, **options))
 
 
+def _cluster_feed(connection: _Connection) -> ClusterFeed | None:
+    from gateway.stores.redis_cluster import RedisClusterFeed
+
+    return None if connection.node is None else RedisClusterFeed(connection, connection.node)
+
+
 def _safe(url: str) -> str:
     return url.split("@")[-1]
 
@@ -601,5 +543,5 @@ async def open_redis_stores(
         outbox=SqliteOutboxStore(outbox_db),
         closer=close_both,
         locations=RedisLocationStore(connection),
-        cluster=RedisClusterFeed(connection, node) if node is not None else None,
+        cluster=_cluster_feed(connection),
     )
