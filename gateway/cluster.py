@@ -297,7 +297,9 @@ class ClusterSync:
                 log.warning("cluster_subscription_lost", error=repr(exc))
             finally:
                 if subscription is not None:
-                    await subscription.close()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.guard.timeout):
+                            await subscription.close()
             await asyncio.sleep(self.retry_s)
 
     async def apply(self, change: ClusterChange) -> None:

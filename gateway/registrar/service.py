@@ -295,6 +295,11 @@ class RegistrarService:
         fresh = {
             b.contact_uri: b for b in bindings if b.agent_id == agent_id and b.expires_at > now
         }
+        # a binding that expired here stays for the expiry step, which decides who publishes
+        # Offline (the store lists only live ones)
+        for uri, cached in contacts.items():
+            if cached.expires_at <= now and uri not in fresh:
+                fresh[uri] = cached
         if fresh != contacts:
             contacts.clear()
             contacts.update(fresh)

@@ -1,0 +1,284 @@
+"""Two nodes' registrations and presence kept in step through a real redis-server (issue #12).
+
+Each "node" here is what ``gateway.app`` builds for a shared store, in one process: its own
+Redis client (``open_stores`` with the node's name), its outage guard, its presence and
+registrar services and its :class:`~gateway.cluster.ClusterSync`. What one node writes must
+reach the other's caches within a second, silently (published once, by the writer); expiry
+must be acted on by one node; an emergency call on one node must hold DND on the other
+while that node lives, and the status chosen meanwhile on the other must be the one
+restored (E-5); a Redis outage pauses the sync and the resync heals it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.cluster import ClusterSync
+from gateway.config.loader import load_dialplan_text
+from gateway.events.ports import Topics
+from gateway.presence.service import PresenceService
+from gateway.presence.state import Status
+from gateway.registrar.service import RegistrarService
+from gateway.sip.address import Address
+from gateway.stores import Binding, open_stores
+from gateway.stores.outage import OutageGuard
+from testkit.processes import HarnessError
+from testkit.redisserver import RedisServer
+
+pytestmark = pytest.mark.loopback
+
+DIALPLAN = (
+    "version: 1\nlisten: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]\n"
+    "agents:\n  alice: { password: a }\n  bob: { password: b }\n"
+)
+FRONT = "udp:127.0.0.1:5060"  # behind the front, every binding's source is the front
+
+
+class Recorder:
+    """The MQTT publisher of one node: what it published."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, topic_suffix: str, payload: dict[str, Any], *, retain: bool) -> None:
+        self.published.append((topic_suffix, payload))
+
+    def statuses(self, agent: str) -> list[str]:
+        suffix = f"agents/{agent}/presence"
+        return [str(p["status"]) for t, p in self.published if t == suffix]
+
+
+@dataclass
+class Node:
+    name: str
+    guard: OutageGuard
+    presence: PresenceService
+    registrar: RegistrarService
+    sync: ClusterSync
+    publisher: Recorder
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    try:
+        server = RedisServer.start(tmp_path / "redis")
+    except HarnessError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.resume()
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_node(
+    server: RedisServer, tmp_path: Path, name: str, *, node_lost_s: float = 5.0
+) -> AsyncIterator[Node]:
+    dialplan = load_dialplan_text(DIALPLAN, "t.yaml")
+    async with contextlib.AsyncExitStack() as stack:
+        shared = await open_stores(server.url, tmp_path / name, timeout=0.3, node=name)
+        guard = OutageGuard(shared, outage_dids=[], timeout=0.3, probe_interval=0.1)
+        await stack.enter_async_context(guard)
+        publisher = Recorder()
+        presence = PresenceService(
+            {"alice": 1, "bob": 1}, guard.stores.presence, publisher, Topics("t", name), name
+        )
+        await presence.start()
+        stack.push_async_callback(presence.close)
+        registrar = RegistrarService(
+            dialplan,
+            None,  # type: ignore[arg-type]  # no REGISTER is handled here: no transactions
+            guard.stores.registrations,
+            presence,
+            loop_clock=time.monotonic,
+            claim_expiry=True,
+        )
+        await registrar.start()
+        stack.push_async_callback(registrar.close)
+        presence.announce()  # as gateway.app does once the registrations are loaded
+        publisher.published.clear()
+        assert shared.cluster is not None
+        sync = ClusterSync(
+            shared.cluster,
+            guard,
+            registrar,
+            presence,
+            resync_interval=0.5,
+            heartbeat_s=0.2,
+            node_lost_s=node_lost_s,
+            retry_s=0.1,
+        )
+        await stack.enter_async_context(sync)
+        yield Node(name, guard, presence, registrar, sync, publisher)
+
+
+async def eventually(what: str, check: Callable[[], bool], timeout: float = 3.0) -> float:
+    """Seconds until ``check()`` holds (fails after ``timeout``)."""
+    start = time.monotonic()
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+def binding(agent: str, port: int, expires_in: float) -> Binding:
+    return Binding(
+        agent, f"sip:{agent}@127.0.0.1:{port}", time.time() + expires_in, "c", 1, FRONT, "ua"
+    )
+
+
+async def seed(server: RedisServer, tmp_path: Path, *bindings: Binding) -> None:
+    """Bindings registered before the nodes start (each loads them)."""
+    async with await open_stores(server.url, tmp_path / "seed", timeout=5.0) as stores:
+        for item in bindings:
+            await stores.registrations.put(item)
+
+
+def available(a: Node, b: Node, agent: str) -> bool:
+    return a.presence.status(agent) is b.presence.status(agent) is Status.AVAILABLE
+
+
+async def subscribed(*nodes: Node) -> None:
+    await eventually("subscribed", lambda: all(n.sync.resyncs >= 1 for n in nodes))
+
+
+async def test_a_registration_on_one_node_identifies_the_agent_on_the_other(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with (
+        running_node(redis_server, tmp_path, "gw1") as a,
+        running_node(redis_server, tmp_path, "gw2") as b,
+    ):
+        await subscribed(a, b)
+        front = Address("udp", "127.0.0.1", 5060)
+        assert b.registrar.agent_at(front) is None
+        # what gw1's registrar writer does after a REGISTER it accepted
+        await a.guard.stores.registrations.put(binding("alice", 7001, 60))
+        took = await eventually("gw2 knows", lambda: b.registrar.agent_at(front) == "alice")
+        assert took < 1.0  # by the announcement, not by the resync
+        assert [c.contact_uri for c in b.registrar.contacts("alice")] == [
+            "sip:alice@127.0.0.1:7001"
+        ]
+        assert b.presence.status("alice") is Status.AVAILABLE
+        assert b.publisher.statuses("alice") == []  # silently: gw1 handled it
+        # gone on gw1 (an un-REGISTER there): gone on gw2 too, silently
+        await a.guard.stores.registrations.remove("alice", "sip:alice@127.0.0.1:7001")
+        await eventually("gw2 forgets", lambda: b.registrar.agent_at(front) is None)
+        assert b.presence.status("alice") is Status.OFFLINE
+        assert b.publisher.statuses("alice") == []
+
+
+async def test_a_presence_change_on_one_node_is_seen_on_the_other_and_published_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    await seed(redis_server, tmp_path, binding("bob", 7002, 60))
+    async with (
+        running_node(redis_server, tmp_path, "gw1") as a,
+        running_node(redis_server, tmp_path, "gw2") as b,
+    ):
+        await subscribed(a, b)
+        await eventually("bob registered on both", lambda: available(a, b, "bob"))
+        before_a, before_b = len(a.publisher.published), len(b.publisher.published)
+        assert a.presence.choose("bob", Status.AWAY)
+        await eventually("gw2 sees Away", lambda: b.presence.status("bob") is Status.AWAY)
+        await asyncio.sleep(0.7)  # a resync too: still nothing published on gw2
+        assert a.publisher.statuses("bob")[-1:] == ["Away"]
+        assert len(a.publisher.published) == before_a + 1
+        assert len(b.publisher.published) == before_b
+
+
+async def test_an_emergency_call_on_one_node_holds_dnd_on_the_other_and_e5_restores_its_choice(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    await seed(redis_server, tmp_path, binding("alice", 7001, 60))
+    async with (
+        running_node(redis_server, tmp_path, "gw1") as a,
+        running_node(redis_server, tmp_path, "gw2") as b,
+    ):
+        await subscribed(a, b)
+        await eventually("registered", lambda: b.presence.status("alice") is Status.AVAILABLE)
+        a.presence.emergency_started("alice")  # the 911 call is on gw1
+        await eventually("DND on gw2", lambda: b.presence.status("alice") is Status.DND)
+        # her desktop asks for Away during the call; gw2 takes it (no change shown: DND)
+        assert b.presence.choose("alice", Status.AWAY)
+        chosen = lambda: a.presence.agents["alice"].chosen  # noqa: E731
+        await eventually("gw1 knows the choice", lambda: chosen() is Status.AWAY)
+        assert a.presence.status("alice") is Status.DND
+        a.presence.emergency_ended("alice")
+        assert a.presence.status("alice") is Status.AWAY  # E-5: the status asked for meanwhile
+        await eventually("gw2 restored", lambda: b.presence.status("alice") is Status.AWAY)
+        assert a.publisher.statuses("alice")[-2:] == ["DoNotDisturb", "Away"]
+        assert "DoNotDisturb" not in b.publisher.statuses("alice")
+        assert b.publisher.statuses("alice") == []
+
+
+async def test_a_crashed_nodes_emergency_call_leaves_no_dnd_behind(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    await seed(redis_server, tmp_path, binding("alice", 7001, 60))
+    async with running_node(redis_server, tmp_path, "gw2", node_lost_s=1.0) as b:
+        async with running_node(redis_server, tmp_path, "gw1") as a:
+            await subscribed(a, b)
+            a.presence.emergency_started("alice")
+            await eventually("DND on gw2", lambda: b.presence.status("alice") is Status.DND)
+            # gw1 stops here without ending the call: its heartbeat stops (a crash)
+        # gw1's record still names its call; gw1 is silent, so the call is over (E-5)
+        await eventually(
+            "DND gone on gw2", lambda: b.presence.status("alice") is Status.AVAILABLE, 5.0
+        )
+
+
+async def test_expiry_is_acted_on_by_one_node_only(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    await seed(redis_server, tmp_path, binding("alice", 7001, 2.5))
+    async with (
+        running_node(redis_server, tmp_path, "gw1") as a,
+        running_node(redis_server, tmp_path, "gw2") as b,
+    ):
+        await subscribed(a, b)
+        await eventually("registered on both", lambda: available(a, b, "alice"))
+        await eventually(
+            "Offline on both",
+            lambda: (
+                a.presence.status("alice") is Status.OFFLINE
+                and b.presence.status("alice") is Status.OFFLINE
+            ),
+            6.0,
+        )
+        await asyncio.sleep(0.7)
+        offline = a.publisher.statuses("alice") + b.publisher.statuses("alice")
+        assert offline.count("Offline") == 1, (a.publisher.published, b.publisher.published)
+
+
+async def test_a_redis_outage_pauses_the_sync_and_the_resync_heals_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    await seed(redis_server, tmp_path, binding("alice", 7001, 60))
+    async with (
+        running_node(redis_server, tmp_path, "gw1") as a,
+        running_node(redis_server, tmp_path, "gw2") as b,
+    ):
+        await subscribed(a, b)
+        await eventually("registered", lambda: b.presence.status("alice") is Status.AVAILABLE)
+        redis_server.pause()
+        # gw1 takes a desktop command while Redis is frozen: it publishes at once and
+        # journals the write; nothing waits
+        started = time.monotonic()
+        assert a.presence.choose("alice", Status.AWAY)
+        assert time.monotonic() - started < 0.05
+        await eventually("gw1 sees the outage", lambda: not a.guard.up, 3.0)
+        await eventually("gw2 sees the outage", lambda: not b.guard.up, 3.0)
+        assert b.presence.status("alice") is Status.AVAILABLE  # not yet: Redis is down
+        redis_server.resume()
+        await eventually("gw2 healed", lambda: b.presence.status("alice") is Status.AWAY, 10.0)
+        assert b.publisher.statuses("alice") == []
