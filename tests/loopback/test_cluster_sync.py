@@ -210,8 +210,8 @@ async def test_an_emergency_call_on_one_node_holds_dnd_on_the_other_and_e5_resto
         await eventually("DND on gw2", lambda: b.presence.status("alice") is Status.DND)
         # her desktop asks for Away during the call; gw2 takes it (no change shown: DND)
         assert b.presence.choose("alice", Status.AWAY)
-        chosen = lambda: a.presence.agents["alice"].chosen  # noqa: E731
-        await eventually("gw1 knows the choice", lambda: chosen() is Status.AWAY)
+        agent = a.presence.agents["alice"]
+        await eventually("gw1 knows the choice", lambda: agent.chosen is Status.AWAY)
         assert a.presence.status("alice") is Status.DND
         a.presence.emergency_ended("alice")
         assert a.presence.status("alice") is Status.AWAY  # E-5: the status asked for meanwhile
