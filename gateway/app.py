@@ -30,6 +30,7 @@ from gateway.b2bua.sessions import SessionTimerConfig
 from gateway.b2bua.snapshot import call_rows
 from gateway.b2bua.tasks import CallTasks
 from gateway.cluster import (
+    is_shared_store,
     open_node_stores,
     start_cluster_sync,
     start_reservation_sync,
@@ -268,8 +269,15 @@ async def _open_publisher(
         )
         mqtt_url = broker.url
         log.info("embedded_mqtt_broker", url=broker.address, backend=broker.backend)
+    # a cluster on one broker: each desktop command goes to one node (issue #12)
+    group = "gateway" if broker is None and is_shared_store(settings.store) else None
     mqtt = MqttPublisher(
-        MqttSettings(mqtt_url, ca_file=settings.mqtt_ca_file, buffer_size=settings.mqtt_buffer),
+        MqttSettings(
+            mqtt_url,
+            ca_file=settings.mqtt_ca_file,
+            buffer_size=settings.mqtt_buffer,
+            command_group=group,
+        ),
         topics,
         on_command=desktop.status,
         on_location=desktop.location,

@@ -151,8 +151,10 @@ def call_id_for(front: Front, node: str, tag: str) -> str:
     raise AssertionError(f"no Call-ID in 40 that the front hands to {node}")
 
 
-def node_text(name: str, sbc: str) -> str:
-    text = dialplan(sbc=(sbc,)).replace("node: { name: gw1 }", f"node: {{ name: {name} }}")
+def node_text(name: str, sbc: str | None = None) -> str:
+    text = dialplan(sbc=(sbc,) if sbc is not None else ()).replace(
+        "node: { name: gw1 }", f"node: {{ name: {name} }}"
+    )
     text = text.replace("${fallback}", "'sip:security@127.0.0.1:5999'")  # nothing there
     # the carrier's requests come through its own front, from 127.0.0.2
     assert "inbound_from: ['127.0.0.2']" in text
@@ -270,6 +272,48 @@ def test_a_callback_on_the_other_node_rings_alice_and_survives_a_killed_node(
     finally:
         trunk.stop()
         phones.stop()
+
+
+def test_a_desktop_command_is_taken_by_one_node_published_once_and_seen_by_both(
+    sipp: Sipp,
+    gateway_factory: GatewayFactory,
+    mosquitto: Mosquitto,
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    env = {
+        "GATEWAY_STORE": redis_server.url,
+        "GATEWAY_NONCE_SECRET": SECRET,
+        "GATEWAY_MQTT_URL": mosquitto.url,
+        "GATEWAY_MQTT_PREFIX": prefix,
+    }
+    nodes = [gateway_factory(node_text(name), env=env) for name in ("gw1", "gw2")]
+    recorder = Recorder(mosquitto.port, f"{prefix}/#")
+    OPEN_RECORDERS.append(recorder)
+    sipp.uac(
+        "agent_register.xml", nodes[0].address, 1, 1, service="alice", local_port=free_port(),
+        timeout=10, extra=["-au", "alice", "-ap", "alice-pw", "-key", "expires", "3600"],
+    ).assert_calls(1)  # fmt: skip
+
+    def seen(status: str) -> bool:
+        rows = [{r["agent"]: r for r in ask(node.data_dir, "presence")} for node in nodes]
+        return all(row["alice"]["status"] == status for row in rows)
+
+    deadline = time.monotonic() + 5
+    while not seen("Available"):
+        assert time.monotonic() < deadline, "alice never Available on both nodes"
+        time.sleep(0.02)
+    # both nodes hear the broker; the command must be acted on, and published, once
+    recorder.publish(f"{prefix}/agents/alice/presence/set", {"status": "Away"})
+    deadline = time.monotonic() + 5
+    while not seen("Away"):
+        assert time.monotonic() < deadline, "alice never Away on both nodes"
+        time.sleep(0.02)
+    time.sleep(1.0)  # a second publication would be here by now
+    away = [p for p in presence_of(recorder, prefix) if p["status"] == "Away"]
+    assert [(p["reason"], p["previous"]) for p in away] == [("desktop", "Available")]
+    registered = [p for p in presence_of(recorder, prefix) if p["reason"] == "registered"]
+    assert [p["node"] for p in registered] == ["gw1"]  # the node that took the REGISTER
 
 
 def _read(path: Path) -> str:
