@@ -15,55 +15,30 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway.cluster import ClusterSync
-from gateway.config.loader import load_dialplan_text
-from gateway.events.ports import Topics
-from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
-from gateway.registrar.service import RegistrarService
 from gateway.sip.address import Address
 from gateway.stores import Binding, open_stores
-from gateway.stores.outage import OutageGuard
+from testkit.cluster import ClusterNode as Node
+from testkit.cluster import cluster_node
 from testkit.processes import HarnessError
 from testkit.redisserver import RedisServer
 
 pytestmark = pytest.mark.loopback
 
-DIALPLAN = (
-    "version: 1\nlisten: [ { transport: udp, host: 127.0.0.1, port: 5060 } ]\n"
-    "agents:\n  alice: { password: a }\n  bob: { password: b }\n"
-)
+AGENTS = ("alice", "bob")
 FRONT = "udp:127.0.0.1:5060"  # behind the front, every binding's source is the front
 
 
-class Recorder:
-    """The MQTT publisher of one node: what it published."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, dict[str, Any]]] = []
-
-    def publish(self, topic_suffix: str, payload: dict[str, Any], *, retain: bool) -> None:
-        self.published.append((topic_suffix, payload))
-
-    def statuses(self, agent: str) -> list[str]:
-        suffix = f"agents/{agent}/presence"
-        return [str(p["status"]) for t, p in self.published if t == suffix]
-
-
-@dataclass
-class Node:
-    name: str
-    guard: OutageGuard
-    presence: PresenceService
-    registrar: RegistrarService
-    sync: ClusterSync
-    publisher: Recorder
+@contextlib.asynccontextmanager
+async def running_node(
+    server: RedisServer, tmp_path: Path, name: str, *, node_lost_s: float = 5.0
+) -> AsyncIterator[Node]:
+    async with cluster_node(server.url, tmp_path, name, AGENTS, node_lost_s=node_lost_s) as node:
+        yield node
 
 
 @pytest.fixture
@@ -77,48 +52,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     finally:
         server.resume()
         server.stop()
-
-
-@contextlib.asynccontextmanager
-async def running_node(
-    server: RedisServer, tmp_path: Path, name: str, *, node_lost_s: float = 5.0
-) -> AsyncIterator[Node]:
-    dialplan = load_dialplan_text(DIALPLAN, "t.yaml")
-    async with contextlib.AsyncExitStack() as stack:
-        shared = await open_stores(server.url, tmp_path / name, timeout=0.3, node=name)
-        guard = OutageGuard(shared, outage_dids=[], timeout=0.3, probe_interval=0.1)
-        await stack.enter_async_context(guard)
-        publisher = Recorder()
-        presence = PresenceService(
-            {"alice": 1, "bob": 1}, guard.stores.presence, publisher, Topics("t", name), name
-        )
-        await presence.start()
-        stack.push_async_callback(presence.close)
-        registrar = RegistrarService(
-            dialplan,
-            None,  # type: ignore[arg-type]  # no REGISTER is handled here: no transactions
-            guard.stores.registrations,
-            presence,
-            loop_clock=time.monotonic,
-            claim_expiry=True,
-        )
-        await registrar.start()
-        stack.push_async_callback(registrar.close)
-        presence.announce()  # as gateway.app does once the registrations are loaded
-        publisher.published.clear()
-        assert shared.cluster is not None
-        sync = ClusterSync(
-            shared.cluster,
-            guard,
-            registrar,
-            presence,
-            resync_interval=0.5,
-            heartbeat_s=0.2,
-            node_lost_s=node_lost_s,
-            retry_s=0.1,
-        )
-        await stack.enter_async_context(sync)
-        yield Node(name, guard, presence, registrar, sync, publisher)
 
 
 async def eventually(what: str, check: Callable[[], bool], timeout: float = 3.0) -> float:
