@@ -56,6 +56,9 @@ __all__ = [
 
 log = structlog.get_logger("gateway")
 
+#: agents applied between two turns of the event loop in a full resync
+_SLICE = 200
+
 
 def is_shared_store(url: str) -> bool:
     """Whether ``GATEWAY_STORE`` names the cluster's shared store (Redis)."""
@@ -225,7 +228,7 @@ class ClusterSync:
         registrar: RegistrarService,
         presence: PresenceService,
         *,
-        resync_interval: float = 2.0,
+        resync_interval: float = 5.0,
         heartbeat_s: float = 1.0,
         node_lost_s: float = 5.0,
         retry_s: float = 1.0,
@@ -354,12 +357,18 @@ class ClusterSync:
         for binding in bindings:
             if binding.agent_id in by_agent:
                 by_agent[binding.agent_id].append(binding)
-        for agent, found in by_agent.items():
-            registrar.apply_remote(agent, found, binding_marks[agent])
-        for record in records:
+        # in slices, so that the calls on this node never wait for a whole resync
+        for count, (agent, found) in enumerate(by_agent.items(), 1):
+            registrar.apply_remote(agent, found, binding_marks[agent], batch=True)
+            if count % _SLICE == 0:
+                await asyncio.sleep(0)
+        registrar.reindex()
+        for count, record in enumerate(records, 1):
             mark = presence_marks.get(record.agent_id)
             if mark is not None:
                 presence.apply_remote(record, mark, self.alive)
+            if count % _SLICE == 0:
+                await asyncio.sleep(0)
         self.resyncs += 1
 
     # -- heartbeat -------------------------------------------------------------------------

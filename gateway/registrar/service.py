@@ -201,6 +201,10 @@ class RegistrarService:
         binding_live = any(b.source == address_text(source) for b in self.contacts(agent))
         return agent if binding_live else None
 
+    def reindex(self) -> None:
+        """Rebuild the identity index (source -> agent) from the cache."""
+        self._reindex()
+
     def _reindex(self) -> None:
         index: dict[str, str | None] = {}
         for agent_id, contacts in self.bindings.items():
@@ -280,12 +284,15 @@ class RegistrarService:
         to :meth:`apply_remote`."""
         return self._generation.get(agent_id, 0)
 
-    def apply_remote(self, agent_id: str, bindings: list[Binding], mark: int) -> bool:
+    def apply_remote(
+        self, agent_id: str, bindings: list[Binding], mark: int, *, batch: bool = False
+    ) -> bool:
         """The agent's bindings as the shared store has them (another node's change):
         they replace the cache and the identity index (E-13), and presence is told
         silently (the node that took the REGISTER published it). Not applied (``False``)
         when this node changed the agent's bindings since ``mark`` or still has a write
-        of them on its way: the store's copy predates them."""
+        of them on its way: the store's copy predates them. ``batch``: one of many (a full
+        resync), not logged one by one; the caller calls :meth:`reindex` once after."""
         contacts = self.bindings.get(agent_id)
         if contacts is None:
             return False
@@ -303,8 +310,9 @@ class RegistrarService:
         if fresh != contacts:
             contacts.clear()
             contacts.update(fresh)
-            self._reindex()
-            log.info("registrations_synced", agent=agent_id, contacts=len(contacts))
+            if not batch:
+                self._reindex()
+                log.info("registrations_synced", agent=agent_id, contacts=len(contacts))
         self.presence.set_registered(agent_id, bool(contacts), silent=True)
         return True
 
