@@ -356,6 +356,7 @@ async def _start_emergency(
         notify=notifier.notify if notifier is not None else None,
         desktop_location=locations.desktop,
         health=trunk_health.health,
+        emergency_elsewhere=lambda agent: presence.emergency_elsewhere(agent) is not None,
     )
     await emergency.start()
     await start_reservation_sync(stack, stores, emergency)

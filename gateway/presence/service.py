@@ -218,6 +218,11 @@ class PresenceService:
             self._tell(agent, change)
         return True
 
+    def emergency_elsewhere(self, agent_id: str) -> str | None:
+        """The other live cluster node on which the agent's emergency call is up, if any."""
+        agent = self.agents.get(agent_id)
+        return None if agent is None else agent.emergency_elsewhere
+
     def status(self, agent_id: str) -> Status | None:
         agent = self.agents.get(agent_id)
         return None if agent is None else agent.effective

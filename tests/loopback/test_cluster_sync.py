@@ -141,6 +141,7 @@ async def test_an_emergency_call_on_one_node_holds_dnd_on_the_other_and_e5_resto
         await eventually("registered", lambda: b.presence.status("alice") is Status.AVAILABLE)
         a.presence.emergency_started("alice")  # the 911 call is on gw1
         await eventually("DND on gw2", lambda: b.presence.status("alice") is Status.DND)
+        assert b.presence.emergency_elsewhere("alice") == "gw1"  # E-8 on gw2 keys on it
         # her desktop asks for Away during the call; gw2 takes it (no change shown: DND)
         assert b.presence.choose("alice", Status.AWAY)
         agent = a.presence.agents["alice"]
@@ -149,6 +150,7 @@ async def test_an_emergency_call_on_one_node_holds_dnd_on_the_other_and_e5_resto
         a.presence.emergency_ended("alice")
         assert a.presence.status("alice") is Status.AWAY  # E-5: the status asked for meanwhile
         await eventually("gw2 restored", lambda: b.presence.status("alice") is Status.AWAY)
+        assert b.presence.emergency_elsewhere("alice") is None
         assert a.publisher.statuses("alice")[-2:] == ["DoNotDisturb", "Away"]
         assert "DoNotDisturb" not in b.publisher.statuses("alice")
         assert b.publisher.statuses("alice") == []
