@@ -38,6 +38,7 @@ from gateway.stores.ports import (
     ChangeSubscription,
     ClusterChange,
     ClusterFeed,
+    PresenceRecord,
     StoreError,
 )
 
@@ -363,13 +364,35 @@ class ClusterSync:
             if count % _SLICE == 0:
                 await asyncio.sleep(0)
         registrar.reindex()
+        lost = []
         for count, record in enumerate(records, 1):
             mark = presence_marks.get(record.agent_id)
             if mark is not None:
                 presence.apply_remote(record, mark, self.alive)
+                if presence.lost_emergency(record, self.alive):
+                    lost.append(record)
             if count % _SLICE == 0:
                 await asyncio.sleep(0)
         self.resyncs += 1
+        for record in lost:
+            await self._recover(record)
+
+    async def _recover(self, record: PresenceRecord) -> None:
+        """A dead node's emergency call: one node (the claim's winner) says it is over."""
+        key = f"lost:{record.emergency_node}:{record.agent_id}:{record.updated_at!r}"
+        try:
+            won = await self.guard.bounded(self.feed.claim(key, 60.0))
+        except (StoreError, TimeoutError) as exc:
+            self.guard.went_down(exc)
+            return
+        if won:
+            log.warning(
+                "emergency_node_lost",
+                agent=record.agent_id,
+                node=record.emergency_node,
+                detail="its emergency call is over: DND lifted and published by this node",
+            )
+            self.presence.recover(record.agent_id)
 
     # -- heartbeat -------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ class PresenceService:
     async def start(self, group: asyncio.TaskGroup | None = None) -> None:
         """Load the chosen statuses from the store and start the ordered writer (in
         ``group`` when given)."""
+        lost: list[AgentPresence] = []
         for record in await self.store.all():
             agent = self.agents.get(record.agent_id)
             if agent is None:
@@ -98,7 +99,11 @@ class PresenceService:
             if chosen in CHOOSABLE:
                 agent.chosen = chosen
             # the emergency flag is never restored: a crash cannot leave DND behind (E-5)
+            if record.emergency_node == self.node:
+                lost.append(agent)  # a call of this node's previous life: say it is over
         self._writes.start(group)
+        for agent in lost:
+            self._after(agent, None, persist=True)
 
     def restore_registered(self, agent_id: str) -> None:
         """At start-up: the agent has live registrations from before (no event)."""
@@ -217,6 +222,25 @@ class PresenceService:
             )
             self._tell(agent, change)
         return True
+
+    def lost_emergency(self, record: PresenceRecord, live: Callable[[str], bool]) -> bool:
+        """Does ``record`` name an emergency call on another node that is no longer alive
+        (its status then needs saying once, by one node: :meth:`recover`)?"""
+        node = record.emergency_node
+        return node is not None and node != self.node and not live(node)
+
+    def recover(self, agent_id: str) -> None:
+        """Another node died with this agent's emergency call up, and this node was chosen
+        to say so: publish her status now (E-5: no DND left behind) and write the record
+        without the lost call. Nothing when another change of hers came first."""
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.emergency_elsewhere is not None:
+            return
+        now = self.wall_clock()
+        change = PresenceChanged(
+            agent_id, agent.effective, Status.DND, PresenceReason.EMERGENCY_ENDED, now
+        )
+        self._after(agent, change, persist=True)
 
     def emergency_elsewhere(self, agent_id: str) -> str | None:
         """The other live cluster node on which the agent's emergency call is up, if any."""

@@ -448,6 +448,10 @@ class ClusterFeed(Protocol):
         """Every node's last heartbeat (unix seconds)."""
         ...
 
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        """``True`` for the one node that claims ``key`` first within ``ttl_s`` seconds."""
+        ...
+
 
 # --------------------------------------------------------------------------------------------
 # The bundle handed to the application.

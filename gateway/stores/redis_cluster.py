@@ -77,6 +77,14 @@ class RedisClusterFeed:
         async with self._conn.guard() as client:
             await client.hset(self._nodes, self.node, repr(now))
 
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        """``SET <p>claim:<key> <node> NX PX``: the first node wins."""
+        async with self._conn.guard() as client:
+            won = await client.set(
+                self._conn.key("claim:" + key), self.node, nx=True, px=max(1, int(ttl_s * 1000))
+            )
+        return bool(won)
+
     async def nodes_seen(self) -> dict[str, float]:
         async with self._conn.guard() as client:
             values = await client.hgetall(self._nodes)

@@ -76,6 +76,10 @@ async def seed(server: RedisServer, tmp_path: Path, *bindings: Binding) -> None:
             await stores.registrations.put(item)
 
 
+def shows(node: Node, status: Status) -> Callable[[], bool]:
+    return lambda: node.presence.status("alice") is status
+
+
 def available(a: Node, b: Node, agent: str) -> bool:
     return a.presence.status(agent) is b.presence.status(agent) is Status.AVAILABLE
 
@@ -156,20 +160,38 @@ async def test_an_emergency_call_on_one_node_holds_dnd_on_the_other_and_e5_resto
         assert b.publisher.statuses("alice") == []
 
 
-async def test_a_crashed_nodes_emergency_call_leaves_no_dnd_behind(
+async def test_a_crashed_nodes_emergency_call_leaves_no_dnd_behind_said_once(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     await seed(redis_server, tmp_path, binding("alice", 7001, 60))
-    async with running_node(redis_server, tmp_path, "gw2", node_lost_s=1.0) as b:
+    async with (
+        running_node(redis_server, tmp_path, "gw2", node_lost_s=1.0) as b,
+        running_node(redis_server, tmp_path, "gw3", node_lost_s=1.0) as c,
+    ):
         async with running_node(redis_server, tmp_path, "gw1") as a:
-            await subscribed(a, b)
+            await subscribed(a, b, c)
             a.presence.emergency_started("alice")
-            await eventually("DND on gw2", lambda: b.presence.status("alice") is Status.DND)
+            for node in (b, c):
+                await eventually("DND", shows(node, Status.DND))
             # gw1 stops here without ending the call: its heartbeat stops (a crash)
-        # gw1's record still names its call; gw1 is silent, so the call is over (E-5)
+        # gw1's record still names its call; gw1 is silent, so the call is over (E-5),
+        # and one of the survivors says so on MQTT (the retained DND was gw1's)
+        for node in (b, c):
+            await eventually("DND gone", shows(node, Status.AVAILABLE), 5.0)
         await eventually(
-            "DND gone on gw2", lambda: b.presence.status("alice") is Status.AVAILABLE, 5.0
+            "said", lambda: bool(b.publisher.statuses("alice") + c.publisher.statuses("alice")), 3.0
         )
+        await asyncio.sleep(1.0)  # a second node's word would be here by now
+        said = b.publisher.statuses("alice") + c.publisher.statuses("alice")
+        assert said == ["Available"]
+    # gw1 restarts: its record of the lost call is rewritten, so nobody shows DND again
+    async with (
+        running_node(redis_server, tmp_path, "gw1") as a,
+        running_node(redis_server, tmp_path, "gw2") as b,
+    ):
+        await subscribed(a, b)
+        await asyncio.sleep(0.6)
+        assert a.presence.status("alice") is b.presence.status("alice") is Status.AVAILABLE
 
 
 async def test_expiry_is_acted_on_by_one_node_only(

@@ -196,3 +196,32 @@ async def test_while_the_store_is_down_each_node_acts_on_its_own_clock() -> None
     await service.expire(now[0])
     published = service.presence.publisher.published  # type: ignore[attr-defined]
     assert [p["status"] for p in published] == ["Offline"]
+
+
+async def test_a_restarted_node_rewrites_the_record_of_its_lost_emergency_call() -> None:
+    service, publisher, store = presence("gw1")
+
+    async def stored() -> list[PresenceRecord]:
+        return [record("Away", emergency_node="gw1")]
+
+    store.all = stored  # type: ignore[method-assign]
+    await service.start()
+    await service.close()
+    assert [(r.chosen, r.emergency_node) for r in store.records] == [("Away", None)]
+    assert publisher.published == []  # the restart's announcement says the status
+
+
+async def test_one_node_says_that_a_dead_nodes_call_is_over() -> None:
+    service, publisher, store = presence()
+    await service.start()
+    lost = record(emergency_node="gw1")
+    assert service.apply_remote(lost, service.mark("alice"), lambda node: node == "gw1")
+    assert not service.lost_emergency(lost, lambda node: node == "gw1")
+    assert service.apply_remote(lost, service.mark("alice"), lambda node: False)
+    assert service.lost_emergency(lost, lambda node: False)
+    service.recover("alice")
+    await service.close()
+    assert [(p["status"], p["previous"], p["reason"]) for p in publisher.published] == [
+        ("Available", "DoNotDisturb", "emergency_ended")
+    ]
+    assert store.records[-1].emergency_node is None
