@@ -245,6 +245,7 @@ class ClusterSync:
         self.node = feed.node
         #: other nodes' heartbeats as last read (node -> unix seconds)
         self.seen: dict[str, float] = {}
+        self._seen_at = 0.0
         #: changes applied from announcements and full resyncs done (tests, logs)
         self.applied = 0
         self.resyncs = 0
@@ -271,11 +272,13 @@ class ClusterSync:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def alive(self, node: str) -> bool:
-        """Did ``node`` beat within ``node_lost_s`` (as last read)? This node always."""
+        """Had ``node`` beaten within ``node_lost_s`` when the beats were last read (each
+        full resync)? This node always."""
         if node == self.node:
             return True
         beat = self.seen.get(node)
-        return beat is not None and self.guard.wall_clock() - beat < self.node_lost_s
+        # the beat's age when it was read (not now: the heartbeats are read once a resync)
+        return beat is not None and self._seen_at - beat < self.node_lost_s
 
     async def _store_up(self) -> None:
         while not self.guard.up:
@@ -349,6 +352,7 @@ class ClusterSync:
         now = self.guard.wall_clock()
         try:
             self.seen = await self.guard.bounded(self.feed.nodes_seen())
+            self._seen_at = self.guard.wall_clock()
             bindings = await self.guard.bounded(shared.registrations.all_bindings(now))
             records = await self.guard.bounded(shared.presence.all())
         except (StoreError, TimeoutError) as exc:

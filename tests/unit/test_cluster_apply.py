@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
+from gateway.cluster import ClusterSync
 from gateway.config.loader import load_dialplan_text
 from gateway.events.ports import Topics
 from gateway.presence.service import PresenceService
 from gateway.presence.state import AgentPresence, Status
 from gateway.registrar.service import RegistrarService
 from gateway.sip.address import Address
-from gateway.stores.ports import Binding, PresenceRecord
+from gateway.stores.outage import OutageGuard
+from gateway.stores.ports import Binding, ClusterFeed, PresenceRecord
 
 NOW = 1_700_000_000.0
 DIALPLAN = (
@@ -225,3 +227,25 @@ async def test_one_node_says_that_a_dead_nodes_call_is_over() -> None:
         ("Available", "DoNotDisturb", "emergency_ended")
     ]
     assert store.records[-1].emergency_node is None
+
+
+def test_a_node_is_alive_by_the_age_of_its_beat_when_it_was_read() -> None:
+    class Feed:
+        node = "gw2"
+
+    class Guard:
+        @staticmethod
+        def wall_clock() -> float:
+            return NOW + 100  # long after the read: must not matter
+
+    sync = ClusterSync(
+        cast(ClusterFeed, Feed()),
+        cast(OutageGuard, Guard()),
+        cast(RegistrarService, None),
+        cast(PresenceService, None),
+        node_lost_s=5.0,
+    )
+    sync.seen, sync._seen_at = {"gw1": NOW - 1}, NOW
+    assert sync.alive("gw1") and sync.alive("gw2")  # itself, always
+    sync.seen = {"gw1": NOW - 6}
+    assert not sync.alive("gw1") and not sync.alive("gw9")
