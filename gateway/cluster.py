@@ -300,8 +300,11 @@ class ClusterSync:
                         await self.apply(change)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a lost subscription, or the store went away
+            except (StoreError, TimeoutError) as exc:  # the store went away: wait for it
                 log.warning("cluster_subscription_lost", error=repr(exc))
+                self.guard.went_down(exc)
+            except Exception:  # anything else: subscribe again
+                log.exception("cluster_subscription_failed")
             finally:
                 if subscription is not None:
                     with contextlib.suppress(TimeoutError):

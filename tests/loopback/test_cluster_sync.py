@@ -239,3 +239,24 @@ async def test_a_redis_outage_pauses_the_sync_and_the_resync_heals_it(
         redis_server.resume()
         await eventually("gw2 healed", lambda: b.presence.status("alice") is Status.AWAY, 10.0)
         assert b.publisher.statuses("alice") == []
+
+
+async def test_after_redis_restarts_the_announcements_flow_again(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with (
+        running_node(redis_server, tmp_path, "gw1") as a,
+        running_node(redis_server, tmp_path, "gw2") as b,
+    ):
+        await subscribed(a, b)
+        redis_server.stop()  # connections refused: the subscription is lost
+        await eventually("gw2 sees the outage", lambda: not b.guard.up, 5.0)
+        redis_server.run()  # back (empty: no persistence here)
+        # each pooled connection of the old server fails once more (a short outage each)
+        for _ in range(3):
+            await eventually("both up", lambda: a.guard.up and b.guard.up, 10.0)
+            await asyncio.sleep(0.7)
+        await a.guard.stores.registrations.put(binding("alice", 7001, 60))
+        heard = b.sync.applied
+        await eventually("announced again", lambda: b.sync.applied > heard, 3.0)
+        assert b.registrar.agent_at(Address("udp", "127.0.0.1", 5060)) == "alice"
