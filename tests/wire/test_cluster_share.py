@@ -217,23 +217,37 @@ def test_a_callback_on_the_other_node_rings_alice_and_survives_a_killed_node(
         assert (agents["alice"]["status"], agents["alice"]["registered"]) == ("Available", True)
 
         # her 911 call, through the front: whichever node takes it knows her
-        sipp.uac(
+        call = sipp.start_uac(
             "uac_basic.xml", phones.address, 1, 1, service="911", local_port=alice,
-            timeout=30, call_length=0.5,
-        ).assert_calls(1)  # fmt: skip
-        sbc_messages = sbc.files.messages
+            timeout=30, call_length=3.0,
+        )  # fmt: skip
         recorder.wait_for(
             lambda: any(p["status"] == "DoNotDisturb" for p in presence_of(recorder, prefix)),
             "alice in DND",
         )
-        recorder.wait_for(
-            lambda: presence_of(recorder, prefix)[-1]["status"] == "Available", "DND over"
-        )
         dnd = [p for p in presence_of(recorder, prefix) if p["status"] == "DoNotDisturb"]
-        assert len(dnd) == 1  # published once, by the node of the call (E-7)
         emergency_node = str(dnd[0]["node"])
         survivor = next(name for name in nodes if name != emergency_node)
-        assert f"From: <sip:{DIDS[0]}@" in sbc_messages.read_text()  # E-4
+        # both nodes show her DND (E-5) and lock her other calls (E-8), wherever the call is
+        deadline = time.monotonic() + 1.0
+        while {row["agent"]: row for row in ask(nodes[survivor].data_dir, "presence")}["alice"][
+            "status"
+        ] != "DoNotDisturb":
+            assert time.monotonic() < deadline, f"{survivor} never showed alice's DND"
+            time.sleep(0.02)
+        # meanwhile her desktop asks for Away: one node takes it, DND stays (E-5)
+        recorder.publish(f"{prefix}/agents/alice/presence/set", {"status": "Away"})
+        call.wait(timeout=30).assert_calls(1)
+        recorder.wait_for(lambda: presence_of(recorder, prefix)[-1]["status"] == "Away", "DND over")
+        skip = ("gateway_started", "registered")
+        after = [p for p in presence_of(recorder, prefix) if p["reason"] not in skip]
+        # published once each, by the node of the call; the status restored is the one she
+        # asked for during the call (E-5), whichever node took the command
+        assert [(p["status"], p["reason"], p["node"]) for p in after] == [
+            ("DoNotDisturb", "emergency_call", emergency_node),
+            ("Away", "emergency_ended", emergency_node),
+        ], after
+        assert f"From: <sip:{DIDS[0]}@" in sbc.files.messages.read_text()  # E-4
 
         # the PSAP calls back; the front hands it to the node that did NOT handle the 911
         to_survivor = call_id_for(trunk, survivor, "cb1")
