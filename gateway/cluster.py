@@ -325,6 +325,9 @@ class ClusterSync:
             else:
                 mark = self.presence.mark(agent)
                 record = await self.guard.bounded(shared.presence.get(agent))
+                node = record.emergency_node if record is not None else None
+                if node is not None and not self.alive(node):
+                    await self._read_heartbeats()  # a node started since the last read?
                 applied = record is not None and self.presence.apply_remote(
                     record, mark, self.alive
                 )
@@ -333,6 +336,10 @@ class ClusterSync:
             return
         if applied:
             self.applied += 1
+
+    async def _read_heartbeats(self) -> None:
+        self.seen = await self.guard.bounded(self.feed.nodes_seen())
+        self._seen_at = self.guard.wall_clock()
 
     # -- full resync -----------------------------------------------------------------------
 
@@ -354,8 +361,7 @@ class ClusterSync:
         presence_marks = {agent: presence.mark(agent) for agent in presence.agents}
         now = self.guard.wall_clock()
         try:
-            self.seen = await self.guard.bounded(self.feed.nodes_seen())
-            self._seen_at = self.guard.wall_clock()
+            await self._read_heartbeats()
             bindings = await self.guard.bounded(shared.registrations.all_bindings(now))
             records = await self.guard.bounded(shared.presence.all())
         except (StoreError, TimeoutError) as exc:
