@@ -215,7 +215,9 @@ class ClusterSync:
         announcement missed is healed here.
     ``cluster-heartbeat``
         every ``heartbeat_s`` seconds, this node's heartbeat; an emergency call up on a
-        node silent for ``node_lost_s`` is over (a crashed node leaves no DND behind, E-5).
+        node silent for ``node_lost_s`` is over (a crashed node leaves no DND behind, E-5),
+        and the node that claims it first in the store (``SET NX``) publishes the agent's
+        status and rewrites her record.
 
     Nothing here is on a call's path: while the guard says the store is down, the tasks
     wait (no read is tried) and resync once it is up again. Every read is bounded by the
