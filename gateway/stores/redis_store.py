@@ -28,13 +28,14 @@ holder gets it back first, SPEC E-4). Both sets are bounded (one entry per conta
 pool DID), and ``purge_expired`` removes the bindings.
 
 Atomic steps: a binding's hash entry and its expiry index change in one ``MULTI``; listing
-and purging run as small Lua scripts (one step on the server). The callback DID choice is
-an optimistic transaction: ``WATCH`` the reservation hash, read the pool's entries, run the
-policy (:func:`gateway.emergency.reservations.choose_callback_did`, passed in by the caller,
-so the rule exists once), then ``MULTI``/``EXEC`` the write; ``EXEC`` fails if any node
-wrote a reservation in between, and the step is run again on the new state. Two nodes can
-therefore never hand one DID to two agents. Within one node the choices take turns (an
-``asyncio.Lock``), so only another node's write can force a retry.
+and purging run as small Lua scripts (one step on the server), and so does a presence
+write, which keeps the newer record (``updated_at``) when one is stored already. The
+callback DID choice is an optimistic transaction: ``WATCH`` the reservation hash, read the
+pool's entries, run the policy (:func:`gateway.emergency.reservations.choose_callback_did`,
+passed in by the caller, so the rule exists once), then ``MULTI``/``EXEC`` the write;
+``EXEC`` fails if any node wrote a reservation in between, and the step is run again on the
+new state. Two nodes can therefore never hand one DID to two agents. Within one node the
+choices take turns (an ``asyncio.Lock``), so only another node's write can force a retry.
 
 Failures: every Redis error (refused connection, timeout, a server that went away) becomes
 :class:`~gateway.stores.ports.StoreUnavailableError`; the short socket timeouts are the
@@ -123,6 +124,22 @@ end
 return out
 """
 
+# KEYS[1] the presence hash, KEYS[2] the change channel; ARGV[1] the agent, ARGV[2] the
+# record, ARGV[3] its updated_at, ARGV[4] the announcement ("" for none).
+_PUT_PRESENCE = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local ok, stored = pcall(cjson.decode, current)
+  if ok and type(stored) == 'table' and tonumber(stored.updated_at)
+      and tonumber(stored.updated_at) > tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[4]) end
+return 1
+"""
+
 # KEYS[1] the expiry index, KEYS[2] the agent's binding hash; ARGV[1] the agent.
 _REMOVE_ALL = """
 for _, contact in ipairs(redis.call('HKEYS', KEYS[2])) do
@@ -165,11 +182,17 @@ class _Connection:
     def key(self, name: str) -> str:
         return self.prefix + name
 
+    def announcement(self, kind: ChangeKind, agent_id: str) -> str:
+        """The announcement of a write (the writer's node, what, whose); "" for none."""
+        if self.node is None:
+            return ""
+        message = {"node": self.node, "kind": kind, "agent": agent_id}
+        return json.dumps(message, separators=(",", ":"))
+
     def announce(self, pipe: Any, kind: ChangeKind, agent_id: str) -> None:
-        """Add to ``pipe`` the announcement of a write (the writer's node, what, whose)."""
+        """Add to ``pipe`` the announcement of a write."""
         if self.node is not None:
-            message = {"node": self.node, "kind": kind, "agent": agent_id}
-            pipe.publish(self.channel, json.dumps(message, separators=(",", ":")))
+            pipe.publish(self.channel, self.announcement(kind, agent_id))
 
     @asynccontextmanager
     async def guard(self) -> AsyncIterator[aioredis.Redis]:
@@ -266,10 +289,20 @@ class RedisPresenceStore:
         return None if value is None else _load(PresenceRecord, value)
 
     async def put(self, record: PresenceRecord) -> None:
-        async with self._conn.guard() as client, client.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key, record.agent_id, _dump(record))
-            self._conn.announce(pipe, "presence", record.agent_id)
-            await pipe.execute()
+        """Write ``record`` unless the stored one is newer (``updated_at``): a node's write
+        replayed after an outage does not undo a later change another node made meanwhile
+        (one Lua step, announced when written)."""
+        async with self._conn.guard() as client:
+            await client.eval(
+                _PUT_PRESENCE,
+                2,
+                self._key,
+                self._conn.channel,
+                record.agent_id,
+                _dump(record),
+                repr(record.updated_at),
+                self._conn.announcement("presence", record.agent_id),
+            )
 
     async def all(self) -> list[PresenceRecord]:
         async with self._conn.guard() as client:

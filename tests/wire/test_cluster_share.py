@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +335,77 @@ def _read(path: Path) -> str:
         return path.read_text(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_redis_outage_pauses_the_sharing_and_holds_no_call(
+    sipp: Sipp,
+    gateway_factory: GatewayFactory,
+    mosquitto: Mosquitto,
+    redis_server: RedisServer,
+) -> None:
+    sbc = sipp.uas("uas_basic.xml", calls=1, timeout=60)
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    env = {
+        "GATEWAY_STORE": redis_server.url,
+        "GATEWAY_NONCE_SECRET": SECRET,
+        "GATEWAY_MQTT_URL": mosquitto.url,
+        "GATEWAY_MQTT_PREFIX": prefix,
+    }
+    nodes = [gateway_factory(node_text(name, sbc.address), env=env) for name in ("gw1", "gw2")]
+    recorder = Recorder(mosquitto.port, f"{prefix}/#")
+    OPEN_RECORDERS.append(recorder)
+    alice = free_port()
+    sipp.uac(
+        "agent_register.xml", nodes[0].address, 1, 1, service="alice", local_port=alice,
+        timeout=10, extra=["-au", "alice", "-ap", "alice-pw", "-key", "expires", "3600"],
+    ).assert_calls(1)  # fmt: skip
+
+    def seen(status: str) -> bool:
+        rows = [{r["agent"]: r for r in ask(node.data_dir, "presence")} for node in nodes]
+        return all(row["alice"]["status"] == status for row in rows)
+
+    def wait(what: str, check: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    wait("alice Available on both nodes", lambda: seen("Available"), 5)
+    redis_server.pause()  # Redis accepts and never answers
+    try:
+        # her 911 call through gw2, which knows her from gw1's registration: not held
+        started = time.monotonic()
+        sipp.uac(
+            "uac_basic.xml", nodes[1].address, 1, 1, service="911", local_port=alice,
+            timeout=20, call_length=0.3,
+        ).assert_calls(1)  # fmt: skip
+        assert time.monotonic() - started < 5
+        sbc.wait(timeout=20).assert_calls(1)
+        store = [f"{prefix}/nodes/{name}/store" for name in ("gw1", "gw2")]
+        recorder.wait_for(
+            lambda: all((recorder.on(t) or [{}])[-1].get("state") == "down" for t in store),
+            "both nodes see the outage",
+            timeout=15,
+        )
+        recorder.wait_for(
+            lambda: presence_of(recorder, prefix)[-1]["status"] == "Available", "call over"
+        )
+        # a desktop command meanwhile: one node takes it, the other cannot hear of it yet
+        recorder.publish(f"{prefix}/agents/alice/presence/set", {"status": "Away"})
+        recorder.wait_for(
+            lambda: presence_of(recorder, prefix)[-1]["status"] == "Away", "Away published"
+        )
+        taker = str(presence_of(recorder, prefix)[-1]["node"])
+        other = nodes[0] if taker == "gw2" else nodes[1]
+        row = {r["agent"]: r for r in ask(other.data_dir, "presence")}["alice"]
+        assert row["status"] == "Available"
+    finally:
+        redis_server.resume()
+    recorder.wait_for(
+        lambda: all((recorder.on(t) or [{}])[-1].get("state") == "up" for t in store),
+        "both nodes see Redis back",
+        timeout=20,
+    )
+    wait("the other node healed", lambda: seen("Away"), 10)
+    away = [p for p in presence_of(recorder, prefix) if p["status"] == "Away"]
+    assert len(away) == 1  # the heal is silent
