@@ -11,7 +11,13 @@ alice registers through the front (one node takes it); her 911 call is handled b
 node; the PSAP's callback, dispatched to the *other* node, rings alice ahead of any queue
 (C-1) -- that node learnt her registration from the shared store. Then the node of the
 911 call is killed (SIGKILL): a callback whose Call-ID hashes to it still rings alice
-(the front fails over to the survivor), and her next call goes to the survivor.
+(the front fails over to the survivor), and her next call goes to the survivor. On the
+way: her DND during the 911 call shows on both nodes, and the status her desktop asks for
+meanwhile is the one restored, published once (E-5, E-7).
+
+Without fronts: a desktop command reaches both nodes' broker subscriptions and is acted on
+and published once; a Redis outage (SIGSTOP) holds no call, and what one node took
+meanwhile reaches the other once Redis is back.
 """
 
 from __future__ import annotations
