@@ -30,7 +30,9 @@ from gateway.b2bua.sessions import SessionTimerConfig
 from gateway.b2bua.snapshot import call_rows
 from gateway.b2bua.tasks import CallTasks
 from gateway.cluster import (
+    is_shared_store,
     open_node_stores,
+    start_cluster_sync,
     start_reservation_sync,
     store_gauges,
     use_dialplan_for_stores,
@@ -64,6 +66,7 @@ from gateway.sdnotify import SystemdNotifier
 from gateway.sip.address import Address, IdGenerator, address_text
 from gateway.sip.transaction import TransactionLayer
 from gateway.stores import Stores
+from gateway.stores.outage import guard_of
 from gateway.transport.dns import TrunkResolver
 from gateway.transport.endpoint import SipEndpoint
 from gateway.transport.tls import tls_peers_from
@@ -129,6 +132,7 @@ class Gateway:
             registrar = await _start_registrar(
                 stack, dialplan, layer, stores, presence, locations, settings.nonce_secret_bytes()
             )
+            await start_cluster_sync(stack, stores, registrar, presence)
             notifier = await _start_notifier(stack, settings, stores, publisher, topics)
             # fmt: off
             emergency = await _start_emergency(
@@ -266,8 +270,15 @@ async def _open_publisher(
         )
         mqtt_url = broker.url
         log.info("embedded_mqtt_broker", url=broker.address, backend=broker.backend)
+    # a cluster on one broker: each desktop command goes to one node (issue #12)
+    group = "gateway" if broker is None and is_shared_store(settings.store) else None
     mqtt = MqttPublisher(
-        MqttSettings(mqtt_url, ca_file=settings.mqtt_ca_file, buffer_size=settings.mqtt_buffer),
+        MqttSettings(
+            mqtt_url,
+            ca_file=settings.mqtt_ca_file,
+            buffer_size=settings.mqtt_buffer,
+            command_group=group,
+        ),
         topics,
         on_command=desktop.status,
         on_location=desktop.location,
@@ -346,6 +357,7 @@ async def _start_emergency(
         notify=notifier.notify if notifier is not None else None,
         desktop_location=locations.desktop,
         health=trunk_health.health,
+        emergency_elsewhere=lambda agent: presence.emergency_elsewhere(agent) is not None,
     )
     await emergency.start()
     await start_reservation_sync(stack, stores, emergency)
@@ -371,6 +383,7 @@ async def _start_registrar(
         secret=nonce_secret,
         on_registered=locations.registered,
         fronts=Fronts(dialplan.node.fronts),
+        claim_expiry=guard_of(stores) is not None,  # a cluster: one node acts on expiry
     )
     await registrar.start()
     stack.push_async_callback(registrar.close)

@@ -1,5 +1,10 @@
 """A node's stores, shared with the other nodes of a cluster when they are in Redis.
 
+:class:`ReservationSync` and :class:`ClusterSync` keep a node's caches in step with the
+others' writes (issue #12): callback reservations every second; registrations (with the
+identity index, E-13) and presence on every announced change, plus a full resync every
+``resync_interval`` seconds that heals a missed announcement or a lost subscription.
+
 :func:`open_node_stores` opens ``GATEWAY_STORE``. The embedded SQLite store is handed back
 as it is. A shared store (``redis://...``) is wrapped in an
 :class:`~gateway.stores.outage.OutageGuard`, so that a Redis outage never holds a call: the
@@ -24,13 +29,25 @@ from gateway.config.settings import Settings
 from gateway.emergency.service import EmergencyService
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import rfc3339
+from gateway.presence.service import PresenceService
+from gateway.registrar.service import RegistrarService
 from gateway.stores import Stores, open_stores
 from gateway.stores.outage import OutageGuard, StoreHealth, guard_of
+from gateway.stores.ports import (
+    Binding,
+    ChangeSubscription,
+    ClusterChange,
+    ClusterFeed,
+    PresenceRecord,
+    StoreError,
+)
 
 __all__ = [
+    "ClusterSync",
     "ReservationSync",
     "is_shared_store",
     "open_node_stores",
+    "start_cluster_sync",
     "start_reservation_sync",
     "store_gauges",
     "store_health_payload",
@@ -39,6 +56,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger("gateway")
+
+#: agents applied between two turns of the event loop in a full resync
+_SLICE = 200
 
 
 def is_shared_store(url: str) -> bool:
@@ -79,7 +99,11 @@ async def open_node_stores(
     timeout = settings.store_timeout_s
     shared = is_shared_store(settings.store)
     stores = await open_stores(
-        settings.store, settings.data_dir, timeout=timeout, exclusive=not shared
+        settings.store,
+        settings.data_dir,
+        timeout=timeout,
+        exclusive=not shared,
+        node=dialplan.node.name,
     )
     if not shared:
         stack.push_async_callback(stores.close)
@@ -175,3 +199,237 @@ async def start_reservation_sync(
     """On a shared store, keep the node's callback reservations in step with the others'."""
     if guard_of(stores) is not None:
         await stack.enter_async_context(ReservationSync(emergency))
+
+
+class ClusterSync:
+    """The other nodes' registrations and presence, taken into this node's caches, silently
+    (issue #12). An async context manager owning three named tasks:
+
+    ``cluster-changes``
+        subscribes to the store's announcements; for each one of another node, reads that
+        agent's bindings or presence record and applies it
+        (:meth:`RegistrarService.apply_remote`, :meth:`PresenceService.apply_remote`).
+        A lost subscription is opened again after ``retry_s``, followed by a full resync.
+    ``cluster-resync``
+        every ``resync_interval`` seconds, every binding and presence record: what an
+        announcement missed is healed here.
+    ``cluster-heartbeat``
+        every ``heartbeat_s`` seconds, this node's heartbeat; an emergency call up on a
+        node silent for ``node_lost_s`` is over (a crashed node leaves no DND behind, E-5),
+        and the node that claims it first in the store (``SET NX``) publishes the agent's
+        status and rewrites her record.
+
+    Nothing here is on a call's path: while the guard says the store is down, the tasks
+    wait (no read is tried) and resync once it is up again. Every read is bounded by the
+    guard's timeout.
+    """
+
+    def __init__(
+        self,
+        feed: ClusterFeed,
+        guard: OutageGuard,
+        registrar: RegistrarService,
+        presence: PresenceService,
+        *,
+        resync_interval: float = 5.0,
+        heartbeat_s: float = 1.0,
+        node_lost_s: float = 5.0,
+        retry_s: float = 1.0,
+    ) -> None:
+        self.feed = feed
+        self.guard = guard
+        self.registrar = registrar
+        self.presence = presence
+        self.resync_interval = resync_interval
+        self.heartbeat_s = heartbeat_s
+        self.node_lost_s = node_lost_s
+        self.retry_s = retry_s
+        self.node = feed.node
+        #: other nodes' heartbeats as last read (node -> unix seconds)
+        self.seen: dict[str, float] = {}
+        self._seen_at = 0.0
+        #: changes applied from announcements and full resyncs done (tests, logs)
+        self.applied = 0
+        self.resyncs = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> ClusterSync:
+        for coroutine, name in (
+            (self._changes(), "cluster-changes"),
+            (self._resync_loop(), "cluster-resync"),
+            (self._heartbeat_loop(), "cluster-heartbeat"),
+        ):
+            self._tasks.append(asyncio.create_task(coroutine, name=name))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def alive(self, node: str) -> bool:
+        """Had ``node`` beaten within ``node_lost_s`` when the beats were last read (each
+        full resync)? This node always."""
+        if node == self.node:
+            return True
+        beat = self.seen.get(node)
+        # the beat's age when it was read (not now: the heartbeats are read once a resync)
+        return beat is not None and self._seen_at - beat < self.node_lost_s
+
+    async def _store_up(self) -> None:
+        while not self.guard.up:
+            await asyncio.sleep(self.retry_s)
+
+    # -- announcements ---------------------------------------------------------------------
+
+    async def _changes(self) -> None:
+        while True:
+            await self._store_up()
+            subscription: ChangeSubscription | None = None
+            try:
+                subscription = await self.guard.bounded(self.feed.subscribe())
+                log.info("cluster_subscribed", node=self.node)
+                await self.resync()  # what was written before the subscription took
+                while True:
+                    change = await subscription.next(timeout=1.0)
+                    if change is not None and change.node != self.node:
+                        await self.apply(change)
+            except asyncio.CancelledError:
+                raise
+            except (StoreError, TimeoutError) as exc:  # the store went away: wait for it
+                log.warning("cluster_subscription_lost", error=repr(exc))
+                self.guard.went_down(exc)
+            except Exception:  # anything else: subscribe again
+                log.exception("cluster_subscription_failed")
+            finally:
+                if subscription is not None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.guard.timeout):
+                            await subscription.close()
+            await asyncio.sleep(self.retry_s)
+
+    async def apply(self, change: ClusterChange) -> None:
+        """Read what ``change`` names from the shared store and apply it."""
+        shared = self.guard.shared
+        agent = change.agent_id
+        try:
+            if change.kind == "registration":
+                mark = self.registrar.mark(agent)
+                now = self.guard.wall_clock()
+                bindings = await self.guard.bounded(shared.registrations.bindings(agent, now))
+                applied = self.registrar.apply_remote(agent, bindings, mark)
+            else:
+                mark = self.presence.mark(agent)
+                record = await self.guard.bounded(shared.presence.get(agent))
+                node = record.emergency_node if record is not None else None
+                if node is not None and not self.alive(node):
+                    await self._read_heartbeats()  # a node started since the last read?
+                applied = record is not None and self.presence.apply_remote(
+                    record, mark, self.alive
+                )
+        except (StoreError, TimeoutError) as exc:
+            self.guard.went_down(exc)
+            return
+        if applied:
+            self.applied += 1
+
+    async def _read_heartbeats(self) -> None:
+        self.seen = await self.guard.bounded(self.feed.nodes_seen())
+        self._seen_at = self.guard.wall_clock()
+
+    # -- full resync -----------------------------------------------------------------------
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_interval)
+            if not self.guard.up:
+                continue
+            try:
+                await self.resync()
+            except Exception:  # the next round tries again
+                log.exception("cluster_resync_failed")
+
+    async def resync(self) -> None:
+        """Every agent's bindings and presence, as the shared store has them now."""
+        shared = self.guard.shared
+        registrar, presence = self.registrar, self.presence
+        binding_marks = {agent: registrar.mark(agent) for agent in registrar.bindings}
+        presence_marks = {agent: presence.mark(agent) for agent in presence.agents}
+        now = self.guard.wall_clock()
+        try:
+            await self._read_heartbeats()
+            bindings = await self.guard.bounded(shared.registrations.all_bindings(now))
+            records = await self.guard.bounded(shared.presence.all())
+        except (StoreError, TimeoutError) as exc:
+            self.guard.went_down(exc)
+            return
+        by_agent: dict[str, list[Binding]] = {agent: [] for agent in binding_marks}
+        for binding in bindings:
+            if binding.agent_id in by_agent:
+                by_agent[binding.agent_id].append(binding)
+        # in slices, so that the calls on this node never wait for a whole resync
+        for count, (agent, found) in enumerate(by_agent.items(), 1):
+            registrar.apply_remote(agent, found, binding_marks[agent], batch=True)
+            if count % _SLICE == 0:
+                await asyncio.sleep(0)
+        registrar.reindex()
+        lost = []
+        for count, record in enumerate(records, 1):
+            mark = presence_marks.get(record.agent_id)
+            if mark is not None:
+                presence.apply_remote(record, mark, self.alive)
+                if presence.lost_emergency(record, self.alive):
+                    lost.append(record)
+            if count % _SLICE == 0:
+                await asyncio.sleep(0)
+        self.resyncs += 1
+        for record in lost:
+            await self._recover(record)
+
+    async def _recover(self, record: PresenceRecord) -> None:
+        """A dead node's emergency call: one node (the claim's winner) says it is over."""
+        key = f"lost:{record.emergency_node}:{record.agent_id}:{record.updated_at!r}"
+        try:
+            won = await self.guard.bounded(self.feed.claim(key, 60.0))
+        except (StoreError, TimeoutError) as exc:
+            self.guard.went_down(exc)
+            return
+        if won:
+            log.warning(
+                "emergency_node_lost",
+                agent=record.agent_id,
+                node=record.emergency_node,
+                detail="its emergency call is over: DND lifted and published by this node",
+            )
+            self.presence.recover(record.agent_id)
+
+    # -- heartbeat -------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            if self.guard.up:
+                try:
+                    await self.guard.bounded(self.feed.heartbeat(self.guard.wall_clock()))
+                except (StoreError, TimeoutError) as exc:
+                    self.guard.went_down(exc)
+            await asyncio.sleep(self.heartbeat_s)
+
+
+async def start_cluster_sync(
+    stack: contextlib.AsyncExitStack,
+    stores: Stores,
+    registrar: RegistrarService,
+    presence: PresenceService,
+) -> ClusterSync | None:
+    """On a shared store, keep the node's registrations and presence in step with the
+    other nodes' (issue #12); nothing on the embedded store (one node)."""
+    guard = guard_of(stores)
+    if guard is None or stores.cluster is None:
+        return None
+    return await stack.enter_async_context(ClusterSync(stores.cluster, guard, registrar, presence))

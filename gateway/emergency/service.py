@@ -101,6 +101,7 @@ class EmergencyService:
         notify: Callable[[EmergencyNotice], None] | None = None,
         desktop_location: Callable[[str], Location | None] | None = None,
         health: Mapping[str, bool] | None = None,
+        emergency_elsewhere: Callable[[str], bool] | None = None,
     ):
         self.dialplan = dialplan
         self.config = dialplan.emergency
@@ -119,6 +120,8 @@ class EmergencyService:
         self.desktop_location = desktop_location
         #: trunk gateway health from OPTIONS keep-alives (SPEC O-3): down ones tried last
         self.health: Mapping[str, bool] = health if health is not None else {}
+        #: is the agent's emergency call up on another live cluster node (issue #12)?
+        self.emergency_elsewhere = emergency_elsewhere
         self.live: dict[str, Reservation] = {}  # DID -> live reservation
         #: agents on an emergency call now (E-8: no other outbound call meanwhile)
         self.active_agents: dict[str, int] = {}
@@ -282,7 +285,13 @@ class EmergencyService:
         return verdict.allowed, verdict.warning or ""
 
     def agent_busy_with_emergency(self, agent: str | None) -> bool:
-        return agent is not None and self.active_agents.get(agent, 0) > 0
+        """Is an emergency call (or callback) of ``agent`` up, on this node or, in a
+        cluster, on another live node (E-8: her other outbound calls are refused)?"""
+        if agent is None:
+            return False
+        if self.active_agents.get(agent, 0) > 0:
+            return True
+        return self.emergency_elsewhere is not None and self.emergency_elsewhere(agent)
 
     # -- hooks -----------------------------------------------------------------------------
 

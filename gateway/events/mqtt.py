@@ -358,9 +358,9 @@ class MqttPublisher:
             self._held = await self._learn_retained(client)
             await self._clear_stale(client)
             if self._on_command is not None:
-                await client.subscribe(self._topics.presence_set_filter, qos=QOS)
+                await client.subscribe(self._commands(self._topics.presence_set_filter), qos=QOS)
             if self._on_location is not None:
-                await client.subscribe(self._topics.location_set_filter, qos=QOS)
+                await client.subscribe(self._commands(self._topics.location_set_filter), qos=QOS)
             self._connected.set()
             self._log.info(
                 "mqtt_connected",
@@ -381,6 +381,12 @@ class MqttPublisher:
             # a clean DISCONNECT discards the last will.
             await self._publish_status(client, "offline", reason="shutdown")
             self._log.info("mqtt_disconnecting", published=self._buffer.published)
+
+    def _commands(self, topic_filter: str) -> str:
+        """``topic_filter``, as the cluster's shared subscription when there is one (MQTT 5
+        section 4.8.2; Mosquitto offers it to 3.1.1 clients too)."""
+        group = self._settings.command_group
+        return topic_filter if group is None else f"$share/{group}/{topic_filter}"
 
     async def _publish_status(
         self, client: aiomqtt.Client, status: str, *, reason: str | None = None

@@ -71,6 +71,10 @@ class MqttSettings:
     """Seconds allowed on exit to drain the buffer and publish ``offline``."""
     in_flight: int = 200
     """Events published concurrently (pipelined) before waiting for their PUBACKs."""
+    command_group: str | None = None
+    """A cluster's nodes take the desktops' commands as one shared subscription
+    (``$share/<group>/...``): the broker hands each command to one node, which applies
+    and publishes it once; the others learn it from the shared store (issue #12)."""
     broker: BrokerAddress = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +85,10 @@ class MqttSettings:
             raise ValueError("in_flight must be between 1 and 1000")
         if self.keepalive < 1:
             raise ValueError("keepalive must be at least 1 second")
+        if self.command_group is not None and (
+            not self.command_group or any(ch in "/+#" for ch in self.command_group)
+        ):
+            raise ValueError(f"command_group {self.command_group!r} is not a topic level")
         if self.ca_file is not None and not self.broker.tls:
             raise ValueError("ca_file is only used with an mqtts:// URL")
 

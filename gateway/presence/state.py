@@ -8,7 +8,8 @@ An agent's presence is derived, never stored as a free-form value. Four facts go
   DoNotDisturb;
 * ``registered``: whether the agent has at least one live registration;
 * ``active_calls`` against ``capacity``: the calls the agent is on;
-* ``emergency``: the agent is on an emergency call (SPEC E-5: DND whatever it chose).
+* ``emergency``: the agent is on an emergency call (SPEC E-5: DND whatever it chose),
+  on this node or, in a cluster, on another node that is alive (``emergency_elsewhere``).
 
 and one status comes out, by the first row that applies:
 
@@ -79,10 +80,12 @@ class AgentPresence:
     effective: Status = Status.OFFLINE
     #: unix time of the end of the agent's last call (longest idle first, SPEC R-3)
     idle_since: float = 0.0
+    #: the other cluster node on which the agent's emergency call is up, if any (issue #12)
+    emergency_elsewhere: str | None = None
 
     def derive(self) -> Status:
         """The effective status the inputs give (see the table above)."""
-        if self.emergency_calls > 0:
+        if self.emergency_calls > 0 or self.emergency_elsewhere is not None:
             return Status.DND
         if not self.registered:
             return Status.OFFLINE

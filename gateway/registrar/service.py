@@ -6,6 +6,13 @@ each change to the registration store through one ordered writer task (so the ev
 never waits on disk), loads them back at start (registrations survive a restart, SPEC
 O-2), expires them on time, and tells presence when an agent goes Offline or comes back
 (SPEC R-4).
+
+In a cluster (issue #12, ``claim_expiry``) the other nodes' registrations reach the cache
+through :meth:`RegistrarService.apply_remote` (the agent's bindings as the shared store
+has them: cache and identity index replaced, presence told silently), and the expiry of a
+binding is acted on by the one node whose purge of the shared store removed it: that node
+publishes Offline, the others apply it silently. While the shared store is down each node
+acts on its own clock.
 """
 
 from __future__ import annotations
@@ -94,6 +101,7 @@ class AuthRefusal:
 
 @dataclass(frozen=True, slots=True)
 class _Write:
+    agent_id: str
     put: Binding | None = None
     remove: tuple[str, str] | None = None
 
@@ -117,6 +125,7 @@ class RegistrarService:
         secret: bytes | None = None,
         on_registered: Callable[[str, str], None] | None = None,
         fronts: Fronts | None = None,
+        claim_expiry: bool = False,
     ):
         settings = dialplan.registrar
         #: the cluster's fronts: a REGISTER through one is bound to the source it names
@@ -150,6 +159,12 @@ class RegistrarService:
             "registrar-writer", self._write, _write_failed
         )
         self._expiry: asyncio.Task[None] | None = None
+        #: a shared store: expiry is acted on by the node whose purge removed the binding
+        self.claim_expiry = claim_expiry
+        self._last_purge = 0.0
+        #: per agent: local changes made, and writes not yet done (see apply_remote)
+        self._generation: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
 
     async def start(self, group: asyncio.TaskGroup | None = None) -> None:
         """Load live bindings from the store and start the writer and the expiry clock (in
@@ -190,6 +205,10 @@ class RegistrarService:
             return None
         binding_live = any(b.source == address_text(source) for b in self.contacts(agent))
         return agent if binding_live else None
+
+    def reindex(self) -> None:
+        """Rebuild the identity index (source -> agent) from the cache."""
+        self._reindex()
 
     def _reindex(self) -> None:
         index: dict[str, str | None] = {}
@@ -249,10 +268,10 @@ class RegistrarService:
         contacts = self.bindings.setdefault(agent, {})
         for removed in outcome.removed:
             if contacts.pop(removed.contact_uri, None) is not None:
-                self._writes.put(_Write(remove=(agent, removed.contact_uri)))
+                self._queue(_Write(agent, remove=(agent, removed.contact_uri)))
         for added in outcome.added:
             contacts[added.contact_uri] = added
-            self._writes.put(_Write(put=added))
+            self._queue(_Write(agent, put=added))
         self._reindex()
         log.info("registered", agent=agent, contacts=len(contacts), source=source_text)
         if outcome.added and self.on_registered is not None:
@@ -263,32 +282,99 @@ class RegistrarService:
         # an accepted REGISTER that leaves no binding is the phone's own un-REGISTER
         self.presence.set_registered(agent, bool(self.contacts(agent)), removed=True)
 
+    # -- the other nodes of a cluster (issue #12) ----------------------------------------------
+
+    def mark(self, agent_id: str) -> int:
+        """Take before reading the agent's bindings from the shared store; hand the value
+        to :meth:`apply_remote`."""
+        return self._generation.get(agent_id, 0)
+
+    def apply_remote(
+        self, agent_id: str, bindings: list[Binding], mark: int, *, batch: bool = False
+    ) -> bool:
+        """The agent's bindings as the shared store has them (another node's change):
+        they replace the cache and the identity index (E-13), and presence is told
+        silently (the node that took the REGISTER published it). Not applied (``False``)
+        when this node changed the agent's bindings since ``mark`` or still has a write
+        of them on its way: the store's copy predates them. ``batch``: one of many (a full
+        resync), not logged one by one; the caller calls :meth:`reindex` once after."""
+        contacts = self.bindings.get(agent_id)
+        if contacts is None:
+            return False
+        if self._generation.get(agent_id, 0) != mark or self._pending.get(agent_id):
+            return False
+        now = self.wall_clock()
+        fresh = {
+            b.contact_uri: b for b in bindings if b.agent_id == agent_id and b.expires_at > now
+        }
+        # a binding that expired here stays for the expiry step, which decides who publishes
+        # Offline (the store lists only live ones)
+        for uri, cached in contacts.items():
+            if cached.expires_at <= now and uri not in fresh:
+                fresh[uri] = cached
+        if fresh != contacts:
+            contacts.clear()
+            contacts.update(fresh)
+            if not batch:
+                self._reindex()
+                log.info("registrations_synced", agent=agent_id, contacts=len(contacts))
+        self.presence.set_registered(agent_id, bool(contacts), silent=True)
+        return True
+
     # -- background ----------------------------------------------------------------------------
 
+    def _queue(self, write: _Write) -> None:
+        agent_id = write.agent_id
+        self._generation[agent_id] = self._generation.get(agent_id, 0) + 1
+        self._pending[agent_id] = self._pending.get(agent_id, 0) + 1
+        self._writes.put(write)
+
     async def _write(self, write: _Write) -> None:
-        if write.put is not None:
-            await self.store.put(write.put)
-        elif write.remove is not None:
-            await self.store.remove(*write.remove)
+        try:
+            if write.put is not None:
+                await self.store.put(write.put)
+            elif write.remove is not None:
+                await self.store.remove(*write.remove)
+        finally:
+            left = self._pending.get(write.agent_id, 1) - 1
+            if left > 0:
+                self._pending[write.agent_id] = left
+            else:
+                self._pending.pop(write.agent_id, None)
 
     async def _expiry_loop(self) -> None:
-        purge_every = 30.0
-        last_purge = 0.0
         while True:
             await asyncio.sleep(1.0)
-            now = self.wall_clock()
-            for agent_id, contacts in self.bindings.items():
-                expired = [uri for uri, b in contacts.items() if b.expires_at <= now]
-                for uri in expired:
-                    del contacts[uri]
-                if expired:
-                    self._reindex()
-                    log.info("registration_expired", agent=agent_id, contacts=len(contacts))
-                    if not contacts:
-                        self.presence.set_registered(agent_id, False)
-            if now - last_purge >= purge_every:
-                last_purge = now
-                try:
-                    await self.store.purge_expired(now)
-                except Exception:
-                    log.exception("registration_purge_failed")
+            await self.expire(self.wall_clock())
+
+    async def expire(self, now: float) -> None:
+        """Drop the bindings expired at ``now``; an agent left with none goes Offline.
+
+        One node: its own clock decides, and the store is purged every 30 s. A cluster
+        (``claim_expiry``): the shared store is purged first, every second, and an agent
+        whose last binding expired is published Offline only by the node whose purge
+        removed it (the purge is one atomic step: each binding is returned to one node);
+        the others apply it silently. While the shared store is down, every node acts.
+        """
+        claimed: set[str] | None = None
+        if self.claim_expiry:
+            try:
+                claimed = {b.agent_id for b in await self.store.purge_expired(now)}
+            except Exception as exc:  # the store is down: act on this node's clock
+                log.debug("registration_purge_failed", error=repr(exc))
+        for agent_id, contacts in self.bindings.items():
+            expired = [uri for uri, b in contacts.items() if b.expires_at <= now]
+            for uri in expired:
+                del contacts[uri]
+            if expired:
+                self._reindex()
+                log.info("registration_expired", agent=agent_id, contacts=len(contacts))
+            mine = claimed is None or agent_id in claimed
+            if (expired or (claimed and agent_id in claimed)) and not contacts:
+                self.presence.set_registered(agent_id, False, silent=not mine)
+        if not self.claim_expiry and now - self._last_purge >= 30.0:
+            self._last_purge = now
+            try:
+                await self.store.purge_expired(now)
+            except Exception:
+                log.exception("registration_purge_failed")

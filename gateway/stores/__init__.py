@@ -84,7 +84,12 @@ def sqlite_path(url: str, data_dir: Path) -> Path | str:
 
 
 async def open_stores(
-    url: str, data_dir: Path, *, timeout: float = 0.25, exclusive: bool = False
+    url: str,
+    data_dir: Path,
+    *,
+    timeout: float = 0.25,
+    exclusive: bool = False,
+    node: str | None = None,
 ) -> Stores:
     """Open the stores named by ``url``; the SQLite file lives under ``data_dir`` by default.
 
@@ -94,6 +99,8 @@ async def open_stores(
     unknown URL, and :class:`StoreError` for a database this gateway cannot use.
     ``exclusive`` (a running node): an SQLite file is this process's alone (see
     :func:`~gateway.stores.sqlite.open_sqlite_stores`); no effect on a shared store.
+    ``node`` (a running node's name): a shared store announces this node's writes to the
+    other nodes and has a cluster feed (issue #12); no effect on SQLite.
     """
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
@@ -101,7 +108,7 @@ async def open_stores(
 
         data_dir.mkdir(parents=True, exist_ok=True)
         outbox = data_dir / DEFAULT_SQLITE_FILE.replace(".", "-outbox.", 1)
-        return await open_redis_stores(url, outbox, timeout=timeout)
+        return await open_redis_stores(url, outbox, timeout=timeout, node=node)
     if scheme != "sqlite":
         raise ValueError(f"unknown store url {url!r}: expected 'sqlite', 'sqlite://PATH' or redis")
     from gateway.stores.sqlite import open_sqlite_stores

@@ -131,6 +131,7 @@ class OutageGuard:
             outbox=shared.outbox,
             closer=self.close,
             locations=_Locations(self),
+            cluster=shared.cluster,
         )
 
     # -- lifetime ------------------------------------------------------------------------

@@ -36,6 +36,10 @@ __all__ = [
     "CallDirection",
     "Cdr",
     "CdrStore",
+    "ChangeKind",
+    "ChangeSubscription",
+    "ClusterChange",
+    "ClusterFeed",
     "ConfirmedLocation",
     "DidChooser",
     "EmptyPoolError",
@@ -57,6 +61,7 @@ __all__ = [
 ]
 
 CallDirection = Literal["inbound", "outbound"]
+ChangeKind = Literal["registration", "presence"]
 OutboxState = Literal["pending", "sent", "failed"]
 
 
@@ -130,6 +135,9 @@ class PresenceRecord:
     reason: str
     updated_at: float
     saved_before_emergency: str | None = None
+    #: the cluster node on which the agent's emergency call is up (issue #12: another node
+    #: shows DND while that node lives); kept by the shared store only, None elsewhere
+    emergency_node: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +418,50 @@ class OutboxStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterChange:
+    """One node wrote an agent's bindings or presence to the shared store (issue #12)."""
+
+    node: str
+    kind: ChangeKind
+    agent_id: str
+
+
+class ChangeSubscription(Protocol):
+    """The other nodes' changes as they are written (a subscription: close it)."""
+
+    async def next(self, timeout: float) -> ClusterChange | None:
+        """The next change, or ``None`` when none came within ``timeout`` seconds; raises
+        :class:`StoreUnavailableError` when the subscription is lost."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ClusterFeed(Protocol):
+    """What the nodes of a cluster tell each other through the shared store (issue #12):
+    every registration and presence write is announced with the writing node's name, and
+    each node says it is alive. Only a shared store has one."""
+
+    node: str
+
+    async def subscribe(self) -> ChangeSubscription:
+        """Start hearing the changes written from now on (every node's, this one's too)."""
+        ...
+
+    async def heartbeat(self, now: float) -> None:
+        """This node is alive at ``now``."""
+        ...
+
+    async def nodes_seen(self) -> dict[str, float]:
+        """Every node's last heartbeat (unix seconds)."""
+        ...
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        """``True`` for the one node that claims ``key`` first within ``ttl_s`` seconds."""
+        ...
+
+
 # --------------------------------------------------------------------------------------------
 # The bundle handed to the application.
 
@@ -430,6 +482,8 @@ class Stores:
     closer: Callable[[], Awaitable[None]] = field(repr=False)
     #: desktop-confirmed agent locations (SPEC E-10)
     locations: LocationStore = field(default_factory=lambda: MemoryLocationStore())
+    #: the cluster's change announcements (a shared store only; None for the embedded one)
+    cluster: ClusterFeed | None = None
 
     async def close(self) -> None:
         """Release the backend (flush and close the database, stop its thread)."""

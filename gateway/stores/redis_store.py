@@ -14,6 +14,9 @@ key                         type              holds
 ``<p>reservation``          hash              DID -> its latest reservation (live or not)
 ``<p>location``             hash              agent -> desktop-confirmed location
 ``<p>cdr``                  list              call detail records, newest first
+``<p>nodes``                hash              node -> its last heartbeat (unix seconds)
+``<p>changes``              pub/sub channel   ``{"node", "kind", "agent"}`` per registration
+                                              or presence write (in the write's ``MULTI``)
 ==========================  ================  =============================================
 
 Time is the gateway's: records carry ``expires_at`` and every read filters with the ``now``
@@ -25,13 +28,14 @@ holder gets it back first, SPEC E-4). Both sets are bounded (one entry per conta
 pool DID), and ``purge_expired`` removes the bindings.
 
 Atomic steps: a binding's hash entry and its expiry index change in one ``MULTI``; listing
-and purging run as small Lua scripts (one step on the server). The callback DID choice is
-an optimistic transaction: ``WATCH`` the reservation hash, read the pool's entries, run the
-policy (:func:`gateway.emergency.reservations.choose_callback_did`, passed in by the caller,
-so the rule exists once), then ``MULTI``/``EXEC`` the write; ``EXEC`` fails if any node
-wrote a reservation in between, and the step is run again on the new state. Two nodes can
-therefore never hand one DID to two agents. Within one node the choices take turns (an
-``asyncio.Lock``), so only another node's write can force a retry.
+and purging run as small Lua scripts (one step on the server), and so does a presence
+write, which keeps the newer record (``updated_at``) when one is stored already. The
+callback DID choice is an optimistic transaction: ``WATCH`` the reservation hash, read the
+pool's entries, run the policy (:func:`gateway.emergency.reservations.choose_callback_did`,
+passed in by the caller, so the rule exists once), then ``MULTI``/``EXEC`` the write;
+``EXEC`` fails if any node wrote a reservation in between, and the step is run again on the
+new state. Two nodes can therefore never hand one DID to two agents. Within one node the
+choices take turns (an ``asyncio.Lock``), so only another node's write can force a retry.
 
 Failures: every Redis error (refused connection, timeout, a server that went away) becomes
 :class:`~gateway.stores.ports.StoreUnavailableError`; the short socket timeouts are the
@@ -60,6 +64,8 @@ from redis.retry import Retry
 from gateway.stores.ports import (
     Binding,
     Cdr,
+    ChangeKind,
+    ClusterFeed,
     ConfirmedLocation,
     DidChooser,
     EmptyPoolError,
@@ -118,6 +124,22 @@ end
 return out
 """
 
+# KEYS[1] the presence hash, KEYS[2] the change channel; ARGV[1] the agent, ARGV[2] the
+# record, ARGV[3] its updated_at, ARGV[4] the announcement ("" for none).
+_PUT_PRESENCE = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local ok, stored = pcall(cjson.decode, current)
+  if ok and type(stored) == 'table' and tonumber(stored.updated_at)
+      and tonumber(stored.updated_at) > tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[4]) end
+return 1
+"""
+
 # KEYS[1] the expiry index, KEYS[2] the agent's binding hash; ARGV[1] the agent.
 _REMOVE_ALL = """
 for _, contact in ipairs(redis.call('HKEYS', KEYS[2])) do
@@ -148,13 +170,29 @@ def _binding_order(binding: Binding) -> tuple[str, float, str]:
 class _Connection:
     """The client and key prefix shared by the stores of one :func:`open_redis_stores`."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, node: str | None = None) -> None:
         self.client = client
         self.prefix = prefix
         self.closed = False
+        #: the writing node's name, announced with each registration and presence write
+        #: (issue #12); None (a reader such as the CLI) announces nothing
+        self.node = node
+        self.channel = prefix + "changes"
 
     def key(self, name: str) -> str:
         return self.prefix + name
+
+    def announcement(self, kind: ChangeKind, agent_id: str) -> str:
+        """The announcement of a write (the writer's node, what, whose); "" for none."""
+        if self.node is None:
+            return ""
+        message = {"node": self.node, "kind": kind, "agent": agent_id}
+        return json.dumps(message, separators=(",", ":"))
+
+    def announce(self, pipe: Any, kind: ChangeKind, agent_id: str) -> None:
+        """Add to ``pipe`` the announcement of a write."""
+        if self.node is not None:
+            pipe.publish(self.channel, self.announcement(kind, agent_id))
 
     @asynccontextmanager
     async def guard(self) -> AsyncIterator[aioredis.Redis]:
@@ -188,6 +226,7 @@ class RedisRegistrationStore:
         async with self._conn.guard() as client, client.pipeline(transaction=True) as pipe:
             pipe.hset(self._agent_prefix + binding.agent_id, binding.contact_uri, _dump(binding))
             pipe.zadd(self._index, {member: binding.expires_at})
+            self._conn.announce(pipe, "registration", binding.agent_id)
             await pipe.execute()
 
     async def remove(self, agent_id: str, contact_uri: str) -> None:
@@ -195,6 +234,7 @@ class RedisRegistrationStore:
         async with self._conn.guard() as client, client.pipeline(transaction=True) as pipe:
             pipe.hdel(self._agent_prefix + agent_id, contact_uri)
             pipe.zrem(self._index, _member(agent_id, contact_uri))
+            self._conn.announce(pipe, "registration", agent_id)
             await pipe.execute()
 
     async def remove_all(self, agent_id: str) -> None:
@@ -202,6 +242,7 @@ class RedisRegistrationStore:
         async with self._conn.guard() as client:
             keys = [self._index, self._agent_prefix + agent_id]
             await client.eval(_REMOVE_ALL, 2, *keys, agent_id)
+            await self._announce({agent_id})
 
     async def bindings(self, agent_id: str, now: float) -> list[Binding]:
         """The unexpired bindings of ``agent_id``, highest ``q`` first."""
@@ -215,8 +256,19 @@ class RedisRegistrationStore:
         return await self._script(_LIVE_BINDINGS, now)
 
     async def purge_expired(self, now: float) -> list[Binding]:
-        """Atomically delete the expired bindings and return them (one Lua step)."""
-        return await self._script(_PURGE_EXPIRED, now)
+        """Atomically delete the expired bindings and return them (one Lua step). Of
+        several nodes purging at once, each binding is returned to exactly one: the node
+        that acts on its expiry (issue #12: Offline is published once)."""
+        purged = await self._script(_PURGE_EXPIRED, now)
+        await self._announce({binding.agent_id for binding in purged})
+        return purged
+
+    async def _announce(self, agents: set[str]) -> None:
+        if agents and self._conn.node is not None:
+            async with self._conn.guard() as client, client.pipeline(transaction=False) as pipe:
+                for agent_id in sorted(agents):
+                    self._conn.announce(pipe, "registration", agent_id)
+                await pipe.execute()
 
     async def _script(self, script: str, now: float) -> list[Binding]:
         async with self._conn.guard() as client:
@@ -237,8 +289,20 @@ class RedisPresenceStore:
         return None if value is None else _load(PresenceRecord, value)
 
     async def put(self, record: PresenceRecord) -> None:
+        """Write ``record`` unless the stored one is newer (``updated_at``): a node's write
+        replayed after an outage does not undo a later change another node made meanwhile
+        (one Lua step, announced when written)."""
         async with self._conn.guard() as client:
-            await client.hset(self._key, record.agent_id, _dump(record))
+            await client.eval(
+                _PUT_PRESENCE,
+                2,
+                self._key,
+                self._conn.channel,
+                record.agent_id,
+                _dump(record),
+                repr(record.updated_at),
+                self._conn.announcement("presence", record.agent_id),
+            )
 
     async def all(self) -> list[PresenceRecord]:
         async with self._conn.guard() as client:
@@ -465,15 +529,28 @@ def redis_client(url: str, timeout: float) -> aioredis.Redis:
     return cast(aioredis.Redis, sentinel.master_for(service, db=db, password=password, **options))
 
 
+def _cluster_feed(connection: _Connection) -> ClusterFeed | None:
+    from gateway.stores.redis_cluster import RedisClusterFeed
+
+    return None if connection.node is None else RedisClusterFeed(connection, connection.node)
+
+
 def _safe(url: str) -> str:
     return url.split("@")[-1]
 
 
 async def open_redis_stores(
-    url: str, outbox_path: Path | str, *, timeout: float = 0.25, prefix: str = DEFAULT_PREFIX
+    url: str,
+    outbox_path: Path | str,
+    *,
+    timeout: float = 0.25,
+    prefix: str = DEFAULT_PREFIX,
+    node: str | None = None,
 ) -> Stores:
     """The stores on the Redis at ``url``; the e-mail outbox on the SQLite file
-    ``outbox_path`` (node-local: see the module docstring).
+    ``outbox_path`` (node-local: see the module docstring). A running ``node`` (its name)
+    announces its registration and presence writes and gets the cluster feed
+    (``stores.cluster``); without one (the CLI) nothing is announced.
 
     Redis need not be reachable at start-up (a node must come up during an outage); every
     operation that finds it down raises :class:`StoreUnavailableError`.
@@ -485,7 +562,7 @@ async def open_redis_stores(
         client = redis_client(url, timeout)
     except ValueError as exc:
         raise ValueError(f"bad redis store url {_safe(url)!r}: {exc}") from None
-    connection = _Connection(client, prefix)
+    connection = _Connection(client, prefix, node)
     outbox_db = await SqliteDatabase.open(outbox_path)
 
     async def close_both() -> None:
@@ -502,4 +579,5 @@ async def open_redis_stores(
         outbox=SqliteOutboxStore(outbox_db),
         closer=close_both,
         locations=RedisLocationStore(connection),
+        cluster=_cluster_feed(connection),
     )
