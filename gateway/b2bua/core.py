@@ -368,23 +368,24 @@ class CallCore:
                 log.exception("observer_failed")
         self._release(call)
 
-    @staticmethod
-    def _release(call: Call) -> None:
+    def _release(self, call: Call) -> None:
         """Drop the transactions' references to an ended call.
 
         Finished transactions linger for up to 64*T1 to absorb retransmissions; through
         ``owner`` they would keep the whole call (legs, dialogs, messages) alive and in a
         reference cycle that only a full garbage collection frees - a pause that grows with
-        the call rate. A B-leg INVITE still waiting for its final response keeps an owner
-        that ACKs and BYEs a late 2xx, without the call.
+        the call rate. ``layer.release`` also lets them drop the messages they no longer
+        resend (issue 10: a few KB per call while they wait). A B-leg INVITE still waiting
+        for its final response keeps an owner that ACKs and BYEs a late 2xx, without the
+        call.
         """
         a_tx = call.a.server_tx
         if a_tx is not None:
-            a_tx.owner = None
+            self.layer.release(a_tx)
         b = call.b
         if b is not None and b.client_tx is not None and b.client_tx.owner is call:
             if b.got_final:
-                b.client_tx.owner = None
+                self.layer.release(b.client_tx)
             else:
                 b.client_tx.owner = Abandoned(None, call.cancel_sent)
 

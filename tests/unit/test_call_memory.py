@@ -1,0 +1,140 @@
+"""A finished call frees its objects at once, and the idle trim runs only when idle (issue 10).
+
+Under the paced GC (gateway/gcpolicy.py) a reference cycle waits for the 10-minute full
+collection, and a call's transactions linger 64*T1 after it: so a call that ended must be
+gone by reference counting alone, while its transactions still wait out their timers, and
+those transactions must no longer hold the call's messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+from b2bua_peers import ANSWER, CALLER, GW1, SDP, Net, hop, outbound
+
+from gateway.b2bua.call import Call, Leg, RelayedRequest
+from gateway.gcpolicy import IdleTrim, MemoryTrimmer
+from gateway.sip.dialog import Dialog
+from gateway.sip.transaction import MessageReleased
+
+
+def _call_objects() -> list[object]:
+    return [o for o in gc.get_objects() if isinstance(o, Call | Leg | Dialog | RelayedRequest)]
+
+
+def _place_and_end_calls(net: Net, calls: int, *, callee_hangs_up: bool = False) -> None:
+    caller, callee = net.peer(CALLER), net.peer(GW1)
+    for _ in range(calls):
+        tx = caller.invite(body=SDP)
+        incoming = callee.requests("INVITE")[-1]
+        sent = callee.answer(incoming, 200, ANSWER)
+        a_dialog = caller.uac_dialog(tx)
+        caller.ack(tx, a_dialog)
+        if callee_hangs_up:
+            callee.request(callee.uas_dialog(incoming, sent), "BYE")
+            callee.answer(caller.requests("BYE")[-1], 200)
+        else:
+            caller.request(a_dialog, "BYE")
+            callee.answer(callee.requests("BYE")[-1], 200)
+        net.advance(0.6)  # the 2xx retransmission timers stop with the ACK
+
+
+@pytest.mark.parametrize("callee_hangs_up", [False, True])
+def test_a_finished_call_is_freed_by_reference_counting_while_its_transactions_linger(
+    callee_hangs_up: bool,
+) -> None:
+    net = Net(outbound(hop(GW1)))
+    gc.collect()
+    gc.disable()
+    try:
+        _place_and_end_calls(net, 3, callee_hangs_up=callee_hangs_up)
+        assert net.b2bua.calls == {}
+        # the INVITE and BYE transactions wait out Timers L, M, J (32 s): still there
+        assert net.layer.server_count >= 3 and net.layer.client_count >= 3
+        left = _call_objects()
+        assert left == [], f"objects of ended calls outlived them: {left[:5]}"
+    finally:
+        gc.enable()
+
+
+def test_the_lingering_transactions_of_ended_calls_hold_no_message() -> None:
+    net = Net(outbound(hop(GW1)))
+    _place_and_end_calls(net, 2)
+    lingering = [*net.layer._servers.values(), *net.layer._clients.values()]
+    assert len(lingering) == 8  # per call: INVITE and BYE, each on both legs
+    for tx in lingering:
+        assert tx.last_response is None
+        with pytest.raises(MessageReleased):
+            _ = tx.request
+    net.advance(40.0)
+    assert net.layer.server_count == 0 and net.layer.client_count == 0
+
+
+# -- the idle trim ------------------------------------------------------------------------
+
+
+def test_no_trim_while_traffic_flows_even_when_much_was_freed() -> None:
+    decide = IdleTrim(min_drop=1000, quiet_rate=20.0, min_interval=10.0)
+    assert not decide.observe(0.0, 0, 0)
+    assert not decide.observe(1.0, 500, 20_000)  # a load: 500 messages/s
+    # the load ends, but 500 messages a second still arrive: never trim under traffic
+    for second in range(2, 60):
+        assert not decide.observe(float(second), 500 * second, 0)
+
+
+def test_a_trim_once_the_node_is_quiet_after_a_load_then_not_again_until_the_next() -> None:
+    decide = IdleTrim(min_drop=1000, quiet_rate=20.0, min_interval=10.0)
+    decide.observe(0.0, 0, 0)
+    decide.observe(1.0, 1000, 20_000)
+    decide.observe(2.0, 2000, 20_000)
+    assert not decide.observe(3.0, 2005, 15_000)  # quiet, but most work is still alive
+    assert decide.observe(4.0, 2010, 100)  # quiet, and the load's work ended
+    assert not decide.observe(5.0, 2010, 0)  # nothing new since: no second trim
+    assert not decide.observe(30.0, 2010, 0)
+    # a small burst frees too little to be worth a walk of the heap
+    decide.observe(31.0, 2100, 500)
+    assert not decide.observe(32.0, 2100, 0)
+    # another load, after min_interval: trimmed again
+    decide.observe(40.0, 9000, 8000)
+    assert decide.observe(41.0, 9001, 0)
+
+
+def test_two_loads_in_a_row_trim_at_most_once_per_min_interval() -> None:
+    decide = IdleTrim(min_drop=10, quiet_rate=20.0, min_interval=10.0)
+    decide.observe(0.0, 0, 100)
+    assert decide.observe(1.0, 1, 0)
+    decide.observe(2.0, 1000, 100)
+    assert not decide.observe(3.0, 1001, 0)  # 2 s after the last trim
+    assert decide.observe(11.0, 1002, 0)
+
+
+async def test_the_trimmer_calls_trim_on_the_loop_only_when_idle() -> None:
+    trims: list[int] = []
+    received = [0]
+    live = [5000]
+
+    def trim() -> int:
+        trims.append(received[0])
+        return 1
+
+    trimmer = MemoryTrimmer(
+        asyncio.get_running_loop(),
+        trim,
+        lambda: received[0],
+        lambda: live[0],
+        IdleTrim(min_drop=1000, quiet_rate=20.0, min_interval=0.0),
+        interval=0.01,
+    )
+    trimmer.start()
+    try:
+        for step in range(30):  # busy: messages keep coming, the work goes half-way
+            received[0] += 100
+            live[0] = 5000 if step < 10 else 0
+            await asyncio.sleep(0.01)
+        assert trims == []
+        await asyncio.sleep(0.1)  # quiet now
+        assert len(trims) == 1 and trimmer.trims == 1
+    finally:
+        trimmer.close()

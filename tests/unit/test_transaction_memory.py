@@ -1,0 +1,152 @@
+"""A finished transaction keeps only what its absorbing state resends (issue 10).
+
+While a transaction waits out Timer D, H, I, J, K, L or M it must not hold the parsed
+request and response: at a few hundred calls/s those waiting transactions are most of the
+gateway's memory. Each test checks that the layer let the message go (no reference left
+but the test's own) and that the wire behaviour of the absorbing state is unchanged: a
+retransmitted request gets the same response bytes, a retransmitted final response the
+same ACK bytes (RFC 3261 17.1.1.2, 17.2.1, 17.2.2; RFC 6026 Accepted).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from test_transaction import (
+    CARRIER,
+    UDP_PEER,
+    advance,
+    events,
+    load,
+    new_layer,
+    our_request,
+    outgoing,
+    peer_response,
+)
+
+from gateway.sip.message import Request, make_response
+from gateway.sip.transaction import (
+    MessageReleased,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    TransactionLayer,
+)
+
+
+def only_the_test_holds(message: object) -> bool:
+    """True when no object but the caller's variable refers to ``message``."""
+    # getrefcount counts its own argument and this function's parameter
+    return sys.getrefcount(message) <= 3
+
+
+def received(layer: TransactionLayer, request: Request) -> tuple[ServerTransaction, Request]:
+    layer.receive(request, UDP_PEER, 0.0)
+    (ev,) = events(layer)
+    assert isinstance(ev, RequestReceived)
+    outgoing(layer)
+    return ev.transaction, ev.request
+
+
+@pytest.mark.parametrize("status", [200, 486])
+def test_a_server_invite_lets_its_messages_go_and_still_resends_its_final_response(
+    status: int,
+) -> None:
+    layer = new_layer()
+    tx, request = received(layer, load("tx_invite"))
+    response = make_response(request, status, to_tag="gwtag")
+    layer.send_response(tx, response, 0.0)
+    (first,) = outgoing(layer)
+    # the TU may still read the request until it has pulled every event
+    assert tx.request is request and tx.last_response is response
+    assert events(layer) == []
+    with pytest.raises(MessageReleased):
+        _ = tx.request
+    assert tx.last_response is None
+    del response
+    assert only_the_test_holds(request)
+    assert tx.method == "INVITE" and "INVITE" in repr(tx)
+    # a retransmitted INVITE gets the same bytes, with no event (17.2.1, RFC 6026 7.1)
+    layer.receive(load("tx_invite"), UDP_PEER, 0.1)
+    (again,) = outgoing(layer)
+    assert again == first
+    assert events(layer) == []
+
+
+def test_a_server_bye_lets_its_messages_go_and_still_resends_its_200() -> None:
+    layer = new_layer()
+    tx, request = received(layer, load("tx_bye", method="BYE"))
+    layer.send_response(tx, make_response(request, 200, to_tag="gwtag"), 0.0)
+    (first,) = outgoing(layer)
+    events(layer)
+    assert only_the_test_holds(request)
+    assert tx.state == "completed" and tx.method == "BYE"
+    layer.receive(load("tx_bye", method="BYE"), UDP_PEER, 1.0)  # Timer J still runs
+    assert outgoing(layer) == [first]
+    advance(layer, 40.0)
+    assert layer.server_count == 0
+
+
+def test_a_provisional_response_keeps_the_request_for_the_final_one() -> None:
+    layer = new_layer()
+    tx, request = received(layer, load("tx_invite"))
+    layer.send_response(tx, make_response(request, 180, to_tag="gwtag"), 0.0)
+    outgoing(layer)
+    events(layer)
+    assert tx.request is request  # the TU still answers it
+
+
+def test_a_client_bye_lets_its_messages_go_once_answered() -> None:
+    layer = new_layer()
+    request = our_request("tx_bye", method="BYE")
+    tx = layer.send_request(request, CARRIER, 0.0)
+    (sent,) = outgoing(layer)
+    layer.receive(peer_response(sent.data, 200), CARRIER, 0.1)
+    ev = layer.next_event()  # the TU handles the event: the request is still there
+    assert isinstance(ev, ResponseReceived) and ev.transaction.request is request
+    response = ev.response
+    del ev
+    assert layer.next_event() is None
+    with pytest.raises(MessageReleased):
+        _ = tx.request
+    assert only_the_test_holds(request) and only_the_test_holds(response)
+    # a retransmitted 200 is absorbed (Completed, Timer K)
+    layer.receive(peer_response(sent.data, 200), CARRIER, 0.2)
+    assert events(layer) == [] and outgoing(layer) == []
+
+
+def test_a_client_invite_rejected_still_resends_the_same_ack() -> None:
+    layer = new_layer()
+    request = our_request()
+    tx = layer.send_request(request, CARRIER, 0.0)
+    (sent,) = outgoing(layer)
+    layer.receive(peer_response(sent.data, 486), CARRIER, 0.1)
+    (ack,) = outgoing(layer)
+    events(layer)
+    assert only_the_test_holds(request)
+    layer.receive(peer_response(sent.data, 486), CARRIER, 0.5)  # Timer D runs
+    assert outgoing(layer) == [ack]
+    assert events(layer) == []
+    assert tx.state == "completed"
+
+
+def test_a_client_invite_answered_2xx_keeps_its_request_until_the_tu_releases_it() -> None:
+    layer = new_layer()
+    request = our_request()
+    tx = layer.send_request(request, CARRIER, 0.0)
+    (sent,) = outgoing(layer)
+    tx.owner = "the call"
+    layer.receive(peer_response(sent.data, 200), CARRIER, 0.1)
+    events(layer)
+    # a 2xx from another fork reaches the TU, which builds its ACK from the request
+    assert tx.request is request and tx.last_response is None
+    layer.release(tx)
+    assert tx.owner is None
+    assert tx.request is request  # released on the next drained queue, not in the middle
+    assert events(layer) == []
+    assert only_the_test_holds(request)
+    # a 2xx retransmission still goes to the TU (no ACK remembered), without the request
+    layer.receive(peer_response(sent.data, 200), CARRIER, 0.6)
+    (ev,) = events(layer)
+    assert isinstance(ev, ResponseReceived) and ev.transaction is tx
