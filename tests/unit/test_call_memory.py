@@ -17,7 +17,7 @@ from b2bua_peers import ANSWER, CALLER, GW1, SDP, Net, hop, outbound
 from gateway.b2bua.call import Call, Leg, RelayedRequest
 from gateway.gcpolicy import IdleTrim, MemoryTrimmer
 from gateway.sip.dialog import Dialog
-from gateway.sip.transaction import MessageReleased
+from gateway.sip.transaction import ClientTransaction, MessageReleased, ServerTransaction
 
 
 def _call_objects() -> list[object]:
@@ -62,7 +62,10 @@ def test_a_finished_call_is_freed_by_reference_counting_while_its_transactions_l
 def test_the_lingering_transactions_of_ended_calls_hold_no_message() -> None:
     net = Net(outbound(hop(GW1)))
     _place_and_end_calls(net, 2)
-    lingering = [*net.layer._servers.values(), *net.layer._clients.values()]
+    lingering: list[ServerTransaction | ClientTransaction] = [
+        *net.layer._servers.values(),
+        *net.layer._clients.values(),
+    ]
     assert len(lingering) == 8  # per call: INVITE and BYE, each on both legs
     for tx in lingering:
         assert tx.last_response is None
