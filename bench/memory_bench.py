@@ -7,9 +7,9 @@ trunk, the emergency gateways, the embedded MQTT broker), so that the uac's call
 carrier. Logs are JSON at WARNING (``--log-level``), the store is SQLite in the work
 directory (CDR rows are written), MQTT is the embedded broker.
 
-Sections, in order, on one gateway process:
+Sections, in order, each on a fresh gateway process whose RSS is read first, once it
+answers OPTIONS and has idled ``--settle-seconds`` (the "start" figures are relative to):
 
-    start   RSS once the gateway answers OPTIONS and has idled ``--settle-seconds``.
     load    ``--calls`` 0-second calls (``bench/scenarios/uac_rtd.xml`` against
             ``uas_rtd.xml``) at ``--rate`` calls/s. RSS is sampled every 0.25 s; the peak
             and the RSS when the uac ends are printed, and the bytes per call while the
@@ -158,6 +158,8 @@ class Section:
     name: str
     calls: int
     rate: float
+    rss_start_mb: float = 0.0
+    trims: int = 0
     successful: int = 0
     failed: int = 0
     uas_failed: int = 0
@@ -278,15 +280,16 @@ def _rel(value: float | None, start: float) -> str:
     return "-" if value is None else f"{value:.1f} MB ({100.0 * (value - start) / start:+.0f} %)"
 
 
-def report(start: float, sections: list[Section], args: argparse.Namespace) -> list[str]:
-    lines = [f"RSS at start: {start:.1f} MB"]
+def report(sections: list[Section]) -> list[str]:
+    lines = []
     for s in sections:
+        start = s.rss_start_mb
         ok = f"{s.successful}/{s.calls} calls ok, {s.failed} failed, uas failed {s.uas_failed}"
         if s.name == "load":
             lines.append(
-                f"load: {s.calls} calls at {s.rate:g} calls/s ({ok}, {s.wall_s:.0f} s): "
-                f"RSS before {_mb(s.rss_before_mb)}, peak {_mb(s.rss_peak_mb)}, at the end "
-                f"{_mb(s.rss_end_mb)}"
+                f"load (fresh gateway, RSS at start {start:.1f} MB): {s.calls} calls at "
+                f"{s.rate:g} calls/s ({ok}, {s.wall_s:.0f} s): peak {_mb(s.rss_peak_mb)}, at "
+                f"the end {_mb(s.rss_end_mb)}"
             )
             if s.bytes_per_call is not None:
                 lines.append(
@@ -296,9 +299,9 @@ def report(start: float, sections: list[Section], args: argparse.Namespace) -> l
                 )
         else:
             lines.append(
-                f"hold: {s.calls} concurrent calls placed at {s.rate:g} calls/s ({ok}): RSS "
-                f"before {_mb(s.rss_before_mb)}, all up {_mb(s.rss_all_up_mb)}, held with "
-                f"INVITE transactions ended {_mb(s.rss_held_mb)}, peak {_mb(s.rss_peak_mb)}"
+                f"hold (fresh gateway, RSS at start {start:.1f} MB): {s.calls} concurrent calls "
+                f"placed at {s.rate:g} calls/s ({ok}): all up {_mb(s.rss_all_up_mb)}, held "
+                f"with INVITE transactions ended {_mb(s.rss_held_mb)}, peak {_mb(s.rss_peak_mb)}"
             )
             if s.rss_held_mb is not None and s.calls:
                 per_call = (s.rss_held_mb - s.rss_before_mb) * 1024 * 1024 / s.calls
@@ -306,8 +309,38 @@ def report(start: float, sections: list[Section], args: argparse.Namespace) -> l
         if s.after:
             readings = ", ".join(f"+{k} s {_rel(v, start)}" for k, v in s.after.items())
             lines.append(f"  after the {s.name} (relative to start): {readings}")
+            lines.append(f"  memory_trimmed log lines: {s.trims}")
         lines += [f"  note: {n}" for n in s.notes]
     return lines
+
+
+def run_section(
+    name: str, args: argparse.Namespace, workdir: Path, extra_env: dict[str, str]
+) -> Section:
+    """One section on a fresh gateway: its RSS at start, the load, the idle time after."""
+    uas_port = free_port()
+    gateway = start_bench_gateway(workdir / f"gateway-{name}", uas_port, args.log_level, extra_env)
+    try:
+        print(f"  [{name}] gateway settings: {gateway.env}", flush=True)
+        time.sleep(args.settle_seconds)
+        start = rss_now(gateway)
+        print(f"  [{name}] RSS at start: {start:.1f} MB", flush=True)
+        if name == "load":
+            print(f"  [load] {args.calls} calls at {args.rate:g} calls/s ...", flush=True)
+            section = run_load(args, gateway, uas_port, workdir)
+        else:
+            print(
+                f"  [hold] {args.hold_calls} calls at {args.hold_rate:g} calls/s, held ...",
+                flush=True,
+            )
+            section = run_hold(args, gateway, uas_port, workdir)
+        print(f"  [{name}] done: RSS {section.rss_end_mb:.1f} MB", flush=True)
+        section.rss_start_mb = start
+        section.after = run_after(args, gateway, name)
+        section.trims = len([line for line in gateway.log_lines() if "memory_trimmed" in line])
+        return section
+    finally:
+        gateway.stop()
 
 
 # --------------------------------------------------------------------------- main
@@ -363,49 +396,27 @@ def main(argv: list[str] | None = None) -> int:
         f"{load_average()}; files in {workdir}",
         flush=True,
     )
-    uas_port = free_port()
-    gateway: GatewayProcess | None = None
     results: list[Section] = []
-    start = 0.0
     try:
-        gateway = start_bench_gateway(workdir / "gateway", uas_port, args.log_level, extra_env)
-        print(f"  gateway settings: {gateway.env}", flush=True)
-        time.sleep(args.settle_seconds)
-        start = rss_now(gateway)
-        print(f"  RSS at start: {start:.1f} MB", flush=True)
-        if "load" in sections:
-            print(f"  [load] {args.calls} calls at {args.rate:g} calls/s ...", flush=True)
-            load = run_load(args, gateway, uas_port, workdir)
-            print(f"  [load] done: RSS {load.rss_end_mb:.1f} MB", flush=True)
-            load.after = run_after(args, gateway, "load")
-            results.append(load)
-        if "hold" in sections:
-            print(
-                f"  [hold] {args.hold_calls} calls at {args.hold_rate:g} calls/s, held ...",
-                flush=True,
-            )
-            hold = run_hold(args, gateway, uas_port, workdir)
-            hold.after = run_after(args, gateway, "hold")
-            results.append(hold)
+        for name in ("load", "hold"):
+            if name in sections:
+                results.append(run_section(name, args, workdir, extra_env))
     except HarnessError as exc:
         print(f"harness error: {exc}", flush=True)
         return 1
     finally:
-        if gateway is not None:
-            gateway.stop()
         for child in Child.started_children:  # only on an error or Ctrl-C
             if child.running:
                 child.stop(soft=signal.SIGTERM, grace=2.0)
 
     print()
-    lines = report(start, results, args)
+    lines = report(results)
     for line in lines:
         print(line)
     print(f"(load average now {load_average()}; files in {workdir})")
     if args.json is not None:
         payload: dict[str, Any] = {
             "code": revision,
-            "rss_start_mb": start,
             "sections": [s.__dict__ for s in results],
             "summary": lines,
             "workdir": str(workdir),

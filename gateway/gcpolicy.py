@@ -112,38 +112,52 @@ class IdleTrim:
     """When to trim, sans-I/O: ``observe`` once per interval; True means trim now.
 
     Trim when all hold: the live work (transactions + calls) fell by at least ``min_drop``
-    and to at most half of its high-water mark since the last trim (a load ended: much was
-    freed), fewer than ``quiet_rate`` messages a second arrived since the previous
-    observation (the node is idle, a trim pauses nothing that matters), and the last trim
-    is ``min_interval`` seconds old. The high-water mark then restarts from the present.
+    and to at most half of its high-water mark since the last trim (a load ended), it has
+    not fallen further for ``settle`` seconds (what that load left behind has been freed:
+    finished transactions linger 64*T1 after their call), fewer than ``quiet_rate``
+    messages a second arrived since the previous observation (the node is idle, so a trim
+    delays nothing that matters), and the last trim is ``min_interval`` seconds old. The
+    high-water mark then restarts from the present.
     """
 
     def __init__(
-        self, *, min_drop: int = 1000, quiet_rate: float = 20.0, min_interval: float = 10.0
+        self,
+        *,
+        min_drop: int = 1000,
+        quiet_rate: float = 20.0,
+        settle: float = 3.0,
+        min_interval: float = 10.0,
     ) -> None:
         self.min_drop = min_drop
         self.quiet_rate = quiet_rate
+        self.settle = settle
         self.min_interval = min_interval
-        self._high = 0
+        self.high = 0
         self._last_trim = float("-inf")
         self._last: tuple[float, int] | None = None
+        self._low = 0  # the lowest live work seen since the high-water mark ...
+        self._low_since = 0.0  # ... and since when it has been that low
 
     def observe(self, now: float, received: int, live: int) -> bool:
         """``received``: messages received so far (a counter); ``live``: work alive now."""
         last, self._last = self._last, (now, received)
-        self._high = max(self._high, live)
+        if live > self.high:
+            self.high = live
+        if live < self._low or live >= self.high:  # still falling, or a new peak
+            self._low, self._low_since = live, now
         if last is None or now <= last[0]:
             return False
         rate = (received - last[1]) / (now - last[0])
-        dropped = self._high - live
         if (
             rate < self.quiet_rate
-            and dropped >= self.min_drop
-            and 2 * live <= self._high
+            and self.high - live >= self.min_drop
+            and 2 * live <= self.high
+            and now - self._low_since >= self.settle
             and now - self._last_trim >= self.min_interval
         ):
             self._last_trim = now
-            self._high = live
+            self.high = self._low = live
+            self._low_since = now
             return True
         return False
 
@@ -189,7 +203,9 @@ class MemoryTrimmer:
 
     def _tick(self) -> None:
         self._handle = self.loop.call_later(self.interval, self._tick)
-        if self.decide.observe(self.loop.time(), self.received(), self.live()):
+        decide = self.decide
+        high, live = decide.high, self.live()
+        if decide.observe(self.loop.time(), self.received(), live):
             before = _rss_mb()
             started = time.perf_counter()
             self.trim()
@@ -199,4 +215,6 @@ class MemoryTrimmer:
                 ms=round((time.perf_counter() - started) * 1000, 1),
                 rss_mb_before=round(before, 1),
                 rss_mb_after=round(_rss_mb(), 1),
+                live=live,
+                live_high=high,
             )

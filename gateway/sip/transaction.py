@@ -1009,6 +1009,7 @@ class TransactionLayer:
         if tx.state == ACCEPTED:
             if not tx.ack_received:
                 tx.ack_received = True
+                tx._data = b""  # the 2xx is never resent once ACKed (RFC 6026 section 7.1)
                 self._cancel(tx, RETRANSMIT_2XX)
                 self._events.append(AckReceived(tx, ack, source))
             return

@@ -78,39 +78,57 @@ def test_the_lingering_transactions_of_ended_calls_hold_no_message() -> None:
 # -- the idle trim ------------------------------------------------------------------------
 
 
+def _quiet_seconds(decide: IdleTrim, start: int, end: int, received: int, live: int) -> list[int]:
+    """Observe one quiet second at a time; the seconds at which it said trim."""
+    return [s for s in range(start, end) if decide.observe(float(s), received, live)]
+
+
 def test_no_trim_while_traffic_flows_even_when_much_was_freed() -> None:
-    decide = IdleTrim(min_drop=1000, quiet_rate=20.0, min_interval=10.0)
+    decide = IdleTrim(min_drop=1000, quiet_rate=20.0, settle=3.0, min_interval=10.0)
     assert not decide.observe(0.0, 0, 0)
     assert not decide.observe(1.0, 500, 20_000)  # a load: 500 messages/s
-    # the load ends, but 500 messages a second still arrive: never trim under traffic
+    # the work ends, but 500 messages a second still arrive: never trim under traffic
     for second in range(2, 60):
         assert not decide.observe(float(second), 500 * second, 0)
 
 
-def test_a_trim_once_the_node_is_quiet_after_a_load_then_not_again_until_the_next() -> None:
-    decide = IdleTrim(min_drop=1000, quiet_rate=20.0, min_interval=10.0)
+def test_a_trim_once_the_load_s_transactions_have_ended_and_the_node_is_quiet() -> None:
+    decide = IdleTrim(min_drop=1000, quiet_rate=20.0, settle=3.0, min_interval=10.0)
+    for second in range(0, 20):  # a load: the live work grows
+        decide.observe(float(second), 400 * second, 1000 * second)
+    # the load ends: its finished transactions end over the next 32 s, no trim meanwhile
+    received = 400 * 19
+    for second in range(20, 52):
+        live = 19_000 - 600 * (second - 20)
+        assert not decide.observe(float(second), received, live), second
+    # everything ended and stays so: one trim after `settle` seconds, then none
+    assert _quiet_seconds(decide, 52, 120, received, 0) == [55]
+
+
+def test_no_trim_when_too_little_was_freed() -> None:
+    decide = IdleTrim(min_drop=1000, quiet_rate=20.0, settle=3.0, min_interval=10.0)
     decide.observe(0.0, 0, 0)
-    decide.observe(1.0, 1000, 20_000)
-    decide.observe(2.0, 2000, 20_000)
-    assert not decide.observe(3.0, 2005, 15_000)  # quiet, but most work is still alive
-    assert decide.observe(4.0, 2010, 100)  # quiet, and the load's work ended
-    assert not decide.observe(5.0, 2010, 0)  # nothing new since: no second trim
-    assert not decide.observe(30.0, 2010, 0)
-    # a small burst frees too little to be worth a walk of the heap
-    decide.observe(31.0, 2100, 500)
-    assert not decide.observe(32.0, 2100, 0)
-    # another load, after min_interval: trimmed again
-    decide.observe(40.0, 9000, 8000)
-    assert decide.observe(41.0, 9001, 0)
+    decide.observe(1.0, 10, 900)  # a small burst
+    assert _quiet_seconds(decide, 2, 60, 10, 0) == []
+
+
+def test_held_calls_that_stay_up_are_not_a_reason_to_trim_but_their_end_is() -> None:
+    decide = IdleTrim(min_drop=1000, quiet_rate=20.0, settle=3.0, min_interval=10.0)
+    decide.observe(0.0, 0, 0)
+    decide.observe(20.0, 10_000, 30_000)  # 10,000 calls set up, with their transactions
+    # the transactions end, the calls stay: a trim once that has settled
+    assert _quiet_seconds(decide, 60, 120, 10_000, 10_000) == [63]
+    # the calls end (BYEs), then their transactions: one more trim
+    decide.observe(120.0, 30_000, 30_000)
+    assert _quiet_seconds(decide, 121, 200, 30_000, 0) == [124]
 
 
 def test_two_loads_in_a_row_trim_at_most_once_per_min_interval() -> None:
-    decide = IdleTrim(min_drop=10, quiet_rate=20.0, min_interval=10.0)
+    decide = IdleTrim(min_drop=10, quiet_rate=20.0, settle=1.0, min_interval=10.0)
     decide.observe(0.0, 0, 100)
-    assert decide.observe(1.0, 1, 0)
-    decide.observe(2.0, 1000, 100)
-    assert not decide.observe(3.0, 1001, 0)  # 2 s after the last trim
-    assert decide.observe(11.0, 1002, 0)
+    assert _quiet_seconds(decide, 1, 5, 1, 0) == [2]
+    decide.observe(5.0, 1000, 100)
+    assert _quiet_seconds(decide, 6, 20, 1000, 0) == [12]
 
 
 async def test_the_trimmer_calls_trim_on_the_loop_only_when_idle() -> None:
@@ -127,7 +145,7 @@ async def test_the_trimmer_calls_trim_on_the_loop_only_when_idle() -> None:
         trim,
         lambda: received[0],
         lambda: live[0],
-        IdleTrim(min_drop=1000, quiet_rate=20.0, min_interval=0.0),
+        IdleTrim(min_drop=1000, quiet_rate=20.0, settle=0.02, min_interval=0.0),
         interval=0.01,
     )
     trimmer.start()

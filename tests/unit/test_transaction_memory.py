@@ -150,3 +150,17 @@ def test_a_client_invite_answered_2xx_keeps_its_request_until_the_tu_releases_it
     layer.receive(peer_response(sent.data, 200), CARRIER, 0.6)
     (ev,) = events(layer)
     assert isinstance(ev, ResponseReceived) and ev.transaction is tx
+
+
+def test_an_acked_2xx_is_let_go_and_a_late_invite_copy_still_gets_nothing() -> None:
+    layer = new_layer()
+    tx, request = received(layer, load("tx_invite"))
+    layer.send_response(tx, make_response(request, 200, to_tag="gwtag"), 0.0)
+    outgoing(layer)
+    layer.receive(load("tx_ack", to_params=";tag=gwtag"), UDP_PEER, 0.1)
+    (ack,) = events(layer)
+    assert ack.transaction is tx and tx.state == "accepted"
+    assert tx._data == b""  # RFC 6026 7.1: the 2xx is never resent once ACKed
+    layer.receive(load("tx_invite"), UDP_PEER, 0.2)  # absorbed, as before
+    assert outgoing(layer) == [] and events(layer) == []
+    assert advance(layer, 40.0) == [] and layer.server_count == 0
