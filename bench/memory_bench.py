@@ -236,8 +236,9 @@ def run_hold(
     section = Section("hold", args.hold_calls, args.hold_rate, rss_before_mb=rss_now(gateway))
     sipp = Sipp(workdir / "hold", binary=args.sipp, host=HOST)
     ramp = args.hold_calls / args.hold_rate
-    # hold until the last call's INVITE transactions (64*T1) have ended, plus a margin
-    hold = ramp + LINGER_S + 8.0
+    # hold until the last call's INVITE transactions (64*T1) have ended and the idle trim
+    # (gateway/gcpolicy.py: 3 s after the work stopped falling) has had its chance
+    hold = ramp + LINGER_S + 14.0
     timeout = hold + ramp + 40.0
     uas: SippProcess = sipp.uas(
         UAS_SCENARIO, uas_port, calls=args.hold_calls, timeout=timeout + 10.0, trace_messages=False
@@ -257,7 +258,7 @@ def run_hold(
     )
     time.sleep(max(0.0, started + ramp + 1.0 - time.monotonic()))
     section.rss_all_up_mb = rss_now(gateway)
-    time.sleep(max(0.0, started + ramp + LINGER_S + 4.0 - time.monotonic()))
+    time.sleep(max(0.0, started + ramp + LINGER_S + 9.0 - time.monotonic()))
     section.rss_held_mb = rss_now(gateway)
     uac_result = uac.wait()
     section.wall_s = time.monotonic() - started
@@ -309,7 +310,8 @@ def report(sections: list[Section]) -> list[str]:
         if s.after:
             readings = ", ".join(f"+{k} s {_rel(v, start)}" for k, v in s.after.items())
             lines.append(f"  after the {s.name} (relative to start): {readings}")
-            lines.append(f"  memory_trimmed log lines: {s.trims}")
+            if s.trims:
+                lines.append(f"  memory_trimmed log lines (logged at INFO): {s.trims}")
         lines += [f"  note: {n}" for n in s.notes]
     return lines
 

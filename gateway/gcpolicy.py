@@ -173,7 +173,8 @@ def _rss_mb() -> float:
 
 class MemoryTrimmer:
     """Runs :class:`IdleTrim` on a loop timer every ``interval`` seconds (a timer, not a
-    task: ``close`` cancels it) and calls ``trim`` when it says so, logging what it freed."""
+    task: ``close`` cancels it) and, when it says so, calls ``compact`` (right-size the
+    tables a load grew: CPython dicts never shrink) then ``trim``, logging what it freed."""
 
     def __init__(
         self,
@@ -183,9 +184,11 @@ class MemoryTrimmer:
         live: Callable[[], int],
         decide: IdleTrim | None = None,
         interval: float = 1.0,
+        compact: Callable[[], None] | None = None,
     ) -> None:
         self.loop = loop
         self.trim = trim
+        self.compact = compact
         self.received = received
         self.live = live
         self.decide = decide if decide is not None else IdleTrim()
@@ -208,6 +211,8 @@ class MemoryTrimmer:
         if decide.observe(self.loop.time(), self.received(), live):
             before = _rss_mb()
             started = time.perf_counter()
+            if self.compact is not None:
+                self.compact()  # right-sized tables first: their old ones are freed, then
             self.trim()
             self.trims += 1
             log.info(

@@ -94,7 +94,11 @@ def start_memory_trimmer(
     def live() -> int:
         return layer.client_count + layer.server_count + len(b2bua.calls)
 
-    trimmer = MemoryTrimmer(endpoint.loop, trim, lambda: endpoint.received, live)
+    def compact() -> None:
+        layer.compact()
+        b2bua.core.compact()
+
+    trimmer = MemoryTrimmer(endpoint.loop, trim, lambda: endpoint.received, live, compact=compact)
     trimmer.start()
     stack.callback(trimmer.close)
 

@@ -368,6 +368,14 @@ class CallCore:
                 log.exception("observer_failed")
         self._release(call)
 
+    def compact(self) -> None:
+        """Right-size the call and leg maps after a load (see ``TransactionLayer.compact``)."""
+        calls, legs = list(self.calls.items()), list(self.legs.items())
+        self.calls.clear()
+        self.calls.update(calls)
+        self.legs.clear()
+        self.legs.update(legs)
+
     def _release(self, call: Call) -> None:
         """Drop the transactions' references to an ended call.
 

@@ -90,7 +90,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
-from typing import NamedTuple, TypeAlias
+from typing import NamedTuple, TypeAlias, TypeVar
 
 from gateway.sip.address import BRANCH_COOKIE, Address, IdGenerator
 from gateway.sip.errors import SipError, SipParseError
@@ -533,6 +533,8 @@ class ServerTransaction:
         return f"<ServerTransaction {self.key[-1]} {self.key[0]} {self.state}>"
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 Transaction: TypeAlias = ClientTransaction | ServerTransaction
 _TimerEntry: TypeAlias = tuple[float, int, Transaction, str]
 
@@ -587,6 +589,13 @@ def _reply_address(via: Via, source: Address) -> Address:
     if maddr:
         return Address(source.transport, _unbracket(maddr), port)
     return Address(source.transport, params.get("received") or via.host_unbracketed, port)
+
+
+def _right_size(table: dict[_K, _V]) -> None:
+    """Give ``table`` a hash table sized for its present entries (in place, order kept)."""
+    items = list(table.items())
+    table.clear()
+    table.update(items)
 
 
 def _build_non2xx_ack(invite: Request, response: Response) -> Request:
@@ -675,6 +684,20 @@ class TransactionLayer:
             tx._released = True
         if tx._final:
             self._finished.append(tx)
+
+    def compact(self) -> None:
+        """Rebuild the lookup tables for what they hold now (an idle moment after a load).
+
+        CPython never shrinks a dict's hash table on deletion: after 20,000 calls the maps
+        keep tables sized for the peak (megabytes) until traffic refills them. Same
+        objects, same contents, same order; only the tables' size changes.
+        """
+        _right_size(self._clients)
+        _right_size(self._servers)
+        _right_size(self._server_aliases)
+        _right_size(self._ack_waiters)
+        self._heap = [e for e in self._heap if e[2]._timers.get(e[3]) == e[1]]
+        heapify(self._heap)
 
     def _slim_finished(self) -> None:
         for tx in self._finished:

@@ -159,3 +159,21 @@ async def test_the_trimmer_calls_trim_on_the_loop_only_when_idle() -> None:
         assert len(trims) == 1 and trimmer.trims == 1
     finally:
         trimmer.close()
+
+
+def test_a_live_call_goes_on_after_the_tables_are_compacted() -> None:
+    net = Net(outbound(hop(GW1)))
+    _place_and_end_calls(net, 50)
+    caller, callee = net.peer(CALLER), net.peer(GW1)
+    tx = caller.invite(body=SDP)
+    callee.answer(callee.requests("INVITE")[-1], 200, ANSWER)
+    a_dialog = caller.uac_dialog(tx)
+    caller.ack(tx, a_dialog)
+    net.advance(40.0)  # the ended calls' transactions go; the live call stays
+    net.layer.compact()
+    net.b2bua.core.compact()
+    (call,) = net.b2bua.calls.values()
+    caller.request(a_dialog, "BYE")
+    callee.answer(callee.requests("BYE")[-1], 200)
+    assert caller.final("BYE").status == 200
+    assert call.ended and net.b2bua.calls == {} and net.b2bua.legs == {}

@@ -164,3 +164,31 @@ def test_an_acked_2xx_is_let_go_and_a_late_invite_copy_still_gets_nothing() -> N
     layer.receive(load("tx_invite"), UDP_PEER, 0.2)  # absorbed, as before
     assert outgoing(layer) == [] and events(layer) == []
     assert advance(layer, 40.0) == [] and layer.server_count == 0
+
+
+def test_compact_right_sizes_the_tables_after_a_load_and_keeps_what_lives() -> None:
+    layer = new_layer()
+    for n in range(2000):  # a load: 2,000 BYEs answered, lingering in Timer J
+        tx, request = received(
+            layer, load("tx_bye", method="BYE", via_params=f";branch=z9hG4bK{n}")
+        )
+        layer.send_response(tx, make_response(request, 200, to_tag="gwtag"), 0.0)
+    outgoing(layer)
+    events(layer)
+    live, live_request = received(layer, load("tx_invite", via_params=";branch=z9hG4bKlive"))
+    layer.send_response(live, make_response(live_request, 486, to_tag="gwtag"), 0.0)
+    (final,) = outgoing(layer)
+    events(layer)
+    advance(layer, 33.0)  # Timer J ends the BYEs, Timer H the INVITE
+    layer.receive(load("tx_invite", via_params=";branch=z9hG4bKlate"), UDP_PEER, 33.0)
+    events(layer)
+    outgoing(layer)
+    assert layer.server_count == 1
+    grown = sys.getsizeof(layer._servers)
+    layer.compact()
+    assert sys.getsizeof(layer._servers) < grown / 10
+    # what lives is still found: a retransmission gets its 100 Trying again
+    layer.receive(load("tx_invite", via_params=";branch=z9hG4bKlate"), UDP_PEER, 33.1)
+    (again,) = outgoing(layer)
+    assert again.data.startswith(b"SIP/2.0 100") and final.data.startswith(b"SIP/2.0 486")
+    assert layer.get_timer() is None  # no timer for a 100-only server INVITE
