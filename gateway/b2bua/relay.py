@@ -300,9 +300,11 @@ def settle(call: Call) -> None:
     """The call is up and ACKed: its INVITEs drop their parsed header values (URIs, name-
     addrs, Vias; rebuilt from the header text if read again). A held call then keeps the
     text of its INVITEs only: a few KB less per call (issue 10)."""
-    call.a.invite.headers_changed()
-    if call.b is not None:
-        call.b.invite.headers_changed()
+    for leg in (call.a, call.b):
+        if leg is not None:
+            invite = leg.invite
+            invite.headers_changed()
+            invite.uri = invite.uri_text  # the parsed Request-URI too
 
 
 def _release_relay(relay: RelayedRequest, tx: ClientTransaction | None) -> None:

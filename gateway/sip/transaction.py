@@ -1218,6 +1218,8 @@ class TransactionLayer:
             if self._clients.get(tx.key) is tx:
                 del self._clients[tx.key]
             tx._acks.clear()
+            tx._ack = None
+            tx._data = b""
             return
         if self._servers.get(tx.key) is tx:
             del self._servers[tx.key]
@@ -1227,3 +1229,7 @@ class TransactionLayer:
         for ack_key in tx._ack_keys:
             if self._ack_waiters.get(ack_key) is tx:
                 del self._ack_waiters[ack_key]
+        # a call keeps its ended INVITE transaction: without the keys it no longer needs
+        tx._aliases.clear()
+        tx._ack_keys.clear()
+        tx._data = b""
