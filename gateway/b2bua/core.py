@@ -40,6 +40,7 @@ from gateway.sip.transaction import (
     Address,
     ClientTransaction,
     IdGenerator,
+    MessageReleased,
     ServerTransaction,
     TransactionLayer,
 )
@@ -135,9 +136,15 @@ class CallCore:
         *,
         to_tag: str | None = None,
         extra: tuple[tuple[str, str], ...] = (),
-    ) -> Response:
+    ) -> Response | None:
+        """Answer ``tx``; None when it took its final response already and let its request
+        go (issue 10): the layer would drop any other response to it (RFC 3261 17.2)."""
+        try:
+            request = tx.request
+        except MessageReleased:
+            return None
         response = make_response(
-            tx.request,
+            request,
             status,
             reason,
             to_tag=to_tag or (self.ids.tag() if status > 100 else None),

@@ -177,3 +177,19 @@ def test_a_live_call_goes_on_after_the_tables_are_compacted() -> None:
     callee.answer(callee.requests("BYE")[-1], 200)
     assert caller.final("BYE").status == 200
     assert call.ended and net.b2bua.calls == {} and net.b2bua.legs == {}
+
+
+def test_a_late_answer_to_a_finished_transaction_is_dropped_not_raised() -> None:
+    net = Net(outbound(hop(GW1)))
+    caller, callee = net.peer(CALLER), net.peer(GW1)
+    tx = caller.invite(body=SDP)
+    callee.answer(callee.requests("INVITE")[-1], 200, ANSWER)
+    caller.ack(tx, caller.uac_dialog(tx))
+    (call,) = net.b2bua.calls.values()
+    a_tx = call.a.server_tx
+    assert a_tx is not None and a_tx.state == "accepted"
+    sent = len(net.wire)
+    # e.g. a timer of the call layer that fires after the answer: nothing to send
+    assert net.b2bua.core.respond(a_tx, 503) is None
+    net.exchange()
+    assert len(net.wire) == sent
