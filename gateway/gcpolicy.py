@@ -20,8 +20,11 @@ glibc keeps the freed heap (SIP messages, dict and list storage are malloc'ed) f
 so the resident size stays near its peak for ever. :class:`MemoryTrimmer` calls
 ``malloc_trim(0)`` once the load is over: :class:`IdleTrim` decides, from the live
 transactions and calls and the messages received, that a large part of what was alive has
-ended and the node is quiet (the trim walks the heap: milliseconds to tens of them, never
-while traffic flows).
+ended and the node is quiet (the trim walks the heap: 0.1-6 ms measured, never while
+traffic flows). It first right-sizes the tables the load grew. What it can hand back
+depends on the allocator: CPython's keeps small objects in 1 MiB arenas returned only when
+empty, so most of a load's memory stays; with ``PYTHONMALLOC=malloc`` every free page goes
+back (bench/README.md, memory_bench.py).
 """
 
 from __future__ import annotations
