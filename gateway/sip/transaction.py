@@ -706,7 +706,9 @@ class TransactionLayer:
                 tx._request = None
                 continue
             tx._data = b""  # a request is never retransmitted after its final response
-            if not tx.is_invite or tx._released or tx._ack is not None:
+            # only an Accepted INVITE the TU still owns needs it: a 2xx from another fork
+            # reaches the TU, which builds that fork's ACK from it
+            if not tx.is_invite or tx._released or tx.state != ACCEPTED:
                 tx._request = None
         self._finished.clear()
 

@@ -15,6 +15,7 @@ import sys
 import pytest
 from test_transaction import (
     CARRIER,
+    CARRIER_TCP,
     UDP_PEER,
     advance,
     events,
@@ -192,3 +193,14 @@ def test_compact_right_sizes_the_tables_after_a_load_and_keeps_what_lives() -> N
     (again,) = outgoing(layer)
     assert again.data.startswith(b"SIP/2.0 100") and final.data.startswith(b"SIP/2.0 486")
     assert layer.get_timer() is None  # no timer for a 100-only server INVITE
+
+
+def test_a_client_invite_rejected_over_tcp_ends_at_once_and_lets_its_request_go() -> None:
+    layer = new_layer()
+    request = our_request(transport="TCP")
+    tx = layer.send_request(request, CARRIER_TCP, 0.0)
+    (sent,) = outgoing(layer)
+    layer.receive(peer_response(sent.data, 486), CARRIER_TCP, 0.1)
+    events(layer)
+    assert tx.state == "terminated"  # Timer D is 0 on a reliable transport (17.1.1.2)
+    assert only_the_test_holds(request)
