@@ -8,7 +8,13 @@
     4. bench/emergency_bench.py - 911 call set-up latency (INVITE in -> INVITE out), alone
                                   and under 400 ordinary calls/s, and with no, a fast and a
                                   slow (2 s per mail) SMTP server for the E-6 e-mails
-    5. bench/cluster_bench.py   - calls/s behind the Kamailio front: two nodes on Redis, one
+    5. bench/overload_bench.py  - ordinary calls at 1x, 2x, 3x capacity with 911 calls from
+                                  a registered agent and PSAP callbacks at 2/s (issue 10)
+    6. bench/memory_bench.py    - RSS at start, under 20,000 calls at 500/s, 60 s after,
+                                  and with 10,000 calls held (issue 10)
+    7. bench/store_bench.py     - callback DID reservations on SQLite and Redis, with a
+                                  saturated event loop and with Redis down
+    8. bench/cluster_bench.py   - calls/s behind the Kamailio front: two nodes on Redis, one
                                   node, the front alone; then 911 at 2/s under 80 % load
 
 Each runs as its own process (``sys.executable``, the project root as working directory),
@@ -46,6 +52,9 @@ def main() -> int:
         run("cps_bench", [python, str(BENCH / "cps_bench.py"), *sys.argv[1:]]),
         run("presence_bench", [python, str(BENCH / "presence_bench.py")]),
         run("emergency_bench", [python, str(BENCH / "emergency_bench.py")]),
+        run("overload_bench", [python, str(BENCH / "overload_bench.py")]),
+        run("memory_bench", [python, str(BENCH / "memory_bench.py")]),
+        run("store_bench", [python, str(BENCH / "store_bench.py")]),
         run("cluster_bench", [python, str(BENCH / "cluster_bench.py")]),
     ]
     return next((code for code in codes if code != 0), 0)

@@ -13,7 +13,7 @@ from gateway.b2bua.b2bua import B2BUA
 from gateway.b2bua.gate import gate_for
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
-from gateway.gcpolicy import GcPacer
+from gateway.gcpolicy import GcPacer, MemoryTrimmer, glibc_malloc_trim
 from gateway.health.service import TrunkHealth
 from gateway.sip.address import Address, IdGenerator
 from gateway.sip.transaction import TimerConfig, TransactionLayer
@@ -56,9 +56,11 @@ def start_load_meter(
     b2bua: B2BUA,
     settings: Settings,
 ) -> None:
-    """The loop lag and read burst, sampled into the B2BUA's overload control (O-4); and
-    the garbage collector's pacing, which keeps that lag low."""
+    """The loop lag and read burst, sampled into the B2BUA's overload control (O-4); the
+    garbage collector's pacing, which keeps that lag low; freed memory handed back to the
+    OS once a load is over (issue 10)."""
     start_gc_pacer(stack, settings)
+    start_memory_trimmer(stack, endpoint, b2bua, settings)
     if b2bua.admission is None:
         return
     admission = b2bua.admission
@@ -84,6 +86,27 @@ def start_load_meter(
     stack.callback(setattr, endpoint, "gate", None)
     inbox.classify = gate.classify
     stack.callback(setattr, inbox, "classify", fifo)
+
+
+def start_memory_trimmer(
+    stack: contextlib.AsyncExitStack, endpoint: SipEndpoint, b2bua: B2BUA, settings: Settings
+) -> None:
+    """``malloc_trim`` when the node goes quiet after a load (glibc only; see gcpolicy)."""
+    trim = glibc_malloc_trim() if settings.memory_trim else None
+    if trim is None:
+        return
+    layer = b2bua.layer
+
+    def live() -> int:
+        return layer.client_count + layer.server_count + len(b2bua.calls)
+
+    def compact() -> None:
+        layer.compact()
+        b2bua.core.compact()
+
+    trimmer = MemoryTrimmer(endpoint.loop, trim, lambda: endpoint.received, live, compact=compact)
+    trimmer.start()
+    stack.callback(trimmer.close)
 
 
 def start_gc_pacer(stack: contextlib.AsyncExitStack, settings: Settings) -> None:

@@ -40,6 +40,7 @@ from gateway.sip.transaction import (
     Address,
     ClientTransaction,
     IdGenerator,
+    MessageReleased,
     ServerTransaction,
     TransactionLayer,
 )
@@ -135,9 +136,15 @@ class CallCore:
         *,
         to_tag: str | None = None,
         extra: tuple[tuple[str, str], ...] = (),
-    ) -> Response:
+    ) -> Response | None:
+        """Answer ``tx``; None when it took its final response already and let its request
+        go (issue 10): the layer would drop any other response to it (RFC 3261 17.2)."""
+        try:
+            request = tx.request
+        except MessageReleased:
+            return None
         response = make_response(
-            tx.request,
+            request,
             status,
             reason,
             to_tag=to_tag or (self.ids.tag() if status > 100 else None),
@@ -368,23 +375,32 @@ class CallCore:
                 log.exception("observer_failed")
         self._release(call)
 
-    @staticmethod
-    def _release(call: Call) -> None:
+    def compact(self) -> None:
+        """Right-size the call and leg maps after a load (see ``TransactionLayer.compact``)."""
+        calls, legs = list(self.calls.items()), list(self.legs.items())
+        self.calls.clear()
+        self.calls.update(calls)
+        self.legs.clear()
+        self.legs.update(legs)
+
+    def _release(self, call: Call) -> None:
         """Drop the transactions' references to an ended call.
 
         Finished transactions linger for up to 64*T1 to absorb retransmissions; through
         ``owner`` they would keep the whole call (legs, dialogs, messages) alive and in a
         reference cycle that only a full garbage collection frees - a pause that grows with
-        the call rate. A B-leg INVITE still waiting for its final response keeps an owner
-        that ACKs and BYEs a late 2xx, without the call.
+        the call rate. ``layer.release`` also lets them drop the messages they no longer
+        resend (issue 10: a few KB per call while they wait). A B-leg INVITE still waiting
+        for its final response keeps an owner that ACKs and BYEs a late 2xx, without the
+        call.
         """
         a_tx = call.a.server_tx
         if a_tx is not None:
-            a_tx.owner = None
+            self.layer.release(a_tx)
         b = call.b
         if b is not None and b.client_tx is not None and b.client_tx.owner is call:
             if b.got_final:
-                b.client_tx.owner = None
+                self.layer.release(b.client_tx)
             else:
                 b.client_tx.owner = Abandoned(None, call.cancel_sent)
 

@@ -266,6 +266,7 @@ class InDialogRelay:
             if pending is not None and call.b is not None and call.b.dialog is not None:
                 call.pending_b_2xx = None
                 self.core.ack_b(call, pending, ack.body, ack.content_type)
+            settle(call)
         elif isinstance(owner, RelayedRequest):
             pending = owner.pending_2xx
             if pending is not None:
@@ -293,6 +294,17 @@ class InDialogRelay:
             core.layer.send_stateless(ack, dest)
         if relay.server_tx is None or not answerable(relay.server_tx):
             _release_relay(relay, client_tx)
+
+
+def settle(call: Call) -> None:
+    """The call is up and ACKed: its INVITEs drop their parsed header values (URIs, name-
+    addrs, Vias; rebuilt from the header text if read again). A held call then keeps the
+    text of its INVITEs only: a few KB less per call (issue 10)."""
+    for leg in (call.a, call.b):
+        if leg is not None:
+            invite = leg.invite
+            invite.headers_changed()
+            invite.uri = invite.uri_text  # the parsed Request-URI too
 
 
 def _release_relay(relay: RelayedRequest, tx: ClientTransaction | None) -> None:

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     grows with the call rate (see ``gateway/gcpolicy.py``)."""
     gc_full_interval_s: float = 600.0
     """Seconds between full garbage collections when ``gc_pacing`` is on."""
+    memory_trim: bool = True
+    """Hand freed memory back to the OS (glibc ``malloc_trim``) when the node goes quiet
+    after a load, so that its resident size falls back (see ``gateway/gcpolicy.py``)."""
 
     # -- e-mail notification of emergency contacts (SPEC E-6, docs/notifications.md) --------
     smtp_host: str = ""

@@ -107,11 +107,10 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> Request | Response:
         if colon <= 0:
             return _parse_careful(data)
         name = line[:colon]
-        lname = names.get(name)
-        if lname is None:
-            lname = _name_of(name)
-            if lname is None:
-                return _parse_careful(data)
+        known = names.get(name) or _name_of(name)
+        if known is None:
+            return _parse_careful(data)
+        lname, name = known  # the shared spelling: one string for every message
         if colon + 1 < len(line) and line[colon + 1] == " ":  # the usual "Name: value"
             value = line[colon + 2 :].strip(" \t")
         else:
@@ -220,11 +219,11 @@ def _careful_headers(lines: list[str]) -> tuple[list[tuple[str, str, str]], str 
             continue
         name, sep, value = line.partition(":")
         name = name.rstrip(" \t")
-        lname = _name_of(name) if sep else None
-        if lname is None:
+        known = _name_of(name) if sep else None
+        if known is None:
             error = error or f"malformed header line {line[:60]!r}"
             continue
-        headers.append((lname, name, value.strip(" \t")))
+        headers.append((known[0], known[1], value.strip(" \t")))
     return headers, error
 
 

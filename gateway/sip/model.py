@@ -62,30 +62,37 @@ _KNOWN_METHODS: Final = frozenset(
 # fmt: on
 
 
-#: header-name spelling -> full lower-case name. Prefilled with the usual spellings of the
-#: known headers and the compact forms; valid names seen on the wire are added (bounded),
-#: as header names repeat from message to message while values do not.
-_NAMES: Final[dict[str, str]] = {}
+#: header-name spelling -> (full lower-case name, that spelling). Prefilled with the usual
+#: spellings of the known headers and the compact forms; valid names seen on the wire are
+#: added (bounded), as header names repeat from message to message while values do not.
+#: The parser keeps the spelling from here, so that every message shares one string per
+#: name instead of holding its own copy (issue 10: ~50 bytes a header of a kept message).
+_NAMES: Final[dict[str, tuple[str, str]]] = {}
 for _lname, _cname in _CANONICAL.items():
     for _spelling in (_cname, _lname, _cname.upper()):
-        _NAMES[_spelling] = _lname
+        _NAMES[_spelling] = (_lname, _spelling)
 for _short, _lname in COMPACT_FORMS.items():
-    _NAMES[_short] = _NAMES[_short.upper()] = _lname
+    _NAMES[_short] = (_lname, _short)
+    _NAMES[_short.upper()] = (_lname, _short.upper())
 _NAMES_LIMIT: Final = len(_NAMES) + 2048
 _NO_DUPS: Final[frozenset[str]] = frozenset()
 #: Message._c_max_forwards before Max-Forwards is read (not a valid value: 0-255 or None)
 _UNKNOWN: Final = -1
 
 
-def _name_of(spelling: str) -> str | None:
-    """The full lower-case name of a header name as written, None if it is not a token."""
+def _name_of(spelling: str) -> tuple[str, str] | None:
+    """(full lower-case name, the shared spelling) of a header name as written, None if it
+    is not a token."""
+    known = _NAMES.get(spelling)
+    if known is not None:
+        return known
     if not _TOKEN_RE.match(spelling):
         return None
     lname = spelling.lower()
-    lname = COMPACT_FORMS.get(lname, lname)
+    known = (COMPACT_FORMS.get(lname, lname), spelling)
     if len(_NAMES) < _NAMES_LIMIT:
-        _NAMES[spelling] = lname
-    return lname
+        _NAMES[spelling] = known
+    return known
 
 
 class Message:

@@ -71,6 +71,16 @@ The layer owns three things besides the transactions:
 
 A message is serialised once per send; retransmissions resend the same bytes. A terminated
 transaction leaves every map at once, so counts return to 0 when traffic stops.
+
+Memory: a finished transaction waits out Timer D, H, I, J, K, L or M (up to 64*T1 = 32 s)
+to absorb retransmissions, so at a few hundred calls/s most transactions alive are finished
+ones. Once a transaction has its final response (sent or received) and the TU has pulled
+every event (``next_event`` returned None), it keeps only what that wait needs: its key,
+address, timers, and the bytes it resends (the last response of a server transaction; the
+ACK of a client INVITE). The parsed request and response go (``request`` then raises
+:class:`MessageReleased`, ``last_response`` is None); a client INVITE answered 2xx keeps
+its request until the TU calls ``release(tx)``, because another 2xx (a fork) reaches the
+TU, which needs the request to ACK it.
 """
 
 from __future__ import annotations
@@ -80,7 +90,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
-from typing import NamedTuple, TypeAlias
+from typing import NamedTuple, TypeAlias, TypeVar
 
 from gateway.sip.address import BRANCH_COOKIE, Address, IdGenerator
 from gateway.sip.errors import SipError, SipParseError
@@ -99,6 +109,7 @@ __all__ = [
     "ClientTransaction",
     "Event",
     "IdGenerator",
+    "MessageReleased",
     "Outgoing",
     "RequestReceived",
     "ResponseReceived",
@@ -130,6 +141,14 @@ class TimerConfig:
         for value in (self.timer_b, self.timer_f):
             if value is not None and not value > 0:
                 raise ValueError(f"bad SIP timers {self!r}: Timer B/F must be > 0")
+
+
+class MessageReleased(RuntimeError):
+    """A finished transaction's request was read after the layer let it go.
+
+    Once a transaction has its final response and the TU has pulled every event, it keeps
+    only what its absorbing state resends (see "Memory" in the module docstring).
+    """
 
 
 class Outgoing(NamedTuple):
@@ -377,7 +396,10 @@ class ClientTransaction:
         "_ack",
         "_acks",
         "_data",
+        "_final",
         "_interval",
+        "_released",
+        "_request",
         "_timers",
         "cancel_sent",
         "destination",
@@ -385,11 +407,9 @@ class ClientTransaction:
         "key",
         "last_response",
         "owner",
-        "request",
         "state",
     )
 
-    request: Request
     destination: Address
     state: str
     key: tuple[str, str]
@@ -403,7 +423,7 @@ class ClientTransaction:
     cancel_sent: bool
 
     def __init__(self, request: Request, destination: Address, key: tuple[str, str], data: bytes):
-        self.request = request
+        self._request: Request | None = request
         self.destination = destination
         self.key = key
         self.is_invite = key[1] == "INVITE"
@@ -416,6 +436,16 @@ class ClientTransaction:
         self._interval = 0.0  # current Timer A/E interval
         self._ack: Outgoing | None = None  # our ACK for a non-2xx final response
         self._acks: dict[str, Outgoing] = {}  # To tag -> the TU's ACK for a 2xx
+        self._final = False  # a final response arrived
+        self._released = False  # the TU let go (TransactionLayer.release)
+
+    @property
+    def request(self) -> Request:
+        """The request sent; :class:`MessageReleased` once the transaction let it go."""
+        request = self._request
+        if request is None:
+            raise MessageReleased(f"{self!r} kept no request (final response received)")
+        return request
 
     @property
     def method(self) -> str:
@@ -442,7 +472,9 @@ class ServerTransaction:
         "_ack_keys",
         "_aliases",
         "_data",
+        "_final",
         "_interval",
+        "_request",
         "_timers",
         "ack_received",
         "is_invite",
@@ -450,12 +482,10 @@ class ServerTransaction:
         "last_response",
         "owner",
         "reply_to",
-        "request",
         "source",
         "state",
     )
 
-    request: Request
     source: Address
     state: str
     key: tuple[str, ...]
@@ -469,7 +499,7 @@ class ServerTransaction:
     ack_received: bool
 
     def __init__(self, request: Request, source: Address, key: tuple[str, ...], reply_to: Address):
-        self.request = request
+        self._request: Request | None = request
         self.source = source
         self.key = key
         self.is_invite = request.method == "INVITE"
@@ -483,16 +513,28 @@ class ServerTransaction:
         self._interval = 0.0  # current Timer G / 2xx retransmission interval
         self._aliases: list[tuple[str, ...]] = []  # RFC 2543 ACK keys
         self._ack_keys: list[tuple[str, int, str, str]] = []  # 2xx ACK keys
+        self._final = False  # a final response was sent
+
+    @property
+    def request(self) -> Request:
+        """The request received; :class:`MessageReleased` once a final response was sent
+        and the TU had every event about it (the transaction keeps only what it resends)."""
+        request = self._request
+        if request is None:
+            raise MessageReleased(f"{self!r} kept no request (final response sent)")
+        return request
 
     @property
     def method(self) -> str:
-        """The method of the request that created the transaction."""
-        return self.request.method
+        """The method of the request that created the transaction (ACK -> INVITE aside)."""
+        return self.key[-1]
 
     def __repr__(self) -> str:
-        return f"<ServerTransaction {self.request.method} {self.key[0]} {self.state}>"
+        return f"<ServerTransaction {self.key[-1]} {self.key[0]} {self.state}>"
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 Transaction: TypeAlias = ClientTransaction | ServerTransaction
 _TimerEntry: TypeAlias = tuple[float, int, Transaction, str]
 
@@ -549,6 +591,13 @@ def _reply_address(via: Via, source: Address) -> Address:
     return Address(source.transport, params.get("received") or via.host_unbracketed, port)
 
 
+def _right_size(table: dict[_K, _V]) -> None:
+    """Give ``table`` a hash table sized for its present entries (in place, order kept)."""
+    items = list(table.items())
+    table.clear()
+    table.update(items)
+
+
 def _build_non2xx_ack(invite: Request, response: Response) -> Request:
     """Section 17.1.1.3: the ACK the client INVITE transaction sends for a 300-699."""
     headers: list[tuple[str, str, str]] = [("via", "Via", str(invite.top_via))]
@@ -588,6 +637,8 @@ class TransactionLayer:
         self._outgoing: deque[Outgoing] = deque()
         self._events: deque[Event] = deque()
         self._heap: list[_TimerEntry] = []
+        #: transactions with their final response: slimmed once the TU has every event
+        self._finished: list[Transaction] = []
         self._seq = 0
         self._live_timers = 0
         self._client_timers: dict[str, Callable[[ClientTransaction, float], None]] = {
@@ -616,9 +667,50 @@ class TransactionLayer:
         return out.popleft() if out else None
 
     def next_event(self) -> Event | None:
-        """The next event for the TU, or None."""
+        """The next event for the TU, or None (then finished transactions are slimmed)."""
         events = self._events
-        return events.popleft() if events else None
+        if events:
+            return events.popleft()
+        if self._finished:
+            self._slim_finished()
+        return None
+
+    def release(self, tx: Transaction) -> None:
+        """The TU needs nothing more from ``tx``: its owner goes, and once it has its final
+        response it keeps only what its absorbing state resends (a client INVITE answered
+        2xx lets its request go too). Retransmissions are still absorbed as before."""
+        tx.owner = None
+        if isinstance(tx, ClientTransaction):
+            tx._released = True
+        if tx._final:
+            self._finished.append(tx)
+
+    def compact(self) -> None:
+        """Rebuild the lookup tables for what they hold now (an idle moment after a load).
+
+        CPython never shrinks a dict's hash table on deletion: after 20,000 calls the maps
+        keep tables sized for the peak (megabytes) until traffic refills them. Same
+        objects, same contents, same order; only the tables' size changes.
+        """
+        _right_size(self._clients)
+        _right_size(self._servers)
+        _right_size(self._server_aliases)
+        _right_size(self._ack_waiters)
+        self._heap = [e for e in self._heap if e[2]._timers.get(e[3]) == e[1]]
+        heapify(self._heap)
+
+    def _slim_finished(self) -> None:
+        for tx in self._finished:
+            tx.last_response = None
+            if isinstance(tx, ServerTransaction):
+                tx._request = None
+                continue
+            tx._data = b""  # a request is never retransmitted after its final response
+            # only an Accepted INVITE the TU still owns needs it: a 2xx from another fork
+            # reaches the TU, which builds that fork's ACK from it
+            if not tx.is_invite or tx._released or tx.state != ACCEPTED:
+                tx._request = None
+        self._finished.clear()
 
     @property
     def client_count(self) -> int:
@@ -786,6 +878,9 @@ class TransactionLayer:
             tx.last_response = response
             tx._data = data
             self._outgoing.append(Outgoing(data, tx.reply_to))
+            if kind != PROVISIONAL and not tx._final:
+                tx._final = True
+                self._finished.append(tx)
             if kind == SUCCESS:
                 self._expect_ack(tx, response)
                 if old == PROCEEDING:
@@ -811,6 +906,8 @@ class TransactionLayer:
             tx._data = data
             self._outgoing.append(Outgoing(data, tx.reply_to))
             if new == COMPLETED:
+                tx._final = True
+                self._finished.append(tx)
                 self._arm_or_end(tx, TIMER_J, 0.0 if tx.reply_to.reliable else self._64t1, now)
 
     def _expect_ack(self, tx: ServerTransaction, response: Response) -> None:
@@ -937,6 +1034,7 @@ class TransactionLayer:
         if tx.state == ACCEPTED:
             if not tx.ack_received:
                 tx.ack_received = True
+                tx._data = b""  # the 2xx is never resent once ACKed (RFC 6026 section 7.1)
                 self._cancel(tx, RETRANSMIT_2XX)
                 self._events.append(AckReceived(tx, ack, source))
             return
@@ -962,11 +1060,18 @@ class TransactionLayer:
             tx.last_response = response
             self._events.append(ResponseReceived(tx, response, source))
             if new == COMPLETED:
+                tx._final = True
+                self._finished.append(tx)
                 self._cancel(tx, TIMER_E)
                 self._cancel(tx, TIMER_F)
                 self._arm_or_end(tx, TIMER_K, 0.0 if tx.destination.reliable else self._t4, now)
             return
-        kind = _response_class(status)
+        self._receive_invite_response(tx, response, source, now)
+
+    def _receive_invite_response(
+        self, tx: ClientTransaction, response: Response, source: Address, now: float
+    ) -> None:
+        kind = _response_class(response.status)
         old = tx.state
         new = CLIENT_INVITE[old].get(kind)
         if new is None:
@@ -987,10 +1092,12 @@ class TransactionLayer:
                     return
             else:
                 tx.state = new
+                tx._final = True
                 self._cancel(tx, TIMER_A)
                 self._cancel(tx, TIMER_B)
                 self._arm(tx, TIMER_M, self._64t1, now)
             tx.last_response = response
+            self._finished.append(tx)  # (again for a 2xx the TU gets in Accepted)
             self._events.append(ResponseReceived(tx, response, source))
         elif old == COMPLETED:
             if tx._ack is not None:
@@ -1000,6 +1107,8 @@ class TransactionLayer:
             tx.state = new
             tx.last_response = response
             tx._ack = ack
+            tx._final = True
+            self._finished.append(tx)
             self._outgoing.append(ack)
             self._cancel(tx, TIMER_A)
             self._cancel(tx, TIMER_B)
@@ -1111,6 +1220,8 @@ class TransactionLayer:
             if self._clients.get(tx.key) is tx:
                 del self._clients[tx.key]
             tx._acks.clear()
+            tx._ack = None
+            tx._data = b""
             return
         if self._servers.get(tx.key) is tx:
             del self._servers[tx.key]
@@ -1120,3 +1231,7 @@ class TransactionLayer:
         for ack_key in tx._ack_keys:
             if self._ack_waiters.get(ack_key) is tx:
                 del self._ack_waiters[ack_key]
+        # a call keeps its ended INVITE transaction: without the keys it no longer needs
+        tx._aliases.clear()
+        tx._ack_keys.clear()
+        tx._data = b""
