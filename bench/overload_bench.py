@@ -17,7 +17,7 @@ p50/p99 at the PSAP (INVITE -> 200 from bob's phone through the gateway).
 alice's and bob's phones, the SBC and the PSAP run at nice -10 (they are other machines in
 a real site).
 
-    .venv/bin/python bench/overload_bench.py [--capacity 800] [--seconds 30] [--quick]
+    .venv/bin/python bench/overload_bench.py [--capacity 1500] [--seconds 30] [--quick]
         [--multiples 1,2,3]
 """
 
@@ -234,7 +234,7 @@ def report(results: list[StepResult]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--capacity", type=float, default=800.0, help="clean calls/s (1x)")
+    parser.add_argument("--capacity", type=float, default=1500.0, help="clean calls/s (1x)")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--quick", action="store_true", help="8 s per step")
     parser.add_argument("--multiples", default="1,2,3")
