@@ -176,23 +176,25 @@ class OverloadGate:
         self, data: bytes, source: Address, now: float, lane: int = UNCLASSIFIED
     ) -> bytes | None:
         """None: parse ``data`` as usual; ``b""``: drop it; else the response to send.
-        ``lane`` is what :meth:`classify` said of it in the inbox (a UDP datagram), so a
-        new INVITE is not scanned for priority twice."""
-        if data[:8] == b"SIP/2.0 ":
-            return None  # a response: the transaction layer knows whether it is ours
-        fronts = self.fronts
-        if fronts is not None:
-            source = fronts.origin_of_bytes(data, source)  # only for a front's datagrams
-        limits = self.limits
-        stranger = limits is not None and not self._trusted(source, now)
-        if stranger and limits is not None and not limits.allow(source.host, now):
-            return b""  # a stranger's flood: unanswered
-        if data[:4] == b"ACK ":
-            if _SHED_MARK in data:
-                self.acks_dropped += 1
-                return b""
-            return None
-        if data[:7] != b"INVITE " or lane == PRIORITY or not self.admission.would_shed(now):
+        ``lane`` is what :meth:`classify` said of it in the inbox (a UDP datagram): a new
+        INVITE it already looked at is not read again for its origin, trust or priority."""
+        if data[:8] == b"SIP/2.0 " or lane == PRIORITY:
+            return None  # a response (the transaction layer knows whether it is ours), or
+            # what classify found may be an emergency call from a known source
+        if lane != ORDINARY:  # else classify found its source known: no limit, no ACK
+            fronts = self.fronts
+            if fronts is not None:
+                source = fronts.origin_of_bytes(data, source)  # only a front's datagrams
+            limits = self.limits
+            stranger = limits is not None and not self._trusted(source, now)
+            if stranger and limits is not None and not limits.allow(source.host, now):
+                return b""  # a stranger's flood: unanswered
+            if data[:4] == b"ACK ":
+                if _SHED_MARK in data:
+                    self.acks_dropped += 1
+                    return b""
+                return None
+        if data[:7] != b"INVITE " or not self.admission.would_shed(now):
             return None
         head = scan_invite(data)
         if head is None or head.in_dialog:

@@ -428,7 +428,10 @@ class SqliteReservationStore:
         return await self._db.run(operation, urgent=True)  # the emergency call waits on it
 
     async def lookup(self, did: str, now: float) -> Reservation | None:
-        """The unexpired reservation of ``did``, or ``None``."""
+        """The unexpired reservation of ``did``, or ``None`` (from memory when owned)."""
+        if self._latest is not None:
+            found = self._latest.get(did)
+            return found if found is not None and found.expires_at > now else None
 
         def operation(conn: sqlite3.Connection) -> Reservation | None:
             row = conn.execute(
@@ -440,7 +443,11 @@ class SqliteReservationStore:
         return await self._db.run(operation)
 
     async def live(self, now: float) -> list[Reservation]:
-        """Every unexpired reservation, ordered by DID."""
+        """Every unexpired reservation, ordered by DID (from memory when owned)."""
+        if self._latest is not None:
+            return sorted(
+                (r for r in self._latest.values() if r.expires_at > now), key=lambda r: r.did
+            )
 
         def operation(conn: sqlite3.Connection) -> list[Reservation]:
             rows = conn.execute(
