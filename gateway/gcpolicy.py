@@ -18,7 +18,8 @@ rare cycle (an exception kept with its traceback, a library's internals).
 Freed memory handed back (issue 10): after a load, CPython frees the finished calls, but
 glibc keeps the freed heap (SIP messages, dict and list storage are malloc'ed) for reuse,
 so the resident size stays near its peak for ever. :class:`MemoryTrimmer` calls
-``malloc_trim(0)`` once the load is over: :class:`IdleTrim` decides, from the live
+a full collection (which also empties CPython's free lists) and ``malloc_trim(0)`` once
+the load is over: :class:`IdleTrim` decides, from the live
 transactions and calls and the messages received, that a large part of what was alive has
 ended and the node is quiet (the trim walks the heap: 0.1-6 ms measured, never while
 traffic flows). It first right-sizes the tables the load grew. What it can hand back
@@ -214,6 +215,12 @@ class MemoryTrimmer:
         if decide.observe(self.loop.time(), self.received(), live):
             before = _rss_mb()
             started = time.perf_counter()
+            # a full collection first: besides any cycle, it empties CPython's free lists
+            # (thousands of tuples, floats, dicts and lists the load freed last), whose
+            # blocks are scattered over the arenas the load grew and would keep each of
+            # them from being handed back (measured: +74 % RSS 60 s after a load without
+            # it, +25 % with it; 4 ms when idle, the start-up objects being frozen)
+            gc.collect()
             if self.compact is not None:
                 self.compact()  # right-sized tables first: their old ones are freed, then
             self.trim()

@@ -64,9 +64,12 @@ The layer owns three things besides the transactions:
   RFC 2543 tuple when the branch lacks the magic cookie; 2xx-ACK matching by (Call-ID, CSeq
   number, From tag, To tag of the 2xx) (section 13.3.1.4); RFC 2543 ACK aliases (the tuple
   with the To tag of the non-2xx final response);
-* one heap of timers ``(deadline, seq, transaction, timer name)`` with lazy deletion: a
-  transaction keeps ``_timers[name] = seq`` of its live entry, so cancelling or re-arming a
-  timer just forgets the seq and the stale heap entry is skipped when popped;
+* one heap of timers, each entry a list ``[deadline, seq, transaction, timer name]``, with
+  lazy deletion: a transaction has two timer slots, ``_rtx`` for its retransmission timer
+  (A, E, G, the 2xx resend) and ``_wait`` for its other timer (B, D, F, H, I, J, K, L, M;
+  never two of those at once), each holding its live entry; cancelling or re-arming a
+  timer empties the old entry's transaction (so a cancelled entry keeps nothing alive)
+  and the stale entry is skipped when popped;
 * two FIFO queues: bytes to send (``Outgoing``) and events for the TU.
 
 A message is serialised once per send; retransmissions resend the same bytes. A terminated
@@ -76,7 +79,7 @@ Memory: a finished transaction waits out Timer D, H, I, J, K, L or M (up to 64*T
 to absorb retransmissions, so at a few hundred calls/s most transactions alive are finished
 ones. Once a transaction has its final response (sent or received) and the TU has pulled
 every event (``next_event`` returned None), it keeps only what that wait needs: its key,
-address, timers, and the bytes it resends (the last response of a server transaction; the
+address, timer, and the bytes it resends (the last response of a server transaction; the
 ACK of a client INVITE). The parsed request and response go (``request`` then raises
 :class:`MessageReleased`, ``last_response`` is None); a client INVITE answered 2xx keeps
 its request until the TU calls ``release(tx)``, because another 2xx (a fork) reaches the
@@ -90,7 +93,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
-from typing import NamedTuple, TypeAlias, TypeVar
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from gateway.sip.address import BRANCH_COOKIE, Address, IdGenerator
 from gateway.sip.errors import SipError, SipParseError
@@ -400,7 +403,8 @@ class ClientTransaction:
         "_interval",
         "_released",
         "_request",
-        "_timers",
+        "_rtx",
+        "_wait",
         "cancel_sent",
         "destination",
         "is_invite",
@@ -417,8 +421,9 @@ class ClientTransaction:
     #: free slot for the TU (e.g. the call leg that owns it)
     owner: object
     is_invite: bool
-    #: live timers: name -> seq of its heap entry
-    _timers: dict[str, int]
+    #: the live retransmission timer's heap entry, and the other live timer's
+    _rtx: _TimerEntry | None
+    _wait: _TimerEntry | None
     #: a CANCEL for this INVITE was sent (Timer B guards it, section 9.1)
     cancel_sent: bool
 
@@ -430,12 +435,13 @@ class ClientTransaction:
         self.state = CALLING if self.is_invite else TRYING
         self.last_response = None
         self.owner = None
-        self._timers = {}
+        self._rtx = self._wait = None
         self.cancel_sent = False
         self._data = data  # the request as sent, for retransmissions
         self._interval = 0.0  # current Timer A/E interval
         self._ack: Outgoing | None = None  # our ACK for a non-2xx final response
-        self._acks: dict[str, Outgoing] = {}  # To tag -> the TU's ACK for a 2xx
+        # the TU's ACK for a 2xx: (To tag, ACK) for the first; To tag -> ACK once forks add
+        self._acks: tuple[str, Outgoing] | dict[str, Outgoing] | None = None
         self._final = False  # a final response arrived
         self._released = False  # the TU let go (TransactionLayer.release)
 
@@ -457,6 +463,11 @@ class ClientTransaction:
         """The branch of our top Via: this transaction's id (section 17.1.3)."""
         return self.key[0]
 
+    @property
+    def armed(self) -> tuple[str, ...]:
+        """The names of the timers running now."""
+        return _armed(self)
+
     def __repr__(self) -> str:
         return f"<ClientTransaction {self.key[1]} {self.key[0]} {self.state}>"
 
@@ -475,7 +486,8 @@ class ServerTransaction:
         "_final",
         "_interval",
         "_request",
-        "_timers",
+        "_rtx",
+        "_wait",
         "ack_received",
         "is_invite",
         "key",
@@ -494,7 +506,8 @@ class ServerTransaction:
     is_invite: bool
     #: where responses go (RFC 3261 section 18.2.2, RFC 3581), fixed at creation
     reply_to: Address
-    _timers: dict[str, int]
+    _rtx: _TimerEntry | None
+    _wait: _TimerEntry | None
     #: an ACK for our 2xx arrived (Accepted state)
     ack_received: bool
 
@@ -507,12 +520,12 @@ class ServerTransaction:
         self.last_response = None
         self.owner = None
         self.reply_to = reply_to
-        self._timers = {}
+        self._rtx = self._wait = None
         self.ack_received = False
         self._data = b""  # last response as sent, for retransmissions
         self._interval = 0.0  # current Timer G / 2xx retransmission interval
-        self._aliases: list[tuple[str, ...]] = []  # RFC 2543 ACK keys
-        self._ack_keys: list[tuple[str, int, str, str]] = []  # 2xx ACK keys
+        self._aliases: tuple[tuple[str, ...], ...] = ()  # RFC 2543 ACK keys
+        self._ack_keys: tuple[tuple[str, int, str, str], ...] = ()  # 2xx ACK keys
         self._final = False  # a final response was sent
 
     @property
@@ -529,6 +542,11 @@ class ServerTransaction:
         """The method of the request that created the transaction (ACK -> INVITE aside)."""
         return self.key[-1]
 
+    @property
+    def armed(self) -> tuple[str, ...]:
+        """The names of the timers running now."""
+        return _armed(self)
+
     def __repr__(self) -> str:
         return f"<ServerTransaction {self.key[-1]} {self.key[0]} {self.state}>"
 
@@ -536,7 +554,14 @@ class ServerTransaction:
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 Transaction: TypeAlias = ClientTransaction | ServerTransaction
-_TimerEntry: TypeAlias = tuple[float, int, Transaction, str]
+#: ``[deadline, seq, transaction or None once cancelled, timer name]``
+_TimerEntry: TypeAlias = list[Any]
+#: the timers that resend (slot ``_rtx``); every other timer uses slot ``_wait``
+_RETRANSMIT_TIMERS = frozenset((TIMER_A, TIMER_E, TIMER_G, RETRANSMIT_2XX))
+
+
+def _armed(tx: Transaction) -> tuple[str, ...]:
+    return tuple(str(e[3]) for e in (tx._rtx, tx._wait) if e is not None)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -557,12 +582,23 @@ def _unbracket(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
+#: Via sent-by (host, port) -> its "host:port" key text, one string per peer: a finished
+#: transaction keeps its key for 64*T1 (issue 10)
+_SENT_BY: dict[tuple[str, int], str] = {}
+
+
 def _server_key(request: Request, via: Via, method: str) -> tuple[str, ...]:
     """Section 17.2.3: the key a request matches on (``method`` with ACK already -> INVITE)."""
     branch = via.params.get("branch")
     if branch and branch.startswith(BRANCH_COOKIE):
         port = via.port or _DEFAULT_PORTS.get(via.transport, 5060)
-        return (branch, f"{via.host.lower()}:{port}", method)
+        at = (via.host, port)
+        sent_by = _SENT_BY.get(at)
+        if sent_by is None:
+            if len(_SENT_BY) >= 4096:
+                _SENT_BY.clear()
+            sent_by = _SENT_BY[at] = f"{via.host.lower()}:{port}"
+        return (branch, sent_by, method)
     # RFC 2543 fallback (last paragraph of 17.2.3)
     return (
         "rfc2543",
@@ -589,6 +625,14 @@ def _reply_address(via: Via, source: Address) -> Address:
     if maddr:
         return Address(source.transport, _unbracket(maddr), port)
     return Address(source.transport, params.get("received") or via.host_unbracketed, port)
+
+
+def _ack_for(tx: ClientTransaction, to_tag: str) -> Outgoing | None:
+    """The ACK the TU sent for the 2xx with this To tag, if any."""
+    acks = tx._acks
+    if isinstance(acks, tuple):
+        return acks[1] if acks[0] == to_tag else None
+    return acks.get(to_tag) if acks else None
 
 
 def _right_size(table: dict[_K, _V]) -> None:
@@ -696,7 +740,7 @@ class TransactionLayer:
         _right_size(self._servers)
         _right_size(self._server_aliases)
         _right_size(self._ack_waiters)
-        self._heap = [e for e in self._heap if e[2]._timers.get(e[3]) == e[1]]
+        self._heap = [e for e in self._heap if e[2] is not None]
         heapify(self._heap)
 
     def _slim_finished(self) -> None:
@@ -733,9 +777,9 @@ class TransactionLayer:
         """The earliest live timer deadline, or None when no timer runs."""
         heap = self._heap
         while heap:
-            _, seq, tx, name = heap[0]
-            if tx._timers.get(name) == seq:
-                return heap[0][0]
+            if heap[0][2] is not None:
+                deadline: float = heap[0][0]
+                return deadline
             heappop(heap)
         return None
 
@@ -743,27 +787,42 @@ class TransactionLayer:
         """Fire every timer whose deadline is ``now`` or earlier."""
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, seq, tx, name = heappop(heap)
-            timers = tx._timers
-            if timers.get(name) != seq:
+            entry = heappop(heap)
+            tx: Transaction | None = entry[2]
+            if tx is None:
                 continue  # cancelled or re-armed: lazy deletion
-            del timers[name]
+            name: str = entry[3]
+            if tx._rtx is entry:
+                tx._rtx = None
+            else:
+                tx._wait = None
             self._live_timers -= 1
             if isinstance(tx, ClientTransaction):
                 self._client_timers[name](tx, now)
             else:
                 self._server_timers[name](tx, now)
 
+    @property
+    def timer_count(self) -> int:
+        """Timers running now (each transaction has at most two)."""
+        return self._live_timers
+
     def _arm(self, tx: Transaction, name: str, delay: float, now: float) -> None:
         self._seq = seq = self._seq + 1
-        if name not in tx._timers:
+        entry = [now + delay, seq, tx, name]
+        if name in _RETRANSMIT_TIMERS:
+            old, tx._rtx = tx._rtx, entry
+        else:
+            old, tx._wait = tx._wait, entry
+        if old is None:
             self._live_timers += 1
-        tx._timers[name] = seq
+        else:
+            old[2] = None  # re-armed: the old entry is skipped when popped
         heap = self._heap
-        heappush(heap, (now + delay, seq, tx, name))
-        if len(heap) > 4 * self._live_timers + 1024:
-            # many cancelled entries: drop them so finished transactions can be freed
-            heap[:] = [e for e in heap if e[2]._timers.get(e[3]) == e[1]]
+        heappush(heap, entry)
+        if len(heap) > 2 * self._live_timers + 1024:
+            # many cancelled entries (Timers B and F end with the final response): drop them
+            heap[:] = [e for e in heap if e[2] is not None]
             heapify(heap)
 
     def _arm_or_end(self, tx: Transaction, name: str, delay: float, now: float) -> None:
@@ -774,8 +833,16 @@ class TransactionLayer:
             self._terminate(tx)
 
     def _cancel(self, tx: Transaction, name: str) -> None:
-        if tx._timers.pop(name, None) is not None:
-            self._live_timers -= 1
+        if name in _RETRANSMIT_TIMERS:
+            entry = tx._rtx
+            if entry is not None and entry[3] == name:
+                entry[2] = tx._rtx = None
+                self._live_timers -= 1
+        else:
+            entry = tx._wait
+            if entry is not None and entry[3] == name:
+                entry[2] = tx._wait = None
+                self._live_timers -= 1
 
     # -- sending requests (client transactions) ---------------------------------------------
 
@@ -819,7 +886,7 @@ class TransactionLayer:
                 if invite is not None and invite.state in (CALLING, PROCEEDING):
                     # section 9.1: no final response 64*T1 after the CANCEL -> give up
                     invite.cancel_sent = True
-                    if TIMER_B not in invite._timers:
+                    if TIMER_B not in invite.armed:
                         self._arm(invite, TIMER_B, self._64t1, now)
         return tx
 
@@ -853,7 +920,14 @@ class TransactionLayer:
         out = Outgoing(ack.to_bytes(), destination)
         self._outgoing.append(out)
         if tx.state == ACCEPTED:
-            tx._acks[ack.to_tag or ""] = out
+            tag = ack.to_tag or ""
+            acks = tx._acks
+            if acks is None or (isinstance(acks, tuple) and acks[0] == tag):
+                tx._acks = (tag, out)  # the one 2xx of a call that did not fork
+            elif isinstance(acks, tuple):
+                tx._acks = {acks[0]: acks[1], tag: out}
+            else:
+                acks[tag] = out
 
     def send_stateless(self, message: Request | Response, destination: Address) -> None:
         """Send a message outside any transaction."""
@@ -923,7 +997,7 @@ class TransactionLayer:
             return  # a 2xx the TU built without these cannot be ACKed by dialog match
         if key not in self._ack_waiters:
             self._ack_waiters[key] = tx
-            tx._ack_keys.append(key)
+            tx._ack_keys = (*tx._ack_keys, key)
 
     def _add_2543_alias(self, tx: ServerTransaction, response: Response) -> None:
         """RFC 2543 ACKs carry the To tag of our final response: match that key too."""
@@ -935,7 +1009,7 @@ class TransactionLayer:
         if tag != key[2]:
             alias = (*key[:2], tag, *key[3:])
             self._server_aliases[alias] = tx
-            tx._aliases.append(alias)
+            tx._aliases = (*tx._aliases, alias)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -1086,7 +1160,7 @@ class TransactionLayer:
             self._events.append(ResponseReceived(tx, response, source))
         elif kind == SUCCESS:
             if old == ACCEPTED:
-                ack = tx._acks.get(response.to_tag or "")
+                ack = _ack_for(tx, response.to_tag or "")
                 if ack is not None:
                     self._outgoing.append(ack)  # the same ACK bytes (section 13.2.2.4)
                     return
@@ -1213,13 +1287,15 @@ class TransactionLayer:
     def _terminate(self, tx: Transaction) -> None:
         """Enter Terminated: forget every timer and leave every map."""
         tx.state = TERMINATED
-        if tx._timers:
-            self._live_timers -= len(tx._timers)
-            tx._timers.clear()
+        for entry in (tx._rtx, tx._wait):
+            if entry is not None:
+                entry[2] = None  # the stale heap entry keeps nothing alive
+                self._live_timers -= 1
+        tx._rtx = tx._wait = None
         if isinstance(tx, ClientTransaction):
             if self._clients.get(tx.key) is tx:
                 del self._clients[tx.key]
-            tx._acks.clear()
+            tx._acks = None
             tx._ack = None
             tx._data = b""
             return
@@ -1232,6 +1308,6 @@ class TransactionLayer:
             if self._ack_waiters.get(ack_key) is tx:
                 del self._ack_waiters[ack_key]
         # a call keeps its ended INVITE transaction: without the keys it no longer needs
-        tx._aliases.clear()
-        tx._ack_keys.clear()
+        tx._aliases = ()
+        tx._ack_keys = ()
         tx._data = b""

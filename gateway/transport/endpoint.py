@@ -36,7 +36,7 @@ from typing import Any, Protocol, cast
 import structlog
 
 from gateway.logs import LineBudget
-from gateway.sip.address import Address, address_text, is_ip_literal
+from gateway.sip.address import Address, address_text, is_ip_literal, udp_source
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, StreamFramer, make_response, parse_message
@@ -160,7 +160,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.endpoint.intake.on_datagram(data, Address("udp", addr[0], addr[1]), self)
+        self.endpoint.intake.on_datagram(data, udp_source(addr), self)
 
     def error_received(self, exc: Exception) -> None:
         # an ICMP error (see _ICMP_ERRORS): the error queue says which destination failed;

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from gateway.sip.address import Address
+from gateway.sip.address import Address, udp_source
 from gateway.transport.inbox import UNCLASSIFIED, Inbox
 
 __all__ = ["READ_AHEAD_EVERY", "SERVE_SLICE_S", "UNCLASSIFIED", "UdpIntake", "UdpReader"]
@@ -86,7 +86,7 @@ class UdpIntake:
                 if sock.fileno() >= 0:
                     reader.error_received(exc)
                 return
-            inbox.put(data, Address("udp", addr[0], addr[1]), now)
+            inbox.put(data, udp_source(addr), now)
 
     def _serve(self, reader: UdpReader) -> None:
         """Handle the inbox by lane for ``SERVE_SLICE_S`` at most, reading ahead every few

@@ -685,7 +685,7 @@ def test_cancel_then_487_gets_acked() -> None:
     (ack_out,) = outgoing(layer)
     assert parse_message(ack_out.data).top_via.branch == "z9hG4bKgw1"
     assert tx.state == "completed"
-    assert "B" not in tx._timers
+    assert "B" not in tx.armed
 
 
 # -- Via handling on receive and response routing ------------------------------------------
