@@ -1,5 +1,5 @@
 """``python -m gateway``."""
 
-from gateway.cli import main
+from gateway.launch import main
 
 raise SystemExit(main())

@@ -278,3 +278,32 @@ def test_reload_during_100_calls_keeps_them_and_refuses_a_bad_file(
     sipp.uac("uac_basic.xml", gw.address, 1, service=ORDINARY).assert_calls(1)
     new.wait(timeout=20).assert_calls(1)
     assert gw.running and "Traceback" not in gw.log_text(), gw.log_tail(80)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")  # noqa: SIM115
+    return dict(item.decode().partition("=")[::2] for item in raw if item)
+
+
+def test_run_switches_to_the_c_allocator_in_place_unless_told_not_to(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """``gateway run`` re-executes itself with ``PYTHONMALLOC=malloc`` (issue 10: freed
+    memory goes back after a load), keeping its process id, so a supervisor's signals
+    and sd_notify still reach it; ``GATEWAY_ALLOCATOR=pymalloc`` keeps CPython's."""
+    plan = dialplan("127.0.0.1:9", "127.0.0.1:9")
+    gw = gateway_factory(plan)
+    assert _environ(gw.popen.pid).get("PYTHONMALLOC") == "malloc"  # the pid we started
+    gw.popen.send_signal(signal.SIGTERM)
+    assert gw.popen.wait(timeout=10) == 0, gw.log_tail()
+    kept = gateway_factory(plan, env={"GATEWAY_ALLOCATOR": "pymalloc"})
+    assert "PYTHONMALLOC" not in _environ(kept.popen.pid)
+    refused = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--dialplan", "/nonexistent.yaml"],
+        capture_output=True,
+        text=True,
+        env={"GATEWAY_ALLOCATOR": "jemalloc", "PATH": "/usr/bin:/bin"},
+        cwd=PROJECT_ROOT,
+        timeout=30,
+    )
+    assert refused.returncode == 2 and "GATEWAY_ALLOCATOR" in refused.stderr, refused.stderr
