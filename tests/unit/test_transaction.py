@@ -1105,3 +1105,20 @@ def test_fuzz_never_raises_and_never_leaks(actions: list[tuple[Any, ...]]) -> No
         layer.handle_timer(now)
         drain()
     assert_idle(layer)
+
+
+def test_a_cancelled_timer_lets_go_of_its_transaction() -> None:
+    """Timer F of an answered BYE is cancelled, but its heap entry stays until its own
+    deadline (lazy deletion): once Timer K ends the transaction, nothing in the timer heap
+    refers to it any more (issue 10: a BYE's transaction used to live 64*T1, not T4)."""
+    layer = new_layer()
+    tx, data = start_client(layer, our_request("tx_bye", branch="z9hG4bKbye1", cseq=2))
+    assert set(tx.armed) == {"E", "F"} and layer.timer_count == 2
+    layer.receive(peer_response(data, 200), CARRIER, 0.1)
+    assert tx.armed == ("K",) and layer.timer_count == 1
+    # E and F stay in the heap until popped, but hold no transaction
+    assert sorted(e[3] for e in layer._heap) == ["E", "F", "K"]
+    assert [e[3] for e in layer._heap if e[2] is tx] == ["K"]
+    advance(layer, 6.0)  # past Timer K (T4 = 5 s)
+    assert tx.state == "terminated" and tx.armed == () and layer.timer_count == 0
+    assert layer.get_timer() is None and layer._heap == []  # stale entries dropped
