@@ -1120,5 +1120,5 @@ def test_a_cancelled_timer_lets_go_of_its_transaction() -> None:
     assert sorted(e[3] for e in layer._heap) == ["E", "F", "K"]
     assert [e[3] for e in layer._heap if e[2] is tx] == ["K"]
     advance(layer, 6.0)  # past Timer K (T4 = 5 s)
-    assert tx.state == "terminated" and tx.armed == () and layer.timer_count == 0
+    assert tx.state == "terminated" and not tx.armed and layer.timer_count == 0
     assert layer.get_timer() is None and layer._heap == []  # stale entries dropped
