@@ -265,7 +265,10 @@ def test_reload_during_100_calls_keeps_them_and_refuses_a_bad_file(
     wait_for(lambda: bool(log_events(gw, "dialplan_reload_refused")), "the refusal")
     (refusal,) = log_events(gw, "dialplan_reload_refused")
     assert "dialplan.yaml" in str(refusal["problems"])
-    # a good file: the new carrier for new calls
+    # a good file: the new carrier for new calls. Every one of the 100 calls has started
+    # first (they last 3 s, so all are in progress): a call the uac places after the
+    # reload rightly goes to the new carrier, which takes one call only
+    wait_for(lambda: len(log_events(gw, "call_start")) >= calls, "all calls started")
     carrier = old.address.rpartition(":")[2]
     moved = good_text.replace(f"port: {carrier} }}", f"port: {new.address.rpartition(':')[2]} }}")
     assert moved != good_text
