@@ -38,23 +38,12 @@ def address_text(address: Address) -> str:
     return f"{address.transport}:{address.host}:{address.port}"
 
 
-#: UDP sources seen lately: (host, port) as the socket gives it -> the one Address for it
-_UDP_SOURCES: dict[tuple[str, int], Address] = {}
-_UDP_SOURCES_MAX = 4096
-
-
+@lru_cache(maxsize=4096)
 def udp_source(addr: tuple[str, int]) -> Address:
-    """The Address of a UDP datagram's source, one object per peer (issue 10).
-
-    A transaction keeps its source for 64*T1; without this every datagram made its own
-    Address and host string (about 120 bytes per message kept, and as many allocations).
-    The table is emptied when it reaches 4,096 peers (a scan) rather than grown."""
-    address = _UDP_SOURCES.get(addr)
-    if address is None:
-        if len(_UDP_SOURCES) >= _UDP_SOURCES_MAX:
-            _UDP_SOURCES.clear()
-        address = _UDP_SOURCES[addr] = Address("udp", addr[0], addr[1])
-    return address
+    """The Address of a UDP datagram's source, one object per peer (issue 10): a
+    transaction keeps its source for 64*T1, and without this every datagram made its own
+    Address and host string (about 120 bytes per message kept)."""
+    return Address("udp", addr[0], addr[1])
 
 
 @lru_cache(maxsize=4096)

@@ -92,6 +92,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import lru_cache
 from heapq import heapify, heappop, heappush
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
@@ -582,9 +583,11 @@ def _unbracket(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
-#: Via sent-by (host, port) -> its "host:port" key text, one string per peer: a finished
-#: transaction keeps its key for 64*T1 (issue 10)
-_SENT_BY: dict[tuple[str, int], str] = {}
+@lru_cache(maxsize=4096)
+def _sent_by(host: str, port: int) -> str:
+    """A Via sent-by's "host:port" key text, one string per peer: a finished transaction
+    keeps its key for 64*T1 (issue 10)."""
+    return f"{host.lower()}:{port}"
 
 
 def _server_key(request: Request, via: Via, method: str) -> tuple[str, ...]:
@@ -592,13 +595,7 @@ def _server_key(request: Request, via: Via, method: str) -> tuple[str, ...]:
     branch = via.params.get("branch")
     if branch and branch.startswith(BRANCH_COOKIE):
         port = via.port or _DEFAULT_PORTS.get(via.transport, 5060)
-        at = (via.host, port)
-        sent_by = _SENT_BY.get(at)
-        if sent_by is None:
-            if len(_SENT_BY) >= 4096:
-                _SENT_BY.clear()
-            sent_by = _SENT_BY[at] = f"{via.host.lower()}:{port}"
-        return (branch, sent_by, method)
+        return (branch, _sent_by(via.host, port), method)
     # RFC 2543 fallback (last paragraph of 17.2.3)
     return (
         "rfc2543",
