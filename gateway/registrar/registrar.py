@@ -99,7 +99,8 @@ class RegisterOutcome:
     ``added`` are new or refreshed bindings (store ``put``: replace by (agent, contact));
     ``removed`` are bindings to delete, apply them first. Both are empty unless the
     response is 200. ``agent_id`` is set once the request authenticated. ``reason`` is a
-    short explanation for logs.
+    short explanation for logs. ``path_ignored``: the REGISTER carried a Path that was not
+    kept (it did not come through a front).
     """
 
     response: Response
@@ -108,6 +109,7 @@ class RegisterOutcome:
     removed: list[BindingView] = field(default_factory=list)
     reason: str = ""
     auth: AuthResult | None = None
+    path_ignored: bool = False
 
 
 class _Reject(Exception):
@@ -324,7 +326,13 @@ class Registrar:
     # -- REGISTER (RFC 3261 section 10.3) --------------------------------------------------
 
     def handle_register(
-        self, request: Request, source: str, now: float, bindings: Sequence[BindingView]
+        self,
+        request: Request,
+        source: str,
+        now: float,
+        bindings: Sequence[BindingView],
+        *,
+        path_allowed: bool = False,
     ) -> RegisterOutcome:
         """Process one REGISTER for the agent whose current bindings are ``bindings``.
 
@@ -332,6 +340,10 @@ class Registrar:
         with new bindings; ``now`` is unix time in seconds (it also makes the Date header).
         ``bindings`` may include expired ones; they are ignored. The caller must load the
         bindings of the agent named by the To URI user part (the address-of-record).
+        ``path_allowed``: the REGISTER came from a proxy trusted to add Path (a configured
+        front); from anyone else a Path is a route set a phone chose for calls to it
+        (emergency callbacks among them), so it is ignored and neither stored nor echoed
+        (:attr:`RegisterOutcome.path_ignored` says so).
         """
         if request.method != "REGISTER":
             raise ValueError(f"handle_register given a {request.method}")
@@ -348,7 +360,8 @@ class Registrar:
                 )
             if request.to.uri.user_unescaped != auth.username:
                 raise _Reject(403, "Forbidden")
-            added, removed, current = self._apply(request, source, now, bindings, auth)
+            path = _path(request) if path_allowed else ()  # RFC 3327
+            added, removed, current = self._apply(request, source, now, bindings, auth, path)
         except _Reject as exc:
             return RegisterOutcome(
                 self._response(request, exc.status, exc.reason, exc.extra),
@@ -358,7 +371,7 @@ class Registrar:
             )
         extra = [("Contact", f"<{uri}>;expires={seconds}") for uri, seconds in current]
         # RFC 3327 section 5.3: the Path the bindings were stored with, in the same order
-        extra.extend(("Path", value) for value in request.get_all("path"))
+        extra.extend(("Path", value) for value in path)
         extra.append(("Date", formatdate(now, usegmt=True)))
         return RegisterOutcome(
             self._response(request, 200, extra=extra),
@@ -367,6 +380,7 @@ class Registrar:
             removed=removed,
             reason=f"{len(added)} added or refreshed, {len(removed)} removed",
             auth=auth,
+            path_ignored=not path_allowed and request.get("path") is not None,
         )
 
     @staticmethod
@@ -442,6 +456,7 @@ class Registrar:
         now: float,
         bindings: Sequence[BindingView],
         auth: AuthResult,
+        path: tuple[str, ...],
     ) -> tuple[list[Binding], list[BindingView], list[tuple[str, int]]]:
         """Steps 6-8: (bindings to put, bindings to remove, (uri, seconds left) after)."""
         wildcard, contacts = self._contacts(request)
@@ -460,7 +475,7 @@ class Registrar:
             return [], list(live.values()), []
 
         agent_id = auth.agent_id if auth.agent_id is not None else auth.username or ""
-        user_agent, path = request.get("user-agent") or "", _path(request)  # Path: RFC 3327
+        user_agent = request.get("user-agent") or ""
         added: list[Binding] = []
         removed: list[BindingView] = []
         for contact in contacts:

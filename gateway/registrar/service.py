@@ -249,7 +249,13 @@ class RegistrarService:
         views = [
             BindingView(b.contact_uri, b.expires_at, b.call_id, b.cseq) for b in current.values()
         ]
-        outcome = self.registrar.handle_register(request, source_text, self.wall_clock(), views)
+        outcome = self.registrar.handle_register(
+            request,
+            source_text,
+            self.wall_clock(),
+            views,
+            path_allowed=self.fronts.is_front(event.source),  # only a front adds Path
+        )
         self.layer.send_response(event.transaction, outcome.response, self.loop_clock())
         if outcome.response.status != 200 or outcome.agent_id is None:
             auth = outcome.auth
@@ -265,6 +271,13 @@ class RegistrarService:
                 log_auth_failed(request, source, "authorization", outcome.reason)
             return
         agent = outcome.agent_id
+        if outcome.path_ignored:
+            log.warning(
+                "register_path_ignored",
+                agent=agent,
+                source=source_text,
+                detail="Path is kept only from a configured front (node.fronts)",
+            )
         contacts = self.bindings.setdefault(agent, {})
         for removed in outcome.removed:
             if contacts.pop(removed.contact_uri, None) is not None:

@@ -279,21 +279,35 @@ def test_the_inbox_lane_of_a_911_through_the_front_follows_the_source_it_names()
 # -- Path (RFC 3327) -----------------------------------------------------------------------------
 
 
-def test_a_register_through_a_proxy_stores_and_echoes_its_path() -> None:
-    phone = Phone(make_registrar(), Clock())
+def test_a_register_through_a_front_stores_and_echoes_its_path() -> None:
+    phone = Phone(make_registrar(), Clock(), path_allowed=True)
     second = "<sip:edge.example.net;lr>"
     outcome = phone.send(ALICE, extra=(f"Path: {PATH}", f"Path: {second}"))
-    assert outcome.response.status == 200
+    assert outcome.response.status == 200 and not outcome.path_ignored
     [binding] = outcome.added
     assert binding.path == (PATH, second)
     assert outcome.response.get_all("path") == [PATH, second]  # RFC 3327 section 5.3
-    direct = Phone(make_registrar(), Clock()).send(ALICE)
+    direct = Phone(make_registrar(), Clock(), path_allowed=True).send(ALICE)
     assert direct.added[0].path == () and direct.response.get_all("path") == []
+
+
+def test_a_path_a_phone_wrote_itself_is_not_a_route_set_for_its_calls() -> None:
+    # alice's own credentials, straight to the node (not through a front): a Path here would
+    # send every call to her, emergency callbacks too, through a host she chose
+    outcome = Phone(make_registrar(), Clock()).send(
+        ALICE, extra=("Path: <sip:evil.example.net;lr>",)
+    )
+    assert outcome.response.status == 200 and outcome.path_ignored
+    assert outcome.added[0].path == () and outcome.response.get_all("path") == []
+    # and a Path that no request could follow is no reason to refuse her registration
+    bad = Phone(make_registrar(), Clock()).send(ALICE, extra=("Path: not a uri",))
+    assert bad.response.status == 200 and bad.added[0].path == ()
 
 
 @pytest.mark.parametrize("value", ["<tel:+15555550100>", "<sip:@>", "not a uri"])
 def test_a_path_no_request_could_follow_is_400(value: str) -> None:
-    outcome = Phone(make_registrar(), Clock()).send(ALICE, extra=(f"Path: {value}",))
+    phone = Phone(make_registrar(), Clock(), path_allowed=True)
+    outcome = phone.send(ALICE, extra=(f"Path: {value}",))
     assert outcome.response.status == 400 and outcome.added == []
 
 

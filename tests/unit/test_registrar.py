@@ -111,6 +111,8 @@ class Phone:
     cseq: int = 0
     store: dict[str, list[BindingView]] = field(default_factory=dict)
     challenge_value: str | None = None
+    #: the REGISTERs come through a configured front (which alone may add Path)
+    path_allowed: bool = False
 
     def bindings(self, agent_id: str = "agent-alice") -> list[BindingView]:
         return self.store.get(agent_id, [])
@@ -161,7 +163,7 @@ class Phone:
         agent = lookup(to_user or self.user, REALM)
         agent_id = agent[1] if agent else "nobody"
         outcome = self.registrar.handle_register(
-            request, SOURCE, self.clock.now, self.bindings(agent_id)
+            request, SOURCE, self.clock.now, self.bindings(agent_id), path_allowed=self.path_allowed
         )
         self.apply(agent_id, outcome)
         return outcome

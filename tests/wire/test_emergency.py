@@ -610,3 +610,40 @@ def test_callback_rings_an_agent_on_another_call_ahead_of_a_waiting_queue(
     busy_call.wait(timeout=30).assert_calls(1)
     phone.wait(timeout=30).assert_calls(2)
     waiting.stop(grace=1)
+
+
+def test_a_path_the_phone_wrote_itself_does_not_steer_its_callback(
+    sipp: Sipp, carrier: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto
+) -> None:
+    # alice registers straight to the node (no front configured) with a Path naming a host
+    # of her choosing: kept, it would route every call to her, the PSAP's callback first,
+    # through that host (RFC 3327 lets only a trusted proxy add Path: the node's fronts)
+    sbc = sipp.uas("uas_basic.xml", calls=1, timeout=40)
+    site = open_site(sipp, gateway_factory, mosquitto, dialplan(sbc=(sbc.address,)), register=False)
+    elsewhere = f"{LOOPBACK}:{free_port()}"
+    registered = sipp.uac(
+        "agent_register_path.xml",
+        site.gw.address,
+        1,
+        1,
+        service="alice",
+        local_port=site.port,
+        timeout=10,
+        extra=[
+            *("-au", "alice", "-ap", "alice-pw", "-key", "expires", "3600"),
+            *("-key", "path_host", elsewhere),
+        ],
+    )
+    registered.assert_calls(1)
+    trace = registered.files.messages.read_text()
+    ok = trace[trace.index("SIP/2.0 200") :]
+    assert "\nPath:" not in ok[: ok.index("\n\n")], ok[:1500]  # no route set stored
+    site.recorder.wait_for(lambda: site.presence()[-1:] == ["Available"], "alice Available")
+    assert '"event": "register_path_ignored"' in site.gw.log_text()
+    dial(sipp, site, "911").assert_calls(1)
+    phone = sipp.uas("uas_basic.xml", site.port, calls=1, timeout=30)
+    carrier.uac(
+        "uac_psap_callback.xml", site.gw.address, 1, 1, service=DIDS[0], timeout=20
+    ).assert_calls(1)
+    phone.wait(timeout=20).assert_calls(1)  # rung at her Contact, not through `elsewhere`
+    assert "Route:" not in invite_to(phone)
