@@ -183,6 +183,10 @@ def _start_history(
     return history
 
 
+UNREGISTER_WAIT_S = 2.0
+"""How long a stopping node waits for its trunks' answers to its un-REGISTERs."""
+
+
 def _start_trunk_registrations(
     stack: contextlib.AsyncExitStack,
     dialplan: Dialplan,
@@ -204,7 +208,20 @@ def _start_trunk_registrations(
     b2bua.core.now = now
     registrations.start(now)
     endpoint.pump()
-    stack.callback(registrations.stop)
+
+    async def leave() -> None:
+        # a clean stop removes the bindings: else the carrier's calls (a PSAP's callback
+        # among them) go to this node until they expire; the answers are waited for briefly
+        now = endpoint.loop.time()
+        b2bua.core.now = now
+        if registrations.unregister(now):
+            endpoint.pump()
+            deadline = now + UNREGISTER_WAIT_S
+            while registrations.pending and endpoint.loop.time() < deadline:
+                await asyncio.sleep(0.02)
+        registrations.stop()
+
+    stack.push_async_callback(leave)
     level_gauge(
         metrics.registry,
         "gateway_trunk_registrations_up",

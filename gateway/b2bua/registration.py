@@ -24,7 +24,15 @@ registering       other final, no answer,        failed; REGISTER again after a 
 registered        refresh time                   REGISTER (state stays registered until
                                                  the binding's own expiry passes)
 failed            retry time                     REGISTER -> registering
+registered        the node stops                 REGISTER with Expires: 0 (credentials on a
+                                                 challenge, as above) -> unregistered on its
+                                                 2xx; no refresh, no retry either way
 ================  =============================  =========================================
+
+Un-REGISTER on a clean stop (:meth:`TrunkRegistrations.unregister`): else the carrier
+keeps sending calls, a PSAP's callback among them, to a node that is gone until the binding
+runs out (an hour by default). The node waits a moment for the answers
+(``gateway/app.py``); a crash or ``kill -9`` leaves the binding to expire.
 
 Every REGISTER of one registration shares its Call-ID and From tag, CSeq counting up (RFC
 3261 section 10.2). Calls never wait for it: the router places calls on the trunk whatever
@@ -103,6 +111,8 @@ class TrunkRegistration(ClientOwner):
         self.granted: int | None = None
         self._asked = plan.settings.expires
         self._challenged = False
+        #: un-registering: the node is stopping (no refresh, no retry)
+        self._leaving = False
         self._tx: ClientTransaction | None = None
         self._timer: Timer | None = None
 
@@ -149,6 +159,24 @@ class TrunkRegistration(ClientOwner):
     def _on_timer(self, now: float) -> None:
         self._timer = None
         self.start(now)
+
+    def unregister(self, now: float) -> bool:
+        """The node is stopping: remove the binding the registrar granted (REGISTER with
+        Expires: 0, same Call-ID, next CSeq). False when none is granted now (nothing
+        sent). No refresh or retry follows."""
+        self.stop()
+        if not self.registered(now):
+            return False
+        self._leaving = True
+        self._challenged = False
+        self._asked = 0
+        self._send(self._build(), now)
+        return True
+
+    @property
+    def pending(self) -> bool:
+        """A REGISTER is waiting for its final answer."""
+        return self._tx is not None
 
     def stop(self) -> None:
         """No more REGISTERs (the binding is left to expire)."""
@@ -211,6 +239,10 @@ class TrunkRegistration(ClientOwner):
         return True
 
     def _registered(self, response: Response, now: float) -> None:
+        if self._leaving:
+            self.expires_at = self.granted = None
+            self._set_state(RegistrationState.UNREGISTERED)
+            return
         granted = _granted_expires(response, self._asked)
         if granted <= 0:
             self._failed("registrar granted no time", now)
@@ -222,6 +254,9 @@ class TrunkRegistration(ClientOwner):
         self._schedule(max(granted * self.plan.settings.refresh_ratio, 1.0), now)
 
     def _failed(self, why: str, now: float) -> None:
+        if self._leaving:  # the binding is left to expire; the node is going
+            self._set_state(self.state, error=f"un-REGISTER: {why}")
+            return
         self.failures += 1
         settings = self.plan.settings
         backoff = min(settings.retry_max_s, settings.retry_min_s * 2 ** (self.failures - 1))
@@ -278,6 +313,15 @@ class TrunkRegistrations:
     def stop(self) -> None:
         for registration in self.by_trunk.values():
             registration.stop()
+
+    def unregister(self, now: float) -> int:
+        """Un-REGISTER every granted binding (the node is stopping); how many were sent."""
+        return sum(registration.unregister(now) for registration in self.by_trunk.values())
+
+    @property
+    def pending(self) -> bool:
+        """Some REGISTER still waits for its final answer."""
+        return any(registration.pending for registration in self.by_trunk.values())
 
     def registered(self, now: float) -> dict[str, bool]:
         """trunk -> registered now (for metrics and health)."""

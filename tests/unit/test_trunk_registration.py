@@ -70,6 +70,48 @@ def test_challenged_register_is_answered_then_refreshed_before_expiry() -> None:
     assert registration.state is RegistrationState.REGISTERED
 
 
+def test_a_stopping_node_removes_its_binding_and_sends_nothing_more() -> None:
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    registration = _registration(net)
+    first = registrar.requests("REGISTER")[0]
+    _answer(registrar, first, 200, ("Contact", f"{first.request.get('Contact')};expires=600"))
+    assert registration.registered(net.now)
+    assert registration.unregister(net.now) and registration.pending
+    net.exchange()
+    leave = registrar.requests("REGISTER")[1]
+    assert leave.request.get("Expires") == "0"  # RFC 3261 section 10.2.2
+    assert leave.request.get("Contact") == first.request.get("Contact")
+    assert leave.request.call_id == first.request.call_id and leave.request.cseq.number == 2
+    _answer(registrar, leave, 401, ("WWW-Authenticate", CHALLENGE))  # credentials, as ever
+    again = registrar.requests("REGISTER")[2]
+    assert again.request.get("Expires") == "0" and again.request.get("Authorization")
+    _answer(registrar, again, 200)
+    assert registration.state is RegistrationState.UNREGISTERED
+    assert not registration.pending and not registration.registered(net.now)
+    net.advance(700.0)  # no refresh, no retry
+    assert len(registrar.requests("REGISTER")) == 3
+
+
+def test_nothing_to_remove_sends_nothing_and_a_refused_removal_is_not_retried() -> None:
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    registration = _registration(net)
+    assert not registration.unregister(net.now)  # never granted: nothing sent
+    net.advance(60.0)
+    assert len(registrar.requests("REGISTER")) == 1
+    registration = _registration(net)
+    ev = registrar.requests("REGISTER")[-1]
+    _answer(registrar, ev, 200, ("Contact", f"{ev.request.get('Contact')};expires=600"))
+    assert registration.unregister(net.now)
+    net.exchange()
+    _answer(registrar, registrar.requests("REGISTER")[-1], 500)
+    assert not registration.pending
+    count = len(registrar.requests("REGISTER"))
+    net.advance(120.0)
+    assert len(registrar.requests("REGISTER")) == count
+
+
 def test_failures_back_off_doubling_up_to_the_maximum() -> None:
     net = Net(outbound(hop(GW1)))
     registrar = net.peer(GW1)

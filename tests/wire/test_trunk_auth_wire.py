@@ -113,3 +113,34 @@ def test_a_registration_based_trunk_is_registered_and_refreshed(
         time.sleep(0.1)
     assert granted[:2] == [2, 600], states
     assert PASSWORD not in gw.log_text()
+
+
+def test_a_clean_stop_removes_the_trunk_registration(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    """Registered for 600 s; on SIGTERM the gateway sends REGISTER with Expires: 0 (with
+    credentials when challenged) before it exits, so the carrier stops sending it calls."""
+    registrar = sipp.uas(
+        "uas_register_unregister.xml",
+        calls=1,
+        timeout=60,
+        extra=["-key", "carrier_user", "acme-trunk", "-key", "carrier_password", PASSWORD],
+    )
+    text = dialplan(registrar.address).replace(
+        "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n",
+        "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n"
+        "    register: { expires: 600, domain: carrier.test }\n",
+    )
+    gw = gateway_factory(text, env={"CARRIER_PASSWORD": PASSWORD})
+    deadline = time.monotonic() + 10.0
+    while '"state": "registered"' not in gw.log_text():
+        assert time.monotonic() < deadline, gw.log_tail(30)
+        time.sleep(0.1)
+    assert gw.stop() == 0
+    registrar.wait(timeout=20).assert_calls(1)
+    states = [
+        json.loads(line)["state"]
+        for line in gw.log_text().splitlines()
+        if '"trunk_registration"' in line
+    ]
+    assert states[-1] == "unregistered", states
