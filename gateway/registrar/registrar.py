@@ -460,8 +460,7 @@ class Registrar:
     ) -> tuple[list[Binding], list[BindingView], list[tuple[str, int]]]:
         """Steps 6-8: (bindings to put, bindings to remove, (uri, seconds left) after)."""
         wildcard, contacts = self._contacts(request)
-        call_id = request.call_id
-        cseq = request.cseq.number
+        call_id, cseq = request.call_id, request.cseq.number
         live = {_uri_key(b.contact_uri): b for b in bindings if b.expires_at > now}
 
         def check_order(existing: BindingView) -> None:
