@@ -22,7 +22,10 @@ under callgrind. The gateway runs as ``gateway run`` does (the C allocator:
 embedded MQTT broker, JSON logs at ``--log-level`` (INFO, the default of ``make run``).
 
     .venv/bin/python bench/instructions_bench.py [--tree PATH ...] [--calls 100]
-        [--rate 5] [--log-level INFO] [--gateway-env KEY=VALUE ...]
+        [--rate 5] [--log-level INFO] [--gateway-env KEY=VALUE ...] [--quick]
+
+About 2.5 minutes per tree at the defaults on a 2-core VM (most of it the gateway's
+start-up under callgrind, twice).
 
 A tree other than this one needs the compiled parser (``gateway/sip/*.so`` and
 ``_native.json``, e.g. copied from this tree when the parser sources are the same).
@@ -145,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--quick", action="store_true", help="10 calls: proves it works")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.calls = 10
     if args.calls < 1 or args.rate <= 0:
         parser.error("--calls must be at least 1 and --rate positive")
     for tool in ("valgrind", "sipp"):

@@ -73,7 +73,7 @@ BOB_DID = "+15555550190"
 
 @dataclass
 class StepResult:
-    multiple: int
+    multiple: float
     offered: float
     seconds: float
     emergency_calls: int
@@ -110,7 +110,7 @@ def register(sipp: Sipp, target: str, agent: str, port: int) -> None:
 
 
 def run_step(
-    sipp: Sipp, psap: Sipp, work: Path, multiple: int, capacity: float, seconds: float
+    sipp: Sipp, psap: Sipp, work: Path, multiple: float, capacity: float, seconds: float
 ) -> StepResult:
     carrier = sipp.uas("uas_basic.xml", calls=10**7, timeout=seconds + 120, trace_messages=False)
     sbc = sipp.uas("uas_basic.xml", calls=10**6, timeout=seconds + 120, trace_messages=False)
@@ -118,7 +118,7 @@ def run_step(
     text = DIALPLAN.format(host=HOST, port=port, carrier=carrier.port, sbc=sbc.port, psap=PSAP_HOST)
     gw = start_gateway(
         text,
-        work / f"gw-{multiple}x",
+        work / f"gw-{multiple:g}x",
         listen_port=port,
         env={"GATEWAY_MQTT_URL": "off", "GATEWAY_LOG_LEVEL": "WARNING"},
         ready_timeout=15.0,
@@ -223,7 +223,7 @@ def report(results: list[StepResult]) -> str:
         ok = 100 * r.emergency_ok / r.emergency_calls if r.emergency_calls else 0.0
         back = 100 * r.callback_ok / r.callbacks if r.callbacks else 0.0
         lines.append(
-            f"| {r.offered:.0f} ({r.multiple}x) | {r.emergency_ok}/{r.emergency_calls}"
+            f"| {r.offered:.0f} ({r.multiple:g}x) | {r.emergency_ok}/{r.emergency_calls}"
             f" ({ok:.0f} %) | {_ms(r.emergency_p50)} / {_ms(r.emergency_p99)} |"
             f" {r.callback_ok}/{r.callbacks} ({back:.0f} %) |"
             f" {_ms(r.callback_p50)} / {_ms(r.callback_p99)} |"
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     psap = Sipp(work / "psap", binary=require_tool("sipp"), host=PSAP_HOST)
     results = []
     try:
-        for multiple in (int(m) for m in args.multiples.split(",")):
+        for multiple in (float(m) for m in args.multiples.split(",")):
             result = run_step(sipp, psap, work, multiple, args.capacity, seconds)
             print(report([result]).splitlines()[-1], flush=True)
             results.append(result)

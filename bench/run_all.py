@@ -16,6 +16,8 @@
                                   saturated event loop and with Redis down
     8. bench/cluster_bench.py   - calls/s behind the Kamailio front: two nodes on Redis, one
                                   node, the front alone; then 911 at 2/s under 80 % load
+    9. bench/instructions_bench.py - instructions per call under callgrind (the figure the
+                                  machine's noise leaves alone; logs at INFO)
 
 Each runs as its own process (``sys.executable``, the project root as working directory),
 one after the other, so that they do not compete for the CPU. Extra arguments go to
@@ -56,6 +58,7 @@ def main() -> int:
         run("memory_bench", [python, str(BENCH / "memory_bench.py")]),
         run("store_bench", [python, str(BENCH / "store_bench.py")]),
         run("cluster_bench", [python, str(BENCH / "cluster_bench.py")]),
+        run("instructions_bench", [python, str(BENCH / "instructions_bench.py")]),
     ]
     return next((code for code in codes if code != 0), 0)
 
