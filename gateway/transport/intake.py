@@ -9,6 +9,11 @@ the inbox lane by lane through ``handle`` (the endpoint's parse-and-dispatch). E
 ``READ_AHEAD_EVERY`` datagrams it reads ahead again, so that an emergency INVITE arriving
 meanwhile goes before what waits; after ``SERVE_SLICE_S`` it yields to the loop (timers,
 stream connections, the load meter) and goes on at the next turn with ``call_soon``.
+
+It also yields right after a datagram of the priority lane: an emergency call's set-up goes
+on in a task of its own (the callback DID, then the B-leg INVITE), which then runs before
+the rest of the slice instead of after it (measured under 320 ordinary calls/s on a slow
+box: the DID step took 5 ms at the median, a serving slice's remainder).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from gateway.sip.address import Address, udp_source
-from gateway.transport.inbox import UNCLASSIFIED, Inbox
+from gateway.transport.inbox import PRIORITY, UNCLASSIFIED, Inbox
 
 __all__ = ["READ_AHEAD_EVERY", "SERVE_SLICE_S", "UNCLASSIFIED", "UdpIntake", "UdpReader"]
 
@@ -105,6 +110,9 @@ class UdpIntake:
                     return
                 handle(*item)
                 handled += 1
+                if item[2] == PRIORITY and len(inbox):  # its task first, then the rest
+                    self._resume = loop.call_soon(self._serve, reader)
+                    return
                 if handled % READ_AHEAD_EVERY == 0:
                     now = loop.time()
                     self._read_ahead(reader, now)

@@ -169,3 +169,29 @@ def test_ordinary_invites_wait_in_the_new_lane() -> None:
         (b"O", PHONE, ORDINARY),
         None,
     ]
+
+
+async def test_the_work_a_priority_datagram_starts_runs_before_the_rest_of_the_slice() -> None:
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+
+    def handle(data: bytes, source: Address, lane: int) -> None:
+        order.append(data.decode())
+        if data.startswith(b"P"):  # an emergency INVITE: its set-up goes on in a task
+            loop.call_soon(order.append, "task")
+
+    intake = UdpIntake(loop, handle)
+    intake.inbox.classify = by_prefix
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    try:
+        for index in range(5):
+            intake.inbox.put(b"N%d" % index, PHONE, 0.0)
+        intake.on_datagram(b"P-911", PHONE, Reader(server))
+        while len(order) < 7:
+            await asyncio.sleep(0.001)
+    finally:
+        server.close()
+        intake.close()
+    assert order == ["P-911", "task", "N0", "N1", "N2", "N3", "N4"]
