@@ -1,11 +1,10 @@
 """Registrations and presence shared by the nodes of a cluster, end to end (issue #12).
 
-Two gateway nodes share a real redis-server and a Mosquitto; real Kamailio fronts on
-``deploy/kamailio/cluster.cfg`` dispatch to them by Call-ID hash: one front on 127.0.0.1
-for the phones, one on 127.0.0.2 for the carrier (so that the carrier's requests reach
-the nodes from 127.0.0.2, its ``inbound_from``, while the gateway does not read the
-front's ``X-Gateway-Source`` yet). SIPp plays alice's phone, the carrier's SBC and the
-PSAP calling back.
+Two gateway nodes share a real redis-server and a Mosquitto; one real Kamailio front on
+``deploy/kamailio/cluster.cfg`` dispatches to them by Call-ID hash, as deployed: the
+phones and the carrier (127.0.0.2, its ``inbound_from``) all send to the front, which the
+nodes name in ``node.fronts`` and whose ``X-Gateway-Source`` tells them who sent what.
+SIPp plays alice's phone, the carrier's SBC and the PSAP calling back.
 
 alice registers through the front (one node takes it); her 911 call is handled by one
 node; the PSAP's callback, dispatched to the *other* node, rings alice ahead of any queue
@@ -75,9 +74,9 @@ def carrier(tmp_path: Path) -> Iterator[Sipp]:
 class Front:
     """A Kamailio front on ``ip:port`` before the nodes (``cluster.cfg``)."""
 
-    def __init__(self, workdir: Path, ip: str, nodes: list[str]) -> None:
+    def __init__(self, workdir: Path, ip: str, nodes: list[str], port: int | None = None) -> None:
         binary = require_tool("kamailio")
-        self.ip, self.port = ip, free_port(host=ip)
+        self.ip, self.port = ip, port or free_port(host=ip)
         workdir.mkdir(parents=True, exist_ok=True)
         dispatcher = workdir / "dispatcher.list"
         dispatcher.write_text("".join(f"1 sip:{node} 0 0\n" for node in nodes))
@@ -157,12 +156,14 @@ def call_id_for(front: Front, node: str, tag: str) -> str:
     raise AssertionError(f"no Call-ID in 40 that the front hands to {node}")
 
 
-def node_text(name: str, sbc: str | None = None) -> str:
+def node_text(name: str, sbc: str | None = None, front: str | None = None) -> str:
+    """The node ``name``'s dialplan; ``front``: the cluster's front (``ip:port``)."""
+    fronts = f", fronts: ['{front}']" if front is not None else ""
     text = dialplan(sbc=(sbc,) if sbc is not None else ()).replace(
-        "node: { name: gw1 }", f"node: {{ name: {name} }}"
+        "node: { name: gw1 }", f"node: {{ name: {name}{fronts} }}"
     )
     text = text.replace("${fallback}", "'sip:security@127.0.0.1:5999'")  # nothing there
-    # the carrier's requests come through its own front, from 127.0.0.2
+    # the carrier is known by the source the front names, 127.0.0.2
     assert "inbound_from: ['127.0.0.2']" in text
     return text + f"sip: {{ user_agent: gateway-{name} }}\n"
 
@@ -191,19 +192,20 @@ def test_a_callback_on_the_other_node_rings_alice_and_survives_a_killed_node(
         "GATEWAY_MQTT_URL": mosquitto.url,
         "GATEWAY_MQTT_PREFIX": prefix,
     }
+    front_port = free_port(host=PHONES_IP)
+    via = f"{PHONES_IP}:{front_port}"
     nodes = {
-        name: gateway_factory(node_text(name, sbc.address), env=env) for name in ("gw1", "gw2")
+        name: gateway_factory(node_text(name, sbc.address, via), env=env) for name in ("gw1", "gw2")
     }
     recorder = Recorder(mosquitto.port, f"{prefix}/#")
     OPEN_RECORDERS.append(recorder)
     addresses = [node.address for node in nodes.values()]
-    phones = Front(tmp_path / "front-phones", PHONES_IP, addresses)
-    trunk = Front(tmp_path / "front-carrier", CARRIER_IP, addresses)
+    front = Front(tmp_path / "front", PHONES_IP, addresses, front_port)  # for everyone
     alice = free_port()
     try:
         # alice registers through the front: one node takes it and publishes it, once
         sipp.uac(
-            "agent_register.xml", phones.address, 1, 1, service="alice", local_port=alice,
+            "agent_register.xml", front.address, 1, 1, service="alice", local_port=alice,
             timeout=10, extra=["-au", "alice", "-ap", "alice-pw", "-key", "expires", "3600"],
         ).assert_calls(1)  # fmt: skip
         recorder.wait_for(
@@ -224,7 +226,7 @@ def test_a_callback_on_the_other_node_rings_alice_and_survives_a_killed_node(
 
         # her 911 call, through the front: whichever node takes it knows her
         call = sipp.start_uac(
-            "uac_basic.xml", phones.address, 1, 1, service="911", local_port=alice,
+            "uac_basic.xml", front.address, 1, 1, service="911", local_port=alice,
             timeout=30, call_length=3.0,
         )  # fmt: skip
         recorder.wait_for(
@@ -256,11 +258,11 @@ def test_a_callback_on_the_other_node_rings_alice_and_survives_a_killed_node(
         assert f"From: <sip:{DIDS[0]}@" in sbc.files.messages.read_text()  # E-4
 
         # the PSAP calls back; the front hands it to the node that did NOT handle the 911
-        to_survivor = call_id_for(trunk, survivor, "cb1")
-        to_victim = call_id_for(trunk, emergency_node, "cb2")
+        to_survivor = call_id_for(front, survivor, "cb1")
+        to_victim = call_id_for(front, emergency_node, "cb2")
         phone = sipp.uas("uas_basic.xml", alice, calls=2, timeout=90)
         carrier.uac(
-            "uac_psap_callback.xml", trunk.address, 1, 1, service=DIDS[0], timeout=20,
+            "uac_psap_callback.xml", front.address, 1, 1, service=DIDS[0], timeout=20,
             extra=["-cid_str", to_survivor],
         ).assert_calls(1)  # fmt: skip
         first_callback = to_survivor.replace("%u", "1")
@@ -275,7 +277,7 @@ def test_a_callback_on_the_other_node_rings_alice_and_survives_a_killed_node(
         # the node of the 911 call dies; a callback hashed to it still rings alice
         nodes[emergency_node].kill9()
         carrier.uac(
-            "uac_psap_callback.xml", trunk.address, 1, 1, service=DIDS[0], timeout=30,
+            "uac_psap_callback.xml", front.address, 1, 1, service=DIDS[0], timeout=30,
             extra=["-cid_str", to_victim],
         ).assert_calls(1)  # fmt: skip
         assert handled(nodes[survivor], to_victim.replace("%u", "1"))
@@ -284,14 +286,13 @@ def test_a_callback_on_the_other_node_rings_alice_and_survives_a_killed_node(
 
         # and alice's next call goes to the survivor
         sipp.uac(
-            "uac_basic.xml", phones.address, 1, 1, service="911", local_port=alice,
+            "uac_basic.xml", front.address, 1, 1, service="911", local_port=alice,
             timeout=30, call_length=0.3, extra=["-cid_str", "alice-again-%u"],
         ).assert_calls(1)  # fmt: skip
         sbc.wait(timeout=30).assert_calls(2)
         assert handled(nodes[survivor], "alice-again-1")
     finally:
-        trunk.stop()
-        phones.stop()
+        front.stop()
 
 
 def test_a_desktop_command_is_taken_by_one_node_published_once_and_seen_by_both(
