@@ -85,14 +85,20 @@ class Reader:
         self.errors.append(exc)
 
 
+def listening() -> socket.socket:
+    """A non-blocking UDP socket on loopback: the intake's listener."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    return server
+
+
 async def test_the_intake_reads_the_kernel_queue_ahead_and_serves_the_911_invite_first() -> None:
     loop = asyncio.get_running_loop()
     handled: list[bytes] = []
     intake = UdpIntake(loop, lambda data, source, lane: handled.append(data))
     intake.inbox.classify = by_prefix
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    server.setblocking(False)
+    server = listening()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for index in range(40):
@@ -121,9 +127,7 @@ async def test_the_intake_yields_to_the_loop_between_slices() -> None:
         order.append(data.decode())
 
     intake = UdpIntake(loop, slow)
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    server.setblocking(False)
+    server = listening()
     try:
         for index in range(40):
             intake.inbox.put(b"%d" % index, PHONE, 0.0)
@@ -182,9 +186,7 @@ async def test_the_work_a_priority_datagram_starts_runs_before_the_rest_of_the_s
 
     intake = UdpIntake(loop, handle)
     intake.inbox.classify = by_prefix
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    server.setblocking(False)
+    server = listening()
     try:
         for index in range(5):
             intake.inbox.put(b"N%d" % index, PHONE, 0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 
-from harness import GatewayFactory, Sipp, SippProcess
+from harness import GatewayFactory, GatewayProcess, Sipp, SippProcess
 
 PASSWORD = "carrier-pw-7f3e"
 
@@ -82,15 +82,15 @@ def test_a_wrong_password_is_refused_by_the_carrier(
     assert uas.wait(timeout=20).successful_calls == 0
 
 
-def test_a_registration_based_trunk_is_registered_and_refreshed(
-    sipp: Sipp, gateway_factory: GatewayFactory
-) -> None:
-    """REGISTER challenged and accepted for 2 s; the refresh comes before they run out,
-    challenged and accepted again (SIPp checks the digest both times)."""
+def registered_trunk(
+    sipp: Sipp, gateway_factory: GatewayFactory, scenario: str, timeout: float
+) -> tuple[SippProcess, GatewayProcess]:
+    """SIPp as the carrier's registrar (``scenario``, checking the trunk's digest) and a
+    gateway whose trunk registers there for 600 s."""
     registrar = sipp.uas(
-        "uas_register_challenge.xml",
+        scenario,
         calls=1,
-        timeout=30,
+        timeout=timeout,
         extra=["-key", "carrier_user", "acme-trunk", "-key", "carrier_password", PASSWORD],
     )
     text = dialplan(registrar.address).replace(
@@ -98,7 +98,15 @@ def test_a_registration_based_trunk_is_registered_and_refreshed(
         "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n"
         "    register: { expires: 600, domain: carrier.test }\n",
     )
-    gw = gateway_factory(text, env={"CARRIER_PASSWORD": PASSWORD})
+    return registrar, gateway_factory(text, env={"CARRIER_PASSWORD": PASSWORD})
+
+
+def test_a_registration_based_trunk_is_registered_and_refreshed(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    """REGISTER challenged and accepted for 2 s; the refresh comes before they run out,
+    challenged and accepted again (SIPp checks the digest both times)."""
+    registrar, gw = registered_trunk(sipp, gateway_factory, "uas_register_challenge.xml", 30)
     registrar.wait(timeout=20).assert_calls(1)
     deadline = time.monotonic() + 5.0
     while True:  # the last 200 was SIPp's final step: the gateway may log it just after
@@ -120,18 +128,7 @@ def test_a_clean_stop_removes_the_trunk_registration(
 ) -> None:
     """Registered for 600 s; on SIGTERM the gateway sends REGISTER with Expires: 0 (with
     credentials when challenged) before it exits, so the carrier stops sending it calls."""
-    registrar = sipp.uas(
-        "uas_register_unregister.xml",
-        calls=1,
-        timeout=60,
-        extra=["-key", "carrier_user", "acme-trunk", "-key", "carrier_password", PASSWORD],
-    )
-    text = dialplan(registrar.address).replace(
-        "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n",
-        "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n"
-        "    register: { expires: 600, domain: carrier.test }\n",
-    )
-    gw = gateway_factory(text, env={"CARRIER_PASSWORD": PASSWORD})
+    registrar, gw = registered_trunk(sipp, gateway_factory, "uas_register_unregister.xml", 60)
     deadline = time.monotonic() + 10.0
     while '"state": "registered"' not in gw.log_text():
         assert time.monotonic() < deadline, gw.log_tail(30)
