@@ -69,14 +69,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
             pass
     from gateway.events.embedded import NoBrokerError
 
+    failure: BaseException | None = None
     try:
         asyncio.run(run_gateway(dialplan, settings))
-    except (OSError, NoBrokerError) as exc:
-        print(f"gateway: cannot start: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    except* (OSError, NoBrokerError) as group:  # raised through the node's task groups
+        failure = _first_leaf(group)
+    except* KeyboardInterrupt:
         pass
+    if failure is not None:
+        print(f"gateway: cannot start: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -119,9 +119,9 @@ def _udp_socket(spec: ListenSpec) -> socket.socket:
         size_receive_buffer(sock)  # room for a burst while overload control sheds
         sock.setblocking(False)
         sock.bind((spec.host, spec.port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise OSError(exc.errno, f"bind udp:{spec.host}:{spec.port}: {exc.strerror}") from None
     return sock
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from harness import PROJECT_ROOT, GatewayFactory, GatewayProcess, Sipp, SippProcess, free_port
 from prometheus_client.parser import text_string_to_metric_families
@@ -310,3 +312,34 @@ def test_run_switches_to_the_c_allocator_in_place_unless_told_not_to(
         timeout=30,
     )
     assert refused.returncode == 2 and "GATEWAY_ALLOCATOR" in refused.stderr, refused.stderr
+
+
+def test_a_port_already_taken_is_a_one_line_refusal_not_a_traceback(tmp_path: Path) -> None:
+    """``make run`` twice: the second gateway finds its SIP port taken and says which, in
+    one line, with exit code 1 (the error used to surface as nested exception groups)."""
+    port = free_port()
+    text = (
+        dialplan("127.0.0.1:9", "127.0.0.1:9")
+        .replace("${listen_host}", "127.0.0.1")
+        .replace("${listen_port}", str(port))
+    )
+    plan = tmp_path / "dialplan.yaml"
+    plan.write_text(text)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", port))
+        run = subprocess.run(
+            [sys.executable, "-m", "gateway", "run", "--dialplan", str(plan)],
+            capture_output=True,
+            text=True,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "GATEWAY_DATA_DIR": str(tmp_path / "data"),
+                "GATEWAY_METRICS_ADDR": "off",
+                "GATEWAY_MQTT_URL": "off",
+            },
+            cwd=PROJECT_ROOT,
+            timeout=60,
+        )
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert f"gateway: cannot start: [Errno 98] bind udp:127.0.0.1:{port}: " in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout, run.stderr[-3000:]
