@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -184,3 +185,26 @@ def test_settings_refuse_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
     with pytest.raises(ValueError, match="log_level"):
         load_settings(log_format="json", log_level="LOUD")
+
+
+def test_our_lines_and_library_lines_from_two_threads_stay_whole_lines() -> None:
+    # our lines skip the stdlib (issue 10) but share its handler's stream and lock
+    out = io.StringIO()
+    configure_logging("json", "INFO", stream=out, cache_loggers=False)
+    ours = get_logger()  # unnamed: the calling module, as the stdlib factory named it
+
+    def worker() -> None:
+        for index in range(300):
+            logging.getLogger("some.library").warning("library %d", index)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    for index in range(300):
+        ours.info("ours", index=index)
+    thread.join()
+    lines = json_lines(out)  # every line parses: none was cut into by the other thread
+    assert len(lines) == 600
+    mine = [line for line in lines if line["event"] == "ours"]
+    assert [line["index"] for line in mine] == list(range(300))
+    assert {line["logger"] for line in mine} == {__name__}
+    assert sum(1 for line in lines if line["logger"] == "some.library") == 300
