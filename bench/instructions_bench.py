@@ -34,10 +34,8 @@ A tree other than this one needs the compiled parser (``gateway/sip/*.so`` and
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,7 +45,7 @@ from pathlib import Path
 # run as `python bench/instructions_bench.py`: the project root holds testkit/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testkit.processes import LOOPBACK, free_port, sip_options
+from testkit.processes import LOOPBACK, HarnessError, free_port, start_gateway
 from testkit.sipp import Sipp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,51 +74,36 @@ def run_once(
 ) -> int:
     """Instructions the gateway of ``tree`` executed, start to stop, with ``calls`` calls
     at ``args.rate`` (0: idle for as long as ``args.calls`` calls take)."""
-    rate = args.rate
-    workdir.mkdir(parents=True, exist_ok=True)
     port, uas_port = free_port(), free_port()
-    dialplan = workdir / "dialplan.yaml"
-    dialplan.write_text(DIALPLAN.format(host=LOOPBACK, port=port, uas_port=uas_port))
     out = workdir / "callgrind.out"
     env = {
-        **os.environ,
-        "PYTHONMALLOC": "malloc",
+        "PYTHONMALLOC": "malloc",  # as `gateway run` re-executes itself, without the exec
         "GATEWAY_LOG_LEVEL": args.log_level,
-        "GATEWAY_LOG_FORMAT": "json",
-        "GATEWAY_METRICS_ADDR": "off",
-        "GATEWAY_DATA_DIR": str(workdir / "data"),
         "GATEWAY_MQTT_EMBEDDED_PORT": str(free_port()),
         **extra,
     }
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}",
-        sys.executable,
-        "-m",
-        "gateway",
-        "run",
-        "--dialplan",
-        str(dialplan),
-    ]
-    with (workdir / "gateway.log").open("wb") as log:
-        gateway = subprocess.Popen(
-            command, cwd=tree, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-        )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not (sip_options(LOOPBACK, port, timeout=1.0) or "").startswith("SIP/2.0 200"):
-            if gateway.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"gateway under callgrind did not start: see {workdir}")
-        seconds = args.calls / rate
+        gateway = start_gateway(
+            DIALPLAN.format(host=LOOPBACK, port=port, uas_port=uas_port),
+            workdir,
+            listen_port=port,
+            env=env,
+            ready_timeout=READY_TIMEOUT_S,
+            wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
+            cwd=tree,
+        )
+    except HarnessError as exc:
+        raise SystemExit(f"gateway under callgrind did not start:\n{exc}") from None
+    try:
+        seconds = args.calls / args.rate
         if calls:
             sipp = Sipp(workdir / "sipp", host=LOOPBACK)
             uas = sipp.uas(SCENARIOS / "uas_rtd.xml", uas_port, calls=calls, timeout=seconds + 60)
             uac = sipp.uac(
                 SCENARIOS / "uac_rtd.xml",
-                f"{LOOPBACK}:{port}",
+                gateway.address,
                 calls,
-                rate,
+                args.rate,
                 timeout=seconds + 60,
             )
             uas.wait(10.0)
@@ -131,9 +114,7 @@ def run_once(
         else:
             time.sleep(seconds)
     finally:
-        if gateway.poll() is None:
-            gateway.send_signal(signal.SIGTERM)
-        gateway.wait(STOP_TIMEOUT_S)
+        gateway.stop(timeout=STOP_TIMEOUT_S)
     match = re.search(r"^summary: (\d+)", out.read_text(), re.MULTILINE)
     if match is None:
         raise SystemExit(f"no callgrind summary in {out}")

@@ -145,26 +145,16 @@ class LineWriter:
 
 
 class LineWriterFactory:
-    """structlog's logger factory: one :class:`LineWriter` per name (``get_logger(name)``;
-    without a name, the calling module's, as the stdlib factory names it)."""
+    """structlog's logger factory: one :class:`LineWriter` per name, named as structlog's
+    stdlib factory names its loggers (``get_logger(name)``; without a name, the calling
+    module's)."""
 
     def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
         self.handler = handler
+        self._names = structlog.stdlib.LoggerFactory(ignore_frame_names=[__name__])
 
     def __call__(self, *args: Any) -> LineWriter:
-        name = args[0] if args and isinstance(args[0], str) else _calling_module()
-        return LineWriter(name, self.handler)
-
-
-def _calling_module() -> str:
-    """The module that logs (the first frame outside structlog and this module)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        module = str(frame.f_globals.get("__name__", "?"))
-        if not (module == __name__ or module.startswith("structlog")):
-            return module
-        frame = frame.f_back  # type: ignore[assignment]
-    return "?"
+        return LineWriter(self._names(*args).name, self.handler)
 
 
 def get_logger(name: str | None = None, **initial_values: Any) -> FilteringBoundLogger:

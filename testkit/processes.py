@@ -462,11 +462,14 @@ def start_gateway(
     env: Mapping[str, str] | None = None,
     args: Sequence[str] = (),
     inherit_gateway_env: bool = True,
+    wrapper: Sequence[str] = (),
+    cwd: Path = PROJECT_ROOT,
 ) -> GatewayProcess:
     """Write the dialplan into ``workdir`` and start the gateway on it.
 
-    Runs ``[sys.executable, -m, gateway, run, --dialplan, PATH, *args]`` from the project
-    root with ``GATEWAY_DATA_DIR=workdir/data``, ``GATEWAY_LOG_FORMAT=json``,
+    Runs ``[*wrapper, sys.executable, -m, gateway, run, --dialplan, PATH, *args]`` from
+    ``cwd`` (the project root; another tree runs that tree's code; ``wrapper``: e.g.
+    valgrind) with ``GATEWAY_DATA_DIR=workdir/data``, ``GATEWAY_LOG_FORMAT=json``,
     ``GATEWAY_METRICS_ADDR=off`` and unbuffered output, then ``env`` on top; with
     ``inherit_gateway_env=False`` the ``GATEWAY_*`` variables of this process are not
     passed on. stdout and stderr go to
@@ -495,11 +498,13 @@ def start_gateway(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    command = [sys.executable, "-m", "gateway", "run", "--dialplan", str(dialplan_path), *args]
+    command = [
+        *wrapper, sys.executable, "-m", "gateway", "run", "--dialplan", str(dialplan_path), *args
+    ]  # fmt: skip
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         popen = subprocess.Popen(
             command,
-            cwd=PROJECT_ROOT,
+            cwd=cwd,
             env=process_env,
             stdin=subprocess.DEVNULL,
             stdout=stdout,

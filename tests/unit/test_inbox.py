@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 
 from test_overload_gate import PHONE, invite
 
@@ -93,6 +94,23 @@ def listening() -> socket.socket:
     return server
 
 
+async def serve(
+    intake: UdpIntake, waiting: list[bytes], arriving: bytes, done: Callable[[], bool]
+) -> None:
+    """``waiting`` already in the inbox, then ``arriving`` handed over by the loop; until
+    ``done``."""
+    server = listening()
+    try:
+        for data in waiting:
+            intake.inbox.put(data, PHONE, 0.0)
+        intake.on_datagram(arriving, PHONE, Reader(server))
+        while not done():
+            await asyncio.sleep(0.001)
+    finally:
+        server.close()
+        intake.close()
+
+
 async def test_the_intake_reads_the_kernel_queue_ahead_and_serves_the_911_invite_first() -> None:
     loop = asyncio.get_running_loop()
     handled: list[bytes] = []
@@ -127,17 +145,8 @@ async def test_the_intake_yields_to_the_loop_between_slices() -> None:
         order.append(data.decode())
 
     intake = UdpIntake(loop, slow)
-    server = listening()
-    try:
-        for index in range(40):
-            intake.inbox.put(b"%d" % index, PHONE, 0.0)
-        loop.call_soon(order.append, "timer")  # due at the next turn
-        intake.on_datagram(b"40", PHONE, Reader(server))
-        while len(order) < 42:
-            await asyncio.sleep(0.005)
-    finally:
-        server.close()
-        intake.close()
+    loop.call_soon(order.append, "timer")  # due at the next turn
+    await serve(intake, [b"%d" % index for index in range(40)], b"40", lambda: len(order) >= 42)
     # the other callback ran after the first slice, long before the 41 datagrams were done
     assert 4 <= order.index("timer") < 30
     assert [o for o in order if o != "timer"] == [str(i) for i in range(41)]
@@ -186,14 +195,5 @@ async def test_the_work_a_priority_datagram_starts_runs_before_the_rest_of_the_s
 
     intake = UdpIntake(loop, handle)
     intake.inbox.classify = by_prefix
-    server = listening()
-    try:
-        for index in range(5):
-            intake.inbox.put(b"N%d" % index, PHONE, 0.0)
-        intake.on_datagram(b"P-911", PHONE, Reader(server))
-        while len(order) < 7:
-            await asyncio.sleep(0.001)
-    finally:
-        server.close()
-        intake.close()
+    await serve(intake, [b"N%d" % index for index in range(5)], b"P-911", lambda: len(order) >= 7)
     assert order == ["P-911", "task", "N0", "N1", "N2", "N3", "N4"]
