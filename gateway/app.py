@@ -13,7 +13,7 @@ import contextlib
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,8 @@ import structlog
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.b2bua import B2BUA, CallObserver
 from gateway.b2bua.history import CallHistory
-from gateway.b2bua.metrics import CallMetrics, level_gauge, node_metrics, overload_gauges
+from gateway.b2bua.metrics import CallMetrics, node_metrics, overload_gauges
 from gateway.b2bua.queues import QueueManager
-from gateway.b2bua.registration import TrunkRegistrations, registration_plans
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.b2bua.sessions import SessionTimerConfig
 from gateway.b2bua.snapshot import call_rows
@@ -56,7 +55,9 @@ from gateway.node_sip import (
     start_load_meter,
     start_resolver,
     transaction_layer,
+    trunk_queries,
 )
+from gateway.node_trunks import NodeTrunkRegistrations, start_trunk_registrations
 from gateway.notify import Notifier
 from gateway.presence.service import PresenceService
 from gateway.presence.state import Status
@@ -108,6 +109,10 @@ class Gateway:
     web: WebServer | None = None
     #: OPTIONS keep-alives to the trunk gateways (SPEC O-3; a reload hands it the new plan)
     trunk_health: TrunkHealth | None = None
+    #: REGISTER to the registration-based trunks (a reload hands it the new plan)
+    trunk_registrations: NodeTrunkRegistrations | None = None
+    #: the trunks' host names (a reload hands it the new ones)
+    resolver: TrunkResolver | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -145,19 +150,22 @@ class Gateway:
                 dialplan, layer, ids, endpoint, registrar, presence, emergency, history,
                 call_tasks, resolver, pings,
             )
-            metrics = await _serve(
+            metrics, trunk_registrations = await _serve(
                 stack, dialplan, settings, endpoint, b2bua, registrar, publisher, stores, pings,
                 resolver,
             )
             yield cls(
                 dialplan, settings, stores, publisher, presence, registrar, queues, history,
                 layer, endpoint, b2bua, mqtt_url, metrics, emergency, web, pings,
+                trunk_registrations, resolver,
             )
             # fmt: on
 
     def use_dialplan(self, dialplan: Dialplan) -> None:
         """A reloaded dialplan (``gateway.reload``): new calls are routed with it; calls in
         progress keep their hops. One step: no SIP event runs in between."""
+        if self.resolver is not None:
+            self.resolver.use_queries(trunk_queries(dialplan))
         router = self.b2bua.router
         if isinstance(router, ContactCentreRouter):
             self.b2bua.router = router.with_dialplan(dialplan)
@@ -166,6 +174,8 @@ class Gateway:
         use_dialplan_for_stores(self.stores, dialplan)
         if self.trunk_health is not None:
             self.trunk_health.use_dialplan(dialplan)
+        if self.trunk_registrations is not None:
+            self.trunk_registrations.use_dialplan(dialplan)
         self.dialplan = dialplan
 
 
@@ -181,53 +191,6 @@ def _start_history(
     history.start()
     stack.push_async_callback(history.close)
     return history
-
-
-UNREGISTER_WAIT_S = 2.0
-"""How long a stopping node waits for its trunks' answers to its un-REGISTERs."""
-
-
-def _start_trunk_registrations(
-    stack: contextlib.AsyncExitStack,
-    dialplan: Dialplan,
-    b2bua: B2BUA,
-    endpoint: SipEndpoint,
-    targets: Callable[[Address], list[Address]],
-    metrics: CallMetrics,
-) -> None:
-    """REGISTER to the registration-based trunks (issue 13), on the call layer's clock;
-    no call ever waits for it (an emergency call tries the trunk whatever its state)."""
-    router = b2bua.router
-    if not isinstance(router, ContactCentreRouter):
-        return
-    plans = registration_plans(dialplan.trunks, targets, router.credentials)
-    if not plans:
-        return
-    registrations = TrunkRegistrations(b2bua.core, plans)
-    now = endpoint.loop.time()
-    b2bua.core.now = now
-    registrations.start(now)
-    endpoint.pump()
-
-    async def leave() -> None:
-        # a clean stop removes the bindings: else the carrier's calls (a PSAP's callback
-        # among them) go to this node until they expire; the answers are waited for briefly
-        now = endpoint.loop.time()
-        b2bua.core.now = now
-        if registrations.unregister(now):
-            endpoint.pump()
-            deadline = now + UNREGISTER_WAIT_S
-            while registrations.pending and endpoint.loop.time() < deadline:
-                await asyncio.sleep(0.02)
-        registrations.stop()
-
-    stack.push_async_callback(leave)
-    level_gauge(
-        metrics.registry,
-        "gateway_trunk_registrations_up",
-        "Registration-based trunks with a granted binding now",
-        lambda: sum(registrations.registered(endpoint.loop.time()).values()),
-    )
 
 
 class DesktopCommands:
@@ -339,14 +302,16 @@ async def _serve(
     stores: Stores,
     trunk_health: TrunkHealth,
     resolver: TrunkResolver,
-) -> CallMetrics:
-    """The metrics, then the sockets open (and the trunk keep-alives), overload control
-    and the collector's pacing."""
+) -> tuple[CallMetrics, NodeTrunkRegistrations | None]:
+    """The metrics, then the sockets open (the trunk keep-alives and registrations),
+    overload control and the collector's pacing."""
     metrics = _metrics(b2bua, registrar, publisher, stores, trunk_health)
     await start_endpoint(stack, endpoint, trunk_health, resolver)
-    _start_trunk_registrations(stack, dialplan, b2bua, endpoint, resolver.targets, metrics)
+    registrations = start_trunk_registrations(
+        stack, dialplan, b2bua, endpoint, resolver.targets, metrics
+    )
     start_load_meter(stack, dialplan, endpoint, b2bua, settings)
-    return metrics
+    return metrics, registrations
 
 
 async def _start_emergency(

@@ -31,6 +31,7 @@ __all__ = [
     "start_resolver",
     "tls_server",
     "transaction_layer",
+    "trunk_queries",
 ]
 
 
@@ -116,19 +117,23 @@ def start_gc_pacer(stack: contextlib.AsyncExitStack, settings: Settings) -> None
         stack.push_async_callback(pacer.stop)
 
 
+def trunk_queries(dialplan: Dialplan) -> list[DnsQuery]:
+    """The trunk gateways (and the direct-offer service's) to resolve (RFC 3263)."""
+    gateways = [gw for trunk in dialplan.trunks.values() for gw in trunk.gateways]
+    if dialplan.emergency.direct_offer is not None:
+        gateways += dialplan.emergency.direct_offer.gateways
+    return [
+        DnsQuery(Address(gw.transport, gw.host, gw.port), "port" in gw.model_fields_set)
+        for gw in gateways
+    ]
+
+
 async def start_resolver(
     stack: contextlib.AsyncExitStack, dialplan: Dialplan, settings: Settings, tls: TlsPeers
 ) -> TrunkResolver:
     """Trunk host names resolved (RFC 3263) before the first call, then kept fresh."""
-    gateways = [gw for trunk in dialplan.trunks.values() for gw in trunk.gateways]
-    if dialplan.emergency.direct_offer is not None:
-        gateways += dialplan.emergency.direct_offer.gateways
-    queries = [
-        DnsQuery(Address(gw.transport, gw.host, gw.port), "port" in gw.model_fields_set)
-        for gw in gateways
-    ]
     resolver = TrunkResolver(
-        queries,
+        trunk_queries(dialplan),
         nameserver=settings.dns_server,
         timeout=settings.dns_timeout_s,
         min_ttl=settings.dns_min_ttl_s,

@@ -34,6 +34,12 @@ keeps sending calls, a PSAP's callback among them, to a node that is gone until 
 runs out (an hour by default). The node waits a moment for the answers
 (``gateway/app.py``); a crash or ``kill -9`` leaves the binding to expire.
 
+A reload (:meth:`TrunkRegistrations.use_plans`, SPEC O-1) compares each trunk's new plan
+with the running one: the same plan is left alone; the same binding (registrar, AOR,
+Request-URI) with other settings (credentials, expiry, timers) is REGISTERed again at once
+on its Call-ID; another binding, or a trunk gone from the dialplan, is un-REGISTERed as on
+a stop and the new one (if any) registered; a new trunk registers at once.
+
 Every REGISTER of one registration shares its Call-ID and From tag, CSeq counting up (RFC
 3261 section 10.2). Calls never wait for it: the router places calls on the trunk whatever
 the registration's state, and an emergency call fails over from the trunk as usual (SPEC
@@ -91,6 +97,11 @@ class RegistrationPlan:
     def aor(self) -> str:
         host = f"[{self.domain}]" if ":" in self.domain else self.domain
         return f"sip:{self.aor_user}@{host}"
+
+    @property
+    def binding(self) -> tuple[Address, str, str]:
+        """What the registrar keeps: where, for which AOR, under which Request-URI."""
+        return (self.registrar, self.aor, self.request_uri)
 
 
 class TrunkRegistration(ClientOwner):
@@ -160,10 +171,19 @@ class TrunkRegistration(ClientOwner):
         self._timer = None
         self.start(now)
 
+    def replan(self, plan: RegistrationPlan, now: float) -> None:
+        """A reload changed how this binding is kept (credentials, expiry, timers), not the
+        binding: REGISTER again now, same Call-ID, next CSeq, with the new settings."""
+        self.stop()
+        self.plan = plan
+        self._asked = plan.settings.expires
+        self.failures = 0
+        self.start(now)
+
     def unregister(self, now: float) -> bool:
-        """The node is stopping: remove the binding the registrar granted (REGISTER with
-        Expires: 0, same Call-ID, next CSeq). False when none is granted now (nothing
-        sent). No refresh or retry follows."""
+        """The node is stopping, or a reload removed the binding: remove the binding the
+        registrar granted (REGISTER with Expires: 0, same Call-ID, next CSeq). False when
+        none is granted now (nothing sent). No refresh or retry follows."""
         self.stop()
         if not self.registered(now):
             return False
@@ -303,16 +323,45 @@ class TrunkRegistrations:
         plans: Iterable[RegistrationPlan],
         rng: random.Random | None = None,
     ):
-        rng = rng or random.Random()
-        self.by_trunk = {plan.trunk: TrunkRegistration(core, plan, rng) for plan in plans}
+        self.core = core
+        self.rng = rng or random.Random()
+        self.by_trunk = {plan.trunk: TrunkRegistration(core, plan, self.rng) for plan in plans}
+        #: bindings a reload removed, waiting for the answer to their un-REGISTER
+        self.leaving: list[TrunkRegistration] = []
 
     def start(self, now: float) -> None:
         for registration in self.by_trunk.values():
             registration.start(now)
 
     def stop(self) -> None:
-        for registration in self.by_trunk.values():
+        for registration in [*self.by_trunk.values(), *self.leaving]:
             registration.stop()
+        self.leaving = []
+
+    def use_plans(self, plans: Iterable[RegistrationPlan], now: float) -> list[str]:
+        """A reloaded dialplan's plans (the module's docstring); the trunks whose
+        registration changed (re-REGISTERed, moved, removed or added)."""
+        self.leaving = [registration for registration in self.leaving if registration.pending]
+        new = {plan.trunk: plan for plan in plans}
+        changed = []
+        for name, registration in list(self.by_trunk.items()):
+            plan = new.get(name)
+            if plan == registration.plan:
+                continue
+            changed.append(name)
+            if plan is not None and plan.binding == registration.plan.binding:
+                registration.replan(plan, now)
+                continue
+            del self.by_trunk[name]
+            if registration.unregister(now):
+                self.leaving.append(registration)
+        for name, plan in new.items():
+            if name not in self.by_trunk:
+                if name not in changed:
+                    changed.append(name)
+                self.by_trunk[name] = TrunkRegistration(self.core, plan, self.rng)
+                self.by_trunk[name].start(now)
+        return changed
 
     def unregister(self, now: float) -> int:
         """Un-REGISTER every granted binding (the node is stopping); how many were sent."""
@@ -321,7 +370,8 @@ class TrunkRegistrations:
     @property
     def pending(self) -> bool:
         """Some REGISTER still waits for its final answer."""
-        return any(registration.pending for registration in self.by_trunk.values())
+        every = [*self.by_trunk.values(), *self.leaving]
+        return any(registration.pending for registration in every)
 
     def registered(self, now: float) -> dict[str, bool]:
         """trunk -> registered now (for metrics and health)."""

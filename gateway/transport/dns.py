@@ -159,15 +159,30 @@ class TrunkResolver:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def use_queries(self, queries: Iterable[DnsQuery]) -> None:
+        """A reloaded dialplan's names: a new one is resolved at once (in the background;
+        until then its calls resolve it with a bounded wait), a name gone is forgotten."""
+        self.queries = {q.address: q for q in queries if not is_numeric(q.address.host)}
+        for address in [a for a in self._answers if a not in self.queries]:
+            del self._answers[address]
+        if self._task is None and self.queries:
+            self._task = asyncio.create_task(self._keep_fresh(), name="dns-refresh")
+        self._wake.set()
+
     async def _keep_fresh(self) -> None:
         while True:
+            self._wake.clear()
             now = self.clock()
             due = [q for a, q in self.queries.items() if self._due(a, now)]
             if due:
                 await asyncio.gather(*(self.refresh(q) for q in due), return_exceptions=True)
+            for query in due:  # a reload dropped the name while it was looked up
+                if query.address not in self.queries:
+                    self._answers.pop(query.address, None)
             expiries = [a.expires for a in self._answers.values()]
             wait = min(expiries, default=now + self.min_ttl) - self.clock()
-            await asyncio.sleep(min(max(wait, 0.2), 60.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(max(wait, 0.2), 60.0))
 
     def _due(self, address: Address, now: float) -> bool:
         answer = self._answers.get(address)

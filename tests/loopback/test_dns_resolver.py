@@ -144,3 +144,28 @@ def test_srv_order_is_by_priority_then_weighted() -> None:
     firsts = [order_srv(records, random.Random(seed))[0][1] for seed in range(200)]
     assert firsts.count("heavy") > 170  # weight 99 of 100 (RFC 2782)
     assert all(order_srv(records, random.Random(s))[-1] == (1, "late") for s in range(20))
+
+
+async def test_a_reloaded_dialplans_new_name_is_resolved_at_once_and_a_gone_one_forgotten(
+    dns_server: DnsServer,
+) -> None:
+    """A reload (SPEC O-1) adds a trunk by name: it is resolved in the background at once
+    (not at the next refresh, up to a minute later); the name the reload dropped is
+    forgotten. The resolver started with no name at all (no background task yet)."""
+    r = resolver(dns_server)
+    await r.start()
+    plain = Address("udp", "plain.carrier.test", 5080)
+    try:
+        r.use_queries([DnsQuery(CARRIER, port_given=False), DnsQuery(plain, port_given=True)])
+        assert r.targets(plain) == [plain]  # not yet: the name as written (never waits)
+        for _ in range(100):
+            if r.targets(plain) != [plain] and r.targets(CARRIER) != [CARRIER]:
+                break
+            await asyncio.sleep(0.02)
+        assert r.targets(plain) == [Address("udp", "127.0.0.14", 5080)]
+        assert r.targets(CARRIER)[0] == Address("udp", "127.0.0.11", 5071)
+        r.use_queries([DnsQuery(plain, port_given=True)])
+        assert r.targets(CARRIER) == [CARRIER]
+        assert r.targets(plain) == [Address("udp", "127.0.0.14", 5080)]
+    finally:
+        await r.close()

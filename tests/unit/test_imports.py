@@ -173,6 +173,10 @@ def test_the_sip_core_imports_nothing_above_it() -> None:
     assert above == []
 
 
+#: the node's wiring: it builds the call layer and hands it its parts
+WIRING = ("gateway.b2bua", "gateway.app", "gateway.node_sip", "gateway.node_trunks")
+
+
 def test_only_the_wiring_imports_the_call_layer() -> None:
     """Services and policy (registrar, emergency, presence, stores...) sit below the B2BUA:
     they answer it with their own typed values and never import it."""
@@ -180,7 +184,7 @@ def test_only_the_wiring_imports_the_call_layer() -> None:
     upward = sorted(
         f"{source} -> {target}"
         for source, targets in modules.items()
-        if package_of(source) not in ("gateway.b2bua", "gateway.app", "gateway.node_sip")
+        if package_of(source) not in WIRING
         for target in targets
         if package_of(target) == "gateway.b2bua"
     )

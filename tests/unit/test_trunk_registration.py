@@ -6,15 +6,17 @@ registration runs on the gateway's call-layer timer heap.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 
-from b2bua_peers import ANSWER, CALLER, GATEWAY, GW1, Net, Peer, hop, outbound
+from b2bua_peers import ANSWER, CALLER, GATEWAY, GW1, GW2, Net, Peer, hop, outbound
 
 from gateway.b2bua.registration import (
     RegistrationPlan,
     RegistrationState,
     TrunkRegistration,
+    TrunkRegistrations,
 )
 from gateway.config.trunk_auth import TrunkCredentials, TrunkRegister
 from gateway.registrar.digest import parse_authorization
@@ -24,15 +26,19 @@ from gateway.sip.transaction import RequestReceived
 CHALLENGE = 'Digest realm="carrier", nonce="n1", algorithm=SHA-256, qop="auth"'
 
 
-def _registration(net: Net, expires: int = 600) -> TrunkRegistration:
-    plan = RegistrationPlan(
-        trunk="carrier",
+def _plan(expires: int = 600, trunk: str = "carrier") -> RegistrationPlan:
+    return RegistrationPlan(
+        trunk=trunk,
         registrar=GW1,
         aor_user="acme",
         domain="carrier.test",
         settings=TrunkRegister(expires=expires, retry_min_s=2, retry_max_s=10),
         credentials=TrunkCredentials("acme", "pw", None),
     )
+
+
+def _registration(net: Net, expires: int = 600) -> TrunkRegistration:
+    plan = _plan(expires)
     registration = TrunkRegistration(net.b2bua.core, plan, random.Random(7))
     net.b2bua.core.now = net.now
     registration.start(net.now)
@@ -171,3 +177,88 @@ def test_a_call_is_not_delayed_by_a_failed_registration() -> None:
     registrar.answer(invite, 200, ANSWER)
     assert caller.statuses() == [100, 200]
     assert net.sent(GATEWAY, GW1, "INVITE")[0].uri_text.startswith("sip:15551230000@")
+
+
+# -- a reloaded dialplan (SPEC O-1) ---------------------------------------------------------
+
+
+def _registered(net: Net, plans: list[RegistrationPlan]) -> TrunkRegistrations:
+    """Every plan registered for 600 s (each registrar answers 200 at once)."""
+    registrations = TrunkRegistrations(net.b2bua.core, plans, random.Random(7))
+    net.b2bua.core.now = net.now
+    registrations.start(net.now)
+    net.exchange()
+    for address in {plan.registrar for plan in plans}:
+        for ev in net.peer(address).requests("REGISTER"):
+            _answer(
+                net.peer(address), ev, 200, ("Contact", f"{ev.request.get('Contact')};expires=600")
+            )
+    assert all(registrations.registered(net.now).values())
+    return registrations
+
+
+def test_a_reload_with_the_same_plans_sends_nothing() -> None:
+    net = Net(outbound(hop(GW1)))
+    registrations = _registered(net, [_plan()])
+    assert registrations.use_plans([_plan()], net.now) == []
+    net.exchange()
+    assert len(net.peer(GW1).requests("REGISTER")) == 1
+
+
+def test_new_credentials_re_register_the_same_binding_at_once() -> None:
+    """Same registrar and AOR, a rotated password and another expiry: REGISTER now on the
+    same Call-ID (the registrar updates the binding), answered with the new password."""
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    registrations = _registered(net, [_plan()])
+    first = registrar.requests("REGISTER")[0].request
+    rotated = dataclasses.replace(
+        _plan(expires=300), credentials=TrunkCredentials("acme", "new-pw", None)
+    )
+    assert registrations.use_plans([rotated], net.now) == ["carrier"]
+    net.exchange()
+    again = registrar.requests("REGISTER")[1]
+    assert again.request.call_id == first.call_id and again.request.cseq.number == 2
+    assert again.request.get("Expires") == "300"
+    _answer(registrar, again, 401, ("WWW-Authenticate", CHALLENGE))
+    answered = registrar.requests("REGISTER")[2].request
+    digest = parse_authorization(answered.get("Authorization") or "")
+    assert digest["username"] == "acme" and answered.get("Expires") == "300"
+    assert registrations.by_trunk["carrier"].plan.credentials == rotated.credentials
+
+
+def test_a_moved_registrar_gets_the_old_binding_removed_and_the_new_one_made() -> None:
+    net = Net(outbound(hop(GW1)))
+    old, new = net.peer(GW1), net.peer(GW2)
+    registrations = _registered(net, [_plan()])
+    moved = dataclasses.replace(_plan(), registrar=GW2)
+    assert registrations.use_plans([moved], net.now) == ["carrier"]
+    net.exchange()
+    leave = old.requests("REGISTER")[1].request
+    assert leave.get("Expires") == "0"
+    assert leave.call_id == old.requests("REGISTER")[0].request.call_id
+    (fresh,) = new.requests("REGISTER")
+    assert fresh.request.get("Expires") == "600" and fresh.request.call_id != leave.call_id
+    assert registrations.pending  # the un-REGISTER waits for its answer (a stop waits too)
+    _answer(old, old.requests("REGISTER")[1], 200)
+    _answer(new, fresh, 200, ("Contact", f"{fresh.request.get('Contact')};expires=600"))
+    assert not registrations.pending
+    assert registrations.registered(net.now) == {"carrier": True}
+    net.advance(700.0)  # the removed binding is neither refreshed nor retried
+    assert len(old.requests("REGISTER")) == 2
+
+
+def test_a_removed_trunk_is_un_registered_and_an_added_one_registers() -> None:
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    registrations = _registered(net, [_plan()])
+    added = dataclasses.replace(_plan(trunk="backup"), aor_user="acme-backup")
+    assert registrations.use_plans([added], net.now) == ["carrier", "backup"]
+    net.exchange()
+    leave, fresh = registrar.requests("REGISTER")[1:]
+    assert leave.request.get("Expires") == "0" and "acme@" in str(leave.request.get("To"))
+    assert fresh.request.get("Expires") == "600" and "acme-backup@" in str(fresh.request.get("To"))
+    assert set(registrations.registered(net.now)) == {"backup"}
+    registrations.stop()  # the node stops before the answers: nothing more is sent
+    net.advance(700.0)
+    assert len(registrar.requests("REGISTER")) == 3

@@ -10,6 +10,7 @@ SIPp ends; a wrong password makes the carrier refuse (the same test, made to fai
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 from harness import GatewayFactory, GatewayProcess, Sipp, SippProcess
@@ -141,3 +142,32 @@ def test_a_clean_stop_removes_the_trunk_registration(
         if '"trunk_registration"' in line
     ]
     assert states[-1] == "unregistered", states
+
+
+def test_a_reload_moves_the_registration_to_the_new_registrar(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    """The dialplan's trunk moves to another registrar and is reloaded (SIGHUP, SPEC O-1):
+    the old registrar sees the binding removed (Expires: 0, digest on its challenge), the
+    new one sees the trunk register with its credentials, without a restart."""
+    old, gw = registered_trunk(sipp, gateway_factory, "uas_register_unregister.xml", 60)
+    deadline = time.monotonic() + 10.0
+    while '"state": "registered"' not in gw.log_text():
+        assert time.monotonic() < deadline, gw.log_tail(30)
+        time.sleep(0.1)
+    new = sipp.uas(
+        "uas_register_challenge.xml",
+        calls=1,
+        timeout=30,
+        extra=["-key", "carrier_user", "acme-trunk", "-key", "carrier_password", PASSWORD],
+    )
+    text = gw.dialplan_path.read_text()
+    moved = text.replace(old.address.rpartition(":")[2], new.address.rpartition(":")[2])
+    assert moved != text
+    gw.dialplan_path.write_text(moved)
+    gw.popen.send_signal(signal.SIGHUP)
+    old.wait(timeout=20).assert_calls(1)  # removed, with credentials on the challenge
+    new.wait(timeout=20).assert_calls(1)  # registered (2 s), refreshed (600 s), challenged
+    log = gw.log_text()
+    assert '"dialplan_reloaded"' in log and '"trunk_registrations_reloaded"' in log, log
+    assert gw.running and PASSWORD not in log and "Traceback" not in log
