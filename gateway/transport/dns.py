@@ -181,8 +181,11 @@ class TrunkResolver:
                     self._answers.pop(query.address, None)
             expiries = [a.expires for a in self._answers.values()]
             wait = min(expiries, default=now + self.min_ttl) - self.clock()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel (close) that
+            # comes as the wake-up does, and this loop would never end
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(max(wait, 0.2), 60.0))
+                async with asyncio.timeout(min(max(wait, 0.2), 60.0)):
+                    await self._wake.wait()
 
     def _due(self, address: Address, now: float) -> bool:
         answer = self._answers.get(address)
@@ -194,7 +197,8 @@ class TrunkResolver:
         """Resolve ``query`` now; keep the last good answer when this fails."""
         address = query.address
         try:
-            targets, ttl = await asyncio.wait_for(self._resolve(query), self.timeout)
+            async with asyncio.timeout(self.timeout):  # (not wait_for: see _keep_fresh)
+                targets, ttl = await self._resolve(query)
         except (dns.exception.DNSException, TimeoutError, OSError) as exc:
             previous = self._answers.get(address)
             log.warning(

@@ -526,9 +526,8 @@ class SipEndpoint:
 
     async def _resolve_and_send(self, data: bytes, destination: Address) -> None:
         try:
-            infos = await asyncio.wait_for(
-                self.loop.getaddrinfo(destination.host, destination.port), self.resolve_timeout
-            )
+            async with asyncio.timeout(self.resolve_timeout):  # keeps a cancel, unlike wait_for
+                infos = await self.loop.getaddrinfo(destination.host, destination.port)
         except (OSError, TimeoutError) as exc:
             self._fail(destination, f"cannot resolve {destination.host}: {exc}")
             self.pump()
