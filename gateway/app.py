@@ -524,7 +524,11 @@ async def _start_side_services(
         stack.push_async_callback(server.close)
     clock = asyncio.get_running_loop().time
     calls = lambda: call_rows(list(gw.b2bua.calls.values()), clock())  # noqa: E731
-    live = live_snapshots(gw.registrar, gw.presence, gw.trunk_health, lambda: gw.dialplan, calls)
+    trunks = gw.trunk_registrations
+    live = live_snapshots(
+        gw.registrar, gw.presence, gw.trunk_health, lambda: gw.dialplan, calls,
+        trunk_registrations=trunks.describe if trunks is not None else dict,
+    )  # fmt: skip
     control = await start_control(settings.data_dir, live)
     if control is not None:
         stack.push_async_callback(control.close)

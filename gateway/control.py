@@ -178,6 +178,7 @@ def live_snapshots(
     dialplan: Callable[[], Dialplan],
     calls: Snapshot,
     wall_clock: Callable[[], float] = time.time,
+    trunk_registrations: Callable[[], Mapping[str, str]] = dict,
 ) -> dict[str, Snapshot]:
     """The node's answers to :data:`REQUESTS`, read from its live services."""
 
@@ -213,20 +214,26 @@ def live_snapshots(
 
     def trunks() -> list[dict[str, Any]]:
         probed = {s["gateway"]: s for s in trunk_health.statuses()} if trunk_health else {}
-        return trunk_rows(dialplan(), probed)
+        return trunk_rows(dialplan(), probed, trunk_registrations())
 
     return {"registrations": registrations, "calls": calls, "presence": agents, "trunks": trunks}
 
 
-def trunk_rows(dialplan: Dialplan, probed: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every trunk gateway of ``dialplan``, with its keep-alive state when it is probed."""
+def trunk_rows(
+    dialplan: Dialplan,
+    probed: Mapping[str, dict[str, Any]],
+    registrations: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every trunk gateway of ``dialplan``, with its keep-alive state when it is probed and,
+    on a registration-based trunk's first gateway (its registrar), the registration."""
+    registrations = registrations or {}
     paths = [(name, trunk.gateways) for name, trunk in dialplan.trunks.items()]
     offer = dialplan.emergency.direct_offer
     if offer is not None:
         paths.append((DIRECT_OFFER, offer.gateways))
     rows = []
     for path, gateways in paths:
-        for gw in gateways:
+        for index, gw in enumerate(gateways):
             key = gateway_key(gw)
             status = probed.get(key)
             rows.append(
@@ -238,6 +245,7 @@ def trunk_rows(dialplan: Dialplan, probed: Mapping[str, dict[str, Any]]) -> list
                     "last": status["last_detail"] if status else None,
                     "probes": status["probes"] if status else 0,
                     "failures": status["failures"] if status else 0,
+                    "registration": registrations.get(path) if index == 0 else None,
                 }
             )
     return rows

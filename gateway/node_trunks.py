@@ -55,6 +55,10 @@ class NodeTrunkRegistrations:
         self.registrations.start(self._now())
         self.endpoint.pump()
 
+    def describe(self) -> dict[str, str]:
+        """trunk -> its registration in one line (``gateway trunks``)."""
+        return self.registrations.describe(self.endpoint.loop.time())
+
     def use_dialplan(self, dialplan: Dialplan) -> None:
         """A reloaded dialplan: its trunks' plans, with the credentials the router (already
         swapped) read afresh; a changed registration is redone at once."""

@@ -126,10 +126,24 @@ class TrunkRegistration(ClientOwner):
         self._leaving = False
         self._tx: ClientTransaction | None = None
         self._timer: Timer | None = None
+        #: why the last REGISTER failed (None once one succeeds)
+        self.last_error: str | None = None
 
     def registered(self, now: float) -> bool:
         """A granted binding that has not run out at ``now``."""
         return self.expires_at is not None and now < self.expires_at
+
+    def describe(self, now: float) -> str:
+        """One line for ``gateway trunks``: the state, the time left, the last error."""
+        text = self.state.value
+        if self.registered(now):
+            assert self.expires_at is not None
+            text = f"registered, {round(self.expires_at - now)} s left"
+        if self.last_error is not None:
+            text += f" ({self.last_error})"
+        if self._timer is not None and self.state is RegistrationState.FAILED:
+            text += f", retry in {max(0, round(self._timer.deadline - now))} s"
+        return text
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -268,6 +282,7 @@ class TrunkRegistration(ClientOwner):
             self._failed("registrar granted no time", now)
             return
         self.failures = 0
+        self.last_error = None
         self.granted = granted
         self.expires_at = now + granted
         self._set_state(RegistrationState.REGISTERED, expires=granted)
@@ -278,6 +293,7 @@ class TrunkRegistration(ClientOwner):
             self._set_state(self.state, error=f"un-REGISTER: {why}")
             return
         self.failures += 1
+        self.last_error = why
         settings = self.plan.settings
         backoff = min(settings.retry_max_s, settings.retry_min_s * 2 ** (self.failures - 1))
         delay = backoff * self.rng.uniform(0.8, 1.0)
@@ -372,6 +388,10 @@ class TrunkRegistrations:
         """Some REGISTER still waits for its final answer."""
         every = [*self.by_trunk.values(), *self.leaving]
         return any(registration.pending for registration in every)
+
+    def describe(self, now: float) -> dict[str, str]:
+        """trunk -> its registration in one line (``gateway trunks``)."""
+        return {name: r.describe(now) for name, r in self.by_trunk.items()}
 
     def registered(self, now: float) -> dict[str, bool]:
         """trunk -> registered now (for metrics and health)."""

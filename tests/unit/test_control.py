@@ -63,6 +63,20 @@ def test_trunks_lists_every_gateway_probed_or_not() -> None:
         ("spare", "tcp:192.0.2.2:5060", "not probed"),
     ]
     assert rows[0]["last"] == "no answer within 5 s" and rows[0]["failures"] == 3
+    assert [r["registration"] for r in rows] == [None, None]
+
+
+def test_trunks_shows_a_registration_on_the_trunks_first_gateway_only() -> None:
+    dialplan = load_dialplan_text(
+        "version: 1\n"
+        "listen: [{ transport: udp, host: 127.0.0.1 }]\n"
+        "trunks:\n"
+        "  carrier:\n"
+        "    gateways: [{ host: 192.0.2.1 }, { host: 192.0.2.3 }]\n"
+        "    register: { expires: 600, aor_user: acme }\n"
+    )
+    rows = trunk_rows(dialplan, {}, {"carrier": "registered, 540 s left"})
+    assert [r["registration"] for r in rows] == ["registered, 540 s left", None]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

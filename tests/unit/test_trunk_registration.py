@@ -136,6 +136,22 @@ def test_failures_back_off_doubling_up_to_the_maximum() -> None:
         assert 0.8 * ceiling - 0.2 <= gap <= ceiling + 0.2, gaps
 
 
+def test_the_operator_reads_the_state_time_left_and_last_error() -> None:
+    """``gateway trunks``: registered with the time left; failed with why and the retry."""
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    registration = _registration(net)
+    assert registration.describe(net.now) == "registering"
+    _answer(registrar, registrar.requests("REGISTER")[0], 403)
+    assert registration.describe(net.now) == "failed (403 Forbidden), retry in 2 s"
+    while len(registrar.requests("REGISTER")) == 1:
+        net.advance(0.1)
+    ev = registrar.requests("REGISTER")[1]
+    _answer(registrar, ev, 200, ("Contact", f"{ev.request.get('Contact')};expires=600"))
+    net.advance(60.0)
+    assert registration.describe(net.now) == "registered, 540 s left"
+
+
 def test_a_second_challenge_is_a_failure_not_a_loop() -> None:
     net = Net(outbound(hop(GW1)))
     registrar = net.peer(GW1)

@@ -14,6 +14,7 @@ import signal
 import time
 
 from harness import GatewayFactory, GatewayProcess, Sipp, SippProcess
+from test_trunk_keepalives import live
 
 PASSWORD = "carrier-pw-7f3e"
 
@@ -122,6 +123,12 @@ def test_a_registration_based_trunk_is_registered_and_refreshed(
         time.sleep(0.1)
     assert granted[:2] == [2, 600], states
     assert PASSWORD not in gw.log_text()
+    # the operator sees it in ``gateway trunks``, on the trunk's registrar
+    (row,) = live(gw, "trunks")
+    assert row["trunk"] == "carrier"
+    assert row["registration"].startswith("registered, ") and row["registration"].endswith(
+        " s left"
+    ), row
 
 
 def test_a_clean_stop_removes_the_trunk_registration(
