@@ -24,8 +24,8 @@ registering       other final, no answer,        failed; REGISTER again after a 
 registered        refresh time                   REGISTER (state stays registered until
                                                  the binding's own expiry passes)
 failed            retry time                     REGISTER -> registering
-registered        the node stops                 REGISTER with Expires: 0 (credentials on a
-                                                 challenge, as above) -> unregistered on its
+registered, or    the node stops, or a reload    REGISTER with Expires: 0 (credentials on a
+registering       removes the binding            challenge, as above) -> unregistered on its
                                                  2xx; no refresh, no retry either way
 ================  =============================  =========================================
 
@@ -196,10 +196,13 @@ class TrunkRegistration(ClientOwner):
 
     def unregister(self, now: float) -> bool:
         """The node is stopping, or a reload removed the binding: remove the binding the
-        registrar granted (REGISTER with Expires: 0, same Call-ID, next CSeq). False when
-        none is granted now (nothing sent). No refresh or retry follows."""
+        registrar granted (REGISTER with Expires: 0, same Call-ID, next CSeq), or may yet
+        grant: a REGISTER still in flight is overtaken (its CSeq is lower, so its answer,
+        ignored, cannot undo the removal). False when there is neither (nothing sent). No
+        refresh or retry follows."""
+        in_flight = self._tx is not None and not self._leaving
         self.stop()
-        if not self.registered(now):
+        if not self.registered(now) and not in_flight:
             return False
         self._leaving = True
         self._challenged = False
@@ -380,7 +383,8 @@ class TrunkRegistrations:
         return changed
 
     def unregister(self, now: float) -> int:
-        """Un-REGISTER every granted binding (the node is stopping); how many were sent."""
+        """Un-REGISTER every binding granted or in flight (the node is stopping); how many
+        were sent."""
         return sum(registration.unregister(now) for registration in self.by_trunk.values())
 
     @property

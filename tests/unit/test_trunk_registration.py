@@ -103,7 +103,8 @@ def test_nothing_to_remove_sends_nothing_and_a_refused_removal_is_not_retried() 
     net = Net(outbound(hop(GW1)))
     registrar = net.peer(GW1)
     registration = _registration(net)
-    assert not registration.unregister(net.now)  # never granted: nothing sent
+    _answer(registrar, registrar.requests("REGISTER")[0], 403)
+    assert not registration.unregister(net.now)  # refused, none in flight: nothing sent
     net.advance(60.0)
     assert len(registrar.requests("REGISTER")) == 1
     registration = _registration(net)
@@ -116,6 +117,27 @@ def test_nothing_to_remove_sends_nothing_and_a_refused_removal_is_not_retried() 
     count = len(registrar.requests("REGISTER"))
     net.advance(120.0)
     assert len(registrar.requests("REGISTER")) == count
+
+
+def test_a_register_still_in_flight_is_overtaken_by_the_removal() -> None:
+    """The node stops (or a reload drops the trunk) while the first REGISTER waits for its
+    answer: the registrar may still grant it, so Expires: 0 follows at once with a higher
+    CSeq; the late 200 of the first is ignored and cannot undo the removal."""
+    net = Net(outbound(hop(GW1)))
+    registrar = net.peer(GW1)
+    registration = _registration(net)
+    first = registrar.requests("REGISTER")[0]
+    assert registration.unregister(net.now)
+    net.exchange()
+    leave = registrar.requests("REGISTER")[1]
+    assert leave.request.get("Expires") == "0"
+    assert leave.request.call_id == first.request.call_id and leave.request.cseq.number == 2
+    _answer(registrar, first, 200, ("Contact", f"{first.request.get('Contact')};expires=600"))
+    assert registration.pending and not registration.registered(net.now)
+    _answer(registrar, leave, 200)
+    assert registration.state is RegistrationState.UNREGISTERED and not registration.pending
+    net.advance(700.0)
+    assert len(registrar.requests("REGISTER")) == 2
 
 
 def test_failures_back_off_doubling_up_to_the_maximum() -> None:
