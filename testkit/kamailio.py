@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,10 +147,12 @@ def start_front(
     probe: bool = True,
     shm_mb: int = 256,
     ready_timeout: float = 10.0,
+    settings: Mapping[str, str] | None = None,
 ) -> Kamailio:
     """``cluster.cfg`` on udp/tcp 127.0.0.1:``port`` before ``destinations`` (``host:port``,
     dispatcher set 1). ``probe=False`` turns the OPTIONS probes off (DS_PING_INTERVAL=0),
-    for destinations that do not answer them (a SIPp uas)."""
+    for destinations that do not answer them (a SIPp uas). ``settings``: more of its
+    defines (``-A NAME=VALUE``), e.g. ``TRUSTED_NETS``, ``PIKE_DENSITY``."""
     dispatcher = workdir / "dispatcher.list"
     workdir.mkdir(parents=True, exist_ok=True)
     dispatcher.write_text(
@@ -160,6 +162,8 @@ def start_front(
     defines = ["-A", f"FRONT_PORT={port}", "-A", f'DISPATCHER_LIST="{dispatcher}"']
     if not probe:
         defines += ["-A", "DS_PING_INTERVAL=0"]
+    for name, value in (settings or {}).items():
+        defines += ["-A", f"{name}={value}"]
     return _run(workdir, port, CLUSTER_CONFIG, defines, shm_mb=shm_mb, ready_timeout=ready_timeout)
 
 

@@ -84,7 +84,7 @@ done
 
 "$KAMAILIO" -DD -E -f "$ROOT/deploy/kamailio/cluster.cfg" \
     -A "FRONT_PORT=$FRONT_PORT" -A "DISPATCHER_LIST=\"$WORK/dispatcher.list\"" \
-    -w "$WORK" -Y "$WORK" -P "$WORK/kamailio.pid" -m 64 -M 8 \
+    -w "$WORK" -Y "$WORK" -P "$WORK/kamailio.pid" -m 256 -M 8 \
     >"$WORK/kamailio.log" 2>&1 &
 pids+=($!)
 
