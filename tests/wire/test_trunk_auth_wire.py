@@ -13,7 +13,8 @@ import json
 import signal
 import time
 
-from harness import GatewayFactory, GatewayProcess, Sipp, SippProcess
+from harness import GatewayFactory, GatewayProcess, Sipp, SippProcess, free_port
+from test_operations import http_get, sample
 from test_trunk_keepalives import live
 
 PASSWORD = "carrier-pw-7f3e"
@@ -85,10 +86,14 @@ def test_a_wrong_password_is_refused_by_the_carrier(
 
 
 def registered_trunk(
-    sipp: Sipp, gateway_factory: GatewayFactory, scenario: str, timeout: float
+    sipp: Sipp,
+    gateway_factory: GatewayFactory,
+    scenario: str,
+    timeout: float,
+    env: dict[str, str] | None = None,
 ) -> tuple[SippProcess, GatewayProcess]:
     """SIPp as the carrier's registrar (``scenario``, checking the trunk's digest) and a
-    gateway whose trunk registers there for 600 s."""
+    gateway whose trunk registers there for 600 s (``env``: more of its settings)."""
     registrar = sipp.uas(
         scenario,
         calls=1,
@@ -100,7 +105,7 @@ def registered_trunk(
         "    auth: { username: acme-trunk, password_env: CARRIER_PASSWORD }\n"
         "    register: { expires: 600, domain: carrier.test }\n",
     )
-    return registrar, gateway_factory(text, env={"CARRIER_PASSWORD": PASSWORD})
+    return registrar, gateway_factory(text, env={"CARRIER_PASSWORD": PASSWORD, **(env or {})})
 
 
 def test_a_registration_based_trunk_is_registered_and_refreshed(
@@ -108,7 +113,11 @@ def test_a_registration_based_trunk_is_registered_and_refreshed(
 ) -> None:
     """REGISTER challenged and accepted for 2 s; the refresh comes before they run out,
     challenged and accepted again (SIPp checks the digest both times)."""
-    registrar, gw = registered_trunk(sipp, gateway_factory, "uas_register_challenge.xml", 30)
+    port = free_port()
+    registrar, gw = registered_trunk(
+        sipp, gateway_factory, "uas_register_challenge.xml", 30,
+        env={"GATEWAY_METRICS_ADDR": f"127.0.0.1:{port}"},
+    )  # fmt: skip
     registrar.wait(timeout=20).assert_calls(1)
     deadline = time.monotonic() + 5.0
     while True:  # the last 200 was SIPp's final step: the gateway may log it just after
@@ -123,7 +132,10 @@ def test_a_registration_based_trunk_is_registered_and_refreshed(
         time.sleep(0.1)
     assert granted[:2] == [2, 600], states
     assert PASSWORD not in gw.log_text()
-    # the operator sees it in ``gateway trunks``, on the trunk's registrar
+    # the operator sees it in /metrics (per trunk) and in ``gateway trunks``
+    _, metrics = http_get(port, "/metrics")
+    assert sample(metrics, "gateway_trunk_registered", trunk="carrier") == 1.0, metrics
+    assert sample(metrics, "gateway_trunk_registrations_up") == 1.0
     (row,) = live(gw, "trunks")
     assert row["trunk"] == "carrier"
     assert row["registration"].startswith("registered, ") and row["registration"].endswith(
