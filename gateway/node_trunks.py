@@ -118,7 +118,8 @@ def start_trunk_registrations(
     if not isinstance(router, ContactCentreRouter):
         return None
     plans = registration_plans(dialplan.trunks, targets, router.credentials)
-    node = NodeTrunkRegistrations(TrunkRegistrations(b2bua.core, plans), b2bua, endpoint, targets)
+    registrations = TrunkRegistrations(b2bua.core, plans, targets=targets)
+    node = NodeTrunkRegistrations(registrations, b2bua, endpoint, targets)
     node.start()
     stack.push_async_callback(node.leave)
     level_gauge(

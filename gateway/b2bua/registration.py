@@ -20,7 +20,10 @@ registering       401/407, first of this         REGISTER again with credentials
 registering       423 with Min-Expires           REGISTER again asking Min-Expires
 registering       other final, no answer,        failed; REGISTER again after a backoff:
                   second challenge               ``retry_min_s`` doubling up to
-                                                 ``retry_max_s``, jittered (0.8..1.0)
+                                                 ``retry_max_s``, jittered (0.8..1.0), to
+                                                 the next of the gateway's DNS targets
+                                                 (RFC 3263: the next SRV target or
+                                                 address) unless a binding is still granted
 registered        refresh time                   REGISTER (state stays registered until
                                                  the binding's own expiry passes)
 failed            retry time                     REGISTER -> registering
@@ -83,6 +86,8 @@ class RegistrationPlan:
     domain: str
     settings: TrunkRegister
     credentials: TrunkCredentials | None = None
+    #: the gateway as the dialplan writes it (its DNS targets are the registrars to try)
+    written: Address | None = None
 
     @property
     def request_uri(self) -> str:
@@ -107,10 +112,19 @@ class RegistrationPlan:
 class TrunkRegistration(ClientOwner):
     """One trunk's registration (the table in this module's docstring)."""
 
-    def __init__(self, core: CallCore, plan: RegistrationPlan, rng: random.Random):
+    def __init__(
+        self,
+        core: CallCore,
+        plan: RegistrationPlan,
+        rng: random.Random,
+        targets: Callable[[Address], list[Address]] | None = None,
+    ):
         self.core = core
         self.plan = plan
         self.rng = rng
+        self.targets = targets
+        #: where REGISTERs go now: the plan's registrar, the next target after a failure
+        self.registrar = plan.registrar
         self.state = RegistrationState.UNREGISTERED
         self.call_id = core.ids.call_id(core.host_for(plan.registrar))
         self.tag = core.ids.tag()
@@ -163,7 +177,7 @@ class TrunkRegistration(ClientOwner):
             ("to", "To", f"<{plan.aor}>"),
             ("call-id", "Call-ID", self.call_id),
             ("cseq", "CSeq", f"{self.cseq} REGISTER"),
-            ("contact", "Contact", self.core.contact_for(plan.registrar)),
+            ("contact", "Contact", self.core.contact_for(self.registrar)),
             ("expires", "Expires", str(self._asked)),
             ("user-agent", "User-Agent", self.core.user_agent),
         ]
@@ -171,7 +185,7 @@ class TrunkRegistration(ClientOwner):
 
     def _send(self, request: Request, now: float) -> None:
         core = self.core
-        dest = self.plan.registrar
+        dest = self.registrar
         request.push_via(core.via_for(dest, core.ids.branch()))
         self._tx = core.layer.send_request(request, dest, now)
         self._tx.owner = self
@@ -190,6 +204,7 @@ class TrunkRegistration(ClientOwner):
         binding: REGISTER again now, same Call-ID, next CSeq, with the new settings."""
         self.stop()
         self.plan = plan
+        self.registrar = plan.registrar
         self._asked = plan.settings.expires
         self.failures = 0
         self.start(now)
@@ -297,6 +312,8 @@ class TrunkRegistration(ClientOwner):
             return
         self.failures += 1
         self.last_error = why
+        if not self.registered(now):  # a granted binding stays where it was granted
+            self._next_registrar()
         settings = self.plan.settings
         backoff = min(settings.retry_max_s, settings.retry_min_s * 2 ** (self.failures - 1))
         delay = backoff * self.rng.uniform(0.8, 1.0)
@@ -309,6 +326,20 @@ class TrunkRegistration(ClientOwner):
         )
         self._schedule(delay, now)
 
+    def _next_registrar(self) -> None:
+        """After a failure, the next of the gateway's DNS targets (RFC 3263 section 4.3:
+        the next SRV target or address), in their current order; the same one when there
+        is no other."""
+        written = self.plan.written
+        if self.targets is None or written is None:
+            return
+        candidates = self.targets(written)
+        if self.registrar in candidates:
+            index = candidates.index(self.registrar) + 1
+            self.registrar = candidates[index % len(candidates)]
+        elif candidates:
+            self.registrar = candidates[0]
+
     def _set_state(self, state: RegistrationState, **fields: object) -> None:
         previous, self.state = self.state, state
         level = log.warning if "error" in fields else log.info
@@ -317,8 +348,7 @@ class TrunkRegistration(ClientOwner):
             trunk=self.plan.trunk,
             state=state.value,
             previous=previous.value,
-            registrar=f"{self.plan.registrar.transport}:{self.plan.registrar.host}:"
-            f"{self.plan.registrar.port}",
+            registrar=f"{self.registrar.transport}:{self.registrar.host}:{self.registrar.port}",
             **fields,
         )
 
@@ -341,12 +371,17 @@ class TrunkRegistrations:
         core: CallCore,
         plans: Iterable[RegistrationPlan],
         rng: random.Random | None = None,
+        targets: Callable[[Address], list[Address]] | None = None,
     ):
         self.core = core
         self.rng = rng or random.Random()
-        self.by_trunk = {plan.trunk: TrunkRegistration(core, plan, self.rng) for plan in plans}
+        self.targets = targets
+        self.by_trunk = {plan.trunk: self._new(plan) for plan in plans}
         #: bindings a reload removed, waiting for the answer to their un-REGISTER
         self.leaving: list[TrunkRegistration] = []
+
+    def _new(self, plan: RegistrationPlan) -> TrunkRegistration:
+        return TrunkRegistration(self.core, plan, self.rng, self.targets)
 
     def start(self, now: float) -> None:
         for registration in self.by_trunk.values():
@@ -378,7 +413,7 @@ class TrunkRegistrations:
             if name not in self.by_trunk:
                 if name not in changed:
                     changed.append(name)
-                self.by_trunk[name] = TrunkRegistration(self.core, plan, self.rng)
+                self.by_trunk[name] = self._new(plan)
                 self.by_trunk[name].start(now)
         return changed
 
@@ -421,6 +456,7 @@ def registration_plans(
             RegistrationPlan(
                 trunk=name,
                 registrar=targets(written)[0],
+                written=written,
                 aor_user=user,
                 domain=settings.domain or gateway.host,
                 settings=settings,

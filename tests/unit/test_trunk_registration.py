@@ -21,7 +21,7 @@ from gateway.b2bua.registration import (
 from gateway.config.trunk_auth import TrunkCredentials, TrunkRegister
 from gateway.registrar.digest import parse_authorization
 from gateway.sip.message import make_response
-from gateway.sip.transaction import RequestReceived
+from gateway.sip.transaction import Address, RequestReceived
 
 CHALLENGE = 'Digest realm="carrier", nonce="n1", algorithm=SHA-256, qop="auth"'
 
@@ -172,6 +172,36 @@ def test_the_operator_reads_the_state_time_left_and_last_error() -> None:
     _answer(registrar, ev, 200, ("Contact", f"{ev.request.get('Contact')};expires=600"))
     net.advance(60.0)
     assert registration.describe(net.now) == "registered, 540 s left"
+
+
+def test_a_silent_registrar_is_left_for_the_next_dns_target_and_the_binding_stays_there() -> None:
+    """RFC 3263: the gateway is a name with two targets (SRV); the first never answers, so
+    the retry goes to the second, which grants; refreshes and the removal stay with it."""
+    net = Net(outbound(hop(GW1)))
+    net.drop = lambda s, d, m: d == GW1
+    written = Address("udp", "registrar.carrier.test", 5060)
+    plan = dataclasses.replace(_plan(), written=written)
+    registration = TrunkRegistration(
+        net.b2bua.core, plan, random.Random(7), lambda a: [GW1, GW2] if a == written else [a]
+    )
+    net.b2bua.core.now = net.now
+    registration.start(net.now)
+    net.exchange()
+    second = net.peer(GW2)
+    while not second.requests("REGISTER"):
+        net.advance(0.5)  # Timer F (32 s), then the backoff
+    assert registration.state is RegistrationState.REGISTERING
+    ev = second.requests("REGISTER")[0]
+    assert ev.request.call_id == registration.call_id  # one registration, another server
+    _answer(second, ev, 200, ("Contact", f"{ev.request.get('Contact')};expires=120"))
+    assert registration.registered(net.now) and registration.registrar == GW2
+    net.advance(100.0)  # the refresh goes where the binding is
+    assert len(second.requests("REGISTER")) == 2
+    _answer(second, second.requests("REGISTER")[1], 503)  # a failed refresh: still granted
+    assert registration.registrar == GW2
+    assert registration.unregister(net.now)
+    net.exchange()
+    assert second.requests("REGISTER")[-1].request.get("Expires") == "0"
 
 
 def test_a_second_challenge_is_a_failure_not_a_loop() -> None:
