@@ -41,6 +41,7 @@ from gateway.stores.ports import (
     PresenceRecord,
     StoreError,
 )
+from gateway.tasks import stop_task
 
 __all__ = [
     "ClusterSync",
@@ -181,8 +182,7 @@ class ReservationSync:
     ) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(stop_task(task), return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
@@ -269,9 +269,7 @@ class ClusterSync:
         tb: TracebackType | None,
     ) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(stop_task(task) for task in tasks), return_exceptions=True)
 
     def alive(self, node: str) -> bool:
         """Had ``node`` beaten within ``node_lost_s`` when the beats were last read (each

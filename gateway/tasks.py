@@ -21,9 +21,13 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+import structlog
+
 __all__ = ["WriteBehind", "start_task", "stop_task"]
 
 T = TypeVar("T")
+
+log = structlog.get_logger("gateway.tasks")
 
 
 def start_task(
@@ -35,11 +39,26 @@ def start_task(
     return asyncio.create_task(coroutine, name=name)
 
 
+#: how long a cancelled task may take to finish before it is cancelled again
+CANCEL_AGAIN_S = 1.0
+
+
 async def stop_task(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` and wait until it has finished (its CancelledError is expected)."""
+    """Cancel ``task`` and wait until it has finished (its CancelledError is expected).
+
+    On Python 3.11 a cancel can be lost: ``asyncio.wait_for``, and libraries that time a
+    read out, may return a result that completed as the cancel came. A loop that lost it
+    runs on and its owner's close would wait for ever, so the cancel is repeated every
+    :data:`CANCEL_AGAIN_S` seconds until the task ends (``task_cancel_repeated`` logged).
+    """
     if task is None:
         return
     task.cancel()
+    while not task.done():
+        await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
+        if not task.done():
+            log.warning("task_cancel_repeated", task=task.get_name())
+            task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

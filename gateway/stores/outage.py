@@ -58,6 +58,7 @@ from gateway.stores.ports import (
     Stores,
     StoreUnavailableError,
 )
+from gateway.tasks import stop_task
 
 __all__ = ["OutageGuard", "Restorable", "StoreHealth", "guard_of"]
 
@@ -156,8 +157,7 @@ class OutageGuard:
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(stop_task(task), return_exceptions=True)
         if self._journal:
             log.warning("store_outage_unreconciled", pending=len(self._journal))
         await self.shared.close()

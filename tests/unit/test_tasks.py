@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from gateway import tasks
 from gateway.tasks import WriteBehind, start_task, stop_task
 
 
@@ -115,3 +118,27 @@ async def test_stop_task_awaits_what_it_cancels() -> None:
     await stop_task(task)
     assert task.done() and finished.is_set()
     await stop_task(None)
+
+
+async def test_stop_task_cancels_again_a_loop_that_lost_its_cancel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python 3.11's ``wait_for`` returns a result that completed as the cancel came: the
+    loop below loses its first cancel that way and runs on; stop_task cancels it again."""
+    monkeypatch.setattr(tasks, "CANCEL_AGAIN_S", 0.05)
+    ready = asyncio.Event()
+    rounds = 0
+
+    async def loop() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            ready.set()
+            ready.clear()
+            await asyncio.wait_for(ready.wait(), 10.0)
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0)  # the loop waits on the event
+    ready.set()  # its wait completes ...
+    await asyncio.wait_for(tasks.stop_task(task), 5.0)  # ... as the first cancel comes
+    assert task.cancelled() and rounds >= 2
