@@ -18,6 +18,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gateway.tasks import stop_task
+
 __all__ = ["MetricsServer", "parse_addr"]
 
 log = structlog.get_logger("gateway.metrics")
@@ -67,10 +69,7 @@ class MetricsServer:
         log.info("metrics_listening", address=f"{self.host}:{self.port}")
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+        await stop_task(self._probe)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

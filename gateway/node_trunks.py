@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 
-import structlog
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.b2bua.b2bua import B2BUA
+from gateway.b2bua.core import log
 from gateway.b2bua.metrics import CallMetrics, level_gauge
 from gateway.b2bua.registration import TrunkRegistrations, registration_plans
 from gateway.b2bua.router import ContactCentreRouter
@@ -24,8 +24,6 @@ from gateway.sip.transaction import Address
 from gateway.transport.endpoint import SipEndpoint
 
 __all__ = ["UNREGISTER_WAIT_S", "NodeTrunkRegistrations", "start_trunk_registrations"]
-
-log = structlog.get_logger("gateway.b2bua")
 
 UNREGISTER_WAIT_S = 2.0
 """How long a stopping node waits for its trunks' answers to its un-REGISTERs."""

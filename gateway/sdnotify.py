@@ -16,12 +16,13 @@ the node. Without ``NOTIFY_SOCKET`` (not under systemd) every call is a no-op.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Mapping
 
 import structlog
+
+from gateway.tasks import stop_task
 
 __all__ = ["SystemdNotifier"]
 
@@ -74,10 +75,7 @@ class SystemdNotifier:
         self.send(f"STOPPING=1\nSTATUS={status}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _watchdog(self, interval_s: float) -> None:
         while True:

@@ -8,7 +8,6 @@ callbacks never produce a row (SPEC E-9): a call marked ``private`` is skipped h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -17,7 +16,7 @@ import structlog
 from gateway.b2bua.call import Call, EndKind
 from gateway.b2bua.decisions import CallObserverBase
 from gateway.stores.ports import Cdr, CdrStore
-from gateway.tasks import WriteBehind
+from gateway.tasks import WriteBehind, stop_task
 
 __all__ = ["PURGE_INTERVAL_S", "CallHistory", "cdr_of", "final_sip_code"]
 
@@ -107,10 +106,7 @@ class CallHistory(CallObserverBase):
 
     async def close(self) -> None:
         """Write what is queued, then stop the writer (and the purge)."""
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
+        await stop_task(self._purger)
         await self._rows.close()
 
     async def purge(self) -> int:

@@ -49,6 +49,7 @@ from gateway.sip.headers import Via
 from gateway.sip.message import Request, Response
 from gateway.sip.owners import ClientOwner
 from gateway.sip.transaction import ClientTransaction, TransactionLayer
+from gateway.tasks import stop_task
 
 __all__ = ["ProbeOwner", "TrunkHealth", "gateway_status", "trunk_gateway_suffix"]
 
@@ -187,10 +188,7 @@ class TrunkHealth:
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while not self._closed:

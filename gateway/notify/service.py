@@ -67,6 +67,7 @@ from gateway.notify.smtp import (
 )
 from gateway.notify.template import render, render_fallback
 from gateway.stores.ports import MailDraft, OutboxMail, OutboxStore
+from gateway.tasks import stop_task
 
 __all__ = [
     "MAX_PARALLEL_SENDS",
@@ -183,10 +184,7 @@ class Notifier:
         if self._closed:
             return
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        await stop_task(self._worker)
         try:
             await self._drain_intake(schedule=False)
         except Exception as error:

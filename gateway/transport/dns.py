@@ -48,6 +48,7 @@ import structlog
 
 from gateway.sip.address import Address, address_text, is_ip_literal
 from gateway.sip.routing import DEFAULT_PORTS
+from gateway.tasks import stop_task
 
 __all__ = ["DnsQuery", "TrunkResolver", "order_srv"]
 
@@ -154,10 +155,7 @@ class TrunkResolver:
         self._task = asyncio.create_task(self._keep_fresh(), name="dns-refresh")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     def use_queries(self, queries: Iterable[DnsQuery]) -> None:
         """A reloaded dialplan's names: a new one is resolved at once (in the background;

@@ -10,26 +10,39 @@ import socket
 
 from harness import LOOPBACK, GatewayFactory, Sipp
 
-from testkit.dnsserver import DnsServer
+from testkit.dnsserver import DnsServer, Records
 
 SERVICE = "5551234"
+
+
+def silent_port() -> tuple[socket.socket, int]:
+    """A UDP socket on loopback that is bound and never answers, and its port."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind((LOOPBACK, 0))
+    return silent, int(silent.getsockname()[1])
+
+
+def two_srv_targets(first_port: int, second_port: int) -> Records:
+    """``_sip._udp.carrier.test``: sbc1 (priority 10) on ``first_port``, then sbc2 (20) on
+    ``second_port``, both on loopback."""
+    return {
+        ("_sip._udp.carrier.test", "SRV"): (
+            60,
+            [f"10 0 {first_port} sbc1.carrier.test.", f"20 0 {second_port} sbc2.carrier.test."],
+        ),
+        ("sbc1.carrier.test", "A"): (60, [LOOPBACK]),
+        ("sbc2.carrier.test", "A"): (60, [LOOPBACK]),
+    }
 
 
 def test_second_srv_target_takes_the_call_when_the_first_does_not_answer(
     sipp: Sipp, gateway_factory: GatewayFactory
 ) -> None:
     uas = sipp.uas("uas_basic.xml", calls=1, timeout=30)
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
-    silent.bind((LOOPBACK, 0))
-    dead_port = int(silent.getsockname()[1])
+    silent, dead_port = silent_port()
     records = {
         ("carrier.test", "NAPTR"): (60, ['10 50 "s" "SIP+D2U" "" _sip._udp.carrier.test.']),
-        ("_sip._udp.carrier.test", "SRV"): (
-            60,
-            [f"10 0 {dead_port} sbc1.carrier.test.", f"20 0 {uas.port} sbc2.carrier.test."],
-        ),
-        ("sbc1.carrier.test", "A"): (60, [LOOPBACK]),
-        ("sbc2.carrier.test", "A"): (60, [LOOPBACK]),
+        **two_srv_targets(dead_port, uas.port),
     }
     with silent, DnsServer(records) as dns:
         gw = gateway_factory(
@@ -67,18 +80,8 @@ def test_the_trunk_registers_at_the_second_srv_target_when_the_first_is_silent(
         timeout=30,
         extra=["-key", "carrier_user", "acme-trunk", "-key", "carrier_password", "pw-3"],
     )
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
-    silent.bind((LOOPBACK, 0))
-    dead_port = int(silent.getsockname()[1])
-    records = {
-        ("_sip._udp.carrier.test", "SRV"): (
-            60,
-            [f"10 0 {dead_port} reg1.carrier.test.", f"20 0 {registrar.port} reg2.carrier.test."],
-        ),
-        ("reg1.carrier.test", "A"): (60, [LOOPBACK]),
-        ("reg2.carrier.test", "A"): (60, [LOOPBACK]),
-    }
-    with silent, DnsServer(records) as dns:
+    silent, dead_port = silent_port()
+    with silent, DnsServer(two_srv_targets(dead_port, registrar.port)) as dns:
         gw = gateway_factory(
             "version: 1\n"
             "listen: [ { transport: udp, host: ${listen_host}, port: ${listen_port} } ]\n"

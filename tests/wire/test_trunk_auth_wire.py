@@ -108,6 +108,14 @@ def registered_trunk(
     return registrar, gateway_factory(text, env={"CARRIER_PASSWORD": PASSWORD, **(env or {})})
 
 
+def wait_registered(gw: GatewayProcess) -> None:
+    """Until the gateway logs its trunk registered (at most 10 s)."""
+    deadline = time.monotonic() + 10.0
+    while '"state": "registered"' not in gw.log_text():
+        assert time.monotonic() < deadline, gw.log_tail(30)
+        time.sleep(0.1)
+
+
 def test_a_registration_based_trunk_is_registered_and_refreshed(
     sipp: Sipp, gateway_factory: GatewayFactory
 ) -> None:
@@ -149,10 +157,7 @@ def test_a_clean_stop_removes_the_trunk_registration(
     """Registered for 600 s; on SIGTERM the gateway sends REGISTER with Expires: 0 (with
     credentials when challenged) before it exits, so the carrier stops sending it calls."""
     registrar, gw = registered_trunk(sipp, gateway_factory, "uas_register_unregister.xml", 60)
-    deadline = time.monotonic() + 10.0
-    while '"state": "registered"' not in gw.log_text():
-        assert time.monotonic() < deadline, gw.log_tail(30)
-        time.sleep(0.1)
+    wait_registered(gw)
     assert gw.stop() == 0
     registrar.wait(timeout=20).assert_calls(1)
     states = [
@@ -170,10 +175,7 @@ def test_a_reload_moves_the_registration_to_the_new_registrar(
     the old registrar sees the binding removed (Expires: 0, digest on its challenge), the
     new one sees the trunk register with its credentials, without a restart."""
     old, gw = registered_trunk(sipp, gateway_factory, "uas_register_unregister.xml", 60)
-    deadline = time.monotonic() + 10.0
-    while '"state": "registered"' not in gw.log_text():
-        assert time.monotonic() < deadline, gw.log_tail(30)
-        time.sleep(0.1)
+    wait_registered(gw)
     new = sipp.uas(
         "uas_register_challenge.xml",
         calls=1,
