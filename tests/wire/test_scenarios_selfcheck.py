@@ -9,7 +9,9 @@ harness is broken, not the gateway.
 from __future__ import annotations
 
 import os
+import re
 import socket
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -137,6 +139,66 @@ def test_uas_basic_refuses_an_invite_without_audio(sipp: Sipp) -> None:
     result = uas.wait(timeout=10)
     assert result.returncode == 1 and result.failed_calls == 1, result.describe()
     assert "Failed regexp match" in result.error_log.read_text(), result.describe()
+
+
+class ReorderingCallee:
+    """A loopback UDP callee whose 180 Ringing arrives after its 200 OK.
+
+    This is what a proxy with several UDP workers in the path (Kamailio as the cluster
+    front) can do to a callee that sends 180 and 200 a few microseconds apart: a caller
+    scenario must take the late 180 as RFC 3261 section 17.1.1.2 has a UAC take it
+    (ignored), not abort the call. Answers BYE with 200; stops after ``calls`` BYEs.
+    """
+
+    SDP = "v=0\r\no=callee 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    SDP += "m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.settimeout(15)
+        self.address = f"{LOOPBACK}:{self.sock.getsockname()[1]}"
+        self.byes = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _echoed(request: str, to_tag: str | None) -> list[str]:
+        lines = [h for h in request.split("\r\n") if re.match(r"(Via|From|To|Call-ID|CSeq):", h)]
+        return [f"{h};tag={to_tag}" if to_tag and h.startswith("To:") else h for h in lines]
+
+    def _run(self) -> None:
+        with self.sock:
+            while self.byes < self.calls:
+                data, peer = self.sock.recvfrom(65535)
+                request = data.decode()
+                if request.startswith("INVITE "):
+                    head = self._echoed(request, "callee1")
+                    ok = ["SIP/2.0 200 OK", *head, f"Contact: <sip:callee@{self.address}>"]
+                    ok += ["Content-Type: application/sdp", f"Content-Length: {len(self.SDP)}"]
+                    ringing = ["SIP/2.0 180 Ringing", *head, "Content-Length: 0"]
+                    self.sock.sendto(("\r\n".join(ok) + "\r\n\r\n" + self.SDP).encode(), peer)
+                    self.sock.sendto(("\r\n".join(ringing) + "\r\n\r\n").encode(), peer)
+                elif request.startswith("BYE "):
+                    ok = ["SIP/2.0 200 OK", *self._echoed(request, None), "Content-Length: 0"]
+                    self.sock.sendto(("\r\n".join(ok) + "\r\n\r\n").encode(), peer)
+                    self.byes += 1
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    ["uac_basic.xml", "uac_psap_callback.xml", "uac_queued.xml", "uac_admitted_or_shed.xml"],
+)
+def test_caller_scenarios_ignore_a_180_after_the_200(sipp: Sipp, scenario: str) -> None:
+    """A 180 reordered after the 200 is a late provisional, not an aborted call."""
+    callee = ReorderingCallee(CALLS)
+    uac = sipp.uac(
+        scenario, callee.address, CALLS, RATE, service=SERVICE, timeout=15, call_length=0.2
+    )
+    uac.assert_calls(CALLS)
+    callee.thread.join(timeout=5)
+    assert callee.byes == CALLS
 
 
 def test_harness_ports_and_probe() -> None:
