@@ -50,18 +50,21 @@ def test_check_warns_about_rules_that_meet_emergency_strings_and_exits_0(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # the example's `digits` and `catch-all` rules match 911 as dialled; `nanp` (10 digits)
-    # cannot. Warnings only: the file runs, and detection comes first (SPEC E-1).
+    # cannot; `outside-line-service` makes 911 of 9911 (on purpose, an outside-line prefix).
+    # Warnings only: the file runs, and detection comes first (SPEC E-1).
     assert main(["check", str(EXAMPLE)]) == 0
     warnings = [line for line in capsys.readouterr().out.splitlines() if ": warning: " in line]
-    assert [line.split(": warning: ")[1].split(" matches")[0] for line in warnings] == [
-        "outbound rule 'digits'",
-        "outbound rule 'catch-all'",
+    assert [line.split(": warning: ")[1].split(" ")[2] for line in warnings] == [
+        "'outside-line-service'",
+        "'digits'",
+        "'catch-all'",
     ]
     lines = EXAMPLE.read_text().splitlines()
     for warning in warnings:
         line = int(warning.removeprefix(f"{EXAMPLE}:").split(":")[0])
         assert lines[line - 1].strip().startswith("- name: ")
-    assert "911 (CA, PR, US)" in warnings[0]
+    assert "9911 -> 911" in warnings[0]
+    assert "911 (CA, PR, US)" in warnings[1]
 
 
 def test_check_warns_that_9_911_becomes_an_emergency_call(

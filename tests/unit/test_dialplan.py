@@ -16,6 +16,7 @@ from gateway.config import (
     load_dialplan,
     load_dialplan_text,
 )
+from gateway.emergency.numbers import detect_rewritten
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "dialplans"
@@ -56,6 +57,26 @@ def test_example_routes_digits_and_sipp_service_user_to_carrier() -> None:
     assert dialplan.route("service") == RouteDecision(
         "catch-all", "service", "carrier", dialplan.trunks["carrier"]
     )
+
+
+def test_example_outside_line_prefix() -> None:
+    """9 + 911 reaches 911 (an emergency call, SPEC E-1); 9 + a NANP number is E.164; a
+    10-digit number that begins with 9 is not mistaken for one dialled behind the prefix."""
+    dialplan = load_dialplan(ROOT / "dialplans" / "example.yaml")
+    routed = {
+        user: (decision.rule, decision.user)
+        for user in ("9911", "9933", "92125551234", "912125551234", "9725551234", "999")
+        if (decision := dialplan.route(user)) is not None
+    }
+    assert routed == {
+        "9911": ("outside-line-service", "911"),
+        "9933": ("outside-line-service", "933"),
+        "92125551234": ("outside-line", "+12125551234"),
+        "912125551234": ("outside-line", "+12125551234"),
+        "9725551234": ("nanp", "+19725551234"),
+        "999": ("digits", "999"),
+    }
+    assert detect_rewritten(routed["9911"][1], "9911", "US") is not None
 
 
 def test_minimal_file_takes_defaults() -> None:
