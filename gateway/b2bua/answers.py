@@ -9,7 +9,8 @@ request                       answer
 ============================  ======================================
 OPTIONS (no To tag)           200 with Allow/Accept/Supported
 INVITE, Max-Forwards 0        483
-INVITE without Contact        400 (section 8.1.1.8)
+INVITE without Contact        400 (section 8.1.1.8); an emergency INVITE
+                              is placed anyway, its source as the caller
 Require: an unsupported tag   420 + Unsupported (8.2.2.3); an emergency
                               INVITE is placed anyway (SPEC E-3, see below)
 INVITE, no route              404 (or the router's refusal)
@@ -34,10 +35,13 @@ required 100rel then simply gets unreliable 18x, which RFC 3262 UACs handle.
 
 from __future__ import annotations
 
+from gateway.b2bua.call import Call
 from gateway.b2bua.core import ALLOW, CallCore, log
 from gateway.b2bua.decisions import RouteRefusal
 from gateway.b2bua.relay import KNOWN_METHODS
-from gateway.sip.errors import warning_value
+from gateway.sip.address import Address
+from gateway.sip.dialog import Dialog
+from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.message import Request
 from gateway.sip.transaction import ServerTransaction
 from gateway.sip.uri import SipUri, TelUri, Uri
@@ -45,6 +49,8 @@ from gateway.sip.uri import SipUri, TelUri, Uri
 __all__ = [
     "SUPPORTED",
     "answer_out_of_dialog",
+    "caller_dialog",
+    "caller_target",
     "dialled_number",
     "refuse_extensions",
     "refuse_invite",
@@ -95,21 +101,48 @@ def answer_out_of_dialog(core: CallCore, tx: ServerTransaction, method: str) -> 
 
 
 def unfit_invite(core: CallCore, tx: ServerTransaction, request: Request) -> bool:
-    """Answer an INVITE that cannot start a call (483, 400); False when it can."""
+    """Answer an INVITE that cannot start a call (483: a loop, even for 911, else it would
+    go round for ever); False when it can. A missing or malformed Contact is judged once
+    the call is routed (see :func:`caller_target`)."""
     max_forwards = request.max_forwards
     if max_forwards is not None and max_forwards <= 0:
         core.respond(tx, 483)
         return True
-    if not request.contacts:
-        # RFC 3261 section 8.1.1.8: an INVITE must carry a Contact to reach the caller
-        core.respond(
-            tx,
-            400,
-            "Missing Contact",
-            extra=(("Warning", warning_value("INVITE without Contact")),),
-        )
-        return True
     return False
+
+
+def caller_target(source: Address) -> str:
+    """A URI for the caller made of the request's source: the remote target of an
+    emergency call whose INVITE has no usable Contact (RFC 3261 section 8.1.1.8 says it
+    MUST; SPEC E-3 says the call is never refused). In-dialog requests to the caller
+    (BYE, a session refresh) then go where the INVITE came from, on its transport."""
+    host = f"[{source.host}]" if ":" in source.host else source.host
+    transport = "" if source.transport == "udp" else f";transport={source.transport}"
+    return f"sip:{host}:{source.port}{transport}"
+
+
+def caller_dialog(
+    core: CallCore, tx: ServerTransaction, call: Call, source: Address, emergency: bool
+) -> Dialog | None:
+    """The caller's dialog. Without a usable Contact an ordinary call gets 400 and None
+    (RFC 3261 section 8.1.1.8); an emergency call is placed with the request's source
+    as the caller (:func:`caller_target`, SPEC E-3)."""
+    a = call.a
+    fallback = caller_target(source) if emergency else None
+    try:
+        dialog = Dialog.as_uas(
+            a.invite, a.local_tag, core.contact_for(a.flow), fallback_target=fallback
+        )
+    except SipParseError as exc:
+        reason = "Missing Contact" if exc.detail.startswith("missing") else "Bad Contact"
+        warning = (("Warning", warning_value(exc.detail)),)
+        core.respond(tx, 400, reason, to_tag=a.local_tag, extra=warning)
+        call.result = "400"
+        core.end_refused(call)
+        return None
+    if fallback is not None and dialog.remote_target == fallback:
+        log.warning("emergency_call_without_contact", caller_target=fallback)
+    return dialog
 
 
 def refuse_invite(

@@ -42,6 +42,7 @@ from typing import Any
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.answers import (
     answer_out_of_dialog,
+    caller_dialog,
     dialled_number,
     refuse_extensions,
     refuse_invite,
@@ -75,7 +76,6 @@ from gateway.b2bua.relay import InDialogRelay
 from gateway.b2bua.sessions import SessionRefresh, SessionTimerConfig, SessionTimers
 from gateway.b2bua.sips import apply_sips_policy
 from gateway.b2bua.timers import Timer
-from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, make_response
@@ -360,9 +360,12 @@ class B2BUA:
             return
         if self._shed(tx, call, decision):
             return
+        a_dialog = caller_dialog(core, tx, call, source, isinstance(decision, Emergency))
+        if a_dialog is None:
+            return
         core.calls[call.id] = call
         core.legs[(a.call_id, a.local_tag)] = a
-        a.dialog = Dialog.as_uas(request, a.local_tag, core.contact_for(a.flow))
+        a.dialog = a_dialog
         if isinstance(decision, Emergency):
             self._start_emergency(call, decision)
         elif isinstance(decision, Queued):

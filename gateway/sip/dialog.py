@@ -216,6 +216,7 @@ class Dialog:
         local_contact: str,
         *,
         initial_cseq: int = 1,
+        fallback_target: str | None = None,
     ) -> Dialog:
         """The dialog we make by answering ``invite`` with ``local_tag`` (section 12.1.1).
 
@@ -223,22 +224,29 @@ class Dialog:
         ``remote_cseq`` its CSeq. Our own sequence is empty: the first request we send in the
         dialog carries ``initial_cseq``. The dialog starts early; :meth:`confirm` it when
         the 2xx is sent. A From without tag (RFC 2543 peer) is the null tag.
-        Raises :class:`SipParseError` (400) when the Contact URI is malformed.
+        Raises :class:`SipParseError` (400) when the Contact is missing (section 8.1.1.8:
+        an INVITE MUST carry one) or its URI is malformed, unless ``fallback_target`` is
+        given: that URI is then the remote target (an emergency call is placed anyway).
         """
         if not local_tag:
             raise ValueError("empty local tag")
         if not 1 <= initial_cseq < _CSEQ_LIMIT:
             raise ValueError(f"initial CSeq {initial_cseq} out of range")
-        if not invite.contacts:
-            # Section 8.1.1.8: an INVITE MUST carry a Contact.
-            raise SipParseError("missing Contact in a dialog-creating request")
+        try:
+            if not invite.contacts:
+                raise SipParseError("missing Contact in a dialog-creating request")
+            remote_target = _target_of(invite, default="")
+        except SipParseError:
+            if fallback_target is None:
+                raise
+            remote_target = fallback_target
         return cls(
             call_id=invite.call_id,
             local_tag=local_tag,
             remote_tag=invite.from_tag or "",
             local_uri=_bare(invite.to),
             remote_uri=_bare(invite.from_),
-            remote_target=_target_of(invite, default=""),
+            remote_target=remote_target,
             route_set=list(invite.record_routes),
             local_cseq=initial_cseq - 1,
             remote_cseq=invite.cseq.number,

@@ -99,8 +99,11 @@ class Peer:
     def via(self) -> Via:
         return Via("UDP", self.address.host, self.address.port, {"branch": self.ids.branch()})
 
-    def invite(self, user: str = "15551230000", body: bytes = SDP) -> ClientTransaction:
-        """A new call to the gateway (the A-leg)."""
+    def invite(
+        self, user: str = "15551230000", body: bytes = SDP, *, contact: bool = True
+    ) -> ClientTransaction:
+        """A new call to the gateway (the A-leg); ``contact=False``: a broken phone's
+        INVITE without Contact."""
         host = self.address.host
         headers = [
             ("via", "Via", str(self.via())),
@@ -111,6 +114,8 @@ class Peer:
             ("cseq", "CSeq", "1 INVITE"),
             ("contact", "Contact", f"<sip:alice@{host}:{self.address.port}>"),
         ]
+        if not contact:
+            headers.pop()
         request = Request("INVITE", f"sip:{user}@{GATEWAY.host}", headers)
         if body:
             request.set_body(body, "application/sdp")

@@ -198,3 +198,30 @@ def test_an_emergency_call_gets_the_did_dnd_and_the_lockdown() -> None:
     assert "callback_reserved" in publisher.events and "answered" in publisher.events
     assert publisher.events[-1] == "ended"
     assert net.b2bua.calls == {}
+
+
+def test_an_emergency_invite_without_contact_is_placed_and_the_caller_stays_reachable() -> None:
+    """RFC 3261 8.1.1.8 says an INVITE MUST carry a Contact, and an ordinary call without
+    one gets 400; a broken phone's 911 is placed anyway (E-3), the INVITE's source taking
+    the Contact's place, so the emergency side's BYE still reaches the caller."""
+    service, router, _, _ = _parts()
+    spawned: list[Coroutine[Any, Any, None]] = []
+    net = Net(router, emergency=service, spawn=lambda coro, name: spawned.append(coro))
+    caller, sbc = net.peer(CALLER), net.peer(SBC)
+    ordinary = caller.invite("95551234", SDP, contact=False)
+    refused = caller.final()
+    assert (refused.status, refused.reason) == (400, "Missing Contact"), refused
+    assert net.sent(GATEWAY, Address("udp", "192.0.2.21", 5060), "INVITE") == []
+    assert ordinary is not None and net.b2bua.calls == {}
+
+    tx = caller.invite("911", SDP, contact=False)
+    for coro in spawned:
+        asyncio.run(coro)
+    (incoming,) = sbc.requests("INVITE")
+    sent = sbc.answer(incoming, 200, SDP)
+    assert caller.final().status == 200
+    caller.ack(tx, caller.uac_dialog(tx))
+    sbc.request(sbc.uas_dialog(incoming, sent), "BYE")  # the PSAP hangs up
+    (bye,) = net.sent(GATEWAY, CALLER, "BYE")
+    assert str(bye.uri) == f"sip:{CALLER.host}:{CALLER.port}", bye.uri
+    assert net.b2bua.calls == {}

@@ -299,6 +299,28 @@ def test_far_end_hangs_up_and_presence_comes_back(
     assert site.presence()[-3:] == ["Available", "DoNotDisturb", "Available"]
 
 
+def test_a_911_invite_without_contact_is_placed_and_the_sbc_hangup_reaches_the_phone(
+    sipp: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A broken phone's INVITE has no Contact (RFC 3261 8.1.1.8: it MUST; an ordinary call
+    gets 400, see the unit tests), but its 911 is placed (E-3), and the BYE of the
+    emergency side reaches the phone at the INVITE's source."""
+    text = (SCENARIO_DIR / "uac_callee_hangup.xml").read_text()
+    invite_contact = "      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>\n"
+    assert text.count(invite_contact) >= 1
+    first = text.index(invite_contact)
+    no_contact = tmp_path / "uac_no_contact_callee_hangup.xml"
+    no_contact.write_text(text[:first] + text[first + len(invite_contact) :])
+    sbc = sipp.uas("uas_hangup.xml", calls=1, timeout=30, call_length=0.5)
+    site = open_site(sipp, gateway_factory, mosquitto, dialplan(sbc=(sbc.address,)))
+    # the phone's scenario succeeds only when the SBC's BYE, relayed, reaches it
+    dial(sipp, site, "911", scenario=str(no_contact)).assert_calls(1)
+    sbc.wait(timeout=20).assert_calls(1)
+    assert f"From: <sip:{DIDS[0]}@" in invite_to(sbc)  # the whole treatment (E-4)
+    assert "emergency_call_without_contact" in site.gw.log_text()
+    site.recorder.wait_for(lambda: "ended" in site.names(), "the ended event")
+
+
 def test_933_is_a_test_call_without_dnd(
     sipp: Sipp, gateway_factory: GatewayFactory, mosquitto: Mosquitto
 ) -> None:
