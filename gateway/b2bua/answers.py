@@ -134,7 +134,7 @@ def caller_dialog(
             a.invite, a.local_tag, core.contact_for(a.flow), fallback_target=fallback
         )
     except SipParseError as exc:
-        reason = "Missing Contact" if exc.detail.startswith("missing") else "Bad Contact"
+        reason = "Missing Contact" if exc.detail.startswith("missing Contact") else None
         warning = (("Warning", warning_value(exc.detail)),)
         core.respond(tx, 400, reason, to_tag=a.local_tag, extra=warning)
         call.result = "400"

@@ -225,8 +225,9 @@ class Dialog:
         dialog carries ``initial_cseq``. The dialog starts early; :meth:`confirm` it when
         the 2xx is sent. A From without tag (RFC 2543 peer) is the null tag.
         Raises :class:`SipParseError` (400) when the Contact is missing (section 8.1.1.8:
-        an INVITE MUST carry one) or its URI is malformed, unless ``fallback_target`` is
-        given: that URI is then the remote target (an emergency call is placed anyway).
+        an INVITE MUST carry one) or its URI or a Record-Route is malformed, unless
+        ``fallback_target`` is given: that URI is then the remote target, with no route
+        set (an emergency call is placed anyway).
         """
         if not local_tag:
             raise ValueError("empty local tag")
@@ -236,10 +237,12 @@ class Dialog:
             if not invite.contacts:
                 raise SipParseError("missing Contact in a dialog-creating request")
             remote_target = _target_of(invite, default="")
+            route_set = list(invite.record_routes)
         except SipParseError:
             if fallback_target is None:
                 raise
-            remote_target = fallback_target
+            # straight back to where the request came from: no route set to follow
+            remote_target, route_set = fallback_target, []
         return cls(
             call_id=invite.call_id,
             local_tag=local_tag,
@@ -247,7 +250,7 @@ class Dialog:
             local_uri=_bare(invite.to),
             remote_uri=_bare(invite.from_),
             remote_target=remote_target,
-            route_set=list(invite.record_routes),
+            route_set=route_set,
             local_cseq=initial_cseq - 1,
             remote_cseq=invite.cseq.number,
             secure=invite.uri.scheme == "sips",

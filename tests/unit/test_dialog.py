@@ -208,6 +208,30 @@ def test_uas_invite_without_contact_is_a_400() -> None:
     assert err.value.status == 400
 
 
+def test_uas_fallback_target_stands_in_for_a_missing_or_broken_contact_or_route_set() -> None:
+    """An emergency call is placed anyway (SPEC E-3): the INVITE's source as the target,
+    with no route set when the Record-Route is broken; without a fallback, 400."""
+    source = "sip:203.0.113.80:5060;transport=tcp"
+    contact = "Contact: <sip:+15557654321@203.0.113.80:5060;transport=tcp>\n"
+    broken = {
+        "no Contact": request("dialog_uas_invite", (contact, "")),
+        "bad Contact": request("dialog_uas_invite", (contact, "Contact: <garbage\n")),
+        "bad Record-Route": request(
+            "dialog_uas_invite", ("Record-Route: <sip:203.0.113.5:5070;lr>", "Record-Route: <x")
+        ),
+    }
+    for name, invite in broken.items():
+        with pytest.raises(SipParseError):
+            Dialog.as_uas(invite, "gw1tag", "sip:gw@192.0.2.10")
+        d = Dialog.as_uas(invite, "gw1tag", "sip:gw@192.0.2.10", fallback_target=source)
+        assert (d.remote_target, d.route_set) == (source, []), name
+        bye = d.create_request("BYE", IDS)
+        assert bye.uri_text == source and not bye.has("Route"), name
+    whole = Dialog.as_uas(request("dialog_uas_invite"), "t", "sip:gw@h", fallback_target=source)
+    assert whole.remote_target == "sip:+15557654321@203.0.113.80:5060;transport=tcp"
+    assert len(whole.route_set) == 3
+
+
 def test_uas_confirm_with_our_2xx() -> None:
     invite = request("dialog_uas_invite")
     d = Dialog.as_uas(invite, "gw1tag", "sip:gw@192.0.2.10")
