@@ -41,6 +41,7 @@ from gateway.stores.ports import (
     PresenceRecord,
     StoreError,
 )
+from gateway.stores.sqlite_reservations import SqliteReservationStore
 from gateway.tasks import stop_task
 
 __all__ = [
@@ -132,9 +133,17 @@ async def open_node_stores(
 
 def store_gauges(registry: CollectorRegistry, stores: Stores) -> None:
     """``gateway_store_up``, ``gateway_store_outages`` and ``gateway_store_pending`` for a
-    guarded (shared) store; nothing for the embedded one."""
+    guarded (shared) store; for the embedded one, ``gateway_store_pending``: callback
+    reservations whose write has not landed yet (tried again until it does)."""
     guard = guard_of(stores)
     if guard is None:
+        embedded = stores.reservations
+        if isinstance(embedded, SqliteReservationStore):
+            Gauge(
+                "gateway_store_pending",
+                "Callback reservations not yet written to the embedded store",
+                registry=registry,
+            ).set_function(lambda: float(embedded.unwritten))
         return
     for name, text, read in (
         ("gateway_store_up", "1 while the shared store answers", lambda: float(guard.up)),

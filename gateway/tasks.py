@@ -4,7 +4,12 @@
 call history): the hot path puts an item and goes on; one named task writes the items to
 the store in order; :meth:`WriteBehind.close` waits until every item put so far is written,
 then stops the task and awaits it. A failed write is logged by the owner's ``on_error`` and
-the loop goes on (a store outage never reaches a call). With ``write_batch`` the task takes
+the loop goes on (a store outage never reaches a call), except a failure of a kind the
+owner calls ``transient`` (the store's lock held elsewhere, a full disk: the write may land
+later): that write is tried again, in order, with a backoff from 0.5 s doubling to 30 s
+(``store_write_retrying``, then ``store_write_recovered``), so that a registration or a
+presence survives a restart after a passing failure; once ``close`` has begun it gets one
+last try. With ``write_batch`` the task takes
 every item waiting (up to ``batch_size``) in one write, e.g. one store transaction for the
 call records of a busy second instead of one thread hand-off and commit per call; a batch
 that fails is written again item by item, so one bad item loses only itself.
@@ -23,7 +28,11 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-__all__ = ["WriteBehind", "start_task", "stop_task"]
+__all__ = ["RETRY_FIRST_S", "RETRY_MAX_S", "WriteBehind", "start_task", "stop_task"]
+
+#: a transiently failed write is tried again after this, doubling up to RETRY_MAX_S
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
 
 T = TypeVar("T")
 
@@ -74,12 +83,16 @@ class WriteBehind(Generic[T]):
         *,
         write_batch: Callable[[list[T]], Awaitable[None]] | None = None,
         batch_size: int = 200,
+        transient: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> None:
         self.name = name
         self._write = write
         self._on_error = on_error
         self._write_batch = write_batch
         self._batch_size = batch_size
+        self._transient = transient
+        self._failures = 0
+        self._closing = asyncio.Event()
         self._queue: asyncio.Queue[T] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -103,7 +116,9 @@ class WriteBehind(Generic[T]):
             await self._queue.join()
 
     async def close(self) -> None:
-        """Drain, then stop the writer and await it."""
+        """Drain (a write that keeps failing gets one last try), then stop the writer and
+        await it."""
+        self._closing.set()
         await self.drain()
         task, self._task = self._task, None
         await stop_task(task)
@@ -127,18 +142,57 @@ class WriteBehind(Generic[T]):
                     self._queue.task_done()
 
     async def _one(self, item: T) -> None:
-        try:
-            await self._write(item)
-        except Exception:
-            self._on_error(item)
+        while True:
+            try:
+                await self._write(item)
+            except self._transient as exc:
+                if await self._retry_after(exc, 1):
+                    continue
+                self._on_error(item)
+            except Exception:
+                self._on_error(item)
+            else:
+                self._recovered()
+            return
 
     async def _batch(self, items: list[T]) -> None:
         assert self._write_batch is not None
-        if len(items) > 1:
+        while len(items) > 1:
             try:
                 await self._write_batch(items)
-                return
+            except self._transient as exc:
+                if await self._retry_after(exc, len(items)):
+                    continue
+                break  # closing: one by one below, each its last try
             except Exception:
-                pass  # written again one by one below: only the bad item is lost
+                break  # written again one by one below: only the bad item is lost
+            else:
+                self._recovered()
+                return
         for item in items:
             await self._one(item)
+
+    async def _retry_after(self, error: Exception, items: int) -> bool:
+        """Wait the backoff before trying a transiently failed write again; False once
+        closing (the write just tried was its last try)."""
+        if self._closing.is_set():
+            return False
+        self._failures += 1
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(self._failures - 1, 10))
+        log.error(
+            "store_write_retrying",
+            writer=self.name,
+            error=repr(error),
+            items=items,
+            queued=self._queue.qsize(),
+            retry_in_s=delay,
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._closing.wait()
+        return True
+
+    def _recovered(self) -> None:
+        if self._failures:
+            log.warning("store_write_recovered", writer=self.name, after_failures=self._failures)
+            self._failures = 0

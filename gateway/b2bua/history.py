@@ -15,7 +15,7 @@ import structlog
 
 from gateway.b2bua.call import Call, EndKind
 from gateway.b2bua.decisions import CallObserverBase
-from gateway.stores.ports import Cdr, CdrStore
+from gateway.stores.ports import Cdr, CdrStore, StoreUnavailableError
 from gateway.tasks import WriteBehind, stop_task
 
 __all__ = ["PURGE_INTERVAL_S", "CallHistory", "cdr_of", "final_sip_code"]
@@ -89,7 +89,11 @@ class CallHistory(CallObserverBase):
         #: rows of calls that ended longer ago are purged (0: kept for ever)
         self.retention_s = retention_s
         self._rows: WriteBehind[Cdr] = WriteBehind(
-            "cdr-writer", self._add, _write_failed, write_batch=self._add_batch
+            "cdr-writer",
+            self._add,
+            _write_failed,
+            write_batch=self._add_batch,
+            transient=StoreUnavailableError,
         )
         self._purger: asyncio.Task[None] | None = None
         self.written = 0

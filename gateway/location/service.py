@@ -47,7 +47,7 @@ from gateway.location.desktop import (
     SetLocation,
     check_location_command,
 )
-from gateway.stores.ports import ConfirmedLocation, LocationStore
+from gateway.stores.ports import ConfirmedLocation, LocationStore, StoreUnavailableError
 from gateway.tasks import WriteBehind
 
 __all__ = ["AgentLocations", "describe_location"]
@@ -114,7 +114,7 @@ class AgentLocations:
         self._published: dict[str, dict[str, Any]] = {}
         self._warned: dict[str, str | None] = {}
         self._writes: WriteBehind[_Write] = WriteBehind(
-            "location-writer", self._write, _write_failed
+            "location-writer", self._write, _write_failed, transient=StoreUnavailableError
         )
         self._started = False
 

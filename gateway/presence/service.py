@@ -26,7 +26,7 @@ import structlog
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import PresenceReason, check_note, presence_payload
 from gateway.presence.state import CHOOSABLE, AgentPresence, PresenceChanged, Status
-from gateway.stores.ports import PresenceRecord, PresenceStore
+from gateway.stores.ports import PresenceRecord, PresenceStore, StoreUnavailableError
 from gateway.tasks import WriteBehind
 
 __all__ = ["PresenceService", "payload_of"]
@@ -77,7 +77,7 @@ class PresenceService:
         self.wall_clock = wall_clock
         self.listeners: list[Listener] = []
         self._writes: WriteBehind[PresenceRecord] = WriteBehind(
-            "presence-writer", self._write, _write_failed
+            "presence-writer", self._write, _write_failed, transient=StoreUnavailableError
         )
         #: per agent: local changes made (a remote record read before one is stale) and
         #: writes not yet done (a remote record read meanwhile may predate them)

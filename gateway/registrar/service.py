@@ -33,7 +33,7 @@ from gateway.registrar.registrar import BindingView, Registrar
 from gateway.sip.address import Address, address_text
 from gateway.sip.message import Request, Response
 from gateway.sip.transaction import RequestReceived, TransactionLayer
-from gateway.stores.ports import Binding, RegistrationStore
+from gateway.stores.ports import Binding, RegistrationStore, StoreUnavailableError
 from gateway.tasks import WriteBehind, start_task, stop_task
 
 __all__ = ["AuthRefusal", "RegistrarService", "credentials_from_dialplan", "log_auth_failed"]
@@ -156,7 +156,7 @@ class RegistrarService:
         #: adds or refreshes a binding (SPEC E-10: the network map looks at that address)
         self.on_registered = on_registered
         self._writes: WriteBehind[_Write] = WriteBehind(
-            "registrar-writer", self._write, _write_failed
+            "registrar-writer", self._write, _write_failed, transient=StoreUnavailableError
         )
         self._expiry: asyncio.Task[None] | None = None
         #: a shared store: expiry is acted on by the node whose purge removed the binding

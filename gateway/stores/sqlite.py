@@ -9,11 +9,9 @@ outbox store is in :mod:`gateway.stores.sqlite_outbox`, on a database file of it
 from __future__ import annotations
 
 import fcntl
-import functools
 import json
 import os
 import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,10 +20,7 @@ from gateway.stores.ports import (
     CallDirection,
     Cdr,
     ConfirmedLocation,
-    DidChooser,
-    EmptyPoolError,
     PresenceRecord,
-    Reservation,
     StoreError,
     Stores,
 )
@@ -37,6 +32,7 @@ from gateway.stores.sqlite_database import (
     immediate_transaction,
 )
 from gateway.stores.sqlite_outbox import SqliteOutboxStore
+from gateway.stores.sqlite_reservations import SqliteReservationStore
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
@@ -65,7 +61,6 @@ _CDR_COLUMNS = (
     "call_id, direction, caller, callee, queue, agent, route, "
     "started_at, answered_at, ended_at, result, a_call_id, b_call_id, sip_code"
 )
-_RESERVATION_COLUMNS = "did, agent_id, reserved_at, expires_at, call_id, test"
 
 
 def _binding(row: tuple[Any, ...]) -> Binding:
@@ -111,17 +106,6 @@ def _cdr(row: tuple[Any, ...]) -> Cdr:
         a_call_id=row[11],
         b_call_id=row[12],
         sip_code=None if row[13] is None else int(row[13]),
-    )
-
-
-def _reservation(row: tuple[Any, ...]) -> Reservation:
-    return Reservation(
-        did=row[0],
-        agent_id=row[1],
-        reserved_at=float(row[2]),
-        expires_at=float(row[3]),
-        call_id=row[4],
-        test=bool(row[5]),
     )
 
 
@@ -337,129 +321,6 @@ class SqliteCdrStore:
         return await self._db.run(operation)
 
 
-def _write_reservation(reservation: Reservation, conn: sqlite3.Connection) -> None:
-    r = reservation
-    conn.execute(
-        f"INSERT OR REPLACE INTO reservations ({_RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-        (r.did, r.agent_id, r.reserved_at, r.expires_at, r.call_id, int(r.test)),
-    )
-
-
-class SqliteReservationStore:
-    """:class:`~gateway.stores.ports.ReservationStore` on SQLite.
-
-    Two ways to be atomic. By default each ``reserve`` is one ``BEGIN IMMEDIATE``
-    transaction in the worker thread, so two processes sharing the file never hand out one
-    DID twice. A node that *owns* the file (:func:`open_sqlite_stores` with
-    ``exclusive=True``: an exclusive lock, so no other gateway process can use it) keeps
-    the latest reservation of every DID in memory and chooses there, in the event loop, and
-    the write follows in the worker's urgent lane without the call waiting for it.
-
-    Why the owner does not wait: under a saturated event loop the worker thread can starve
-    for the GIL. uvloop releases and retakes the GIL on every loop turn, so a waiting thread
-    rarely sees the "no switch for 5 ms" condition that makes CPython hand it over; measured
-    here, a reservation that takes 0.1 ms in the thread sometimes took 2-13 **seconds** to
-    come back while the loop was busy. An emergency call waits on its DID (it goes in From
-    and P-Asserted-Identity), so the DID must not depend on another thread getting the GIL.
-    The cost: a crash in the milliseconds between the choice and the write loses that
-    reservation (a clean stop writes it: :meth:`SqliteDatabase.close` drains the queue).
-    """
-
-    def __init__(self, database: SqliteDatabase) -> None:
-        self._db = database
-        #: DID -> its latest reservation (expired ones too: they decide who gets it next);
-        #: None unless this process owns the file
-        self._latest: dict[str, Reservation] | None = None
-
-    async def own(self) -> None:
-        """Load every DID's latest reservation and choose in memory from now on (only for
-        a process that holds the file's exclusive lock)."""
-
-        def operation(conn: sqlite3.Connection) -> list[Reservation]:
-            rows = conn.execute(f"SELECT {_RESERVATION_COLUMNS} FROM reservations")
-            return [_reservation(row) for row in rows]
-
-        self._latest = {r.did: r for r in await self._db.run(operation)}
-
-    async def reserve(
-        self,
-        agent_id: str,
-        pool: Sequence[str],
-        now: float,
-        ttl: float,
-        call_id: str,
-        test: bool,
-        *,
-        choose: DidChooser,
-    ) -> tuple[Reservation, bool]:
-        """Atomically give ``agent_id`` a callback DID from ``pool`` for ``ttl`` seconds.
-
-        Not owning the file: one ``BEGIN IMMEDIATE`` transaction reads the pool's rows, runs
-        ``choose`` and writes, so no other task or process can choose between the read and
-        the write. Owning it: ``choose`` runs on the in-memory rows with no await between
-        the read and the update, and the row is written behind.
-        """
-        unique_pool = tuple(dict.fromkeys(pool))
-        if not unique_pool:
-            raise EmptyPoolError("the callback DID pool is empty")
-        if ttl <= 0:
-            raise ValueError(f"reservation ttl must be positive, not {ttl!r}")
-        latest = self._latest
-        if latest is not None:
-            held = {did: latest[did] for did in unique_pool if did in latest}
-            did, taken_over = choose(agent_id, unique_pool, held, now)
-            reservation = Reservation(did, agent_id, now, now + ttl, call_id, test)
-            latest[did] = reservation
-            self._db.submit(functools.partial(_write_reservation, reservation), urgent=True)
-            return reservation, taken_over
-
-        def operation(conn: sqlite3.Connection) -> tuple[Reservation, bool]:
-            with immediate_transaction(conn):
-                # The table holds one row per DID ever reserved, so reading it whole is cheap
-                # and avoids a statement with one parameter per pool DID.
-                rows = conn.execute(f"SELECT {_RESERVATION_COLUMNS} FROM reservations")
-                pool_set = set(unique_pool)
-                held = {r.did: r for r in map(_reservation, rows) if r.did in pool_set}
-                did, taken_over = choose(agent_id, unique_pool, held, now)
-                reservation = Reservation(did, agent_id, now, now + ttl, call_id, test)
-                _write_reservation(reservation, conn)
-            return reservation, taken_over
-
-        return await self._db.run(operation, urgent=True)  # the emergency call waits on it
-
-    async def lookup(self, did: str, now: float) -> Reservation | None:
-        """The unexpired reservation of ``did``, or ``None`` (from memory when owned)."""
-        if self._latest is not None:
-            found = self._latest.get(did)
-            return found if found is not None and found.expires_at > now else None
-
-        def operation(conn: sqlite3.Connection) -> Reservation | None:
-            row = conn.execute(
-                f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE did = ? AND expires_at > ?",
-                (did, now),
-            ).fetchone()
-            return None if row is None else _reservation(row)
-
-        return await self._db.run(operation)
-
-    async def live(self, now: float) -> list[Reservation]:
-        """Every unexpired reservation, ordered by DID (from memory when owned)."""
-        if self._latest is not None:
-            return sorted(
-                (r for r in self._latest.values() if r.expires_at > now), key=lambda r: r.did
-            )
-
-        def operation(conn: sqlite3.Connection) -> list[Reservation]:
-            rows = conn.execute(
-                f"SELECT {_RESERVATION_COLUMNS} FROM reservations "
-                "WHERE expires_at > ? ORDER BY did",
-                (now,),
-            ).fetchall()
-            return [_reservation(row) for row in rows]
-
-        return await self._db.run(operation)
-
-
 class SqliteLocationStore:
     """:class:`~gateway.stores.ports.LocationStore` on SQLite."""
 
@@ -559,15 +420,17 @@ async def open_sqlite_stores(
         await database.close()
         raise
 
+    reservations = SqliteReservationStore(database)
+
     async def close_both() -> None:
         try:
             await outbox_db.close()
         finally:
+            await reservations.flush()  # a last try for writes that failed (then: logged)
             await database.close()
             if lock is not None:
                 os.close(lock)
 
-    reservations = SqliteReservationStore(database)
     if exclusive:
         try:
             await reservations.own()

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from gateway.stores.ports import StoreClosedError, StoreError
+from gateway.stores.ports import StoreClosedError, StoreError, StoreUnavailableError
 
 log = structlog.get_logger("gateway")
 
@@ -309,6 +309,17 @@ def _log_failed_write(future: Future[Any]) -> None:
         log.error("store_write_failed", error=repr(error))
 
 
+#: SQLite's primary result codes for a condition that passes (the database is busy or
+#: locked by another connection, out of memory, read-only, an I/O error, the disk full,
+#: the file cannot be opened, a lock protocol error): the operation may succeed later
+_TRANSIENT_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+
+
+def _transient(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _TRANSIENT_CODES
+
+
 class SqliteDatabase:
     """One SQLite file served by one dedicated worker thread.
 
@@ -383,19 +394,50 @@ class SqliteDatabase:
         work = functools.partial(self._call, operation)
         return await asyncio.wrap_future(self._executor.submit(work, urgent=urgent))
 
-    def submit(self, operation: Callable[[sqlite3.Connection], object], *, urgent: bool) -> None:
+    def submit(
+        self,
+        operation: Callable[[sqlite3.Connection], object],
+        *,
+        urgent: bool,
+        on_done: Callable[[BaseException | None], None] | None = None,
+    ) -> None:
         """Queue ``operation(connection)`` without waiting for it (a write behind a decision
-        already made in memory); a failure is logged. :meth:`close` still waits for it."""
+        already made in memory). :meth:`close` still waits for it. Its outcome goes to
+        ``on_done(error or None)``, called in this event loop; without it a failure is
+        logged (``store_write_failed``)."""
         if self._closed:
             raise StoreClosedError(f"the store at {self.path} is closed")
         future = self._executor.submit(functools.partial(self._call, operation), urgent=urgent)
-        future.add_done_callback(_log_failed_write)
+        if on_done is None:
+            future.add_done_callback(_log_failed_write)
+            return
+        loop = asyncio.get_running_loop()
+
+        def done(future: Future[Any]) -> None:  # in the worker thread
+            error = None if future.cancelled() else future.exception()
+            try:
+                loop.call_soon_threadsafe(on_done, error)
+            except RuntimeError:  # the loop is gone (the process is ending)
+                _log_failed_write(future)
+
+        future.add_done_callback(done)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has begun."""
+        return self._closed
 
     def _call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         if conn is None:
             raise StoreClosedError(f"the store at {self.path} is closed")
-        return operation(conn)
+        try:
+            return operation(conn)
+        except sqlite3.Error as exc:
+            if _transient(exc):  # the caller may try again (a lock held elsewhere, disk full)
+                name = getattr(exc, "sqlite_errorname", "")
+                raise StoreUnavailableError(f"sqlite: {name}: {exc}") from exc
+            raise
 
     async def close(self) -> None:
         """Finish the queued operations, close the connection and stop the thread."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 
 from gateway.emergency.reservations import choose_callback_did
 from gateway.stores import (
@@ -26,20 +27,24 @@ from gateway.stores import (
     PresenceRecord,
     StoreError,
     open_stores,
+    sqlite_reservations,
 )
 from gateway.stores.sqlite import (
     MIGRATIONS,
     Migration,
     SqliteCdrStore,
     SqliteDatabase,
+    open_sqlite_stores,
 )
 from gateway.stores.sqlite_database import _split_statements
+from gateway.stores.sqlite_reservations import SqliteReservationStore
 
 pytestmark = pytest.mark.loopback
 
 NOW = 1_700_000_000.0
 TTL = 3600.0
 POOL = ["+15550000001", "+15550000002"]
+CHOOSE = choose_callback_did
 
 BINDING = Binding(
     agent_id="alice",
@@ -366,3 +371,72 @@ async def test_a_file_from_before_path_is_upgraded_and_keeps_its_bindings(tmp_pa
     assert _rows(path, "SELECT max(version) FROM schema_version") == [(len(MIGRATIONS),)]
     async with await open_stores(f"sqlite://{path}", tmp_path) as stores:
         assert await stores.registrations.bindings("bob", NOW) == [fronted]
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+    assert condition(), what
+
+
+def _lock_exclusively(path: Path) -> sqlite3.Connection:
+    """Another process's connection holding the write lock (a backup tool, a shell)."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    return blocker
+
+
+async def test_a_reservation_write_that_fails_is_tried_again_until_it_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC E-4: a reservation survives a restart, even when its first write failed (the
+    database locked by someone else beyond busy_timeout); the latest one of each DID lands,
+    never an older one after it."""
+    monkeypatch.setattr(sqlite_reservations, "RETRY_FIRST_S", 0.02)
+    path = tmp_path / "gw.sqlite3"
+    stores = await open_sqlite_stores(path, busy_timeout=0.05, exclusive=True)
+    store = stores.reservations
+    assert isinstance(store, SqliteReservationStore)
+    blocker = _lock_exclusively(path)
+    try:
+        first, _ = await store.reserve("alice", POOL, NOW, TTL, "e-1", False, choose=CHOOSE)
+        second, _ = await store.reserve("bob", POOL, NOW + 1, TTL, "e-2", False, choose=CHOOSE)
+        renewed, _ = await store.reserve("alice", POOL, NOW + 2, TTL, "e-3", False, choose=CHOOSE)
+        assert renewed.did == first.did != second.did  # the calls went on at once
+        await _until(lambda: store._failures >= 3, "the retries fail while locked")
+        assert store.unwritten == 2
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await _until(lambda: store.unwritten == 0, "written once the lock is gone")
+    rows = _rows(path, "SELECT did, agent_id, call_id FROM reservations ORDER BY did")
+    assert rows == sorted([(first.did, "alice", "e-3"), (second.did, "bob", "e-2")])
+    await stores.close()
+
+
+async def test_a_reservation_still_unwritten_at_close_gets_a_last_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_reservations, "RETRY_FIRST_S", 60.0)  # close comes first
+    path = tmp_path / "gw.sqlite3"
+    for lock_held_at_close in (False, True):
+        stores = await open_sqlite_stores(path, busy_timeout=0.05, exclusive=True)
+        store = stores.reservations
+        assert isinstance(store, SqliteReservationStore)
+        blocker = _lock_exclusively(path)
+        call = f"e-{int(lock_held_at_close)}"
+        await store.reserve("alice", POOL[:1], NOW, TTL, call, False, choose=CHOOSE)
+        await _until(lambda: store._failures >= 1, "the write fails")  # noqa: B023
+        if not lock_held_at_close:
+            blocker.execute("ROLLBACK")
+        with structlog.testing.capture_logs() as logs:
+            async with asyncio.timeout(5):
+                await stores.close()
+        blocker.close()
+        lost = [e for e in logs if e["event"] == "reservation_not_written"]
+        if lock_held_at_close:  # said, with what a restart will not know
+            assert [(e["did"], e["agent"]) for e in lost] == [(POOL[0], "alice")], logs
+        else:
+            assert lost == []
+            assert _rows(path, "SELECT agent_id, call_id FROM reservations") == [("alice", call)]

@@ -93,6 +93,70 @@ async def test_a_failed_batch_is_written_item_by_item_and_loses_only_the_bad_one
     assert (sink.written, sink.failed, sink.batches) == ([1, 3], [-2], [])
 
 
+class Locked(Exception):
+    """A store's passing failure (the owner names it ``transient``)."""
+
+
+class FlakySink(BatchSink):
+    """Fails with Locked while ``locked`` is set, in order, counting the tries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.locked = True
+        self.tries = 0
+
+    async def write(self, item: int) -> None:
+        self.tries += 1
+        if self.locked:
+            raise Locked("database is locked")
+        await super().write(item)
+
+    async def write_batch(self, items: list[int]) -> None:
+        self.tries += 1
+        if self.locked:
+            raise Locked("database is locked")
+        await super().write_batch(items)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_a_transient_failure_is_tried_again_in_order_until_it_lands(
+    monkeypatch: pytest.MonkeyPatch, batched: bool
+) -> None:
+    monkeypatch.setattr(tasks, "RETRY_FIRST_S", 0.01)
+    sink = FlakySink()
+    batch = {"write_batch": sink.write_batch} if batched else {}
+    writer = WriteBehind("test-writer", sink.write, sink.failed.append, transient=Locked, **batch)  # type: ignore[arg-type]
+    writer.start()
+    for item in (1, 2, 3):
+        writer.put(item)
+    while sink.tries < 4:  # 0.01, 0.02, 0.04 s apart
+        await asyncio.sleep(0.01)
+    assert sink.written == [] and sink.failed == []
+    sink.locked = False
+    await writer.drain()
+    assert sink.written == [1, 2, 3] and sink.failed == []
+    # a failure that is not transient is reported at once and loses only its item
+    writer.put(-4)
+    writer.put(5)
+    await writer.close()
+    assert (sink.written, sink.failed) == ([1, 2, 3, 5], [-4])
+
+
+async def test_closing_gives_a_failing_write_one_last_try_then_reports_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks, "RETRY_FIRST_S", 60.0)  # close must not wait for the backoff
+    sink = FlakySink()
+    writer = WriteBehind("test-writer", sink.write, sink.failed.append, transient=Locked)
+    writer.start()
+    writer.put(1)
+    while sink.tries < 1:
+        await asyncio.sleep(0.001)
+    async with asyncio.timeout(5):
+        await writer.close()
+    assert (sink.tries, sink.written, sink.failed) == (2, [], [1])
+
+
 async def test_the_writer_runs_named_in_the_given_task_group() -> None:
     sink = Sink()
     async with asyncio.TaskGroup() as group:
