@@ -93,6 +93,10 @@ class WriteBehind(Generic[T]):
         self._transient = transient
         self._failures = 0
         self._closing = asyncio.Event()
+        #: closing, a last try failed: what is left is counted, not tried (each try may
+        #: wait the store's busy timeout, and a stop must not take minutes)
+        self._given_up = False
+        self._lost = 0
         self._queue: asyncio.Queue[T] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -122,6 +126,8 @@ class WriteBehind(Generic[T]):
         await self.drain()
         task, self._task = self._task, None
         await stop_task(task)
+        if self._lost:
+            log.error("store_writes_lost", writer=self.name, items=self._lost)
 
     async def _loop(self) -> None:
         while True:
@@ -142,6 +148,9 @@ class WriteBehind(Generic[T]):
                     self._queue.task_done()
 
     async def _one(self, item: T) -> None:
+        if self._given_up:  # closing, and the store failed its last try: no wait per item
+            self._lost += 1
+            return
         while True:
             try:
                 await self._write(item)
@@ -163,7 +172,8 @@ class WriteBehind(Generic[T]):
             except self._transient as exc:
                 if await self._retry_after(exc, len(items)):
                     continue
-                break  # closing: one by one below, each its last try
+                self._lost += len(items)  # closing, and its last try failed
+                return
             except Exception:
                 break  # written again one by one below: only the bad item is lost
             else:
@@ -176,6 +186,7 @@ class WriteBehind(Generic[T]):
         """Wait the backoff before trying a transiently failed write again; False once
         closing (the write just tried was its last try)."""
         if self._closing.is_set():
+            self._given_up = True
             return False
         self._failures += 1
         delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(self._failures - 1, 10))

@@ -244,17 +244,22 @@ class SqliteReservationStore:
         latest = self._latest
         if latest is None or self._db.closed:
             return
+        error: Exception | None = None
         for did in sorted(self._unwritten):
             reservation = latest[did]
-            try:
-                await self._db.run(functools.partial(_write_reservation, reservation), urgent=True)
-            except Exception as exc:
-                log.error(
-                    "reservation_not_written",
-                    did=did,
-                    agent=reservation.agent_id,
-                    expires_at=reservation.expires_at,
-                    error=repr(exc),
-                )
-            else:
-                self._unwritten.discard(did)
+            if error is None:  # after one failure, no more tries: each may wait busy_timeout
+                try:
+                    write = functools.partial(_write_reservation, reservation)
+                    await self._db.run(write, urgent=True)
+                except Exception as exc:
+                    error = exc
+                else:
+                    self._unwritten.discard(did)
+                    continue
+            log.error(
+                "reservation_not_written",
+                did=did,
+                agent=reservation.agent_id,
+                expires_at=reservation.expires_at,
+                error=repr(error),
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import structlog
 
 from gateway import tasks
 from gateway.tasks import WriteBehind, start_task, stop_task
@@ -149,12 +150,17 @@ async def test_closing_gives_a_failing_write_one_last_try_then_reports_it(
     sink = FlakySink()
     writer = WriteBehind("test-writer", sink.write, sink.failed.append, transient=Locked)
     writer.start()
-    writer.put(1)
+    for item in (1, 2, 3):
+        writer.put(item)
     while sink.tries < 1:
         await asyncio.sleep(0.001)
-    async with asyncio.timeout(5):
-        await writer.close()
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(5):
+            await writer.close()
+    # the first item's last try failed: the others are not tried (each try may wait the
+    # store's busy timeout), they are counted as lost
     assert (sink.tries, sink.written, sink.failed) == (2, [], [1])
+    assert [e["items"] for e in logs if e["event"] == "store_writes_lost"] == [2]
 
 
 async def test_the_writer_runs_named_in_the_given_task_group() -> None:
