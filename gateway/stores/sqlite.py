@@ -27,6 +27,7 @@ from gateway.stores.ports import (
 from gateway.stores.sqlite_database import (
     DEFAULT_BUSY_TIMEOUT,
     MIGRATIONS,
+    NODE_BUSY_TIMEOUT,
     Migration,
     SqliteDatabase,
     immediate_transaction,
@@ -388,7 +389,7 @@ def lock_store_file(path: Path | str) -> int | None:
 
 
 async def open_sqlite_stores(
-    path: Path | str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, exclusive: bool = False
+    path: Path | str, *, busy_timeout: float | None = None, exclusive: bool = False
 ) -> Stores:
     """Open the SQLite file at ``path`` (or ``":memory:"``) and return its stores.
 
@@ -400,7 +401,11 @@ async def open_sqlite_stores(
     ``exclusive``: the running node's stores. The file is locked for this process (a second
     node on the same file is refused) and callback DIDs are chosen in memory
     (:class:`SqliteReservationStore`). The command-line tools open it without.
+    ``busy_timeout`` defaults to ``NODE_BUSY_TIMEOUT`` when exclusive, else
+    ``DEFAULT_BUSY_TIMEOUT``.
     """
+    if busy_timeout is None:
+        busy_timeout = NODE_BUSY_TIMEOUT if exclusive else DEFAULT_BUSY_TIMEOUT
     lock = lock_store_file(path) if exclusive else None
     try:
         database = await SqliteDatabase.open(path, busy_timeout=busy_timeout)

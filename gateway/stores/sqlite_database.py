@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
     "MEMORY",
     "MIGRATIONS",
+    "NODE_BUSY_TIMEOUT",
     "Migration",
     "SqliteDatabase",
     "immediate_transaction",
@@ -65,6 +66,12 @@ _Item = tuple[int, int, "Callable[[], Any] | None", "Future[Any] | None"]
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 """Seconds a connection waits for another process's write lock before failing."""
+
+NODE_BUSY_TIMEOUT = 1.0
+"""The same for the running node, which owns its file: only a foreign process (a backup, a
+shell) can hold the lock, its writes are tried again until they land, and a long wait
+would hold the one worker thread, so every other store operation of the node, and its
+stop, behind it."""
 
 MEMORY = ":memory:"
 """Path of a private in-memory database (tests); nothing survives :meth:`close`."""
