@@ -103,7 +103,7 @@ def answer_out_of_dialog(core: CallCore, tx: ServerTransaction, method: str) -> 
 def unfit_invite(core: CallCore, tx: ServerTransaction, request: Request) -> bool:
     """Answer an INVITE that cannot start a call (483: a loop, even for 911, else it would
     go round for ever); False when it can. A missing or malformed Contact is judged once
-    the call is routed (see :func:`caller_target`)."""
+    the call is routed (see :func:`caller_dialog`)."""
     max_forwards = request.max_forwards
     if max_forwards is not None and max_forwards <= 0:
         core.respond(tx, 483)
