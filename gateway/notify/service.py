@@ -66,7 +66,7 @@ from gateway.notify.smtp import (
     envelope_sender,
 )
 from gateway.notify.template import render, render_fallback
-from gateway.stores.ports import MailDraft, OutboxMail, OutboxStore
+from gateway.stores.ports import MailDraft, OutboxMail, OutboxStore, StoreUnavailableError
 from gateway.tasks import stop_task
 
 __all__ = [
@@ -262,6 +262,9 @@ class Notifier:
                     await self._purge(self._clock())
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailableError as error:  # the notice waits in memory, in order
+                log.error("notification_outbox_unavailable", error=repr(error), retry_in_s=2)
+                await asyncio.sleep(2.0)
             except Exception as error:  # keep the worker alive whatever happens
                 log.error("notification_worker_error", error=repr(error))
             if self._intake:
@@ -298,6 +301,9 @@ class Notifier:
         drafts = self._drafts(notice, recipients, now)
         try:
             mails = await self.outbox.add(drafts, now)
+        except StoreUnavailableError:  # a passing failure (locked, full): the worker waits
+            self._intake.appendleft(notice)
+            raise
         except Exception as error:
             log.error(
                 "notification_failed",

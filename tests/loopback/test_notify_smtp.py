@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ from gateway.config.settings import Settings
 from gateway.events.ports import Topics
 from gateway.notify import EmergencyNotice, Notifier
 from gateway.stores import MailDraft, Stores, open_stores
+from gateway.stores.sqlite import open_sqlite_stores
 
 pytestmark = [pytest.mark.loopback, pytest.mark.timeout(60)]
 
@@ -410,3 +412,30 @@ async def test_notify_does_not_wait_for_a_slow_server(stores: Stores, port: int)
     # Nothing was lost: what was not sent is pending in the outbox for the next start.
     pending = await stores.outbox.pending()
     assert len(pending) + len(publisher.named("notification_sent")) == 51
+
+
+async def test_an_outbox_locked_for_a_while_delays_the_mail_but_does_not_lose_it(
+    database: Path, port: int
+) -> None:
+    """E-6: the outbox file held locked by another process (beyond the busy timeout) is a
+    passing failure: the notice waits in memory and is stored and sent once it is free.
+    Before, the mail was given up at once (``notification_failed``, outbox write failed)."""
+    stores = await open_sqlite_stores(database, busy_timeout=0.05)
+    blocker = sqlite3.connect(database.with_name("gateway-outbox.sqlite3"), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    mailbox = Mailbox()
+    publisher = RecordingPublisher()
+    try:
+        with smtp_server(mailbox, port), capture_logs() as logs:
+            async with _notifier(_settings(port), stores, publisher) as notifier:
+                notifier.notify(_notice(recipients=("boss@example.com",)))
+                await _until(
+                    lambda: any(e["event"] == "notification_outbox_unavailable" for e in logs)
+                )
+                blocker.execute("ROLLBACK")
+                await _until(lambda: len(publisher.named("notification_sent")) == 1)
+        assert publisher.named("notification_failed") == []
+        assert [str(m["To"]) for m in mailbox.snapshot()] == ["boss@example.com"]
+    finally:
+        blocker.close()
+        await stores.close()
