@@ -388,6 +388,15 @@ def lock_store_file(path: Path | str) -> int | None:
     return fd
 
 
+def _outbox_path(path: Path | str) -> Path | str:
+    """The mail outbox's file beside the main one (``<name>-outbox<suffix>``)."""
+    text = str(path)
+    if text == ":memory:" or text.startswith("file::memory:"):
+        return ":memory:"
+    main = Path(path)
+    return main.with_name(f"{main.stem}-outbox{main.suffix}")
+
+
 async def open_sqlite_stores(
     path: Path | str, *, busy_timeout: float | None = None, exclusive: bool = False
 ) -> Stores:
@@ -413,14 +422,8 @@ async def open_sqlite_stores(
         if lock is not None:
             os.close(lock)
         raise
-    text = str(path)
-    if text == ":memory:" or text.startswith("file::memory:"):
-        outbox_path: Path | str = ":memory:"
-    else:
-        main = Path(path)
-        outbox_path = main.with_name(f"{main.stem}-outbox{main.suffix}")
     try:
-        outbox_db = await SqliteDatabase.open(outbox_path, busy_timeout=busy_timeout)
+        outbox_db = await SqliteDatabase.open(_outbox_path(path), busy_timeout=busy_timeout)
     except BaseException:
         await database.close()
         raise
