@@ -201,6 +201,54 @@ def test_caller_scenarios_ignore_a_180_after_the_200(sipp: Sipp, scenario: str) 
     assert callee.byes == CALLS
 
 
+def _call_with_bye_before_ack(address: str, number: int) -> list[str]:
+    """One call to ``address`` as a caller whose BYE overtakes its ACK on the way (what a
+    proxy with several UDP workers can do); the first lines of what came back."""
+    host, port = address.rsplit(":", 1)
+    sdp = ReorderingCallee.SDP
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        sock.settimeout(5)
+        here = f"{LOOPBACK}:{sock.getsockname()[1]}"
+        dialog = [
+            f"From: <sip:caller@{here}>;tag=c{number}",
+            f"Call-ID: reorder-{number}@{here}",
+        ]
+
+        def send(first: str, cseq: str, to: str, branch: str, body: str = "") -> None:
+            lines = [first, f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-{branch}", *dialog]
+            lines += [to, f"CSeq: {cseq}", f"Contact: <sip:caller@{here}>", "Max-Forwards: 70"]
+            if body:
+                lines.append("Content-Type: application/sdp")
+            lines.append(f"Content-Length: {len(body)}")
+            sock.sendto(("\r\n".join(lines) + "\r\n\r\n" + body).encode(), (host, int(port)))
+
+        target = f"sip:{SERVICE}@{address}"
+        send(f"INVITE {target} SIP/2.0", "1 INVITE", f"To: <{target}>", f"i{number}", sdp)
+        seen: list[str] = []
+        to = ""
+        while not to:
+            reply = sock.recvfrom(65535)[0].decode()
+            seen.append(reply.split("\r\n", 1)[0])
+            if reply.startswith("SIP/2.0 200"):
+                to = next(h for h in reply.split("\r\n") if h.startswith("To:"))
+        send(f"BYE {target} SIP/2.0", "2 BYE", to, f"b{number}")  # BYE first...
+        send(f"ACK {target} SIP/2.0", "1 ACK", to, f"a{number}")  # ...then the ACK
+        while "CSeq: 2 BYE" not in (reply := sock.recvfrom(65535)[0].decode()):
+            pass  # 200 (INVITE) retransmissions sent before the ACK got there
+        seen.append(reply.split("\r\n", 1)[0])
+        return seen
+
+
+def test_callee_scenario_takes_a_bye_that_overtakes_the_ack(sipp: Sipp) -> None:
+    """uas_basic answers a BYE that arrives before the ACK, and still waits for the ACK."""
+    uas = sipp.uas("uas_basic.xml", calls=CALLS, timeout=20)
+    for number in range(CALLS):
+        seen = _call_with_bye_before_ack(uas.address, number)
+        assert seen[-1] == "SIP/2.0 200 OK", seen
+    uas.wait(timeout=15).assert_calls(CALLS)
+
+
 def test_harness_ports_and_probe() -> None:
     """free_port is free on UDP and TCP; port_bound_by sees our socket; silence is None."""
     port = free_port()
