@@ -501,6 +501,8 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
             loop.add_signal_handler(sig, lifecycle.signalled)
         reloader = Reloader(settings.dialplan, dialplan, gw.use_dialplan, gw.publisher)
         loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):  # else they end the process, 911 and all
+            loop.add_signal_handler(sig, _log_status, gw, sig)
         pid_file = write_pid_file(settings.data_dir)
         async with contextlib.AsyncExitStack() as side:
             await _start_side_services(side, settings, gw, lifecycle, systemd)
@@ -509,6 +511,20 @@ async def run_gateway(dialplan: Dialplan, settings: Settings) -> None:
             finally:
                 pid_file.unlink(missing_ok=True)
         log.info("gateway_stopping", calls_in_progress=len(gw.b2bua.calls))
+
+
+def _log_status(gw: Gateway, sig: signal.Signals) -> None:
+    """SIGUSR1 or SIGUSR2: one ``status`` line (a signal's default action would kill the
+    node, cutting every call, emergency calls included)."""
+    calls = list(gw.b2bua.calls.values())
+    log.info(
+        "status",
+        signal=sig.name,
+        calls_in_progress=len(calls),
+        emergency_calls=sum(1 for call in calls if call.emergency is not None),
+        registrations=sum(len(bindings) for bindings in gw.registrar.bindings.values()),
+        draining=gw.b2bua.draining,
+    )
 
 
 async def _start_side_services(

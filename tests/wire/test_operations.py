@@ -137,6 +137,32 @@ def test_sigterm_drains_ordinary_calls_and_the_911_call_survives(
     assert hung_up["calls"] == ordinary and hung_up["emergency_included"] is False
 
 
+def test_usr1_and_usr2_log_the_status_and_cut_no_call(
+    sipp: Sipp, gateway_factory: GatewayFactory
+) -> None:
+    """A stray SIGUSR1 or SIGUSR2 (log rotation scripts send them) must not end the node:
+    their default action would, cutting the 911 call. Each logs one ``status`` line."""
+    sbc = sipp.uas("uas_basic.xml", calls=1, timeout=30)
+    carrier = sipp.uas("uas_basic.xml", calls=1, timeout=30)
+    gw = gateway_factory(dialplan(carrier.address, sbc.address))
+    sos = sipp.start_uac("uac_basic.xml", gw.address, 1, service="911", call_length=2.0)
+    wait_for(lambda: len(log_events(gw, "call_answered")) == 1, "the 911 call up")
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        gw.popen.send_signal(sig)
+    wait_for(lambda: len(log_events(gw, "status")) == 2, "two status lines")
+    sos.wait(timeout=20).assert_calls(1)
+    sbc.wait(timeout=20).assert_calls(1)
+    assert gw.running, gw.log_tail()
+    statuses = log_events(gw, "status")
+    assert sorted(
+        (e["signal"], e["calls_in_progress"], e["emergency_calls"]) for e in statuses
+    ) == [
+        ("SIGUSR1", 1, 1),
+        ("SIGUSR2", 1, 1),
+    ]  # in either order: both were pending at once
+    sipp.uac("uac_basic.xml", gw.address, 1, service=ORDINARY, timeout=10).assert_calls(1)
+
+
 def test_a_second_sigterm_stops_at_once_with_byes_on_every_leg(
     sipp: Sipp, gateway_factory: GatewayFactory
 ) -> None:
