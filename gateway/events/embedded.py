@@ -13,7 +13,12 @@ Which broker (``backend="auto"``, the default):
 1. **Mosquitto**, as a child process with a generated config in a private temporary
    directory, whenever the ``mosquitto`` binary can be found. It routes overlapping
    subscriptions correctly (SPEC M-1: a desktop subscribed to one agent's topic gets that
-   agent's messages only, once), so it is the default.
+   agent's messages only, once), so it is the default. Its lifetime is the gateway's: it
+   runs in a session of its own, so the Ctrl-C of ``make run`` (SIGINT to the terminal's
+   process group) reaches the gateway alone, which then says ``offline`` and stops the
+   broker last; and on Linux it gets SIGTERM when the gateway dies (``PR_SET_PDEATHSIG``),
+   so a ``kill -9`` leaves no broker behind holding port 1884 (the next ``make run`` would
+   move to 1885, and a desktop on 1884 would watch an orphan).
 2. **amqtt** in-process, only when there is no ``mosquitto`` binary (or it failed to
    start), so ``make run`` still works on a machine without it. amqtt 0.12 sends a client
    that connects the retained messages of *every* client's subscriptions (a desktop
@@ -37,12 +42,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -269,6 +278,8 @@ class EmbeddedBroker:
             str(conf),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
         try:
             await _wait_listening(self.host, self.port)
@@ -278,7 +289,10 @@ class EmbeddedBroker:
 
     def _mosquitto_conf(self, workdir: Path) -> str:
         """The config: the TCP listener, the websockets one, and access control if asked."""
-        lines = [f"listener {self.port} {self.host}"]
+        # the gateway's own user: started as root, Mosquitto would switch to the
+        # 'mosquitto' user, which cannot read the gateway's private directory, and a
+        # change of credentials clears the parent-death signal (prctl(2))
+        lines = [f"user {pwd.getpwuid(os.geteuid()).pw_name}", f"listener {self.port} {self.host}"]
         if self._preferred_ws_port is not None:
             self.websockets_port = pick_port(self.host, self._preferred_ws_port or None)
             if self.websockets_port == self.port:  # neither is bound yet: keep them apart
@@ -292,10 +306,7 @@ class EmbeddedBroker:
             acl.write_text(self._access.acl_file, encoding="utf-8")
             passwords.chmod(0o600)
             acl.chmod(0o600)
-            # run as the gateway's own user: Mosquitto started as root would otherwise switch
-            # to the 'mosquitto' user, which cannot read the gateway's private directory
             lines += [
-                f"user {pwd.getpwuid(os.geteuid()).pw_name}",
                 "allow_anonymous false",
                 f"password_file {passwords}",
                 f"acl_file {acl}",
@@ -318,6 +329,18 @@ class EmbeddedBroker:
             workdir.cleanup()
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """For the child, between fork and exec: SIGTERM when its parent dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``); None where that does not exist. libc is looked up here,
+    in the parent: the child only calls it."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (AttributeError, OSError):
+        return None
+    return functools.partial(prctl, _PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+_PR_SET_PDEATHSIG: Final = 1
 _BROKER_CLASS: list[tuple[type[Any], bool]] = []
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -197,8 +199,9 @@ def test_embedded_mosquitto_config_with_access_control(tmp_path: Path) -> None:
     broker = EmbeddedBroker(0, websockets_port=0, access=access)
     broker.port = 1884
     lines = broker._mosquitto_conf(tmp_path).splitlines()
-    assert lines[0] == "listener 1884 127.0.0.1"
-    assert lines[1:3] == [f"listener {broker.websockets_port} 127.0.0.1", "protocol websockets"]
+    me = pwd.getpwuid(os.geteuid()).pw_name  # no switch of user (see embedded.py)
+    assert lines[:2] == [f"user {me}", "listener 1884 127.0.0.1"]
+    assert lines[2:4] == [f"listener {broker.websockets_port} 127.0.0.1", "protocol websockets"]
     assert broker.websockets_port not in (None, 1884)
     assert "allow_anonymous false" in lines and "allow_anonymous true" not in lines
     assert f"password_file {tmp_path / 'passwords'}" in lines
@@ -208,6 +211,7 @@ def test_embedded_mosquitto_config_with_access_control(tmp_path: Path) -> None:
     plain = EmbeddedBroker(0)
     plain.port = 1884
     assert plain._mosquitto_conf(tmp_path).splitlines() == [
+        f"user {me}",
         "listener 1884 127.0.0.1",
         "allow_anonymous true",
         "persistence false",
