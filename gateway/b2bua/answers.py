@@ -8,7 +8,8 @@ RFC 3261 sections 8.2 and 12.2.2; the B2BUA sends every request that creates no 
 request                       answer
 ============================  ======================================
 OPTIONS (no To tag)           200 with Allow/Accept/Supported
-INVITE, Max-Forwards 0        483
+INVITE, Max-Forwards 0        483; a malformed one 400, but an emergency
+                              INVITE is placed anyway (with 70)
 INVITE without Contact        400 (section 8.1.1.8); an emergency INVITE
                               is placed anyway, its source as the caller
 Require: an unsupported tag   420 + Unsupported (8.2.2.3); an emergency
@@ -36,7 +37,7 @@ required 100rel then simply gets unreliable 18x, which RFC 3262 UACs handle.
 from __future__ import annotations
 
 from gateway.b2bua.call import Call
-from gateway.b2bua.core import ALLOW, CallCore, log
+from gateway.b2bua.core import ALLOW, CallCore, hops_left, log
 from gateway.b2bua.decisions import RouteRefusal
 from gateway.b2bua.relay import KNOWN_METHODS
 from gateway.sip.address import Address
@@ -102,9 +103,9 @@ def answer_out_of_dialog(core: CallCore, tx: ServerTransaction, method: str) -> 
 
 def unfit_invite(core: CallCore, tx: ServerTransaction, request: Request) -> bool:
     """Answer an INVITE that cannot start a call (483: a loop, even for 911, else it would
-    go round for ever); False when it can. A missing or malformed Contact is judged once
-    the call is routed (see :func:`caller_dialog`)."""
-    max_forwards = request.max_forwards
+    go round for ever); False when it can. A malformed Max-Forwards, or a missing or
+    malformed Contact, is judged once the call is routed (see :func:`caller_dialog`)."""
+    max_forwards = hops_left(request)
     if max_forwards is not None and max_forwards <= 0:
         core.respond(tx, 483)
         return True
@@ -130,6 +131,8 @@ def caller_dialog(
     a = call.a
     fallback = caller_target(source) if emergency else None
     try:
+        if not emergency:
+            a.invite.max_forwards  # noqa: B018 - a malformed one is a 400 (RFC 3261 20.22)
         dialog = Dialog.as_uas(
             a.invite, a.local_tag, core.contact_for(a.flow), fallback_target=fallback
         )

@@ -34,7 +34,7 @@ from gateway.logs import LogScope
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError, warning_value
 from gateway.sip.headers import Via
-from gateway.sip.message import Response, make_response
+from gateway.sip.message import Request, Response, make_response
 from gateway.sip.routing import resolve_next_hop
 from gateway.sip.transaction import (
     Address,
@@ -45,7 +45,15 @@ from gateway.sip.transaction import (
     TransactionLayer,
 )
 
-__all__ = ["ALLOW", "Abandoned", "CallCore", "answerable", "call_context", "note_sdp_sent"]
+__all__ = [
+    "ALLOW",
+    "Abandoned",
+    "CallCore",
+    "answerable",
+    "call_context",
+    "hops_left",
+    "note_sdp_sent",
+]
 
 log = structlog.get_logger("gateway.b2bua")
 
@@ -414,4 +422,13 @@ class CallCore:
         for call in self.calls.values():
             if call.a is leg or call.b is leg:
                 return call
+        return None
+
+
+def hops_left(request: Request) -> int | None:
+    """Max-Forwards, or None when absent or malformed (an ordinary INVITE with a malformed
+    one gets 400 from ``answers.caller_dialog``; an emergency call goes on with 70)."""
+    try:
+        return request.max_forwards
+    except SipParseError:
         return None

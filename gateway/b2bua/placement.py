@@ -44,6 +44,7 @@ from gateway.b2bua.core import (
     CallCore,
     answerable,
     call_context,
+    hops_left,
     log,
     note_sdp_sent,
 )
@@ -144,7 +145,7 @@ class Placement:
         user = hop.user
         ruri = hop.request_uri or f"{scheme}:{user}@{target}{transport}"
         from_value, identity = _presented_identity(call, hop, our_host, tag)
-        max_forwards = a_invite.max_forwards
+        max_forwards = hops_left(a_invite)
         mf = 70 if max_forwards is None else max(max_forwards - 1, 0)
         headers: list[tuple[str, str, str]] = [
             ("via", "Via", str(core.via_for(dest, core.ids.branch()))),

@@ -56,7 +56,6 @@ from gateway.sip.model import (
     Message,
     Request,
     Response,
-    _max_forwards,
     _name_of,
 )
 from gateway.sip.names import canonical_name, split_list
@@ -315,8 +314,8 @@ def _validate(
             via = items[0] if items else ""
         msg._c_top_via = Via.parse(via)
         if isinstance(msg, Request):
-            mf = first.get("max-forwards")
-            msg._c_max_forwards = None if mf is None else _max_forwards(mf)
+            # Max-Forwards is read (and refused when bad) where it is used: an emergency
+            # INVITE with a garbled one is still placed (SPEC E-3, gateway.b2bua.answers)
             if cseq.method != msg.method:
                 raise SipParseError(
                     f"CSeq method {cseq.method!r} does not match request method {msg.method!r}"

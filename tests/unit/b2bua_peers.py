@@ -100,14 +100,19 @@ class Peer:
         return Via("UDP", self.address.host, self.address.port, {"branch": self.ids.branch()})
 
     def invite(
-        self, user: str = "15551230000", body: bytes = SDP, *, contact: bool = True
+        self,
+        user: str = "15551230000",
+        body: bytes = SDP,
+        *,
+        contact: bool = True,
+        max_forwards: str = "70",
     ) -> ClientTransaction:
-        """A new call to the gateway (the A-leg); ``contact=False``: a broken phone's
-        INVITE without Contact."""
+        """A new call to the gateway (the A-leg); ``contact=False``, or a garbled
+        ``max_forwards``: a broken phone's INVITE."""
         host = self.address.host
         headers = [
             ("via", "Via", str(self.via())),
-            ("max-forwards", "Max-Forwards", "70"),
+            ("max-forwards", "Max-Forwards", max_forwards),
             ("from", "From", f"<sip:alice@{host}>;tag={self.tag}"),
             ("to", "To", f"<sip:{user}@{GATEWAY.host}>"),
             ("call-id", "Call-ID", self.ids.call_id(host)),

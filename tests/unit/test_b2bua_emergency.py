@@ -225,3 +225,23 @@ def test_an_emergency_invite_without_contact_is_placed_and_the_caller_stays_reac
     (bye,) = net.sent(GATEWAY, CALLER, "BYE")
     assert str(bye.uri) == f"sip:{CALLER.host}:{CALLER.port}", bye.uri
     assert net.b2bua.calls == {}
+
+
+def test_an_emergency_invite_with_a_garbled_max_forwards_is_placed_with_70() -> None:
+    """RFC 3261 20.22: a malformed Max-Forwards makes an ordinary INVITE a 400; a broken
+    phone's 911 is placed anyway (E-3), and the B-leg starts again from 70."""
+    service, router, _, _ = _parts()
+    spawned: list[Coroutine[Any, Any, None]] = []
+    net = Net(router, emergency=service, spawn=lambda coro, name: spawned.append(coro))
+    caller, sbc = net.peer(CALLER), net.peer(SBC)
+    caller.invite("95551234", SDP, max_forwards="seventy")
+    refused = caller.final()
+    assert refused.status == 400 and "Max-Forwards" in (refused.get("Warning") or ""), refused
+    assert net.b2bua.calls == {}
+    caller.invite("911", SDP, max_forwards="seventy")
+    for coro in spawned:
+        asyncio.run(coro)
+    (incoming,) = sbc.requests("INVITE")
+    assert incoming.request.get("Max-Forwards") == "70"
+    sbc.answer(incoming, 200, SDP)
+    assert caller.final().status == 200
