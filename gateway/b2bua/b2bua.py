@@ -291,6 +291,8 @@ class B2BUA:
             else:
                 self._in_dialog(leg, tx, request, to_tag)
             return
+        if method != "INVITE":  # a garbled Max-Forwards: 400 (an emergency INVITE goes on)
+            request.max_forwards  # noqa: B018 - raises SipParseError, answered by handle()
         handler = self.request_handlers.get(method)
         if handler is not None:
             handler(ev)

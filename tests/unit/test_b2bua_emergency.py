@@ -245,3 +245,38 @@ def test_an_emergency_invite_with_a_garbled_max_forwards_is_placed_with_70() -> 
     assert incoming.request.get("Max-Forwards") == "70"
     sbc.answer(incoming, 200, SDP)
     assert caller.final().status == 200
+
+
+def test_a_garbled_max_forwards_outside_a_dialog_gets_400_inside_one_it_is_let_be() -> None:
+    """Out of a dialog an OPTIONS (as any request but an emergency INVITE) with a garbled
+    Max-Forwards gets 400; in the dialog of an emergency call the phone's BYE is honoured
+    (the call must be able to end)."""
+    service, router, _, _ = _parts()
+    spawned: list[Coroutine[Any, Any, None]] = []
+    net = Net(router, emergency=service, spawn=lambda coro, name: spawned.append(coro))
+    caller, sbc = net.peer(CALLER), net.peer(SBC)
+    headers = [
+        ("via", "Via", str(caller.via())),
+        ("max-forwards", "Max-Forwards", "lots"),
+        ("from", "From", f"<sip:alice@{CALLER.host}>;tag=o1"),
+        ("to", "To", f"<sip:gw@{GATEWAY.host}>"),
+        ("call-id", "Call-ID", "options-1"),
+        ("cseq", "CSeq", "1 OPTIONS"),
+    ]
+    caller.layer.send_request(Request("OPTIONS", f"sip:{GATEWAY.host}", headers), GATEWAY, net.now)
+    net.exchange()
+    assert caller.final("OPTIONS").status == 400
+    tx = caller.invite("911", SDP)
+    for coro in spawned:
+        asyncio.run(coro)
+    (incoming,) = sbc.requests("INVITE")
+    sbc.answer(incoming, 200, SDP)
+    dialog = caller.uac_dialog(tx)
+    caller.ack(tx, dialog)
+    bye = dialog.create_request("BYE", caller.ids)
+    bye.push_via(caller.via())
+    bye.set("Max-Forwards", "lots")
+    caller.layer.send_request(bye, GATEWAY, net.now)
+    net.exchange()
+    assert caller.final("BYE").status == 200
+    assert len(sbc.requests("BYE")) == 1 and net.b2bua.calls == {}
