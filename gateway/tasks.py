@@ -166,6 +166,9 @@ class WriteBehind(Generic[T]):
 
     async def _batch(self, items: list[T]) -> None:
         assert self._write_batch is not None
+        if self._given_up:  # closing, and the store failed its last try
+            self._lost += len(items)
+            return
         while len(items) > 1:
             try:
                 await self._write_batch(items)

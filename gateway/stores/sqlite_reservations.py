@@ -212,9 +212,12 @@ class SqliteReservationStore:
                 self._failures = 0
             return
         if not isinstance(error, StoreUnavailableError):
-            self._unwritten.discard(did)
+            if current == reservation:  # a newer one still counts for itself
+                self._unwritten.discard(did)
             log.error("reservation_write_failed", did=did, error=repr(error), retry=False)
             return
+        if current is not None:
+            self._unwritten.add(did)  # its latest value is written at the next try
         self._failures += 1
         delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(self._failures - 1, 10))
         log.error(
