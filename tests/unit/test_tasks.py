@@ -163,6 +163,34 @@ async def test_closing_gives_a_failing_write_one_last_try_then_reports_it(
     assert [e["items"] for e in logs if e["event"] == "store_writes_lost"] == [2]
 
 
+async def test_a_batch_writer_closing_on_a_failing_store_tries_once_and_counts_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks, "RETRY_FIRST_S", 60.0)
+    sink = FlakySink()
+    writer = WriteBehind(
+        "test-writer",
+        sink.write,
+        sink.failed.append,
+        write_batch=sink.write_batch,
+        batch_size=2,
+        transient=Locked,
+    )
+    writer.start()
+    sink.gate.clear()
+    for item in range(1, 6):
+        writer.put(item)
+    sink.gate.set()
+    while sink.tries < 1:
+        await asyncio.sleep(0.001)
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(5):
+            await writer.close()
+    # the first batch (1, 2), then its last try at close; the other batches are not tried
+    assert (sink.tries, sink.written, sink.failed) == (2, [], [])
+    assert [e["items"] for e in logs if e["event"] == "store_writes_lost"] == [5]
+
+
 async def test_the_writer_runs_named_in_the_given_task_group() -> None:
     sink = Sink()
     async with asyncio.TaskGroup() as group:
