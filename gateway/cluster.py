@@ -22,13 +22,14 @@ from types import TracebackType
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from gateway.config.dialplan import Dialplan
 from gateway.config.settings import Settings
 from gateway.emergency.service import EmergencyService
 from gateway.events.ports import Publisher, Topics
 from gateway.events.schema import rfc3339
+from gateway.metrics import level_gauge
 from gateway.presence.service import PresenceService
 from gateway.registrar.service import RegistrarService
 from gateway.stores import Stores, open_stores
@@ -139,11 +140,12 @@ def store_gauges(registry: CollectorRegistry, stores: Stores) -> None:
     if guard is None:
         embedded = stores.reservations
         if isinstance(embedded, SqliteReservationStore):
-            Gauge(
+            level_gauge(
+                registry,
                 "gateway_store_pending",
                 "Callback reservations not yet written to the embedded store",
-                registry=registry,
-            ).set_function(lambda: float(embedded.unwritten))
+                lambda: float(embedded.unwritten),
+            )
         return
     for name, text, read in (
         ("gateway_store_up", "1 while the shared store answers", lambda: float(guard.up)),
@@ -158,7 +160,7 @@ def store_gauges(registry: CollectorRegistry, stores: Stores) -> None:
             lambda: float(guard.health.pending),
         ),
     ):
-        Gauge(name, text, registry=registry).set_function(read)
+        level_gauge(registry, name, text, read)
 
 
 def use_dialplan_for_stores(stores: Stores, dialplan: Dialplan) -> None:

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import structlog
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from gateway.tasks import stop_task
 
-__all__ = ["MetricsServer", "parse_addr"]
+__all__ = ["MetricsServer", "labelled_levels", "level_gauge", "parse_addr"]
 
 log = structlog.get_logger("gateway.metrics")
 
@@ -112,3 +114,41 @@ class MetricsServer:
                 return "200 OK", "text/plain", b"serving\n"
             return "503 Service Unavailable", "text/plain", f"{problem}\n".encode()
         return "404 Not Found", "text/plain", b"GET /metrics or /healthz\n"
+
+
+def level_gauge(
+    registry: CollectorRegistry, name: str, text: str, read: Callable[[], float]
+) -> Gauge:
+    """A gauge whose value is read at scrape time (a live level of the node)."""
+    gauge = Gauge(name, text, registry=registry)
+    gauge.set_function(read)
+    return gauge
+
+
+class _LabelledLevels(Collector):
+    def __init__(
+        self,
+        name: str,
+        text: str,
+        labels: Sequence[str],
+        read: Callable[[], Iterable[tuple[Sequence[str], float]]],
+    ) -> None:
+        self.name, self.text, self.labels, self.read = name, text, list(labels), read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.text, labels=self.labels)
+        for values, level in self.read():
+            family.add_metric(list(values), level)
+        yield family
+
+
+def labelled_levels(
+    registry: CollectorRegistry,
+    name: str,
+    text: str,
+    labels: Sequence[str],
+    read: Callable[[], Iterable[tuple[Sequence[str], float]]],
+) -> None:
+    """A gauge family read at scrape time: ``read()`` gives (label values, level) pairs, so
+    the series follow what exists now (a reload's trunks show, removed ones go)."""
+    registry.register(_LabelledLevels(name, text, labels, read))

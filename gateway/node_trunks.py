@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
-
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from collections.abc import Callable
 
 from gateway.b2bua.b2bua import B2BUA
 from gateway.b2bua.core import log
-from gateway.b2bua.metrics import CallMetrics, level_gauge
+from gateway.b2bua.metrics import CallMetrics
 from gateway.b2bua.registration import TrunkRegistrations, registration_plans
 from gateway.b2bua.router import ContactCentreRouter
 from gateway.config.dialplan import Dialplan
+from gateway.metrics import labelled_levels, level_gauge
 from gateway.sip.transaction import Address
 from gateway.transport.endpoint import SipEndpoint
 
@@ -83,25 +81,6 @@ class NodeTrunkRegistrations:
         self.registrations.stop()
 
 
-class _RegisteredGauge(Collector):
-    """``gateway_trunk_registered{trunk}``: 1 while the trunk's binding is granted and has
-    not run out, else 0; read at scrape time, so a reload's trunks show at once."""
-
-    def __init__(self, node: NodeTrunkRegistrations):
-        self.node = node
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "gateway_trunk_registered",
-            "Registration-based trunks: 1 registered now, 0 not",
-            labels=["trunk"],
-        )
-        now = self.node.endpoint.loop.time()
-        for trunk, registered in self.node.registrations.registered(now).items():
-            family.add_metric([trunk], 1.0 if registered else 0.0)
-        yield family
-
-
 def start_trunk_registrations(
     stack: contextlib.AsyncExitStack,
     dialplan: Dialplan,
@@ -126,5 +105,14 @@ def start_trunk_registrations(
         "Registration-based trunks with a granted binding now",
         lambda: sum(node.registrations.registered(endpoint.loop.time()).values()),
     )
-    metrics.registry.register(_RegisteredGauge(node))
+    labelled_levels(
+        metrics.registry,
+        "gateway_trunk_registered",
+        "Registration-based trunks: 1 registered now, 0 not",
+        ["trunk"],
+        lambda: (
+            ((trunk,), 1.0 if registered else 0.0)
+            for trunk, registered in node.registrations.registered(endpoint.loop.time()).items()
+        ),
+    )
     return node

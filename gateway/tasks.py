@@ -28,11 +28,27 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-__all__ = ["RETRY_FIRST_S", "RETRY_MAX_S", "WriteBehind", "start_task", "stop_task"]
+from gateway.backoff import jittered_backoff
+
+__all__ = [
+    "RETRY_FIRST_S",
+    "RETRY_MAX_S",
+    "WriteBehind",
+    "retry_delay",
+    "start_task",
+    "stop_task",
+]
 
 #: a transiently failed write is tried again after this, doubling up to RETRY_MAX_S
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before trying a store write again after ``failures`` failures in a row: the
+    gateway's one backoff, without jitter (one writer per store: nothing to spread)."""
+    return jittered_backoff(failures - 1, 1.0, base=RETRY_FIRST_S, cap=RETRY_MAX_S)
+
 
 T = TypeVar("T")
 
@@ -192,7 +208,7 @@ class WriteBehind(Generic[T]):
             self._given_up = True
             return False
         self._failures += 1
-        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(self._failures - 1, 10))
+        delay = retry_delay(self._failures)
         log.error(
             "store_write_retrying",
             writer=self.name,

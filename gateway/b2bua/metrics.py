@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.b2bua.admission import Admission
 from gateway.b2bua.call import Call, LegFailure, NextHop
 from gateway.b2bua.decisions import CallObserverBase
+from gateway.metrics import level_gauge
 
 __all__ = ["CallMetrics", "level_gauge", "node_metrics", "overload_gauges"]
 
@@ -107,15 +108,6 @@ def node_metrics(
             registry, "gateway_mqtt_dropped", "MQTT events dropped (buffer full)", lambda: mqtt()[1]
         )
     return metrics
-
-
-def level_gauge(
-    registry: CollectorRegistry, name: str, text: str, read: Callable[[], float]
-) -> Gauge:
-    """A gauge whose value is read at scrape time (a live level of the node)."""
-    gauge = Gauge(name, text, registry=registry)
-    gauge.set_function(read)
-    return gauge
 
 
 def overload_gauges(registry: CollectorRegistry, admission: Admission) -> None:

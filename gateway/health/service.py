@@ -30,8 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import CollectorRegistry
 
 from gateway.config.dialplan import Dialplan
 from gateway.events.ports import Publisher, check_topic_segment
@@ -44,6 +43,7 @@ from gateway.health.prober import (
     Probe,
     targets_of,
 )
+from gateway.metrics import labelled_levels
 from gateway.sip.address import Address, IdGenerator
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, Response
@@ -98,25 +98,6 @@ class ProbeOwner(ClientOwner):
         self.health.changed()
 
 
-class _UpGauge(Collector):
-    """``gateway_trunk_gateway_up{trunk, gateway}``: 1 up, 0 down, read at scrape time."""
-
-    def __init__(self, prober: HealthProber):
-        self.prober = prober
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "gateway_trunk_gateway_up",
-            "Trunk gateway health from OPTIONS keep-alives (1 up, 0 down)",
-            labels=["trunk", "gateway"],
-        )
-        for gateway in list(self.prober.gateways.values()):
-            up = 1.0 if gateway.state is GatewayState.UP else 0.0
-            for trunk in gateway.target.trunks:
-                family.add_metric([trunk, gateway.target.gateway], up)
-        yield family
-
-
 class TrunkHealth:
     """OPTIONS keep-alives to the trunk gateways of the dialplan (see the module docstring)."""
 
@@ -154,7 +135,21 @@ class TrunkHealth:
         return self.prober.health
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        registry.register(_UpGauge(self.prober))
+        prober = self.prober
+
+        def levels() -> Iterator[tuple[tuple[str, str], float]]:
+            for gateway in list(prober.gateways.values()):
+                up = 1.0 if gateway.state is GatewayState.UP else 0.0
+                for trunk in gateway.target.trunks:
+                    yield (trunk, gateway.target.gateway), up
+
+        labelled_levels(
+            registry,
+            "gateway_trunk_gateway_up",
+            "Trunk gateway health from OPTIONS keep-alives (1 up, 0 down)",
+            ["trunk", "gateway"],
+            levels,
+        )
 
     def use_dialplan(self, dialplan: Dialplan) -> None:
         """A reloaded dialplan: probe its gateways (known ones keep their state)."""

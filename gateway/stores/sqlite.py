@@ -368,10 +368,9 @@ def lock_store_file(path: Path | str) -> int | None:
     """Take the exclusive lock of the SQLite file at ``path`` (``<path>.lock``) for this
     process, or raise :class:`StoreError` naming the process that holds it. None for an
     in-memory database. The lock ends with the process, however it ends."""
-    text = str(path)
-    if text == ":memory:" or text.startswith("file::memory:"):
+    if _in_memory(path):
         return None
-    lock_path = Path(f"{text}.lock")
+    lock_path = Path(f"{path}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -380,7 +379,7 @@ def lock_store_file(path: Path | str) -> int | None:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise StoreError(
-            f"{text} is in use by another gateway process (pid {holder}): one node, one "
+            f"{path} is in use by another gateway process (pid {holder}): one node, one "
             "store file (a cluster shares a Redis store, docs/cluster.md)"
         ) from None
     os.ftruncate(fd, 0)
@@ -388,10 +387,14 @@ def lock_store_file(path: Path | str) -> int | None:
     return fd
 
 
+def _in_memory(path: Path | str) -> bool:
+    text = str(path)
+    return text == ":memory:" or text.startswith("file::memory:")
+
+
 def _outbox_path(path: Path | str) -> Path | str:
     """The mail outbox's file beside the main one (``<name>-outbox<suffix>``)."""
-    text = str(path)
-    if text == ":memory:" or text.startswith("file::memory:"):
+    if _in_memory(path):
         return ":memory:"
     main = Path(path)
     return main.with_name(f"{main.stem}-outbox{main.suffix}")

@@ -8,7 +8,8 @@ fail for a while without anything being wrong with the reservation: another proc
 the database's write lock longer than ``busy_timeout`` (a backup tool, an operator's
 ``sqlite3`` shell in a transaction), the disk is full, an I/O error. The reservation is
 already in use (the emergency call went out with its DID), and SPEC E-4 says it survives a
-restart, so the write is tried again, with a backoff from 0.5 s doubling to 30 s, until it
+restart, so the write is tried again, with the store writers' backoff
+(:func:`gateway.tasks.retry_delay`: 0.5 s doubling to 30 s), until it
 lands (``reservation_write_failed`` says each failure, ``reservation_write_recovered`` the
 end). Each try writes the DID's *latest* reservation, never a stale one: an older
 reservation retried after a newer one was written would hand the PSAP's callback to the
@@ -29,16 +30,13 @@ import structlog
 
 from gateway.stores.ports import DidChooser, EmptyPoolError, Reservation, StoreUnavailableError
 from gateway.stores.sqlite_database import SqliteDatabase, immediate_transaction
+from gateway.tasks import retry_delay
 
 log = structlog.get_logger("gateway")
 
-__all__ = ["RETRY_FIRST_S", "RETRY_MAX_S", "SqliteReservationStore"]
+__all__ = ["SqliteReservationStore"]
 
 _RESERVATION_COLUMNS = "did, agent_id, reserved_at, expires_at, call_id, test"
-#: the first retry of a failed reservation write, doubling up to RETRY_MAX_S (read when
-#: a write fails, so a test may change them)
-RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 30.0
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
@@ -219,7 +217,7 @@ class SqliteReservationStore:
         if current is not None:
             self._unwritten.add(did)  # its latest value is written at the next try
         self._failures += 1
-        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(self._failures - 1, 10))
+        delay = retry_delay(self._failures)
         log.error(
             "reservation_write_failed",
             did=did,

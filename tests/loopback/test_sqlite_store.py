@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from gateway import tasks
 from gateway.emergency.reservations import choose_callback_did
 from gateway.stores import (
     Binding,
@@ -27,7 +28,6 @@ from gateway.stores import (
     PresenceRecord,
     StoreError,
     open_stores,
-    sqlite_reservations,
 )
 from gateway.stores.sqlite import (
     MIGRATIONS,
@@ -393,7 +393,7 @@ async def test_a_reservation_write_that_fails_is_tried_again_until_it_lands(
     """SPEC E-4: a reservation survives a restart, even when its first write failed (the
     database locked by someone else beyond busy_timeout); the latest one of each DID lands,
     never an older one after it."""
-    monkeypatch.setattr(sqlite_reservations, "RETRY_FIRST_S", 0.02)
+    monkeypatch.setattr(tasks, "RETRY_FIRST_S", 0.02)
     path = tmp_path / "gw.sqlite3"
     stores = await open_sqlite_stores(path, busy_timeout=0.05, exclusive=True)
     store = stores.reservations
@@ -418,7 +418,7 @@ async def test_a_reservation_write_that_fails_is_tried_again_until_it_lands(
 async def test_a_reservation_still_unwritten_at_close_gets_a_last_try(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_reservations, "RETRY_FIRST_S", 60.0)  # close comes first
+    monkeypatch.setattr(tasks, "RETRY_FIRST_S", 60.0)  # close comes first
     path = tmp_path / "gw.sqlite3"
     for lock_held_at_close in (False, True):
         stores = await open_sqlite_stores(path, busy_timeout=0.05, exclusive=True)
