@@ -9,7 +9,8 @@ DIALPLAN ?= dialplans/example.yaml
 .PHONY: run test venv deps unit lint bench clean
 
 # the install compiles the SIP parser with mypyc (setup.py): redo it when its sources change
-$(VENV)/.installed: pyproject.toml setup.py gateway/sip/uri.py gateway/sip/names.py gateway/sip/headers.py gateway/sip/model.py gateway/sip/message.py
+$(VENV)/.installed: pyproject.toml setup.py gateway/sip/uri.py gateway/sip/names.py gateway/sip/headers.py gateway/sip/model.py gateway/sip/message.py \
+		gateway/sip/address.py gateway/sip/dialog.py gateway/sip/transaction.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

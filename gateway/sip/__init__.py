@@ -1,10 +1,11 @@
 """SIP core: URIs, headers, messages, transactions, dialogs.
 
-``uri``, ``names``, ``headers``, ``model`` and ``message`` are compiled by mypyc at install
-time (see setup.py); their .py files stay the reference. The compiled modules are used
-only while they match those sources: when a source has changed since it was compiled (an
-editable install that was not rebuilt), or when ``GATEWAY_PURE_PYTHON=1`` is set, the five
-modules are loaded from their .py files here, before anything imports them.
+The parser (``uri``, ``names``, ``headers``, ``model``, ``message``) and the transaction
+layer and dialogs (``address``, ``dialog``, ``transaction``) are compiled by mypyc at
+install time (see setup.py); their .py files stay the reference. The compiled modules are
+used only while they match those sources: when a source has changed since it was compiled
+(an editable install that was not rebuilt), or when ``GATEWAY_PURE_PYTHON=1`` is set, the
+eight modules are loaded from their .py files here, before anything imports them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 
 #: the compiled modules, in import order (setup.py keeps the same list)
-_COMPILED = ("uri", "names", "headers", "model", "message")
+_COMPILED = ("uri", "names", "headers", "model", "message", "address", "dialog", "transaction")
 _HERE = Path(__file__).resolve().parent
 
 

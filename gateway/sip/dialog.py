@@ -517,7 +517,7 @@ def _contact_value(local_contact: str) -> str:
 
 def _request_uri_form(uri: SipUri) -> str:
     """A route URI as a Request-URI: no ``method`` parameter, no headers (section 19.1.1)."""
-    if not uri.headers and not _NOT_IN_REQUEST_URI & uri.params.keys():
+    if not uri.headers and _NOT_IN_REQUEST_URI.isdisjoint(uri.params):
         return str(uri)
     params = {k: v for k, v in uri.params.items() if k not in _NOT_IN_REQUEST_URI}
     return str(SipUri(uri.scheme, uri.user, uri.host, uri.port, uri.password, params))

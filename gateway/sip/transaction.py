@@ -147,8 +147,11 @@ class TimerConfig:
                 raise ValueError(f"bad SIP timers {self!r}: Timer B/F must be > 0")
 
 
-class MessageReleased(RuntimeError):
+class MessageReleased(Exception):
     """A finished transaction's request was read after the layer let it go.
+
+    (An ``Exception``: mypyc compiles this module, and a compiled class can derive from no
+    other built-in exception.)
 
     Once a transaction has its final response and the TU has pulled every event, it keeps
     only what its absorbing state resends (see "Memory" in the module docstring).
