@@ -12,7 +12,7 @@ import ipaddress
 import os
 import random
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["BRANCH_COOKIE", "Address", "IdGenerator", "address_text", "ip_of", "is_ip_literal"]
 
@@ -39,10 +39,12 @@ def address_text(address: Address) -> str:
 
 
 @lru_cache(maxsize=4096)
-def udp_source(addr: tuple[str, int]) -> Address:
+def udp_source(addr: tuple[Any, ...]) -> Address:
     """The Address of a UDP datagram's source, one object per peer (issue 10): a
     transaction keeps its source for 64*T1, and without this every datagram made its own
-    Address and host string (about 120 bytes per message kept)."""
+    Address and host string (about 120 bytes per message kept). ``addr`` is what
+    ``recvfrom`` gives: (host, port), or (host, port, flowinfo, scope_id) for IPv6 (this
+    module is compiled, and a compiled function checks its argument types)."""
     return Address("udp", addr[0], addr[1])
 
 
