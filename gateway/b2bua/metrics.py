@@ -11,6 +11,7 @@ serves the registry over HTTP.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -29,10 +30,15 @@ def _kind(call: Call) -> str:
 
 
 class CallMetrics(CallObserverBase):
-    """Call counters from the neutral call events, in the node's registry."""
+    """Call counters from the neutral call events, in the node's registry.
+
+    Each labelled child is looked up once and kept (:meth:`_child`): ``labels()`` checks
+    and locks on every call, three times per call (about 12 us of a call on a slow box).
+    """
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
+        self._children: dict[tuple[object, ...], Any] = {}
         self.calls = Counter(
             "gateway_calls",
             "Calls ended, by kind (ordinary, emergency, callback) and result",
@@ -65,9 +71,16 @@ class CallMetrics(CallObserverBase):
             "gateway_calls_started", "Calls routed, by kind", ["kind"], registry=registry
         )
 
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def call_started(self, call: Call) -> None:
         kind = _kind(call)
-        self.started.labels(kind).inc()
+        self._child(self.started, kind).inc()
         if kind == "callback":
             self.callbacks.inc()
 
@@ -79,12 +92,14 @@ class CallMetrics(CallObserverBase):
 
     def call_answered(self, call: Call) -> None:
         if call.answered_at is not None:
-            self.setup.labels(_kind(call)).observe(max(0.0, call.answered_at - call.started_at))
+            self._child(self.setup, _kind(call)).observe(
+                max(0.0, call.answered_at - call.started_at)
+            )
 
     def call_ended(self, call: Call) -> None:
         kind = _kind(call)
         result = call.outcome.kind.value if call.outcome is not None else "unknown"
-        self.calls.labels(kind, result).inc()
+        self._child(self.calls, kind, result).inc()
         if kind != "ordinary":
             hop = call.current_hop
             self.emergency.labels(hop.trunk if hop is not None else "none", result).inc()

@@ -30,7 +30,6 @@ import ssl
 import struct
 import sys
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import structlog
@@ -42,6 +41,7 @@ from gateway.sip.headers import Via
 from gateway.sip.message import Request, StreamFramer, make_response, parse_message
 from gateway.sip.transaction import TransactionLayer
 from gateway.transport.intake import UNCLASSIFIED, UdpIntake
+from gateway.transport.listen import ListenerChoice, ListenSpec, family_of
 from gateway.transport.load import size_receive_buffer
 from gateway.transport.tls import TlsPeers
 
@@ -60,28 +60,6 @@ class TransactionUser(Protocol):
     def get_timer(self) -> float | None: ...
 
     def handle_timer(self, now: float) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ListenSpec:
-    """One listening socket: transport ("udp", "tcp" or "tls"), host literal, port."""
-
-    transport: str
-    host: str
-    port: int
-
-    @property
-    def family(self) -> int:
-        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
-
-    @property
-    def sent_by(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def _family_of(host: str) -> int:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 # ICMP errors on an unconnected UDP socket (RFC 3261 section 18.4: unreachable and parameter
@@ -249,6 +227,7 @@ class SipEndpoint:
         #: longest wait for the system resolver on a host name not resolved beforehand
         self.resolve_timeout = resolve_timeout
         self.listeners = listeners
+        self._listener_for = ListenerChoice(listeners)
         self.max_message_bytes = max_message_bytes
         self.loop = loop or asyncio.get_event_loop()
         self.on_event: EventHandler = lambda event: None
@@ -343,20 +322,7 @@ class SipEndpoint:
 
     def listener_for(self, destination: Address) -> ListenSpec:
         """The listener whose address we present to ``destination`` (same transport/family)."""
-        family = _family_of(destination.host) if is_ip_literal(destination.host) else None
-        fallback: ListenSpec | None = None
-        for spec in self.listeners:
-            if spec.transport != destination.transport:
-                continue
-            if family is None or spec.family == family:
-                return spec
-            fallback = fallback or spec
-        if fallback is not None:
-            return fallback
-        for spec in self.listeners:
-            if family is None or spec.family == family:
-                return spec
-        return self.listeners[0]
+        return self._listener_for(destination)
 
     def via_for(self, destination: Address, branch: str) -> Via:
         """A Via naming the listener used towards ``destination`` (rport asked, RFC 3581)."""
@@ -498,7 +464,7 @@ class SipEndpoint:
 
     def _send_to(self, data: bytes, target: Address, reported_as: Address) -> None:
         if target.transport == "udp":
-            proto = self._udp.get(_family_of(target.host))
+            proto = self._udp.get(family_of(target.host))
             if proto is None or proto.transport is None:
                 self._fail(reported_as, "no UDP socket for this address family")
                 return

@@ -8,13 +8,13 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
 
 from gateway.config import load_settings
-from gateway.logs import bind_call, configure_logging, get_logger
+from gateway.logs import JsonLine, UtcStamp, bind_call, configure_logging, get_logger
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +57,47 @@ def test_timestamp_is_iso_utc() -> None:
     [line] = json_lines(out)
     stamp = datetime.fromisoformat(str(line["timestamp"]))
     assert stamp.utcoffset() == timedelta(0)
+
+
+def test_the_timestamp_is_the_clock_now_with_microseconds_even_on_a_whole_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stamp = UtcStamp()
+    clock = iter([1_796_332_194_211_151_999, 1_796_332_194_999_999_000, 1_796_332_195_000_000_000])
+    monkeypatch.setattr("gateway.logs.time.time_ns", lambda: next(clock))
+    texts = [str(stamp(None, "info", {})["timestamp"]) for _ in range(3)]
+    assert texts == [
+        "2026-12-03T21:09:54.211151Z",
+        "2026-12-03T21:09:54.999999Z",
+        "2026-12-03T21:09:55.000000Z",  # a new second: the date text is made again
+    ]
+    monkeypatch.undo()
+    before = datetime.now(tz=UTC)
+    now = datetime.fromisoformat(str(UtcStamp()(None, "info", {})["timestamp"]))
+    assert before <= now <= datetime.now(tz=UTC)
+
+
+class _Custom:
+    def __structlog__(self) -> str:
+        return "custom"
+
+
+def test_a_json_line_is_what_json_dumps_with_structlogs_fallback_makes() -> None:
+    event = {
+        "event": "call_end",
+        "n": 3,
+        "ratio": 0.5,
+        "ok": True,
+        "none": None,
+        "list": ["a", 1],
+        "text": 'caf\u00e9 "quoted"',
+        "address": ("udp", "127.0.0.1", 5060),
+        "object": object,
+        "custom": _Custom(),
+    }
+    reference = structlog.processors.JSONRenderer()(None, "info", dict(event))
+    assert JsonLine()(None, "info", dict(event)) == reference
+    assert json.loads(reference)["custom"] == "custom"
 
 
 def test_stdlib_logging_goes_through_the_same_processors() -> None:
